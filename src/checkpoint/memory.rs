@@ -1,0 +1,115 @@
+//! An in-memory checkpoint store for unit tests and benches.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use super::{CheckpointRow, CheckpointStore, CheckpointUpdate};
+use crate::error::{CheckpointError, Result};
+use crate::feed::TopicPartition;
+
+/// Rows keyed by (checkpoint id, topic, partition).
+#[derive(Debug, Default)]
+pub struct MemoryCheckpointStore {
+    rows: Mutex<BTreeMap<(String, TopicPartition), CheckpointRow>>,
+    /// How many successful `write` calls were made (for tests of the checkpoint policy).
+    writes: Mutex<Vec<Vec<(TopicPartition, i64)>>>,
+}
+
+impl MemoryCheckpointStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The successful writes so far, each as the list of offsets written.
+    pub fn writes(&self) -> Vec<Vec<(TopicPartition, i64)>> {
+        self.writes.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    /// Sets a row directly, as an operator editing the table would.
+    pub fn set(&self, checkpoint_id: &str, tp: TopicPartition, offset: i64) {
+        if let Ok(mut rows) = self.rows.lock() {
+            rows.insert(
+                (checkpoint_id.to_owned(), tp.clone()),
+                CheckpointRow {
+                    tp,
+                    offset,
+                    last_modified: Utc::now(),
+                },
+            );
+        }
+    }
+}
+
+fn poisoned() -> crate::error::Error {
+    crate::error::ProcessError::Other("memory checkpoint store lock poisoned".into()).into()
+}
+
+#[async_trait]
+impl CheckpointStore for MemoryCheckpointStore {
+    async fn load(&self, checkpoint_id: &str) -> Result<Vec<CheckpointRow>> {
+        let rows = self.rows.lock().map_err(|_| poisoned())?;
+        Ok(rows
+            .iter()
+            .filter(|((id, _), _)| id == checkpoint_id)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn write(&self, checkpoint_id: &str, updates: &[CheckpointUpdate]) -> Result<()> {
+        let mut rows = self.rows.lock().map_err(|_| poisoned())?;
+        for u in updates {
+            let found = rows
+                .get(&(checkpoint_id.to_owned(), u.tp.clone()))
+                .map(|r| r.offset);
+            if found != u.expected {
+                return Err(CheckpointError::Reset {
+                    checkpoint_id: checkpoint_id.to_owned(),
+                    tp: u.tp.clone(),
+                    expected: u.expected,
+                    found,
+                }
+                .into());
+            }
+        }
+        for u in updates {
+            rows.insert(
+                (checkpoint_id.to_owned(), u.tp.clone()),
+                CheckpointRow {
+                    tp: u.tp.clone(),
+                    offset: u.offset,
+                    last_modified: Utc::now(),
+                },
+            );
+        }
+        self.writes
+            .lock()
+            .map_err(|_| poisoned())?
+            .push(updates.iter().map(|u| (u.tp.clone(), u.offset)).collect());
+        Ok(())
+    }
+
+    async fn create_rows(
+        &self,
+        checkpoint_id: &str,
+        partitions: &[TopicPartition],
+        offset: i64,
+    ) -> Result<u64> {
+        let mut rows = self.rows.lock().map_err(|_| poisoned())?;
+        let mut created = 0;
+        for tp in partitions {
+            rows.entry((checkpoint_id.to_owned(), tp.clone()))
+                .or_insert_with(|| {
+                    created += 1;
+                    CheckpointRow {
+                        tp: tp.clone(),
+                        offset,
+                        last_modified: Utc::now(),
+                    }
+                });
+        }
+        Ok(created)
+    }
+}

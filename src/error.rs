@@ -1,0 +1,171 @@
+//! The crate's error type.
+//!
+//! Each area has its own enum, rolled into [`Error`]. Messages are lowercase, have no trailing
+//! period, and name the object and the cause. Retriability is decided next to the code that
+//! retries (for example [`crate::checkpoint`] and the processors), never here.
+
+use crate::feed::TopicPartition;
+
+/// `Result` with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error the core can return.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+    #[error(transparent)]
+    Elasticsearch(#[from] ElasticsearchError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The pillow was asked to stop (for example a second SIGTERM) before it could finish.
+    #[error("shutdown requested: {0}")]
+    ShutdownRequested(String),
+}
+
+/// Invalid configuration, found before anything runs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("pillow {0:?} not found")]
+    PillowNotFound(String),
+}
+
+/// Kafka failures (broker unreachable, topic missing, client errors).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KafkaError {
+    #[error("kafka client error while {context}: {source}")]
+    Client {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("kafka topic {0:?} does not exist")]
+    UnknownTopic(String),
+    #[error("kafka {0}")]
+    Other(String),
+}
+
+impl KafkaError {
+    pub(crate) fn client(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        Self::Client {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// PostgreSQL failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostgresError {
+    #[error("postgres error while {context}: {source}")]
+    Query {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("postgres {0}")]
+    Other(String),
+}
+
+impl PostgresError {
+    pub(crate) fn query(context: impl Into<String>, source: tokio_postgres::Error) -> Self {
+        Self::Query {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Search-engine failures that survive retries.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ElasticsearchError {
+    #[error("elasticsearch request failed while {context}: {source}")]
+    Transport {
+        context: String,
+        #[source]
+        source: elasticsearch::Error,
+    },
+    #[error("elasticsearch answered {status} while {context}: {body}")]
+    Status {
+        context: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// Checkpoint problems that stop a pillow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// CommCare's `UnavailableKafkaOffset` (strict mode), with CommCare's message.
+    #[error(
+        "First available topic offset for {topic}:{partition} is {first} but needed {needed}."
+    )]
+    UnavailableOffset {
+        topic: String,
+        partition: i32,
+        first: i64,
+        needed: i64,
+    },
+    /// CommCare's `PillowtopCheckpointReset`: the stored row changed under a running pillow.
+    #[error("checkpoint {checkpoint_id} was changed externally for {tp}: expected {expected:?}, found {found:?}")]
+    Reset {
+        checkpoint_id: String,
+        tp: TopicPartition,
+        expected: Option<i64>,
+        found: Option<i64>,
+    },
+    /// An own partition has no checkpoint row and the start policy is `error`.
+    #[error("checkpoint {checkpoint_id} has no offset for {tp} and the start policy is 'error'")]
+    Missing {
+        checkpoint_id: String,
+        tp: TopicPartition,
+    },
+    /// A checkpoint offset lies beyond the partition's high-water mark (topic recreated?).
+    #[error(
+        "checkpoint {checkpoint_id} offset {offset} for {tp} is beyond the high-water mark {high}"
+    )]
+    BeyondHighWater {
+        checkpoint_id: String,
+        tp: TopicPartition,
+        offset: i64,
+        high: i64,
+    },
+}
+
+/// Failures of the processing machinery itself (not a processor's failure on one change, which
+/// is data: see [`crate::processor::ProcessorFailure`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// Recording a failed change in `pillow_retry_pillowerror` failed: the pillow must stop
+    /// without checkpointing past the change (crash-only).
+    #[error("failed to record the error of change {doc_id} for pillow {pillow}: {source}")]
+    ErrorStore {
+        pillow: String,
+        doc_id: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// An error raised by a callback (for example a Python processor) that must propagate as is.
+    #[error("{0}")]
+    Callback(Box<dyn std::error::Error + Send + Sync>),
+    /// A document store failed (not "not found", which is data).
+    #[error("document store {store} failed: {message}")]
+    DocumentStore { store: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}

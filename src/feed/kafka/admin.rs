@@ -1,0 +1,167 @@
+//! Kafka admin helpers: list partitions, create and delete topics, delete records (tests use it
+//! to simulate retention), offsets for a timestamp.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{Client, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::{KafkaError, Result};
+use crate::feed::TopicPartition;
+
+/// Every partition of `topics`, sorted.
+pub(crate) fn partitions_of<C: rdkafka::ClientContext>(
+    client: &Client<C>,
+    topics: &[String],
+) -> Result<Vec<TopicPartition>> {
+    let mut out = Vec::new();
+    for topic in topics {
+        let md = client
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .map_err(|e| KafkaError::client(format!("reading the metadata of topic {topic}"), e))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| KafkaError::UnknownTopic(topic.clone()))?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            return Err(KafkaError::UnknownTopic(topic.clone()).into());
+        }
+        out.extend(
+            t.partitions()
+                .iter()
+                .map(|p| TopicPartition::new(topic.clone(), p.id())),
+        );
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// An admin client.
+pub struct KafkaAdmin {
+    admin: AdminClient<DefaultClientContext>,
+    bootstrap: String,
+}
+
+impl std::fmt::Debug for KafkaAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaAdmin")
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaAdmin {
+    pub fn new(bootstrap_servers: &str) -> Result<Self> {
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap_servers)
+            .create()
+            .map_err(|e| {
+                KafkaError::client(
+                    format!("creating an admin client for {bootstrap_servers}"),
+                    e,
+                )
+            })?;
+        Ok(Self {
+            admin,
+            bootstrap: bootstrap_servers.to_owned(),
+        })
+    }
+
+    /// Creates a topic and waits until every partition has a leader.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> Result<()> {
+        crate::checkpoint::validate_topic_name(topic)?;
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (k, v) in config {
+            new = new.set(k, v);
+        }
+        let res = self
+            .admin
+            .create_topics(
+                &[new],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .map_err(|e| KafkaError::client(format!("creating topic {topic}"), e))?;
+        for r in res {
+            if let Err((t, code)) = r {
+                return Err(KafkaError::Other(format!("creating topic {t} failed: {code}")).into());
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let md = self
+                .admin
+                .inner()
+                .fetch_metadata(Some(topic), Duration::from_secs(5));
+            if let Ok(md) = md {
+                if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
+                    let ready = t.error().is_none()
+                        && i32::try_from(t.partitions().len()).ok() == Some(partitions)
+                        && t.partitions().iter().all(|p| p.leader() >= 0);
+                    if ready {
+                        return Ok(());
+                    }
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(
+                    KafkaError::Other(format!("topic {topic} has no leader after 30 s")).into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Deletes topics (missing ones are ignored).
+    pub async fn delete_topics(&self, topics: &[&str]) -> Result<()> {
+        self.admin
+            .delete_topics(
+                topics,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .map_err(|e| KafkaError::client(format!("deleting topics {topics:?}"), e))?;
+        Ok(())
+    }
+
+    /// Deletes the records before `before` on one partition (moves its first available offset).
+    pub async fn delete_records(&self, tp: &TopicPartition, before: i64) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(before))
+            .map_err(|e| KafkaError::client(format!("deleting records of {tp}"), e))?;
+        let res = self
+            .admin
+            .delete_records(
+                &tpl,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .map_err(|e| {
+                KafkaError::client(format!("deleting records of {tp} before {before}"), e)
+            })?;
+        for el in res.elements() {
+            if let Err(e) = el.error() {
+                return Err(KafkaError::client(
+                    format!("deleting records of {tp} before {before}"),
+                    e,
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every partition of `topics`, sorted. Blocks on a metadata request (up to 30 s): call it
+    /// from a blocking context, not from an async worker.
+    pub fn partitions(&self, topics: &[String]) -> Result<Vec<TopicPartition>> {
+        partitions_of(self.admin.inner(), topics)
+    }
+}

@@ -1,0 +1,10 @@
+//! Kafka: the change feed (manual partition assignment, no consumer group, nothing committed to
+//! Kafka), the change producer and the admin helpers.
+
+pub mod admin;
+pub mod consumer;
+pub mod producer;
+
+pub use admin::KafkaAdmin;
+pub use consumer::{KafkaFeed, KafkaFeedOptions};
+pub use producer::ChangeProducer;

@@ -1,0 +1,102 @@
+//! Change feeds: where changes come from.
+//!
+//! A feed yields [`FeedItem`]s: a change, an invalid message (which still occupies an offset and
+//! becomes an error row), or an idle tick (CommCare's 10-second consumer timeout, which flushes a
+//! partial chunk and lets the idle checkpoint rule run). Feeds never checkpoint; the pillow loop
+//! decides what was handled and when to write it.
+
+pub mod assignment;
+pub mod kafka;
+pub mod memory;
+pub mod offsets;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::change::Change;
+use crate::error::Result;
+
+/// A Kafka (topic, partition) pair. Orders by topic name, then partition number, as CommCare's
+/// `_filter_partitions` sorts them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    /// CommCare's text form of a Kafka sequence key: `"topic,partition"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{}", self.topic, self.partition)
+    }
+}
+
+/// A message that is not a valid change. It is recorded as an error and its offset counts as
+/// handled, so the pillow goes on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidMessage {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The message key (the document id, when the producer set one).
+    pub key: Option<String>,
+    pub reason: String,
+    /// The first bytes of the body, for the error row.
+    pub excerpt: String,
+    pub size: usize,
+}
+
+impl InvalidMessage {
+    /// The id the error row is recorded under: the key, or `topic:partition:offset` without one.
+    pub fn doc_id(&self) -> String {
+        self.key
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}:{}", self.topic, self.partition, self.offset))
+    }
+}
+
+/// One step of a feed.
+#[derive(Debug)]
+pub enum FeedItem {
+    Change(Box<Change>),
+    Invalid(Box<InvalidMessage>),
+    /// No message for the idle timeout (CommCare yields `None`).
+    Tick,
+    /// The broker reported that a position is no longer available (retention deleted messages
+    /// not yet read). The pillow re-resolves its positions: strict mode fails, non-strict mode
+    /// reports the gap and resumes at the earliest retained offset.
+    OffsetOutOfRange,
+}
+
+/// A source of changes for one pillow process.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// The feed's topics.
+    fn topics(&self) -> &[String];
+
+    /// Every partition of the feed's topics (an unknown topic is an error).
+    async fn partitions(&mut self) -> Result<Vec<TopicPartition>>;
+
+    /// The (first available, high-water mark) offsets of these partitions.
+    async fn watermarks(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, i64, i64)>>;
+
+    /// Starts, or restarts, reading exactly these partitions from these offsets.
+    async fn assign(&mut self, positions: &[(TopicPartition, i64)]) -> Result<()>;
+
+    /// The next item. `None` means the feed ended (test feeds only: a Kafka feed never ends).
+    async fn next(&mut self) -> Result<Option<FeedItem>>;
+}

@@ -1,0 +1,251 @@
+//! Running one chunk through the processors, with CommCare's semantics (reference §1.6):
+//!
+//! 1. de-duplicate: keep the last occurrence of each document id, in the order of those last
+//!    occurrences (`1a 2a 3a 2b 4a 1b` → `3a 2b 4a 1b`);
+//! 2. batch processors, in order, each with the whole de-duplicated chunk: if the call fails as a
+//!    whole, every change goes through that processor's `process_change`; changes it returns for
+//!    retry go through `process_change` too; changes it returns as errors are failures;
+//! 3. then every change through the serial processors, in order; the first failure skips the
+//!    remaining serial processors for that change.
+//!
+//! A change that fails anywhere in the pass is recorded once (one attempt per pass: the fix for
+//! reference §9 #12), with its first failure. With chunk size 0 there are no batch processors:
+//! every processor runs serially.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::change::Change;
+use crate::docstore::DocumentStores;
+use crate::error::Result;
+use crate::metrics::{self, Recorder};
+use crate::processor::{Processor, ProcessorFailure};
+
+/// Keeps the last occurrence of each document id, in the order of those last occurrences.
+pub fn deduplicate(changes: Vec<Change>) -> Vec<Change> {
+    let mut last: HashMap<String, usize> = HashMap::with_capacity(changes.len());
+    for (i, c) in changes.iter().enumerate() {
+        last.insert(c.id.clone(), i);
+    }
+    if last.len() == changes.len() {
+        return changes;
+    }
+    changes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, c)| last.get(&c.id) == Some(i))
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// The failures of one pass: index into the de-duplicated chunk → first failure.
+pub type Failures = BTreeMap<usize, ProcessorFailure>;
+
+fn fail(failures: &mut Failures, i: usize, f: ProcessorFailure) {
+    failures.entry(i).or_insert(f);
+}
+
+/// Runs `changes` (already de-duplicated when `batch` is on) through `processors`.
+/// `batch` is false for chunk size 0: then every processor is serial.
+pub async fn process_chunk(
+    processors: &mut [Box<dyn Processor>],
+    changes: &mut [Change],
+    batch: bool,
+    docstores: &DocumentStores,
+    pillow: &str,
+    metrics: &dyn Recorder,
+) -> Result<Failures> {
+    let mut failures = Failures::new();
+    if processors.iter().any(|p| p.needs_documents()) {
+        docstores.fetch_missing(changes).await?;
+    }
+    if batch {
+        for p in processors
+            .iter_mut()
+            .filter(|p| p.supports_batch_processing())
+        {
+            match p.process_changes_chunk(changes).await? {
+                Ok(outcome) => {
+                    for (i, f) in outcome.errors {
+                        fail(&mut failures, i, f);
+                    }
+                    for i in outcome.retry {
+                        let Some(change) = changes.get_mut(i) else {
+                            continue;
+                        };
+                        if let Err(f) = p.process_change(change).await? {
+                            fail(&mut failures, i, f);
+                        }
+                    }
+                }
+                Err(whole) => {
+                    tracing::warn!(pillow, processor = p.name(), error = %whole, changes = changes.len(),
+                        "batch processor failed on a whole chunk; processing its changes one by one");
+                    metrics.counter(
+                        metrics::BATCH_PROCESSOR_EXCEPTIONS,
+                        vec![
+                            ("processor", p.name().to_owned()),
+                            ("pillow_name", pillow.to_owned()),
+                        ],
+                        1.0,
+                    );
+                    for (i, change) in changes.iter_mut().enumerate() {
+                        if let Err(f) = p.process_change(change).await? {
+                            fail(&mut failures, i, f);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (i, change) in changes.iter_mut().enumerate() {
+        for p in processors
+            .iter_mut()
+            .filter(|p| !(batch && p.supports_batch_processing()))
+        {
+            if let Err(f) = p.process_change(change).await? {
+                fail(&mut failures, i, f);
+                break;
+            }
+        }
+    }
+    Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::ChangeMeta;
+    use crate::metrics::NoopRecorder;
+    use crate::processor::memory::RecordingProcessor;
+
+    fn change(id: &str, offset: i64) -> Change {
+        let meta = ChangeMeta::new(id, "sql", "form-sql");
+        Change::from_message("t", 0, offset, meta.to_json().as_bytes()).expect("valid")
+    }
+
+    fn ids(v: &[Change]) -> Vec<(String, i64)> {
+        v.iter().map(|c| (c.id.clone(), c.offset)).collect()
+    }
+
+    #[test]
+    fn dedup_keeps_last_occurrence_in_order() {
+        let chunk = vec![
+            change("1", 0),
+            change("2", 1),
+            change("3", 2),
+            change("2", 3),
+            change("4", 4),
+            change("1", 5),
+        ];
+        let d = deduplicate(chunk);
+        assert_eq!(
+            ids(&d),
+            [
+                ("3".into(), 2),
+                ("2".into(), 3),
+                ("4".into(), 4),
+                ("1".into(), 5)
+            ]
+        );
+    }
+
+    async fn run(
+        procs: Vec<RecordingProcessor>,
+        batch: bool,
+        n: usize,
+    ) -> (Failures, Vec<RecordingProcessor>) {
+        let mut boxed: Vec<Box<dyn Processor>> = procs
+            .iter()
+            .map(|p| Box::new(p.clone()) as Box<dyn Processor>)
+            .collect();
+        let mut changes: Vec<Change> = (0..n)
+            .map(|i| change(&format!("d{i}"), i64::try_from(i).expect("small")))
+            .collect();
+        let f = process_chunk(
+            &mut boxed,
+            &mut changes,
+            batch,
+            &DocumentStores::new(),
+            "p",
+            &NoopRecorder,
+        )
+        .await
+        .expect("ok");
+        (f, procs)
+    }
+
+    #[tokio::test]
+    async fn batch_then_serial_and_first_serial_failure_skips_the_rest() {
+        let bulk = RecordingProcessor::new("bulk", true);
+        let s1 = RecordingProcessor::new("s1", false);
+        let s2 = RecordingProcessor::new("s2", false);
+        s1.fail_ids.lock().expect("lock").insert("d1".into());
+        let (f, procs) = run(vec![bulk, s1, s2], true, 3).await;
+        let bulk_r = procs[0].recorded.lock().expect("lock");
+        assert_eq!(bulk_r.chunks, [3]);
+        assert_eq!(bulk_r.serial_calls, 0);
+        let s2_ids: Vec<_> = procs[2]
+            .recorded
+            .lock()
+            .expect("lock")
+            .processed
+            .iter()
+            .map(|p| p.0.clone())
+            .collect();
+        assert_eq!(s2_ids, ["d0", "d2"], "s2 never sees d1, which failed in s1");
+        assert_eq!(f.keys().copied().collect::<Vec<_>>(), [1]);
+        assert!(f[&1].message.contains("s1 fails on d1"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_chunk_falls_back_to_serial_on_that_processor_only() {
+        let mut bulk = RecordingProcessor::new("bulk", true);
+        bulk.fail_chunks = true;
+        bulk.fail_ids.lock().expect("lock").insert("d2".into());
+        let other = RecordingProcessor::new("other-bulk", true);
+        let (f, procs) = run(vec![bulk, other], true, 4).await;
+        let r = procs[0].recorded.lock().expect("lock");
+        assert_eq!(r.serial_calls, 4, "every change retried serially");
+        assert_eq!(r.processed.len(), 3);
+        let o = procs[1].recorded.lock().expect("lock");
+        assert_eq!(
+            (o.chunks.clone(), o.serial_calls),
+            (vec![4], 0),
+            "the other processor keeps its bulk path"
+        );
+        assert_eq!(f.keys().copied().collect::<Vec<_>>(), [2]);
+    }
+
+    #[tokio::test]
+    async fn retry_set_is_retried_serially_and_one_failure_per_change_per_pass() {
+        let bulk = RecordingProcessor::new("bulk", true);
+        bulk.retry_ids.lock().expect("lock").insert("d0".into());
+        bulk.fail_ids
+            .lock()
+            .expect("lock")
+            .extend(["d0".to_owned(), "d1".to_owned()]);
+        let serial = RecordingProcessor::new("serial", false);
+        serial.fail_ids.lock().expect("lock").insert("d1".into());
+        let (f, procs) = run(vec![bulk, serial], true, 2).await;
+        assert_eq!(
+            procs[0].recorded.lock().expect("lock").serial_calls,
+            1,
+            "d0 retried once"
+        );
+        assert_eq!(f.len(), 2);
+        assert!(
+            f[&1].message.contains("bulk fails on d1"),
+            "first failure kept: {:?}",
+            f[&1]
+        );
+    }
+
+    #[tokio::test]
+    async fn chunk_size_zero_runs_batch_processors_serially() {
+        let bulk = RecordingProcessor::new("bulk", true);
+        let (_, procs) = run(vec![bulk], false, 3).await;
+        let r = procs[0].recorded.lock().expect("lock");
+        assert!(r.chunks.is_empty());
+        assert_eq!(r.serial_calls, 3);
+    }
+}

@@ -1,0 +1,613 @@
+//! The pillow loop against the in-memory feed, stores and processors: CommCare's loop table
+#![allow(clippy::float_cmp, clippy::many_single_char_names)] // exact small counts in metrics; short names in tests
+//! (reference §1.6), checkpoint values, resume, expiry, invalid messages and crash-only errors.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::checkpoint::memory::MemoryCheckpointStore;
+use crate::feed::memory::MemoryFeed;
+use crate::metrics::MemoryRecorder;
+use crate::processor::memory::RecordingProcessor;
+use crate::retry::memory::MemoryErrorStore;
+
+struct Harness {
+    checkpoints: Arc<MemoryCheckpointStore>,
+    errors: Arc<MemoryErrorStore>,
+    metrics: Arc<MemoryRecorder>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            checkpoints: Arc::default(),
+            errors: Arc::default(),
+            metrics: Arc::default(),
+        }
+    }
+
+    async fn run(
+        &self,
+        config: PillowConfig,
+        feed: MemoryFeed,
+        procs: &[RecordingProcessor],
+    ) -> Result<RunSummary> {
+        let processors = procs
+            .iter()
+            .map(|p| Box::new(p.clone()) as Box<dyn Processor>)
+            .collect();
+        let mut pillow = Pillow::new(
+            config,
+            Box::new(feed),
+            processors,
+            self.checkpoints.clone(),
+            self.errors.clone(),
+        )
+        .with_metrics(self.metrics.clone());
+        pillow.run(&CancellationToken::new()).await
+    }
+
+    fn writes(&self) -> Vec<Vec<(String, i64)>> {
+        self.checkpoints
+            .writes()
+            .into_iter()
+            .map(|w| w.into_iter().map(|(tp, o)| (tp.to_string(), o)).collect())
+            .collect()
+    }
+}
+
+fn config(chunk_size: usize) -> PillowConfig {
+    let mut c = PillowConfig::new("test-pillow", "test-pillow-checkpoint");
+    c.chunk_size = chunk_size;
+    c.max_checkpoint_delay = None;
+    c.checkpoint_frequency = 1;
+    c
+}
+
+fn processed(p: &RecordingProcessor) -> Vec<String> {
+    p.recorded
+        .lock()
+        .expect("lock")
+        .processed
+        .iter()
+        .map(|r| r.0.clone())
+        .collect()
+}
+
+fn chunks(p: &RecordingProcessor) -> Vec<usize> {
+    p.recorded.lock().expect("lock").chunks.clone()
+}
+
+#[tokio::test]
+async fn batch_chunk_of_one_checkpoints_after_the_change() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "1");
+    let p = RecordingProcessor::new("bulk", true);
+    let s = h
+        .run(config(1), feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert_eq!(chunks(&p), [1]);
+    assert_eq!(
+        h.writes(),
+        [vec![("t,0".to_owned(), 1)]],
+        "next offset to read is 1"
+    );
+    assert_eq!((s.changes, s.stop_reason), (1, StopReason::FeedEnded));
+}
+
+#[tokio::test]
+async fn batch_chunk_of_two_flushes_at_size() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "1");
+    feed.push_change("t", 0, "2");
+    let p = RecordingProcessor::new("bulk", true);
+    h.run(config(2), feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert_eq!(chunks(&p), [2]);
+    assert_eq!(h.writes(), [vec![("t,0".to_owned(), 2)]]);
+}
+
+#[tokio::test]
+async fn a_tick_flushes_the_partial_chunk_and_checkpoints() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "1");
+    feed.push_tick();
+    let p = RecordingProcessor::new("bulk", true);
+    let mut c = config(2);
+    c.until_idle = true;
+    let s = h
+        .run(c, feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert_eq!(chunks(&p), [1], "the tick flushed a chunk of one");
+    assert_eq!(h.writes(), [vec![("t,0".to_owned(), 1)]]);
+    assert_eq!(
+        (s.changes, s.stop_reason),
+        (1, StopReason::Idle),
+        "the tick is not counted as a change"
+    );
+}
+
+#[tokio::test]
+async fn idle_ticks_with_nothing_moved_write_nothing() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_tick();
+    feed.push_tick();
+    let p = RecordingProcessor::new("bulk", true);
+    let s = h
+        .run(config(2), feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert!(h.writes().is_empty());
+    assert!(chunks(&p).is_empty());
+    assert_eq!(s.changes, 0);
+    assert_eq!(h.metrics.get(metrics::FEED_TIMEOUT, &[]), 2.0);
+}
+
+#[tokio::test]
+async fn an_empty_feed_does_nothing() {
+    let h = Harness::new();
+    let p = RecordingProcessor::new("bulk", true);
+    let s = h
+        .run(
+            config(10),
+            MemoryFeed::new(&["t"], 2),
+            std::slice::from_ref(&p),
+        )
+        .await
+        .expect("runs");
+    assert!(h.writes().is_empty());
+    assert!(p.recorded.lock().expect("lock").processed.is_empty());
+    assert_eq!(s.checkpoints, 0);
+}
+
+#[tokio::test]
+async fn a_partial_chunk_is_flushed_when_the_feed_ends() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "1");
+    let p = RecordingProcessor::new("bulk", true);
+    h.run(config(2), feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert_eq!(chunks(&p), [1]);
+    assert_eq!(h.writes(), [vec![("t,0".to_owned(), 1)]]);
+}
+
+#[tokio::test]
+async fn chunk_size_zero_is_serial_and_checkpoints_after_the_change() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "1");
+    let p = RecordingProcessor::new("bulk", true);
+    h.run(config(0), feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert!(chunks(&p).is_empty());
+    assert_eq!(processed(&p), ["1"]);
+    assert_eq!(h.writes(), [vec![("t,0".to_owned(), 1)]]);
+}
+
+#[tokio::test]
+async fn checkpoint_frequency_counts_changes() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..5 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    let mut c = config(1);
+    c.checkpoint_frequency = 2;
+    h.run(c, feed, &[RecordingProcessor::new("p", false)])
+        .await
+        .expect("runs");
+    let offsets: Vec<i64> = h.writes().into_iter().map(|w| w[0].1).collect();
+    assert_eq!(
+        offsets,
+        [2, 4, 5],
+        "every 2 changes, then the final checkpoint at stop"
+    );
+}
+
+#[tokio::test]
+async fn the_first_change_after_start_checkpoints_when_the_delay_rule_is_on() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..3 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    feed.push_tick();
+    feed.push_change("t", 0, "late");
+    let mut c = config(1);
+    c.checkpoint_frequency = 1000;
+    c.max_checkpoint_delay = Some(Duration::from_secs(300));
+    c.max_changes = Some(3);
+    let s = h
+        .run(c, feed, &[RecordingProcessor::new("p", false)])
+        .await
+        .expect("runs");
+    assert_eq!(s.stop_reason, StopReason::MaxChanges);
+    let offsets: Vec<i64> = h.writes().into_iter().map(|w| w[0].1).collect();
+    assert_eq!(offsets, [1, 3], "first change, then the final checkpoint");
+}
+
+#[tokio::test]
+async fn dedup_is_what_processors_see_but_the_checkpoint_covers_the_whole_chunk() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for id in ["1", "2", "3", "2", "4", "1"] {
+        feed.push_change("t", 0, id);
+    }
+    let bulk = RecordingProcessor::new("bulk", true);
+    let serial = RecordingProcessor::new("serial", false);
+    h.run(config(6), feed, &[bulk.clone(), serial.clone()])
+        .await
+        .expect("runs");
+    let seen: Vec<(String, i64)> = bulk
+        .recorded
+        .lock()
+        .expect("lock")
+        .processed
+        .iter()
+        .map(|r| (r.0.clone(), r.3))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("3".into(), 2),
+            ("2".into(), 3),
+            ("4".into(), 4),
+            ("1".into(), 5)
+        ]
+    );
+    assert_eq!(processed(&serial), ["3", "2", "4", "1"]);
+    assert_eq!(h.writes(), [vec![("t,0".to_owned(), 6)]]);
+}
+
+#[tokio::test]
+async fn resumes_from_the_checkpoint_for_own_partitions_only() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 4);
+    for p in 0..4 {
+        for i in 0..5 {
+            feed.push_change("t", p, &format!("p{p}-{i}"));
+        }
+    }
+    for p in 0..4 {
+        h.checkpoints
+            .set("test-pillow-checkpoint", TopicPartition::new("t", p), 3);
+    }
+    let mut c = config(10);
+    c.layout = Layout {
+        num_processes: 2,
+        process_num: 1,
+        dedicated_migration_process: false,
+    };
+    let proc_ = RecordingProcessor::new("p", true);
+    let s = h
+        .run(c, feed, std::slice::from_ref(&proc_))
+        .await
+        .expect("runs");
+    assert_eq!(
+        s.partitions,
+        [TopicPartition::new("t", 1), TopicPartition::new("t", 3)]
+    );
+    let mut got = processed(&proc_);
+    got.sort();
+    assert_eq!(got, ["p1-3", "p1-4", "p3-3", "p3-4"]);
+    let mut written = h.writes().concat();
+    written.sort();
+    assert_eq!(
+        written,
+        [("t,1".to_owned(), 5), ("t,3".to_owned(), 5)],
+        "only own partitions are written"
+    );
+}
+
+#[tokio::test]
+async fn a_partition_without_checkpoint_follows_the_start_policy() {
+    for (policy, expected) in [
+        (StartPolicy::Earliest, vec!["a", "b"]),
+        (StartPolicy::Latest, vec![]),
+    ] {
+        let h = Harness::new();
+        let mut feed = MemoryFeed::new(&["t"], 1);
+        feed.push_change("t", 0, "a");
+        feed.push_change("t", 0, "b");
+        let mut c = config(10);
+        c.start_policy = policy;
+        let p = RecordingProcessor::new("p", true);
+        h.run(c, feed, std::slice::from_ref(&p))
+            .await
+            .expect("runs");
+        assert_eq!(processed(&p), expected, "{policy:?}");
+    }
+    let h = Harness::new();
+    let mut c = config(10);
+    c.start_policy = StartPolicy::Error;
+    let err = h
+        .run(c, MemoryFeed::new(&["t"], 1), &[])
+        .await
+        .expect_err("refuses");
+    assert!(err.to_string().contains("has no offset for t,0"), "{err}");
+}
+
+#[tokio::test]
+async fn expired_checkpoint_strict_fails_with_commcares_message() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..10 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    feed.set_first_available("t", 0, 6);
+    h.checkpoints
+        .set("test-pillow-checkpoint", TopicPartition::new("t", 0), 2);
+    let mut c = config(10);
+    c.strict = true;
+    let err = h.run(c, feed, &[]).await.expect_err("strict");
+    assert_eq!(
+        err.to_string(),
+        "First available topic offset for t:0 is 6 but needed 2."
+    );
+}
+
+#[tokio::test]
+async fn expired_checkpoint_non_strict_resumes_at_earliest_and_says_so() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..10 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    feed.set_first_available("t", 0, 6);
+    h.checkpoints
+        .set("test-pillow-checkpoint", TopicPartition::new("t", 0), 2);
+    let p = RecordingProcessor::new("p", true);
+    h.run(config(10), feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert_eq!(processed(&p), ["d6", "d7", "d8", "d9"]);
+    assert_eq!(
+        h.metrics
+            .get(metrics::OFFSET_RESET, &[("reason", "expired")]),
+        1.0
+    );
+    assert_eq!(h.writes(), [vec![("t,0".to_owned(), 10)]]);
+}
+
+#[tokio::test]
+async fn invalid_messages_become_parked_error_rows_and_the_pillow_goes_on() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "good-1");
+    feed.push("t", 0, Some("bad-json"), "{not json");
+    feed.push(
+        "t",
+        0,
+        None,
+        r#"{"data_source_type": "sql", "data_source_name": "x"}"#,
+    );
+    feed.push("t", 0, Some("bad-type"), r#"{"document_id": "bad-type", "data_source_type": "sql", "data_source_name": "x", "attempts": "many"}"#);
+    feed.push_change("t", 0, "good-2");
+    let p = RecordingProcessor::new("p", true);
+    let s = h
+        .run(config(10), feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert_eq!(processed(&p), ["good-1", "good-2"]);
+    assert_eq!(s.invalid, 3);
+    let rows = h.errors.list("test-pillow").await.expect("rows");
+    let mut ids: Vec<_> = rows.iter().map(|r| r.doc_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["bad-json", "bad-type", "t:0:2"]);
+    assert!(rows.iter().all(|r| r.error_type.as_deref()
+        == Some("pillowtop_rs.exceptions.InvalidChangeError")
+        && r.date_next_attempt.is_none()));
+    assert!(rows
+        .iter()
+        .find(|r| r.doc_id == "t:0:2")
+        .and_then(|r| r.error_traceback.clone())
+        .unwrap_or_default()
+        .contains("document_id"));
+    assert_eq!(
+        h.writes(),
+        [vec![("t,0".to_owned(), 5)]],
+        "the checkpoint passes the recorded bad messages"
+    );
+}
+
+#[tokio::test]
+async fn failed_changes_are_recorded_once_per_pass_and_the_pillow_goes_on() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for id in ["a", "b", "c"] {
+        feed.push_change("t", 0, id);
+    }
+    let bulk = RecordingProcessor::new("bulk", true);
+    bulk.fail_ids.lock().expect("lock").insert("b".into());
+    let serial = RecordingProcessor::new("serial", false);
+    serial.fail_ids.lock().expect("lock").insert("b".into());
+    let s = h
+        .run(config(10), feed, &[bulk, serial])
+        .await
+        .expect("runs");
+    assert_eq!(s.failed, 1);
+    let rows = h.errors.list("test-pillow").await.expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            rows[0].doc_id.as_str(),
+            rows[0].current_attempt,
+            rows[0].total_attempts
+        ),
+        ("b", 1, 1)
+    );
+    assert!(rows[0].date_next_attempt.is_some());
+    assert_eq!(
+        h.metrics.get(
+            metrics::CHANGES_EXCEPTIONS,
+            &[("exception_type", "tests.TestError")]
+        ),
+        1.0
+    );
+    assert_eq!(h.metrics.get(metrics::CHANGES_SUCCESS, &[]), 2.0);
+    assert_eq!(h.writes(), [vec![("t,0".to_owned(), 3)]]);
+}
+
+#[tokio::test]
+async fn retry_errors_off_records_only_missing_documents() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "x");
+    let p = RecordingProcessor::new("p", false);
+    p.fail_ids.lock().expect("lock").insert("x".into());
+    let mut c = config(10);
+    c.retry_errors = false;
+    let s = h.run(c, feed, &[p]).await.expect("runs");
+    assert_eq!(s.failed, 1);
+    assert!(h.errors.list("test-pillow").await.expect("rows").is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_error_store_stops_the_pillow_without_checkpointing_the_chunk() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "ok-1");
+    feed.push_tick();
+    feed.push_change("t", 0, "boom");
+    feed.push_change("t", 0, "ok-2");
+    let p = RecordingProcessor::new("p", true);
+    p.fail_ids.lock().expect("lock").insert("boom".into());
+    h.errors.fail.store(true, Ordering::SeqCst);
+    let err = h.run(config(10), feed, &[p]).await.expect_err("crash-only");
+    assert!(
+        err.to_string()
+            .contains("failed to record the error of change boom for pillow test-pillow"),
+        "{err}"
+    );
+    assert_eq!(
+        h.writes(),
+        [vec![("t,0".to_owned(), 1)]],
+        "the failed chunk is never checkpointed"
+    );
+}
+
+/// Rewinds the stored checkpoint to 3 while processing `d0`, as an operator would.
+struct Rewinder {
+    store: Arc<MemoryCheckpointStore>,
+    inner: RecordingProcessor,
+}
+
+#[async_trait::async_trait]
+impl Processor for Rewinder {
+    fn name(&self) -> &str {
+        "rewinder"
+    }
+
+    async fn process_change(
+        &mut self,
+        change: &mut Change,
+    ) -> Result<Result<(), ProcessorFailure>> {
+        if change.id == "d0" {
+            self.store
+                .set("test-pillow-checkpoint", TopicPartition::new("t", 0), 3);
+        }
+        self.inner.process_change(change).await
+    }
+}
+
+#[tokio::test]
+async fn an_external_checkpoint_change_is_detected_and_reloaded() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..4 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    h.checkpoints
+        .set("test-pillow-checkpoint", TopicPartition::new("t", 0), 0);
+    let inner = RecordingProcessor::new("p", false);
+    let processors: Vec<Box<dyn Processor>> = vec![Box::new(Rewinder {
+        store: h.checkpoints.clone(),
+        inner: inner.clone(),
+    })];
+    let mut pillow = Pillow::new(
+        config(1),
+        Box::new(feed),
+        processors,
+        h.checkpoints.clone(),
+        h.errors.clone(),
+    );
+    pillow.run(&CancellationToken::new()).await.expect("runs");
+    assert_eq!(
+        processed(&inner),
+        ["d0", "d3"],
+        "the write after d0 saw the rewind, reloaded, and resumed at 3"
+    );
+    assert_eq!(
+        h.checkpoints
+            .load("test-pillow-checkpoint")
+            .await
+            .expect("rows")[0]
+            .offset,
+        4
+    );
+}
+
+#[tokio::test]
+async fn dedicated_migration_process_consumes_nothing_and_bootstraps() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 2);
+    feed.push_change("t", 0, "x");
+    let mut c = config(10);
+    c.layout = Layout {
+        num_processes: 3,
+        process_num: 0,
+        dedicated_migration_process: true,
+    };
+    c.until_idle = true;
+    let p = RecordingProcessor::new("p", true);
+    let s = h
+        .run(c, feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert_eq!(s.changes, 0);
+    let r = p.recorded.lock().expect("lock");
+    assert_eq!((r.processed.len(), r.bootstraps), (0, 1));
+}
+
+#[tokio::test]
+async fn a_graceful_stop_flushes_and_checkpoints() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "a");
+    feed.push_change("t", 0, "b");
+    feed.tick_when_empty = true;
+    let p = RecordingProcessor::new("p", true);
+    let processors: Vec<Box<dyn Processor>> = vec![Box::new(p.clone())];
+    let mut pillow = Pillow::new(
+        config(10),
+        Box::new(feed),
+        processors,
+        h.checkpoints.clone(),
+        h.errors.clone(),
+    );
+    let token = CancellationToken::new();
+    let t2 = token.clone();
+    let handle = tokio::spawn(async move { pillow.run(&t2).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    token.cancel();
+    let s = handle.await.expect("joins").expect("runs");
+    assert_eq!(s.stop_reason, StopReason::Shutdown);
+    assert_eq!(processed(&p), ["a", "b"]);
+    assert_eq!(
+        h.writes().last().cloned(),
+        Some(vec![("t,0".to_owned(), 2)])
+    );
+}

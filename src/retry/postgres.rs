@@ -1,0 +1,167 @@
+//! Error rows in CommCare's `pillow_retry_pillowerror` table.
+//!
+//! `change` and `change_metadata` are `jsonb` in our migrations; a Django-created table may hold
+//! them as `text` or `json`, so the column types are read once and the casts chosen to match.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use super::{ErrorRecord, ErrorStore, PillowErrorRow, MAX_PROCESSING_ATTEMPTS, REPROCESS_INTERVAL};
+use crate::error::Result;
+use crate::pg::{err, Pg};
+
+/// The error store over one PostgreSQL database.
+#[derive(Debug)]
+pub struct PostgresErrorStore {
+    pg: Arc<Pg>,
+    /// SQL casts for (`change`, `change_metadata`), e.g. `jsonb`.
+    casts: OnceCell<(String, String)>,
+}
+
+impl PostgresErrorStore {
+    pub fn new(pg: Arc<Pg>) -> Self {
+        Self {
+            pg,
+            casts: OnceCell::new(),
+        }
+    }
+
+    async fn casts(&self) -> Result<&(String, String)> {
+        self.casts
+            .get_or_try_init(|| async {
+                self.pg
+                    .run("reading the pillow_retry_pillowerror column types", |c| async move {
+                        let rows = c
+                            .query(
+                                "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                                 WHERE table_name = 'pillow_retry_pillowerror' AND column_name IN ('change', 'change_metadata') \
+                                 AND table_schema = ANY (current_schemas(false))",
+                                &[],
+                            )
+                            .await
+                            .map_err(err("reading the pillow_retry_pillowerror column types"))?;
+                        let cast = |name: &str| {
+                            rows.iter()
+                                .find(|r| r.get::<_, String>(0) == name)
+                                .map_or("jsonb".to_owned(), |r| match r.get::<_, String>(1).as_str() {
+                                    "json" => "json".to_owned(),
+                                    "text" | "character varying" => "text".to_owned(),
+                                    _ => "jsonb".to_owned(),
+                                })
+                        };
+                        Ok((cast("change"), cast("change_metadata")))
+                    })
+                    .await
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl ErrorStore for PostgresErrorStore {
+    async fn record(&self, records: &[ErrorRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (change_cast, meta_cast) = self.casts().await?.clone();
+        // One statement per record inside one transaction: a chunk's errors land together.
+        let sql = format!(
+            r"INSERT INTO pillow_retry_pillowerror AS e
+                (doc_id, pillow, date_created, date_last_attempt, date_next_attempt, total_attempts, current_attempt,
+                 error_type, error_traceback, change, change_metadata)
+              VALUES ($1, $2, coalesce($3, now()), now(),
+                      CASE WHEN $4 <= {max} THEN now() + $4 * $4 * interval '{secs} seconds' END,
+                      $4, $4, $5, $6, $7::text::{change_cast}, $8::text::{meta_cast})
+              ON CONFLICT (doc_id, pillow) DO UPDATE SET
+                current_attempt = e.current_attempt + EXCLUDED.current_attempt,
+                total_attempts = e.total_attempts + EXCLUDED.total_attempts,
+                date_last_attempt = now(),
+                date_next_attempt = CASE WHEN e.current_attempt + EXCLUDED.current_attempt <= {max}
+                    THEN now() + (e.current_attempt + EXCLUDED.current_attempt) * (e.current_attempt + EXCLUDED.current_attempt) * interval '{secs} seconds'
+                    END,
+                error_type = EXCLUDED.error_type,
+                error_traceback = EXCLUDED.error_traceback",
+            max = MAX_PROCESSING_ATTEMPTS,
+            secs = REPROCESS_INTERVAL.as_secs(),
+        );
+        self.pg
+            .run("recording pillow errors", |c| {
+                let sql = sql.clone();
+                async move {
+                    let ctx = "recording pillow errors";
+                    c.batch_execute("BEGIN").await.map_err(err(ctx))?;
+                    let stmt = match c.prepare(&sql).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = c.batch_execute("ROLLBACK").await;
+                            return Err(err(ctx)(e));
+                        }
+                    };
+                    for r in records {
+                        let created = r.metadata.as_ref().and_then(|m| m.publish_timestamp);
+                        let change = r.change.to_string();
+                        let meta = r.metadata.as_ref().map(crate::change::ChangeMeta::to_json);
+                        let res = c
+                            .execute(
+                                &stmt,
+                                &[
+                                    &r.doc_id,
+                                    &r.pillow,
+                                    &created,
+                                    &r.attempts,
+                                    &r.error_type,
+                                    &r.traceback,
+                                    &change,
+                                    &meta,
+                                ],
+                            )
+                            .await;
+                        if let Err(e) = res {
+                            let _ = c.batch_execute("ROLLBACK").await;
+                            return Err(err(format!(
+                                "recording the error of {} for pillow {}",
+                                r.doc_id, r.pillow
+                            ))(e));
+                        }
+                    }
+                    c.batch_execute("COMMIT").await.map_err(err(ctx))
+                }
+            })
+            .await
+    }
+
+    async fn list(&self, pillow: &str) -> Result<Vec<PillowErrorRow>> {
+        self.pg
+            .run("listing pillow errors", |c| async move {
+                let rows = c
+                    .query(
+                        "SELECT doc_id, pillow, error_type, error_traceback, current_attempt, total_attempts, \
+                         date_created::timestamptz, date_last_attempt::timestamptz, date_next_attempt::timestamptz, \
+                         change::text, change_metadata::text FROM pillow_retry_pillowerror WHERE pillow = $1 ORDER BY doc_id",
+                        &[&pillow],
+                    )
+                    .await
+                    .map_err(err("listing pillow errors"))?;
+                let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+                Ok(rows
+                    .iter()
+                    .map(|r| PillowErrorRow {
+                        doc_id: r.get(0),
+                        pillow: r.get(1),
+                        error_type: r.get(2),
+                        error_traceback: r.get(3),
+                        current_attempt: r.get(4),
+                        total_attempts: r.get(5),
+                        date_created: r.get(6),
+                        date_last_attempt: r.get(7),
+                        date_next_attempt: r.get(8),
+                        change: json(r.get(9)),
+                        change_metadata: json(r.get(10)),
+                    })
+                    .collect())
+            })
+            .await
+    }
+}

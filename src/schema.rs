@@ -1,0 +1,79 @@
+//! The PostgreSQL tables pillowtop uses, created by one idempotent step.
+//!
+//! The first three are CommCare's tables with CommCare's names and columns, so a database where
+//! Django (CommCare's or our app's migrations) already created them is used as it is: every
+//! statement here is `IF NOT EXISTS`, and the code never relies on columns CommCare lacks. The
+//! last one, `pillowtop_rs_process`, is ours: one liveness row per running pillow process.
+
+use crate::error::Result;
+use crate::pg::{err, Pg};
+
+/// `CREATE ... IF NOT EXISTS` statements, in order.
+pub const SCHEMA_SQL: &str = r#"
+CREATE TABLE IF NOT EXISTS pillowtop_kafkacheckpoint (
+    id serial PRIMARY KEY,
+    checkpoint_id varchar(126) NOT NULL,
+    topic varchar(126) NOT NULL,
+    "partition" integer NOT NULL,
+    "offset" bigint NOT NULL,
+    doc_modification_time timestamp with time zone NULL,
+    last_modified timestamp with time zone NOT NULL,
+    CONSTRAINT pillowtop_kafkacheckpoint_checkpoint_id_topic_partition_uniq UNIQUE (checkpoint_id, topic, "partition")
+);
+CREATE INDEX IF NOT EXISTS pillowtop_kafkacheckpoint_checkpoint_id_idx ON pillowtop_kafkacheckpoint (checkpoint_id);
+
+CREATE TABLE IF NOT EXISTS pillowtop_djangopillowcheckpoint (
+    checkpoint_id varchar(100) PRIMARY KEY,
+    "sequence" text NOT NULL,
+    "timestamp" timestamp with time zone NOT NULL,
+    old_sequence text NULL,
+    sequence_format varchar(20) NOT NULL DEFAULT 'text'
+);
+
+CREATE TABLE IF NOT EXISTS pillow_retry_pillowerror (
+    id bigserial PRIMARY KEY,
+    doc_id varchar(255) NOT NULL,
+    pillow varchar(255) NOT NULL,
+    date_created timestamp with time zone NOT NULL,
+    date_last_attempt timestamp with time zone NOT NULL,
+    date_next_attempt timestamp with time zone NULL,
+    total_attempts integer NOT NULL DEFAULT 0,
+    current_attempt integer NOT NULL DEFAULT 0,
+    error_type varchar(255) NULL,
+    error_traceback text NULL,
+    change jsonb NULL,
+    change_metadata jsonb NULL,
+    CONSTRAINT pillow_retry_pillowerror_doc_id_pillow_uniq UNIQUE (doc_id, pillow)
+);
+CREATE INDEX IF NOT EXISTS pillow_retry_pillowerror_pillow_idx ON pillow_retry_pillowerror (pillow);
+CREATE INDEX IF NOT EXISTS pillow_retry_pillowerror_date_next_attempt_idx ON pillow_retry_pillowerror (date_next_attempt);
+CREATE INDEX IF NOT EXISTS pillow_retry_pillowerror_current_attempt_idx ON pillow_retry_pillowerror (current_attempt);
+CREATE INDEX IF NOT EXISTS pillow_retry_pillowerror_error_type_idx ON pillow_retry_pillowerror (error_type);
+
+CREATE TABLE IF NOT EXISTS pillowtop_rs_process (
+    pillow_name varchar(255) NOT NULL,
+    process_num integer NOT NULL,
+    num_processes integer NOT NULL,
+    dedicated_migration_process boolean NOT NULL DEFAULT false,
+    checkpoint_id varchar(126) NOT NULL,
+    hostname varchar(255) NOT NULL,
+    pid integer NOT NULL,
+    partitions jsonb NOT NULL DEFAULT '[]',
+    started_at timestamp with time zone NOT NULL,
+    heartbeat_at timestamp with time zone NOT NULL,
+    PRIMARY KEY (pillow_name, process_num)
+);
+"#;
+
+/// Creates every table and index that is missing. Safe to run concurrently and repeatedly.
+pub async fn ensure_schema(pg: &Pg) -> Result<()> {
+    pg.run("creating the pillowtop tables", |c| async move {
+        // Serialise concurrent creators (several processes starting at once): CREATE ... IF NOT
+        // EXISTS is not race-free in PostgreSQL.
+        let sql = format!("BEGIN; SELECT pg_advisory_xact_lock(7426853117); {SCHEMA_SQL} COMMIT;");
+        c.batch_execute(&sql)
+            .await
+            .map_err(err("creating the pillowtop tables"))
+    })
+    .await
+}

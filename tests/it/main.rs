@@ -1,0 +1,11 @@
+//! Integration tests against the real services of `tests/services/` (Kafka, PostgreSQL and the
+//! search engine). One binary: `cargo test --features integration-tests --test it`.
+
+// Tests report what they measured on stderr, and end-to-end scenarios read best as one function.
+#![allow(clippy::print_stderr, clippy::too_many_lines, clippy::items_after_statements, unreachable_pub)]
+
+mod elasticsearch;
+mod kafka;
+mod pillow;
+mod postgres;
+mod support;

@@ -1,0 +1,163 @@
+//! PostgreSQL through tokio-postgres: a round trip, the checkpoint store and the error store on
+//! CommCare's tables.
+
+use pillowtop::change::{Change, ChangeMeta};
+use pillowtop::checkpoint::postgres::PostgresCheckpointStore;
+use pillowtop::checkpoint::{CheckpointStore, CheckpointUpdate};
+use pillowtop::feed::TopicPartition;
+use pillowtop::processor::ProcessorFailure;
+use pillowtop::retry::postgres::PostgresErrorStore;
+use pillowtop::retry::{ErrorRecord, ErrorStore};
+
+use crate::support::{require, TestDb};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trip() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let table = db.id("roundtrip");
+    let c = db.pg.fresh_client().await.expect("client");
+    c.batch_execute(&format!(
+        "CREATE TABLE {table} (id text primary key, doc jsonb)"
+    ))
+    .await
+    .expect("create");
+    c.execute(
+        &format!("INSERT INTO {table} VALUES ($1, $2::text::jsonb)"),
+        &[&"a", &r#"{"x": 1}"#],
+    )
+    .await
+    .expect("insert");
+    let row = c
+        .query_one(
+            &format!("SELECT doc->>'x' FROM {table} WHERE id = 'a'"),
+            &[],
+        )
+        .await
+        .expect("select");
+    assert_eq!(row.get::<_, String>(0), "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoint_rows_are_commcare_shaped_and_external_changes_are_detected() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let id = db.id("ckpt");
+    let store = PostgresCheckpointStore::new(db.pg.clone());
+    assert!(
+        store.load(&id).await.expect("load").is_empty(),
+        "reading creates nothing"
+    );
+    let a = TopicPartition::new("form-sql", 0);
+    let b = TopicPartition::new("form-sql", 10);
+    store
+        .write(
+            &id,
+            &[
+                CheckpointUpdate {
+                    tp: a.clone(),
+                    offset: 5,
+                    expected: None,
+                },
+                CheckpointUpdate {
+                    tp: b.clone(),
+                    offset: 9_000_000_000,
+                    expected: None,
+                },
+            ],
+        )
+        .await
+        .expect("write");
+    let rows = store.load(&id).await.expect("load");
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.tp.clone(), r.offset))
+            .collect::<Vec<_>>(),
+        [(a.clone(), 5), (b.clone(), 9_000_000_000)]
+    );
+    // What a CommCare reader sees: bigint offsets, NULL doc_modification_time, a last_modified.
+    let c = db.pg.fresh_client().await.expect("client");
+    let r = c
+        .query_one(r#"SELECT "offset", doc_modification_time IS NULL, last_modified IS NOT NULL FROM pillowtop_kafkacheckpoint WHERE checkpoint_id = $1 AND "partition" = 10"#, &[&id])
+        .await
+        .expect("row");
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, bool>(1), r.get::<_, bool>(2)),
+        (9_000_000_000, true, true)
+    );
+    // An operator edits the row; a writer that expected 5 must not overwrite it.
+    c.execute(r#"UPDATE pillowtop_kafkacheckpoint SET "offset" = 2 WHERE checkpoint_id = $1 AND "partition" = 0"#, &[&id]).await.expect("edit");
+    let err = store
+        .write(
+            &id,
+            &[CheckpointUpdate {
+                tp: a.clone(),
+                offset: 7,
+                expected: Some(5),
+            }],
+        )
+        .await
+        .expect_err("reset detected");
+    assert!(err.to_string().contains("changed externally"), "{err}");
+    assert_eq!(
+        store.load(&id).await.expect("load")[0].offset,
+        2,
+        "nothing written"
+    );
+    assert_eq!(
+        store
+            .create_rows(&id, &[a.clone(), TopicPartition::new("form-sql", 1)], 0)
+            .await
+            .expect("create"),
+        1,
+        "only the missing row"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn error_rows_follow_commcares_attempt_arithmetic() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let pillow = db.id("errors");
+    let store = PostgresErrorStore::new(db.pg.clone());
+    let meta = ChangeMeta::new("doc-1", "sql", "form-sql");
+    let mut change =
+        Change::from_message("form-sql", 2, 77, meta.to_json().as_bytes()).expect("valid");
+    let failure = ProcessorFailure {
+        traceback: Some("Traceback: boom".into()),
+        ..ProcessorFailure::new("tests.Boom", "boom")
+    };
+    let mut minutes = Vec::new();
+    for _ in 0..4 {
+        // What the pillow does on each failing pass: one increment, one record.
+        change.metadata.attempts = 0;
+        change.increment_attempt_count();
+        store
+            .record(&[ErrorRecord::for_change(&pillow, &change, &failure)])
+            .await
+            .expect("record");
+        let rows = store.list(&pillow).await.expect("list");
+        assert_eq!(rows.len(), 1, "one row per document and pillow");
+        let r = &rows[0];
+        minutes.push(
+            r.date_next_attempt
+                .map(|n| (n - r.date_last_attempt).num_seconds() / 60),
+        );
+    }
+    assert_eq!(
+        minutes,
+        [Some(5), Some(20), Some(45), None],
+        "5, 20, 45 minutes, then parked"
+    );
+    let r = &store.list(&pillow).await.expect("list")[0];
+    assert_eq!(
+        (r.current_attempt, r.total_attempts, r.error_type.as_deref()),
+        (4, 4, Some("tests.Boom"))
+    );
+    assert_eq!(r.error_traceback.as_deref(), Some("Traceback: boom"));
+    assert_eq!(r.change.as_ref().expect("change")["seq"], 77);
+    assert_eq!(
+        r.change_metadata.as_ref().expect("meta")["document_id"],
+        "doc-1"
+    );
+}

@@ -1,0 +1,160 @@
+//! Shared test support: service addresses, unique self-cleaning resources.
+//!
+//! Service tests need the real services of `tests/services/up`. Locally, a test whose service
+//! variable is unset is skipped with a message; in CI (`CI` set) that is a failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pillowtop::feed::kafka::KafkaAdmin;
+use pillowtop::pg::Pg;
+use pillowtop::testing::unique_name;
+
+/// The address in `var`, or `None` (skip) locally; panics in CI.
+pub fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
+            panic!("{var} is not set: run tests/services/up and source .services/env (CI must not skip service tests)")
+        }
+        _ => {
+            eprintln!(
+                "skipping: {var} is not set (run tests/services/up and source .services/env)"
+            );
+            None
+        }
+    }
+}
+
+macro_rules! require {
+    ($var:expr) => {
+        match $crate::support::service($var) {
+            Some(v) => v,
+            None => return,
+        }
+    };
+}
+pub(crate) use require;
+
+
+/// A topic `test_<name>_<random>` with `partitions` partitions, deleted on drop.
+pub struct TestTopic {
+    pub name: String,
+    bootstrap: String,
+}
+
+impl TestTopic {
+    pub async fn new(bootstrap: &str, name: &str, partitions: i32) -> Self {
+        Self::with_config(bootstrap, name, partitions, &[]).await
+    }
+
+    pub async fn with_config(
+        bootstrap: &str,
+        name: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> Self {
+        let topic = unique_name(name);
+        KafkaAdmin::new(bootstrap)
+            .expect("admin")
+            .create_topic(&topic, partitions, config)
+            .await
+            .expect("create topic");
+        Self {
+            name: topic,
+            bootstrap: bootstrap.to_owned(),
+        }
+    }
+}
+
+impl Drop for TestTopic {
+    fn drop(&mut self) {
+        let (name, bootstrap) = (self.name.clone(), self.bootstrap.clone());
+        // Drop cannot await: delete from a helper thread with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(admin) = KafkaAdmin::new(&bootstrap) {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        admin.delete_topics(&[&name]),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A PostgreSQL connection with the pillowtop tables, and rows of the ids it hands out deleted
+/// on drop.
+pub struct TestDb {
+    pub pg: Arc<Pg>,
+    pub url: String,
+    ids: std::sync::Mutex<Vec<String>>,
+}
+
+impl TestDb {
+    pub async fn new(url: &str) -> Self {
+        let pg = Arc::new(Pg::new(url));
+        pillowtop::schema::ensure_schema(&pg).await.expect("schema");
+        Self {
+            pg,
+            url: url.to_owned(),
+            ids: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A unique pillow name / checkpoint id whose rows are deleted on drop.
+    pub fn id(&self, name: &str) -> String {
+        let id = unique_name(name);
+        self.ids.lock().expect("lock").push(id.clone());
+        id
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let ids = self.ids.lock().expect("lock").clone();
+        let url = self.url.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                for id in ids {
+                    let _ = c
+                        .execute(
+                            "DELETE FROM pillowtop_kafkacheckpoint WHERE checkpoint_id = $1",
+                            &[&id],
+                        )
+                        .await;
+                    let _ = c
+                        .execute(
+                            "DELETE FROM pillow_retry_pillowerror WHERE pillow = $1",
+                            &[&id],
+                        )
+                        .await;
+                    let _ = c
+                        .execute(
+                            "DELETE FROM pillowtop_rs_process WHERE pillow_name = $1",
+                            &[&id],
+                        )
+                        .await;
+                    let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {id}")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
