@@ -2,7 +2,12 @@
 //! search engine). One binary: `cargo test --features integration-tests --test it`.
 
 // Tests report what they measured on stderr, and end-to-end scenarios read best as one function.
-#![allow(clippy::print_stderr, clippy::too_many_lines, clippy::items_after_statements, unreachable_pub)]
+#![allow(
+    clippy::print_stderr,
+    clippy::too_many_lines,
+    clippy::items_after_statements,
+    unreachable_pub
+)]
 
 mod elasticsearch;
 mod kafka;

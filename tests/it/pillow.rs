@@ -617,9 +617,12 @@ async fn at_least_once_under_sigkill_at_random_moments() {
             .get(&tp.partition)
             .map_or(0, std::collections::BTreeSet::len);
         assert_eq!(
-            i64::try_from(got).expect("small"), *hi,
+            i64::try_from(got).expect("small"),
+            *hi,
             "partition {} has a gap: {} of {} offsets processed",
-            tp.partition, got, hi
+            tp.partition,
+            got,
+            hi
         );
     }
     // Each kill can redo at most what was processed since the last checkpoint: the checkpoint

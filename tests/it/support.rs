@@ -36,7 +36,6 @@ macro_rules! require {
 }
 pub(crate) use require;
 
-
 /// A topic `test_<name>_<random>` with `partitions` partitions, deleted on drop.
 pub struct TestTopic {
     pub name: String,
