@@ -1,8 +1,9 @@
 //! The PostgreSQL tables pillowtop uses, created by one idempotent step.
 //!
 //! The first three are CommCare's tables with CommCare's names and columns, so a database where
-//! Django (CommCare's or our app's migrations) already created them is used as it is: every
-//! statement here is `IF NOT EXISTS`, and the code never relies on columns CommCare lacks. The
+//! Django (CommCare's or our app's migrations) already created them is used as it is: a table
+//! that exists is left alone (no column, constraint or index is added to it), and the code never
+//! relies on columns CommCare lacks. The
 //! last one, `pillowtop_rs_process`, is ours: one liveness row per running pillow process.
 
 use crate::error::Result;
@@ -10,7 +11,8 @@ use crate::pg::{err, Pg};
 
 /// `CREATE ... IF NOT EXISTS` statements, in order.
 pub const SCHEMA_SQL: &str = r#"
-CREATE TABLE IF NOT EXISTS pillowtop_kafkacheckpoint (
+DO $$ BEGIN IF to_regclass('pillowtop_kafkacheckpoint') IS NULL THEN
+CREATE TABLE pillowtop_kafkacheckpoint (
     id serial PRIMARY KEY,
     checkpoint_id varchar(126) NOT NULL,
     topic varchar(126) NOT NULL,
@@ -20,7 +22,8 @@ CREATE TABLE IF NOT EXISTS pillowtop_kafkacheckpoint (
     last_modified timestamp with time zone NOT NULL,
     CONSTRAINT pillowtop_kafkacheckpoint_checkpoint_id_topic_partition_uniq UNIQUE (checkpoint_id, topic, "partition")
 );
-CREATE INDEX IF NOT EXISTS pillowtop_kafkacheckpoint_checkpoint_id_idx ON pillowtop_kafkacheckpoint (checkpoint_id);
+CREATE INDEX pillowtop_kafkacheckpoint_checkpoint_id_idx ON pillowtop_kafkacheckpoint (checkpoint_id);
+END IF; END $$;
 
 CREATE TABLE IF NOT EXISTS pillowtop_djangopillowcheckpoint (
     checkpoint_id varchar(100) PRIMARY KEY,
@@ -30,7 +33,8 @@ CREATE TABLE IF NOT EXISTS pillowtop_djangopillowcheckpoint (
     sequence_format varchar(20) NOT NULL DEFAULT 'text'
 );
 
-CREATE TABLE IF NOT EXISTS pillow_retry_pillowerror (
+DO $$ BEGIN IF to_regclass('pillow_retry_pillowerror') IS NULL THEN
+CREATE TABLE pillow_retry_pillowerror (
     id bigserial PRIMARY KEY,
     doc_id varchar(255) NOT NULL,
     pillow varchar(255) NOT NULL,
@@ -45,10 +49,11 @@ CREATE TABLE IF NOT EXISTS pillow_retry_pillowerror (
     change_metadata jsonb NULL,
     CONSTRAINT pillow_retry_pillowerror_doc_id_pillow_uniq UNIQUE (doc_id, pillow)
 );
-CREATE INDEX IF NOT EXISTS pillow_retry_pillowerror_pillow_idx ON pillow_retry_pillowerror (pillow);
-CREATE INDEX IF NOT EXISTS pillow_retry_pillowerror_date_next_attempt_idx ON pillow_retry_pillowerror (date_next_attempt);
-CREATE INDEX IF NOT EXISTS pillow_retry_pillowerror_current_attempt_idx ON pillow_retry_pillowerror (current_attempt);
-CREATE INDEX IF NOT EXISTS pillow_retry_pillowerror_error_type_idx ON pillow_retry_pillowerror (error_type);
+CREATE INDEX pillow_retry_pillowerror_pillow_idx ON pillow_retry_pillowerror (pillow);
+CREATE INDEX pillow_retry_pillowerror_date_next_attempt_idx ON pillow_retry_pillowerror (date_next_attempt);
+CREATE INDEX pillow_retry_pillowerror_current_attempt_idx ON pillow_retry_pillowerror (current_attempt);
+CREATE INDEX pillow_retry_pillowerror_error_type_idx ON pillow_retry_pillowerror (error_type);
+END IF; END $$;
 
 CREATE TABLE IF NOT EXISTS pillowtop_rs_process (
     pillow_name varchar(255) NOT NULL,

@@ -161,3 +161,49 @@ async fn error_rows_follow_commcares_attempt_arithmetic() {
         "doc-1"
     );
 }
+
+/// Tables as a Django project with `USE_TZ = False` creates them (naive timestamps, `change` as
+/// text, an extra legacy `checkpoint_time` column): the stores use them as they are.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_created_by_django_are_used_as_they_are() {
+    let url = require!("TEST_POSTGRES_URL");
+    let admin = TestDb::new(&url).await;
+    let schema = admin.id("django_schema");
+    let c = admin.pg.fresh_client().await.expect("client");
+    c.batch_execute(&format!(
+        r#"CREATE SCHEMA {schema};
+        CREATE TABLE {schema}.pillowtop_kafkacheckpoint (
+            id serial PRIMARY KEY, checkpoint_id varchar(126) NOT NULL, topic varchar(126) NOT NULL,
+            "partition" integer NOT NULL, "offset" bigint NOT NULL, doc_modification_time timestamp NULL,
+            last_modified timestamp NOT NULL, checkpoint_time timestamp NULL,
+            UNIQUE (checkpoint_id, topic, "partition"));
+        CREATE TABLE {schema}.pillow_retry_pillowerror (
+            id bigserial PRIMARY KEY, doc_id varchar(255) NOT NULL, pillow varchar(255) NOT NULL,
+            date_created timestamp NOT NULL, date_last_attempt timestamp NOT NULL, date_next_attempt timestamp NULL,
+            total_attempts integer NOT NULL, current_attempt integer NOT NULL, error_type varchar(255) NULL,
+            error_traceback text NULL, change text NULL, change_metadata text NULL, UNIQUE (doc_id, pillow));"#
+    ))
+    .await
+    .expect("django-shaped tables");
+    let scoped = format!("{url}{}options=-c%20search_path%3D{schema}", if url.contains('?') { "&" } else { "?" });
+    let pg = std::sync::Arc::new(pillowtop::pg::Pg::new(scoped));
+    pillowtop::schema::ensure_schema(&pg).await.expect("schema step leaves existing tables alone");
+
+    let store = PostgresCheckpointStore::new(pg.clone());
+    let tp = TopicPartition::new("case-sql", 3);
+    store.write("case-pillow-x", &[CheckpointUpdate { tp: tp.clone(), offset: 42, expected: None }]).await.expect("write");
+    let rows = store.load("case-pillow-x").await.expect("load");
+    assert_eq!((rows[0].tp.clone(), rows[0].offset), (tp, 42));
+    let age = chrono::Utc::now() - rows[0].last_modified;
+    assert!(age.num_seconds().abs() < 60, "naive timestamps are written and read as UTC: {age}");
+
+    let errors = PostgresErrorStore::new(pg.clone());
+    let meta = ChangeMeta::new("doc-9", "sql", "case-sql");
+    let mut change = Change::from_message("case-sql", 3, 5, meta.to_json().as_bytes()).expect("valid");
+    change.increment_attempt_count();
+    errors.record(&[ErrorRecord::for_change("case-pillow", &change, &ProcessorFailure::new("tests.Boom", "boom"))]).await.expect("record");
+    let r = &errors.list("case-pillow").await.expect("list")[0];
+    assert_eq!(r.change_metadata.as_ref().expect("meta")["document_id"], "doc-9", "text column holds the JSON");
+    assert!(r.date_next_attempt.is_some_and(|n| (n - r.date_last_attempt).num_minutes() == 5));
+    c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("cleanup");
+}
