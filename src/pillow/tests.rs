@@ -112,6 +112,11 @@ async fn batch_chunk_of_two_flushes_at_size() {
         .expect("runs");
     assert_eq!(chunks(&p), [2]);
     assert_eq!(h.writes(), [vec![("t,0".to_owned(), 2)]]);
+    assert_eq!(
+        p.recorded.lock().expect("lock").checkpoint_updates,
+        1,
+        "processors hear about each checkpoint"
+    );
 }
 
 #[tokio::test]

@@ -185,25 +185,59 @@ async fn tables_created_by_django_are_used_as_they_are() {
     ))
     .await
     .expect("django-shaped tables");
-    let scoped = format!("{url}{}options=-c%20search_path%3D{schema}", if url.contains('?') { "&" } else { "?" });
+    let scoped = format!(
+        "{url}{}options=-c%20search_path%3D{schema}",
+        if url.contains('?') { "&" } else { "?" }
+    );
     let pg = std::sync::Arc::new(pillowtop::pg::Pg::new(scoped));
-    pillowtop::schema::ensure_schema(&pg).await.expect("schema step leaves existing tables alone");
+    pillowtop::schema::ensure_schema(&pg)
+        .await
+        .expect("schema step leaves existing tables alone");
 
     let store = PostgresCheckpointStore::new(pg.clone());
     let tp = TopicPartition::new("case-sql", 3);
-    store.write("case-pillow-x", &[CheckpointUpdate { tp: tp.clone(), offset: 42, expected: None }]).await.expect("write");
+    store
+        .write(
+            "case-pillow-x",
+            &[CheckpointUpdate {
+                tp: tp.clone(),
+                offset: 42,
+                expected: None,
+            }],
+        )
+        .await
+        .expect("write");
     let rows = store.load("case-pillow-x").await.expect("load");
     assert_eq!((rows[0].tp.clone(), rows[0].offset), (tp, 42));
     let age = chrono::Utc::now() - rows[0].last_modified;
-    assert!(age.num_seconds().abs() < 60, "naive timestamps are written and read as UTC: {age}");
+    assert!(
+        age.num_seconds().abs() < 60,
+        "naive timestamps are written and read as UTC: {age}"
+    );
 
     let errors = PostgresErrorStore::new(pg.clone());
     let meta = ChangeMeta::new("doc-9", "sql", "case-sql");
-    let mut change = Change::from_message("case-sql", 3, 5, meta.to_json().as_bytes()).expect("valid");
+    let mut change =
+        Change::from_message("case-sql", 3, 5, meta.to_json().as_bytes()).expect("valid");
     change.increment_attempt_count();
-    errors.record(&[ErrorRecord::for_change("case-pillow", &change, &ProcessorFailure::new("tests.Boom", "boom"))]).await.expect("record");
+    errors
+        .record(&[ErrorRecord::for_change(
+            "case-pillow",
+            &change,
+            &ProcessorFailure::new("tests.Boom", "boom"),
+        )])
+        .await
+        .expect("record");
     let r = &errors.list("case-pillow").await.expect("list")[0];
-    assert_eq!(r.change_metadata.as_ref().expect("meta")["document_id"], "doc-9", "text column holds the JSON");
-    assert!(r.date_next_attempt.is_some_and(|n| (n - r.date_last_attempt).num_minutes() == 5));
-    c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("cleanup");
+    assert_eq!(
+        r.change_metadata.as_ref().expect("meta")["document_id"],
+        "doc-9",
+        "text column holds the JSON"
+    );
+    assert!(r
+        .date_next_attempt
+        .is_some_and(|n| (n - r.date_last_attempt).num_minutes() == 5));
+    c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("cleanup");
 }
