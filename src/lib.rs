@@ -34,6 +34,7 @@ pub mod docstore;
 pub mod error;
 pub mod feed;
 pub mod metrics;
+pub mod ops;
 pub mod pg;
 pub mod pillow;
 pub mod processor;
