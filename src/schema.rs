@@ -68,6 +68,20 @@ CREATE TABLE IF NOT EXISTS pillowtop_rs_process (
     heartbeat_at timestamp with time zone NOT NULL,
     PRIMARY KEY (pillow_name, process_num)
 );
+
+-- Ours: daily snapshots of every checkpoint row (CommCare's HistoricalPillowCheckpoint), kept
+-- 30 days; written by `pillowtop history snapshot` (src/ops/history.rs).
+CREATE TABLE IF NOT EXISTS pillowtop_rs_checkpoint_history (
+    date_updated date NOT NULL,
+    checkpoint_id varchar(126) NOT NULL,
+    topic varchar(126) NOT NULL,
+    "partition" integer NOT NULL,
+    "offset" bigint NOT NULL,
+    recorded_at timestamp with time zone NOT NULL,
+    PRIMARY KEY (date_updated, checkpoint_id, topic, "partition")
+);
+CREATE INDEX IF NOT EXISTS pillowtop_rs_checkpoint_history_checkpoint_id_idx
+    ON pillowtop_rs_checkpoint_history (checkpoint_id, date_updated);
 "#;
 
 /// Creates every table and index that is missing. Safe to run concurrently and repeatedly.

@@ -5,8 +5,13 @@
     clippy::cast_precision_loss
 )]
 //!
-//! Exit codes: 0 success; 1 an operator declined a prompt; 2 invalid usage or configuration;
-//! 3 a service failed (Kafka, PostgreSQL, search engine) or a run stopped on an error.
+//! Exit codes (CommCare's for the checkpoint commands): 0 success; 1 an operator declined a
+//! prompt; 2 invalid usage, or merge sources whose partitions disagree; 3 the merge's
+//! reprocessing was declined; 4 any other failure (a service failed, a refusal such as a running
+//! pillow without `--force`, a source without rows); 5 `validate` found invalid checkpoints.
+//!
+//! The checkpoint commands are in the `ops` module at the end of this file; the library side is
+//! `pillowtop::ops` (plans and one-transaction applies, no printing).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -32,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "pillowtop",
     version,
-    about = "Operate CommCare-compatible pillows: Kafka change feeds with PostgreSQL checkpoints"
+    about = "Operate CommCare-compatible pillows: Kafka change feeds with PostgreSQL checkpoints",
+    after_help = "Exit status: 0 success; 1 a question was declined; 2 invalid usage, or merge sources whose partitions disagree; 3 the merge's reprocessing was declined; 4 any other failure; 5 validate found invalid checkpoints"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,6 +68,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    #[command(flatten)]
+    Ops(ops::OpsCommand),
 }
 
 fn main() -> ExitCode {
@@ -74,26 +82,29 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(3);
+            return ExitCode::from(4);
         }
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Schema { postgres_url } => schema(&postgres_url).await,
+            Command::Schema { postgres_url } => schema(&postgres_url).await.map(|()| 0),
             Command::Demo {
                 kafka,
                 postgres_url,
                 changes,
                 partitions,
                 keep,
-            } => demo(&kafka, &postgres_url, changes, partitions, keep).await,
+            } => demo(&kafka, &postgres_url, changes, partitions, keep)
+                .await
+                .map(|()| 0),
+            Command::Ops(cmd) => ops::run(cmd).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(3)
+            ExitCode::from(ops::exit_code(&e))
         }
     }
 }
@@ -326,5 +337,1210 @@ async fn progress_line(seen: Arc<AtomicU64>, total: u64) {
             total.saturating_sub(n)
         );
         let _ = std::io::stdout().flush();
+    }
+}
+
+/// The checkpoint commands: CommCare's operator commands over `pillowtop::ops`, with CommCare's
+/// prompt texts and exit statuses (the defects of reference §9 fixed, as listed in each help).
+mod ops {
+    // Flags are independent switches; the lint's "use an enum" advice does not fit a CLI. The
+    // dispatch functions read best as one match over the subcommands.
+    #![allow(clippy::struct_excessive_bools, clippy::too_many_lines)]
+
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    use std::io::{BufRead, Write};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use anyhow::{bail, Context};
+    use chrono::{DateTime, NaiveDate, Utc};
+    use clap::{Args, Subcommand};
+    use pillowtop::feed::TopicPartition;
+    use pillowtop::ops::kafka::KafkaInfo;
+    use pillowtop::ops::{self as core, OpsError};
+    use pillowtop::pg::Pg;
+    use tokio_util::sync::CancellationToken;
+
+    /// Exit status of a declined prompt.
+    const DECLINED: u8 = 1;
+    /// Exit status of inconsistent merge sources.
+    const INCONSISTENT: u8 = 2;
+    /// Exit status of a declined reprocessing question.
+    const REPROCESSING_DECLINED: u8 = 3;
+    /// Exit status of any other failure.
+    const FAILED: u8 = 4;
+    /// Exit status of `validate` when a checkpoint is invalid.
+    const INVALID: u8 = 5;
+
+    /// The exit status for an error that ended a command.
+    pub(super) fn exit_code(e: &anyhow::Error) -> u8 {
+        match e.downcast_ref::<OpsError>() {
+            Some(OpsError::Inconsistent(_)) => INCONSISTENT,
+            _ => FAILED,
+        }
+    }
+
+    #[derive(Args, Debug, Clone)]
+    pub(super) struct Conn {
+        /// PostgreSQL URL [env: PILLOWTOP_POSTGRES_URL, else TEST_POSTGRES_URL].
+        #[arg(long)]
+        postgres_url: Option<String>,
+    }
+
+    #[derive(Args, Debug, Clone)]
+    pub(super) struct KafkaConn {
+        /// Kafka bootstrap servers [env: PILLOWTOP_KAFKA_BOOTSTRAP, else TEST_KAFKA_BOOTSTRAP].
+        #[arg(long)]
+        kafka: Option<String>,
+    }
+
+    fn from_env(flag: Option<&String>, vars: &[&str]) -> Option<String> {
+        flag.cloned().or_else(|| {
+            vars.iter()
+                .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        })
+    }
+
+    impl Conn {
+        fn pg(&self) -> anyhow::Result<Arc<Pg>> {
+            let url = from_env(
+                self.postgres_url.as_ref(),
+                &["PILLOWTOP_POSTGRES_URL", "TEST_POSTGRES_URL"],
+            )
+            .context("no PostgreSQL URL: pass --postgres-url or set PILLOWTOP_POSTGRES_URL")?;
+            Ok(Arc::new(Pg::new(url)))
+        }
+    }
+
+    impl KafkaConn {
+        fn bootstrap(&self) -> Option<String> {
+            from_env(
+                self.kafka.as_ref(),
+                &["PILLOWTOP_KAFKA_BOOTSTRAP", "TEST_KAFKA_BOOTSTRAP"],
+            )
+        }
+
+        fn info(&self) -> anyhow::Result<KafkaInfo> {
+            let b = self
+                .bootstrap()
+                .context("no Kafka address: pass --kafka or set PILLOWTOP_KAFKA_BOOTSTRAP")?;
+            Ok(KafkaInfo::new(&b)?)
+        }
+    }
+
+    /// How a changing command asks before writing.
+    #[derive(Args, Debug, Clone)]
+    pub(super) struct Confirm {
+        /// Do not ask: answer every question with yes.
+        #[arg(long)]
+        noinput: bool,
+        /// Show the plan and stop without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Proceed even though a pillow involved has a live process.
+        #[arg(long)]
+        force: bool,
+        /// Print the plan as JSON on stdout (questions and messages go to stderr).
+        #[arg(long)]
+        json: bool,
+    }
+
+    #[derive(Subcommand, Debug)]
+    pub(super) enum OpsCommand {
+        /// Copy every checkpoint row of a source pillow to one or more target pillows
+        /// (CommCare's split_pillow_checkpoints).
+        ///
+        /// Prints the plan (rows per topic and partition; target rows that will be deleted or
+        /// overwritten, with their last update; topics only the source or only a target has),
+        /// asks CommCare's two questions when a target exists, and writes everything in one
+        /// transaction. Refuses while the source or a target has a live process unless --force.
+        #[command(
+            after_help = "Exit status: 0 done or dry run; 1 a question was declined; 4 refused (running pillow, source without rows) or failed"
+        )]
+        Split {
+            /// The source checkpoint id.
+            source: String,
+            /// The target checkpoint ids.
+            #[arg(required = true)]
+            targets: Vec<String>,
+            /// The topics a target reads, to report mismatches: `TARGET=topic1,topic2`, or
+            /// `topic1,topic2` for every target. Repeatable.
+            #[arg(long = "target-topics", value_name = "[TARGET=]TOPICS")]
+            target_topics: Vec<String>,
+            #[command(flatten)]
+            confirm: Confirm,
+            #[command(flatten)]
+            conn: Conn,
+        },
+        /// Merge the checkpoints of several source pillows into one target: the minimum offset
+        /// of each partition (CommCare's merge_pillow_checkpoints). The last id is the target.
+        ///
+        /// Sources that read a topic must have the same partitions of it (restricted to the
+        /// target's --topics when given); the plan shows the reprocessing of each partition.
+        /// Answering `y` to "Is this amount of reprocessing acceptable y/N?" proceeds (CommCare's
+        /// inverted answer is fixed); anything else exits 3.
+        #[command(
+            after_help = "Exit status: 0 done or dry run; 1 a question was declined; 2 the sources' partitions disagree; 3 the reprocessing was declined; 4 refused (no sources, no rows, running pillow) or failed"
+        )]
+        Merge {
+            /// The source checkpoint ids followed by the target checkpoint id.
+            #[arg(required = true, value_name = "SOURCE... TARGET")]
+            ids: Vec<String>,
+            /// The topics the target pillow reads (comma-separated): only they are checked and
+            /// written.
+            #[arg(long, value_delimiter = ',')]
+            topics: Option<Vec<String>>,
+            #[command(flatten)]
+            confirm: Confirm,
+            #[command(flatten)]
+            conn: Conn,
+        },
+        /// Move a checkpoint (or one partition of it) to the earliest retained offset, the
+        /// high-water mark, an explicit offset, or the first message at or after a time.
+        #[command(
+            after_help = "Exit status: 0 done or dry run; 1 the question was declined; 4 refused or failed"
+        )]
+        Reset {
+            /// The checkpoint id.
+            checkpoint_id: String,
+            #[command(flatten)]
+            to: ResetToArgs,
+            /// Only this partition: `topic,partition`.
+            #[arg(long, conflicts_with = "topics")]
+            partition: Option<String>,
+            /// Every partition of these topics (comma-separated), rows created where missing.
+            /// Default: the partitions the checkpoint has rows for.
+            #[arg(long, value_delimiter = ',')]
+            topics: Option<Vec<String>>,
+            #[command(flatten)]
+            confirm: Confirm,
+            #[command(flatten)]
+            conn: Conn,
+            #[command(flatten)]
+            kafka: KafkaConn,
+        },
+        /// Daily checkpoint history: snapshot, list, restore.
+        #[command(subcommand)]
+        History(HistoryCommand),
+        /// Create offset-0 rows for new partitions of a topic, for every checkpoint that has
+        /// rows on the topic (CommCare's add_kafka_partition). Aborts unless both questions are
+        /// answered y or yes.
+        #[command(
+            after_help = "Exit status: 0 done or dry run; 1 a question was declined; 4 refused or failed"
+        )]
+        AddPartitions {
+            topic: String,
+            num_partitions: i32,
+            #[command(flatten)]
+            confirm: Confirm,
+            #[command(flatten)]
+            conn: Conn,
+            /// When given (or set in the environment), the topic must have that many partitions.
+            #[command(flatten)]
+            kafka: KafkaConn,
+        },
+        /// Check that Kafka can still serve every checkpoint (CommCare's
+        /// validate_kafka_pillow_checkpoints): fails naming the checkpoint, the partition, the
+        /// offset needed and the first available one.
+        #[command(
+            after_help = "Exit status: 0 every checkpoint is valid (or --print-only); 5 some checkpoint is invalid; 4 failed"
+        )]
+        Validate {
+            /// Checkpoint ids (default: all).
+            ids: Vec<String>,
+            /// Skip rows at offset 0, as CommCare does.
+            #[arg(long)]
+            skip_zero: bool,
+            /// Report problems but exit 0.
+            #[arg(long)]
+            print_only: bool,
+            #[arg(long)]
+            json: bool,
+            #[command(flatten)]
+            conn: Conn,
+            #[command(flatten)]
+            kafka: KafkaConn,
+        },
+        /// Per checkpoint and partition: offset, high-water mark, lag, seconds since the last
+        /// checkpoint, time lag (age of the oldest unprocessed change), and the live process
+        /// that owns it. With --metrics-port, serves CommCare's
+        /// lag gauges in Prometheus format and refreshes them every --interval seconds.
+        #[command(visible_alias = "status")]
+        Lag {
+            /// Checkpoint ids (default: all).
+            ids: Vec<String>,
+            #[arg(long)]
+            json: bool,
+            /// Repeat every this many seconds (default 120 with --metrics-port).
+            #[arg(long)]
+            interval: Option<u64>,
+            /// Serve the gauges on this port (all interfaces) at /metrics.
+            #[arg(long)]
+            metrics_port: Option<u16>,
+            /// Stop after this many rounds (with --interval or --metrics-port).
+            #[arg(long)]
+            rounds: Option<u64>,
+            #[command(flatten)]
+            conn: Conn,
+            #[command(flatten)]
+            kafka: KafkaConn,
+        },
+        /// Which process (and virtual worker) reads which partitions (CommCare's
+        /// pillow_topic_assignments, with the dedicated migration process).
+        Assignments {
+            num_processes: u32,
+            /// Process 0 is the dedicated migration process and reads nothing.
+            #[arg(long)]
+            dedicated: bool,
+            /// Virtual workers per process.
+            #[arg(long)]
+            workers: Option<u32>,
+            /// The pillow's topics (comma-separated).
+            #[arg(long, value_delimiter = ',', required = true)]
+            topics: Vec<String>,
+            /// Partitions per topic, instead of asking Kafka.
+            #[arg(long)]
+            partitions: Option<i32>,
+            #[arg(long)]
+            json: bool,
+            #[command(flatten)]
+            kafka: KafkaConn,
+        },
+    }
+
+    #[derive(Args, Debug, Clone)]
+    #[group(required = true, multiple = false)]
+    pub(super) struct ResetToArgs {
+        /// The first retained offset.
+        #[arg(long)]
+        earliest: bool,
+        /// The high-water mark.
+        #[arg(long)]
+        latest: bool,
+        /// This offset.
+        #[arg(long)]
+        offset: Option<i64>,
+        /// The first message at or after this time (RFC 3339, or milliseconds since the epoch).
+        #[arg(long)]
+        timestamp: Option<String>,
+    }
+
+    impl ResetToArgs {
+        fn to(&self) -> anyhow::Result<core::reset::ResetTo> {
+            use core::reset::ResetTo;
+            Ok(if self.earliest {
+                ResetTo::Earliest
+            } else if self.latest {
+                ResetTo::Latest
+            } else if let Some(o) = self.offset {
+                ResetTo::Offset(o)
+            } else if let Some(t) = &self.timestamp {
+                ResetTo::Timestamp(parse_time(t)?)
+            } else {
+                bail!("give one of --earliest, --latest, --offset, --timestamp")
+            })
+        }
+    }
+
+    fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
+        if let Ok(ms) = s.parse::<i64>() {
+            return DateTime::from_timestamp_millis(ms)
+                .with_context(|| format!("timestamp {s} is out of range"));
+        }
+        Ok(DateTime::parse_from_rfc3339(s)
+            .with_context(|| format!("timestamp {s:?} is not RFC 3339 or milliseconds"))?
+            .with_timezone(&Utc))
+    }
+
+    #[derive(Subcommand, Debug)]
+    pub(super) enum HistoryCommand {
+        /// Record today's snapshot of every checkpoint and prune records older than --keep-days
+        /// (run daily, as CommCare's create_historical_checkpoints).
+        Snapshot {
+            /// Record under this date instead of today (UTC).
+            #[arg(long)]
+            date: Option<NaiveDate>,
+            #[arg(long, default_value_t = core::history::KEEP_DAYS)]
+            keep_days: u32,
+            #[command(flatten)]
+            conn: Conn,
+        },
+        /// The recorded days, newest first.
+        List {
+            /// Only this checkpoint.
+            checkpoint_id: Option<String>,
+            #[arg(long)]
+            json: bool,
+            #[command(flatten)]
+            conn: Conn,
+        },
+        /// Restore checkpoints from their newest snapshot on or before a date.
+        #[command(
+            after_help = "Exit status: 0 done or dry run; 1 the question was declined; 4 refused or failed"
+        )]
+        Restore {
+            #[arg(long)]
+            date: NaiveDate,
+            #[arg(required = true)]
+            ids: Vec<String>,
+            #[command(flatten)]
+            confirm: Confirm,
+            #[command(flatten)]
+            conn: Conn,
+        },
+    }
+
+    /// Runs a checkpoint command; returns the exit status.
+    pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<u8> {
+        match cmd {
+            OpsCommand::Split {
+                source,
+                targets,
+                target_topics,
+                confirm,
+                conn,
+            } => split(&conn.pg()?, &source, &targets, &target_topics, &confirm).await,
+            OpsCommand::Merge {
+                ids,
+                topics,
+                confirm,
+                conn,
+            } => merge(&conn.pg()?, &ids, topics.as_deref(), &confirm).await,
+            OpsCommand::Reset {
+                checkpoint_id,
+                to,
+                partition,
+                topics,
+                confirm,
+                conn,
+                kafka,
+            } => {
+                let selection = match (partition, topics) {
+                    (Some(p), _) => core::reset::Selection::Partition(parse_tp(&p)?),
+                    (None, Some(t)) => core::reset::Selection::Topics(t),
+                    (None, None) => core::reset::Selection::Existing,
+                };
+                reset(
+                    &conn.pg()?,
+                    &kafka.info()?,
+                    &checkpoint_id,
+                    &selection,
+                    &to.to()?,
+                    &confirm,
+                )
+                .await
+            }
+            OpsCommand::History(h) => history(h).await,
+            OpsCommand::AddPartitions {
+                topic,
+                num_partitions,
+                confirm,
+                conn,
+                kafka,
+            } => {
+                let info = match kafka.bootstrap() {
+                    Some(b) => Some(KafkaInfo::new(&b)?),
+                    None => None,
+                };
+                add_partitions(&conn.pg()?, info.as_ref(), &topic, num_partitions, &confirm).await
+            }
+            OpsCommand::Validate {
+                ids,
+                skip_zero,
+                print_only,
+                json,
+                conn,
+                kafka,
+            } => {
+                let ids = (!ids.is_empty()).then_some(ids);
+                let problems = core::validate::collect(
+                    &*conn.pg()?,
+                    &kafka.info()?,
+                    ids.as_deref(),
+                    skip_zero,
+                )
+                .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&problems)?);
+                } else if problems.is_empty() {
+                    println!("every checkpoint is within what kafka retains");
+                } else {
+                    for p in &problems {
+                        println!("{p}");
+                    }
+                }
+                Ok(if problems.is_empty() || print_only {
+                    0
+                } else {
+                    INVALID
+                })
+            }
+            OpsCommand::Lag {
+                ids,
+                json,
+                interval,
+                metrics_port,
+                rounds,
+                conn,
+                kafka,
+            } => {
+                let ids = (!ids.is_empty()).then_some(ids);
+                lag(
+                    &conn.pg()?,
+                    &kafka.info()?,
+                    ids,
+                    json,
+                    interval,
+                    metrics_port,
+                    rounds,
+                )
+                .await
+            }
+            OpsCommand::Assignments {
+                num_processes,
+                dedicated,
+                workers,
+                topics,
+                partitions,
+                json,
+                kafka,
+            } => {
+                let all: Vec<TopicPartition> = match partitions {
+                    Some(n) => topics
+                        .iter()
+                        .flat_map(|t| (0..n).map(move |p| TopicPartition::new(t.clone(), p)))
+                        .collect(),
+                    None => kafka.info()?.partitions(&topics).await?,
+                };
+                let plan =
+                    core::assignments::plan_assignments(&all, num_processes, dedicated, workers)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&plan)?);
+                } else {
+                    let rows = plan
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                a.process_num.to_string(),
+                                a.worker.map_or_else(|| "-".into(), |w| w.to_string()),
+                                if a.migration {
+                                    "(dedicated migration process: no partitions)".into()
+                                } else {
+                                    a.partitions
+                                        .iter()
+                                        .map(ToString::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join(" ")
+                                },
+                            ]
+                        })
+                        .collect();
+                    print_table(&["process", "worker", "partitions"], rows);
+                }
+                Ok(0)
+            }
+        }
+    }
+
+    fn parse_tp(s: &str) -> anyhow::Result<TopicPartition> {
+        let (t, p) = s
+            .rsplit_once(',')
+            .with_context(|| format!("partition {s:?} is not `topic,partition`"))?;
+        Ok(TopicPartition::new(
+            t,
+            p.trim()
+                .parse()
+                .with_context(|| format!("partition number in {s:?}"))?,
+        ))
+    }
+
+    /// Prints aligned columns, two spaces apart, with a header line.
+    fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+        for r in &rows {
+            for (i, c) in r.iter().enumerate() {
+                if i < widths.len() {
+                    widths[i] = widths[i].max(c.chars().count());
+                }
+            }
+        }
+        let line = |cells: Vec<String>| {
+            let mut s = String::from("  ");
+            for (i, c) in cells.iter().enumerate() {
+                if i + 1 == cells.len() {
+                    s.push_str(c);
+                } else {
+                    let _ = write!(s, "{c:<w$}  ", w = widths[i]);
+                }
+            }
+            println!("{}", s.trim_end());
+        };
+        line(headers.iter().map(|h| (*h).to_owned()).collect());
+        for r in rows {
+            line(r);
+        }
+    }
+
+    /// Messages go to stdout, or to stderr when stdout carries JSON.
+    fn say(json: bool, msg: &str) {
+        if json {
+            eprintln!("{msg}");
+        } else {
+            println!("{msg}");
+        }
+    }
+
+    /// Asks `question`; returns the trimmed answer ("" at the end of input).
+    fn ask(json: bool, question: &str) -> String {
+        say(json, question);
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        line.trim().to_owned()
+    }
+
+    fn time(t: &DateTime<Utc>) -> String {
+        t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    }
+
+    /// Python's list repr, as CommCare prints ids: `['a', 'b']`.
+    fn py_list(ids: &[String]) -> String {
+        format!(
+            "[{}]",
+            ids.iter()
+                .map(|i| format!("'{i}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    fn warn_forced(json: bool, forced: &[pillowtop::pillow::liveness::ProcessRow]) {
+        for p in forced {
+            say(
+                json,
+                &format!(
+                    "warning: pillow {} (checkpoint {}) has a live process {} on {} pid {}: proceeding because of --force",
+                    p.pillow_name, p.checkpoint_id, p.process_num, p.hostname, p.pid
+                ),
+            );
+        }
+    }
+
+    /// CommCare's "already exists" block and two questions; `false` when declined.
+    fn confirm_overwrite(
+        json: bool,
+        header: &str,
+        existing: &BTreeMap<String, DateTime<Utc>>,
+    ) -> bool {
+        say(json, header);
+        for (id, t) in existing {
+            say(json, &format!("  {id}: last modified {}", time(t)));
+        }
+        if ask(
+            json,
+            "Do you want to continue and overwrite existing checkpoints? [y/n]",
+        ) != "y"
+        {
+            return false;
+        }
+        ask(
+            json,
+            "Are you sure you want to DELETE existing checkpoints? [y/n]",
+        ) == "y"
+    }
+
+    fn parse_target_topics(
+        targets: &[String],
+        specs: &[String],
+    ) -> anyhow::Result<Vec<core::split::SplitTarget>> {
+        let mut out: Vec<core::split::SplitTarget> =
+            targets.iter().map(core::split::SplitTarget::new).collect();
+        for spec in specs {
+            let (who, topics) = match spec.rsplit_once('=') {
+                Some((id, t)) => (Some(id), t),
+                None => (None, spec.as_str()),
+            };
+            let topics: Vec<String> = topics
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let mut matched = false;
+            for t in &mut out {
+                if who.is_none_or(|w| w == t.checkpoint_id) {
+                    t.topics.get_or_insert_with(Vec::new).extend(topics.clone());
+                    matched = true;
+                }
+            }
+            if !matched {
+                bail!(
+                    "--target-topics {spec}: {} is not a target",
+                    who.unwrap_or_default()
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn split(
+        pg: &Arc<Pg>,
+        source: &str,
+        targets: &[String],
+        target_topics: &[String],
+        c: &Confirm,
+    ) -> anyhow::Result<u8> {
+        let targets = parse_target_topics(targets, target_topics)?;
+        let (plan, forced) = core::split::prepare_split(pg, source, &targets, c.force).await?;
+        warn_forced(c.json, &forced);
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print_split(&plan);
+        }
+        for m in &plan.source_only_topics {
+            say(
+                c.json,
+                &format!(
+                    "warning: topics {:?} are copied to {} but its pillow does not read them",
+                    m.topics, m.checkpoint_id
+                ),
+            );
+        }
+        for m in &plan.target_only_topics {
+            say(c.json, &format!(
+                "warning: {} reads topics {:?} that {} has no rows for: no rows are written, so {} starts them by its start policy",
+                m.checkpoint_id, m.topics, plan.source, m.checkpoint_id
+            ));
+        }
+        if c.dry_run {
+            say(c.json, "dry run: nothing was written");
+            return Ok(0);
+        }
+        if !plan.existing.is_empty() && !c.noinput {
+            let existing = core::last_modified_by_id(&plan.existing);
+            let header = format!("Some of {} already exist:", py_list(&plan.targets));
+            if !confirm_overwrite(c.json, &header, &existing) {
+                return Ok(DECLINED);
+            }
+        }
+        let n = core::split::apply_split(pg, &plan).await?;
+        say(
+            c.json,
+            &format!(
+                "copied {} rows of {} to {} ({n} rows written in one transaction)",
+                plan.rows.len(),
+                plan.source,
+                py_list(&plan.targets)
+            ),
+        );
+        Ok(0)
+    }
+
+    fn print_split(plan: &core::split::SplitPlan) {
+        println!(
+            "split checkpoint {} into {}: {} rows copied to each target",
+            plan.source,
+            py_list(&plan.targets),
+            plan.rows.len()
+        );
+        let per_topic = core::split::rows_per_topic(&plan.rows);
+        print_table(
+            &["topic", "partitions", "min offset", "max offset"],
+            per_topic
+                .iter()
+                .map(|(t, (n, lo, hi))| {
+                    vec![t.clone(), n.to_string(), lo.to_string(), hi.to_string()]
+                })
+                .collect(),
+        );
+        println!("rows copied (next offset to read):");
+        print_table(
+            &["topic", "partition", "offset", "source last modified"],
+            plan.rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.topic.clone(),
+                        r.partition.to_string(),
+                        r.offset.to_string(),
+                        time(&r.last_modified),
+                    ]
+                })
+                .collect(),
+        );
+        if plan.existing.is_empty() {
+            println!("no target has rows: nothing is overwritten");
+        } else {
+            println!("existing target rows (all are replaced):");
+            print_table(
+                &[
+                    "checkpoint",
+                    "topic",
+                    "partition",
+                    "offset",
+                    "last modified",
+                    "after split",
+                ],
+                plan.existing
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.checkpoint_id.clone(),
+                            r.topic.clone(),
+                            r.partition.to_string(),
+                            r.offset.to_string(),
+                            time(&r.last_modified),
+                            plan.replacement(r)
+                                .map_or_else(|| "deleted".into(), |o| o.to_string()),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+    }
+
+    async fn merge(
+        pg: &Arc<Pg>,
+        ids: &[String],
+        topics: Option<&[String]>,
+        c: &Confirm,
+    ) -> anyhow::Result<u8> {
+        let (target, sources) = ids.split_last().context("give the sources and a target")?;
+        let (plan, forced) =
+            core::merge::prepare_merge(pg, sources, target, topics, c.force).await?;
+        warn_forced(c.json, &forced);
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print_merge(&plan);
+        }
+        if !plan.sources_without_rows.is_empty() {
+            say(c.json, &format!(
+                "warning: {} have no rows (never run?): they contribute nothing, and their processors start where the other sources are",
+                py_list(&plan.sources_without_rows)
+            ));
+        }
+        if !plan.ignored_topics.is_empty() {
+            say(
+                c.json,
+                &format!(
+                    "note: source rows on topics {:?} are not merged: {} does not read them",
+                    plan.ignored_topics, plan.target
+                ),
+            );
+        }
+        if c.dry_run {
+            say(c.json, "dry run: nothing was written");
+            return Ok(0);
+        }
+        if plan.target_exists() && !c.noinput {
+            let existing = core::last_modified_by_id(&plan.existing);
+            let header = format!("{} already exists:", plan.target);
+            if !confirm_overwrite(c.json, &header, &existing) {
+                return Ok(DECLINED);
+            }
+        }
+        let max = plan.max_reprocess();
+        if max > 0 {
+            say(
+                c.json,
+                &format!("At least one checkpoint will need to reprocess {max} changes"),
+            );
+            if !c.noinput && ask(c.json, "Is this amount of reprocessing acceptable y/N?") != "y" {
+                return Ok(REPROCESSING_DECLINED);
+            }
+        } else {
+            say(c.json, "All pillows have the same offsets");
+        }
+        core::merge::apply_merge(pg, &plan).await?;
+        say(c.json, &format!("{} checkpoints created", plan.target));
+        Ok(0)
+    }
+
+    fn print_merge(plan: &core::merge::MergePlan) {
+        println!(
+            "merge checkpoints {} into {}: the minimum offset of each partition",
+            py_list(&plan.sources),
+            plan.target
+        );
+        let mut headers = vec!["topic", "partition", "offset", "max", "reprocess"];
+        headers.extend(plan.sources.iter().map(String::as_str));
+        print_table(
+            &headers,
+            plan.partitions
+                .iter()
+                .map(|p| {
+                    let mut v = vec![
+                        p.topic.clone(),
+                        p.partition.to_string(),
+                        p.offset.to_string(),
+                        p.max_offset.to_string(),
+                        p.reprocess.to_string(),
+                    ];
+                    v.extend(plan.sources.iter().map(|s| {
+                        p.sources
+                            .get(s)
+                            .map_or_else(|| "-".into(), ToString::to_string)
+                    }));
+                    v
+                })
+                .collect(),
+        );
+        if plan.existing.is_empty() {
+            println!("{} has no rows: nothing is overwritten", plan.target);
+        } else {
+            println!(
+                "{} has {} rows; all are replaced",
+                plan.target,
+                plan.existing.len()
+            );
+        }
+    }
+
+    async fn reset(
+        pg: &Arc<Pg>,
+        kafka: &KafkaInfo,
+        id: &str,
+        selection: &core::reset::Selection,
+        to: &core::reset::ResetTo,
+        c: &Confirm,
+    ) -> anyhow::Result<u8> {
+        let plan = core::reset::prepare_reset(pg, kafka, id, selection, to).await?;
+        let processes = pillowtop::pillow::liveness::Liveness::new(pg.clone())
+            .list(None)
+            .await?;
+        let forced = core::check_not_running(&processes, &[id.to_owned()], c.force)?;
+        warn_forced(c.json, &forced);
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            println!("reset checkpoint {} to {}", plan.checkpoint_id, plan.to);
+            print_table(
+                &[
+                    "topic",
+                    "partition",
+                    "current",
+                    "new",
+                    "first available",
+                    "high-water mark",
+                ],
+                plan.rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.topic.clone(),
+                            r.partition.to_string(),
+                            r.current
+                                .map_or_else(|| "(no row)".into(), |o| o.to_string()),
+                            r.new.to_string(),
+                            r.low.to_string(),
+                            r.high.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        if c.dry_run {
+            say(c.json, "dry run: nothing was written");
+            return Ok(0);
+        }
+        if !c.noinput
+            && ask(
+                c.json,
+                &format!("Reset checkpoint {id} as shown? Type 'yes' to continue:"),
+            ) != "yes"
+        {
+            return Ok(DECLINED);
+        }
+        let n = core::reset::apply_reset(pg, &plan).await?;
+        say(c.json, &format!("checkpoint {id}: {n} rows written"));
+        Ok(0)
+    }
+
+    async fn history(cmd: HistoryCommand) -> anyhow::Result<u8> {
+        match cmd {
+            HistoryCommand::Snapshot {
+                date,
+                keep_days,
+                conn,
+            } => {
+                let date = date.unwrap_or_else(|| Utc::now().date_naive());
+                let s = core::history::snapshot(&*conn.pg()?, date, keep_days).await?;
+                println!(
+                    "recorded {} checkpoint rows under {}; pruned {} records older than {keep_days} days",
+                    s.rows, s.date, s.pruned
+                );
+                Ok(0)
+            }
+            HistoryCommand::List {
+                checkpoint_id,
+                json,
+                conn,
+            } => {
+                let entries = core::history::list(&*conn.pg()?, checkpoint_id.as_deref()).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&entries)?);
+                } else {
+                    print_table(
+                        &["date", "checkpoint", "rows", "sum of offsets"],
+                        entries
+                            .iter()
+                            .map(|e| {
+                                vec![
+                                    e.date.to_string(),
+                                    e.checkpoint_id.clone(),
+                                    e.rows.to_string(),
+                                    e.offsets_total.to_string(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+                Ok(0)
+            }
+            HistoryCommand::Restore {
+                date,
+                ids,
+                confirm: c,
+                conn,
+            } => {
+                let pg = conn.pg()?;
+                let plans = core::history::prepare_restore(&pg, &ids, date).await?;
+                let processes = pillowtop::pillow::liveness::Liveness::new(pg.clone())
+                    .list(None)
+                    .await?;
+                let forced = core::check_not_running(&processes, &ids, c.force)?;
+                warn_forced(c.json, &forced);
+                if c.json {
+                    println!("{}", serde_json::to_string_pretty(&plans)?);
+                } else {
+                    for p in &plans {
+                        println!(
+                            "restore checkpoint {} from the snapshot of {}",
+                            p.checkpoint_id, p.date
+                        );
+                        print_table(
+                            &["topic", "partition", "current", "restored"],
+                            p.rows
+                                .iter()
+                                .map(|r| {
+                                    vec![
+                                        r.topic.clone(),
+                                        r.partition.to_string(),
+                                        r.current
+                                            .map_or_else(|| "(no row)".into(), |o| o.to_string()),
+                                        r.new.to_string(),
+                                    ]
+                                })
+                                .collect(),
+                        );
+                        for k in &p.kept {
+                            println!(
+                                "  kept: {},{} at {} (not in the snapshot)",
+                                k.topic, k.partition, k.offset
+                            );
+                        }
+                    }
+                }
+                if c.dry_run {
+                    say(c.json, "dry run: nothing was written");
+                    return Ok(0);
+                }
+                if !c.noinput
+                    && ask(c.json, "Restore these checkpoints? Type 'yes' to continue:") != "yes"
+                {
+                    return Ok(DECLINED);
+                }
+                for p in &plans {
+                    let n = core::history::apply_restore(&pg, p).await?;
+                    say(
+                        c.json,
+                        &format!(
+                            "checkpoint {}: {n} rows restored from {}",
+                            p.checkpoint_id, p.date
+                        ),
+                    );
+                }
+                Ok(0)
+            }
+        }
+    }
+
+    async fn add_partitions(
+        pg: &Arc<Pg>,
+        kafka: Option<&KafkaInfo>,
+        topic: &str,
+        n: i32,
+        c: &Confirm,
+    ) -> anyhow::Result<u8> {
+        let count = match kafka {
+            Some(k) => Some(k.partition_count(topic).await?),
+            None => None,
+        };
+        let rows = core::load_rows_on_topic(pg, Some(topic)).await?;
+        let plan = core::add_partitions::plan_add_partitions(topic, n, &rows, count)?;
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            println!(
+                "topic {topic}: {} checkpoints read it; {} rows to create at offset 0",
+                plan.checkpoint_ids.len(),
+                plan.create.len()
+            );
+            print_table(
+                &["checkpoint", "new partitions"],
+                plan.checkpoint_ids
+                    .iter()
+                    .map(|id| {
+                        let parts: Vec<String> = plan
+                            .create
+                            .iter()
+                            .filter(|(i, _)| i == id)
+                            .map(|(_, p)| p.to_string())
+                            .collect();
+                        vec![
+                            id.clone(),
+                            if parts.is_empty() {
+                                "-".into()
+                            } else {
+                                parts.join(" ")
+                            },
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        if c.dry_run || plan.create.is_empty() {
+            say(
+                c.json,
+                if c.dry_run {
+                    "dry run: nothing was written"
+                } else {
+                    "nothing to do"
+                },
+            );
+            return Ok(0);
+        }
+        if !c.noinput {
+            let yes = |a: String| matches!(a.to_lowercase().as_str(), "y" | "yes");
+            if !yes(ask(
+                c.json,
+                &format!("Have you stopped the pillows that read {topic}? [y/n]"),
+            )) {
+                say(c.json, "aborted: stop the pillows first");
+                return Ok(DECLINED);
+            }
+            if !yes(ask(
+                c.json,
+                &format!(
+                    "Have you run kafka-topics.sh --alter --partitions={n} --topic={topic}? [y/n]"
+                ),
+            )) {
+                say(
+                    c.json,
+                    &format!(
+                    "aborted: run kafka-topics.sh --alter --partitions={n} --topic={topic} first"
+                ),
+                );
+                return Ok(DECLINED);
+            }
+        }
+        let written = core::add_partitions::apply_add_partitions(pg, &plan).await?;
+        say(
+            c.json,
+            &format!("created {written} rows; please restart the pillows"),
+        );
+        Ok(0)
+    }
+
+    async fn lag(
+        pg: &Arc<Pg>,
+        kafka: &KafkaInfo,
+        ids: Option<Vec<String>>,
+        json: bool,
+        interval: Option<u64>,
+        metrics_port: Option<u16>,
+        rounds: Option<u64>,
+    ) -> anyhow::Result<u8> {
+        let current: Arc<std::sync::Mutex<Arc<pillowtop::metrics::MemoryRecorder>>> =
+            Arc::default();
+        let token = CancellationToken::new();
+        if let Some(port) = metrics_port {
+            let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+                .await
+                .with_context(|| format!("listening on port {port}"))?;
+            eprintln!(
+                "serving metrics on http://{}/metrics",
+                listener.local_addr()?
+            );
+            let cur = current.clone();
+            tokio::spawn(core::prometheus::serve(
+                listener,
+                move || {
+                    let rec = cur.lock().map(|r| r.clone()).unwrap_or_default();
+                    core::prometheus::render(&rec.snapshot())
+                },
+                token.clone(),
+            ));
+        }
+        let every = interval.or(metrics_port.map(|_| 120));
+        let mut round = 0u64;
+        loop {
+            let rows = core::lag::collect(pg, kafka, ids.as_deref()).await?;
+            let rec = Arc::new(pillowtop::metrics::MemoryRecorder::new());
+            core::lag::record(&rows, &*rec);
+            if let Ok(mut c) = current.lock() {
+                *c = rec;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                print_table(
+                    &[
+                        "checkpoint",
+                        "topic",
+                        "partition",
+                        "offset",
+                        "high-water mark",
+                        "lag",
+                        "since checkpoint",
+                        "time lag",
+                        "owner",
+                    ],
+                    rows.iter()
+                        .map(|r| {
+                            vec![
+                                r.checkpoint_id.clone(),
+                                r.topic.clone(),
+                                r.partition.to_string(),
+                                r.offset.to_string(),
+                                r.high
+                                    .map_or_else(|| "(no partition)".into(), |h| h.to_string()),
+                                r.lag.map_or_else(|| "-".into(), |l| l.to_string()),
+                                format!("{}s", r.seconds_since_checkpoint),
+                                r.time_lag_seconds
+                                    .map_or_else(|| "-".into(), |s| format!("{s}s")),
+                                r.owner
+                                    .clone()
+                                    .unwrap_or_else(|| "(no live process)".into()),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+            round += 1;
+            let Some(secs) = every else { break };
+            if rounds.is_some_and(|n| round >= n) {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        token.cancel();
+        Ok(0)
     }
 }

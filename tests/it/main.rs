@@ -11,6 +11,7 @@
 
 mod elasticsearch;
 mod kafka;
+mod ops;
 mod pillow;
 mod postgres;
 mod support;

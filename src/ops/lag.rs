@@ -1,0 +1,245 @@
+//! Lag and status per checkpoint and partition: the stored offset, Kafka's high-water mark, the
+//! lag in changes, the seconds since the checkpoint was written, and which live process owns the
+//! partition (from the liveness rows). The same figures are exported as CommCare's gauges
+//! (`pillow_datadog_metrics`, reference §1.10).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::kafka::{KafkaInfo, Watermarks};
+use super::{Result, RowsById};
+use crate::feed::TopicPartition;
+use crate::metrics::Recorder;
+use crate::pg::Pg;
+use crate::pillow::liveness::{Liveness, ProcessRow};
+
+/// CommCare's gauge: seconds since the pillow's newest checkpoint write. Tags `pillow_name`,
+/// `feed_type`.
+pub const SECONDS_SINCE_LAST_UPDATE: &str = "commcare.change_feed.seconds_since_last_update";
+/// CommCare's gauge: the partition's high-water mark. Tags `pillow_name`, `feed_type`,
+/// `topic="<topic>-<partition>"`.
+pub const CURRENT_OFFSETS: &str = "commcare.change_feed.current_offsets";
+/// CommCare's gauge: the checkpoint offset.
+pub const PROCESSED_OFFSETS: &str = "commcare.change_feed.processed_offsets";
+/// CommCare's gauge: high-water mark − checkpoint.
+pub const NEED_PROCESSING: &str = "commcare.change_feed.need_processing";
+
+/// One partition of one checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LagRow {
+    pub checkpoint_id: String,
+    /// The pillow name of a process using this checkpoint, else the checkpoint id.
+    pub pillow_name: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// `None` when Kafka no longer has the partition.
+    pub low: Option<i64>,
+    pub high: Option<i64>,
+    /// `high − offset`.
+    pub lag: Option<i64>,
+    pub seconds_since_checkpoint: i64,
+    /// Seconds since the oldest unprocessed change was published (0 when caught up; `None`
+    /// when unknown).
+    pub time_lag_seconds: Option<i64>,
+    /// `host pid N (process k)` of the live process that owns the partition.
+    pub owner: Option<String>,
+}
+
+/// Computes the lag rows (pure).
+pub fn compute(
+    rows: &RowsById,
+    watermarks: &BTreeMap<TopicPartition, Watermarks>,
+    timestamps: &BTreeMap<(TopicPartition, i64), i64>,
+    processes: &[ProcessRow],
+    now: DateTime<Utc>,
+) -> Vec<LagRow> {
+    let mut out = Vec::new();
+    for (id, rs) in rows {
+        let pillow_name = processes
+            .iter()
+            .find(|p| p.checkpoint_id == *id)
+            .map_or_else(|| id.clone(), |p| p.pillow_name.clone());
+        for r in rs {
+            let w = watermarks.get(&r.tp);
+            let owner = processes
+                .iter()
+                .find(|p| p.alive && p.checkpoint_id == *id && p.partitions.contains(&r.tp))
+                .map(|p| {
+                    format!(
+                        "{} pid {} (process {}/{})",
+                        p.hostname, p.pid, p.process_num, p.num_processes
+                    )
+                });
+            out.push(LagRow {
+                checkpoint_id: id.clone(),
+                pillow_name: pillow_name.clone(),
+                topic: r.tp.topic.clone(),
+                partition: r.tp.partition,
+                offset: r.offset,
+                low: w.map(|w| w.low),
+                high: w.map(|w| w.high),
+                lag: w.map(|w| (w.high - r.offset).max(0)),
+                seconds_since_checkpoint: (now - r.last_modified).num_seconds().max(0),
+                time_lag_seconds: match w {
+                    Some(w) if r.offset >= w.high => Some(0),
+                    Some(w) => timestamps
+                        .get(&(r.tp.clone(), r.offset.max(w.low)))
+                        .map(|ts| ((now.timestamp_millis() - ts) / 1000).max(0)),
+                    None => None,
+                },
+                owner,
+            });
+        }
+    }
+    out
+}
+
+/// Reads the rows (of `ids`, or all), the watermarks and the liveness rows, and computes the lag.
+/// Partitions of topics Kafka no longer has are reported without watermarks.
+pub async fn collect(
+    pg: &std::sync::Arc<Pg>,
+    kafka: &KafkaInfo,
+    ids: Option<&[String]>,
+) -> Result<Vec<LagRow>> {
+    let rows = match ids {
+        Some(ids) => super::load_rows(pg, ids).await?,
+        None => super::load_rows_on_topic(pg, None).await?,
+    };
+    let wanted: Vec<TopicPartition> = rows
+        .values()
+        .flatten()
+        .map(|r| r.tp.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let watermarks = kafka.watermarks_of_existing(&wanted).await?;
+    // The oldest unprocessed change of each partition that lags, from its retained range; a
+    // consumer reads one offset per partition, so checkpoints sharing a partition take rounds.
+    let behind: BTreeSet<(TopicPartition, i64)> = rows
+        .values()
+        .flatten()
+        .filter_map(|r| {
+            let w = watermarks.get(&r.tp)?;
+            (r.offset < w.high).then(|| (r.tp.clone(), r.offset.max(w.low)))
+        })
+        .collect();
+    let mut rounds: Vec<BTreeMap<TopicPartition, i64>> = Vec::new();
+    for (tp, offset) in behind {
+        match rounds.iter_mut().find(|r| !r.contains_key(&tp)) {
+            Some(r) => {
+                r.insert(tp, offset);
+            }
+            None => rounds.push([(tp, offset)].into()),
+        }
+    }
+    let mut timestamps = BTreeMap::new();
+    for round in rounds {
+        let positions: Vec<(TopicPartition, i64)> = round.into_iter().collect();
+        let found = kafka
+            .timestamps_at(&positions, std::time::Duration::from_secs(5))
+            .await?;
+        for (tp, offset) in positions {
+            if let Some(ts) = found.get(&tp) {
+                timestamps.insert((tp, offset), *ts);
+            }
+        }
+    }
+    let processes = Liveness::new(pg.clone()).list(None).await?;
+    Ok(compute(
+        &rows,
+        &watermarks,
+        &timestamps,
+        &processes,
+        Utc::now(),
+    ))
+}
+
+/// Records the lag rows as CommCare's gauges.
+pub fn record(rows: &[LagRow], recorder: &dyn Recorder) {
+    let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
+    for r in rows {
+        let e = newest
+            .entry(r.pillow_name.as_str())
+            .or_insert(r.seconds_since_checkpoint);
+        *e = (*e).min(r.seconds_since_checkpoint);
+        let Some(high) = r.high else { continue };
+        let tags = || {
+            vec![
+                ("pillow_name", r.pillow_name.clone()),
+                ("feed_type", "kafka".to_owned()),
+                ("topic", format!("{}-{}", r.topic, r.partition)),
+            ]
+        };
+        recorder.gauge(CURRENT_OFFSETS, tags(), high as f64);
+        recorder.gauge(PROCESSED_OFFSETS, tags(), r.offset as f64);
+        recorder.gauge(NEED_PROCESSING, tags(), (high - r.offset).max(0) as f64);
+    }
+    for (pillow, secs) in newest {
+        recorder.gauge(
+            SECONDS_SINCE_LAST_UPDATE,
+            vec![
+                ("pillow_name", pillow.to_owned()),
+                ("feed_type", "kafka".to_owned()),
+            ],
+            secs as f64,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_rows::{at, process, rows};
+    use super::*;
+    use crate::metrics::MemoryRecorder;
+
+    #[test]
+    fn lag_owner_and_gauges() {
+        let data: RowsById = [(
+            "c".to_owned(),
+            rows(&[("t", 0, 5), ("t", 1, 7), ("gone", 0, 3)]),
+        )]
+        .into();
+        let w: BTreeMap<TopicPartition, Watermarks> = [
+            (TopicPartition::new("t", 0), Watermarks { low: 0, high: 15 }),
+            (TopicPartition::new("t", 1), Watermarks { low: 0, high: 7 }),
+        ]
+        .into();
+        let mut p = process("case-pillow", "c", true);
+        p.partitions = vec![TopicPartition::new("t", 1)];
+        let ts: BTreeMap<(TopicPartition, i64), i64> =
+            [((TopicPartition::new("t", 0), 5), at(40).timestamp_millis())].into();
+        let out = compute(&data, &w, &ts, &[p], at(100));
+        let lags: Vec<Option<i64>> = out.iter().map(|r| r.time_lag_seconds).collect();
+        assert_eq!(lags, [Some(60), Some(0), None]);
+        let got: Vec<(String, Option<i64>, i64, bool)> = out
+            .iter()
+            .map(|r| {
+                (
+                    format!("{},{}", r.topic, r.partition),
+                    r.lag,
+                    r.seconds_since_checkpoint,
+                    r.owner.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("t,0".to_owned(), Some(10), 100, false),
+                ("t,1".to_owned(), Some(0), 99, true),
+                ("gone,0".to_owned(), None, 100, false)
+            ]
+        );
+        assert_eq!(out[0].pillow_name, "case-pillow");
+        let m = MemoryRecorder::new();
+        record(&out, &m);
+        assert!((m.get(NEED_PROCESSING, &[("topic", "t-0")]) - 10.0).abs() < f64::EPSILON);
+        assert!(
+            (m.get(SECONDS_SINCE_LAST_UPDATE, &[("pillow_name", "case-pillow")]) - 99.0).abs()
+                < f64::EPSILON
+        );
+    }
+}

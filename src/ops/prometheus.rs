@@ -1,0 +1,160 @@
+//! Metrics in Prometheus text format (version 0.0.4) on a plain HTTP endpoint. CommCare's dotted
+//! names become Prometheus names with `_` (`commcare.change_feed.need_processing` →
+//! `commcare_change_feed_need_processing`); tags become labels.
+//!
+//! The server answers every `GET` with the current rendering; it is meant for a scraper on a
+//! private port, not for the internet.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Tags;
+
+/// A metric name in Prometheus form.
+pub fn metric_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders `(name, tags, value)` samples, grouped by name.
+pub fn render(samples: &[(&str, Tags, f64)]) -> String {
+    let mut sorted: Vec<&(&str, Tags, f64)> = samples.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.cmp(&b.1)));
+    let mut out = String::new();
+    let mut last = "";
+    for (name, tags, value) in sorted {
+        let prom = metric_name(name);
+        if *name != last {
+            let _ = writeln!(out, "# HELP {prom} {name}");
+            last = name;
+        }
+        out.push_str(&prom);
+        if !tags.is_empty() {
+            out.push('{');
+            for (i, (k, v)) in tags.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{}=\"{}\"", metric_name(k), escape(v));
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {value}");
+    }
+    out
+}
+
+/// Serves `render()` on `listener` until `shutdown` is cancelled.
+pub async fn serve<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let render = Arc::clone(&render);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut len = 0;
+            // Read the request head (we ignore any body).
+            while len < buf.len() {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    stream.read(&mut buf[len..]),
+                )
+                .await
+                {
+                    Ok(Ok(0) | Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => {
+                        len += n;
+                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let response = if head.starts_with("GET ") {
+                let body = render();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_commcare_names_with_labels() {
+        let s = render(&[
+            (
+                "commcare.change_feed.need_processing",
+                vec![
+                    ("pillow_name", "case-pillow".into()),
+                    ("topic", "case-sql-0".into()),
+                ],
+                12.0,
+            ),
+            ("commcare.change_feed.changes.count", vec![], 3.0),
+        ]);
+        assert_eq!(
+            s,
+            "# HELP commcare_change_feed_changes_count commcare.change_feed.changes.count\n\
+             commcare_change_feed_changes_count 3\n\
+             # HELP commcare_change_feed_need_processing commcare.change_feed.need_processing\n\
+             commcare_change_feed_need_processing{pillow_name=\"case-pillow\",topic=\"case-sql-0\"} 12\n"
+        );
+        assert_eq!(escape("a\"b\\"), "a\\\"b\\\\");
+    }
+
+    #[tokio::test]
+    async fn serves_the_rendering_over_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, || "x 1\n".to_owned(), token.clone()));
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.expect("read");
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        assert!(body.ends_with("\r\n\r\nx 1\n"), "{body}");
+        token.cancel();
+        server.await.expect("server stops");
+    }
+}
