@@ -17,7 +17,7 @@ use pillowtop::change::{Change, ChangeMeta};
 use pillowtop::checkpoint::memory::MemoryCheckpointStore;
 use pillowtop::feed::assignment::Layout;
 use pillowtop::feed::memory::MemoryFeed;
-use pillowtop::feed::TopicPartition;
+use pillowtop::feed::{ChangeFeed, FeedItem, TopicPartition};
 use pillowtop::pillow::chunk::deduplicate;
 use pillowtop::pillow::{Pillow, PillowConfig};
 use pillowtop::processor::memory::NoopProcessor;
@@ -100,6 +100,27 @@ fn pillow_loop(c: &mut Criterion) {
     let mut g = c.benchmark_group("pillow_loop");
     g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Elements(CHANGES));
+    // The feed alone (copy and parse each message), to tell the loop's own cost from it.
+    g.bench_function("feed_only", |b| {
+        b.iter_batched(
+            || feed.clone(),
+            |mut feed| {
+                rt.block_on(async {
+                    let positions: Vec<_> = (0..PARTITIONS)
+                        .map(|p| (TopicPartition::new(TOPIC, p), 0))
+                        .collect();
+                    feed.assign(&positions).await.expect("assign");
+                    let mut n = 0_u64;
+                    while let Some(item) = feed.next().await.expect("next") {
+                        n += u64::from(matches!(item, FeedItem::Change(_)));
+                    }
+                    assert_eq!(n, CHANGES, "every change is read");
+                });
+                feed
+            },
+            BatchSize::PerIteration,
+        );
+    });
     for chunk in [10, 100] {
         g.bench_with_input(BenchmarkId::new("chunk", chunk), &chunk, |b, &chunk| {
             b.iter_batched(
