@@ -22,18 +22,28 @@ use crate::processor::{Processor, ProcessorFailure};
 
 /// Keeps the last occurrence of each document id, in the order of those last occurrences.
 pub fn deduplicate(changes: Vec<Change>) -> Vec<Change> {
-    let mut last: HashMap<String, usize> = HashMap::with_capacity(changes.len());
-    for (i, c) in changes.iter().enumerate() {
-        last.insert(c.id.clone(), i);
-    }
-    if last.len() == changes.len() {
-        return changes;
+    let keep: Vec<bool> = {
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
+        for (i, c) in changes.iter().enumerate() {
+            last.insert(c.id.as_str(), i);
+        }
+        if last.len() == changes.len() {
+            Vec::new()
+        } else {
+            changes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| last.get(c.id.as_str()) == Some(&i))
+                .collect()
+        }
+    };
+    if keep.is_empty() {
+        return changes; // no duplicates: the common case, no copying
     }
     changes
         .into_iter()
-        .enumerate()
-        .filter(|(i, c)| last.get(&c.id) == Some(i))
-        .map(|(_, c)| c)
+        .zip(keep)
+        .filter_map(|(c, k)| k.then_some(c))
         .collect()
 }
 

@@ -484,16 +484,26 @@ impl Pillow {
         let started = Instant::now();
         let changes = std::mem::take(&mut run.buffer);
         let invalid = std::mem::take(&mut run.invalid);
-        let handled: Vec<(TopicPartition, i64)> = changes
+        // The highest offset per partition in this chunk: what the chunk hands to the tracker.
+        let mut handled: Vec<(TopicPartition, i64)> = Vec::new();
+        for (topic, partition, offset) in changes
             .iter()
-            .map(|c| (TopicPartition::new(c.topic.clone(), c.partition), c.offset))
+            .map(|c| (c.topic.as_str(), c.partition, c.offset))
             .chain(
                 invalid
                     .iter()
-                    .map(|m| (TopicPartition::new(m.topic.clone(), m.partition), m.offset)),
+                    .map(|m| (m.topic.as_str(), m.partition, m.offset)),
             )
-            .collect();
-        let n = handled.len() as u64;
+        {
+            match handled
+                .iter_mut()
+                .find(|(tp, _)| tp.partition == partition && tp.topic == topic)
+            {
+                Some((_, o)) => *o = (*o).max(offset),
+                None => handled.push((TopicPartition::new(topic, partition), offset)),
+            }
+        }
+        let n = (changes.len() + invalid.len()) as u64;
         let mut records = Vec::new();
         for m in &invalid {
             tracing::warn!(pillow = %self.config.name, topic = %m.topic, partition = m.partition, offset = m.offset, reason = %m.reason, "invalid change message recorded as an error");
@@ -572,27 +582,36 @@ impl Pillow {
     /// Counts the chunk's changes (`changes.count`) and returns the maximum lag per
     /// `topic-partition` (now − `publish_timestamp`), in seconds.
     fn count_changes(&self, changes: &[Change]) -> std::collections::BTreeMap<String, f64> {
-        let mut lag = std::collections::BTreeMap::new();
+        // Aggregated per chunk (not per change): a few map entries, formatted once.
+        let mut per_source: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        let mut lag: std::collections::HashMap<(&str, i32), f64> = std::collections::HashMap::new();
         let now = chrono::Utc::now();
         for c in changes {
-            self.metrics.counter(
-                metrics::CHANGES_COUNT,
-                vec![
-                    ("pillow_name", self.config.name.clone()),
-                    ("datasource", c.metadata.data_source_name.clone()),
-                    ("case_type", "NA".into()),
-                ],
-                1.0,
-            );
+            *per_source
+                .entry(c.metadata.data_source_name.as_str())
+                .or_default() += 1;
             if let Some(t) = c.metadata.publish_timestamp {
                 let secs = (now - t).num_milliseconds() as f64 / 1000.0;
                 let e = lag
-                    .entry(format!("{}-{}", c.topic, c.partition))
+                    .entry((c.topic.as_str(), c.partition))
                     .or_insert(f64::MIN);
                 *e = e.max(secs);
             }
         }
-        lag
+        for (source, count) in per_source {
+            self.metrics.counter(
+                metrics::CHANGES_COUNT,
+                vec![
+                    ("pillow_name", self.config.name.clone()),
+                    ("datasource", source.to_owned()),
+                    ("case_type", "NA".into()),
+                ],
+                count as f64,
+            );
+        }
+        lag.into_iter()
+            .map(|((topic, partition), secs)| (format!("{topic}-{partition}"), secs))
+            .collect()
     }
 
     /// `change_lag` per topic-partition and the chunk's `chunked.max_change_lag`.

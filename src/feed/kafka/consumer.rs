@@ -60,7 +60,9 @@ pub struct KafkaFeed {
     topics: Vec<String>,
     options: KafkaFeedOptions,
     consumer: Arc<StreamConsumer>,
-    rx: Option<mpsc::Receiver<Result<FeedItem>>>,
+    rx: Option<mpsc::Receiver<Result<Vec<FeedItem>>>>,
+    /// Items of the last batch not yet handed out.
+    pending: std::collections::VecDeque<FeedItem>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -93,6 +95,10 @@ impl KafkaFeed {
                 options.prefetch_kbytes.to_string(),
             )
             .set("fetch.wait.max.ms", "100")
+            // When our queue is full (the pillow is slower than fetching) librdkafka waits this
+            // long before fetching again; its 1 s default idles the consumer (measured: 5% of
+            // the raw rate at 1 s, ~3× faster at 10 ms, same memory).
+            .set("fetch.queue.backoff.ms", "10")
             .set("socket.keepalive.enable", "true");
         for (k, v) in &options.extra {
             cfg.set(k, v);
@@ -108,6 +114,7 @@ impl KafkaFeed {
             options,
             consumer: Arc::new(consumer),
             rx: None,
+            pending: std::collections::VecDeque::new(),
             reader: None,
         })
     }
@@ -117,6 +124,7 @@ impl KafkaFeed {
             h.abort();
         }
         self.rx = None;
+        self.pending.clear();
     }
 }
 
@@ -182,7 +190,8 @@ impl ChangeFeed for KafkaFeed {
         if positions.is_empty() {
             return Ok(());
         }
-        let (tx, rx) = mpsc::channel(self.options.channel_capacity.max(1));
+        // The channel carries batches of up to READ_BATCH items: bound it in messages.
+        let (tx, rx) = mpsc::channel((self.options.channel_capacity / READ_BATCH).max(1));
         let consumer = Arc::clone(&self.consumer);
         let (idle, max_bytes) = (self.options.idle_timeout, self.options.max_message_bytes);
         self.reader = Some(tokio::spawn(read_loop(consumer, tx, idle, max_bytes)));
@@ -191,6 +200,9 @@ impl ChangeFeed for KafkaFeed {
     }
 
     async fn next(&mut self) -> Result<Option<FeedItem>> {
+        if let Some(item) = self.pending.pop_front() {
+            return Ok(Some(item));
+        }
         match self.rx.as_mut() {
             // No partitions assigned (e.g. more processes than partitions): only ticks.
             None => {
@@ -198,38 +210,69 @@ impl ChangeFeed for KafkaFeed {
                 Ok(Some(FeedItem::Tick))
             }
             Some(rx) => match rx.recv().await {
-                Some(item) => item.map(Some),
+                Some(batch) => {
+                    self.pending.extend(batch?);
+                    Ok(self.pending.pop_front())
+                }
                 None => Err(KafkaError::Other("the kafka reader task stopped".into()).into()),
             },
         }
     }
 }
 
+/// Most messages the reader hands over at once: whatever librdkafka already has, up to this.
+const READ_BATCH: usize = 256;
+
 async fn read_loop(
     consumer: Arc<StreamConsumer>,
-    tx: mpsc::Sender<Result<FeedItem>>,
+    tx: mpsc::Sender<Result<Vec<FeedItem>>>,
     idle: Duration,
     max_bytes: usize,
 ) {
+    use futures::FutureExt;
     let mut last_warning: Option<std::time::Instant> = None;
+    let mut warn = |e: &RdKafkaError| {
+        // Broker outages and other transient client errors: librdkafka reconnects and retries
+        // by itself; we say so in the log, at most every 10 s.
+        if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "kafka consumer error; librdkafka keeps retrying");
+            last_warning = Some(std::time::Instant::now());
+        }
+    };
     loop {
-        let item = match tokio::time::timeout(idle, consumer.recv()).await {
-            Err(_) => FeedItem::Tick,
-            Ok(Ok(msg)) => to_item(&msg, max_bytes),
+        // Wait (up to the idle timeout) for the first message, then take what is ready without
+        // waiting: one channel send and one wake-up per batch instead of per message.
+        let mut batch = Vec::with_capacity(READ_BATCH);
+        match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => batch.push(FeedItem::Tick),
+            Ok(Ok(msg)) => batch.push(to_item(&msg, max_bytes)),
             Ok(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                FeedItem::OffsetOutOfRange
+                batch.push(FeedItem::OffsetOutOfRange)
             }
             Ok(Err(e)) => {
-                // Broker outages and other transient client errors: librdkafka reconnects and
-                // retries by itself; we say so in the log, at most every 10 s.
-                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, "kafka consumer error; librdkafka keeps retrying");
-                    last_warning = Some(std::time::Instant::now());
-                }
+                warn(&e);
                 continue;
             }
-        };
-        if tx.send(Ok(item)).await.is_err() {
+        }
+        while batch.len() < READ_BATCH
+            && !matches!(
+                batch.last(),
+                Some(FeedItem::Tick | FeedItem::OffsetOutOfRange)
+            )
+        {
+            match consumer.recv().now_or_never() {
+                None => break,
+                Some(Ok(msg)) => batch.push(to_item(&msg, max_bytes)),
+                Some(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                    batch.push(FeedItem::OffsetOutOfRange)
+                }
+                Some(Err(e)) => {
+                    warn(&e);
+                    break;
+                }
+            }
+        }
+        if tx.send(Ok(batch)).await.is_err() {
             return;
         }
     }
