@@ -247,7 +247,7 @@ async fn read_loop(
             Err(_) => batch.push(FeedItem::Tick),
             Ok(Ok(msg)) => batch.push(to_item(&msg, max_bytes)),
             Ok(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                batch.push(FeedItem::OffsetOutOfRange)
+                batch.push(FeedItem::OffsetOutOfRange);
             }
             Ok(Err(e)) => {
                 warn(&e);
@@ -264,7 +264,7 @@ async fn read_loop(
                 None => break,
                 Some(Ok(msg)) => batch.push(to_item(&msg, max_bytes)),
                 Some(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                    batch.push(FeedItem::OffsetOutOfRange)
+                    batch.push(FeedItem::OffsetOutOfRange);
                 }
                 Some(Err(e)) => {
                     warn(&e);
