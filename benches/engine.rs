@@ -537,7 +537,10 @@ fn raw_config(phase: &Phase) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "error")
         .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // As KafkaFeed sets it: a consumer slower than fetching (raw + parse) must not idle for
+        // librdkafka's default 1 s backoff, or the reference rows are unfairly slow.
+        .set("fetch.queue.backoff.ms", "10");
     for (k, v) in kafka_extra() {
         cfg.set(k, v);
     }
