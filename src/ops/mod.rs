@@ -399,16 +399,25 @@ fn first_difference(
     (String::new(), "rows differ".into())
 }
 
+/// Rows `(id, tp, offset)` as the four column arrays the `unnest` statements take.
+fn row_columns(
+    rows: &[(String, TopicPartition, i64)],
+) -> (Vec<&str>, Vec<&str>, Vec<i32>, Vec<i64>) {
+    (
+        rows.iter().map(|r| r.0.as_str()).collect(),
+        rows.iter().map(|r| r.1.topic.as_str()).collect(),
+        rows.iter().map(|r| r.1.partition).collect(),
+        rows.iter().map(|r| r.2).collect(),
+    )
+}
+
 /// Inserts (or overwrites) rows `(id, tp, offset)` with `last_modified = now()` and
 /// `doc_modification_time = NULL`, in one statement.
 pub(crate) async fn upsert_rows(c: &Client, rows: &[(String, TopicPartition, i64)]) -> Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    let topics: Vec<&str> = rows.iter().map(|r| r.1.topic.as_str()).collect();
-    let parts: Vec<i32> = rows.iter().map(|r| r.1.partition).collect();
-    let offsets: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    let (ids, topics, parts, offsets) = row_columns(rows);
     c.execute(
         r#"INSERT INTO pillowtop_kafkacheckpoint (checkpoint_id, topic, "partition", "offset", doc_modification_time, last_modified)
            SELECT i, t, p, o, NULL, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[]) AS u(i, t, p, o)
@@ -430,10 +439,7 @@ pub(crate) async fn insert_new_rows(
     if rows.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    let topics: Vec<&str> = rows.iter().map(|r| r.1.topic.as_str()).collect();
-    let parts: Vec<i32> = rows.iter().map(|r| r.1.partition).collect();
-    let offsets: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    let (ids, topics, parts, offsets) = row_columns(rows);
     let result = c
         .execute(
             r#"INSERT INTO pillowtop_kafkacheckpoint (checkpoint_id, topic, "partition", "offset", doc_modification_time, last_modified)

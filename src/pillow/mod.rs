@@ -325,17 +325,12 @@ impl Pillow {
             };
             match item {
                 None => return Ok(StopReason::FeedEnded),
-                Some(FeedItem::Change(c)) => {
-                    run.buffer.push(*c);
-                    if run.buffer.len() + run.invalid.len() >= chunk {
-                        self.flush(run).await?;
-                        if run.policy.is_due(Instant::now()) {
-                            self.checkpoint_or_reload(run).await?;
-                        }
+                Some(item @ (FeedItem::Change(_) | FeedItem::Invalid(_))) => {
+                    match item {
+                        FeedItem::Change(c) => run.buffer.push(*c),
+                        FeedItem::Invalid(m) => run.invalid.push(*m),
+                        _ => {}
                     }
-                }
-                Some(FeedItem::Invalid(m)) => {
-                    run.invalid.push(*m);
                     if run.buffer.len() + run.invalid.len() >= chunk {
                         self.flush(run).await?;
                         if run.policy.is_due(Instant::now()) {
