@@ -49,5 +49,10 @@ mod python;
 
 pub use error::{Error, Result};
 
+// Lets the operator binary's source, compiled into the Python extension (`src/python/cli.rs`),
+// name this crate `pillowtop::` as it does in the binary.
+#[cfg(feature = "python")]
+extern crate self as pillowtop;
+
 /// The crate version (also the Python package's `__version__`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -89,7 +89,8 @@ pub async fn ensure_schema(pg: &Pg) -> Result<()> {
     pg.run("creating the pillowtop tables", |c| async move {
         // Serialise concurrent creators (several processes starting at once): CREATE ... IF NOT
         // EXISTS is not race-free in PostgreSQL.
-        let sql = format!("BEGIN; SELECT pg_advisory_xact_lock(7426853117); {SCHEMA_SQL} COMMIT;");
+        // `SET LOCAL client_min_messages`: no "already exists, skipping" notices in the logs.
+        let sql = format!("BEGIN; SET LOCAL client_min_messages TO warning; SELECT pg_advisory_xact_lock(7426853117); {SCHEMA_SQL} COMMIT;");
         c.batch_execute(&sql)
             .await
             .map_err(err("creating the pillowtop tables"))

@@ -6,10 +6,16 @@ This module never imports Django; the optional Django app is ``pillowtop_rs.djan
 from __future__ import annotations
 
 from pillowtop_rs._native import (
+    Change,
+    ChangeMeta,
+    Pillow,
+    RunSummary,
     __version__,
     next_attempt_delay_minutes,
     parse_change_meta,
     partition_assignment,
+    request_shutdown,
+    run_cli,
     virtual_worker_layouts,
 )
 from pillowtop_rs.exceptions import (
@@ -32,8 +38,15 @@ from pillowtop_rs.exceptions import (
     ShutdownRequested,
     UnavailableKafkaOffset,
 )
+from pillowtop_rs.processors import BulkPillowProcessor, PillowProcessor
 
 __all__ = [
+    "BulkPillowProcessor",
+    "Change",
+    "ChangeMeta",
+    "Pillow",
+    "PillowProcessor",
+    "RunSummary",
     "CheckpointError",
     "ConfigurationError",
     "DocumentError",
@@ -56,5 +69,7 @@ __all__ = [
     "next_attempt_delay_minutes",
     "parse_change_meta",
     "partition_assignment",
+    "request_shutdown",
+    "run_cli",
     "virtual_worker_layouts",
 ]

@@ -1,9 +1,16 @@
 """Type stub for ``pillowtop_rs._native`` (hand-written; checked by stubtest)."""
 
-from collections.abc import Sequence
-from typing import Any
+import datetime
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, final
 
 __all__ = [
+    "Change",
+    "ChangeMeta",
+    "Pillow",
+    "RunSummary",
+    "request_shutdown",
+    "run_cli",
     "next_attempt_delay_minutes",
     "parse_change_meta",
     "partition_assignment",
@@ -45,3 +52,142 @@ def parse_change_meta(body: bytes) -> dict[str, Any]:
 
 def next_attempt_delay_minutes(current_attempt: int) -> int | None:
     """Return the minutes until the next retry after ``current_attempt`` attempts, or ``None``."""
+
+class DocumentStore(Protocol):
+    """A Python document store: one bulk call per chunk and data source."""
+
+    def get_documents(self, ids: list[str]) -> Mapping[str, Any]: ...
+
+class Change:
+    """A change, as CommCare's ``Change``: attributes and read-only mapping access."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def seq(self) -> int:
+        """CommCare's ``sequence_id``: the Kafka offset."""
+    @property
+    def offset(self) -> int: ...
+    @property
+    def deleted(self) -> bool: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def metadata(self) -> ChangeMeta: ...
+    def get_document(self) -> Any:
+        """Return the document (embedded, fetched in bulk, or set), or ``None``."""
+    def set_document(self, document: Any) -> None:
+        """Replace the document for the processors that follow."""
+    def increment_attempt_count(self) -> None: ...
+    def __getitem__(self, key: str) -> Any: ...
+    def get(self, key: str, default: Any | None = None) -> Any: ...
+    def __contains__(self, key: str) -> bool: ...
+    def keys(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class ChangeMeta:
+    """CommCare's ``ChangeMeta``, read-only; unknown fields are attributes too."""
+
+    @property
+    def document_id(self) -> str: ...
+    @property
+    def document_rev(self) -> str | None: ...
+    @property
+    def data_source_type(self) -> str: ...
+    @property
+    def data_source_name(self) -> str: ...
+    @property
+    def document_type(self) -> str | None: ...
+    @property
+    def document_subtype(self) -> str | None: ...
+    @property
+    def domain(self) -> str | None: ...
+    @property
+    def is_deletion(self) -> bool: ...
+    @property
+    def publish_timestamp(self) -> datetime.datetime | None: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def original_publication_datetime(self) -> datetime.datetime | None: ...
+    @property
+    def associated_document_id(self) -> str | None: ...
+    def __getattr__(self, name: str) -> Any: ...
+    def __getitem__(self, key: str) -> Any: ...
+    def to_json(self) -> dict[str, Any]: ...
+
+@final
+class RunSummary:
+    """What ``Pillow.run()`` did."""
+
+    @property
+    def stop_reason(self) -> str:
+        """``"shutdown"``, ``"idle"``, ``"max_changes"`` or ``"feed_ended"``."""
+    @property
+    def partitions(self) -> list[tuple[str, int]]: ...
+    @property
+    def changes(self) -> int: ...
+    @property
+    def invalid(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def checkpoints(self) -> int: ...
+
+@final
+class Pillow:
+    """A pillow definition; building one connects to nothing."""
+
+    def __new__(
+        cls,
+        name: str,
+        topics: Sequence[str],
+        processors: Sequence[Any],
+        *,
+        checkpoint_id: str | None = None,
+        chunk_size: int = 10,
+        checkpoint_frequency: int = 100,
+        max_checkpoint_delay: float | None = 300.0,
+        start_policy: str = "earliest",
+        strict: bool = False,
+        retry_errors: bool = True,
+        document_stores: Mapping[tuple[str, str], DocumentStore] | None = None,
+    ) -> Pillow: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def checkpoint_id(self) -> str: ...
+    @property
+    def topics(self) -> list[str]: ...
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def processors(self) -> list[Any]: ...
+    def run(
+        self,
+        *,
+        kafka: str,
+        postgres: str,
+        process_number: int = 0,
+        num_processes: int = 1,
+        dedicated_migration_process: bool = False,
+        until_idle: bool = False,
+        max_changes: int | None = None,
+        on_chunk: Callable[[], object] | None = None,
+        idle_timeout: float = 10.0,
+    ) -> RunSummary:
+        """Run until stopped, with the GIL released while waiting.
+
+        Python processors run on this thread, once per chunk. ``KeyboardInterrupt`` stops
+        after the final checkpoint and is re-raised; ``request_shutdown()`` stops and returns.
+        """
+
+def request_shutdown() -> int:
+    """Ask every running pillow of this process to stop after a final checkpoint."""
+
+def run_cli(argv: list[str]) -> int:
+    """Run the ``pillowtop`` operator CLI in-process; return its exit status."""

@@ -73,8 +73,25 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    ExitCode::from(run(std::env::args_os()))
+}
+
+/// Runs the command line with `args` (the first is the program name) and returns the exit
+/// status. The Python front calls this in-process (`pillowtop_rs.run_cli`), so the Django
+/// commands and the binary share one implementation, prompts and statuses included.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     pillowtop::telemetry::init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,7 +99,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(4);
+            return 4;
         }
     };
     let result = runtime.block_on(async {
@@ -100,11 +117,12 @@ fn main() -> ExitCode {
             Command::Ops(cmd) => ops::run(cmd).await,
         }
     });
+    let _ = std::io::stdout().flush();
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(ops::exit_code(&e))
+            ops::exit_code(&e)
         }
     }
 }

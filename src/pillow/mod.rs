@@ -151,6 +151,25 @@ pub struct Pillow {
     docstores: DocumentStores,
     metrics: Arc<dyn Recorder>,
     liveness: Option<Liveness>,
+    hook: Option<Box<dyn LoopHook>>,
+}
+
+/// Where the loop calls its [`LoopHook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPoint {
+    /// Before a chunk goes to the processors.
+    BeforeChunk,
+    /// After a chunk's processors finished and its failures were recorded.
+    AfterChunk,
+    /// On each idle tick of the feed (after the idle flush and checkpoint).
+    Tick,
+}
+
+/// A callback the loop runs on the thread that drives it (the Python front closes stale Django
+/// database connections here, as Django does around a request and CommCare does when idle).
+/// An error stops the pillow like a fatal processor error.
+pub trait LoopHook: Send {
+    fn call(&mut self, point: HookPoint) -> Result<()>;
 }
 
 impl std::fmt::Debug for Pillow {
@@ -196,6 +215,21 @@ impl Pillow {
             docstores: DocumentStores::new(),
             metrics: Arc::new(metrics::NoopRecorder),
             liveness: None,
+            hook: None,
+        }
+    }
+
+    /// Runs `hook` around each chunk and on each idle tick.
+    #[must_use]
+    pub fn with_hook(mut self, hook: Box<dyn LoopHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    fn call_hook(&mut self, point: HookPoint) -> Result<()> {
+        match &mut self.hook {
+            Some(h) => h.call(point),
+            None => Ok(()),
         }
     }
 
@@ -345,6 +379,7 @@ impl Pillow {
                     // The idle rule: write own partitions that moved, whatever the counters say.
                     self.checkpoint_or_reload(run).await?;
                     self.heartbeat(run, true).await;
+                    self.call_hook(HookPoint::Tick)?;
                     if self.config.until_idle {
                         return Ok(StopReason::Idle);
                     }
@@ -519,6 +554,7 @@ impl Pillow {
             changes
         };
         let lag = self.count_changes(&changes);
+        self.call_hook(HookPoint::BeforeChunk)?;
         let failures = chunk::process_chunk(
             &mut self.processors,
             &mut changes,
@@ -528,28 +564,9 @@ impl Pillow {
             self.metrics.as_ref(),
         )
         .await?;
-        for (i, f) in &failures {
-            let change = &mut changes[*i];
-            change.increment_attempt_count();
-            self.record_failure_metrics(change, f);
-            if self.config.retry_errors || f.document_missing {
-                records.push(ErrorRecord::for_change(&self.config.name, change, f));
-            }
-        }
-        if !records.is_empty() {
-            if let Err(e) = self.errors.record(&records).await {
-                let doc_id = records
-                    .first()
-                    .map(|r| r.doc_id.clone())
-                    .unwrap_or_default();
-                return Err(ProcessError::ErrorStore {
-                    pillow: self.config.name.clone(),
-                    doc_id,
-                    source: Box::new(e),
-                }
-                .into());
-            }
-        }
+        self.record_failures(&mut changes, &failures, records)
+            .await?;
+        self.call_hook(HookPoint::AfterChunk)?;
         let ok = changes.len() as u64 - failures.len() as u64;
         let tags = self.tags();
         self.metrics
@@ -571,6 +588,39 @@ impl Pillow {
         run.summary.changes += n;
         run.summary.invalid += invalid.len() as u64;
         run.summary.failed += failures.len() as u64;
+        Ok(())
+    }
+
+    /// Counts the failures and records them (with the invalid messages' `records`) in the error
+    /// store; a failure to record stops the pillow (crash-only).
+    async fn record_failures(
+        &mut self,
+        changes: &mut [Change],
+        failures: &std::collections::BTreeMap<usize, ProcessorFailure>,
+        mut records: Vec<ErrorRecord>,
+    ) -> Result<()> {
+        for (i, f) in failures {
+            let change = &mut changes[*i];
+            change.increment_attempt_count();
+            self.record_failure_metrics(change, f);
+            if self.config.retry_errors || f.document_missing {
+                records.push(ErrorRecord::for_change(&self.config.name, change, f));
+            }
+        }
+        if !records.is_empty() {
+            if let Err(e) = self.errors.record(&records).await {
+                let doc_id = records
+                    .first()
+                    .map(|r| r.doc_id.clone())
+                    .unwrap_or_default();
+                return Err(ProcessError::ErrorStore {
+                    pillow: self.config.name.clone(),
+                    doc_id,
+                    source: Box::new(e),
+                }
+                .into());
+            }
+        }
         Ok(())
     }
 

@@ -4,7 +4,12 @@
 //! (partition layout, change parsing, retry backoff) that let the Python tests check the core
 //! against CommCare's vectors. Errors cross the boundary through [`errors`].
 
+mod change;
+mod cli;
+mod detach;
 mod errors;
+mod pillow;
+mod processor;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -16,6 +21,12 @@ use crate::feed::TopicPartition;
 
 #[pymodule(name = "_native", gil_used = true)]
 mod native {
+    #[pymodule_export]
+    use super::change::{PyChange, PyChangeMeta};
+    #[pymodule_export]
+    use super::cli::run_cli;
+    #[pymodule_export]
+    use super::pillow::{request_shutdown, PyPillow, PyRunSummary};
     #[pymodule_export]
     use super::{
         next_attempt_delay_minutes, parse_change_meta, partition_assignment, virtual_worker_layouts,
