@@ -90,7 +90,7 @@ class Change:
         sequence_id: int,
         document: dict[str, Any] | None = None,
         deleted: bool = False,
-        metadata: dict[str, Any] | None = None,
+        metadata: ChangeMeta | None = None,
         topic: str | None = None,
         partition: int | None = None,
     ) -> None:
@@ -150,9 +150,22 @@ class Change:
         return f"Change(id={self.id!r}, seq={self.sequence_id!r}, deleted={self.deleted!r})"
 
 
+class ChangeMeta(dict[str, Any]):
+    """The parsed ``ChangeMeta``: a dict that also reads fields as attributes (``meta.domain``),
+    as CommCare's ``jsonobject`` does; unknown fields are kept. Far cheaper than ``jsonobject``."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 def change_from_message(topic: str, partition: int, offset: int, value: bytes) -> Change:
     """``change_from_kafka_message``: parse the ``ChangeMeta`` JSON; take the embedded document."""
-    meta = json.loads(value)
+    meta = ChangeMeta(json.loads(value))
     document = meta.pop("document", None)
     doc_id = meta["document_id"]
     if not isinstance(doc_id, str):
@@ -170,7 +183,7 @@ class ChangeLike(Protocol):
     def deleted(self) -> bool: ...
 
     @property
-    def metadata(self) -> dict[str, Any] | None: ...
+    def metadata(self) -> Any: ...
 
     def get_document(self) -> dict[str, Any] | None: ...
 
@@ -208,8 +221,10 @@ class BulkPillowProcessor(PillowProcessor):
 class CountingLogic:
     """The trivial bulk processor's body: counts changes per domain.
 
-    Touches ``change.id`` and ``change.metadata['domain']`` of every change. A mixin, so that the
-    very same code runs under the reference pillow and under ``pillowtop_rs``.
+    Touches ``change.id`` and ``change.metadata.domain`` of every change (attribute access, as
+    CommCare code reads its ``jsonobject`` ``ChangeMeta``; ``pillowtop_rs.ChangeMeta`` has no
+    item access). A mixin, so that the very same code runs under the reference pillow and under
+    ``pillowtop_rs``.
     """
 
     def __init__(self) -> None:
@@ -220,7 +235,7 @@ class CountingLogic:
     def process_change(self, change: Any) -> None:
         """Count one change."""
         self.last_id = change.id
-        domain = change.metadata["domain"]
+        domain = change.metadata.domain
         self.per_domain[domain] = self.per_domain.get(domain, 0) + 1
         self.count += 1
 
@@ -229,7 +244,7 @@ class CountingLogic:
         per_domain = self.per_domain
         for change in changes_chunk:
             self.last_id = change.id
-            domain = change.metadata["domain"]
+            domain = change.metadata.domain
             per_domain[domain] = per_domain.get(domain, 0) + 1
         self.count += len(changes_chunk)
         return [], []
@@ -535,8 +550,8 @@ def record_pillow_error(
     conn: psycopg.Connection[Any], pillow: str, change: Change, exc: BaseException
 ) -> None:
     """``PillowError.get_or_create(change, pillow).add_attempt(exc, tb, change.metadata)``."""
-    meta = change.metadata
-    n = int((meta or {}).get("attempts") or 1)
+    meta: dict[str, Any] = change.metadata if change.metadata is not None else {}
+    n = int(meta.get("attempts") or 1)
     etype = type(exc)
     with conn.transaction():
         conn.execute(
@@ -544,12 +559,12 @@ def record_pillow_error(
             {
                 "doc_id": change.id,
                 "pillow": pillow,
-                "created": (meta or {}).get("publish_timestamp"),
+                "created": meta.get("publish_timestamp"),
                 "n": n,
                 "type": f"{etype.__module__}.{etype.__qualname__}",
                 "tb": "".join(traceback.format_exception(etype, exc, exc.__traceback__)),
                 "change": Jsonb(change.to_dict()),
-                "meta": Jsonb(meta) if meta is not None else None,
+                "meta": Jsonb(meta) if change.metadata is not None else None,
             },
         )
 

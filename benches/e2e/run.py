@@ -295,6 +295,8 @@ def reference_elasticsearch(ctx: Context) -> Outcome:
 
 def pillowtop_rs() -> Any:
     """The ``pillowtop_rs`` module, or ``Unavailable``."""
+    # The engine's per-pillow INFO lines would interleave with the progress lines.
+    os.environ.setdefault("PILLOWTOP_LOG", "warn")
     try:
         module = importlib.import_module("pillowtop_rs")
     except ImportError as e:

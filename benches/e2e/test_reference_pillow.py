@@ -54,7 +54,7 @@ def test_change_from_message_takes_the_embedded_document() -> None:
     assert change["seq"] == 41 and change.partition == 2 and change.topic == "t"
     assert change.get_document() is not None and change["doc"]["_id"] == key
     assert change.metadata is not None and "document" not in change.metadata
-    assert change.metadata["domain"] == change["doc"]["domain"]
+    assert change.metadata["domain"] == change.metadata.domain == change["doc"]["domain"]
     assert not change.deleted and "doc" in change
     change.increment_attempt_count()
     assert change.metadata["attempts"] == 1
