@@ -145,6 +145,12 @@ class Command(BaseCommand):
             help="Stop at the first idle tick once caught up (CommCare's forever=False)",
         )
         parser.add_argument(
+            "--idle-timeout",
+            type=float,
+            default=None,
+            help="Seconds without a message that make a feed tick (default 10, CommCare's)",
+        )
+        parser.add_argument(
             "--max-changes",
             type=int,
             default=None,
@@ -233,6 +239,9 @@ class Command(BaseCommand):
         postgres = pt_settings.postgres_url()
         until_idle: bool = options["until_idle"]
         max_changes: int | None = options["max_changes"]
+        extra: dict[str, Any] = {}
+        if options["idle_timeout"] is not None:
+            extra["idle_timeout"] = options["idle_timeout"]
         try:
             with sigterm_requests_shutdown():
                 while True:
@@ -247,6 +256,7 @@ class Command(BaseCommand):
                         until_idle=until_idle,
                         max_changes=max_changes,
                         on_chunk=close_old_connections,
+                        **extra,
                     )
                     self.stdout.write(
                         f"Pillow {name}.run() stopped ({summary.stop_reason}): "
@@ -274,6 +284,8 @@ class Command(BaseCommand):
             argv_tail.append("--until-idle")
         if options["max_changes"] is not None:
             argv_tail += ["--max-changes", str(options["max_changes"])]
+        if options["idle_timeout"] is not None:
+            argv_tail += ["--idle-timeout", str(options["idle_timeout"])]
         env = dict(os.environ)
         env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
