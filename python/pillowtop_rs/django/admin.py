@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -9,9 +11,15 @@ from django.utils import timezone
 
 from pillowtop_rs.django.models import KafkaCheckpoint, PillowError
 
+if TYPE_CHECKING:  # ModelAdmin is generic only in django-stubs
+    PillowErrorAdminBase = admin.ModelAdmin[PillowError]
+    KafkaCheckpointAdminBase = admin.ModelAdmin[KafkaCheckpoint]
+else:
+    PillowErrorAdminBase = KafkaCheckpointAdminBase = admin.ModelAdmin
+
 
 @admin.register(PillowError)
-class PillowErrorAdmin(admin.ModelAdmin[PillowError]):
+class PillowErrorAdmin(PillowErrorAdminBase):
     """Filter by pillow and error type, search by doc id, "Reset Attempts"."""
 
     model = PillowError
@@ -37,7 +45,7 @@ class PillowErrorAdmin(admin.ModelAdmin[PillowError]):
 
 
 @admin.register(KafkaCheckpoint)
-class KafkaCheckpointAdmin(admin.ModelAdmin[KafkaCheckpoint]):
+class KafkaCheckpointAdmin(KafkaCheckpointAdminBase):
     """Read-only: checkpoints are changed with the checkpoint commands, not by hand."""
 
     list_display = ("checkpoint_id", "topic", "partition", "offset", "last_modified")

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError
 
 from pillowtop_rs import registry
@@ -33,14 +34,30 @@ def run_cli(argv: Sequence[str]) -> None:
         raise CommandError(f"pillowtop {argv[0]} exited with status {status}", returncode=status)
 
 
+def postgres_url() -> str:
+    """Return the checkpoint database URL; a settings problem becomes ``CommandError``."""
+    try:
+        return pt_settings.postgres_url()
+    except ImproperlyConfigured as e:
+        raise CommandError(str(e)) from e
+
+
+def kafka_bootstrap() -> str:
+    """Return the Kafka bootstrap servers; a settings problem becomes ``CommandError``."""
+    try:
+        return pt_settings.kafka_bootstrap()
+    except ImproperlyConfigured as e:
+        raise CommandError(str(e)) from e
+
+
 def postgres_args() -> list[str]:
-    """``--postgres-url URL`` from the Django settings."""
-    return ["--postgres-url", pt_settings.postgres_url()]
+    """Return ``--postgres-url URL`` from the Django settings."""
+    return ["--postgres-url", postgres_url()]
 
 
 def kafka_args() -> list[str]:
-    """``--kafka BOOTSTRAP`` from the Django settings."""
-    return ["--kafka", pt_settings.kafka_bootstrap()]
+    """Return ``--kafka BOOTSTRAP`` from the Django settings."""
+    return ["--kafka", kafka_bootstrap()]
 
 
 def get_pillow(name: str, **options: Any) -> Pillow:

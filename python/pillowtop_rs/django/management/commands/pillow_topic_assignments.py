@@ -13,7 +13,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from pillowtop_rs.django import cli
-from pillowtop_rs.django import settings as pt_settings
 
 
 class Command(BaseCommand):
@@ -51,7 +50,7 @@ class Command(BaseCommand):
         from pillowtop_rs import partition_assignment
         from pillowtop_rs.exceptions import PillowtopError
 
-        admin = AdminClient({"bootstrap.servers": pt_settings.kafka_bootstrap()})
+        admin = AdminClient({"bootstrap.servers": cli.kafka_bootstrap()})
         metadata = admin.list_topics(timeout=10)
         partitions: list[tuple[str, int]] = []
         for topic in topics:

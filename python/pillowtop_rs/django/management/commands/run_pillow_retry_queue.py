@@ -17,7 +17,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
-from pillowtop_rs.django import retry
+from pillowtop_rs.django import cli, retry
 from pillowtop_rs.django import settings as pt_settings
 from pillowtop_rs.exceptions import PillowtopError
 
@@ -47,7 +47,7 @@ class Command(BaseCommand):
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         producer = None
         if not options["dry_run"]:
-            producer = retry.make_producer(pt_settings.kafka_bootstrap())
+            producer = retry.make_producer(cli.kafka_bootstrap())
         excluded = pt_settings.retry_queue_excluded_pillows()
         try:
             while not stop:

@@ -32,7 +32,6 @@ from django.db import close_old_connections
 
 from pillowtop_rs import registry
 from pillowtop_rs.django import cli
-from pillowtop_rs.django import settings as pt_settings
 from pillowtop_rs.exceptions import PillowtopError, ShutdownRequested
 
 #: CommCare's ``DEFAULT_PROCESSOR_CHUNK_SIZE``.
@@ -235,8 +234,8 @@ class Command(BaseCommand):
         if options["exclude_ucrs"]:
             factory_options["exclude_ucrs"] = options["exclude_ucrs"].split(",")
         pillow = cli.get_pillow(name, **factory_options)
-        kafka = pt_settings.kafka_bootstrap()
-        postgres = pt_settings.postgres_url()
+        kafka = cli.kafka_bootstrap()
+        postgres = cli.postgres_url()
         until_idle: bool = options["until_idle"]
         max_changes: int | None = options["max_changes"]
         extra: dict[str, Any] = {}
