@@ -57,7 +57,8 @@ def project(
     django_db_blocker: Any,
 ) -> Iterator[Project]:
     """A unique topic (2 partitions), search index and checkpoint prefix; deleted afterwards."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
     from django.db import connection
 
     topic = unique_name

@@ -227,7 +227,9 @@ def last_message(project: Project) -> dict[str, object]:
             consumer.assign([TopicPartition(project.topic, partition, high - 1)])
             msg = consumer.poll(10)
             assert msg is not None and msg.error() is None
-            body = json.loads(msg.value())
+            value = msg.value()
+            assert value is not None
+            body = json.loads(value)
             stamp = msg.timestamp()[1]
             if newest is None or stamp > newest[0]:
                 newest = (stamp, body)

@@ -58,7 +58,7 @@ CREATE INDEX pillow_retry_pillowerror_current_attempt_idx ON pillow_retry_pillow
 CREATE INDEX pillow_retry_pillowerror_error_type_idx ON pillow_retry_pillowerror (error_type);
 END IF; END $$;"""  # noqa: E501
 
-SCHEMA_STATEMENTS = [SCHEMA_LOCK, KAFKA_CHECKPOINT_SQL, DJANGO_CHECKPOINT_SQL, PILLOW_ERROR_SQL]
+SCHEMA_STATEMENTS = (SCHEMA_LOCK, KAFKA_CHECKPOINT_SQL, DJANGO_CHECKPOINT_SQL, PILLOW_ERROR_SQL)
 
 
 class Migration(migrations.Migration):
@@ -66,7 +66,7 @@ class Migration(migrations.Migration):
 
     initial = True
 
-    dependencies: list[tuple[str, str]] = []
+    dependencies = []
 
     operations = [
         migrations.SeparateDatabaseAndState(
