@@ -1,0 +1,87 @@
+"""Helpers shared by the management commands: the in-process operator CLI and pillow lookup."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import CommandError
+
+from pillowtop_rs import registry
+from pillowtop_rs.django import settings as pt_settings
+from pillowtop_rs.exceptions import PillowtopError
+
+if TYPE_CHECKING:
+    from pillowtop_rs import Pillow
+
+
+def run_cli(argv: Sequence[str]) -> None:
+    """Run ``pillowtop <argv>`` in this process; a non-zero status becomes ``CommandError``.
+
+    The CLI writes straight to the process's stdout/stderr and reads its stdin, so Python's
+    buffers are flushed first to keep the output in order. The status is kept as the command's
+    exit status (CommCare's 1 declined, 2 inconsistent, 3 reprocessing declined; 4 failed,
+    5 invalid checkpoints).
+    """
+    from pillowtop_rs import run_cli as native_run_cli
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    status = native_run_cli(list(argv))
+    if status:
+        raise CommandError(f"pillowtop {argv[0]} exited with status {status}", returncode=status)
+
+
+def postgres_url() -> str:
+    """Return the checkpoint database URL; a settings problem becomes ``CommandError``."""
+    try:
+        return pt_settings.postgres_url()
+    except ImproperlyConfigured as e:
+        raise CommandError(str(e)) from e
+
+
+def kafka_bootstrap() -> str:
+    """Return the Kafka bootstrap servers; a settings problem becomes ``CommandError``."""
+    try:
+        return pt_settings.kafka_bootstrap()
+    except ImproperlyConfigured as e:
+        raise CommandError(str(e)) from e
+
+
+def postgres_args() -> list[str]:
+    """Return ``--postgres-url URL`` from the Django settings."""
+    return ["--postgres-url", postgres_url()]
+
+
+def kafka_args() -> list[str]:
+    """Return ``--kafka BOOTSTRAP`` from the Django settings."""
+    return ["--kafka", kafka_bootstrap()]
+
+
+def get_pillow(name: str, **options: Any) -> Pillow:
+    """Return the pillow named ``name``; configuration problems become ``CommandError``."""
+    try:
+        return registry.get_pillow_by_name(name, **options)
+    except PillowtopError as e:
+        raise CommandError(str(e)) from e
+
+
+def get_pillows(names: Sequence[str]) -> list[Pillow]:
+    """Return the pillows named ``names`` (the whole registry is validated first)."""
+    try:
+        registry.get_all_pillow_configs()
+    except PillowtopError as e:
+        raise CommandError(str(e)) from e
+    return [get_pillow(n) for n in names]
+
+
+def checkpoint_id(pillow: Pillow) -> str:
+    """Return the pillow's checkpoint id."""
+    return str(pillow.checkpoint_id)
+
+
+def topics(pillow: Pillow) -> list[str]:
+    """Return the pillow's topics."""
+    return [str(t) for t in pillow.topics]

@@ -1,0 +1,46 @@
+"""``merge_pillow_checkpoints <source_pillow> [...] <target_pillow>`` (CommCare's command).
+
+The target gets the minimum offset of every partition over the sources, through
+``pillowtop merge``: CommCare's prompts and exit statuses (1 declined, 2 the sources' partitions
+disagree, 3 reprocessing declined), with the fixes of reference §9 #15-#17 (answering ``y`` to the
+reprocessing question proceeds; only the target's topics are checked and written; one
+transaction). ``--noinput``, ``--dry-run`` and ``--force`` are additions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from pillowtop_rs.django import cli
+from pillowtop_rs.django.management.commands.split_pillow_checkpoints import confirm_flags
+
+
+class Command(BaseCommand):
+    """The management command (see the module docstring)."""
+
+    help = "Merge the checkpoints of several pillows into a new pillow's checkpoint"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """Declare the command line."""
+        parser.add_argument("pillow_names", nargs="+", metavar="pillow_name")
+        parser.add_argument("--noinput", action="store_true", help="answer every question yes")
+        parser.add_argument("--dry-run", action="store_true", help="show the plan, write nothing")
+        parser.add_argument(
+            "--force", action="store_true", help="proceed although a pillow involved is running"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Run the command."""
+        names: list[str] = options["pillow_names"]
+        if len(names) < 2:
+            raise CommandError(
+                "give at least one source pillow and the target pillow", returncode=2
+            )
+        pillows = cli.get_pillows(names)
+        target = pillows[-1]
+        argv = ["merge", *(cli.checkpoint_id(p) for p in pillows)]
+        argv += ["--topics", ",".join(cli.topics(target))]
+        argv += confirm_flags(options, "noinput", "dry_run", "force")
+        cli.run_cli(argv + cli.postgres_args())

@@ -1,0 +1,43 @@
+"""``pillow_lag [pillow_name ...]``: checkpoint lag and status (``pillowtop lag``).
+
+Per checkpoint partition: offset, high-water mark, lag, seconds since the last checkpoint, age of
+the oldest unprocessed change, and the live process that owns it. With no names, every configured
+pillow. ``--metrics-port`` serves CommCare's lag gauges (``need_processing``...) in Prometheus
+format, refreshed every ``--interval`` seconds (the equivalent of CommCare's
+``pillow_datadog_metrics`` task).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from pillowtop_rs import registry
+from pillowtop_rs.django import cli
+
+
+class Command(BaseCommand):
+    """The management command (see the module docstring)."""
+
+    help = "Show how far behind each pillow's checkpoint is"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """Declare the command line."""
+        parser.add_argument("pillow_names", nargs="*", metavar="pillow_name")
+        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--interval", type=int, help="repeat every this many seconds")
+        parser.add_argument("--metrics-port", type=int, help="serve Prometheus gauges here")
+        parser.add_argument("--rounds", type=int, help="stop after this many rounds")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Run the command."""
+        names = options["pillow_names"] or [c.name for c in registry.get_all_pillow_configs()]
+        pillows = cli.get_pillows(names)
+        argv = ["lag", *dict.fromkeys(cli.checkpoint_id(p) for p in pillows)]
+        if options["json"]:
+            argv.append("--json")
+        for flag in ("interval", "metrics_port", "rounds"):
+            if options[flag] is not None:
+                argv += [f"--{flag.replace('_', '-')}", str(options[flag])]
+        cli.run_cli(argv + cli.postgres_args() + cli.kafka_args())

@@ -1,0 +1,69 @@
+"""``pillow_topic_assignments <pillow> <process_count> [--csv]`` (CommCare's command).
+
+Prints which process reads which partitions, through ``pillowtop assignments``; additions:
+``--dedicated-migration-process`` and ``--gevent-workers`` use the same layout function as the
+runner (reference §9 #20). ``--csv`` prints ``process,topic,partition`` rows.
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from pillowtop_rs.django import cli
+
+
+class Command(BaseCommand):
+    """The management command (see the module docstring)."""
+
+    help = "Print the partitions each process of a pillow reads"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """Declare the command line."""
+        parser.add_argument("pillow_name")
+        parser.add_argument("process_count", type=int)
+        parser.add_argument("--csv", action="store_true", help="process,topic,partition rows")
+        parser.add_argument("--dedicated-migration-process", action="store_true")
+        parser.add_argument("--gevent-workers", type=int, default=None)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Run the command."""
+        (pillow,) = cli.get_pillows([options["pillow_name"]])
+        count: int = options["process_count"]
+        dedicated: bool = options["dedicated_migration_process"]
+        if options["csv"]:
+            self.write_csv(cli.topics(pillow), count, dedicated)
+            return
+        argv = ["assignments", str(count), "--topics", ",".join(cli.topics(pillow))]
+        if dedicated:
+            argv.append("--dedicated")
+        if options["gevent_workers"] is not None:
+            argv += ["--workers", str(options["gevent_workers"])]
+        cli.run_cli(argv + cli.kafka_args())
+
+    def write_csv(self, topics: list[str], count: int, dedicated: bool) -> None:
+        """Print the layout as CSV (partition counts from Kafka)."""
+        from confluent_kafka.admin import AdminClient
+
+        from pillowtop_rs import partition_assignment
+        from pillowtop_rs.exceptions import PillowtopError
+
+        admin = AdminClient({"bootstrap.servers": cli.kafka_bootstrap()})
+        metadata = admin.list_topics(timeout=10)
+        partitions: list[tuple[str, int]] = []
+        for topic in topics:
+            t = metadata.topics.get(topic)
+            if t is None or t.error is not None:
+                raise CommandError(f"topic {topic} is not in Kafka")
+            partitions += [(topic, p) for p in t.partitions]
+        writer = csv.writer(self.stdout)
+        writer.writerow(["process", "topic", "partition"])
+        for process in range(count):
+            try:
+                mine = partition_assignment(partitions, count, process, dedicated)
+            except PillowtopError as e:
+                raise CommandError(str(e)) from e
+            for topic, partition in mine:
+                writer.writerow([process, topic, partition])

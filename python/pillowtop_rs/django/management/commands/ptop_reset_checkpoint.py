@@ -1,0 +1,51 @@
+"""``ptop_reset_checkpoint <pillow_name> [--noinput]`` (CommCare's command).
+
+CommCare deletes a Kafka checkpoint's rows, which the next start recreates at offset 0: a replay
+from the earliest retained offset. Here the rows are moved to the earliest retained offset
+explicitly (``pillowtop reset --earliest``), which is the same replay without relying on the
+construction side effect (reference §9 #6). ``--latest``, ``--offset`` and ``--timestamp`` are
+additions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from pillowtop_rs.django import cli
+from pillowtop_rs.django.management.commands.split_pillow_checkpoints import confirm_flags
+
+
+class Command(BaseCommand):
+    """The management command (see the module docstring)."""
+
+    help = "Reset a pillow's checkpoint (replay from the earliest retained offset)"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """Declare the command line."""
+        parser.add_argument("pillow_name")
+        parser.add_argument("--noinput", action="store_true", help="do not ask for confirmation")
+        parser.add_argument("--dry-run", action="store_true", help="show the plan, write nothing")
+        parser.add_argument(
+            "--force", action="store_true", help="proceed although the pillow is running"
+        )
+        to = parser.add_mutually_exclusive_group()
+        to.add_argument("--latest", action="store_true", help="skip to the high-water mark")
+        to.add_argument("--offset", type=int, help="move every partition to this offset")
+        to.add_argument("--timestamp", help="first message at or after this time (RFC 3339)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Run the command."""
+        (pillow,) = cli.get_pillows([options["pillow_name"]])
+        argv = ["reset", cli.checkpoint_id(pillow), "--topics", ",".join(cli.topics(pillow))]
+        if options["latest"]:
+            argv.append("--latest")
+        elif options["offset"] is not None:
+            argv += ["--offset", str(options["offset"])]
+        elif options["timestamp"]:
+            argv += ["--timestamp", options["timestamp"]]
+        else:
+            argv.append("--earliest")
+        argv += confirm_flags(options, "noinput", "dry_run", "force")
+        cli.run_cli(argv + cli.postgres_args() + cli.kafka_args())

@@ -1,0 +1,50 @@
+"""``split_pillow_checkpoints <source_pillow> <target_pillow> [...]`` (CommCare's command).
+
+Copies every checkpoint row of the source pillow to each target, through ``pillowtop split``:
+CommCare's prompts and exit status 1 when one is declined; plus the fixes of reference §9 #14
+(topic mismatches reported against the targets' topics, one transaction, refusal while a pillow
+involved has a live process unless ``--force``). ``--noinput``, ``--dry-run`` and ``--force`` are
+additions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from pillowtop_rs.django import cli
+
+
+def confirm_flags(options: dict[str, Any], *names: str) -> list[str]:
+    """Return the CLI flags for the boolean ``options`` in ``names`` that are set."""
+    return [f"--{n.replace('_', '-')}" for n in names if options.get(n)]
+
+
+class Command(BaseCommand):
+    """The management command (see the module docstring)."""
+
+    help = "Split a pillow's checkpoint into checkpoints for one or more new pillows"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """Declare the command line."""
+        parser.add_argument("pillow_names", nargs="+", metavar="pillow_name")
+        parser.add_argument("--noinput", action="store_true", help="answer every question yes")
+        parser.add_argument("--dry-run", action="store_true", help="show the plan, write nothing")
+        parser.add_argument(
+            "--force", action="store_true", help="proceed although a pillow involved is running"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Run the command."""
+        names: list[str] = options["pillow_names"]
+        if len(names) < 2:
+            raise CommandError("give the source pillow and at least one target pillow")
+        source, *targets = cli.get_pillows(names)
+        argv = ["split", cli.checkpoint_id(source)]
+        argv += [cli.checkpoint_id(t) for t in targets]
+        for target in targets:
+            topics = ",".join(cli.topics(target))
+            argv += ["--target-topics", f"{cli.checkpoint_id(target)}={topics}"]
+        argv += confirm_flags(options, "noinput", "dry_run", "force")
+        cli.run_cli(argv + cli.postgres_args())

@@ -1,0 +1,40 @@
+"""``validate_kafka_pillow_checkpoints [--print-only]`` (CommCare's command).
+
+Checks that Kafka still retains every offset the active pillows' checkpoints need (zero offsets
+skipped, as CommCare does), through ``pillowtop validate``. Active pillows are
+``settings.ACTIVE_PILLOW_NAMES`` when set, else every configured pillow. Exit status 5 names each
+invalid checkpoint partition (CommCare raised an exception); ``--print-only`` reports and exits 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from pillowtop_rs import registry
+from pillowtop_rs.django import cli
+
+
+class Command(BaseCommand):
+    """The management command (see the module docstring)."""
+
+    help = "Validate that the pillows' Kafka checkpoints are within Kafka's retention"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """Declare the command line."""
+        parser.add_argument("--print-only", action="store_true", help="report only; exit 0")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Run the command."""
+        active = getattr(settings, "ACTIVE_PILLOW_NAMES", None)
+        names = list(active) if active else [c.name for c in registry.get_all_pillow_configs()]
+        pillows = cli.get_pillows(names)
+        argv = ["validate", *sorted({cli.checkpoint_id(p) for p in pillows}), "--skip-zero"]
+        if options["print_only"]:
+            argv.append("--print-only")
+        if not pillows:
+            self.stdout.write("no pillows configured")
+            return
+        cli.run_cli(argv + cli.postgres_args() + cli.kafka_args())

@@ -1,0 +1,262 @@
+"""The management commands through ``manage.py`` subprocesses, against the real services.
+
+Every test that runs a pillow needs the native ``Pillow`` (the ``native`` fixture fails, never
+skips, when the installed wheel lacks it).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from datetime import timedelta
+
+import pytest
+from django.db.models import Sum
+from django.utils import timezone
+from pillowtop_rs.django.models import KafkaCheckpoint, PillowError
+from support import Project, wait_for
+from testapp.models import ProcessedChange
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
+
+IDLE = ("--until-idle", "--idle-timeout", "2")
+
+
+def seen(processor: str) -> dict[str, int]:
+    return dict(ProcessedChange.objects.filter(processor=processor).values_list("doc_id", "times"))
+
+
+def es_ids(project: Project) -> set[str]:
+    from django.conf import settings
+    from elasticsearch import Elasticsearch
+
+    es = Elasticsearch(settings.ELASTICSEARCH_URL)
+    es.indices.refresh(index=project.index)
+    hits = es.search(index=project.index, body={"query": {"match_all": {}}}, size=10000)
+    return {h["_id"] for h in hits["hits"]["hits"]}
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> None:
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+
+
+def test_unknown_pillow_name_fails_before_anything_runs(project: Project) -> None:
+    result = project.manage("run_ptop", "--pillow-name", "no-such-pillow")
+    assert result.returncode != 0
+    assert "No pillow found with name no-such-pillow" in result.stderr
+    assert "xform-pillow" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_pillowtops_fails_before_anything_runs(project: Project) -> None:
+    result = project.manage(
+        "run_ptop", "--pillow-name", "xform-pillow", extra_env={"PTDJ_BROKEN_PILLOWTOPS": "1"}
+    )
+    assert result.returncode != 0
+    assert "PILLOWTOPS section 'test' entry 1" in result.stderr
+    assert "no 'class'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not KafkaCheckpoint.objects.exists()
+
+
+def test_impossible_layouts_are_refused(project: Project) -> None:
+    bad = project.manage("run_ptop", "--pillow-name", "xform-pillow", "--process-number", "2")
+    assert bad.returncode != 0
+    assert "--process-number 2 must be between 0 and --num-processes 1" in bad.stderr
+    dedicated = project.manage(
+        "run_ptop", "--pillow-name", "xform-pillow", "--dedicated-migration-process"
+    )
+    assert dedicated.returncode != 0
+    assert "needs --num-processes of at least 2" in dedicated.stderr
+    key = project.manage("run_ptop", "--pillow-key", "nope")
+    assert key.returncode != 0
+    assert "legal keys are: ['core', 'test']" in key.stderr
+
+
+def test_list_and_list_checkpoints(project: Project, native: None) -> None:
+    listed = project.manage("run_ptop", "--list")
+    ok(listed)
+    assert (
+        "core: xform-pillow\ncore: FormSubmissionMetadataTrackerPillow\ntest: failing-pillow"
+        in (listed.stdout)
+    )
+    checkpoints = project.manage("run_ptop", "--list-checkpoints")
+    ok(checkpoints)
+    assert checkpoints.stdout.split() == [
+        project.checkpoint_id("xform-pillow-" + project.index + "-hqusers_2017-09-07"),
+        project.checkpoint_id("form-submission-metadata-tracker"),
+        project.checkpoint_id("failing-pillow"),
+    ]
+
+
+def test_split_procedure_end_to_end(project: Project, native: None) -> None:
+    """CommCare's documented split of the form metadata processor out of xform-pillow."""
+    batch_a = [f"a-{i}" for i in range(40)]
+    batch_b = [f"b-{i}" for i in range(40)]
+    batch_c = [f"c-{i}" for i in range(40)]
+    batch_d = [f"d-{i}" for i in range(40)]
+    project.produce(batch_a)
+    ok(project.manage("run_ptop", "--pillow-name", "xform-pillow", *IDLE))
+    assert set(seen("form-meta")) == set(batch_a)
+
+    # Stopped: changes keep arriving; the split must carry them to the new pillow.
+    project.produce(batch_b)
+    split = project.manage(
+        "split_pillow_checkpoints",
+        "xform-pillow",
+        "FormSubmissionMetadataTrackerPillow",
+        "--noinput",
+    )
+    ok(split)
+    xform_id = project.checkpoint_id(f"xform-pillow-{project.index}-hqusers_2017-09-07")
+    meta_id = project.checkpoint_id("form-submission-metadata-tracker")
+    offsets = {
+        cid: dict(
+            KafkaCheckpoint.objects.filter(checkpoint_id=cid).values_list("partition", "offset")
+        )
+        for cid in (xform_id, meta_id)
+    }
+    assert offsets[meta_id] == offsets[xform_id]
+    assert sum(offsets[xform_id].values()) == len(batch_a)
+
+    # RUN_FORM_META_PILLOW = False; start both, keep producing.
+    project.produce(batch_c)
+    env = {"RUN_FORM_META_PILLOW": "False"}
+    xform = project.start("run_ptop", "--pillow-name", "xform-pillow", *IDLE, extra_env=env)
+    meta = project.start(
+        "run_ptop", "--pillow-name", "FormSubmissionMetadataTrackerPillow", *IDLE, extra_env=env
+    )
+    project.produce(batch_d)
+    for proc in (xform, meta):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    # Anything produced after an until-idle stop is picked up by the next run.
+    ok(
+        project.manage(
+            "run_ptop", "--pillow-name", "FormSubmissionMetadataTrackerPillow", *IDLE, extra_env=env
+        )
+    )
+    ok(project.manage("run_ptop", "--pillow-name", "xform-pillow", *IDLE, extra_env=env))
+
+    everything = set(batch_a + batch_b + batch_c + batch_d)
+    assert set(seen("xform-sql")) == everything, "SQL processor missed changes"
+    assert es_ids(project) == everything, "search index missed changes"
+    meta_seen = seen("form-meta")
+    assert set(meta_seen) == everything, "form metadata processor missed changes"
+    # The split copied the checkpoint: the new pillow did not replay batch A from the start.
+    assert {meta_seen[d] for d in batch_a} == {1}
+    assert not PillowError.objects.exists()
+
+
+def test_sigterm_stops_with_a_final_checkpoint(project: Project, native: None) -> None:
+    docs = [f"t-{i}" for i in range(3000)]
+    project.produce(docs)
+    proc = project.start(
+        "run_ptop", "--pillow-name", "failing-pillow", "--processor-chunk-size", "10"
+    )
+    wait_for(lambda: ProcessedChange.objects.filter(processor="failing").exists(), what="progress")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert "(shutdown)" in out
+    processed = ProcessedChange.objects.filter(processor="failing").count()
+    checkpointed = KafkaCheckpoint.objects.filter(
+        checkpoint_id=project.checkpoint_id("failing-pillow")
+    ).aggregate(total=Sum("offset"))["total"]
+    # The final checkpoint covers exactly the changes processed (each once, by unique id).
+    assert checkpointed == processed
+    assert 0 < processed <= len(docs)
+
+
+def test_processor_error_is_recorded_with_traceback_and_retried(
+    project: Project, native: None
+) -> None:
+    project.produce(["ok-1", "fail-1", "ok-2"])
+    ok(project.manage("run_ptop", "--pillow-name", "failing-pillow", *IDLE))
+    assert set(seen("failing")) == {"ok-1", "ok-2"}
+    (row,) = PillowError.objects.all()
+    assert (row.doc_id, row.pillow) == ("fail-1", "failing-pillow")
+    assert row.error_type == "builtins.ValueError"
+    assert row.error_traceback is not None
+    assert "Traceback" in row.error_traceback
+    assert "in process_change" in row.error_traceback
+    assert "cannot process fail-1" in row.error_traceback
+    assert (row.current_attempt, row.total_attempts) == (1, 1)
+    assert row.date_next_attempt is not None
+
+    # Not due yet: the queue leaves it alone.
+    dry = project.manage("run_pillow_retry_queue", "--dry-run")
+    ok(dry)
+    assert "would re-publish" not in dry.stdout
+
+    PillowError.objects.update(date_next_attempt=timezone.now() - timedelta(seconds=1))
+    dry = project.manage("run_pillow_retry_queue", "--dry-run")
+    ok(dry)
+    assert (
+        f"would re-publish fail-1 (pillow failing-pillow) to {project.topic} with attempts=1"
+        in (dry.stdout)
+    )
+    assert PillowError.objects.count() == 1
+
+    ok(project.manage("run_pillow_retry_queue", "--once"))
+    assert not PillowError.objects.exists()
+    message = last_message(project)
+    assert message["document_id"] == "fail-1"
+    assert message["attempts"] == 1
+
+    # The pillow sees the re-published change, fails again: attempts carried (1 + 1).
+    ok(project.manage("run_ptop", "--pillow-name", "failing-pillow", *IDLE))
+    (row,) = PillowError.objects.all()
+    assert row.current_attempt == 2
+
+
+def last_message(project: Project) -> dict[str, object]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": project.env["TEST_KAFKA_BOOTSTRAP"], "group.id": "unused"}
+    )
+    try:
+        newest: tuple[int, dict[str, object]] | None = None
+        for partition in (0, 1):
+            low, high = consumer.get_watermark_offsets(TopicPartition(project.topic, partition))
+            if high == low:
+                continue
+            consumer.assign([TopicPartition(project.topic, partition, high - 1)])
+            msg = consumer.poll(10)
+            assert msg is not None and msg.error() is None
+            value = msg.value()
+            assert value is not None
+            body = json.loads(value)
+            stamp = msg.timestamp()[1]
+            if newest is None or stamp > newest[0]:
+                newest = (stamp, body)
+        assert newest is not None
+        return newest[1]
+    finally:
+        consumer.close()
+
+
+def test_checkpoint_commands_exit_statuses(project: Project, native: None) -> None:
+    project.produce(["x-1"])
+    ok(project.manage("run_ptop", "--pillow-name", "xform-pillow", *IDLE))
+    lag = project.manage("pillow_lag", "xform-pillow")
+    ok(lag)
+    assert project.checkpoint_id("xform-pillow") in lag.stdout
+    assignments = project.manage("pillow_topic_assignments", "xform-pillow", "2", "--csv")
+    ok(assignments)
+    assert assignments.stdout.splitlines() == [
+        "process,topic,partition",
+        f"0,{project.topic},0",
+        f"1,{project.topic},1",
+    ]
+    ok(project.manage("pillow_topic_assignments", "xform-pillow", "2"))
+    ok(project.manage("validate_kafka_pillow_checkpoints", "--print-only"))
+    # A declined prompt keeps CommCare's exit status 1 (no stdin: the answer is empty).
+    declined = project.manage("ptop_reset_checkpoint", "xform-pillow")
+    assert declined.returncode == 1, declined.stderr
+    ok(project.manage("ptop_reset_checkpoint", "xform-pillow", "--noinput"))
+    merged = project.manage("merge_pillow_checkpoints", "xform-pillow")
+    assert merged.returncode == 2

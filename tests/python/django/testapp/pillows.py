@@ -1,0 +1,91 @@
+"""Pillow factories, called by the registry as ``instance(name, **params)`` (CommCare's shape).
+
+Checkpoint ids follow CommCare's naming (``xform-pillow-<xforms index>-<users index>``, the
+constant ``form-submission-metadata-tracker``), behind a per-test prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from pillowtop_rs import Pillow, PillowProcessor
+from pillowtop_rs.django.settings import checkpoint_delay
+
+from testapp.processors import (
+    FailingProcessor,
+    FormElasticProcessor,
+    FormSqlProcessor,
+    FormSubmissionMetadataTrackerProcessor,
+)
+
+
+def _prefixed(checkpoint_id: str) -> str:
+    return f"{settings.TESTAPP['CHECKPOINT_PREFIX']}{checkpoint_id}"
+
+
+def xform_checkpoint_id(pillow_id: str) -> str:
+    """CommCare's newer naming: ``{pillow_id}-{xforms index}-{users index}``."""
+    return f"{pillow_id}-{settings.TESTAPP['ES_INDEX']}-{settings.TESTAPP['USERS_INDEX']}"
+
+
+def get_xform_pillow(
+    pillow_id: str = "xform-pillow",
+    ucr_division: str | None = None,
+    include_ucrs: list[str] | None = None,
+    exclude_ucrs: list[str] | None = None,
+    num_processes: int = 1,
+    process_num: int = 0,
+    processor_chunk_size: int = 10,
+    **kwargs: Any,
+) -> Pillow:
+    """Search index + SQL processors, and the metadata tracker if ``RUN_FORM_META_PILLOW``."""
+    processors: list[PillowProcessor] = [
+        FormElasticProcessor(settings.TESTAPP["ES_INDEX"]),
+        FormSqlProcessor(),
+    ]
+    if settings.RUN_FORM_META_PILLOW:
+        processors.append(FormSubmissionMetadataTrackerProcessor())
+    return Pillow(
+        pillow_id,
+        [settings.TESTAPP["TOPIC"]],
+        processors,
+        checkpoint_id=_prefixed(xform_checkpoint_id(pillow_id)),
+        chunk_size=processor_chunk_size,
+        checkpoint_frequency=1000,
+        max_checkpoint_delay=checkpoint_delay(),
+    )
+
+
+def get_form_submission_metadata_tracker_pillow(
+    pillow_id: str = "FormSubmissionMetadataTrackerPillow",
+    num_processes: int = 1,
+    process_num: int = 0,
+    processor_chunk_size: int = 10,
+    **kwargs: Any,
+) -> Pillow:
+    """Only the metadata tracker; checkpoint id ``form-submission-metadata-tracker``."""
+    return Pillow(
+        pillow_id,
+        [settings.TESTAPP["TOPIC"]],
+        [FormSubmissionMetadataTrackerProcessor()],
+        checkpoint_id=_prefixed("form-submission-metadata-tracker"),
+        chunk_size=processor_chunk_size,
+        checkpoint_frequency=100,
+        max_checkpoint_delay=checkpoint_delay(),
+    )
+
+
+def get_failing_pillow(
+    pillow_id: str = "failing-pillow", processor_chunk_size: int = 10, **kwargs: Any
+) -> Pillow:
+    """A pillow whose processor raises for ``fail-*`` documents."""
+    return Pillow(
+        pillow_id,
+        [settings.TESTAPP["TOPIC"]],
+        [FailingProcessor()],
+        checkpoint_id=_prefixed(pillow_id),
+        chunk_size=processor_chunk_size,
+        checkpoint_frequency=100,
+        max_checkpoint_delay=checkpoint_delay(),
+    )
