@@ -14,12 +14,24 @@ already completed, and is re-raised by ``run()``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from pillowtop_rs._native import Change
 
-__all__ = ["BulkPillowProcessor", "PillowProcessor"]
+__all__ = ["BulkPillowProcessor", "DocumentStore", "PillowProcessor"]
+
+
+class DocumentStore(Protocol):
+    """A document store written in Python, passed to ``Pillow(document_stores=...)``.
+
+    Called once per chunk and data source, on the thread that called ``Pillow.run()``.
+    """
+
+    def get_documents(self, ids: list[str]) -> Mapping[str, Any]:
+        """Return the documents of ``ids`` that exist, by id (missing ids are left out)."""
+        ...
 
 
 class PillowProcessor(ABC):

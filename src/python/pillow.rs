@@ -139,6 +139,9 @@ fn config_error(message: String) -> PyErr {
 #[pymethods]
 impl PyPillow {
     #[new]
+    #[pyo3(
+        text_signature = "(name, topics, processors, *, checkpoint_id=None, chunk_size=10, checkpoint_frequency=100, max_checkpoint_delay=300.0, start_policy='earliest', strict=False, retry_errors=True, document_stores=None)"
+    )]
     #[pyo3(signature = (
         name, topics, processors, *, checkpoint_id = None, chunk_size = 10,
         checkpoint_frequency = 100, max_checkpoint_delay = Some(300.0),

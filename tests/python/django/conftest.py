@@ -62,7 +62,10 @@ def project(
     from django.db import connection
 
     topic = unique_name
-    index = unique_name.lower()
+    # A short index name and checkpoint prefix: CommCare's checkpoint ids embed the index name,
+    # and checkpoint ids are limited to 126 characters.
+    short = f"t{secrets.token_hex(5)}"
+    index = short
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
     env = dict(os.environ)
@@ -72,12 +75,12 @@ def project(
             "PTDJ_DB_NAME": str(connection.settings_dict["NAME"]),
             "PTDJ_TOPIC": topic,
             "PTDJ_ES_INDEX": index,
-            "PTDJ_CHECKPOINT_PREFIX": f"{unique_name}-",
+            "PTDJ_CHECKPOINT_PREFIX": f"{short}-",
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         }
     )
     try:
-        yield Project(env, topic, index, f"{unique_name}-")
+        yield Project(env, topic, index, f"{short}-")
     finally:
         admin.delete_topics([topic])[topic].result(30)
         try:

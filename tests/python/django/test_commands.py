@@ -33,7 +33,7 @@ def es_ids(project: Project) -> set[str]:
 
     es = Elasticsearch(settings.ELASTICSEARCH_URL)
     es.indices.refresh(index=project.index)
-    hits = es.search(index=project.index, body={"query": {"match_all": {}}}, size=10000)
+    hits = es.search(index=project.index, query={"match_all": {}}, size=10000)
     return {h["_id"] for h in hits["hits"]["hits"]}
 
 

@@ -349,7 +349,7 @@ def test_sigterm_handler_requests_a_graceful_shutdown(
 ) -> None:
     publish(topic, messages(kit, 40))
     rec = Recorder()
-    hooks: Counter[str] = Counter()
+    hooks: Counter[int] = Counter()
     asked: list[int] = []
     previous = signal.signal(
         signal.SIGTERM, lambda *_: asked.append(pillowtop_rs.request_shutdown())
