@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// CommCare's `ChangeMeta` (`pillowtop/feed/interface.py`), field for field.
@@ -72,10 +73,23 @@ impl ChangeMeta {
 
     /// Parses a message body. Returns the metadata and the embedded document, if any.
     pub fn parse(payload: &[u8]) -> Result<(Self, Option<Value>), ChangeParseError> {
-        let mut meta: ChangeMeta =
-            serde_json::from_slice(payload).map_err(|e| ChangeParseError(e.to_string()))?;
-        let document = meta.extra.remove("document").filter(|d| !d.is_null());
+        let (meta, raw) = Self::parse_raw(payload)?;
+        let document = match raw {
+            Some(raw) => Some(
+                serde_json::from_str::<Value>(raw.get())
+                    .map_err(|e| ChangeParseError(e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok((meta, document))
+    }
+
+    /// Parses a message body, keeping the embedded document as raw JSON (validated, not
+    /// parsed): the feed's hot path. The document is parsed later, only if a processor asks.
+    pub fn parse_raw(payload: &[u8]) -> Result<(Self, Option<Box<RawValue>>), ChangeParseError> {
+        let wire: wire::Wire =
+            serde_json::from_slice(payload).map_err(|e| ChangeParseError(e.to_string()))?;
+        Ok((wire.meta, wire.document))
     }
 
     /// The message body, as CommCare's producer writes it.
@@ -156,9 +170,47 @@ pub mod commcare_datetime {
 pub enum Document {
     /// Not fetched yet: a document store will be asked, once.
     Unfetched,
-    /// Fetched (or embedded, or set by a processor). `None`: the store has no such document; this
-    /// is remembered and never fetched again.
+    /// Embedded in the message: kept as raw JSON, parsed on first use.
+    Embedded(EmbeddedDocument),
+    /// Fetched (or set by a processor). `None`: the store has no such document; this is
+    /// remembered and never fetched again.
     Known(Option<Value>),
+}
+
+/// A document embedded in a change message: the raw JSON text, and its parsed form once a
+/// processor needed it. Processors that only read metadata, or that pass the document on as
+/// text (a Python processor gets it through `json.loads`), never pay for a `Value`.
+#[derive(Debug, Clone)]
+pub struct EmbeddedDocument {
+    raw: Box<RawValue>,
+    parsed: std::sync::OnceLock<Value>,
+}
+
+impl EmbeddedDocument {
+    pub fn new(raw: Box<RawValue>) -> Self {
+        Self {
+            raw,
+            parsed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The JSON text as it came in the message.
+    pub fn raw(&self) -> &str {
+        self.raw.get()
+    }
+
+    /// The parsed document (parsed once, on the first call).
+    pub fn value(&self) -> &Value {
+        // `RawValue` holds validated JSON, so parsing it again cannot fail.
+        self.parsed
+            .get_or_init(|| serde_json::from_str(self.raw.get()).unwrap_or(Value::Null))
+    }
+}
+
+impl PartialEq for EmbeddedDocument {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.get() == other.raw.get()
+    }
 }
 
 /// One change, as processors see it (CommCare's `Change`).
@@ -186,14 +238,16 @@ impl Change {
         offset: i64,
         payload: &[u8],
     ) -> Result<Self, ChangeParseError> {
-        let (metadata, document) = ChangeMeta::parse(payload)?;
+        let (metadata, document) = ChangeMeta::parse_raw(payload)?;
         Ok(Self {
             id: metadata.document_id.clone(),
             topic: topic.to_owned(),
             partition,
             offset,
             deleted: metadata.is_deletion,
-            document: document.map_or(Document::Unfetched, |d| Document::Known(Some(d))),
+            document: document.map_or(Document::Unfetched, |d| {
+                Document::Embedded(EmbeddedDocument::new(d))
+            }),
             metadata,
             size: payload.len(),
         })
@@ -203,7 +257,8 @@ impl Change {
     pub fn document(&self) -> Option<&Value> {
         match &self.document {
             Document::Known(Some(d)) => Some(d),
-            _ => None,
+            Document::Embedded(e) => Some(e.value()).filter(|v| !v.is_null()),
+            Document::Known(None) | Document::Unfetched => None,
         }
     }
 
@@ -232,6 +287,172 @@ impl Change {
 /// Serialises a timestamp as CommCare does (helper for other modules).
 pub fn format_datetime(dt: &DateTime<Utc>) -> String {
     commcare_datetime::format(dt)
+}
+
+/// The hot-path deserializer of a message body: one pass, no buffering of the whole message
+/// (serde's `flatten` buffers every field before it can route the unknown ones), unknown
+/// fields kept, the embedded document kept raw.
+mod wire {
+    use std::fmt;
+
+    use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+    use serde_json::{Map, Value};
+
+    use super::{commcare_datetime, ChangeMeta, DateTime, Utc};
+
+    pub(super) struct Wire {
+        pub(super) meta: ChangeMeta,
+        pub(super) document: Option<Box<RawValue>>,
+    }
+
+    enum Field {
+        DocumentId,
+        DocumentRev,
+        DataSourceType,
+        DataSourceName,
+        DocumentType,
+        DocumentSubtype,
+        Domain,
+        IsDeletion,
+        PublishTimestamp,
+        Attempts,
+        OriginalPublicationDatetime,
+        AssociatedDocumentId,
+        Document,
+        Other(String),
+    }
+
+    impl<'de> Deserialize<'de> for Field {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Field;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a field name")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                    Ok(match v {
+                        "document_id" => Field::DocumentId,
+                        "document_rev" => Field::DocumentRev,
+                        "data_source_type" => Field::DataSourceType,
+                        "data_source_name" => Field::DataSourceName,
+                        "document_type" => Field::DocumentType,
+                        "document_subtype" => Field::DocumentSubtype,
+                        "domain" => Field::Domain,
+                        "is_deletion" => Field::IsDeletion,
+                        "publish_timestamp" => Field::PublishTimestamp,
+                        "attempts" => Field::Attempts,
+                        "original_publication_datetime" => Field::OriginalPublicationDatetime,
+                        "associated_document_id" => Field::AssociatedDocumentId,
+                        "document" => Field::Document,
+                        other => Field::Other(other.to_owned()),
+                    })
+                }
+            }
+            d.deserialize_identifier(V)
+        }
+    }
+
+    struct DocId(String);
+    impl<'de> Deserialize<'de> for DocId {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            super::de_document_id(d).map(DocId)
+        }
+    }
+    struct BoolOrNull(bool);
+    impl<'de> Deserialize<'de> for BoolOrNull {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            super::de_bool_or_null(d).map(BoolOrNull)
+        }
+    }
+    struct U32OrNull(u32);
+    impl<'de> Deserialize<'de> for U32OrNull {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            super::de_u32_or_null(d).map(U32OrNull)
+        }
+    }
+    struct When(Option<DateTime<Utc>>);
+    impl<'de> Deserialize<'de> for When {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            commcare_datetime::deserialize(d).map(When)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Wire {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(WireVisitor)
+        }
+    }
+
+    struct WireVisitor;
+
+    impl<'de> Visitor<'de> for WireVisitor {
+        type Value = Wire;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a ChangeMeta JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Wire, A::Error> {
+            let mut document_id = None;
+            let mut data_source_type = None;
+            let mut data_source_name = None;
+            let mut meta = ChangeMeta {
+                document_id: String::new(),
+                document_rev: None,
+                data_source_type: String::new(),
+                data_source_name: String::new(),
+                document_type: None,
+                document_subtype: None,
+                domain: None,
+                is_deletion: false,
+                publish_timestamp: None,
+                attempts: 0,
+                original_publication_datetime: None,
+                associated_document_id: None,
+                extra: Map::new(),
+            };
+            let mut document = None;
+            while let Some(field) = map.next_key::<Field>()? {
+                match field {
+                    Field::DocumentId => document_id = Some(map.next_value::<DocId>()?.0),
+                    Field::DocumentRev => meta.document_rev = map.next_value()?,
+                    Field::DataSourceType => data_source_type = Some(map.next_value()?),
+                    Field::DataSourceName => data_source_name = Some(map.next_value()?),
+                    Field::DocumentType => meta.document_type = map.next_value()?,
+                    Field::DocumentSubtype => meta.document_subtype = map.next_value()?,
+                    Field::Domain => meta.domain = map.next_value()?,
+                    Field::IsDeletion => meta.is_deletion = map.next_value::<BoolOrNull>()?.0,
+                    Field::PublishTimestamp => {
+                        meta.publish_timestamp = map.next_value::<When>()?.0;
+                    }
+                    Field::Attempts => meta.attempts = map.next_value::<U32OrNull>()?.0,
+                    Field::OriginalPublicationDatetime => {
+                        meta.original_publication_datetime = map.next_value::<When>()?.0;
+                    }
+                    Field::AssociatedDocumentId => {
+                        meta.associated_document_id = map.next_value()?;
+                    }
+                    Field::Document => {
+                        let raw: Box<RawValue> = map.next_value()?;
+                        document = (raw.get() != "null").then_some(raw);
+                    }
+                    Field::Other(name) => {
+                        let value: Value = map.next_value()?;
+                        meta.extra.insert(name, value);
+                    }
+                }
+            }
+            meta.document_id =
+                document_id.ok_or_else(|| de::Error::missing_field("document_id"))?;
+            meta.data_source_type =
+                data_source_type.ok_or_else(|| de::Error::missing_field("data_source_type"))?;
+            meta.data_source_name =
+                data_source_name.ok_or_else(|| de::Error::missing_field("data_source_name"))?;
+            Ok(Wire { meta, document })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -333,5 +554,64 @@ mod tests {
             format_datetime(&commcare_datetime::parse("2019-09-18T14:31:01Z").expect("z")),
             "2019-09-18T14:31:01.000000Z"
         );
+    }
+
+    /// The one-pass parser agrees with serde's derived (flatten) deserializer on every shape.
+    #[test]
+    fn hot_path_parser_matches_the_derived_deserializer() {
+        let bodies = [
+            DOC_EXAMPLE.to_owned(),
+            r#"{"document_id": 7, "data_source_type": "couch", "data_source_name": "x", "attempts": null,
+                "is_deletion": null, "publish_timestamp": null, "z\u00e9": [1, {"a": null}], "domain": "d"}"#
+                .to_owned(),
+            r#"{"data_source_name": "n", "document": {"_id": "d", "k": "v\"q"}, "data_source_type": "sql",
+                "document_id": "d", "original_publication_datetime": "2020-01-02T03:04:05.123456Z",
+                "associated_document_id": "p", "document_rev": "3-x"}"#
+                .to_owned(),
+            r#"{"document_id": "n", "data_source_type": "t", "data_source_name": "n", "document": null}"#
+                .to_owned(),
+        ];
+        for body in bodies {
+            let mut derived: ChangeMeta = serde_json::from_str(&body).expect("derived");
+            let derived_doc = derived.extra.remove("document").filter(|d| !d.is_null());
+            let (meta, doc) = ChangeMeta::parse(body.as_bytes()).expect("hot path");
+            assert_eq!(meta, derived, "{body}");
+            assert_eq!(doc, derived_doc, "{body}");
+        }
+    }
+
+    #[test]
+    fn hot_path_parser_rejects_what_the_derived_one_rejects() {
+        for body in [
+            r#"{"data_source_type": "t", "data_source_name": "n"}"#,
+            r#"{"document_id": "", "data_source_type": "t", "data_source_name": "n"}"#,
+            r#"{"document_id": "a", "data_source_name": "n"}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "is_deletion": "yes"}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "publish_timestamp": "soon"}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "document": {"x": }"#,
+            r#"[1, 2]"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n"} trailing"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ChangeMeta>(body).is_err(),
+                "derived accepts {body}"
+            );
+            assert!(
+                ChangeMeta::parse(body.as_bytes()).is_err(),
+                "hot path accepts {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn embedded_document_stays_raw_until_used() {
+        let body = r#"{"document_id": "d1", "data_source_type": "sql", "data_source_name": "form-sql",
+            "document": {"_id": "d1", "n": 1.5}}"#;
+        let c = Change::from_message("t", 0, 1, body.as_bytes()).expect("valid");
+        let Document::Embedded(e) = &c.document else {
+            panic!("expected an embedded document, got {:?}", c.document)
+        };
+        assert_eq!(e.raw(), r#"{"_id": "d1", "n": 1.5}"#);
+        assert_eq!(c.document().expect("doc")["n"], 1.5);
     }
 }

@@ -69,7 +69,7 @@ impl DocumentStores {
         }
         let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
         for (i, c) in changes.iter().enumerate() {
-            if c.document == Document::Unfetched {
+            if matches!(c.document, Document::Unfetched) {
                 groups
                     .entry((
                         c.metadata.data_source_type.clone(),

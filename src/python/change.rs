@@ -68,6 +68,11 @@ impl PyChange {
             return Ok(d.clone_ref(py));
         }
         let obj = match &self.inner.document {
+            // The embedded JSON text goes straight to Python's C parser: no `Value` in between.
+            Document::Embedded(e) => JSON_LOADS
+                .import(py, "json", "loads")?
+                .call1((e.raw(),))?
+                .unbind(),
             Document::Known(Some(v)) => pythonize::pythonize(py, v)?.unbind(),
             Document::Known(None) | Document::Unfetched => py.None(),
         };
@@ -89,6 +94,8 @@ fn placeholder() -> Change {
         size: 0,
     }
 }
+
+static JSON_LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
 
 const KEYS: [&str; 4] = ["id", "seq", "doc", "deleted"];
 
