@@ -378,7 +378,7 @@ async fn a_real_kafka_feed_into_the_index() {
     let mut opts = KafkaFeedOptions::new(&bootstrap, "it-es");
     opts.idle_timeout = Duration::from_millis(1500);
     let feed: Box<dyn ChangeFeed> =
-        Box::new(KafkaFeed::new(&[topic.name.clone()], opts).expect("feed"));
+        Box::new(KafkaFeed::new(std::slice::from_ref(&topic.name), opts).expect("feed"));
     let name = unique_name("es_kafka");
     let mut c = PillowConfig::new(&name, &name);
     c.chunk_size = 50;

@@ -12,6 +12,7 @@
 //!
 //! It records the number of actions of every `_bulk` request it receives.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -238,7 +239,7 @@ async fn serve(sock: TcpStream, upstream: &str, f: &Faults, s: &Seen) -> std::io
                 .iter()
                 .any(|h| k.eq_ignore_ascii_case(h))
             {
-                out.push_str(&format!("{k}: {v}\r\n"));
+                let _ = write!(out, "{k}: {v}\r\n");
             }
         }
         let len = if req.method == "HEAD" {
@@ -248,9 +249,10 @@ async fn serve(sock: TcpStream, upstream: &str, f: &Faults, s: &Seen) -> std::io
         } else {
             resp_body.len()
         };
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             "content-length: {len}\r\nconnection: keep-alive\r\n\r\n"
-        ));
+        );
         wr.write_all(out.as_bytes()).await?;
         if req.method != "HEAD" {
             wr.write_all(&resp_body).await?;
@@ -275,13 +277,14 @@ async fn forward(
         .iter()
         .any(|h| k.eq_ignore_ascii_case(h))
         {
-            head.push_str(&format!("{k}: {v}\r\n"));
+            let _ = write!(head, "{k}: {v}\r\n");
         }
     }
-    head.push_str(&format!(
+    let _ = write!(
+        head,
         "content-length: {}\r\nconnection: close\r\n\r\n",
         req.body.len()
-    ));
+    );
     up.write_all(head.as_bytes()).await?;
     up.write_all(&req.body).await?;
     up.flush().await?;

@@ -355,7 +355,7 @@ mod tests {
         assert!(b.items().iter().all(|i| i.span.len() == item));
         // By count.
         assert_eq!(b.batches(4, usize::MAX), [0..4, 4..8, 8..10]);
-        assert_eq!(b.batches(100, usize::MAX), [0..10]);
+        assert_eq!(b.batches(100, usize::MAX).first(), Some(&(0..10)));
         // By bytes: three items fit, four do not.
         assert_eq!(
             b.batches(100, item * 3 + item / 2),

@@ -372,135 +372,147 @@ impl ElasticsearchProcessor {
         body: &BulkBody,
     ) -> Result<std::result::Result<Vec<(usize, ProcessorFailure)>, ProcessorFailure>> {
         let mut failures = Vec::new();
-        let items = body.items();
         for batch in body.batches(
             self.config.max_actions_per_request,
             self.config.max_bytes_per_request,
         ) {
-            let mut pending: Vec<usize> = batch.clone().collect();
-            let mut attempt: u32 = 0;
-            loop {
-                let gathered;
-                let bytes = if pending.len() == batch.len() {
-                    body.slice(batch.clone())
-                } else {
-                    gathered = body.gather(&pending);
-                    &gathered
-                };
-                let reply = match self.bulk_request(bytes).await {
-                    Ok(r) => r,
-                    Err(e) if is_retriable_transport(&e) && attempt < self.config.max_retries => {
-                        self.wait_before_retry(attempt, pending.len(), &e.to_string())
-                            .await;
-                        attempt += 1;
-                        continue;
-                    }
-                    Err(e) => {
-                        return Err(Error::Elasticsearch(ElasticsearchError::Transport {
-                            context: format!(
-                                "sending {} bulk actions to index {} (after {attempt} retries)",
-                                pending.len(),
-                                self.config.index
-                            ),
-                            source: e,
-                        }))
-                    }
-                };
-                let results = match reply {
-                    Reply::Items(r) => r,
-                    Reply::Status(s, body) if is_retriable(s) => {
-                        if attempt < self.config.max_retries {
-                            self.wait_before_retry(attempt, pending.len(), &format!("status {s}: {body}"))
-                                .await;
-                            attempt += 1;
-                            continue;
-                        }
-                        return Err(Error::Elasticsearch(ElasticsearchError::Status {
-                            context: format!(
-                                "sending {} bulk actions to index {} (after {attempt} retries)",
-                                pending.len(),
-                                self.config.index
-                            ),
-                            status: s,
-                            body,
-                        }));
-                    }
-                    Reply::Status(s, body) => {
-                        return Ok(Err(ProcessorFailure::new(
-                            ERROR_TYPE,
-                            format!(
-                                "elasticsearch index {}: bulk request of {} actions failed with status {s}: {body}",
-                                self.config.index,
-                                pending.len()
-                            ),
-                        )))
-                    }
-                };
-                let Some(results) = results else {
-                    break; // no item failed
-                };
-                if results.len() != pending.len() {
+            if let Err(whole) = self.send_batch(body, batch, &mut failures).await? {
+                return Ok(Err(whole));
+            }
+        }
+        Ok(Ok(failures))
+    }
+
+    fn fatal_context(&self, actions: usize, attempt: u32) -> String {
+        format!(
+            "sending {actions} bulk actions to index {} (after {attempt} retries)",
+            self.config.index
+        )
+    }
+
+    /// Sends one batch until every item is done or failed, re-sending only the retriable items.
+    async fn send_batch(
+        &self,
+        body: &BulkBody,
+        batch: std::ops::Range<usize>,
+        failures: &mut Vec<(usize, ProcessorFailure)>,
+    ) -> Result<std::result::Result<(), ProcessorFailure>> {
+        let mut pending: Vec<usize> = batch.clone().collect();
+        let mut attempt: u32 = 0;
+        loop {
+            let gathered;
+            let bytes = if pending.len() == batch.len() {
+                body.slice(batch.clone())
+            } else {
+                gathered = body.gather(&pending);
+                &gathered
+            };
+            let reply = match self.bulk_request(bytes).await {
+                Ok(r) => r,
+                Err(e) if is_retriable_transport(&e) && attempt < self.config.max_retries => {
+                    self.wait_before_retry(attempt, pending.len(), &e.to_string())
+                        .await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::Elasticsearch(ElasticsearchError::Transport {
+                        context: self.fatal_context(pending.len(), attempt),
+                        source: e,
+                    }))
+                }
+            };
+            let results = match reply {
+                Reply::Items(None) => return Ok(Ok(())), // no item failed
+                Reply::Items(Some(r)) if r.len() == pending.len() => r,
+                Reply::Items(Some(r)) => {
                     return Ok(Err(ProcessorFailure::new(
                         ERROR_TYPE,
                         format!(
                             "elasticsearch index {}: bulk response has {} items for {} actions",
                             self.config.index,
-                            results.len(),
+                            r.len(),
                             pending.len()
                         ),
-                    )));
+                    )))
                 }
-                let mut retry = Vec::new();
-                let mut last_reason = String::new();
-                for (&i, result) in pending.iter().zip(&results) {
-                    let item = &items[i];
-                    match classify_item(item.op, result) {
-                        ItemOutcome::Done => {}
-                        ItemOutcome::Retry(reason) => {
-                            retry.push((i, reason.clone()));
-                            last_reason = reason;
-                        }
-                        ItemOutcome::Failed(reason) => failures.push((
-                            item.change,
-                            self.failure(
-                                ERROR_TYPE,
-                                &item.doc_id,
-                                &format!("{} failed: {reason}", item.op.as_str()),
-                            ),
-                        )),
-                    }
+                Reply::Status(s, text) if is_retriable(s) && attempt < self.config.max_retries => {
+                    self.wait_before_retry(attempt, pending.len(), &format!("status {s}: {text}"))
+                        .await;
+                    attempt += 1;
+                    continue;
                 }
-                if retry.is_empty() {
-                    break;
+                Reply::Status(s, text) if is_retriable(s) => {
+                    return Err(Error::Elasticsearch(ElasticsearchError::Status {
+                        context: self.fatal_context(pending.len(), attempt),
+                        status: s,
+                        body: text,
+                    }));
                 }
-                if attempt >= self.config.max_retries {
-                    for (i, reason) in retry {
-                        let item = &items[i];
-                        failures.push((
-                            item.change,
-                            self.failure(
-                                ERROR_TYPE,
-                                &item.doc_id,
-                                &format!(
-                                    "{} still failing after {attempt} retries: {reason}",
-                                    item.op.as_str()
-                                ),
-                            ),
-                        ));
-                    }
-                    break;
+                Reply::Status(s, text) => {
+                    return Ok(Err(ProcessorFailure::new(
+                        ERROR_TYPE,
+                        format!(
+                            "elasticsearch index {}: bulk request of {} actions failed with status {s}: {text}",
+                            self.config.index,
+                            pending.len()
+                        ),
+                    )))
                 }
-                self.wait_before_retry(
-                    attempt,
-                    retry.len(),
-                    &format!("{} items failed, e.g. {last_reason}", retry.len()),
-                )
-                .await;
-                attempt += 1;
-                pending = retry.into_iter().map(|(i, _)| i).collect();
+            };
+            let retry = self.classify(body, &pending, &results, failures);
+            if retry.is_empty() {
+                return Ok(Ok(()));
+            }
+            if attempt >= self.config.max_retries {
+                for (i, reason) in retry {
+                    let item = &body.items()[i];
+                    let reason = format!(
+                        "{} still failing after {attempt} retries: {reason}",
+                        item.op.as_str()
+                    );
+                    failures.push((item.change, self.failure(ERROR_TYPE, &item.doc_id, &reason)));
+                }
+                return Ok(Ok(()));
+            }
+            let example = retry.first().map(|(_, r)| r.clone()).unwrap_or_default();
+            self.wait_before_retry(
+                attempt,
+                retry.len(),
+                &format!("{} items failed, e.g. {example}", retry.len()),
+            )
+            .await;
+            attempt += 1;
+            pending = retry.into_iter().map(|(i, _)| i).collect();
+        }
+    }
+
+    /// Sorts the items of one answer: failures are pushed to `failures`; the items to re-send
+    /// are returned with their reasons.
+    fn classify(
+        &self,
+        body: &BulkBody,
+        pending: &[usize],
+        results: &[super::bulk::ItemResult],
+        failures: &mut Vec<(usize, ProcessorFailure)>,
+    ) -> Vec<(usize, String)> {
+        let mut retry = Vec::new();
+        for (&i, result) in pending.iter().zip(results) {
+            let item = &body.items()[i];
+            match classify_item(item.op, result) {
+                ItemOutcome::Done => {}
+                ItemOutcome::Retry(reason) => retry.push((i, reason)),
+                ItemOutcome::Failed(reason) => failures.push((
+                    item.change,
+                    self.failure(
+                        ERROR_TYPE,
+                        &item.doc_id,
+                        &format!("{} failed: {reason}", item.op.as_str()),
+                    ),
+                )),
             }
         }
-        Ok(Ok(failures))
+        retry
     }
 
     /// Runs `f` until it answers with a status that is not retriable, retrying transport

@@ -42,9 +42,10 @@ pub fn classify_item(op: Op, item: &ItemResult) -> ItemOutcome {
         )
     };
     match item.status {
-        200..=299 => ItemOutcome::Done,
-        404 if op == Op::Delete => ItemOutcome::Done,
-        409 => ItemOutcome::Done,
+        // Written, already gone (a delete), or an equal or newer version is there.
+        s if (200..300).contains(&s) || s == 409 || (s == 404 && op == Op::Delete) => {
+            ItemOutcome::Done
+        }
         s if is_retriable(s) => ItemOutcome::Retry(reason()),
         _ => ItemOutcome::Failed(reason()),
     }
