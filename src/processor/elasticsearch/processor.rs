@@ -40,8 +40,9 @@ use crate::processor::{ChunkOutcome, Processor, ProcessorFailure};
 
 /// A document transform: the document as fetched → the source to index. `Ok(None)` skips the
 /// change (nothing is written or deleted, like CommCare's `doc_filter_fn`); `Err(message)`
-/// fails the change (recorded with [`TRANSFORM_ERROR_TYPE`]). Called on the tokio thread that
-/// runs the pillow; a Python callable must be wrapped so that it takes the GIL itself.
+/// fails the change (recorded with [`TRANSFORM_ERROR_TYPE`]). Called inline, in the
+/// processor's own future (never spawned): when the Python front drives the pillow with
+/// `block_on` on the calling thread, a wrapped Python callable runs there, once per document.
 pub type DocTransform = Arc<dyn Fn(&Value) -> Result<Option<Value>, String> + Send + Sync>;
 
 /// `error_type` of failures reported by Elasticsearch (mapping and parse errors, items still
