@@ -1,5 +1,6 @@
 //! Micro benchmarks without services: `ChangeMeta` parse and serialise, the partition layout,
-//! chunk de-duplication, and the pillow loop over a memory feed by chunk size.
+//! chunk de-duplication, Elasticsearch bulk-body building, and the pillow loop over a memory
+//! feed by chunk size.
 //!
 //! ```text
 //! cargo bench --features testing --bench micro            # about a minute
@@ -20,6 +21,7 @@ use pillowtop::feed::memory::MemoryFeed;
 use pillowtop::feed::{ChangeFeed, FeedItem, TopicPartition};
 use pillowtop::pillow::chunk::deduplicate;
 use pillowtop::pillow::{Pillow, PillowConfig};
+use pillowtop::processor::elasticsearch::bulk::BulkBody;
 use pillowtop::processor::memory::NoopProcessor;
 use pillowtop::retry::memory::MemoryErrorStore;
 
@@ -80,6 +82,54 @@ fn dedup(c: &mut Criterion) {
     g.throughput(Throughput::Elements(chunk.len() as u64));
     g.bench_function("1000_changes_10pct_dup", |b| {
         b.iter_batched(|| chunk.clone(), deduplicate, BatchSize::SmallInput);
+    });
+    g.finish();
+}
+
+/// A CommCare-like form document of about 1.5 KB.
+fn typical_form(i: u64) -> serde_json::Value {
+    let id = format!("{:016x}{i:016x}", 0x5eed_u64);
+    serde_json::json!({
+        "_id": id, "_rev": "1-abc", "doc_type": "XFormInstance", "domain": "bench-domain",
+        "xmlns": "http://openrosa.org/formdesigner/5A4B1D5C-BENCH", "received_on": "2024-01-02T03:04:05.678901Z",
+        "version": i,
+        "form": {
+            "@name": "Household visit", "case": {"@case_id": format!("case-{i}"), "update": {"visits": i % 17, "status": "open"}},
+            "meta": {"instanceID": id, "userID": "u-1234567890abcdef", "username": "chw.one", "timeStart": "2024-01-02T03:00:00Z",
+                     "timeEnd": "2024-01-02T03:04:00Z", "deviceID": "device-42", "appVersion": "CommCare Android v2.53"},
+            "questions": (0..20).map(|q| (format!("q{q}"), serde_json::json!(format!("answer {q} to the question")))).collect::<serde_json::Map<_, _>>(),
+        },
+    })
+}
+
+fn es_bulk_body(c: &mut Criterion) {
+    let docs: Vec<(String, serde_json::Value)> = (0..1000_u64)
+        .map(|i| (format!("{:016x}{i:016x}", 0x5eed_u64), typical_form(i)))
+        .collect();
+    let build = |docs: &[(String, serde_json::Value)], version: bool| {
+        let mut body = BulkBody::with_capacity(docs.len() * 1600, docs.len());
+        for (i, (id, doc)) in docs.iter().enumerate() {
+            let v = version.then(|| doc["version"].as_u64().unwrap_or(0));
+            body.push_index(i, id, v, doc).expect("a valid document");
+        }
+        body
+    };
+    let bytes = build(&docs, false).bytes().len() as u64;
+    let mut g = c.benchmark_group("es_bulk_body");
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function("build_1000_forms", |b| {
+        b.iter(|| build(black_box(&docs), false));
+    });
+    g.bench_function("build_1000_forms_external_version", |b| {
+        b.iter(|| build(black_box(&docs), true));
+    });
+    let body = build(&docs, false);
+    g.bench_function("split_1000_by_100_actions_256k", |b| {
+        b.iter(|| black_box(&body).batches(100, 256 * 1024));
+    });
+    g.bench_function("gather_every_other_of_1000", |b| {
+        let every_other: Vec<usize> = (0..1000).step_by(2).collect();
+        b.iter(|| black_box(&body).gather(&every_other));
     });
     g.finish();
 }
@@ -159,6 +209,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = change_meta, layout, dedup, pillow_loop
+    targets = change_meta, layout, dedup, es_bulk_body, pillow_loop
 }
 criterion_main!(benches);

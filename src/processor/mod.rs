@@ -6,6 +6,7 @@
 //! [`crate::Error`] (for example a KeyboardInterrupt raised inside a Python processor, or a
 //! service that stays down after retries) stops the pillow, without checkpointing the chunk.
 
+pub mod elasticsearch;
 pub mod memory;
 
 use async_trait::async_trait;

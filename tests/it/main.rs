@@ -10,6 +10,8 @@
 )]
 
 mod elasticsearch;
+mod es_processor;
+mod fault_proxy;
 mod kafka;
 mod ops;
 mod pillow;

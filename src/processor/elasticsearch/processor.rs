@@ -1,0 +1,798 @@
+//! [`ElasticsearchProcessor`]: index or delete each change's document, in bulk.
+//!
+//! Per change (CommCare's `BulkElasticProcessor`):
+//! * `change.deleted`, or a document whose `doc_type` ends in `-Deleted`: delete (a 404 is
+//!   fine: already gone);
+//! * a missing document (the store has none): the change goes to the retry set; its serial
+//!   retry fetches the document again and fails with `DocumentMissingError` if it is still
+//!   missing (always recorded, as in CommCare);
+//! * otherwise the document goes through the transform and is indexed.
+//!
+//! What is retried, and how often, is decided in [`super::retry`]. A request that keeps failing
+//! for transport reasons (connection refused, dropped connections, timeouts) or with 429/5xx
+//! stops the pillow with [`crate::Error::Elasticsearch`] once the retry budget is spent; it is
+//! never skipped silently.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use elasticsearch::http::transport::{
+    MultiNodeConnectionPool, SingleNodeConnectionPool, Transport, TransportBuilder,
+};
+use elasticsearch::http::{Method, Url};
+use elasticsearch::indices::IndicesCreateParts;
+use elasticsearch::Elasticsearch;
+use serde_json::Value;
+
+use super::bulk::{parse_response, BulkBody, BULK_FILTER_PATH};
+use super::config::ElasticsearchConfig;
+use super::retry::{classify_item, is_retriable, is_retriable_transport, ItemOutcome};
+use crate::backoff::Backoff;
+use crate::change::{Change, Document};
+use crate::docstore::DocumentStores;
+use crate::error::{ConfigError, ElasticsearchError, Error, Result};
+use crate::processor::{ChunkOutcome, Processor, ProcessorFailure};
+
+/// A document transform: the document as fetched → the source to index. `Ok(None)` skips the
+/// change (nothing is written or deleted, like CommCare's `doc_filter_fn`); `Err(message)`
+/// fails the change (recorded with [`TRANSFORM_ERROR_TYPE`]). Called inline, in the
+/// processor's own future (never spawned): when the Python front drives the pillow with
+/// `block_on` on the calling thread, a wrapped Python callable runs there, once per document.
+pub type DocTransform = Arc<dyn Fn(&Value) -> Result<Option<Value>, String> + Send + Sync>;
+
+/// `error_type` of failures reported by Elasticsearch (mapping and parse errors, items still
+/// failing after the retries, whole-request failures).
+pub const ERROR_TYPE: &str = "pillowtop_rs.exceptions.ElasticsearchError";
+/// `error_type` of transform failures and of documents without a usable id or version.
+pub const TRANSFORM_ERROR_TYPE: &str = "pillowtop_rs.exceptions.ProcessorError";
+
+/// The identity transform (the default). The processor does not call it: it indexes the
+/// document as it is, without copying it.
+pub fn identity() -> DocTransform {
+    Arc::new(|doc: &Value| Ok(Some(doc.clone())))
+}
+
+/// Named transforms, for configurations that choose a transform by name (`"transform"`).
+/// `identity` is built in.
+#[derive(Clone)]
+pub struct Transforms {
+    map: HashMap<String, DocTransform>,
+}
+
+impl Default for Transforms {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl std::fmt::Debug for Transforms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.names()).finish()
+    }
+}
+
+impl Transforms {
+    /// The built-in transforms: `identity`.
+    pub fn builtin() -> Self {
+        let mut map = HashMap::new();
+        map.insert("identity".to_owned(), identity());
+        Self { map }
+    }
+
+    /// Adds (or replaces) a named transform. `identity` is reserved.
+    pub fn register(&mut self, name: impl Into<String>, transform: DocTransform) {
+        let name = name.into();
+        if name != "identity" {
+            self.map.insert(name, transform);
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<DocTransform> {
+        self.map.get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.map.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// Indexes and deletes changes' documents in one Elasticsearch index. See the module docs.
+pub struct ElasticsearchProcessor {
+    name: String,
+    config: ElasticsearchConfig,
+    client: Elasticsearch,
+    bulk_path: String,
+    /// `None`: identity, without copying the document.
+    transform: Option<DocTransform>,
+    docstores: DocumentStores,
+    backoff: Backoff,
+}
+
+impl std::fmt::Debug for ElasticsearchProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElasticsearchProcessor")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one change becomes.
+enum Plan<'a> {
+    Index {
+        id: Cow<'a, str>,
+        version: Option<u64>,
+        source: Cow<'a, Value>,
+    },
+    Delete {
+        id: Cow<'a, str>,
+        version: Option<u64>,
+    },
+    Skip,
+    Retry,
+    Fail(ProcessorFailure),
+}
+
+/// A bulk request's answer.
+enum Reply {
+    Items(Option<Vec<super::bulk::ItemResult>>),
+    Status(u16, String),
+}
+
+impl ElasticsearchProcessor {
+    /// A processor for `config`, with the transform it names among the built-in ones.
+    /// Connects to nothing yet.
+    pub fn new(config: ElasticsearchConfig) -> Result<Self> {
+        Self::with_transforms(config, &Transforms::builtin())
+    }
+
+    /// A processor for `config`, with the transform it names among `transforms`.
+    pub fn with_transforms(config: ElasticsearchConfig, transforms: &Transforms) -> Result<Self> {
+        config.validate()?;
+        let transform = if config.transform == "identity" {
+            None
+        } else {
+            Some(transforms.get(&config.transform).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "elasticsearch processor for index {:?}: unknown transform {:?} (known: {})",
+                    config.index,
+                    config.transform,
+                    transforms.names().join(", ")
+                ))
+            })?)
+        };
+        let urls = config
+            .urls
+            .iter()
+            .map(|u| Url::parse(u))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Invalid(format!("invalid elasticsearch url: {e}")))?;
+        let builder = match urls.as_slice() {
+            [one] => TransportBuilder::new(SingleNodeConnectionPool::new(one.clone())),
+            _ => TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None)),
+        };
+        let transport: Transport = builder
+            .timeout(config.request_timeout())
+            .disable_proxy()
+            .build()
+            .map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "cannot build the elasticsearch client for index {:?}: {e}",
+                    config.index
+                ))
+            })?;
+        Ok(Self {
+            name: format!("ElasticsearchProcessor({})", config.index),
+            bulk_path: format!("/{}/_bulk", config.index),
+            backoff: Backoff {
+                initial: Duration::from_millis(config.base_backoff_ms),
+                max_delay: Duration::from_millis(config.max_backoff_ms.max(config.base_backoff_ms)),
+                max_elapsed: Duration::MAX,
+            },
+            client: Elasticsearch::new(transport),
+            transform,
+            docstores: DocumentStores::new(),
+            config,
+        })
+    }
+
+    /// Replaces the transform (for example with a wrapped Python callable).
+    #[must_use]
+    pub fn with_transform(mut self, transform: DocTransform) -> Self {
+        self.transform = Some(transform);
+        self
+    }
+
+    /// Stores to fetch a missing document again in the serial retry (CommCare fetches there).
+    #[must_use]
+    pub fn with_document_stores(mut self, docstores: DocumentStores) -> Self {
+        self.docstores = docstores;
+        self
+    }
+
+    /// Overrides the name used in logs, metrics and error messages.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    pub fn config(&self) -> &ElasticsearchConfig {
+        &self.config
+    }
+
+    pub fn client(&self) -> &Elasticsearch {
+        &self.client
+    }
+
+    fn failure(&self, error_type: &str, doc_id: &str, reason: &str) -> ProcessorFailure {
+        ProcessorFailure::new(
+            error_type,
+            format!(
+                "elasticsearch index {} document {doc_id}: {reason}",
+                self.config.index
+            ),
+        )
+    }
+
+    fn plan<'a>(&self, change: &'a Change) -> Plan<'a> {
+        let doc = change.document();
+        if change.deleted {
+            return Plan::Delete {
+                id: doc
+                    .and_then(|d| self.id_from_field(d))
+                    .unwrap_or(Cow::Borrowed(&change.id)),
+                version: doc.and_then(|d| self.version(d).ok().flatten()),
+            };
+        }
+        let Some(doc) = doc else {
+            return Plan::Retry;
+        };
+        if doc
+            .get("doc_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.ends_with("-Deleted"))
+        {
+            return Plan::Delete {
+                id: self.id_from_field(doc).unwrap_or(Cow::Borrowed(&change.id)),
+                version: self.version(doc).ok().flatten(),
+            };
+        }
+        let source = match &self.transform {
+            None => Cow::Borrowed(doc),
+            Some(t) => match t(doc) {
+                Ok(Some(v)) => Cow::Owned(v),
+                Ok(None) => return Plan::Skip,
+                Err(m) => {
+                    return Plan::Fail(self.failure(
+                        TRANSFORM_ERROR_TYPE,
+                        &change.id,
+                        &format!("transform {:?} failed: {m}", self.config.transform),
+                    ))
+                }
+            },
+        };
+        let id = match &self.config.id_field {
+            None => Cow::Borrowed(change.id.as_str()),
+            Some(f) => match self.id_from_field(&source) {
+                Some(id) => Cow::Owned(id.into_owned()),
+                None => {
+                    return Plan::Fail(self.failure(
+                        TRANSFORM_ERROR_TYPE,
+                        &change.id,
+                        &format!("id field {f:?} is missing or not a string or a number"),
+                    ))
+                }
+            },
+        };
+        let version = match self.version(&source) {
+            Ok(v) => v,
+            Err(m) => return Plan::Fail(self.failure(TRANSFORM_ERROR_TYPE, &change.id, &m)),
+        };
+        Plan::Index {
+            id,
+            version,
+            source,
+        }
+    }
+
+    fn id_from_field<'a>(&self, doc: &'a Value) -> Option<Cow<'a, str>> {
+        match lookup(doc, self.config.id_field.as_deref()?)? {
+            Value::String(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
+            Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            _ => None,
+        }
+    }
+
+    /// The external version, when configured: `Ok(None)` without versioning.
+    fn version(&self, doc: &Value) -> std::result::Result<Option<u64>, String> {
+        let Some(field) = self.config.external_version_field.as_deref() else {
+            return Ok(None);
+        };
+        match lookup(doc, field) {
+            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+            Some(Value::String(s)) if s.parse::<u64>().is_ok() => Ok(s.parse().ok()),
+            other => Err(format!(
+                "external version field {field:?} must hold a non-negative integer, found {}",
+                other.map_or_else(|| "nothing".to_owned(), ToString::to_string)
+            )),
+        }
+    }
+
+    async fn bulk_request(&self, body: &[u8]) -> std::result::Result<Reply, elasticsearch::Error> {
+        let mut headers = HeaderMap::with_capacity(1);
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        let resp = self
+            .client
+            .transport()
+            .send(
+                Method::Post,
+                &self.bulk_path,
+                headers,
+                Some(&[("filter_path", BULK_FILTER_PATH)]),
+                Some(body),
+                None,
+            )
+            .await?;
+        let status = resp.status_code().as_u16();
+        let bytes = resp.bytes().await?;
+        if !(200..300).contains(&status) {
+            return Ok(Reply::Status(status, excerpt(&bytes)));
+        }
+        match parse_response(&bytes) {
+            Ok(items) => Ok(Reply::Items(items)),
+            Err(e) => Ok(Reply::Status(
+                status,
+                format!("unreadable bulk response ({e}): {}", excerpt(&bytes)),
+            )),
+        }
+    }
+
+    async fn wait_before_retry(&self, attempt: u32, actions: usize, reason: &str) {
+        let delay = self.backoff.delay(attempt);
+        tracing::warn!(processor = %self.name, index = %self.config.index, attempt = attempt + 1,
+            max_retries = self.config.max_retries, actions, retry_in_ms = delay.as_millis(), error = %reason,
+            "elasticsearch bulk request failed, retrying");
+        tokio::time::sleep(delay).await;
+    }
+
+    /// Sends every action of `body`, by batches; returns the changes that failed for good. The
+    /// inner `Err` fails the whole chunk (a non-retriable status for a whole request).
+    async fn send(
+        &self,
+        body: &BulkBody,
+    ) -> Result<std::result::Result<Vec<(usize, ProcessorFailure)>, ProcessorFailure>> {
+        let mut failures = Vec::new();
+        for batch in body.batches(
+            self.config.max_actions_per_request,
+            self.config.max_bytes_per_request,
+        ) {
+            if let Err(whole) = self.send_batch(body, batch, &mut failures).await? {
+                return Ok(Err(whole));
+            }
+        }
+        Ok(Ok(failures))
+    }
+
+    fn fatal_context(&self, actions: usize, attempt: u32) -> String {
+        format!(
+            "sending {actions} bulk actions to index {} (after {attempt} retries)",
+            self.config.index
+        )
+    }
+
+    /// Sends one batch until every item is done or failed, re-sending only the retriable items.
+    async fn send_batch(
+        &self,
+        body: &BulkBody,
+        batch: std::ops::Range<usize>,
+        failures: &mut Vec<(usize, ProcessorFailure)>,
+    ) -> Result<std::result::Result<(), ProcessorFailure>> {
+        let mut pending: Vec<usize> = batch.clone().collect();
+        let mut attempt: u32 = 0;
+        loop {
+            let gathered;
+            let bytes = if pending.len() == batch.len() {
+                body.slice(batch.clone())
+            } else {
+                gathered = body.gather(&pending);
+                &gathered
+            };
+            let reply = match self.bulk_request(bytes).await {
+                Ok(r) => r,
+                Err(e) if is_retriable_transport(&e) && attempt < self.config.max_retries => {
+                    self.wait_before_retry(attempt, pending.len(), &e.to_string())
+                        .await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::Elasticsearch(ElasticsearchError::Transport {
+                        context: self.fatal_context(pending.len(), attempt),
+                        source: e,
+                    }))
+                }
+            };
+            let results = match reply {
+                Reply::Items(None) => return Ok(Ok(())), // no item failed
+                Reply::Items(Some(r)) if r.len() == pending.len() => r,
+                Reply::Items(Some(r)) => {
+                    return Ok(Err(ProcessorFailure::new(
+                        ERROR_TYPE,
+                        format!(
+                            "elasticsearch index {}: bulk response has {} items for {} actions",
+                            self.config.index,
+                            r.len(),
+                            pending.len()
+                        ),
+                    )))
+                }
+                Reply::Status(s, text) if is_retriable(s) && attempt < self.config.max_retries => {
+                    self.wait_before_retry(attempt, pending.len(), &format!("status {s}: {text}"))
+                        .await;
+                    attempt += 1;
+                    continue;
+                }
+                Reply::Status(s, text) if is_retriable(s) => {
+                    return Err(Error::Elasticsearch(ElasticsearchError::Status {
+                        context: self.fatal_context(pending.len(), attempt),
+                        status: s,
+                        body: text,
+                    }));
+                }
+                Reply::Status(s, text) => {
+                    return Ok(Err(ProcessorFailure::new(
+                        ERROR_TYPE,
+                        format!(
+                            "elasticsearch index {}: bulk request of {} actions failed with status {s}: {text}",
+                            self.config.index,
+                            pending.len()
+                        ),
+                    )))
+                }
+            };
+            let retry = self.classify(body, &pending, &results, failures);
+            if retry.is_empty() {
+                return Ok(Ok(()));
+            }
+            if attempt >= self.config.max_retries {
+                for (i, reason) in retry {
+                    let item = &body.items()[i];
+                    let reason = format!(
+                        "{} still failing after {attempt} retries: {reason}",
+                        item.op.as_str()
+                    );
+                    failures.push((item.change, self.failure(ERROR_TYPE, &item.doc_id, &reason)));
+                }
+                return Ok(Ok(()));
+            }
+            let example = retry.first().map(|(_, r)| r.clone()).unwrap_or_default();
+            self.wait_before_retry(
+                attempt,
+                retry.len(),
+                &format!("{} items failed, e.g. {example}", retry.len()),
+            )
+            .await;
+            attempt += 1;
+            pending = retry.into_iter().map(|(i, _)| i).collect();
+        }
+    }
+
+    /// Sorts the items of one answer: failures are pushed to `failures`; the items to re-send
+    /// are returned with their reasons.
+    fn classify(
+        &self,
+        body: &BulkBody,
+        pending: &[usize],
+        results: &[super::bulk::ItemResult],
+        failures: &mut Vec<(usize, ProcessorFailure)>,
+    ) -> Vec<(usize, String)> {
+        let mut retry = Vec::new();
+        for (&i, result) in pending.iter().zip(results) {
+            let item = &body.items()[i];
+            match classify_item(item.op, result) {
+                ItemOutcome::Done => {}
+                ItemOutcome::Retry(reason) => retry.push((i, reason)),
+                ItemOutcome::Failed(reason) => failures.push((
+                    item.change,
+                    self.failure(
+                        ERROR_TYPE,
+                        &item.doc_id,
+                        &format!("{} failed: {reason}", item.op.as_str()),
+                    ),
+                )),
+            }
+        }
+        retry
+    }
+
+    /// Runs `f` until it answers with a status that is not retriable, retrying transport
+    /// failures and retriable statuses within the retry budget.
+    async fn request_with_retries<F, Fut>(&self, what: &str, mut f: F) -> Result<(u16, String)>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<(u16, String), elasticsearch::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let (reason, last) = match f().await {
+                Ok((s, body)) if !is_retriable(s) => return Ok((s, body)),
+                Ok((s, body)) => (
+                    format!("status {s}: {body}"),
+                    Error::Elasticsearch(ElasticsearchError::Status {
+                        context: what.to_owned(),
+                        status: s,
+                        body,
+                    }),
+                ),
+                Err(e) if is_retriable_transport(&e) => (
+                    e.to_string(),
+                    Error::Elasticsearch(ElasticsearchError::Transport {
+                        context: what.to_owned(),
+                        source: e,
+                    }),
+                ),
+                Err(e) => {
+                    return Err(Error::Elasticsearch(ElasticsearchError::Transport {
+                        context: what.to_owned(),
+                        source: e,
+                    }))
+                }
+            };
+            if attempt >= self.config.max_retries {
+                return Err(last);
+            }
+            let delay = self.backoff.delay(attempt);
+            tracing::warn!(processor = %self.name, what, attempt = attempt + 1, max_retries = self.config.max_retries,
+                retry_in_ms = delay.as_millis(), error = %reason, "elasticsearch request failed, retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// A dotted path into a document (`form.meta.version`).
+fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+    if let Some(v) = doc.get(path) {
+        return Some(v);
+    }
+    path.split('.').try_fold(doc, |v, k| v.get(k))
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]);
+    s.into_owned()
+}
+
+#[async_trait]
+impl Processor for ElasticsearchProcessor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn supports_batch_processing(&self) -> bool {
+        true
+    }
+
+    fn needs_documents(&self) -> bool {
+        true
+    }
+
+    async fn process_change(
+        &mut self,
+        change: &mut Change,
+    ) -> Result<std::result::Result<(), ProcessorFailure>> {
+        if !change.deleted && change.document().is_none() && !self.docstores.is_empty() {
+            change.document = Document::Unfetched;
+            self.docstores
+                .fetch_missing(std::slice::from_mut(change))
+                .await?;
+        }
+        let outcome = self
+            .process_changes_chunk(std::slice::from_mut(change))
+            .await?;
+        Ok(match outcome {
+            Err(f) => Err(f),
+            Ok(o) => match o.errors.into_iter().next() {
+                Some((_, f)) => Err(f),
+                None if !o.retry.is_empty() => Err(ProcessorFailure::document_missing(&change.id)),
+                None => Ok(()),
+            },
+        })
+    }
+
+    async fn process_changes_chunk(
+        &mut self,
+        changes: &mut [Change],
+    ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
+        let started = Instant::now();
+        let mut outcome = ChunkOutcome::default();
+        let mut body =
+            BulkBody::with_capacity(changes.iter().map(|c| c.size + 64).sum(), changes.len());
+        for (i, change) in changes.iter().enumerate() {
+            match self.plan(change) {
+                Plan::Index {
+                    id,
+                    version,
+                    source,
+                } => {
+                    if let Err(e) = body.push_index(i, &id, version, &source) {
+                        outcome.errors.push((
+                            i,
+                            self.failure(
+                                TRANSFORM_ERROR_TYPE,
+                                &id,
+                                &format!("cannot encode the document: {e}"),
+                            ),
+                        ));
+                    }
+                }
+                Plan::Delete { id, version } => body.push_delete(i, &id, version),
+                Plan::Skip => {}
+                Plan::Retry => outcome.retry.push(i),
+                Plan::Fail(f) => outcome.errors.push((i, f)),
+            }
+        }
+        if !body.is_empty() {
+            match self.send(&body).await? {
+                Ok(failed) => outcome.errors.extend(failed),
+                Err(whole) => return Ok(Err(whole)),
+            }
+        }
+        outcome.errors.sort_by_key(|(i, _)| *i);
+        tracing::debug!(processor = %self.name, changes = changes.len(), actions = body.len(), bytes = body.bytes().len(),
+            failed = outcome.errors.len(), retry = outcome.retry.len(), elapsed_ms = started.elapsed().as_millis(), "bulk chunk done");
+        Ok(Ok(outcome))
+    }
+
+    /// Creates the index with its settings, mappings and alias when it does not exist. One
+    /// request; an existing index (`resource_already_exists_exception`) is left as it is.
+    async fn bootstrap_if_needed(&mut self) -> Result<()> {
+        let mut body = serde_json::Map::new();
+        if let Some(s) = &self.config.settings {
+            body.insert("settings".into(), s.clone());
+        }
+        if let Some(m) = &self.config.mappings {
+            body.insert("mappings".into(), m.clone());
+        }
+        if let Some(a) = &self.config.alias {
+            body.insert("aliases".into(), serde_json::json!({ a: {} }));
+        }
+        let body = Value::Object(body);
+        let what = format!("creating index {}", self.config.index);
+        let (status, text) = self
+            .request_with_retries(&what, || async {
+                let r = self
+                    .client
+                    .indices()
+                    .create(IndicesCreateParts::Index(&self.config.index))
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let status = r.status_code().as_u16();
+                Ok((status, r.text().await?))
+            })
+            .await?;
+        if (200..300).contains(&status) {
+            tracing::info!(processor = %self.name, index = %self.config.index, alias = ?self.config.alias, "created the elasticsearch index");
+            return Ok(());
+        }
+        if status == 400 && text.contains("resource_already_exists_exception") {
+            return Ok(());
+        }
+        Err(Error::Elasticsearch(ElasticsearchError::Status {
+            context: what,
+            status,
+            body: text,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn processor(config: ElasticsearchConfig) -> ElasticsearchProcessor {
+        ElasticsearchProcessor::new(config).expect("processor")
+    }
+
+    fn change(id: &str, deleted: bool, doc: Option<Value>) -> Change {
+        let mut meta = crate::change::ChangeMeta::new(id, "sql", "form-sql");
+        meta.is_deletion = deleted;
+        if let Some(d) = doc {
+            meta.extra.insert("document".into(), d);
+        }
+        Change::from_message("t", 0, 0, meta.to_json().as_bytes()).expect("change")
+    }
+
+    #[test]
+    fn plans_follow_commcare() {
+        let mut config = ElasticsearchConfig::new("http://127.0.0.1:1", "forms");
+        config.external_version_field = Some("meta.version".into());
+        let p = processor(config);
+        let plan = |c: &Change| match p.plan(c) {
+            Plan::Index { id, version, .. } => format!("index {id} {version:?}"),
+            Plan::Delete { id, version } => format!("delete {id} {version:?}"),
+            Plan::Skip => "skip".into(),
+            Plan::Retry => "retry".into(),
+            Plan::Fail(f) => format!("fail {}", f.message),
+        };
+        assert_eq!(plan(&change("a", true, None)), "delete a None");
+        assert_eq!(plan(&change("a", false, None)), "retry");
+        assert_eq!(
+            plan(&change(
+                "a",
+                false,
+                Some(json!({"doc_type": "XFormInstance-Deleted"}))
+            )),
+            "delete a None"
+        );
+        assert_eq!(
+            plan(&change("a", false, Some(json!({"meta": {"version": 3}})))),
+            "index a Some(3)"
+        );
+        assert_eq!(
+            plan(&change("a", false, Some(json!({"meta": {"version": "4"}})))),
+            "index a Some(4)"
+        );
+        assert_eq!(
+            plan(&change("a", false, Some(json!({"x": 1})))),
+            "fail elasticsearch index forms document a: external version field \"meta.version\" must hold a non-negative integer, found nothing"
+        );
+    }
+
+    #[test]
+    fn transforms_and_id_fields() {
+        let mut config = ElasticsearchConfig::new("http://127.0.0.1:1", "forms");
+        config.id_field = Some("case_id".into());
+        config.transform = "upper".into();
+        assert!(ElasticsearchProcessor::new(config.clone())
+            .expect_err("unknown transform")
+            .to_string()
+            .contains("unknown transform \"upper\" (known: identity)"));
+        let mut transforms = Transforms::builtin();
+        transforms.register(
+            "upper",
+            Arc::new(|d: &Value| match d.get("skip") {
+                Some(_) => Ok(None),
+                None if d.get("bad").is_some() => Err("bad document".into()),
+                None => Ok(Some(json!({"case_id": d["case_id"], "n": 1}))),
+            }),
+        );
+        let p = ElasticsearchProcessor::with_transforms(config, &transforms).expect("processor");
+        let plan = |c: &Change| match p.plan(c) {
+            Plan::Index { id, source, .. } => format!("index {id} {source}"),
+            Plan::Delete { id, .. } => format!("delete {id}"),
+            Plan::Skip => "skip".into(),
+            Plan::Retry => "retry".into(),
+            Plan::Fail(f) => format!("fail {} {}", f.error_type, f.message),
+        };
+        assert_eq!(
+            plan(&change("a", false, Some(json!({"case_id": "c1"})))),
+            r#"index c1 {"case_id":"c1","n":1}"#
+        );
+        assert_eq!(plan(&change("a", false, Some(json!({"skip": 1})))), "skip");
+        assert_eq!(
+            plan(&change("a", false, Some(json!({"bad": 1})))),
+            "fail pillowtop_rs.exceptions.ProcessorError elasticsearch index forms document a: transform \"upper\" failed: bad document"
+        );
+        assert!(plan(&change("a", false, Some(json!({"x": 1})))).starts_with("fail"));
+        // Deletes use the id field when the document has it, else the change id.
+        assert_eq!(
+            plan(&change("a", true, Some(json!({"case_id": 7})))),
+            "delete 7"
+        );
+        assert_eq!(plan(&change("a", true, None)), "delete a");
+    }
+}

@@ -1,0 +1,541 @@
+//! The Elasticsearch processor against the real search node: round trips through real pillows
+//! (memory and Kafka feeds), deletes, error rows, external versions, index creation, and faults
+//! injected by [`crate::fault_proxy::FaultProxy`] in front of the node.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use elasticsearch::http::transport::Transport;
+use elasticsearch::indices::{IndicesDeleteParts, IndicesGetParts, IndicesRefreshParts};
+use elasticsearch::{Elasticsearch, GetParts, SearchParts};
+use pillowtop::change::{Change, ChangeMeta};
+use pillowtop::checkpoint::memory::MemoryCheckpointStore;
+use pillowtop::checkpoint::CheckpointStore;
+use pillowtop::feed::kafka::{ChangeProducer, KafkaFeed, KafkaFeedOptions};
+use pillowtop::feed::memory::MemoryFeed;
+use pillowtop::feed::ChangeFeed;
+use pillowtop::pillow::{Pillow, PillowConfig, RunSummary};
+use pillowtop::processor::elasticsearch::{
+    ElasticsearchConfig, ElasticsearchProcessor, ERROR_TYPE,
+};
+use pillowtop::processor::Processor;
+use pillowtop::retry::memory::MemoryErrorStore;
+use pillowtop::retry::{ErrorStore, PillowErrorRow};
+use pillowtop::testing::unique_name;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::fault_proxy::FaultProxy;
+use crate::support::{require, TestTopic};
+
+const TOPIC: &str = "form-sql";
+
+/// An index `test_<name>_<random>`, deleted on drop.
+struct TestIndex {
+    name: String,
+    url: String,
+}
+
+impl TestIndex {
+    fn new(url: &str, name: &str) -> Self {
+        Self {
+            name: unique_name(name),
+            url: url.to_owned(),
+        }
+    }
+}
+
+impl Drop for TestIndex {
+    fn drop(&mut self) {
+        let (name, url) = (self.name.clone(), self.url.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let _ = es(&url)
+                    .indices()
+                    .delete(IndicesDeleteParts::Index(&[&name]))
+                    .send()
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+fn es(url: &str) -> Elasticsearch {
+    Elasticsearch::new(Transport::single_node(url).expect("transport"))
+}
+
+/// Fast retries, one shard, a small mapping.
+fn config(url: &str, index: &str) -> ElasticsearchConfig {
+    let mut c = ElasticsearchConfig::new(url, index);
+    c.settings = Some(json!({"number_of_shards": 1, "number_of_replicas": 0}));
+    c.mappings = Some(json!({"properties": {
+        "domain": {"type": "keyword"}, "count": {"type": "integer"}, "version": {"type": "long"}}}));
+    c.base_backoff_ms = 20;
+    c.max_backoff_ms = 200;
+    c.max_retries = 5;
+    c.request_timeout_ms = 10_000;
+    c
+}
+
+fn message(id: &str, deleted: bool, doc: Option<Value>) -> String {
+    let mut meta = ChangeMeta::new(id, "sql", TOPIC);
+    meta.is_deletion = deleted;
+    if let Some(d) = doc {
+        meta.extra.insert("document".into(), d);
+    }
+    meta.to_json()
+}
+
+fn form(id: &str, version: u64) -> Value {
+    json!({"_id": id, "doc_type": "XFormInstance", "domain": "dimagi", "count": 1, "version": version})
+}
+
+/// Runs a pillow over `feed` until it ends; returns the summary and the error rows.
+async fn run_memory(
+    feed: MemoryFeed,
+    processor: ElasticsearchProcessor,
+    chunk: usize,
+) -> (pillowtop::Result<RunSummary>, Vec<PillowErrorRow>) {
+    let name = unique_name("es_pillow");
+    let mut c = PillowConfig::new(&name, &name);
+    c.chunk_size = chunk;
+    let errors = Arc::new(MemoryErrorStore::new());
+    let mut pillow = Pillow::new(
+        c,
+        Box::new(feed),
+        vec![Box::new(processor)],
+        Arc::new(MemoryCheckpointStore::new()),
+        errors.clone(),
+    );
+    let r = tokio::time::timeout(
+        Duration::from_secs(120),
+        pillow.run(&CancellationToken::new()),
+    )
+    .await
+    .expect("the pillow finishes in time");
+    (r, errors.list(&name).await.expect("rows"))
+}
+
+async fn refresh(client: &Elasticsearch, index: &str) {
+    client
+        .indices()
+        .refresh(IndicesRefreshParts::Index(&[index]))
+        .send()
+        .await
+        .expect("refresh");
+}
+
+/// `(_version, _source)` of a document, or `None`.
+async fn get(client: &Elasticsearch, index: &str, id: &str) -> Option<(u64, Value)> {
+    let r: Value = client
+        .get(GetParts::IndexId(index, id))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    (r["found"] == true).then(|| {
+        (
+            r["_version"].as_u64().expect("version"),
+            r["_source"].clone(),
+        )
+    })
+}
+
+/// Every id in the index (with repeats, if there were any).
+async fn ids(client: &Elasticsearch, index: &str) -> Vec<String> {
+    refresh(client, index).await;
+    let r: Value = client
+        .search(SearchParts::Index(&[index]))
+        .body(json!({"size": 10000, "_source": false, "query": {"match_all": {}}}))
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    assert!(r["hits"]["total"]["value"].as_u64().is_some(), "{r}");
+    r["hits"]["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| h["_id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// Asserts the index holds exactly `expected` (id → version field), once each.
+async fn assert_exactly(client: &Elasticsearch, index: &str, expected: &[(String, u64)]) {
+    let found = ids(client, index).await;
+    let distinct: BTreeSet<&String> = found.iter().collect();
+    assert_eq!(found.len(), distinct.len(), "no duplicates");
+    assert_eq!(
+        distinct,
+        expected.iter().map(|(id, _)| id).collect::<BTreeSet<_>>(),
+        "nothing lost, nothing extra"
+    );
+    for (id, version) in expected {
+        let (_, source) = get(client, index, id).await.expect("present");
+        assert_eq!(source["version"], *version, "{id} has the latest version");
+        assert!(source.get("_id").is_none(), "_id is not sent in the source");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn index_update_and_delete_round_trip_through_a_pillow() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_round_trip");
+    let client = es(&url);
+    let mut feed = MemoryFeed::new(&[TOPIC], 2);
+    for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+        feed.push(
+            TOPIC,
+            i32::try_from(i % 2).expect("small"),
+            Some(id),
+            message(id, false, Some(form(id, 1))),
+        );
+    }
+    // Second chunk: an update, a deletion, a `-Deleted` doc type, a deletion of a document the
+    // index never had (404: fine).
+    feed.push(TOPIC, 0, Some("a"), message("a", false, Some(form("a", 2))));
+    feed.push(TOPIC, 0, Some("c"), message("c", true, None));
+    let mut d = form("d", 2);
+    d["doc_type"] = "XFormInstance-Deleted".into();
+    feed.push(TOPIC, 1, Some("d"), message("d", false, Some(d)));
+    feed.push(TOPIC, 1, Some("e"), message("e", true, None));
+
+    let p = ElasticsearchProcessor::new(config(&url, &index.name)).expect("processor");
+    let (summary, rows) = run_memory(feed, p, 4).await;
+    let summary = summary.expect("run");
+    assert_eq!((summary.changes, summary.failed), (8, 0));
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_exactly(&client, &index.name, &[("a".into(), 2), ("b".into(), 1)]).await;
+    let (es_version, source) = get(&client, &index.name, "a").await.expect("a");
+    assert_eq!(es_version, 2, "indexed twice");
+    assert_eq!(
+        source,
+        json!({"doc_type": "XFormInstance", "domain": "dimagi", "count": 1, "version": 2})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mapping_error_and_a_missing_document_become_error_rows_and_the_pillow_goes_on() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_mapping_error");
+    let client = es(&url);
+    let mut feed = MemoryFeed::new(&[TOPIC], 1);
+    let mut bad = form("bad", 1);
+    bad["count"] = "abc".into();
+    feed.push(
+        TOPIC,
+        0,
+        Some("ok1"),
+        message("ok1", false, Some(form("ok1", 1))),
+    );
+    feed.push(TOPIC, 0, Some("bad"), message("bad", false, Some(bad)));
+    feed.push(TOPIC, 0, Some("ghost"), message("ghost", false, None));
+    feed.push(
+        TOPIC,
+        0,
+        Some("ok2"),
+        message("ok2", false, Some(form("ok2", 1))),
+    );
+    feed.push(
+        TOPIC,
+        0,
+        Some("ok3"),
+        message("ok3", false, Some(form("ok3", 1))),
+    );
+
+    let p = ElasticsearchProcessor::new(config(&url, &index.name)).expect("processor");
+    let (summary, rows) = run_memory(feed, p, 3).await;
+    let summary = summary.expect("the pillow goes on");
+    assert_eq!((summary.changes, summary.failed), (5, 2));
+    assert_exactly(
+        &client,
+        &index.name,
+        &[("ok1".into(), 1), ("ok2".into(), 1), ("ok3".into(), 1)],
+    )
+    .await;
+    let by_id: std::collections::BTreeMap<&str, &PillowErrorRow> =
+        rows.iter().map(|r| (r.doc_id.as_str(), r)).collect();
+    assert_eq!(by_id.keys().copied().collect::<Vec<_>>(), ["bad", "ghost"]);
+    let bad = by_id["bad"];
+    assert_eq!(bad.error_type.as_deref(), Some(ERROR_TYPE));
+    let tb = bad.error_traceback.as_deref().expect("traceback");
+    for needle in [
+        index.name.as_str(),
+        "document bad",
+        "mapper_parsing_exception",
+        "status 400",
+    ] {
+        assert!(tb.contains(needle), "{needle:?} in {tb}");
+    }
+    assert_eq!(
+        by_id["ghost"].error_type.as_deref(),
+        Some("pillowtop_rs.exceptions.DocumentMissingError")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_versions_from_the_document_never_go_back() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_versions");
+    let client = es(&url);
+    let mut feed = MemoryFeed::new(&[TOPIC], 1);
+    feed.push(TOPIC, 0, Some("x"), message("x", false, Some(form("x", 5))));
+    feed.push(TOPIC, 0, Some("y"), message("y", false, Some(form("y", 1))));
+    // Later offsets, older or equal versions: 409, done, and the index keeps version 5.
+    feed.push(TOPIC, 0, Some("x"), message("x", false, Some(form("x", 3))));
+    feed.push(TOPIC, 0, Some("y"), message("y", false, Some(form("y", 2))));
+    feed.push(TOPIC, 0, Some("x"), message("x", false, Some(form("x", 5))));
+    let mut c = config(&url, &index.name);
+    c.external_version_field = Some("version".into());
+    let p = ElasticsearchProcessor::new(c).expect("processor");
+    let (summary, rows) = run_memory(feed, p, 2).await;
+    assert_eq!(summary.expect("run").failed, 0);
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_exactly(&client, &index.name, &[("x".into(), 5), ("y".into(), 2)]).await;
+    assert_eq!(
+        get(&client, &index.name, "x").await.expect("x").0,
+        5,
+        "_version is the external version"
+    );
+    assert_eq!(get(&client, &index.name, "y").await.expect("y").0, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_creates_the_index_with_settings_mappings_and_alias_once() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_bootstrap");
+    let client = es(&url);
+    let mut c = config(&url, &index.name);
+    let alias = format!("{}_alias", index.name);
+    c.alias = Some(alias.clone());
+    let mut p = ElasticsearchProcessor::new(c).expect("processor");
+    p.bootstrap_if_needed().await.expect("create");
+    p.bootstrap_if_needed().await.expect("idempotent");
+    let r: Value = client
+        .indices()
+        .get(IndicesGetParts::Index(&[&alias]))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let i = &r[&index.name];
+    assert_eq!(
+        i["mappings"]["properties"]["domain"]["type"], "keyword",
+        "{r}"
+    );
+    assert_eq!(i["settings"]["index"]["number_of_shards"], "1", "{r}");
+    assert!(i["aliases"].get(&alias).is_some(), "{r}");
+    // Writes go to the index; readers can use the alias.
+    let mut change = Change::from_message(
+        TOPIC,
+        0,
+        0,
+        message("z", false, Some(form("z", 1))).as_bytes(),
+    )
+    .expect("change");
+    p.process_change(&mut change)
+        .await
+        .expect("fatal")
+        .expect("indexed");
+    assert_eq!(ids(&client, &alias).await, ["z"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_kafka_feed_into_the_index() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let index = TestIndex::new(&url, "es_kafka");
+    let topic = TestTopic::new(&bootstrap, "es_kafka", 3).await;
+    let client = es(&url);
+    let producer = ChangeProducer::new(&bootstrap).expect("producer");
+    for version in 1..=2 {
+        producer
+            .send_changes(
+                &topic.name,
+                (0..100).map(|i| {
+                    let id = format!("form-{i}");
+                    let mut meta = ChangeMeta::new(&id, "sql", TOPIC);
+                    meta.extra.insert("document".into(), form(&id, version));
+                    meta
+                }),
+            )
+            .await
+            .expect("publish");
+    }
+    let mut opts = KafkaFeedOptions::new(&bootstrap, "it-es");
+    opts.idle_timeout = Duration::from_millis(1500);
+    let feed: Box<dyn ChangeFeed> =
+        Box::new(KafkaFeed::new(std::slice::from_ref(&topic.name), opts).expect("feed"));
+    let name = unique_name("es_kafka");
+    let mut c = PillowConfig::new(&name, &name);
+    c.chunk_size = 50;
+    c.until_idle = true;
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    let errors = Arc::new(MemoryErrorStore::new());
+    let mut pillow = Pillow::new(
+        c,
+        feed,
+        vec![Box::new(
+            ElasticsearchProcessor::new(config(&url, &index.name)).expect("processor"),
+        )],
+        checkpoints.clone(),
+        errors.clone(),
+    );
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        pillow.run(&CancellationToken::new()),
+    )
+    .await
+    .expect("in time")
+    .expect("run");
+    assert_eq!((summary.changes, summary.failed), (200, 0));
+    let expected: Vec<(String, u64)> = (0..100).map(|i| (format!("form-{i}"), 2)).collect();
+    assert_exactly(&client, &index.name, &expected).await;
+    let offsets: i64 = checkpoints
+        .load(&name)
+        .await
+        .expect("load")
+        .iter()
+        .map(|r| r.offset)
+        .sum();
+    assert_eq!(offsets, 200, "checkpointed past every change");
+}
+
+/// Pushes `n` documents in `versions` rounds; returns the expected final state.
+fn versioned_feed(n: usize, versions: u64) -> (MemoryFeed, Vec<(String, u64)>) {
+    let mut feed = MemoryFeed::new(&[TOPIC], 1);
+    for v in 1..=versions {
+        for i in 0..n {
+            let id = format!("doc-{i:03}");
+            feed.push(TOPIC, 0, Some(&id), message(&id, false, Some(form(&id, v))));
+        }
+    }
+    let expected = (0..n).map(|i| (format!("doc-{i:03}"), versions)).collect();
+    (feed, expected)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_429_items_are_retried_alone_nothing_lost_nothing_duplicated() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_429");
+    let client = es(&url);
+    let proxy = FaultProxy::start(&url).await;
+    proxy.faults.rewrite_bulk.store(2, Ordering::SeqCst);
+    proxy.faults.rewrite_every.store(3, Ordering::SeqCst);
+    let (feed, expected) = versioned_feed(30, 2);
+    let p = ElasticsearchProcessor::new(config(&proxy.url, &index.name)).expect("processor");
+    let (summary, rows) = run_memory(feed, p, 30).await;
+    assert_eq!(summary.expect("run").failed, 0);
+    assert!(rows.is_empty(), "{rows:?}");
+    // 30 actions; 10 rejected (every 3rd) and re-sent alone; 4 of those rejected again and
+    // re-sent; then the second chunk in one request.
+    assert_eq!(proxy.bulk_actions(), [30, 10, 4, 30]);
+    assert_eq!(proxy.seen.rewritten_items.load(Ordering::SeqCst), 14);
+    assert_exactly(&client, &index.name, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_dropped_connections_and_slow_responses_are_retried_with_external_versions() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_drops");
+    let client = es(&url);
+    let proxy = FaultProxy::start(&url).await;
+    // The index creation is dropped twice unanswered, then applied but unanswered (its retry
+    // meets `resource_already_exists_exception`); the first bulk request is answered after the
+    // request timeout; later 429s hit items the node already applied (409 on re-send: done).
+    proxy.faults.drop_before.store(2, Ordering::SeqCst);
+    proxy.faults.drop_after.store(1, Ordering::SeqCst);
+    proxy.faults.delay_bulk.store(1, Ordering::SeqCst);
+    proxy.faults.delay_ms.store(1500, Ordering::SeqCst);
+    proxy.faults.rewrite_bulk.store(3, Ordering::SeqCst);
+    proxy.faults.rewrite_every.store(2, Ordering::SeqCst);
+    let (feed, expected) = versioned_feed(50, 3);
+    let mut c = config(&proxy.url, &index.name);
+    c.external_version_field = Some("version".into());
+    c.request_timeout_ms = 700;
+    c.max_actions_per_request = 20;
+    let p = ElasticsearchProcessor::new(c).expect("processor");
+    let (summary, rows) = run_memory(feed, p, 50).await;
+    assert_eq!(summary.expect("run").failed, 0);
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_eq!(proxy.seen.dropped.load(Ordering::SeqCst), 3);
+    assert_eq!(proxy.seen.delayed.load(Ordering::SeqCst), 1);
+    let bulk = proxy.bulk_actions();
+    assert!(bulk.iter().all(|n| *n <= 20), "count bound: {bulk:?}");
+    // Three chunks of 50 in requests of 20, 20 and 10 (9), the timed-out request again (its
+    // rewritten answer was lost to the timeout), then two partial retries of 429 items.
+    assert_eq!(bulk, [20, 20, 10, 5, 20, 10, 20, 20, 10, 20, 20, 10]);
+    assert_exactly(&client, &index.name, &expected).await;
+    for (id, _) in &expected {
+        assert_eq!(get(&client, &index.name, id).await.expect("doc").0, 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_failures_surface_as_a_fatal_error_after_the_retry_budget() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_down");
+    let proxy = FaultProxy::start(&url).await;
+    proxy.faults.drop_before.store(usize::MAX, Ordering::SeqCst);
+    let mut c = config(&proxy.url, &index.name);
+    c.max_retries = 2;
+    let mut p = ElasticsearchProcessor::new(c).expect("processor");
+    let mut chunk: Vec<Change> = (0..3)
+        .map(|i| {
+            let id = format!("d{i}");
+            Change::from_message(
+                TOPIC,
+                0,
+                i,
+                message(&id, false, Some(form(&id, 1))).as_bytes(),
+            )
+            .expect("change")
+        })
+        .collect();
+    let err = p
+        .process_changes_chunk(&mut chunk)
+        .await
+        .expect_err("fatal once the budget is spent");
+    assert!(matches!(err, pillowtop::Error::Elasticsearch(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&index.name) && msg.contains("after 2 retries"),
+        "{msg}"
+    );
+    assert_eq!(
+        proxy.bulk_actions(),
+        [3, 3, 3],
+        "first attempt and two retries"
+    );
+
+    // Through a pillow: the run fails and nothing is checkpointed.
+    let mut feed = MemoryFeed::new(&[TOPIC], 1);
+    feed.push(
+        TOPIC,
+        0,
+        Some("d0"),
+        message("d0", false, Some(form("d0", 1))),
+    );
+    let mut c = config(&proxy.url, &index.name);
+    c.max_retries = 1;
+    let p = ElasticsearchProcessor::new(c).expect("processor");
+    let (summary, rows) = run_memory(feed, p, 10).await;
+    assert!(
+        matches!(summary, Err(pillowtop::Error::Elasticsearch(_))),
+        "{summary:?}"
+    );
+    assert!(rows.is_empty());
+}
