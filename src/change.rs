@@ -589,7 +589,7 @@ mod tests {
             r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "is_deletion": "yes"}"#,
             r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "publish_timestamp": "soon"}"#,
             r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "document": {"x": }"#,
-            r#"[1, 2]"#,
+            "[1, 2]",
             r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n"} trailing"#,
         ] {
             assert!(
