@@ -307,7 +307,7 @@ def pillowtop_rs() -> Any:
 
 
 def rust_processor(kind: str, ctx: Context, target: str | None = None) -> Any:
-    """TODO(lead): a Rust processor for ``pillowtop_rs.Pillow``.
+    """A Rust processor for ``pillowtop_rs.Pillow``.
 
     ``kind`` is ``noop`` (does nothing per change: measures the engine plus the Python front),
     ``postgres`` (the reporting table ``target`` with the columns of ``publish.FORM_TABLE_COLUMNS``:
@@ -315,6 +315,16 @@ def rust_processor(kind: str, ctx: Context, target: str | None = None) -> Any:
     ``elasticsearch`` (index ``target`` at ``ctx.elasticsearch``; the source is the document
     without ``_id``; deletions delete, a 404 is fine).
     """
+    rs = pillowtop_rs()
+    if not hasattr(rs, "RustProcessor"):
+        raise Unavailable("pillowtop_rs has no RustProcessor")
+    if kind == "noop":
+        return rs.RustProcessor("noop", {"batch": True})
+    if kind == "elasticsearch":
+        return rs.RustProcessor(
+            "elasticsearch",
+            {"urls": [ctx.elasticsearch], "index": target, "max_actions_per_request": SINK_CHUNK},
+        )
     raise Unavailable(f"Rust {kind} processor not wired into pillowtop_rs yet (see rust_processor)")
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "ChangeMeta",
     "Pillow",
     "RunSummary",
+    "RustProcessor",
     "request_shutdown",
     "run_cli",
     "next_attempt_delay_minutes",
@@ -135,6 +136,24 @@ class RunSummary:
     def failed(self) -> int: ...
     @property
     def checkpoints(self) -> int: ...
+
+@final
+class RustProcessor:
+    """A processor implemented in Rust: ``kind`` is ``"elasticsearch"`` or ``"noop"``.
+
+    ``config`` is validated here (unknown keys are rejected); the processor is built by
+    ``Pillow.run()``. ``transform(doc) -> doc | None`` (elasticsearch only) runs on the
+    ``run()`` thread; ``None`` skips the change.
+    """
+
+    def __new__(
+        cls,
+        kind: str,
+        config: Mapping[str, Any] | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+    ) -> RustProcessor: ...
+    @property
+    def kind(self) -> str: ...
 
 @final
 class Pillow:

@@ -10,6 +10,7 @@ mod detach;
 mod errors;
 mod pillow;
 mod processor;
+mod rust_processors;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -27,6 +28,8 @@ mod native {
     use super::cli::run_cli;
     #[pymodule_export]
     use super::pillow::{request_shutdown, PyPillow, PyRunSummary};
+    #[pymodule_export]
+    use super::rust_processors::PyRustProcessor;
     #[pymodule_export]
     use super::{
         next_attempt_delay_minutes, parse_change_meta, partition_assignment, virtual_worker_layouts,

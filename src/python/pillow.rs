@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::detach::detached;
 use super::errors::ConfigurationError;
 use super::processor::{is_processor, Lane, PyDocumentStore, PyProcessor};
+use super::rust_processors::PyRustProcessor;
 use crate::checkpoint::postgres::PostgresCheckpointStore;
 use crate::docstore::DocumentStores;
 use crate::error::ProcessError;
@@ -205,9 +206,9 @@ impl PyPillow {
             crate::checkpoint::validate_topic_name(t)?;
         }
         for p in &processors {
-            if !is_processor(p)? {
+            if !is_processor(p)? && !p.is_instance_of::<PyRustProcessor>() {
                 return Err(PyErr::new::<pyo3::exceptions::PyTypeError, _>(format!(
-                    "pillow {name}: processors must be pillowtop_rs.PillowProcessor instances, not {}",
+                    "pillow {name}: processors must be pillowtop_rs.PillowProcessor or RustProcessor instances, not {}",
                     p.repr()?
                 )));
             }
@@ -311,7 +312,11 @@ impl PyPillow {
         let lane = Lane::current();
         let mut processors: Vec<Box<dyn Processor>> = Vec::new();
         for p in &self.processors {
-            processors.push(Box::new(PyProcessor::new(p.bind(py), lane)?));
+            let p = p.bind(py);
+            match p.cast::<PyRustProcessor>() {
+                Ok(rust) => processors.push(rust.get().build(py, lane)?),
+                Err(_) => processors.push(Box::new(PyProcessor::new(p, lane)?)),
+            }
         }
         let mut stores = DocumentStores::new();
         for ((t, n), s) in &self.document_stores {

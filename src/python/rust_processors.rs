@@ -1,0 +1,143 @@
+//! Rust processors configured from Python: `RustProcessor(kind, config, transform=None)`.
+//!
+//! Python holds only the validated configuration (no client, no socket: fork safety); the
+//! processor itself is built by `Pillow.run()`. A Python `transform` callable for the
+//! Elasticsearch processor is wrapped into the core's `DocTransform`; the processor calls it
+//! inside its own future, which `run()` polls on the Python lane, and the wrapper refuses to
+//! run anywhere else.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+
+use super::errors::ConfigurationError;
+use super::processor::Lane;
+use crate::processor::elasticsearch::{DocTransform, ElasticsearchConfig, ElasticsearchProcessor};
+use crate::processor::memory::NoopProcessor;
+use crate::processor::Processor;
+
+/// What a `RustProcessor` becomes.
+#[derive(Clone)]
+pub(crate) enum Kind {
+    Noop { batch: bool },
+    Elasticsearch(Box<ElasticsearchConfig>),
+}
+
+/// A processor implemented in Rust, configured from Python.
+#[pyclass(name = "RustProcessor", module = "pillowtop_rs._native", frozen)]
+pub(crate) struct PyRustProcessor {
+    kind: Kind,
+    kind_name: String,
+    transform: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl PyRustProcessor {
+    #[new]
+    #[pyo3(signature = (kind, config = None, transform = None))]
+    fn new(
+        kind: &str,
+        config: Option<&Bound<'_, PyAny>>,
+        transform: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let json = match config {
+            Some(c) => pythonize::depythonize::<serde_json::Value>(c).map_err(|e| {
+                ConfigurationError::new_err(format!(
+                    "the configuration of the {kind} processor is not JSON data: {e}"
+                ))
+            })?,
+            None => serde_json::Value::Object(serde_json::Map::new()),
+        };
+        let built = match kind {
+            "noop" => Kind::Noop {
+                batch: json
+                    .get("batch")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(true),
+            },
+            "elasticsearch" => {
+                Kind::Elasticsearch(Box::new(ElasticsearchConfig::from_json(&json.to_string())?))
+            }
+            other => {
+                return Err(ConfigurationError::new_err(format!(
+                    "unknown Rust processor kind {other:?}: expected 'elasticsearch' or 'noop'"
+                )))
+            }
+        };
+        if transform.is_some() && !matches!(built, Kind::Elasticsearch(_)) {
+            return Err(ConfigurationError::new_err(format!(
+                "the {kind} processor takes no transform"
+            )));
+        }
+        Ok(Self {
+            kind: built,
+            kind_name: kind.to_owned(),
+            transform,
+        })
+    }
+
+    #[getter]
+    fn kind(&self) -> &str {
+        &self.kind_name
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.kind {
+            Kind::Noop { batch } => format!("RustProcessor('noop', batch={batch})"),
+            Kind::Elasticsearch(c) => format!(
+                "RustProcessor('elasticsearch', index={:?}, transform={})",
+                c.index,
+                if self.transform.is_some() {
+                    "python"
+                } else {
+                    c.transform.as_str()
+                }
+            ),
+        }
+    }
+}
+
+impl PyRustProcessor {
+    /// Builds the processor for a run whose Python lane is `lane`.
+    pub(crate) fn build(&self, py: Python<'_>, lane: Lane) -> crate::Result<Box<dyn Processor>> {
+        Ok(match &self.kind {
+            Kind::Noop { batch } => Box::new(NoopProcessor { batch: *batch }),
+            Kind::Elasticsearch(config) => {
+                let mut p = ElasticsearchProcessor::new((**config).clone())?;
+                if let Some(t) = &self.transform {
+                    p = p.with_transform(python_transform(t.clone_ref(py), lane));
+                }
+                Box::new(p)
+            }
+        })
+    }
+}
+
+/// Wraps a Python callable `transform(doc: dict) -> dict | None` (None skips the change).
+fn python_transform(f: Py<PyAny>, lane: Lane) -> DocTransform {
+    Arc::new(move |doc: &serde_json::Value| {
+        lane.check("an elasticsearch transform")
+            .map_err(|e| e.to_string())?;
+        Python::attach(|py| {
+            let arg = pythonize::pythonize(py, doc).map_err(|e| e.to_string())?;
+            let out = f.call1(py, (arg,)).map_err(|e| {
+                // The message names the exception; the traceback is printed for the operator.
+                let message = format!("{}: {}", type_name(py, &e), e.value(py));
+                e.print(py);
+                message
+            })?;
+            if out.is_none(py) {
+                return Ok(None);
+            }
+            pythonize::depythonize::<serde_json::Value>(out.bind(py))
+                .map(Some)
+                .map_err(|e| format!("the transform returned something that is not JSON data: {e}"))
+        })
+    })
+}
+
+fn type_name(py: Python<'_>, e: &PyErr) -> String {
+    e.get_type(py)
+        .qualname()
+        .map_or_else(|_| "Exception".into(), |n| n.to_string())
+}

@@ -1,0 +1,94 @@
+"""``RustProcessor`` configured from Python, against real Kafka, PostgreSQL and Elasticsearch."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pillowtop_rs
+import psycopg
+import pytest
+from pillowtop_rs import Pillow, RustProcessor
+
+Publish = Callable[..., list[str]]
+
+
+def es(url: str, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - a test service URL
+        return json.loads(resp.read() or b"null")
+
+
+@pytest.fixture
+def index(elasticsearch_url: str, unique_name: str) -> Iterator[str]:
+    name = unique_name.lower()
+    yield name
+    try:
+        es(elasticsearch_url, "DELETE", f"/{name}")
+    except urllib.error.HTTPError:
+        pass
+
+
+def test_elasticsearch_processor_with_a_python_transform(
+    kafka_bootstrap: str,
+    postgres_url: str,
+    elasticsearch_url: str,
+    topic: str,
+    index: str,
+    publish: Publish,
+    db: psycopg.Connection[Any],
+    kit: Any,
+    unique_name: str,
+) -> None:
+    docs = [(f"f{i}", {"_id": f"f{i}", "domain": "d", "form": {"n": i}}) for i in range(40)]
+    publish(topic, [(i, kit.change_message(i, document=d)) for i, d in docs])
+    publish(topic, [("f3", kit.change_message("f3", deleted=True))])
+    threads: set[int] = set()
+
+    def transform(doc: dict[str, Any]) -> dict[str, Any] | None:
+        threads.add(threading.get_ident())
+        if doc["form"]["n"] == 7:
+            return None  # skipped: never indexed
+        if doc["form"]["n"] == 9:
+            raise ValueError("form 9 is bad")
+        return {**doc, "n2": doc["form"]["n"] * 2}
+
+    processor = RustProcessor(
+        "elasticsearch",
+        {
+            "urls": [elasticsearch_url],
+            "index": index,
+            "mappings": {"properties": {"n2": {"type": "long"}}},
+        },
+        transform=transform,
+    )
+    assert processor.kind == "elasticsearch"
+    summary = Pillow(unique_name, [topic], [processor], chunk_size=10).run(
+        kafka=kafka_bootstrap, postgres=postgres_url, until_idle=True, idle_timeout=1.0
+    )
+    assert summary.changes == 41
+    assert threads == {threading.get_ident()}
+    es(elasticsearch_url, "POST", f"/{index}/_refresh")
+    hits = es(elasticsearch_url, "POST", f"/{index}/_search", {"size": 100})["hits"]["hits"]
+    got = {h["_id"]: h["_source"] for h in hits}
+    # f3 deleted, f7 skipped by the transform, f9 failed in the transform.
+    assert set(got) == {f"f{i}" for i in range(40)} - {"f3", "f7", "f9"}
+    assert got["f5"]["n2"] == 10 and "_id" not in got["f5"]
+    rows = kit.error_rows(db, unique_name)
+    assert [r[0] for r in rows] == ["f9"]
+    assert "form 9 is bad" in rows[0][2]
+
+
+def test_rust_processor_configuration_is_checked_when_built() -> None:
+    with pytest.raises(pillowtop_rs.ConfigurationError, match="unknown Rust processor kind"):
+        RustProcessor("solr")
+    with pytest.raises(pillowtop_rs.ConfigurationError, match="elasticsearch"):
+        RustProcessor("elasticsearch", {"urls": ["http://x"], "index": "i", "colour": "blue"})
+    with pytest.raises(pillowtop_rs.ConfigurationError, match="takes no transform"):
+        RustProcessor("noop", transform=lambda d: d)
