@@ -7,6 +7,7 @@
 //! service that stays down after retries) stops the pillow, without checkpointing the chunk.
 
 pub mod memory;
+pub mod postgres;
 
 use async_trait::async_trait;
 
