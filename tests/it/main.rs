@@ -12,6 +12,7 @@
 mod elasticsearch;
 mod kafka;
 mod ops;
+mod pg_processor;
 mod pillow;
 mod postgres;
 mod support;

@@ -78,7 +78,12 @@ impl Writer {
             )
         };
         let count_value = if counter.is_some() { ", 1" } else { "" };
-        let stage = quote_ident(&format!("pillowtop_stage_{:016x}", fnv1a(&def.label())));
+        // Named after the table *and* its columns: a connection may outlive a definition change.
+        let shape = def
+            .columns
+            .iter()
+            .fold(def.label(), |acc, c| format!("{acc}|{}:{}", c.name, c.column_type.sql()));
+        let stage = quote_ident(&format!("pillowtop_stage_{:016x}", fnv1a(&shape)));
         let stage_cols = def
             .columns
             .iter()
