@@ -15,4 +15,5 @@ mod ops;
 mod pg_processor;
 mod pillow;
 mod postgres;
+mod runner;
 mod support;
