@@ -264,11 +264,11 @@ impl PillowFile {
     }
 }
 
+/// A file's processors, and the exactly-once session when one of them is exactly-once.
+pub type BuiltProcessors = (Vec<Box<dyn Processor>>, Option<Arc<ExactlyOnceSession>>);
+
 /// The processors of a file, and the exactly-once session if one of them is exactly-once.
-pub fn build_processors(
-    file: &PillowFile,
-    pg: &Arc<Pg>,
-) -> Result<(Vec<Box<dyn Processor>>, Option<Arc<ExactlyOnceSession>>)> {
+pub fn build_processors(file: &PillowFile, pg: &Arc<Pg>) -> Result<BuiltProcessors> {
     let mut processors: Vec<Box<dyn Processor>> = Vec::with_capacity(file.processors.len());
     let mut session = None;
     for p in &file.processors {

@@ -2,6 +2,9 @@
 //! write method, filter and deletion semantics, conversion failures, table creation and added
 //! columns, and the exactly-once store's atomicity rules.
 
+// Short names (p processor, c client, r row, f failure) keep the round-trip scenarios readable.
+#![allow(clippy::many_single_char_names)]
+
 use std::sync::Arc;
 
 use pillowtop::change::{Change, ChangeMeta};
@@ -12,7 +15,7 @@ use pillowtop::processor::postgres::{
     ExactlyOnceSession, PgTableProcessor, TableDefinition, TransactionalCheckpointStore,
     WriteMethod,
 };
-use pillowtop::processor::Processor;
+use pillowtop::processor::{ChunkOutcome, Processor};
 use serde_json::{json, Value};
 
 use crate::support::{require, TestDb};
@@ -44,7 +47,7 @@ pub fn definition(table: &str, extra: &str) -> TableDefinition {
     .expect("definition")
 }
 
-pub fn form(id: usize, domain: &str, age: Value) -> Value {
+pub fn form(id: usize, domain: &str, age: &Value) -> Value {
     json!({
         "_id": format!("form-{id}"),
         "doc_type": "XFormInstance",
@@ -104,12 +107,12 @@ async fn upsert_update_delete_filter_and_type_errors_for_every_write_method() {
 
         // Five documents, one with a bad age, one missing, one in another domain.
         let mut chunk = vec![
-            change("a", 0, Some(form(1, "demo", json!("31"))), false),
-            change("b", 1, Some(form(2, "demo", json!(40))), false),
-            change("bad", 2, Some(form(3, "demo", json!("thirty"))), false),
+            change("a", 0, Some(form(1, "demo", &json!("31"))), false),
+            change("b", 1, Some(form(2, "demo", &json!(40))), false),
+            change("bad", 2, Some(form(3, "demo", &json!("thirty"))), false),
             change("missing", 3, None, false),
-            change("c", 4, Some(form(4, "other", json!(null))), false),
-            change("z", 5, Some(form(5, "elsewhere", json!(1))), false),
+            change("c", 4, Some(form(4, "other", &json!(null))), false),
+            change("z", 5, Some(form(5, "elsewhere", &json!(1))), false),
         ];
         let outcome = p
             .process_changes_chunk(&mut chunk)
@@ -150,20 +153,20 @@ async fn upsert_update_delete_filter_and_type_errors_for_every_write_method() {
         );
 
         // Update a, delete b (deletion), c stops matching (doc_type changes), bad is fixed.
-        let mut stopped = form(4, "other", json!(5));
+        let mut stopped = form(4, "other", &json!(5));
         stopped["doc_type"] = json!("XFormArchived");
         let mut chunk = vec![
-            change("a", 6, Some(form(1, "demo", json!(32))), false),
+            change("a", 6, Some(form(1, "demo", &json!(32))), false),
             change("b", 7, None, true),
             change("c", 8, Some(stopped), false),
-            change("bad", 9, Some(form(3, "demo", json!("33"))), false),
+            change("bad", 9, Some(form(3, "demo", &json!("33"))), false),
         ];
         let outcome = p
             .process_changes_chunk(&mut chunk)
             .await
             .expect("not fatal")
             .expect("chunk written");
-        assert_eq!(outcome, Default::default(), "{method:?}");
+        assert_eq!(outcome, ChunkOutcome::default(), "{method:?}");
         assert_eq!(
             rows(&db.pg, &table).await,
             vec![
@@ -204,7 +207,7 @@ async fn large_chunks_split_below_the_parameter_limit_and_methods_agree() {
             change(
                 &format!("d{i:05}"),
                 i64::try_from(i).expect("small"),
-                Some(form(i, "demo", json!(i))),
+                Some(form(i, "demo", &json!(i))),
                 false,
             )
         })
@@ -226,7 +229,7 @@ async fn large_chunks_split_below_the_parameter_limit_and_methods_agree() {
             .await
             .expect("not fatal")
             .expect("written");
-        assert_eq!(out, Default::default());
+        assert_eq!(out, ChunkOutcome::default());
         let client = db.pg.fresh_client().await.expect("client");
         let r = client
             .query_one(
@@ -250,7 +253,7 @@ async fn bootstrap_creates_the_table_and_adds_new_columns_without_dropping() {
     let table = db.id("pgt_bootstrap");
     let mut p = PgTableProcessor::new(definition(&table, ""), db.pg.clone()).expect("processor");
     p.bootstrap_if_needed().await.expect("create");
-    let mut chunk = vec![change("a", 0, Some(form(1, "demo", json!(3))), false)];
+    let mut chunk = vec![change("a", 0, Some(form(1, "demo", &json!(3))), false)];
     p.process_changes_chunk(&mut chunk)
         .await
         .expect("ok")
@@ -283,7 +286,7 @@ async fn bootstrap_creates_the_table_and_adds_new_columns_without_dropping() {
         cols.contains(&"consent".to_owned()),
         "never dropped: {cols:?}"
     );
-    let mut doc = form(1, "demo", json!(4));
+    let mut doc = form(1, "demo", &json!(4));
     doc["xmlns"] = json!("http://openrosa.org/x");
     let mut chunk = vec![change("a", 1, Some(doc), false)];
     p2.process_changes_chunk(&mut chunk)
@@ -312,7 +315,7 @@ async fn bootstrap_creates_the_table_and_adds_new_columns_without_dropping() {
     odd_def.table.clone_from(&odd);
     let mut p3 = PgTableProcessor::new(odd_def, db.pg.clone()).expect("processor");
     p3.bootstrap_if_needed().await.expect("odd name");
-    let mut chunk = vec![change("a", 0, Some(form(1, "demo", json!(3))), false)];
+    let mut chunk = vec![change("a", 0, Some(form(1, "demo", &json!(3))), false)];
     p3.process_changes_chunk(&mut chunk)
         .await
         .expect("ok")
@@ -354,7 +357,7 @@ async fn exactly_once_rows_commit_only_with_a_covering_checkpoint() {
     let tp = TopicPartition::new("t", 0);
 
     let mut chunk: Vec<Change> = (0..5)
-        .map(|i| change(&format!("d{i}"), i, Some(form(1, "demo", json!(i))), false))
+        .map(|i| change(&format!("d{i}"), i, Some(form(1, "demo", &json!(i))), false))
         .collect();
     p.process_changes_chunk(&mut chunk)
         .await
@@ -385,7 +388,7 @@ async fn exactly_once_rows_commit_only_with_a_covering_checkpoint() {
 
     // A checkpoint that does not cover the staged rows (the pillow's fatal path) rolls them back.
     let mut chunk: Vec<Change> = (5..10)
-        .map(|i| change(&format!("d{i}"), i, Some(form(1, "demo", json!(i))), false))
+        .map(|i| change(&format!("d{i}"), i, Some(form(1, "demo", &json!(i))), false))
         .collect();
     p.process_changes_chunk(&mut chunk)
         .await
@@ -437,8 +440,8 @@ async fn exactly_once_rows_commit_only_with_a_covering_checkpoint() {
         .expect("ok")
         .expect("ok");
     let mut too_old = vec![
-        change("old1", 10, Some(form(1, "demo", json!(150))), false),
-        change("young", 11, Some(form(1, "demo", json!(1))), false),
+        change("old1", 10, Some(form(1, "demo", &json!(150))), false),
+        change("young", 11, Some(form(1, "demo", &json!(1))), false),
     ];
     let whole = p
         .process_changes_chunk(&mut too_old)

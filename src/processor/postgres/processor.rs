@@ -8,6 +8,7 @@
 //! the changes one by one, so the culprit fails alone. Connection failures are retried by
 //! [`Pg`] and are fatal after its backoff.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -79,10 +80,9 @@ impl Writer {
         };
         let count_value = if counter.is_some() { ", 1" } else { "" };
         // Named after the table *and* its columns: a connection may outlive a definition change.
-        let shape = def
-            .columns
-            .iter()
-            .fold(def.label(), |acc, c| format!("{acc}|{}:{}", c.name, c.column_type.sql()));
+        let shape = def.columns.iter().fold(def.label(), |acc, c| {
+            format!("{acc}|{}:{}", c.name, c.column_type.sql())
+        });
         let stage = quote_ident(&format!("pillowtop_stage_{:016x}", fnv1a(&shape)));
         let stage_cols = def
             .columns
@@ -205,7 +205,7 @@ impl Writer {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!("${}::{cast}", r * n + i + 1));
+                let _ = write!(sql, "${}::{cast}", r * n + i + 1);
             }
             sql.push_str(self.count_value);
             sql.push(')');
