@@ -30,6 +30,7 @@
 pub mod backoff;
 pub mod change;
 pub mod checkpoint;
+pub mod config;
 pub mod docstore;
 pub mod error;
 pub mod feed;

@@ -79,55 +79,14 @@ impl CheckpointStore for PostgresCheckpointStore {
             return Ok(());
         }
         let what = format!("writing checkpoint {checkpoint_id}");
-        let topics: Vec<&str> = updates.iter().map(|u| u.tp.topic.as_str()).collect();
-        let partitions: Vec<i32> = updates.iter().map(|u| u.tp.partition).collect();
-        let offsets: Vec<i64> = updates.iter().map(|u| u.offset).collect();
         self.pg
             .run(&what, |c| {
-                let (what, topics, partitions, offsets) = (what.clone(), &topics, &partitions, &offsets);
+                let what = what.clone();
                 async move {
                     // A transaction on the shared client: BEGIN/COMMIT as statements, so the
                     // client can stay behind an Arc.
                     c.batch_execute("BEGIN").await.map_err(err(what.clone()))?;
-                    let result = async {
-                        let rows = c
-                            .query(
-                                r#"SELECT topic, "partition", "offset" FROM pillowtop_kafkacheckpoint
-                                   WHERE checkpoint_id = $1 AND (topic, "partition") IN (SELECT * FROM unnest($2::text[], $3::int[]))
-                                   FOR UPDATE"#,
-                                &[&checkpoint_id, topics, partitions],
-                            )
-                            .await
-                            .map_err(err(what.clone()))?;
-                        let found: HashMap<TopicPartition, i64> = rows
-                            .iter()
-                            .map(|r| (TopicPartition::new(r.get::<_, String>(0), r.get(1)), r.get(2)))
-                            .collect();
-                        for u in updates {
-                            let now = found.get(&u.tp).copied();
-                            if now != u.expected {
-                                return Err(CheckpointError::Reset {
-                                    checkpoint_id: checkpoint_id.to_owned(),
-                                    tp: u.tp.clone(),
-                                    expected: u.expected,
-                                    found: now,
-                                }
-                                .into());
-                            }
-                        }
-                        c.execute(
-                            r#"INSERT INTO pillowtop_kafkacheckpoint (checkpoint_id, topic, "partition", "offset", doc_modification_time, last_modified)
-                               SELECT $1, t, p, o, NULL, now() FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, o)
-                               ON CONFLICT (checkpoint_id, topic, "partition")
-                               DO UPDATE SET "offset" = EXCLUDED."offset", doc_modification_time = NULL, last_modified = now()"#,
-                            &[&checkpoint_id, topics, partitions, offsets],
-                        )
-                        .await
-                        .map_err(err(what.clone()))?;
-                        Ok(())
-                    }
-                    .await;
-                    match result {
+                    match write_in_transaction(&c, checkpoint_id, updates).await {
                         Ok(()) => c.batch_execute("COMMIT").await.map_err(err(what)),
                         Err(e) => {
                             let _ = c.batch_execute("ROLLBACK").await;
@@ -164,4 +123,63 @@ impl CheckpointStore for PostgresCheckpointStore {
             })
             .await
     }
+}
+
+/// The body of a checkpoint write, inside a transaction the caller opened on `c` (and commits or
+/// rolls back): locks the rows, checks each update's `expected` value (failing with
+/// `CheckpointError::Reset`, having written nothing), then upserts. Exposed so that a processor
+/// can commit its own rows and the checkpoint atomically (the exactly-once mode of
+/// `processor::postgres`).
+pub async fn write_in_transaction(
+    c: &tokio_postgres::Client,
+    checkpoint_id: &str,
+    updates: &[CheckpointUpdate],
+) -> Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let what = format!("writing checkpoint {checkpoint_id}");
+    let topics: Vec<&str> = updates.iter().map(|u| u.tp.topic.as_str()).collect();
+    let partitions: Vec<i32> = updates.iter().map(|u| u.tp.partition).collect();
+    let offsets: Vec<i64> = updates.iter().map(|u| u.offset).collect();
+    let rows = c
+        .query(
+            r#"SELECT topic, "partition", "offset" FROM pillowtop_kafkacheckpoint
+               WHERE checkpoint_id = $1 AND (topic, "partition") IN (SELECT * FROM unnest($2::text[], $3::int[]))
+               FOR UPDATE"#,
+            &[&checkpoint_id, &topics, &partitions],
+        )
+        .await
+        .map_err(err(what.clone()))?;
+    let found: HashMap<TopicPartition, i64> = rows
+        .iter()
+        .map(|r| {
+            (
+                TopicPartition::new(r.get::<_, String>(0), r.get(1)),
+                r.get(2),
+            )
+        })
+        .collect();
+    for u in updates {
+        let now = found.get(&u.tp).copied();
+        if now != u.expected {
+            return Err(CheckpointError::Reset {
+                checkpoint_id: checkpoint_id.to_owned(),
+                tp: u.tp.clone(),
+                expected: u.expected,
+                found: now,
+            }
+            .into());
+        }
+    }
+    c.execute(
+        r#"INSERT INTO pillowtop_kafkacheckpoint (checkpoint_id, topic, "partition", "offset", doc_modification_time, last_modified)
+           SELECT $1, t, p, o, NULL, now() FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, o)
+           ON CONFLICT (checkpoint_id, topic, "partition")
+           DO UPDATE SET "offset" = EXCLUDED."offset", doc_modification_time = NULL, last_modified = now()"#,
+        &[&checkpoint_id, &topics, &partitions, &offsets],
+    )
+    .await
+    .map_err(err(what))?;
+    Ok(())
 }

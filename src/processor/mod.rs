@@ -8,6 +8,7 @@
 
 pub mod elasticsearch;
 pub mod memory;
+pub mod postgres;
 
 use async_trait::async_trait;
 

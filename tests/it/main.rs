@@ -14,6 +14,8 @@ mod es_processor;
 mod fault_proxy;
 mod kafka;
 mod ops;
+mod pg_processor;
 mod pillow;
 mod postgres;
+mod runner;
 mod support;

@@ -1,0 +1,376 @@
+//! Pillow configuration files (TOML) for pure-Rust pillows, run by `pillowtop run --config`.
+//!
+//! One file describes one pillow: its name and checkpoint id, topics, connections, the
+//! processors (a list of tagged variants), the chunk and checkpoint settings, the start policy
+//! and the process layout. Every table is `deny_unknown_fields`: a misspelt key is an error.
+//! Defaults are CommCare's (`run_ptop`): chunk size 10, checkpoint every 100 changes or 300 s.
+//!
+//! ```toml
+//! name = "xform-pillow"
+//! checkpoint_id = "xform-pillow"
+//! topics = ["form-sql"]
+//! chunk_size = 100
+//!
+//! [kafka]
+//! bootstrap = "127.0.0.1:19092"
+//!
+//! [postgres]
+//! url = "postgres://postgres@127.0.0.1:15432/postgres"
+//!
+//! [[processors]]
+//! type = "postgres_table"
+//! table = "xform_report"
+//! primary_key = ["doc_id"]
+//! columns = [
+//!   { name = "doc_id", type = "text", change = "id" },
+//!   { name = "user_id", type = "text", path = "form.meta.userID" },
+//! ]
+//! ```
+//!
+//! [`build_pillow`] turns a file into a ready [`Pillow`] (feed, processors, checkpoint and error
+//! stores, liveness). It installs no signal handlers: that is the binary's job.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::postgres::PostgresCheckpointStore;
+use crate::checkpoint::CheckpointStore;
+use crate::docstore::{DocumentStores, PostgresDocumentStore};
+use crate::error::{ConfigError, Result};
+use crate::feed::assignment::Layout;
+use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
+use crate::pg::Pg;
+use crate::pillow::liveness::Liveness;
+use crate::pillow::{Pillow, PillowConfig, StartPolicy};
+use crate::processor::postgres::{
+    ExactlyOnceSession, PgTableProcessor, TableDefinition, TransactionalCheckpointStore,
+};
+use crate::processor::Processor;
+use crate::retry::postgres::PostgresErrorStore;
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub bootstrap: String,
+    /// A label for the broker's logs; defaults to the pillow name.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The feed's idle tick (CommCare's consumer timeout), in milliseconds. Default 10,000.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Extra librdkafka settings (security, tuning), applied last.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+/// PostgreSQL connection settings (checkpoints, error rows, liveness, reporting tables).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: String,
+}
+
+/// Elasticsearch connection settings (used by the Elasticsearch processor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchConfig {
+    pub url: String,
+}
+
+/// A PostgreSQL document store for changes whose documents are not embedded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentStoreConfig {
+    pub data_source_type: String,
+    /// `"*"` matches every name of the type.
+    pub data_source_name: String,
+    pub table: String,
+    pub id_column: String,
+    pub doc_column: String,
+}
+
+/// One processor, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProcessorConfig {
+    /// A reporting table ([`crate::processor::postgres`]).
+    PostgresTable(TableDefinition),
+    // ── Elasticsearch: the lead adds `Elasticsearch(crate::processor::elasticsearch::…Config)`
+    // here (`type = "elasticsearch"`), and its arm in `build_processors` below. ──
+}
+
+fn default_chunk_size() -> usize {
+    10
+}
+fn default_checkpoint_frequency() -> u64 {
+    crate::checkpoint::policy::DEFAULT_CHECKPOINT_FREQUENCY
+}
+fn default_max_checkpoint_delay_secs() -> u64 {
+    crate::checkpoint::policy::DEFAULT_MAX_CHECKPOINT_DELAY.as_secs()
+}
+fn default_start_policy() -> StartPolicy {
+    StartPolicy::Earliest
+}
+fn default_true() -> bool {
+    true
+}
+fn default_num_processes() -> u32 {
+    1
+}
+
+/// A pillow configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PillowFile {
+    pub name: String,
+    pub checkpoint_id: String,
+    pub topics: Vec<String>,
+    pub kafka: KafkaConfig,
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub elasticsearch: Option<ElasticsearchConfig>,
+    #[serde(default)]
+    pub document_stores: Vec<DocumentStoreConfig>,
+    pub processors: Vec<ProcessorConfig>,
+    /// CommCare's `processor_chunk_size`; 0 processes every change alone.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+    #[serde(default = "default_checkpoint_frequency")]
+    pub checkpoint_frequency: u64,
+    /// Seconds; 0 disables the time rule.
+    #[serde(default = "default_max_checkpoint_delay_secs")]
+    pub max_checkpoint_delay_secs: u64,
+    /// `earliest`, `latest` or `error`, for partitions without a checkpoint row.
+    #[serde(default = "default_start_policy")]
+    pub start_policy: StartPolicy,
+    /// Fail when a checkpoint is older than the topic's retention.
+    #[serde(default)]
+    pub strict: bool,
+    /// Record every failure as an error row (else only missing documents).
+    #[serde(default = "default_true")]
+    pub retry_errors: bool,
+    #[serde(default)]
+    pub process_number: u32,
+    #[serde(default = "default_num_processes")]
+    pub num_processes: u32,
+    #[serde(default)]
+    pub dedicated_migration_process: bool,
+}
+
+/// Command-line overrides of a file's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    pub process_number: Option<u32>,
+    pub num_processes: Option<u32>,
+    pub until_idle: bool,
+    pub max_changes: Option<u64>,
+}
+
+fn invalid(msg: String) -> crate::Error {
+    ConfigError::Invalid(msg).into()
+}
+
+impl PillowFile {
+    /// Parses and validates a TOML text.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let file: Self =
+            toml::from_str(text).map_err(|e| invalid(format!("pillow config: {e}")))?;
+        file.validate()?;
+        Ok(file)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read pillow config {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// What serde cannot check.
+    pub fn validate(&self) -> Result<()> {
+        if self.topics.is_empty() {
+            return Err(invalid(format!("pillow {} has no topics", self.name)));
+        }
+        for t in &self.topics {
+            crate::checkpoint::validate_topic_name(t)?;
+        }
+        if self.processors.is_empty() {
+            return Err(invalid(format!("pillow {} has no processors", self.name)));
+        }
+        let mut exactly_once = 0;
+        for p in &self.processors {
+            match p {
+                ProcessorConfig::PostgresTable(def) => {
+                    def.validate()?;
+                    exactly_once += usize::from(def.exactly_once);
+                }
+            }
+        }
+        if exactly_once > 1 {
+            return Err(invalid(format!(
+                "pillow {} has {exactly_once} exactly-once processors; at most one can commit with the checkpoint",
+                self.name
+            )));
+        }
+        self.pillow_config(&RunOptions::default()).validate()
+    }
+
+    /// The pillow settings, with `options` applied.
+    pub fn pillow_config(&self, options: &RunOptions) -> PillowConfig {
+        let mut c = PillowConfig::new(&self.name, &self.checkpoint_id);
+        c.chunk_size = self.chunk_size;
+        c.checkpoint_frequency = self.checkpoint_frequency;
+        c.max_checkpoint_delay = (self.max_checkpoint_delay_secs > 0)
+            .then(|| Duration::from_secs(self.max_checkpoint_delay_secs));
+        c.layout = Layout {
+            num_processes: options.num_processes.unwrap_or(self.num_processes),
+            process_num: options.process_number.unwrap_or(self.process_number),
+            dedicated_migration_process: self.dedicated_migration_process,
+        };
+        c.start_policy = self.start_policy;
+        c.strict = self.strict;
+        c.retry_errors = self.retry_errors;
+        c.until_idle = options.until_idle;
+        c.max_changes = options.max_changes;
+        c
+    }
+
+    /// The Kafka feed options.
+    pub fn feed_options(&self) -> KafkaFeedOptions {
+        let mut o = KafkaFeedOptions::new(
+            &self.kafka.bootstrap,
+            self.kafka
+                .client_id
+                .clone()
+                .unwrap_or_else(|| self.name.clone()),
+        );
+        if let Some(ms) = self.kafka.idle_timeout_ms {
+            o.idle_timeout = Duration::from_millis(ms);
+        }
+        o.extra = self
+            .kafka
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        o
+    }
+}
+
+/// A file's processors, and the exactly-once session when one of them is exactly-once.
+pub type BuiltProcessors = (Vec<Box<dyn Processor>>, Option<Arc<ExactlyOnceSession>>);
+
+/// The processors of a file, and the exactly-once session if one of them is exactly-once.
+pub fn build_processors(file: &PillowFile, pg: &Arc<Pg>) -> Result<BuiltProcessors> {
+    let mut processors: Vec<Box<dyn Processor>> = Vec::with_capacity(file.processors.len());
+    let mut session = None;
+    for p in &file.processors {
+        match p {
+            ProcessorConfig::PostgresTable(def) if def.exactly_once => {
+                let s = ExactlyOnceSession::new(&file.postgres.url);
+                processors.push(Box::new(PgTableProcessor::exactly_once(
+                    def.clone(),
+                    s.clone(),
+                )?));
+                session = Some(s);
+            }
+            ProcessorConfig::PostgresTable(def) => {
+                // Its own connection, so that it does not queue behind checkpoint writes.
+                let own = Arc::new(Pg::new(pg.url()));
+                processors.push(Box::new(PgTableProcessor::new(def.clone(), own)?));
+            }
+        }
+    }
+    Ok((processors, session))
+}
+
+/// Builds the pillow a file describes: Kafka feed, processors, PostgreSQL checkpoint store (the
+/// transactional one when a processor is exactly-once), error store, document stores and
+/// liveness rows. Creates the pillowtop tables when missing.
+pub async fn build_pillow(file: &PillowFile, options: &RunOptions) -> Result<Pillow> {
+    file.validate()?;
+    let config = file.pillow_config(options);
+    config.validate()?;
+    let pg = Arc::new(Pg::new(&file.postgres.url));
+    crate::schema::ensure_schema(&pg).await?;
+    let feed = KafkaFeed::new(&file.topics, file.feed_options())?;
+    let (processors, session) = build_processors(file, &pg)?;
+    let checkpoints: Arc<dyn CheckpointStore> = match session {
+        Some(s) => Arc::new(TransactionalCheckpointStore::new(s, pg.clone())),
+        None => Arc::new(PostgresCheckpointStore::new(pg.clone())),
+    };
+    let mut docstores = DocumentStores::new();
+    for d in &file.document_stores {
+        docstores.register(
+            &d.data_source_type,
+            &d.data_source_name,
+            Arc::new(PostgresDocumentStore::new(
+                pg.clone(),
+                &d.table,
+                &d.id_column,
+                &d.doc_column,
+            )?),
+        );
+    }
+    Ok(Pillow::new(
+        config,
+        Box::new(feed),
+        processors,
+        checkpoints,
+        Arc::new(PostgresErrorStore::new(pg.clone())),
+    )
+    .with_document_stores(docstores)
+    .with_liveness(Liveness::new(pg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../examples/xform-pillow.toml");
+
+    #[test]
+    fn the_example_parses_and_validates() {
+        let f = PillowFile::from_toml(EXAMPLE).expect("example");
+        assert_eq!(f.name, "xform-pillow");
+        assert!(
+            matches!(&f.processors[0], ProcessorConfig::PostgresTable(d) if d.table == "xform_report")
+        );
+        let c = f.pillow_config(&RunOptions {
+            process_number: Some(1),
+            num_processes: Some(2),
+            until_idle: true,
+            max_changes: None,
+        });
+        assert_eq!((c.layout.process_num, c.layout.num_processes), (1, 2));
+        assert!(c.until_idle);
+    }
+
+    #[test]
+    fn unknown_keys_fail_everywhere() {
+        let base = "name = \"p\"\ncheckpoint_id = \"p\"\ntopics = [\"t\"]\n[kafka]\nbootstrap = \"k\"\n[postgres]\nurl = \"u\"\n";
+        let proc = "[[processors]]\ntype = \"postgres_table\"\ntable = \"x\"\nprimary_key = [\"id\"]\ncolumns = [{ name = \"id\", type = \"text\", change = \"id\" }]\n";
+        PillowFile::from_toml(&format!("{base}{proc}")).expect("minimal file");
+        let e =
+            PillowFile::from_toml(&format!("chunk_sise = 3\n{base}{proc}")).expect_err("top level");
+        assert!(e.to_string().contains("chunk_sise"), "{e}");
+        let e =
+            PillowFile::from_toml(&format!("{base}{proc}tabel = \"y\"\n")).expect_err("processor");
+        assert!(e.to_string().contains("tabel"), "{e}");
+        let e = PillowFile::from_toml(&format!("{base}[[processors]]\ntype = \"elastic\"\n"))
+            .expect_err("type");
+        assert!(e.to_string().contains("elastic"), "{e}");
+        let two = format!("{base}{proc}exactly_once = true\n{proc}exactly_once = true\n");
+        assert!(
+            PillowFile::from_toml(&two).is_err(),
+            "two exactly-once processors"
+        );
+    }
+}

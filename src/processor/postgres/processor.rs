@@ -1,0 +1,639 @@
+//! [`PgTableProcessor`]: changes into a reporting table, one transaction per chunk (or, in
+//! exactly-once mode, one transaction per checkpoint).
+//!
+//! Per chunk: the encoder turns every change into an upsert, a delete or "document missing";
+//! deletes run as one `DELETE … USING unnest(…)`, upserts by the configured [`WriteMethod`].
+//! A value that does not convert fails its change only; a statement that fails as a whole (a
+//! constraint the definition does not know about) fails the chunk, and the pillow then writes
+//! the changes one by one, so the culprit fails alone. Connection failures are retried by
+//! [`Pg`] and are fatal after its backoff.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+use super::config::{quote_ident, ColumnType, TableDefinition, WriteMethod};
+use super::encoder::{Action, EncodedChunk, Encoder, SqlValue, POSTGRES_ERROR};
+use super::exactly_once::{client, ExactlyOnceSession};
+use crate::change::Change;
+use crate::error::{PostgresError, Result};
+use crate::feed::TopicPartition;
+use crate::pg::{err, is_retriable, Pg};
+use crate::processor::{ChunkOutcome, Processor, ProcessorFailure};
+
+/// PostgreSQL's limit on bind parameters per statement.
+pub const MAX_PARAMETERS: usize = 65_535;
+
+/// The SQL of one table, built once from its definition.
+#[derive(Debug, Clone)]
+pub(crate) struct Writer {
+    method: WriteMethod,
+    label: String,
+    types: Vec<Type>,
+    casts: Vec<&'static str>,
+    /// `INSERT INTO tbl AS t ("a", "b"[, "count"])`
+    insert_into: String,
+    /// `1` for the apply-count column, when there is one.
+    count_value: &'static str,
+    /// `ON CONFLICT (…) DO UPDATE SET …`
+    conflict: String,
+    create_stage: String,
+    copy: String,
+    merge: String,
+    delete: String,
+    max_rows_per_insert: usize,
+}
+
+impl Writer {
+    fn new(def: &TableDefinition, pk: &[usize]) -> Self {
+        let table = def.qualified_name();
+        let cols: Vec<String> = def.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let col_list = cols.join(", ");
+        let counter = def.apply_count_column.as_deref().map(quote_ident);
+        let insert_into = match &counter {
+            Some(a) => format!("INSERT INTO {table} AS t ({col_list}, {a})"),
+            None => format!("INSERT INTO {table} AS t ({col_list})"),
+        };
+        let pk_cols: Vec<&str> = pk.iter().map(|&i| cols[i].as_str()).collect();
+        let mut sets: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !pk.contains(i))
+            .map(|(_, c)| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        if let Some(a) = &counter {
+            sets.push(format!("{a} = t.{a} + 1"));
+        }
+        let conflict = if sets.is_empty() {
+            format!(" ON CONFLICT ({}) DO NOTHING", pk_cols.join(", "))
+        } else {
+            format!(
+                " ON CONFLICT ({}) DO UPDATE SET {}",
+                pk_cols.join(", "),
+                sets.join(", ")
+            )
+        };
+        let count_value = if counter.is_some() { ", 1" } else { "" };
+        // Named after the table *and* its columns: a connection may outlive a definition change.
+        let shape = def.columns.iter().fold(def.label(), |acc, c| {
+            format!("{acc}|{}:{}", c.name, c.column_type.sql())
+        });
+        let stage = quote_ident(&format!("pillowtop_stage_{:016x}", fnv1a(&shape)));
+        let stage_cols = def
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", quote_ident(&c.name), c.column_type.sql()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let key_types: Vec<&str> = pk
+            .iter()
+            .map(|&i| def.columns[i].column_type.sql())
+            .collect();
+        let delete = format!(
+            "DELETE FROM {table} AS t USING unnest({}) AS d({}) WHERE {}",
+            key_types
+                .iter()
+                .enumerate()
+                .map(|(i, ty)| format!("${}::{ty}[]", i + 1))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (0..pk.len())
+                .map(|i| format!("k{i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            pk_cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("t.{c} = d.k{i}"))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        );
+        let n = def.columns.len().max(1);
+        Self {
+            method: def.write_method,
+            label: def.label(),
+            types: def.columns.iter().map(|c| c.column_type.pg_type()).collect(),
+            casts: def.columns.iter().map(|c| c.column_type.sql()).collect(),
+            create_stage: format!("CREATE TEMP TABLE IF NOT EXISTS {stage} ({stage_cols})"),
+            copy: format!("COPY {stage} ({col_list}) FROM STDIN (FORMAT binary)"),
+            merge: format!(
+                "{insert_into} SELECT {col_list}{count_value} FROM {stage}{conflict}; TRUNCATE {stage}"
+            ),
+            insert_into,
+            count_value,
+            conflict,
+            delete,
+            max_rows_per_insert: (MAX_PARAMETERS / n).max(1),
+        }
+    }
+
+    /// What to run before the rows: `prelude` plus, for COPY, the staging table.
+    fn prelude(&self, prelude: &str) -> String {
+        if self.method == WriteMethod::CopyMerge {
+            format!("{prelude}; {}", self.create_stage)
+        } else {
+            prelude.to_owned()
+        }
+    }
+
+    /// Runs the chunk's deletes and upserts on `c` (inside the caller's transaction).
+    pub(crate) async fn write(
+        &self,
+        c: &Client,
+        chunk: &EncodedChunk,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        if !chunk.deletes.is_empty() {
+            let keys = transpose(&chunk.deletes);
+            let params: Vec<&(dyn ToSql + Sync)> =
+                keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+            c.execute(self.delete.as_str(), &params).await?;
+        }
+        if chunk.upserts.is_empty() {
+            return Ok(());
+        }
+        match self.method {
+            WriteMethod::InsertValues => {
+                for rows in chunk.upserts.chunks(self.max_rows_per_insert) {
+                    let sql = self.insert_values_sql(rows.len());
+                    let params: Vec<&(dyn ToSql + Sync)> = rows
+                        .iter()
+                        .flatten()
+                        .map(|v| v as &(dyn ToSql + Sync))
+                        .collect();
+                    c.execute(sql.as_str(), &params).await?;
+                }
+            }
+            WriteMethod::Unnest => {
+                let columns = transpose(&chunk.upserts);
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    columns.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+                c.execute(self.unnest_sql().as_str(), &params).await?;
+            }
+            WriteMethod::CopyMerge => {
+                let sink = c.copy_in(self.copy.as_str()).await?;
+                let writer = BinaryCopyInWriter::new(sink, &self.types);
+                pin_mut!(writer);
+                let mut refs: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(self.types.len());
+                for row in &chunk.upserts {
+                    refs.clear();
+                    refs.extend(row.iter().map(|v| v as &(dyn ToSql + Sync)));
+                    writer.as_mut().write(&refs).await?;
+                }
+                writer.finish().await?;
+                c.batch_execute(&self.merge).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_values_sql(&self, rows: usize) -> String {
+        let n = self.casts.len();
+        let mut sql = String::with_capacity(self.insert_into.len() + rows * n * 14 + 200);
+        sql.push_str(&self.insert_into);
+        sql.push_str(" VALUES ");
+        for r in 0..rows {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for (i, cast) in self.casts.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let _ = write!(sql, "${}::{cast}", r * n + i + 1);
+            }
+            sql.push_str(self.count_value);
+            sql.push(')');
+        }
+        sql.push_str(&self.conflict);
+        sql
+    }
+
+    fn unnest_sql(&self) -> String {
+        let arrays: Vec<String> = self
+            .casts
+            .iter()
+            .enumerate()
+            .map(|(i, cast)| format!("${}::{cast}[]", i + 1))
+            .collect();
+        format!(
+            "{} SELECT *{} FROM unnest({}){}",
+            self.insert_into,
+            self.count_value,
+            arrays.join(", "),
+            self.conflict
+        )
+    }
+}
+
+/// Rows → columns (for `unnest` array parameters).
+fn transpose(rows: &[Vec<SqlValue>]) -> Vec<Vec<SqlValue>> {
+    let n = rows.first().map_or(0, Vec::len);
+    let mut cols: Vec<Vec<SqlValue>> = (0..n).map(|_| Vec::with_capacity(rows.len())).collect();
+    for row in rows {
+        for (col, v) in cols.iter_mut().zip(row) {
+            col.push(v.clone());
+        }
+    }
+    cols
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A database error in words: PostgreSQL's message and detail when there is one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// Where the rows go.
+#[derive(Debug, Clone)]
+enum Target {
+    /// A transaction per chunk on a retrying shared connection.
+    Shared(Arc<Pg>),
+    /// The open transaction of an exactly-once session.
+    ExactlyOnce(Arc<ExactlyOnceSession>),
+}
+
+/// The PostgreSQL reporting-table processor.
+#[derive(Debug)]
+pub struct PgTableProcessor {
+    name: String,
+    def: TableDefinition,
+    encoder: Encoder,
+    writer: Writer,
+    target: Target,
+}
+
+impl PgTableProcessor {
+    /// An at-least-once processor writing through `pg` (a transaction per chunk).
+    pub fn new(def: TableDefinition, pg: Arc<Pg>) -> Result<Self> {
+        Self::build(def, Target::Shared(pg))
+    }
+
+    /// An exactly-once processor writing inside `session`'s transaction; give the pillow a
+    /// [`super::TransactionalCheckpointStore`] over the same session.
+    pub fn exactly_once(def: TableDefinition, session: Arc<ExactlyOnceSession>) -> Result<Self> {
+        Self::build(def, Target::ExactlyOnce(session))
+    }
+
+    fn build(def: TableDefinition, target: Target) -> Result<Self> {
+        def.validate()?;
+        let encoder = Encoder::new(&def);
+        let writer = Writer::new(&def, encoder.primary_key());
+        Ok(Self {
+            name: format!("postgres-table:{}", def.label()),
+            encoder,
+            writer,
+            def,
+            target,
+        })
+    }
+
+    /// Overrides how upserts are written (for benchmarks and operators).
+    #[must_use]
+    pub fn with_write_method(mut self, method: WriteMethod) -> Self {
+        self.def.write_method = method;
+        self.writer = Writer::new(&self.def, self.encoder.primary_key());
+        self
+    }
+
+    pub fn definition(&self) -> &TableDefinition {
+        &self.def
+    }
+
+    /// Writes an encoded chunk. `Ok(Err(message))`: the statement failed on the data (the
+    /// chunk was rolled back); `Err`: fatal (connection lost beyond retries).
+    async fn write(
+        &self,
+        chunk: &EncodedChunk,
+        offsets: Vec<(TopicPartition, i64)>,
+    ) -> Result<std::result::Result<(), String>> {
+        if chunk.upserts.is_empty() && chunk.deletes.is_empty() {
+            return Ok(Ok(()));
+        }
+        let what = format!("writing rows of table {}", self.writer.label);
+        match &self.target {
+            Target::Shared(pg) => {
+                let begin = self.writer.prelude("BEGIN");
+                pg.run(&what, |c| {
+                    let (what, begin) = (what.clone(), &begin);
+                    async move {
+                        c.batch_execute(begin).await.map_err(err(what.clone()))?;
+                        let result = match self.writer.write(&c, chunk).await {
+                            Ok(()) => c.batch_execute("COMMIT").await,
+                            Err(e) => Err(e),
+                        };
+                        match result {
+                            Ok(()) => Ok(Ok(())),
+                            Err(e) => {
+                                let _ = c.batch_execute("ROLLBACK").await;
+                                let message = describe(&e);
+                                let e: crate::Error = PostgresError::query(what, e).into();
+                                if is_retriable(&e) {
+                                    Err(e)
+                                } else {
+                                    Ok(Err(message))
+                                }
+                            }
+                        }
+                    }
+                })
+                .await
+            }
+            Target::ExactlyOnce(session) => {
+                let mut st = session.lock().await?;
+                let prelude = if st.in_transaction {
+                    self.writer.prelude("SAVEPOINT pillowtop_chunk")
+                } else {
+                    self.writer.prelude("BEGIN; SAVEPOINT pillowtop_chunk")
+                };
+                let c = client(&st)?;
+                let result = async {
+                    c.batch_execute(&prelude).await.map_err(|e| (true, e))?;
+                    match self.writer.write(c, chunk).await {
+                        Ok(()) => c
+                            .batch_execute("RELEASE SAVEPOINT pillowtop_chunk")
+                            .await
+                            .map_err(|e| (true, e)),
+                        Err(e) if c.is_closed() => Err((true, e)),
+                        Err(e) => match c
+                            .batch_execute("ROLLBACK TO SAVEPOINT pillowtop_chunk")
+                            .await
+                        {
+                            Ok(()) => Err((false, e)),
+                            Err(e2) => Err((true, e2)),
+                        },
+                    }
+                }
+                .await;
+                st.in_transaction = true;
+                match result {
+                    Ok(()) => {
+                        st.stage(offsets);
+                        Ok(Ok(()))
+                    }
+                    Err((false, e)) => Ok(Err(describe(&e))),
+                    Err((true, e)) => {
+                        let msg = format!(
+                            "{what} in the exactly-once transaction failed: {}",
+                            describe(&e)
+                        );
+                        if let Ok(c) = client(&st) {
+                            let _ = c.batch_execute("ROLLBACK").await;
+                        }
+                        ExactlyOnceSession::poison(&mut st, msg.clone());
+                        Err(PostgresError::Other(msg).into())
+                    }
+                }
+            }
+        }
+    }
+
+    fn offsets(changes: &[Change]) -> Vec<(TopicPartition, i64)> {
+        let mut out: Vec<(TopicPartition, i64)> = Vec::new();
+        for c in changes {
+            match out
+                .iter_mut()
+                .find(|(tp, _)| tp.partition == c.partition && tp.topic == c.topic)
+            {
+                Some((_, o)) => *o = (*o).max(c.offset),
+                None => out.push((TopicPartition::new(c.topic.as_str(), c.partition), c.offset)),
+            }
+        }
+        out
+    }
+
+    /// Creates the table when it is missing, then adds the columns the definition gained
+    /// (`ALTER TABLE … ADD COLUMN`); never drops or retypes a column (a type that differs is
+    /// logged). Serialised between processes by an advisory lock per table.
+    async fn bootstrap(&self, pg: &Pg) -> Result<()> {
+        let def = &self.def;
+        let table = def.qualified_name();
+        let label = def.label();
+        let mut cols: Vec<String> = def
+            .columns
+            .iter()
+            .map(|c| {
+                let not_null = if def.primary_key.contains(&c.name) {
+                    " NOT NULL"
+                } else {
+                    ""
+                };
+                format!("{} {}{not_null}", quote_ident(&c.name), c.column_type.sql())
+            })
+            .collect();
+        if let Some(a) = &def.apply_count_column {
+            cols.push(format!("{} bigint NOT NULL DEFAULT 1", quote_ident(a)));
+        }
+        let pk = def
+            .primary_key
+            .iter()
+            .map(|k| quote_ident(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let schema = def
+            .schema
+            .as_deref()
+            .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)))
+            .unwrap_or_default();
+        let lock = i64::from_ne_bytes(fnv1a(&format!("pillowtop table {label}")).to_ne_bytes());
+        let create = format!(
+            "{schema} CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({pk}))",
+            cols.join(", ")
+        );
+        let what = format!("creating table {label}");
+        pg.run(&what, |c| {
+            let (what, create, table, label) = (what.clone(), &create, &table, &label);
+            async move {
+                c.batch_execute("BEGIN").await.map_err(err(what.clone()))?;
+                let result = async {
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await?;
+                    c.batch_execute(create).await?;
+                    let rows = c
+                        .query(
+                            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+                             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                            &[table],
+                        )
+                        .await?;
+                    let existing: std::collections::HashMap<String, String> =
+                        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                    for col in &def.columns {
+                        match existing.get(&col.name) {
+                            None => {
+                                tracing::info!(table = %label, column = %col.name, r#type = col.column_type.sql(), "adding a column to the reporting table");
+                                c.batch_execute(&format!(
+                                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {}",
+                                    quote_ident(&col.name),
+                                    col.column_type.sql()
+                                ))
+                                .await?;
+                            }
+                            Some(t) if !same_type(t, col.column_type) => {
+                                tracing::warn!(table = %label, column = %col.name, existing = %t, defined = col.column_type.sql(),
+                                    "reporting table column has another type than its definition; leaving it as it is");
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    if let Some(a) = &def.apply_count_column {
+                        if !existing.contains_key(a) {
+                            c.batch_execute(&format!(
+                                "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} bigint NOT NULL DEFAULT 0",
+                                quote_ident(a)
+                            ))
+                            .await?;
+                        }
+                    }
+                    c.batch_execute("COMMIT").await
+                }
+                .await;
+                if let Err(e) = result {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    return Err(PostgresError::query(what, e).into());
+                }
+                Ok(())
+            }
+        })
+        .await
+    }
+}
+
+fn same_type(existing: &str, defined: ColumnType) -> bool {
+    existing == defined.sql()
+        || (defined == ColumnType::Numeric && existing.starts_with("numeric"))
+        || (defined == ColumnType::Text
+            && (existing.starts_with("character varying") || existing == "character"))
+}
+
+#[async_trait]
+impl Processor for PgTableProcessor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn supports_batch_processing(&self) -> bool {
+        true
+    }
+
+    fn needs_documents(&self) -> bool {
+        true
+    }
+
+    async fn process_change(
+        &mut self,
+        change: &mut Change,
+    ) -> Result<std::result::Result<(), ProcessorFailure>> {
+        let mut chunk = EncodedChunk::default();
+        match self.encoder.encode(change) {
+            Err(f) => return Ok(Err(f)),
+            Ok(Action::Missing) => return Ok(Err(ProcessorFailure::document_missing(&change.id))),
+            Ok(Action::Upsert(row)) => chunk.upserts.push(row),
+            Ok(Action::Delete(key)) => chunk.deletes.push(key),
+        }
+        let offsets = Self::offsets(std::slice::from_ref(change));
+        Ok(self.write(&chunk, offsets).await?.map_err(|why| {
+            ProcessorFailure::new(
+                POSTGRES_ERROR,
+                format!("table {}, document {}: {why}", self.writer.label, change.id),
+            )
+        }))
+    }
+
+    async fn process_changes_chunk(
+        &mut self,
+        changes: &mut [Change],
+    ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
+        let chunk = self.encoder.encode_chunk(changes);
+        let rows = chunk.upserts.len() + chunk.deletes.len();
+        match self.write(&chunk, Self::offsets(changes)).await? {
+            Ok(()) => Ok(Ok(ChunkOutcome {
+                retry: chunk.missing,
+                errors: chunk.errors,
+            })),
+            Err(why) => Ok(Err(ProcessorFailure::new(
+                POSTGRES_ERROR,
+                format!(
+                    "table {}: writing {rows} rows failed: {why}",
+                    self.writer.label
+                ),
+            ))),
+        }
+    }
+
+    async fn bootstrap_if_needed(&mut self) -> Result<()> {
+        match &self.target {
+            Target::Shared(pg) => {
+                let pg = pg.clone();
+                self.bootstrap(&pg).await
+            }
+            Target::ExactlyOnce(session) => {
+                // DDL on its own connection, outside the exactly-once transaction.
+                let pg = Pg::new(session.url());
+                self.bootstrap(&pg).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def() -> TableDefinition {
+        toml::from_str(
+            r#"
+            table = "xform"
+            primary_key = ["doc_id"]
+            apply_count_column = "applied"
+            columns = [
+              { name = "doc_id", type = "text", change = "id" },
+              { name = "n", type = "integer", path = "form.n" },
+            ]
+            "#,
+        )
+        .expect("parses")
+    }
+
+    #[test]
+    fn statements() {
+        let d = def();
+        let w = Writer::new(&d, &[0]);
+        assert_eq!(
+            w.insert_values_sql(2),
+            "INSERT INTO \"xform\" AS t (\"doc_id\", \"n\", \"applied\") VALUES ($1::text, $2::integer, 1), ($3::text, $4::integer, 1) \
+             ON CONFLICT (\"doc_id\") DO UPDATE SET \"n\" = EXCLUDED.\"n\", \"applied\" = t.\"applied\" + 1"
+        );
+        assert_eq!(
+            w.unnest_sql(),
+            "INSERT INTO \"xform\" AS t (\"doc_id\", \"n\", \"applied\") SELECT *, 1 FROM unnest($1::text[], $2::integer[]) \
+             ON CONFLICT (\"doc_id\") DO UPDATE SET \"n\" = EXCLUDED.\"n\", \"applied\" = t.\"applied\" + 1"
+        );
+        assert_eq!(
+            w.delete,
+            "DELETE FROM \"xform\" AS t USING unnest($1::text[]) AS d(k0) WHERE t.\"doc_id\" = d.k0"
+        );
+        assert!(
+            w.merge
+                .contains("SELECT \"doc_id\", \"n\", 1 FROM \"pillowtop_stage_"),
+            "{}",
+            w.merge
+        );
+        assert_eq!(w.max_rows_per_insert, 32_767);
+    }
+}

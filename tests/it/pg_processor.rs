@@ -1,0 +1,476 @@
+//! The PostgreSQL reporting-table processor against the real PostgreSQL: round trips for every
+//! write method, filter and deletion semantics, conversion failures, table creation and added
+//! columns, and the exactly-once store's atomicity rules.
+
+// Short names (p processor, c client, r row, f failure) keep the round-trip scenarios readable.
+#![allow(clippy::many_single_char_names)]
+
+use std::sync::Arc;
+
+use pillowtop::change::{Change, ChangeMeta};
+use pillowtop::checkpoint::{CheckpointStore, CheckpointUpdate};
+use pillowtop::feed::TopicPartition;
+use pillowtop::pg::Pg;
+use pillowtop::processor::postgres::{
+    ExactlyOnceSession, PgTableProcessor, TableDefinition, TransactionalCheckpointStore,
+    WriteMethod,
+};
+use pillowtop::processor::{ChunkOutcome, Processor};
+use serde_json::{json, Value};
+
+use crate::support::{require, TestDb};
+
+pub fn definition(table: &str, extra: &str) -> TableDefinition {
+    toml::from_str(&format!(
+        r#"
+        table = "{table}"
+        primary_key = ["doc_id"]
+        apply_count_column = "applied"
+        columns = [
+          {{ name = "doc_id", type = "text", change = "id" }},
+          {{ name = "domain", type = "text", path = "$.domain" }},
+          {{ name = "user_id", type = "text", path = "form.meta.userID" }},
+          {{ name = "age", type = "integer", path = "form.age" }},
+          {{ name = "weight", type = "numeric", path = "form.weight" }},
+          {{ name = "consent", type = "boolean", path = "form.consent" }},
+          {{ name = "visit", type = "date", path = "form.visit" }},
+          {{ name = "received_on", type = "timestamptz", path = "received_on" }},
+          {{ name = "form", type = "jsonb", path = "form" }},
+          {{ name = "seq", type = "bigint", change = "offset" }},
+        ]
+        {extra}
+        [filter]
+        equals = {{ doc_type = "XFormInstance" }}
+        one_of = {{ domain = ["demo", "other"] }}
+        "#
+    ))
+    .expect("definition")
+}
+
+pub fn form(id: usize, domain: &str, age: &Value) -> Value {
+    json!({
+        "_id": format!("form-{id}"),
+        "doc_type": "XFormInstance",
+        "domain": domain,
+        "received_on": "2024-05-06T07:08:09.123456Z",
+        "form": {
+            "meta": {"userID": format!("user-{}", id % 7)},
+            "age": age,
+            "weight": "72.50",
+            "consent": "yes",
+            "visit": "2024-05-01",
+        },
+    })
+}
+
+/// A change for `id` at `offset` with an embedded document (or none), as CommCare publishes.
+pub fn change(id: &str, offset: i64, doc: Option<Value>, deleted: bool) -> Change {
+    let mut m = ChangeMeta::new(id, "sql", "form-sql");
+    m.is_deletion = deleted;
+    m.domain = Some("demo".into());
+    if let Some(d) = doc {
+        m.extra.insert("document".into(), d);
+    }
+    Change::from_message("t", 0, offset, m.to_json().as_bytes()).expect("valid change")
+}
+
+async fn rows(pg: &Arc<Pg>, table: &str) -> Vec<(String, Option<i32>, i64, Option<String>)> {
+    let c = pg.fresh_client().await.expect("client");
+    c.query(
+        &format!("SELECT doc_id, age, applied, weight::text FROM {table} ORDER BY doc_id"),
+        &[],
+    )
+    .await
+    .expect("select")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upsert_update_delete_filter_and_type_errors_for_every_write_method() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    for method in [
+        WriteMethod::CopyMerge,
+        WriteMethod::Unnest,
+        WriteMethod::InsertValues,
+    ] {
+        let table = db.id("pgt_roundtrip");
+        let mut p = PgTableProcessor::new(definition(&table, ""), db.pg.clone())
+            .expect("processor")
+            .with_write_method(method);
+        p.bootstrap_if_needed().await.expect("bootstrap");
+        p.bootstrap_if_needed()
+            .await
+            .expect("bootstrap is idempotent");
+
+        // Five documents, one with a bad age, one missing, one in another domain.
+        let mut chunk = vec![
+            change("a", 0, Some(form(1, "demo", &json!("31"))), false),
+            change("b", 1, Some(form(2, "demo", &json!(40))), false),
+            change("bad", 2, Some(form(3, "demo", &json!("thirty"))), false),
+            change("missing", 3, None, false),
+            change("c", 4, Some(form(4, "other", &json!(null))), false),
+            change("z", 5, Some(form(5, "elsewhere", &json!(1))), false),
+        ];
+        let outcome = p
+            .process_changes_chunk(&mut chunk)
+            .await
+            .expect("not fatal")
+            .expect("chunk written");
+        assert_eq!(
+            outcome.retry,
+            vec![3],
+            "{method:?}: the missing document is retried"
+        );
+        assert_eq!(outcome.errors.len(), 1, "{method:?}");
+        let (i, f) = &outcome.errors[0];
+        assert_eq!(*i, 2);
+        assert_eq!(f.error_type, "pillowtop_rs.exceptions.PostgresError");
+        for needle in [table.as_str(), "column age", "document bad", "\"thirty\""] {
+            assert!(
+                f.message.contains(needle),
+                "{method:?}: {needle} in {}",
+                f.message
+            );
+        }
+        // The serial retry of the missing document is a DocumentMissingError.
+        let f = p
+            .process_change(&mut chunk[3])
+            .await
+            .expect("not fatal")
+            .expect_err("missing");
+        assert!(f.document_missing);
+        assert_eq!(
+            rows(&db.pg, &table).await,
+            vec![
+                ("a".into(), Some(31), 1, Some("72.50".into())),
+                ("b".into(), Some(40), 1, Some("72.50".into())),
+                ("c".into(), None, 1, Some("72.50".into())),
+            ],
+            "{method:?}"
+        );
+
+        // Update a, delete b (deletion), c stops matching (doc_type changes), bad is fixed.
+        let mut stopped = form(4, "other", &json!(5));
+        stopped["doc_type"] = json!("XFormArchived");
+        let mut chunk = vec![
+            change("a", 6, Some(form(1, "demo", &json!(32))), false),
+            change("b", 7, None, true),
+            change("c", 8, Some(stopped), false),
+            change("bad", 9, Some(form(3, "demo", &json!("33"))), false),
+        ];
+        let outcome = p
+            .process_changes_chunk(&mut chunk)
+            .await
+            .expect("not fatal")
+            .expect("chunk written");
+        assert_eq!(outcome, ChunkOutcome::default(), "{method:?}");
+        assert_eq!(
+            rows(&db.pg, &table).await,
+            vec![
+                ("a".into(), Some(32), 2, Some("72.50".into())),
+                ("bad".into(), Some(33), 1, Some("72.50".into())),
+            ],
+            "{method:?}"
+        );
+        // Every type round trips.
+        let c = db.pg.fresh_client().await.expect("client");
+        let r = c
+            .query_one(
+                &format!("SELECT domain, user_id, consent, visit::text, received_on, form->'meta'->>'userID', seq FROM {table} WHERE doc_id = 'a'"),
+                &[],
+            )
+            .await
+            .expect("row a");
+        assert_eq!(r.get::<_, String>(0), "demo");
+        assert_eq!(r.get::<_, String>(1), "user-1");
+        assert!(r.get::<_, bool>(2));
+        assert_eq!(r.get::<_, String>(3), "2024-05-01");
+        assert_eq!(
+            r.get::<_, chrono::DateTime<chrono::Utc>>(4).to_rfc3339(),
+            "2024-05-06T07:08:09.123456+00:00"
+        );
+        assert_eq!(r.get::<_, String>(5), "user-1");
+        assert_eq!(r.get::<_, i64>(6), 6);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_chunks_split_below_the_parameter_limit_and_methods_agree() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    // 11 columns: 65,535 / 11 = 5,957 rows per INSERT statement; 15,000 rows need three.
+    let chunk: Vec<Change> = (0..15_000)
+        .map(|i| {
+            change(
+                &format!("d{i:05}"),
+                i64::try_from(i).expect("small"),
+                Some(form(i, "demo", &json!(i))),
+                false,
+            )
+        })
+        .collect();
+    let mut sums = Vec::new();
+    for method in [
+        WriteMethod::InsertValues,
+        WriteMethod::CopyMerge,
+        WriteMethod::Unnest,
+    ] {
+        let table = db.id("pgt_large");
+        let mut p = PgTableProcessor::new(definition(&table, ""), db.pg.clone())
+            .expect("processor")
+            .with_write_method(method);
+        p.bootstrap_if_needed().await.expect("bootstrap");
+        let mut c = chunk.clone();
+        let out = p
+            .process_changes_chunk(&mut c)
+            .await
+            .expect("not fatal")
+            .expect("written");
+        assert_eq!(out, ChunkOutcome::default());
+        let client = db.pg.fresh_client().await.expect("client");
+        let r = client
+            .query_one(
+                &format!("SELECT count(*), sum(age)::bigint, sum(applied)::bigint FROM {table}"),
+                &[],
+            )
+            .await
+            .expect("sum");
+        sums.push((r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)));
+    }
+    assert!(
+        sums.iter().all(|s| *s == (15_000, 112_492_500, 15_000)),
+        "{sums:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_creates_the_table_and_adds_new_columns_without_dropping() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let table = db.id("pgt_bootstrap");
+    let mut p = PgTableProcessor::new(definition(&table, ""), db.pg.clone()).expect("processor");
+    p.bootstrap_if_needed().await.expect("create");
+    let mut chunk = vec![change("a", 0, Some(form(1, "demo", &json!(3))), false)];
+    p.process_changes_chunk(&mut chunk)
+        .await
+        .expect("ok")
+        .expect("ok");
+
+    // The definition gains a column and loses one: the new one is added, the old one stays.
+    let mut def = definition(&table, "");
+    def.columns.retain(|c| c.name != "consent");
+    def.columns
+        .push(pillowtop::processor::postgres::ColumnDefinition::path(
+            "xmlns",
+            pillowtop::processor::postgres::ColumnType::Text,
+            "xmlns",
+        ));
+    let mut p2 = PgTableProcessor::new(def, db.pg.clone()).expect("processor");
+    p2.bootstrap_if_needed().await.expect("alter");
+    let c = db.pg.fresh_client().await.expect("client");
+    let cols: Vec<String> = c
+        .query(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position",
+            &[&table],
+        )
+        .await
+        .expect("columns")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(cols.contains(&"xmlns".to_owned()), "{cols:?}");
+    assert!(
+        cols.contains(&"consent".to_owned()),
+        "never dropped: {cols:?}"
+    );
+    let mut doc = form(1, "demo", &json!(4));
+    doc["xmlns"] = json!("http://openrosa.org/x");
+    let mut chunk = vec![change("a", 1, Some(doc), false)];
+    p2.process_changes_chunk(&mut chunk)
+        .await
+        .expect("ok")
+        .expect("ok");
+    let r = c
+        .query_one(
+            &format!("SELECT xmlns, age, consent, applied FROM {table}"),
+            &[],
+        )
+        .await
+        .expect("row");
+    assert_eq!(r.get::<_, String>(0), "http://openrosa.org/x");
+    assert_eq!(r.get::<_, i32>(1), 4);
+    assert_eq!(
+        r.get::<_, Option<bool>>(2),
+        Some(true),
+        "old column keeps its value"
+    );
+    assert_eq!(r.get::<_, i64>(3), 2);
+
+    // Identifiers are quoted: a table name with a quote and a space works.
+    let odd = format!("{table} \"odd\"");
+    let mut odd_def = definition(&table, "");
+    odd_def.table.clone_from(&odd);
+    let mut p3 = PgTableProcessor::new(odd_def, db.pg.clone()).expect("processor");
+    p3.bootstrap_if_needed().await.expect("odd name");
+    let mut chunk = vec![change("a", 0, Some(form(1, "demo", &json!(3))), false)];
+    p3.process_changes_chunk(&mut chunk)
+        .await
+        .expect("ok")
+        .expect("ok");
+    let quoted = format!("\"{}\"", odd.replace('"', "\"\""));
+    let n: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {quoted}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1);
+    c.batch_execute(&format!("DROP TABLE {quoted}"))
+        .await
+        .expect("drop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_rows_commit_only_with_a_covering_checkpoint() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let table = db.id("pgt_eo");
+    let id = db.id("pgt_eo_ckpt");
+    let session = ExactlyOnceSession::new(&url);
+    let mut p =
+        PgTableProcessor::exactly_once(definition(&table, "exactly_once = true"), session.clone())
+            .expect("processor");
+    p.bootstrap_if_needed().await.expect("bootstrap");
+    let store = TransactionalCheckpointStore::new(session.clone(), db.pg.clone());
+    let count = |table: String| {
+        let pg = db.pg.clone();
+        async move {
+            let c = pg.fresh_client().await.expect("client");
+            c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
+    };
+    let tp = TopicPartition::new("t", 0);
+
+    let mut chunk: Vec<Change> = (0..5)
+        .map(|i| change(&format!("d{i}"), i, Some(form(1, "demo", &json!(i))), false))
+        .collect();
+    p.process_changes_chunk(&mut chunk)
+        .await
+        .expect("ok")
+        .expect("ok");
+    assert_eq!(
+        count(table.clone()).await,
+        0,
+        "staged rows are invisible before the checkpoint"
+    );
+    store
+        .write(
+            &id,
+            &[CheckpointUpdate {
+                tp: tp.clone(),
+                offset: 5,
+                expected: None,
+            }],
+        )
+        .await
+        .expect("commit");
+    assert_eq!(
+        count(table.clone()).await,
+        5,
+        "rows commit with the checkpoint"
+    );
+    assert_eq!(store.load(&id).await.expect("load")[0].offset, 5);
+
+    // A checkpoint that does not cover the staged rows (the pillow's fatal path) rolls them back.
+    let mut chunk: Vec<Change> = (5..10)
+        .map(|i| change(&format!("d{i}"), i, Some(form(1, "demo", &json!(i))), false))
+        .collect();
+    p.process_changes_chunk(&mut chunk)
+        .await
+        .expect("ok")
+        .expect("ok");
+    let e = store
+        .write(
+            &id,
+            &[CheckpointUpdate {
+                tp: tp.clone(),
+                offset: 7,
+                expected: Some(5),
+            }],
+        )
+        .await
+        .expect_err("uncovered");
+    assert!(e.to_string().contains("does not cover"), "{e}");
+    assert_eq!(count(table.clone()).await, 5);
+    assert_eq!(store.load(&id).await.expect("load")[0].offset, 5);
+
+    // A checkpoint changed externally (expected value mismatch) rolls the rows back too.
+    p.process_changes_chunk(&mut chunk)
+        .await
+        .expect("ok")
+        .expect("ok");
+    let e = store
+        .write(
+            &id,
+            &[CheckpointUpdate {
+                tp: tp.clone(),
+                offset: 10,
+                expected: Some(4),
+            }],
+        )
+        .await
+        .expect_err("reset");
+    assert!(matches!(e, pillowtop::Error::Checkpoint(_)), "{e}");
+    assert_eq!(count(table.clone()).await, 5);
+
+    // A failing statement undoes its chunk only (savepoint); earlier staged rows survive.
+    let c = db.pg.fresh_client().await.expect("client");
+    c.batch_execute(&format!(
+        "ALTER TABLE {table} ADD CONSTRAINT age_small CHECK (age < 100)"
+    ))
+    .await
+    .expect("constraint");
+    p.process_changes_chunk(&mut chunk)
+        .await
+        .expect("ok")
+        .expect("ok");
+    let mut too_old = vec![
+        change("old1", 10, Some(form(1, "demo", &json!(150))), false),
+        change("young", 11, Some(form(1, "demo", &json!(1))), false),
+    ];
+    let whole = p
+        .process_changes_chunk(&mut too_old)
+        .await
+        .expect("not fatal")
+        .expect_err("the check constraint fails the chunk");
+    assert!(whole.message.contains("age_small"), "{}", whole.message);
+    // The pillow's fallback: one by one, the culprit fails alone.
+    let f = p
+        .process_change(&mut too_old[0])
+        .await
+        .expect("not fatal")
+        .expect_err("culprit");
+    assert!(f.message.contains("document old1"), "{}", f.message);
+    p.process_change(&mut too_old[1])
+        .await
+        .expect("not fatal")
+        .expect("fine alone");
+    store
+        .write(
+            &id,
+            &[CheckpointUpdate {
+                tp,
+                offset: 12,
+                expected: Some(5),
+            }],
+        )
+        .await
+        .expect("commit");
+    assert_eq!(count(table.clone()).await, 11, "d0..d9 and young");
+    session.rollback().await.expect("nothing open");
+}
