@@ -290,6 +290,7 @@ impl Encoder {
         let doc = match &change.document {
             _ if change.deleted => None,
             Document::Known(Some(d)) => Some(d),
+            Document::Embedded(e) => Some(e.value()),
             Document::Known(None) | Document::Unfetched => return Ok(Action::Missing),
         };
         match doc {
