@@ -102,8 +102,8 @@ pub struct DocumentStoreConfig {
 pub enum ProcessorConfig {
     /// A reporting table ([`crate::processor::postgres`]).
     PostgresTable(TableDefinition),
-    // ── Elasticsearch: the lead adds `Elasticsearch(crate::processor::elasticsearch::…Config)`
-    // here (`type = "elasticsearch"`), and its arm in `build_processors` below. ──
+    /// An index ([`crate::processor::elasticsearch`]), with a built-in transform by name.
+    Elasticsearch(crate::processor::elasticsearch::ElasticsearchConfig),
 }
 
 fn default_chunk_size() -> usize {
@@ -211,6 +211,7 @@ impl PillowFile {
                     def.validate()?;
                     exactly_once += usize::from(def.exactly_once);
                 }
+                ProcessorConfig::Elasticsearch(config) => config.validate()?,
             }
         }
         if exactly_once > 1 {
@@ -285,6 +286,11 @@ pub fn build_processors(file: &PillowFile, pg: &Arc<Pg>) -> Result<BuiltProcesso
                 // Its own connection, so that it does not queue behind checkpoint writes.
                 let own = Arc::new(Pg::new(pg.url()));
                 processors.push(Box::new(PgTableProcessor::new(def.clone(), own)?));
+            }
+            ProcessorConfig::Elasticsearch(config) => {
+                processors.push(Box::new(
+                    crate::processor::elasticsearch::ElasticsearchProcessor::new(config.clone())?,
+                ));
             }
         }
     }

@@ -325,7 +325,17 @@ def rust_processor(kind: str, ctx: Context, target: str | None = None) -> Any:
             "elasticsearch",
             {"urls": [ctx.elasticsearch], "index": target, "max_actions_per_request": SINK_CHUNK},
         )
-    raise Unavailable(f"Rust {kind} processor not wired into pillowtop_rs yet (see rust_processor)")
+    if kind == "postgres":
+        columns: list[dict[str, str]] = []
+        for name, sqltype, path in FORM_TABLE_COLUMNS:
+            if name == "doc_id":
+                columns.append({"name": name, "type": sqltype, "change": "id"})
+            else:
+                columns.append({"name": name, "type": sqltype, "path": ".".join(path)})
+        return rs.RustProcessor(
+            "postgres_table", {"table": target, "columns": columns, "primary_key": ["doc_id"]}
+        )
+    raise Unavailable(f"unknown Rust processor kind {kind}")
 
 
 def run_pillowtop_rs(

@@ -139,7 +139,7 @@ class RunSummary:
 
 @final
 class RustProcessor:
-    """A processor implemented in Rust: ``kind`` is ``"elasticsearch"`` or ``"noop"``.
+    """A processor implemented in Rust: ``"elasticsearch"``, ``"postgres_table"`` or ``"noop"``.
 
     ``config`` is validated here (unknown keys are rejected); the processor is built by
     ``Pillow.run()``. ``transform(doc) -> doc | None`` (elasticsearch only) runs on the

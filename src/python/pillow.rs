@@ -314,7 +314,7 @@ impl PyPillow {
         for p in &self.processors {
             let p = p.bind(py);
             match p.cast::<PyRustProcessor>() {
-                Ok(rust) => processors.push(rust.get().build(py, lane)?),
+                Ok(rust) => processors.push(rust.get().build(py, lane, &postgres)?),
                 Err(_) => processors.push(Box::new(PyProcessor::new(p, lane)?)),
             }
         }

@@ -12,8 +12,10 @@ use pyo3::prelude::*;
 
 use super::errors::ConfigurationError;
 use super::processor::Lane;
+use crate::pg::Pg;
 use crate::processor::elasticsearch::{DocTransform, ElasticsearchConfig, ElasticsearchProcessor};
 use crate::processor::memory::NoopProcessor;
+use crate::processor::postgres::{PgTableProcessor, TableDefinition};
 use crate::processor::Processor;
 
 /// What a `RustProcessor` becomes.
@@ -21,6 +23,7 @@ use crate::processor::Processor;
 pub(crate) enum Kind {
     Noop { batch: bool },
     Elasticsearch(Box<ElasticsearchConfig>),
+    PostgresTable(Box<TableDefinition>),
 }
 
 /// A processor implemented in Rust, configured from Python.
@@ -58,9 +61,24 @@ impl PyRustProcessor {
             "elasticsearch" => {
                 Kind::Elasticsearch(Box::new(ElasticsearchConfig::from_json(&json.to_string())?))
             }
+            "postgres_table" => {
+                let def: TableDefinition = serde_json::from_value(json).map_err(|e| {
+                    ConfigurationError::new_err(format!(
+                        "invalid postgres_table processor configuration: {e}"
+                    ))
+                })?;
+                def.validate()?;
+                if def.exactly_once {
+                    return Err(ConfigurationError::new_err(format!(
+                        "table {}: exactly_once is only available to pillows run by `pillowtop run` for now",
+                        def.table
+                    )));
+                }
+                Kind::PostgresTable(Box::new(def))
+            }
             other => {
                 return Err(ConfigurationError::new_err(format!(
-                    "unknown Rust processor kind {other:?}: expected 'elasticsearch' or 'noop'"
+                    "unknown Rust processor kind {other:?}: expected 'elasticsearch', 'postgres_table' or 'noop'"
                 )))
             }
         };
@@ -84,6 +102,9 @@ impl PyRustProcessor {
     fn __repr__(&self) -> String {
         match &self.kind {
             Kind::Noop { batch } => format!("RustProcessor('noop', batch={batch})"),
+            Kind::PostgresTable(d) => {
+                format!("RustProcessor('postgres_table', table={:?})", d.table)
+            }
             Kind::Elasticsearch(c) => format!(
                 "RustProcessor('elasticsearch', index={:?}, transform={})",
                 c.index,
@@ -99,9 +120,19 @@ impl PyRustProcessor {
 
 impl PyRustProcessor {
     /// Builds the processor for a run whose Python lane is `lane`.
-    pub(crate) fn build(&self, py: Python<'_>, lane: Lane) -> crate::Result<Box<dyn Processor>> {
+    pub(crate) fn build(
+        &self,
+        py: Python<'_>,
+        lane: Lane,
+        postgres_url: &str,
+    ) -> crate::Result<Box<dyn Processor>> {
         Ok(match &self.kind {
             Kind::Noop { batch } => Box::new(NoopProcessor { batch: *batch }),
+            // Its own connection, so that it does not queue behind checkpoint writes.
+            Kind::PostgresTable(def) => Box::new(PgTableProcessor::new(
+                (**def).clone(),
+                Arc::new(Pg::new(postgres_url)),
+            )?),
             Kind::Elasticsearch(config) => {
                 let mut p = ElasticsearchProcessor::new((**config).clone())?;
                 if let Some(t) = &self.transform {
