@@ -94,3 +94,21 @@ impl Recorder for MemoryRecorder {
         }
     }
 }
+
+/// Sends every metric to each of several recorders (for example the progress line and the
+/// Prometheus endpoint of `pillowtop run --metrics-port`).
+pub struct Fanout(pub Vec<std::sync::Arc<dyn Recorder>>);
+
+impl Recorder for Fanout {
+    fn counter(&self, name: &'static str, tags: Tags, value: f64) {
+        for r in &self.0 {
+            r.counter(name, tags.clone(), value);
+        }
+    }
+
+    fn gauge(&self, name: &'static str, tags: Tags, value: f64) {
+        for r in &self.0 {
+            r.gauge(name, tags.clone(), value);
+        }
+    }
+}

@@ -400,6 +400,10 @@ mod run {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
+        /// Serve the engine's metrics (CommCare's names) in Prometheus text format on this port
+        /// (all interfaces), at /metrics, while the pillow runs.
+        #[arg(long)]
+        metrics_port: Option<u16>,
     }
 
     /// Counts handled changes and failures, and keeps the last chunk lag, for the progress line.
@@ -504,11 +508,36 @@ mod run {
             return Ok(INVALID_USAGE);
         }
         let progress = Arc::new(Progress::default());
-        let mut pillow = build_pillow(&file, &options)
-            .await?
-            .with_metrics(progress.clone());
+        let memory = Arc::new(pillowtop::metrics::MemoryRecorder::new());
+        let mut pillow = build_pillow(&file, &options).await?.with_metrics(Arc::new(
+            pillowtop::metrics::Fanout(vec![progress.clone(), memory.clone()]),
+        ));
         let token = CancellationToken::new();
         install_signal_handlers(token.clone())?;
+        if let Some(port) = args.metrics_port {
+            let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot listen on port {port} for --metrics-port: {e}")
+                })?;
+            eprintln!(
+                "serving metrics at http://{}/metrics",
+                listener.local_addr()?
+            );
+            let memory = memory.clone();
+            tokio::spawn(pillowtop::ops::prometheus::serve(
+                listener,
+                move || {
+                    let samples = memory.snapshot();
+                    let refs: Vec<_> = samples
+                        .iter()
+                        .map(|(n, t, v)| (*n, t.clone(), *v))
+                        .collect();
+                    pillowtop::ops::prometheus::render(&refs)
+                },
+                token.clone(),
+            ));
+        }
         eprintln!(
             "running pillow {} (checkpoint {}, topics {}, {} processor(s), chunk size {})",
             file.name,

@@ -234,11 +234,21 @@ async fn sigterm_stops_gracefully_with_a_final_checkpoint() {
         &id,
         &config_text(&id, &topic.name, &bootstrap, &url, &table, false),
     );
-    let child = pillowtop(&["run", "--config", cfg.0.to_str().expect("utf-8")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = pillowtop(&[
+        "run",
+        "--config",
+        cfg.0.to_str().expect("utf-8"),
+        "--metrics-port",
+        &port.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn");
     // Wait until everything is in the table, then ask it to stop.
     let started = Instant::now();
     while table_stats(&db, &table).await.0 < i64::try_from(matching).expect("small") {
@@ -248,6 +258,15 @@ async fn sigterm_stops_gracefully_with_a_final_checkpoint() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The running pillow serves its metrics with CommCare's names.
+    let metrics = http_get(port, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let success: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("commcare_change_feed_changes_success{") && l.contains(&id))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(success >= 3000.0, "changes_success {success}\n{metrics}");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -263,6 +282,20 @@ async fn sigterm_stops_gracefully_with_a_final_checkpoint() {
         checkpoint(&db, &id).await,
         high_water_marks(&bootstrap, &topic.name).await
     );
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1:`port`; the whole response as text.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics port");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
 }
 
 /// Runs the pillow binary repeatedly, SIGKILLing it at random moments, until its checkpoint
