@@ -9,6 +9,7 @@
     unreachable_pub
 )]
 
+mod demo;
 mod elasticsearch;
 mod es_processor;
 mod fault_proxy;
