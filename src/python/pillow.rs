@@ -10,8 +10,9 @@
 //! handlers run (`run_ptop`'s SIGTERM handler calls `request_shutdown()`). A first
 //! `KeyboardInterrupt` (or any exception from a handler) asks the pillow to stop: the current
 //! chunk finishes, the buffer is flushed, the final checkpoint is written, and then the
-//! exception is re-raised. A second one abandons the stop at once (nothing more is
-//! checkpointed; at-least-once delivery makes that safe). `request_shutdown()` stops every
+//! exception is re-raised. A second one, or a `ShutdownRequested` (`run_ptop`'s second SIGTERM),
+//! abandons the stop at once (nothing more is checkpointed; at-least-once delivery makes that
+//! safe). `request_shutdown()` stops every
 //! running pillow gracefully and `run()` returns normally with `stop_reason == "shutdown"`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,7 @@ use pyo3::types::PyDict;
 use tokio_util::sync::CancellationToken;
 
 use super::detach::detached;
-use super::errors::ConfigurationError;
+use super::errors::{ConfigurationError, ShutdownRequested};
 use super::processor::{is_processor, Lane, PyDocumentStore, PyProcessor};
 use super::rust_processors::PyRustProcessor;
 use crate::checkpoint::postgres::PostgresCheckpointStore;
@@ -405,7 +406,9 @@ async fn drive(
                 #[allow(clippy::redundant_closure_for_method_calls)] // the lifetime needs the closure
                 // On the lane (this future is polled by `block_on` on the calling thread).
                 if let Err(e) = Python::attach(|py| py.check_signals()) {
-                    if interrupted.is_some() {
+                    // `ShutdownRequested` (a second SIGTERM in `run_ptop`) means "at once".
+                    let at_once = Python::attach(|py| e.is_instance_of::<ShutdownRequested>(py));
+                    if interrupted.is_some() || at_once {
                         tracing::warn!(error = %e, "second interrupt: stopping without a final checkpoint");
                         return Err(e);
                     }
