@@ -283,6 +283,92 @@ def reference_elasticsearch(ctx: Context) -> Outcome:
     return Outcome(n, secs, cpu, problems)
 
 
+@contender("direct-postgres-copy", SINK_CHUNK)
+def direct_postgres(ctx: Context) -> Outcome:
+    """PostgreSQL's ceiling for this table: the end state's rows (live forms only), built
+    *before* the clock starts, written with one ``COPY`` per ``SINK_CHUNK`` rows into the empty
+    table. No Kafka, no upsert, no deletes: what a perfect engine could reach."""
+    table = ctx.resources.table("direct_pg")
+    now = datetime.now(BASE_TIME.tzinfo)
+    deleted = deleted_forms(ctx.dataset.changes)
+    live = [
+        i for i, d in plan(ctx.dataset.changes, DELETION_EVERY) if d is None and i not in deleted
+    ]
+    rows: list[tuple[Any, ...]] = []
+    for i in live:
+        doc = form_document(i, now)
+        row: list[Any] = []
+        for _name, _sqltype, path in FORM_TABLE_COLUMNS:
+            value: Any = doc
+            for key in path:
+                value = value[key]
+            row.append(value)
+        rows.append(tuple(row))
+    columns = ", ".join(name for name, _, _ in FORM_TABLE_COLUMNS)
+
+    def go() -> int:
+        with psycopg.connect(ctx.postgres) as conn:
+            for start in range(0, len(rows), SINK_CHUNK):
+                with conn.cursor() as cur:
+                    with cur.copy(f"COPY {table} ({columns}) FROM STDIN".encode()) as copy:
+                        for r in rows[start : start + SINK_CHUNK]:
+                            copy.write_row(r)
+                conn.commit()
+        return ctx.dataset.changes
+
+    n, secs, cpu = timed(go)
+    return Outcome(n, secs, cpu, check_table(ctx, table))
+
+
+@contender("direct-elasticsearch-bulk", SINK_CHUNK, needs_elasticsearch=True)
+def direct_elasticsearch(ctx: Context) -> Outcome:
+    """The search node's ceiling: the same index and delete actions, in the same order, as
+    NDJSON bulk bodies of ``SINK_CHUNK`` actions built *before* the clock starts, sent one after
+    another. No Kafka, no client-side encoding: what a perfect engine could reach."""
+    assert ctx.elasticsearch is not None
+    index = ctx.resources.index("direct_es")
+    now = datetime.now(BASE_TIME.tzinfo)
+    bodies: list[bytes] = []
+    lines: list[bytes] = []
+    actions = 0
+    for i, deleted in plan(ctx.dataset.changes, DELETION_EVERY):
+        if deleted is not None:
+            lines.append(
+                json.dumps({"delete": {"_index": index, "_id": form_id(deleted)}}).encode()
+            )
+        else:
+            doc = form_document(i, now)
+            doc_id = doc.pop("_id")
+            lines.append(json.dumps({"index": {"_index": index, "_id": doc_id}}).encode())
+            lines.append(json.dumps(doc, separators=(",", ":")).encode())
+        actions += 1
+        if actions == SINK_CHUNK:
+            bodies.append(b"\n".join(lines) + b"\n")
+            lines, actions = [], 0
+    if lines:
+        bodies.append(b"\n".join(lines) + b"\n")
+    es = ctx.resources.es()
+
+    def go() -> int:
+        for body in bodies:
+            result = es.transport.perform_request(
+                "POST", "/_bulk", body=body, headers={"content-type": "application/x-ndjson"}
+            )
+            assert isinstance(result, dict)
+            failed = [
+                item
+                for item in result.get("items", [])
+                for op in item.values()
+                if op.get("status", 200) >= 300 and op.get("status") != 404
+            ]
+            if failed:
+                raise RuntimeError(f"direct bulk failed: {failed[:3]}")
+        return ctx.dataset.changes
+
+    n, secs, cpu = timed(go)
+    return Outcome(n, secs, cpu, check_index(ctx, index))
+
+
 # ----------------------------------------------------------------------------------------------
 # pillowtop_rs contenders: SLOTS FOR THE LEAD.
 #
@@ -615,6 +701,21 @@ def report(rows: list[Row], by_name: dict[str, Row]) -> None:
         "reference-*);\nCPU %: this process's CPU time over wall time (librdkafka threads "
         "included, servers not)."
     )
+    rs_pg, direct_pg = by_name.get("pillowtop-rs-postgres"), by_name.get("direct-postgres-copy")
+    if rs_pg and direct_pg and rs_pg.rate > 0 and direct_pg.rate > 0:
+        print(
+            f"pillowtop-rs-postgres reaches {100 * rs_pg.rate / direct_pg.rate:.0f}% of a direct "
+            f"COPY of the end state's rows (PostgreSQL's ceiling for this table)"
+        )
+    rs_es, direct_es = (
+        by_name.get("pillowtop-rs-elasticsearch"),
+        by_name.get("direct-elasticsearch-bulk"),
+    )
+    if rs_es and direct_es and rs_es.rate > 0 and direct_es.rate > 0:
+        print(
+            f"pillowtop-rs-elasticsearch reaches {100 * rs_es.rate / direct_es.rate:.0f}% of the "
+            f"direct bulk loader (the node's ceiling with the same actions and bulk size; goal 80%)"
+        )
     for chunk in (100, 1000):
         py = by_name.get(f"pillowtop-rs-python-bulk({chunk})")
         noop = by_name.get(f"pillowtop-rs-noop({chunk})")
