@@ -44,7 +44,7 @@ XMLNS = (
 BASE_TIME = datetime(2024, 5, 1, 8, 0, 0, tzinfo=timezone.utc)
 
 # The "xform" reporting table (like a UCR data source table): column -> JSON path in the form
-# document. Shared by the reference PostgreSQL writer and (for the lead) a Rust table processor.
+# document. Shared by the reference PostgreSQL writer and the Rust table processor's contender.
 FORM_TABLE_COLUMNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # (column, SQL type, JSON path)
     ("doc_id", "text", ("_id",)),

@@ -370,12 +370,9 @@ def direct_elasticsearch(ctx: Context) -> Outcome:
 
 
 # ----------------------------------------------------------------------------------------------
-# pillowtop_rs contenders: SLOTS FOR THE LEAD.
-#
-# Written against /work/notes/python-api.md. Each one raises Unavailable (so it is skipped with
-# the reason) when pillowtop_rs is not importable or lacks what it needs. To wire in the Rust
-# processors, make `rust_processor()` return what `pillowtop_rs.Pillow(processors=[...])`
-# accepts for a Rust processor; nothing else needs to change.
+# pillowtop_rs contenders: the same work run by pillowtop_rs.Pillow, with the Python processor or
+# with Rust processors (`RustProcessor`). Each one raises Unavailable (so it is skipped with the
+# reason) when pillowtop_rs is not importable or lacks what it needs.
 # ----------------------------------------------------------------------------------------------
 
 
