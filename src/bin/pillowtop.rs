@@ -125,7 +125,7 @@ mod demo {
 
     use std::collections::BTreeMap;
     use std::io::{IsTerminal, Write};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -137,7 +137,6 @@ mod demo {
     use pillowtop::config::{build_pillow, PillowFile, RunOptions};
     use pillowtop::feed::kafka::{ChangeProducer, KafkaAdmin};
     use pillowtop::feed::TopicPartition;
-    use pillowtop::metrics::{self, Recorder, Tags};
     use pillowtop::ops::kafka::KafkaInfo;
     use pillowtop::ops::split::SplitTarget;
     use pillowtop::pg::Pg;
@@ -145,7 +144,8 @@ mod demo {
     use serde_json::{json, Value};
     use tokio_util::sync::CancellationToken;
 
-    use super::ops::{print_split, print_table};
+    use super::ops::{print_lag, print_split, print_table};
+    use super::run::Progress;
 
     const DOMAINS: [&str; 4] = ["dimagi", "demo-health", "field-survey", "nutrition"];
     const VISIT_TYPES: [&str; 3] = ["routine", "follow-up", "referral"];
@@ -399,30 +399,6 @@ mod demo {
         Ok(file)
     }
 
-    /// Counts what a pillow handled, from its metrics (for the progress line).
-    #[derive(Default)]
-    struct Counter {
-        changes: AtomicU64,
-        failed: AtomicU64,
-    }
-
-    impl Recorder for Counter {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        fn counter(&self, name: &'static str, _: Tags, value: f64) {
-            match name {
-                metrics::PROCESSING_TIME_COUNT => {
-                    self.changes.fetch_add(value as u64, Ordering::Relaxed);
-                }
-                metrics::CHANGES_EXCEPTIONS => {
-                    self.failed.fetch_add(value as u64, Ordering::Relaxed);
-                }
-                _ => {}
-            }
-        }
-
-        fn gauge(&self, _: &'static str, _: Tags, _: f64) {}
-    }
-
     /// Sum of a checkpoint's offsets.
     async fn checkpoint_sum(pg: &Pg, id: &str) -> anyhow::Result<i64> {
         let rows = pillowtop::ops::load_rows(pg, &[id.to_owned()]).await?;
@@ -432,7 +408,7 @@ mod demo {
     /// The live line: per pillow, changes handled, changes/s, lag (high-water mark − start
     /// checkpoint − handled: what is still to read) and the checkpoint's lag (high-water mark −
     /// stored checkpoint, which moves every 5,000 changes or 5 s).
-    async fn progress_line(pg: Arc<Pg>, high: i64, pillows: Vec<(String, i64, Arc<Counter>)>) {
+    async fn progress_line(pg: Arc<Pg>, high: i64, pillows: Vec<(String, i64, Arc<Progress>)>) {
         let tty = std::io::stderr().is_terminal();
         let every = Duration::from_millis(if tty { 250 } else { 2000 });
         let mut last: Vec<(u64, Instant)> = vec![(0, Instant::now()); pillows.len()];
@@ -476,7 +452,7 @@ mod demo {
         let mut pillows = Vec::new();
         let mut watched = Vec::new();
         for f in files {
-            let counter = Arc::new(Counter::default());
+            let counter = Arc::new(Progress::default());
             let start = checkpoint_sum(pg, &f.checkpoint_id).await?;
             let options = RunOptions {
                 until_idle: true,
@@ -525,28 +501,7 @@ mod demo {
     /// Prints the lag table of `ids` (`pillowtop lag`) and checks every partition is caught up.
     async fn lag_table(pg: &Arc<Pg>, info: &KafkaInfo, ids: &[String]) -> anyhow::Result<()> {
         let rows = pillowtop::ops::lag::collect(pg, info, Some(ids)).await?;
-        print_table(
-            &[
-                "checkpoint",
-                "topic",
-                "partition",
-                "checkpoint offset",
-                "high-water mark",
-                "lag",
-            ],
-            rows.iter()
-                .map(|r| {
-                    vec![
-                        r.checkpoint_id.clone(),
-                        r.topic.clone(),
-                        r.partition.to_string(),
-                        r.offset.to_string(),
-                        r.high.map_or_else(|| "-".into(), |h| h.to_string()),
-                        r.lag.map_or_else(|| "-".into(), |l| l.to_string()),
-                    ]
-                })
-                .collect(),
-        );
+        print_lag(&rows);
         let behind: i64 = rows.iter().map(|r| r.lag.unwrap_or(i64::MAX)).sum();
         let ok = behind == 0 && !rows.is_empty();
         println!(
@@ -917,11 +872,12 @@ mod run {
         metrics_port: Option<u16>,
     }
 
-    /// Counts handled changes and failures, and keeps the last chunk lag, for the progress line.
+    /// Counts handled changes and failures, and keeps the last chunk lag, from a pillow's
+    /// metrics: the progress lines of `run` and `demo`.
     #[derive(Default)]
-    struct Progress {
-        changes: AtomicU64,
-        failed: AtomicU64,
+    pub(super) struct Progress {
+        pub(super) changes: AtomicU64,
+        pub(super) failed: AtomicU64,
         lag_ms: AtomicU64,
     }
 
@@ -2194,6 +2150,42 @@ mod ops {
         Ok(0)
     }
 
+    /// The `lag` table: one row per checkpoint and partition (also the demo's final table).
+    pub(super) fn print_lag(rows: &[core::lag::LagRow]) {
+        print_table(
+            &[
+                "checkpoint",
+                "topic",
+                "partition",
+                "offset",
+                "high-water mark",
+                "lag",
+                "since checkpoint",
+                "time lag",
+                "owner",
+            ],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.checkpoint_id.clone(),
+                        r.topic.clone(),
+                        r.partition.to_string(),
+                        r.offset.to_string(),
+                        r.high
+                            .map_or_else(|| "(no partition)".into(), |h| h.to_string()),
+                        r.lag.map_or_else(|| "-".into(), |l| l.to_string()),
+                        format!("{}s", r.seconds_since_checkpoint),
+                        r.time_lag_seconds
+                            .map_or_else(|| "-".into(), |s| format!("{s}s")),
+                        r.owner
+                            .clone()
+                            .unwrap_or_else(|| "(no live process)".into()),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
     async fn lag(
         pg: &Arc<Pg>,
         kafka: &KafkaInfo,
@@ -2236,38 +2228,7 @@ mod ops {
             if json {
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
-                print_table(
-                    &[
-                        "checkpoint",
-                        "topic",
-                        "partition",
-                        "offset",
-                        "high-water mark",
-                        "lag",
-                        "since checkpoint",
-                        "time lag",
-                        "owner",
-                    ],
-                    rows.iter()
-                        .map(|r| {
-                            vec![
-                                r.checkpoint_id.clone(),
-                                r.topic.clone(),
-                                r.partition.to_string(),
-                                r.offset.to_string(),
-                                r.high
-                                    .map_or_else(|| "(no partition)".into(), |h| h.to_string()),
-                                r.lag.map_or_else(|| "-".into(), |l| l.to_string()),
-                                format!("{}s", r.seconds_since_checkpoint),
-                                r.time_lag_seconds
-                                    .map_or_else(|| "-".into(), |s| format!("{s}s")),
-                                r.owner
-                                    .clone()
-                                    .unwrap_or_else(|| "(no live process)".into()),
-                            ]
-                        })
-                        .collect(),
-                );
+                print_lag(&rows);
             }
             round += 1;
             let Some(secs) = every else { break };

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 
 from pillowtop_rs import registry
 from pillowtop_rs.django import settings as pt_settings
@@ -85,3 +85,17 @@ def checkpoint_id(pillow: Pillow) -> str:
 def topics(pillow: Pillow) -> list[str]:
     """Return the pillow's topics."""
     return [str(t) for t in pillow.topics]
+
+
+def add_confirm_arguments(
+    parser: CommandParser, force_help: str = "a pillow involved is running"
+) -> None:
+    """Declare ``--noinput``, ``--dry-run`` and ``--force`` (the operator CLI's switches)."""
+    parser.add_argument("--noinput", action="store_true", help="answer every question yes")
+    parser.add_argument("--dry-run", action="store_true", help="show the plan, write nothing")
+    parser.add_argument("--force", action="store_true", help=f"proceed although {force_help}")
+
+
+def confirm_flags(options: dict[str, Any]) -> list[str]:
+    """Return the CLI flags for the ``--noinput``, ``--dry-run`` and ``--force`` options set."""
+    return [f"--{n.replace('_', '-')}" for n in ("noinput", "dry_run", "force") if options.get(n)]

@@ -12,7 +12,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import pillowtop_rs
@@ -60,6 +61,20 @@ def run(pillow: Pillow, kafka: str, pg: str, **kw: Any) -> pillowtop_rs.RunSumma
     kw.setdefault("until_idle", True)
     kw.setdefault("idle_timeout", 1.0)
     return pillow.run(kafka=kafka, postgres=pg, **kw)
+
+
+@contextmanager
+def signal_in(seconds: float, signum: int, handler: Any = None) -> Iterator[None]:
+    """Sends ``signum`` to this process after ``seconds`` (with ``handler`` installed, if given)."""
+    previous = signal.signal(signum, handler) if handler is not None else None
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signum))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if handler is not None:
+            signal.signal(signum, previous)
 
 
 def test_bulk_processor_sees_every_change_once_on_the_calling_thread(
@@ -325,14 +340,9 @@ def test_sigint_while_waiting_stops_cleanly_and_is_reraised(
         checkpoint_frequency=1000,
         max_checkpoint_delay=None,
     )
-    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
     started = time.monotonic()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            pillow.run(kafka=kafka_bootstrap, postgres=postgres_url, idle_timeout=30.0)
-    finally:
-        timer.cancel()
+    with signal_in(3.0, signal.SIGINT), pytest.raises(KeyboardInterrupt):
+        pillow.run(kafka=kafka_bootstrap, postgres=postgres_url, idle_timeout=30.0)
     assert time.monotonic() - started < 10
     assert sorted(rec.seen) == sorted(f"doc-{i}" for i in range(40))
     assert sum(kit.checkpoint_offsets(db, unique_name).values()) == 40
@@ -351,21 +361,13 @@ def test_sigterm_handler_requests_a_graceful_shutdown(
     rec = Recorder()
     hooks: Counter[int] = Counter()
     asked: list[int] = []
-    previous = signal.signal(
-        signal.SIGTERM, lambda *_: asked.append(pillowtop_rs.request_shutdown())
-    )
-    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
+    with signal_in(3.0, signal.SIGTERM, lambda *_: asked.append(pillowtop_rs.request_shutdown())):
         summary = Pillow(unique_name, [topic], [rec], chunk_size=10).run(
             kafka=kafka_bootstrap,
             postgres=postgres_url,
             idle_timeout=30.0,
             on_chunk=lambda: hooks.update([threading.get_ident()]),
         )
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGTERM, previous)
     assert asked == [1]
     assert summary.stop_reason == "shutdown" and summary.changes == 40
     assert sum(kit.checkpoint_offsets(db, unique_name).values()) == 40
@@ -408,22 +410,15 @@ def test_shutdown_requested_from_a_signal_handler_stops_at_once_without_a_final_
     def handler(signum: int, frame: object) -> None:
         raise pillowtop_rs.ShutdownRequested("a second SIGTERM")
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        with pytest.raises(pillowtop_rs.ShutdownRequested):
-            Pillow(
-                unique_name,
-                [topic],
-                [rec],
-                chunk_size=10,
-                checkpoint_frequency=1000,
-                max_checkpoint_delay=None,
-            ).run(kafka=kafka_bootstrap, postgres=postgres_url, idle_timeout=30.0)
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGTERM, previous)
+    with signal_in(3.0, signal.SIGTERM, handler), pytest.raises(pillowtop_rs.ShutdownRequested):
+        Pillow(
+            unique_name,
+            [topic],
+            [rec],
+            chunk_size=10,
+            checkpoint_frequency=1000,
+            max_checkpoint_delay=None,
+        ).run(kafka=kafka_bootstrap, postgres=postgres_url, idle_timeout=30.0)
     # Everything was processed, but only the first chunk was checkpointed (the first change
     # after a start always checkpoints; the frequency never came due): "at once" skips the
     # final checkpoint that a graceful stop writes. Delivery stays at-least-once.

@@ -13,7 +13,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from pillowtop_rs.django import cli
-from pillowtop_rs.django.management.commands.split_pillow_checkpoints import confirm_flags
 
 
 class Command(BaseCommand):
@@ -25,14 +24,10 @@ class Command(BaseCommand):
         """Declare the command line."""
         parser.add_argument("topic")
         parser.add_argument("num_partitions", type=int)
-        parser.add_argument("--noinput", action="store_true", help="answer every question yes")
-        parser.add_argument("--dry-run", action="store_true", help="show the plan, write nothing")
-        parser.add_argument(
-            "--force", action="store_true", help="proceed although a pillow involved is running"
-        )
+        cli.add_confirm_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
         argv = ["add-partitions", options["topic"], str(options["num_partitions"])]
-        argv += confirm_flags(options, "noinput", "dry_run", "force")
+        argv += cli.confirm_flags(options)
         cli.run_cli(argv + cli.postgres_args() + cli.kafka_args())

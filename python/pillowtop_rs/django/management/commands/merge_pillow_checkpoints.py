@@ -14,7 +14,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from pillowtop_rs.django import cli
-from pillowtop_rs.django.management.commands.split_pillow_checkpoints import confirm_flags
 
 
 class Command(BaseCommand):
@@ -25,11 +24,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the command line."""
         parser.add_argument("pillow_names", nargs="+", metavar="pillow_name")
-        parser.add_argument("--noinput", action="store_true", help="answer every question yes")
-        parser.add_argument("--dry-run", action="store_true", help="show the plan, write nothing")
-        parser.add_argument(
-            "--force", action="store_true", help="proceed although a pillow involved is running"
-        )
+        cli.add_confirm_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
@@ -42,5 +37,5 @@ class Command(BaseCommand):
         target = pillows[-1]
         argv = ["merge", *(cli.checkpoint_id(p) for p in pillows)]
         argv += ["--topics", ",".join(cli.topics(target))]
-        argv += confirm_flags(options, "noinput", "dry_run", "force")
+        argv += cli.confirm_flags(options)
         cli.run_cli(argv + cli.postgres_args())

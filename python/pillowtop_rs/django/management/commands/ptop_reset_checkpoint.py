@@ -14,7 +14,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from pillowtop_rs.django import cli
-from pillowtop_rs.django.management.commands.split_pillow_checkpoints import confirm_flags
 
 
 class Command(BaseCommand):
@@ -25,11 +24,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the command line."""
         parser.add_argument("pillow_name")
-        parser.add_argument("--noinput", action="store_true", help="do not ask for confirmation")
-        parser.add_argument("--dry-run", action="store_true", help="show the plan, write nothing")
-        parser.add_argument(
-            "--force", action="store_true", help="proceed although the pillow is running"
-        )
+        cli.add_confirm_arguments(parser, "the pillow is running")
         to = parser.add_mutually_exclusive_group()
         to.add_argument("--latest", action="store_true", help="skip to the high-water mark")
         to.add_argument("--offset", type=int, help="move every partition to this offset")
@@ -47,5 +42,5 @@ class Command(BaseCommand):
             argv += ["--timestamp", options["timestamp"]]
         else:
             argv.append("--earliest")
-        argv += confirm_flags(options, "noinput", "dry_run", "force")
+        argv += cli.confirm_flags(options)
         cli.run_cli(argv + cli.postgres_args() + cli.kafka_args())

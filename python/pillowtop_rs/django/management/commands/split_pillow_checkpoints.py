@@ -16,11 +16,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from pillowtop_rs.django import cli
 
 
-def confirm_flags(options: dict[str, Any], *names: str) -> list[str]:
-    """Return the CLI flags for the boolean ``options`` in ``names`` that are set."""
-    return [f"--{n.replace('_', '-')}" for n in names if options.get(n)]
-
-
 class Command(BaseCommand):
     """The management command (see the module docstring)."""
 
@@ -29,11 +24,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the command line."""
         parser.add_argument("pillow_names", nargs="+", metavar="pillow_name")
-        parser.add_argument("--noinput", action="store_true", help="answer every question yes")
-        parser.add_argument("--dry-run", action="store_true", help="show the plan, write nothing")
-        parser.add_argument(
-            "--force", action="store_true", help="proceed although a pillow involved is running"
-        )
+        cli.add_confirm_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
@@ -46,5 +37,5 @@ class Command(BaseCommand):
         for target in targets:
             topics = ",".join(cli.topics(target))
             argv += ["--target-topics", f"{cli.checkpoint_id(target)}={topics}"]
-        argv += confirm_flags(options, "noinput", "dry_run", "force")
+        argv += cli.confirm_flags(options)
         cli.run_cli(argv + cli.postgres_args())
