@@ -76,6 +76,16 @@ enum Mode {
 }
 
 impl Mode {
+    fn slug(self) -> String {
+        match self {
+            Mode::Raw => "raw".into(),
+            Mode::RawParse => "raw-parse".into(),
+            Mode::RawStream => "raw-stream".into(),
+            Mode::Feed => "feed".into(),
+            Mode::Pillow { chunk } => format!("pillow-{chunk}"),
+        }
+    }
+
     fn label(self) -> String {
         match self {
             Mode::Raw => "raw rdkafka (BaseConsumer, no parse)".into(),
@@ -350,7 +360,19 @@ fn report(rows: &[(String, Outcome)], small: &Outcome) {
 /// Runs `phase` in a fresh child process and returns what it reports.
 fn run_child(phase: &Phase) -> Res<Outcome> {
     let exe = std::env::current_exe()?;
-    let output = Command::new(exe)
+    // `PILLOWTOP_BENCH_WRAP="perf record -g -o /tmp/engine-%s.data --"` runs each phase under a
+    // profiler; `%s` becomes the phase's mode (`raw`, `feed`, `pillow-100`, …).
+    let mut command = match std::env::var("PILLOWTOP_BENCH_WRAP") {
+        Ok(wrap) if !wrap.trim().is_empty() => {
+            let slug = phase.mode.slug();
+            let mut words = wrap.split_whitespace().map(|w| w.replace("%s", &slug));
+            let mut c = Command::new(words.next().unwrap_or_default());
+            c.args(words).arg(exe);
+            c
+        }
+        _ => Command::new(exe),
+    };
+    let output = command
         .env(PHASE_ENV, serde_json::to_string(phase)?)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -636,7 +658,10 @@ async fn pillow(phase: &Phase, chunk: usize) -> Res<u64> {
     let feed = KafkaFeed::new(std::slice::from_ref(&phase.topic), feed_options(phase))?;
     let mut config = PillowConfig::new(&phase.checkpoint_id, &phase.checkpoint_id);
     config.chunk_size = chunk;
-    config.checkpoint_frequency = CHECKPOINT_FREQUENCY;
+    config.checkpoint_frequency = std::env::var("PILLOWTOP_BENCH_CKPT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CHECKPOINT_FREQUENCY);
     config.max_changes = Some(phase.changes);
     let mut pillow = Pillow::new(
         config,

@@ -87,8 +87,13 @@ impl ChangeMeta {
     /// Parses a message body, keeping the embedded document as raw JSON (validated, not
     /// parsed): the feed's hot path. The document is parsed later, only if a processor asks.
     pub fn parse_raw(payload: &[u8]) -> Result<(Self, Option<Box<RawValue>>), ChangeParseError> {
+        // One UTF-8 check of the whole body (word-at-a-time over ASCII), then the `str` reader,
+        // which does not validate every string again as the byte-slice reader does (measured:
+        // a quarter of the parse).
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| ChangeParseError(format!("the message body is not UTF-8: {e}")))?;
         let wire: wire::Wire =
-            serde_json::from_slice(payload).map_err(|e| ChangeParseError(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| ChangeParseError(e.to_string()))?;
         Ok((wire.meta, wire.document))
     }
 
@@ -125,15 +130,16 @@ fn de_u32_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 /// CommCare's datetime format: ISO 8601 in UTC with microseconds and a `Z` suffix. Parsing also
 /// accepts other offsets (converted to UTC), no fraction, and naive values (taken as UTC).
 pub mod commcare_datetime {
-    use super::{
-        DateTime, Deserialize, Deserializer, NaiveDateTime, SecondsFormat, Serializer, Utc,
-    };
+    use super::{DateTime, Deserializer, NaiveDateTime, SecondsFormat, Serializer, Utc};
 
     pub fn format(dt: &DateTime<Utc>) -> String {
         dt.to_rfc3339_opts(SecondsFormat::Micros, true)
     }
 
     pub fn parse(s: &str) -> Option<DateTime<Utc>> {
+        if let Some(dt) = parse_canonical(s) {
+            return Some(dt);
+        }
         if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
             return Some(dt.with_timezone(&Utc));
         }
@@ -147,6 +153,33 @@ pub mod commcare_datetime {
         .map(|n| n.and_utc())
     }
 
+    /// The exact form CommCare writes (`2019-09-18T14:31:01.930921Z`), read without the
+    /// general parser: every message carries two of these.
+    fn parse_canonical(s: &str) -> Option<DateTime<Utc>> {
+        let b = s.as_bytes();
+        if b.len() != 27
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'.'
+            || b[26] != b'Z'
+        {
+            return None;
+        }
+        let num = |from: usize, to: usize| -> Option<u32> {
+            b[from..to].iter().try_fold(0u32, |acc, &c| {
+                c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+            })
+        };
+        let year = i32::try_from(num(0, 4)?).ok()?;
+        let date = chrono::NaiveDate::from_ymd_opt(year, num(5, 7)?, num(8, 10)?)?;
+        let time =
+            date.and_hms_micro_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 26)?)?;
+        Some(time.and_utc())
+    }
+
     #[allow(clippy::ref_option)] // serde's `with` hands us `&Option<T>`
     pub fn serialize<S: Serializer>(v: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
@@ -155,13 +188,30 @@ pub mod commcare_datetime {
         }
     }
 
+    /// A string (read in place, not copied) or null.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            None => Ok(None),
-            Some(s) => parse(&s)
-                .map(Some)
-                .ok_or_else(|| serde::de::Error::custom(format!("invalid datetime {s:?}"))),
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Option<DateTime<Utc>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a datetime string or null")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                parse(s)
+                    .map(Some)
+                    .ok_or_else(|| E::custom(format!("invalid datetime {s:?}")))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+                d.deserialize_str(self)
+            }
         }
+        d.deserialize_option(V)
     }
 }
 
@@ -535,6 +585,26 @@ mod tests {
         ] {
             let err = ChangeMeta::parse(body.as_bytes()).expect_err(body);
             assert!(err.0.contains(needle), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn canonical_datetimes_read_fast_as_the_general_parser_reads_them() {
+        for s in [
+            "2019-09-18T14:31:01.930921Z",
+            "2024-02-29T00:00:00.000000Z",
+            "1999-12-31T23:59:59.999999Z",
+        ] {
+            let general = DateTime::parse_from_rfc3339(s).map(|d| d.with_timezone(&Utc));
+            assert_eq!(commcare_datetime::parse(s), general.ok(), "{s}");
+        }
+        // Same length and shape, impossible values: refused by both paths.
+        for s in [
+            "2019-02-30T14:31:01.930921Z",
+            "2019-09-18T24:31:01.930921Z",
+            "2019-09-18T14:31:01.9309x1Z",
+        ] {
+            assert_eq!(commcare_datetime::parse(s), None, "{s}");
         }
     }
 

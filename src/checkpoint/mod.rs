@@ -43,6 +43,13 @@ pub trait CheckpointStore: Send + Sync {
     /// when a row does not hold the update's `expected` value.
     async fn write(&self, checkpoint_id: &str, updates: &[CheckpointUpdate]) -> Result<()>;
 
+    /// Whether the pillow may write checkpoints in the background while it goes on processing
+    /// (one write in flight at a time, each covering only handled changes). A store whose write
+    /// commits other work with it (the exactly-once session) says no: its writes stay in line.
+    fn background_writes(&self) -> bool {
+        true
+    }
+
     /// Creates rows at `offset` for the partitions that have none; returns how many it created.
     async fn create_rows(
         &self,

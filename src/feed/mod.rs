@@ -99,4 +99,10 @@ pub trait ChangeFeed: Send {
 
     /// The next item. `None` means the feed ended (test feeds only: a Kafka feed never ends).
     async fn next(&mut self) -> Result<Option<FeedItem>>;
+
+    /// The next item if one is already at hand (received with the last batch), without waiting.
+    /// The pillow drains these between awaits of [`next`](Self::next): one wake-up per batch.
+    fn try_next(&mut self) -> Option<FeedItem> {
+        None
+    }
 }

@@ -8,6 +8,11 @@
 //! * after each flush the checkpoint policy decides whether to write (every `checkpoint_frequency`
 //!   changes, after `max_checkpoint_delay`, and always after the first change since start); an
 //!   idle tick writes every own partition that moved, whatever the counters say;
+//! * a due checkpoint is written in the background while the next chunks are processed (one
+//!   write in flight at a time; the next due write, after it completes, covers everything handled
+//!   meanwhile): on the engine bench, writing in line every 1,000 changes cost a third of the
+//!   rate. The idle tick, the final checkpoint and exactly-once stores write in line;
+//!   `background_checkpoints = false` restores CommCare's exact write points;
 //! * the checkpoint stores, per own partition, `last handled + 1`, or the untouched start offset
 //!   for a partition that handled nothing: it never passes a change that was not fully handled
 //!   (processed, or its error recorded);
@@ -55,6 +60,7 @@ pub enum StartPolicy {
 
 /// A pillow's settings.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // independent switches, most of them CommCare's flags
 pub struct PillowConfig {
     pub name: String,
     pub checkpoint_id: String,
@@ -76,6 +82,11 @@ pub struct PillowConfig {
     pub max_changes: Option<u64>,
     /// How often the dedicated migration process calls `bootstrap_if_needed`.
     pub bootstrap_interval: Duration,
+    /// Write due checkpoints in the background while the next chunks are processed (default;
+    /// see [`Pillow`]'s module docs). Off, every due checkpoint is written before the loop goes
+    /// on, exactly at the policy's points, as CommCare does. Stores that cannot write in the
+    /// background (the exactly-once session) are always written in line.
+    pub background_checkpoints: bool,
 }
 
 impl PillowConfig {
@@ -94,6 +105,7 @@ impl PillowConfig {
             until_idle: false,
             max_changes: None,
             bootstrap_interval: Duration::from_secs(10),
+            background_checkpoints: true,
         }
     }
 
@@ -188,8 +200,16 @@ impl std::fmt::Debug for Pillow {
     }
 }
 
+/// A checkpoint write running in the background: the offsets it writes, and the task.
+struct InFlight {
+    pending: Vec<(TopicPartition, i64)>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
 /// The loop's mutable state.
 struct Run {
+    /// The background checkpoint write, if one is running (at most one).
+    in_flight: Option<InFlight>,
     tracker: OffsetTracker,
     policy: CheckpointPolicy,
     buffer: Vec<Change>,
@@ -281,6 +301,7 @@ impl Pillow {
         );
         let tracker = self.start_positions(&own, None).await?;
         let mut run = Run {
+            in_flight: None,
             tracker,
             policy: CheckpointPolicy::new(
                 self.config.checkpoint_frequency,
@@ -352,13 +373,38 @@ impl Pillow {
     ) -> Result<StopReason> {
         let chunk = self.config.chunk_size.max(1);
         loop {
-            let item = tokio::select! {
+            let mut item = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(StopReason::Shutdown),
                 item = self.feed.next() => item?,
             };
+            // One await per batch the feed received, not per change: what is already at hand
+            // is drained below (`try_next`), checking the shutdown token between items.
+            loop {
+                if let Some(stop) = self.handle_item(run, item, chunk).await? {
+                    return Ok(stop);
+                }
+                if shutdown.is_cancelled() {
+                    return Ok(StopReason::Shutdown);
+                }
+                match self.feed.try_next() {
+                    Some(next) => item = Some(next),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Handles one feed item; `Some` stops the loop.
+    async fn handle_item(
+        &mut self,
+        run: &mut Run,
+        item: Option<FeedItem>,
+        chunk: usize,
+    ) -> Result<Option<StopReason>> {
+        {
             match item {
-                None => return Ok(StopReason::FeedEnded),
+                None => return Ok(Some(StopReason::FeedEnded)),
                 Some(item @ (FeedItem::Change(_) | FeedItem::Invalid(_))) => {
                     match item {
                         FeedItem::Change(c) => run.buffer.push(*c),
@@ -367,8 +413,15 @@ impl Pillow {
                     }
                     if run.buffer.len() + run.invalid.len() >= chunk {
                         self.flush(run).await?;
-                        if run.policy.is_due(Instant::now()) {
-                            self.checkpoint_or_reload(run).await?;
+                        self.collect_checkpoint(run, false).await?;
+                        if run.in_flight.is_none() && run.policy.is_due(Instant::now()) {
+                            if self.config.background_checkpoints
+                                && self.checkpoints.background_writes()
+                            {
+                                self.start_checkpoint(run);
+                            } else {
+                                self.checkpoint_or_reload(run).await?;
+                            }
                         }
                     }
                 }
@@ -381,7 +434,7 @@ impl Pillow {
                     self.heartbeat(run, true).await;
                     self.call_hook(HookPoint::Tick)?;
                     if self.config.until_idle {
-                        return Ok(StopReason::Idle);
+                        return Ok(Some(StopReason::Idle));
                     }
                 }
                 Some(FeedItem::OffsetOutOfRange) => {
@@ -404,10 +457,11 @@ impl Pillow {
             }
             if let Some(max) = self.config.max_changes {
                 if run.summary.changes + (run.buffer.len() + run.invalid.len()) as u64 >= max {
-                    return Ok(StopReason::MaxChanges);
+                    return Ok(Some(StopReason::MaxChanges));
                 }
             }
         }
+        Ok(None)
     }
 
     /// Resolves where each own partition starts, from the checkpoint rows (or `resume`), the
@@ -693,27 +747,31 @@ impl Pillow {
     async fn checkpoint_or_reload(&mut self, run: &mut Run) -> Result<()> {
         match self.checkpoint(run).await {
             Err(Error::Checkpoint(e @ CheckpointError::Reset { .. })) => {
-                tracing::error!(pillow = %self.config.name, error = %e, "checkpoint changed externally; reloading it and resuming from the stored offsets");
-                let own = run.summary.partitions.clone();
-                run.tracker = self.start_positions(&own, None).await?;
-                run.policy = CheckpointPolicy::new(
-                    self.config.checkpoint_frequency,
-                    self.config.max_checkpoint_delay,
-                );
-                Ok(())
+                self.reload_after_reset(run, &e).await
             }
             other => other.map(|_| ()),
         }
     }
 
-    /// Writes every own partition whose checkpoint value moved. Returns whether it wrote.
-    async fn checkpoint(&mut self, run: &mut Run) -> Result<bool> {
+    async fn reload_after_reset(&mut self, run: &mut Run, e: &CheckpointError) -> Result<()> {
+        tracing::error!(pillow = %self.config.name, error = %e, "checkpoint changed externally; reloading it and resuming from the stored offsets");
+        // Changes buffered from the old positions are dropped with them: the feed restarts at
+        // the stored offsets.
+        run.buffer.clear();
+        run.invalid.clear();
+        let own = run.summary.partitions.clone();
+        run.tracker = self.start_positions(&own, None).await?;
+        run.policy = CheckpointPolicy::new(
+            self.config.checkpoint_frequency,
+            self.config.max_checkpoint_delay,
+        );
+        Ok(())
+    }
+
+    /// The updates that write every own partition whose checkpoint value moved.
+    fn checkpoint_updates(run: &Run) -> (Vec<(TopicPartition, i64)>, Vec<CheckpointUpdate>) {
         let pending = run.tracker.pending();
-        if pending.is_empty() {
-            run.policy.checkpointed(Instant::now());
-            return Ok(false);
-        }
-        let updates: Vec<CheckpointUpdate> = pending
+        let updates = pending
             .iter()
             .map(|(tp, offset)| CheckpointUpdate {
                 tp: tp.clone(),
@@ -721,14 +779,78 @@ impl Pillow {
                 expected: run.tracker.committed(tp),
             })
             .collect();
+        (pending, updates)
+    }
+
+    /// Starts writing the checkpoint in the background: the loop goes on with the next chunks
+    /// while PostgreSQL commits (measured: a synchronous write per 100 changes halved the
+    /// engine's rate). The write covers only changes already handled, so it never passes one
+    /// that was not; while it runs no other write starts, and the next one, started after it
+    /// completes, covers everything handled meanwhile.
+    fn start_checkpoint(&mut self, run: &mut Run) {
+        let (pending, updates) = Self::checkpoint_updates(run);
+        run.policy.checkpointed(Instant::now());
+        if pending.is_empty() {
+            return;
+        }
+        let store = Arc::clone(&self.checkpoints);
+        let id = self.config.checkpoint_id.clone();
+        let task = tokio::spawn(async move { store.write(&id, &updates).await });
+        run.in_flight = Some(InFlight { pending, task });
+    }
+
+    /// Completes the background checkpoint write: waits for it when `wait`, otherwise only if it
+    /// already finished. A write refused because the stored rows changed (an operator's reset)
+    /// reloads the positions, as [`checkpoint_or_reload`](Self::checkpoint_or_reload) does.
+    async fn collect_checkpoint(&mut self, run: &mut Run, wait: bool) -> Result<()> {
+        let Some(in_flight) = run.in_flight.take_if(|f| wait || f.task.is_finished()) else {
+            return Ok(());
+        };
+        let result = match in_flight.task.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only when the runtime itself shuts down.
+            Err(e) => Err(Error::ShutdownRequested(format!(
+                "the background checkpoint write of {} was cancelled: {e}",
+                self.config.checkpoint_id
+            ))),
+        };
+        match result {
+            Ok(()) => self.checkpoint_written(run, &in_flight.pending).await,
+            Err(Error::Checkpoint(e @ CheckpointError::Reset { .. })) => {
+                self.reload_after_reset(run, &e).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes every own partition whose checkpoint value moved, waiting for it (after any
+    /// background write). Returns whether it wrote.
+    async fn checkpoint(&mut self, run: &mut Run) -> Result<bool> {
+        self.collect_checkpoint(run, true).await?;
+        let (pending, updates) = Self::checkpoint_updates(run);
+        if pending.is_empty() {
+            run.policy.checkpointed(Instant::now());
+            return Ok(false);
+        }
         self.checkpoints
             .write(&self.config.checkpoint_id, &updates)
             .await?;
-        run.tracker.mark_committed(&pending);
         run.policy.checkpointed(Instant::now());
+        self.checkpoint_written(run, &pending).await?;
+        Ok(true)
+    }
+
+    /// Books a completed checkpoint write: the tracker, the metrics, the processors' callbacks.
+    async fn checkpoint_written(
+        &mut self,
+        run: &mut Run,
+        pending: &[(TopicPartition, i64)],
+    ) -> Result<()> {
+        run.tracker.mark_committed(pending);
         run.summary.checkpoints += 1;
         self.metrics.counter(metrics::CHECKPOINT, self.tags(), 1.0);
-        for (tp, offset) in &pending {
+        for (tp, offset) in pending {
             #[allow(clippy::cast_precision_loss)]
             self.metrics.gauge(
                 metrics::CHECKPOINT_OFFSETS,
@@ -744,7 +866,7 @@ impl Pillow {
             p.checkpoint_updated().await?;
         }
         self.heartbeat(run, false).await;
-        Ok(true)
+        Ok(())
     }
 
     async fn heartbeat(&mut self, run: &mut Run, force: bool) {

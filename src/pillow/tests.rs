@@ -211,6 +211,8 @@ async fn checkpoint_frequency_counts_changes() {
     }
     let mut c = config(1);
     c.checkpoint_frequency = 2;
+    // CommCare's exact write points (the background writer coalesces them: tested below).
+    c.background_checkpoints = false;
     h.run(c, feed, &[RecordingProcessor::new("p", false)])
         .await
         .expect("runs");
@@ -508,6 +510,8 @@ async fn a_failing_error_store_stops_the_pillow_without_checkpointing_the_chunk(
 struct Rewinder {
     store: Arc<MemoryCheckpointStore>,
     inner: RecordingProcessor,
+    /// A change that takes 100 ms (long enough for a background write to complete).
+    slow: Option<&'static str>,
 }
 
 #[async_trait::async_trait]
@@ -523,6 +527,9 @@ impl Processor for Rewinder {
         if change.id == "d0" {
             self.store
                 .set("test-pillow-checkpoint", TopicPartition::new("t", 0), 3);
+        }
+        if self.slow == Some(change.id.as_str()) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         self.inner.process_change(change).await
     }
@@ -541,9 +548,12 @@ async fn an_external_checkpoint_change_is_detected_and_reloaded() {
     let processors: Vec<Box<dyn Processor>> = vec![Box::new(Rewinder {
         store: h.checkpoints.clone(),
         inner: inner.clone(),
+        slow: None,
     })];
+    let mut c = config(1);
+    c.background_checkpoints = false;
     let mut pillow = Pillow::new(
-        config(1),
+        c,
         Box::new(feed),
         processors,
         h.checkpoints.clone(),
@@ -614,5 +624,137 @@ async fn a_graceful_stop_flushes_and_checkpoints() {
     assert_eq!(
         h.writes().last().cloned(),
         Some(vec![("t,0".to_owned(), 2)])
+    );
+}
+
+/// A checkpoint store that takes `delay` per write and checks, as each write starts, that it
+/// passes no change the processor has not finished, and that no other write is in flight.
+struct SlowStore {
+    inner: MemoryCheckpointStore,
+    delay: std::time::Duration,
+    processor: RecordingProcessor,
+    in_flight: std::sync::atomic::AtomicUsize,
+    violations: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl CheckpointStore for SlowStore {
+    async fn load(&self, id: &str) -> Result<Vec<crate::checkpoint::CheckpointRow>> {
+        self.inner.load(id).await
+    }
+
+    async fn write(&self, id: &str, updates: &[crate::checkpoint::CheckpointUpdate]) -> Result<()> {
+        let handled = i64::try_from(processed(&self.processor).len()).expect("a small count");
+        let concurrent = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut v = self.violations.lock().expect("lock");
+            if concurrent > 1 {
+                v.push(format!("{concurrent} writes in flight"));
+            }
+            for u in updates {
+                if u.offset > handled {
+                    v.push(format!("wrote {} with {handled} handled", u.offset));
+                }
+            }
+        }
+        tokio::time::sleep(self.delay).await;
+        let r = self.inner.write(id, updates).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    async fn create_rows(&self, id: &str, tps: &[TopicPartition], offset: i64) -> Result<u64> {
+        self.inner.create_rows(id, tps, offset).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_checkpoints_coalesce_and_never_pass_a_handled_change() {
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..300 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    let p = RecordingProcessor::new("p", true);
+    let store = Arc::new(SlowStore {
+        inner: MemoryCheckpointStore::new(),
+        delay: std::time::Duration::from_millis(20),
+        processor: p.clone(),
+        in_flight: 0.into(),
+        violations: std::sync::Mutex::default(),
+    });
+    // Chunks of 1 and a checkpoint due after every change: in line, that is 300 writes of 20 ms.
+    let c = config(1);
+    assert!(c.background_checkpoints, "the default");
+    let mut pillow = Pillow::new(
+        c,
+        Box::new(feed),
+        vec![Box::new(p.clone())],
+        store.clone(),
+        Arc::new(MemoryErrorStore::default()),
+    );
+    let started = std::time::Instant::now();
+    let summary = pillow.run(&CancellationToken::new()).await.expect("runs");
+    assert_eq!(summary.changes, 300);
+    assert_eq!(processed(&p).len(), 300);
+    assert_eq!(
+        store.violations.lock().expect("lock").as_slice(),
+        [] as [String; 0]
+    );
+    let offsets: Vec<i64> = store.inner.writes().iter().map(|w| w[0].1).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets only move forward: {offsets:?}"
+    );
+    assert_eq!(
+        offsets.last(),
+        Some(&300),
+        "the final checkpoint covers every change"
+    );
+    assert!(
+        offsets.len() < 100,
+        "due writes were coalesced while one was in flight ({} writes)",
+        offsets.len()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the loop did not wait for each write ({:?})",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_seen_by_a_background_write_reloads_the_stored_offset() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..6 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    h.checkpoints
+        .set("test-pillow-checkpoint", TopicPartition::new("t", 0), 0);
+    let inner = RecordingProcessor::new("p", false);
+    let processors: Vec<Box<dyn Processor>> = vec![Box::new(Rewinder {
+        store: h.checkpoints.clone(),
+        inner: inner.clone(),
+        slow: Some("d1"),
+    })];
+    let c = config(1);
+    let mut pillow = Pillow::new(
+        c,
+        Box::new(feed),
+        processors,
+        h.checkpoints.clone(),
+        h.errors.clone(),
+    );
+    pillow.run(&CancellationToken::new()).await.expect("runs");
+    // d0 moved the stored row to 3 under the pillow; d1 is slow, so the background write
+    // after d0 has failed by the time d1 is done: the pillow reloads and resumes at 3.
+    assert_eq!(processed(&inner), ["d0", "d1", "d3", "d4", "d5"]);
+    assert_eq!(
+        h.checkpoints
+            .load("test-pillow-checkpoint")
+            .await
+            .expect("rows")[0]
+            .offset,
+        6
     );
 }

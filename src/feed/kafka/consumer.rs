@@ -199,6 +199,10 @@ impl ChangeFeed for KafkaFeed {
         Ok(())
     }
 
+    fn try_next(&mut self) -> Option<FeedItem> {
+        self.pending.pop_front()
+    }
+
     async fn next(&mut self) -> Result<Option<FeedItem>> {
         if let Some(item) = self.pending.pop_front() {
             return Ok(Some(item));
@@ -280,14 +284,14 @@ async fn read_loop(
 
 fn to_item<M: Message>(msg: &M, max_bytes: usize) -> FeedItem {
     let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-    let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
     let payload = msg.payload().unwrap_or_default();
     let invalid = |reason: String| {
         FeedItem::Invalid(Box::new(InvalidMessage {
             topic: topic.to_owned(),
             partition,
             offset,
-            key: key.clone(),
+            // Decoded only for an invalid message: a valid one takes its id from the body.
+            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             reason,
             excerpt: String::from_utf8_lossy(&payload[..payload.len().min(200)]).into_owned(),
             size: payload.len(),

@@ -199,6 +199,11 @@ impl CheckpointStore for TransactionalCheckpointStore {
         self.plain.load(checkpoint_id).await
     }
 
+    /// The write commits the processor's rows: it must happen between chunks, in line.
+    fn background_writes(&self) -> bool {
+        false
+    }
+
     async fn write(&self, checkpoint_id: &str, updates: &[CheckpointUpdate]) -> Result<()> {
         let mut st = self.session.lock().await?;
         // Every staged row must be covered by this checkpoint, or committing would make rows
