@@ -1,7 +1,12 @@
 //! The PostgreSQL reporting-table processor against the real services, in one run:
 //!
+//! 0. **anatomy of a chunk** of 1000 rows: encoding (documents parsed, values converted), then
+//!    each statement of the `copy_merge` write on its own (BEGIN + CREATE TEMP TABLE, binary COPY
+//!    into the temporary table, INSERT … SELECT … ON CONFLICT, TRUNCATE, COMMIT) beside a binary
+//!    COPY straight into the table (what `copy_first` does for new rows);
 //! 1. **write methods**: the same N form documents written by `PgTableProcessor` straight from
-//!    memory (no Kafka) with each [`WriteMethod`] — `copy_merge` (binary COPY into a temporary
+//!    memory (no Kafka) with each [`WriteMethod`] — `copy_first` (binary COPY straight into the
+//!    table, falling back to `copy_merge` on a conflict), `copy_merge` (binary COPY into a temporary
 //!    table, then one INSERT … SELECT … ON CONFLICT), `unnest` (one array parameter per column)
 //!    and `insert_values` (multi-row VALUES with typed parameters, split below 65,535
 //!    parameters) — for fresh inserts and for updates of existing rows, by chunk size;
@@ -36,7 +41,8 @@ use pillowtop::testing::{env_or, unique_name};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-const METHODS: [WriteMethod; 3] = [
+const METHODS: [WriteMethod; 4] = [
+    WriteMethod::CopyFirst,
     WriteMethod::CopyMerge,
     WriteMethod::Unnest,
     WriteMethod::InsertValues,
@@ -81,6 +87,7 @@ equals = { doc_type = "XFormInstance" }"#
 
 fn definition(table: &str, method: WriteMethod, exactly_once: bool) -> String {
     let method = match method {
+        WriteMethod::CopyFirst => "copy_first",
         WriteMethod::CopyMerge => "copy_merge",
         WriteMethod::Unnest => "unnest",
         WriteMethod::InsertValues => "insert_values",
@@ -176,6 +183,115 @@ fn print_table(title: &str, rows: &[Row]) {
     }
 }
 
+/// Section 0: where a chunk of 1000 new rows spends its time, in ms per chunk (mean over the
+/// chunks of `changes`, fresh copies so that documents are parsed as in a pillow).
+async fn anatomy(pg: &Pg, changes: &[Change]) -> anyhow::Result<()> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::ToSql;
+    let chunk = 1000;
+    let stage_table = unique_name("bench_pgt_stage");
+    let direct_table = unique_name("bench_pgt_direct");
+    let def: TableDefinition =
+        toml::from_str(&definition(&stage_table, WriteMethod::CopyMerge, false))?;
+    let encoder = pillowtop::processor::postgres::encoder::Encoder::new(&def);
+    let types: Vec<_> = def
+        .columns
+        .iter()
+        .map(|c| c.column_type.pg_type())
+        .collect();
+    let cols: Vec<String> = def
+        .columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.name))
+        .collect();
+    let (col_list, column_defs) = (
+        cols.join(", "),
+        def.columns
+            .iter()
+            .zip(&cols)
+            .map(|(c, q)| format!("{q} {}", c.column_type.sql()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let sets = cols[1..]
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let c = pg.fresh_client().await?;
+    for t in [&stage_table, &direct_table] {
+        c.batch_execute(&format!(
+            "CREATE TABLE \"{t}\" ({column_defs}, PRIMARY KEY (\"doc_id\"))"
+        ))
+        .await?;
+    }
+    let steps = [
+        "encode (parse + convert)",
+        "BEGIN + CREATE TEMP TABLE",
+        "COPY into the temporary table",
+        "INSERT … SELECT … ON CONFLICT",
+        "TRUNCATE the temporary table",
+        "COMMIT",
+        "COPY straight into the table + COMMIT",
+    ];
+    let mut total = [Duration::ZERO; 7];
+    let mut chunks = 0u32;
+    for part in changes.chunks(chunk) {
+        // Not parsed yet: this section runs first, and clones do not share the parsed form.
+        let fresh: Vec<Change> = part.to_vec();
+        let mut t = Instant::now();
+        let mut lap = |i: usize, total: &mut [Duration; 7]| {
+            total[i] += t.elapsed();
+            t = Instant::now();
+        };
+        let rows = encoder.encode_chunk(&fresh).upserts;
+        lap(0, &mut total);
+        c.batch_execute(&format!(
+            "BEGIN; CREATE TEMP TABLE IF NOT EXISTS bench_stage ({column_defs})"
+        ))
+        .await?;
+        lap(1, &mut total);
+        let copy = |table: &str| format!("COPY {table} ({col_list}) FROM STDIN (FORMAT binary)");
+        let write = |sink| async {
+            let w = BinaryCopyInWriter::new(sink, &types);
+            futures::pin_mut!(w);
+            for row in &rows {
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    row.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                w.as_mut().write(&refs).await?;
+            }
+            w.finish().await
+        };
+        write(c.copy_in(&copy("bench_stage")).await?).await?;
+        lap(2, &mut total);
+        c.batch_execute(&format!(
+            "INSERT INTO \"{stage_table}\" AS t ({col_list}) SELECT {col_list} FROM bench_stage ON CONFLICT (\"doc_id\") DO UPDATE SET {sets}"
+        ))
+        .await?;
+        lap(3, &mut total);
+        c.batch_execute("TRUNCATE bench_stage").await?;
+        lap(4, &mut total);
+        c.batch_execute("COMMIT").await?;
+        lap(5, &mut total);
+        c.batch_execute("BEGIN").await?;
+        write(c.copy_in(&copy(&format!("\"{direct_table}\""))).await?).await?;
+        c.batch_execute("COMMIT").await?;
+        lap(6, &mut total);
+        chunks += 1;
+    }
+    for t in [&stage_table, &direct_table] {
+        c.batch_execute(&format!("DROP TABLE \"{t}\"")).await?;
+    }
+    println!("\nAnatomy of a chunk of {chunk} new rows (ms per chunk, mean of {chunks}):");
+    for (step, t) in steps.iter().zip(total) {
+        println!(
+            "  {step:<40} {:>7.2}",
+            t.as_secs_f64() * 1e3 / f64::from(chunks.max(1))
+        );
+    }
+    Ok(())
+}
+
 async fn run(url: &str, kafka: &str, n: usize) -> anyhow::Result<()> {
     let pg = Arc::new(Pg::new(url));
     pillowtop::schema::ensure_schema(&pg).await?;
@@ -197,6 +313,7 @@ async fn run(url: &str, kafka: &str, n: usize) -> anyhow::Result<()> {
     let mut first = build(0);
     let mut second = build(1);
     let bytes: usize = first.iter().map(|c| c.size).sum();
+    anatomy(&pg, &first).await?;
     let mut rows = Vec::new();
     for chunk in [100, 1000] {
         for method in METHODS {
@@ -237,11 +354,14 @@ async fn run(url: &str, kafka: &str, n: usize) -> anyhow::Result<()> {
         println!("\npublished {n} changes ({:.1} MB) in {:.2}s", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
         let mut rows = Vec::new();
         let cases: Vec<(WriteMethod, bool, usize)> = vec![
+            (WriteMethod::CopyFirst, false, 1000),
             (WriteMethod::CopyMerge, false, 1000),
             (WriteMethod::Unnest, false, 1000),
             (WriteMethod::InsertValues, false, 1000),
+            (WriteMethod::CopyFirst, false, 100),
             (WriteMethod::CopyMerge, false, 100),
             (WriteMethod::Unnest, false, 100),
+            (WriteMethod::CopyFirst, true, 1000),
             (WriteMethod::CopyMerge, true, 1000),
             (WriteMethod::Unnest, true, 1000),
         ];

@@ -1,6 +1,7 @@
 //! The PostgreSQL reporting-table processor against the real PostgreSQL: round trips for every
-//! write method, filter and deletion semantics, conversion failures, table creation and added
-//! columns, and the exactly-once store's atomicity rules.
+//! write method, `copy_first`'s fallback to the merge (the same table as `copy_merge`), filter
+//! and deletion semantics, conversion failures, table creation and added columns, and the
+//! exactly-once store's atomicity rules (also when `copy_first` falls back inside them).
 
 // Short names (p processor, c client, r row, f failure) keep the round-trip scenarios readable.
 #![allow(clippy::many_single_char_names)]
@@ -92,6 +93,7 @@ async fn upsert_update_delete_filter_and_type_errors_for_every_write_method() {
     let url = require!("TEST_POSTGRES_URL");
     let db = TestDb::new(&url).await;
     for method in [
+        WriteMethod::CopyFirst,
         WriteMethod::CopyMerge,
         WriteMethod::Unnest,
         WriteMethod::InsertValues,
@@ -215,6 +217,7 @@ async fn large_chunks_split_below_the_parameter_limit_and_methods_agree() {
     let mut sums = Vec::new();
     for method in [
         WriteMethod::InsertValues,
+        WriteMethod::CopyFirst,
         WriteMethod::CopyMerge,
         WriteMethod::Unnest,
     ] {
@@ -472,5 +475,255 @@ async fn exactly_once_rows_commit_only_with_a_covering_checkpoint() {
         .await
         .expect("commit");
     assert_eq!(count(table.clone()).await, 11, "d0..d9 and young");
+    session.rollback().await.expect("nothing open");
+}
+
+/// Every column of every row, as text, for comparing two tables.
+async fn contents(pg: &Arc<Pg>, table: &str) -> Vec<String> {
+    let c = pg.fresh_client().await.expect("client");
+    c.query(
+        &format!("SELECT t::text FROM (SELECT doc_id, domain, user_id, age, weight, consent, visit, received_on, form, seq, applied FROM {table}) t ORDER BY 1"),
+        &[],
+    )
+    .await
+    .expect("select")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Records the first word of every statement that inserts into `table` (COPY or INSERT) in the
+/// table `log`, through a statement-level trigger calling `function`.
+async fn log_inserting_statements(pg: &Arc<Pg>, table: &str, log: &str, function: &str) {
+    let c = pg.fresh_client().await.expect("client");
+    c.batch_execute(&format!(
+        "CREATE TABLE {log} (n bigserial PRIMARY KEY, statement text);
+         CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO {log} (statement) VALUES (split_part(ltrim(current_query()), ' ', 1)); RETURN NULL; END $$;
+         CREATE TRIGGER log_statements AFTER INSERT ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
+    ))
+    .await
+    .expect("trigger");
+}
+
+async fn logged(pg: &Arc<Pg>, log: &str) -> Vec<String> {
+    let c = pg.fresh_client().await.expect("client");
+    c.query(&format!("SELECT statement FROM {log} ORDER BY n"), &[])
+        .await
+        .expect("log")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_first_copies_new_rows_and_falls_back_to_the_merge_on_conflicts() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let first = db.id("pgt_copy_first");
+    let merged = db.id("pgt_copy_merge");
+    let log = db.id("pgt_copy_first_log");
+    let function = db.id("pgt_copy_first_fn");
+    let mut p = PgTableProcessor::new(definition(&first, ""), db.pg.clone()).expect("processor");
+    assert_eq!(
+        p.definition().write_method,
+        WriteMethod::CopyFirst,
+        "the default"
+    );
+    let mut q = PgTableProcessor::new(definition(&merged, ""), db.pg.clone())
+        .expect("processor")
+        .with_write_method(WriteMethod::CopyMerge);
+    p.bootstrap_if_needed().await.expect("bootstrap");
+    q.bootstrap_if_needed().await.expect("bootstrap");
+    log_inserting_statements(&db.pg, &first, &log, &function).await;
+
+    let doc = |i: usize, age: i64| Some(form(i, "demo", &json!(age)));
+    let mut stopped = form(3, "demo", &json!(9));
+    stopped["doc_type"] = json!("XFormArchived");
+    // (chunk, the table afterwards (doc_id, age, applied), the inserting statements so far)
+    type Step<'a> = (Vec<Change>, Vec<(&'a str, i32, i64)>, &'a [&'a str]);
+    let chunks: Vec<Step> = vec![
+        // New rows, a type error, a delete and a filter mismatch of rows that do not exist:
+        // one COPY into the table.
+        (
+            vec![
+                change("a", 0, doc(1, 1), false),
+                change("b", 1, doc(2, 2), false),
+                change("bad", 2, Some(form(9, "demo", &json!("x"))), false),
+                change("c", 3, doc(3, 3), false),
+                change("gone", 4, None, true),
+                change("z", 5, Some(form(5, "elsewhere", &json!(1))), false),
+                change("a", 6, doc(1, 11), false),
+            ],
+            vec![("a", 11, 1), ("b", 2, 1), ("c", 3, 1)],
+            &["COPY"],
+        ),
+        // An update among new rows, a deletion and a row that stops matching: the COPY
+        // conflicts, the chunk is merged instead (the COPY left nothing behind).
+        (
+            vec![
+                change("d", 7, doc(4, 4), false),
+                change("a", 8, doc(1, 12), false),
+                change("b", 9, None, true),
+                change("c", 10, Some(stopped), false),
+                change("e", 11, doc(5, 5), false),
+            ],
+            vec![("a", 12, 2), ("d", 4, 1), ("e", 5, 1)],
+            &["COPY", "INSERT"],
+        ),
+        // New rows only, but right after a conflict: merged without trying COPY.
+        (
+            vec![change("f", 12, doc(6, 6), false)],
+            vec![("a", 12, 2), ("d", 4, 1), ("e", 5, 1), ("f", 6, 1)],
+            &["COPY", "INSERT", "INSERT"],
+        ),
+        // COPY again: it works.
+        (
+            vec![change("g", 13, doc(7, 7), false)],
+            vec![
+                ("a", 12, 2),
+                ("d", 4, 1),
+                ("e", 5, 1),
+                ("f", 6, 1),
+                ("g", 7, 1),
+            ],
+            &["COPY", "INSERT", "INSERT", "COPY"],
+        ),
+        // Updates only (and one row twice in the chunk: the last wins, counted once).
+        (
+            vec![
+                change("f", 14, doc(6, 60), false),
+                change("g", 15, doc(7, 70), false),
+                change("f", 16, doc(6, 61), false),
+            ],
+            vec![
+                ("a", 12, 2),
+                ("d", 4, 1),
+                ("e", 5, 1),
+                ("f", 61, 2),
+                ("g", 70, 2),
+            ],
+            &["COPY", "INSERT", "INSERT", "COPY", "INSERT"],
+        ),
+    ];
+    for (n, (chunk, want, statements)) in chunks.into_iter().enumerate() {
+        let mut a = chunk.clone();
+        let out = p
+            .process_changes_chunk(&mut a)
+            .await
+            .expect("not fatal")
+            .expect("written");
+        let mut b = chunk;
+        let out_merged = q
+            .process_changes_chunk(&mut b)
+            .await
+            .expect("not fatal")
+            .expect("written");
+        assert_eq!(out.retry, out_merged.retry, "chunk {n}");
+        let failed = |o: &ChunkOutcome| o.errors.iter().map(|(i, _)| *i).collect::<Vec<_>>();
+        assert_eq!(failed(&out), failed(&out_merged), "chunk {n}");
+        assert_eq!(out.errors.len(), usize::from(n == 0), "chunk {n}");
+        let got: Vec<(String, Option<i32>, i64)> = rows(&db.pg, &first)
+            .await
+            .into_iter()
+            .map(|(id, age, applied, _)| (id, age, applied))
+            .collect();
+        let want: Vec<(String, Option<i32>, i64)> = want
+            .into_iter()
+            .map(|(id, age, applied)| (id.to_owned(), Some(age), applied))
+            .collect();
+        assert_eq!(got, want, "chunk {n}");
+        assert_eq!(
+            contents(&db.pg, &first).await,
+            contents(&db.pg, &merged).await,
+            "chunk {n}: copy_first and copy_merge leave the same table"
+        );
+        assert_eq!(logged(&db.pg, &log).await, statements, "chunk {n}");
+    }
+    let c = db.pg.fresh_client().await.expect("client");
+    c.batch_execute(&format!("DROP TABLE {first}; DROP FUNCTION {function}()"))
+        .await
+        .expect("drop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_first_fallback_in_exactly_once_mode_keeps_the_earlier_chunks() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let table = db.id("pgt_eo_copy_first");
+    let id = db.id("pgt_eo_copy_first_ckpt");
+    let session = ExactlyOnceSession::new(&url);
+    let mut p =
+        PgTableProcessor::exactly_once(definition(&table, "exactly_once = true"), session.clone())
+            .expect("processor");
+    assert_eq!(p.definition().write_method, WriteMethod::CopyFirst);
+    p.bootstrap_if_needed().await.expect("bootstrap");
+    let store = TransactionalCheckpointStore::new(session.clone(), db.pg.clone());
+    let tp = TopicPartition::new("t", 0);
+    let doc = |i: i64| Some(form(1, "demo", &json!(i)));
+
+    // Committed first: x exists in the table.
+    let mut chunk = vec![change("x", 0, doc(0), false)];
+    p.process_changes_chunk(&mut chunk)
+        .await
+        .expect("ok")
+        .expect("ok");
+    store
+        .write(
+            &id,
+            &[CheckpointUpdate {
+                tp: tp.clone(),
+                offset: 1,
+                expected: None,
+            }],
+        )
+        .await
+        .expect("commit");
+    // One transaction: new rows by COPY; then a chunk whose COPY conflicts (x) and is merged
+    // after rolling back to the chunk's savepoint; then new rows again (merged: skipped COPY).
+    let chunks = [
+        vec![change("a", 1, doc(1), false), change("b", 2, doc(2), false)],
+        vec![
+            change("c", 3, doc(3), false),
+            change("x", 4, doc(4), false),
+            change("a", 5, doc(5), false),
+            change("b", 6, None, true),
+        ],
+        vec![change("d", 7, doc(7), false)],
+    ];
+    for mut chunk in chunks {
+        let out = p
+            .process_changes_chunk(&mut chunk)
+            .await
+            .expect("ok")
+            .expect("ok");
+        assert_eq!(out, ChunkOutcome::default());
+    }
+    assert_eq!(rows(&db.pg, &table).await.len(), 1, "nothing visible yet");
+    store
+        .write(
+            &id,
+            &[CheckpointUpdate {
+                tp,
+                offset: 8,
+                expected: Some(1),
+            }],
+        )
+        .await
+        .expect("commit");
+    let got: Vec<(String, Option<i32>, i64)> = rows(&db.pg, &table)
+        .await
+        .into_iter()
+        .map(|(id, age, applied, _)| (id, age, applied))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), Some(5), 2),
+            ("c".into(), Some(3), 1),
+            ("d".into(), Some(7), 1),
+            ("x".into(), Some(4), 2),
+        ]
+    );
     session.rollback().await.expect("nothing open");
 }

@@ -144,10 +144,18 @@ pub struct Filter {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WriteMethod {
-    /// `COPY … FROM STDIN (FORMAT binary)` into a temporary table, then one
-    /// `INSERT … SELECT … ON CONFLICT DO UPDATE`. The default: measured fastest
-    /// (see `benches/pg_table.rs`).
+    /// Adaptive (the default: measured fastest, see `benches/pg_table.rs`): the chunk's rows
+    /// are first `COPY`'d (binary) straight into the table, as the first statement of the
+    /// chunk, with the apply count at 1. When a row already exists (`unique_violation`) or the
+    /// COPY fails otherwise, the chunk is rolled back to its start (the transaction, or in
+    /// exactly-once mode the chunk's savepoint) and written by `copy_merge`, with the same
+    /// encoded rows. After a conflict the next chunks go straight to `copy_merge`, skipping
+    /// 1, 2, 4, … up to 64 chunks before COPY is tried again, so that an update-heavy feed does
+    /// not pay a failed COPY per chunk; a successful COPY resets the skip.
     #[default]
+    CopyFirst,
+    /// `COPY … FROM STDIN (FORMAT binary)` into a temporary table, then one
+    /// `INSERT … SELECT … ON CONFLICT DO UPDATE`.
     CopyMerge,
     /// Multi-row `INSERT … VALUES (…), (…) ON CONFLICT DO UPDATE` with typed parameters, split
     /// into statements of at most 65,535 parameters.
@@ -364,7 +372,7 @@ mod tests {
     fn parses_validates_and_filters() {
         let d = def();
         d.validate().expect("valid");
-        assert_eq!(d.write_method, WriteMethod::CopyMerge);
+        assert_eq!(d.write_method, WriteMethod::CopyFirst);
         let doc = serde_json::json!({"doc_type": "XFormInstance", "domain": "a", "form": {"meta": {"userID": "u"}}});
         assert!(d.matches(&doc));
         assert!(!d.matches(&serde_json::json!({"doc_type": "XFormInstance", "domain": "c"})));

@@ -4,8 +4,9 @@
 //!   fields and SQL types, primary key, filter, write method), strict serde;
 //! * [`encoder`]: changes → typed rows (`Upsert`, `Delete`, or document missing), conversion
 //!   failures per change, no I/O;
-//! * [`processor`]: [`PgTableProcessor`], bulk upserts and deletes per chunk, table creation and
-//!   added columns in `bootstrap_if_needed`;
+//! * [`processor`]: [`PgTableProcessor`], bulk upserts and deletes per chunk (by default
+//!   `copy_first`: binary `COPY` straight into the table, merged through a temporary table
+//!   when a row already exists), table creation and added columns in `bootstrap_if_needed`;
 //! * [`exactly_once`]: rows and the pillow's checkpoint in one transaction.
 //!
 //! Semantics per change: a deletion, or a document that does not (or no longer) match the

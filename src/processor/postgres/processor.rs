@@ -2,19 +2,23 @@
 //! exactly-once mode, one transaction per checkpoint).
 //!
 //! Per chunk: the encoder turns every change into an upsert, a delete or "document missing";
-//! deletes run as one `DELETE … USING unnest(…)`, upserts by the configured [`WriteMethod`].
+//! deletes run as one `DELETE … USING unnest(…)`, upserts by the configured [`WriteMethod`]
+//! (by default `copy_first`: a binary `COPY` straight into the table, falling back to COPY into
+//! a temporary table and a merge when a row already exists).
 //! A value that does not convert fails its change only; a statement that fails as a whole (a
 //! constraint the definition does not know about) fails the chunk, and the pillow then writes
 //! the changes one by one, so the culprit fails alone. Connection failures are retried by
 //! [`Pg`] and are fatal after its backoff.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{pin_mut, SinkExt};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::Client;
 
 use super::config::{quote_ident, ColumnType, TableDefinition, WriteMethod};
@@ -28,6 +32,38 @@ use crate::processor::{ChunkOutcome, Processor, ProcessorFailure};
 
 /// PostgreSQL's limit on bind parameters per statement.
 pub const MAX_PARAMETERS: usize = 65_535;
+
+/// `copy_first`: after this many conflicts in a row, COPY is tried every 64 chunks.
+const MAX_COPY_SKIP: u32 = 64;
+
+/// `copy_first`'s memory: how many chunks to write by merge before trying COPY again.
+#[derive(Debug, Default)]
+struct CopyFirstState {
+    /// Chunks still to write by merge.
+    skip: AtomicU32,
+    /// The skip after the next conflict (doubles up to [`MAX_COPY_SKIP`]; 0 means 1).
+    next_skip: AtomicU32,
+}
+
+impl CopyFirstState {
+    /// True when this chunk should try COPY into the table (consumes one skipped chunk).
+    fn try_copy(&self) -> bool {
+        self.skip
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1))
+            .is_err()
+    }
+
+    fn copied(&self) {
+        self.next_skip.store(1, Ordering::Relaxed);
+    }
+
+    fn conflicted(&self) {
+        let n = self.next_skip.load(Ordering::Relaxed).max(1);
+        self.skip.store(n, Ordering::Relaxed);
+        self.next_skip
+            .store((n * 2).min(MAX_COPY_SKIP), Ordering::Relaxed);
+    }
+}
 
 /// The SQL of one table, built once from its definition.
 #[derive(Debug, Clone)]
@@ -43,10 +79,17 @@ pub(crate) struct Writer {
     /// `ON CONFLICT (…) DO UPDATE SET …`
     conflict: String,
     create_stage: String,
+    /// `COPY` into the staging table (the table's columns, and the apply count).
     copy: String,
+    /// `COPY` straight into the table (`copy_first`).
+    copy_target: String,
+    /// Wire types of a COPY row: the columns', then `int8` for the apply count.
+    copy_types: Vec<Type>,
+    has_counter: bool,
     merge: String,
     delete: String,
     max_rows_per_insert: usize,
+    copy_first: Arc<CopyFirstState>,
 }
 
 impl Writer {
@@ -83,47 +126,55 @@ impl Writer {
         let shape = def.columns.iter().fold(def.label(), |acc, c| {
             format!("{acc}|{}:{}", c.name, c.column_type.sql())
         });
+        let shape = match &counter {
+            Some(a) => format!("{shape}|{a}:count"),
+            None => shape,
+        };
         let stage = quote_ident(&format!("pillowtop_stage_{:016x}", fnv1a(&shape)));
-        let stage_cols = def
+        let mut stage_cols = def
             .columns
             .iter()
             .map(|c| format!("{} {}", quote_ident(&c.name), c.column_type.sql()))
             .collect::<Vec<_>>()
             .join(", ");
+        // The staging table has the apply count too (always 1): the same COPY rows serve the
+        // table (`copy_first`) and the staging table.
+        let copy_cols = match &counter {
+            Some(a) => {
+                let _ = write!(stage_cols, ", {a} bigint");
+                format!("{col_list}, {a}")
+            }
+            None => col_list.clone(),
+        };
         let key_types: Vec<&str> = pk
             .iter()
             .map(|&i| def.columns[i].column_type.sql())
             .collect();
-        let delete = format!(
-            "DELETE FROM {table} AS t USING unnest({}) AS d({}) WHERE {}",
-            key_types
-                .iter()
-                .enumerate()
-                .map(|(i, ty)| format!("${}::{ty}[]", i + 1))
-                .collect::<Vec<_>>()
-                .join(", "),
-            (0..pk.len())
-                .map(|i| format!("k{i}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            pk_cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("t.{c} = d.k{i}"))
-                .collect::<Vec<_>>()
-                .join(" AND ")
-        );
+        let delete = delete_sql(&table, &pk_cols, &key_types);
         let n = def.columns.len().max(1);
+        let types: Vec<Type> = def
+            .columns
+            .iter()
+            .map(|c| c.column_type.pg_type())
+            .collect();
+        let mut copy_types = types.clone();
+        if counter.is_some() {
+            copy_types.push(Type::INT8);
+        }
         Self {
             method: def.write_method,
             label: def.label(),
-            types: def.columns.iter().map(|c| c.column_type.pg_type()).collect(),
+            types,
             casts: def.columns.iter().map(|c| c.column_type.sql()).collect(),
             create_stage: format!("CREATE TEMP TABLE IF NOT EXISTS {stage} ({stage_cols})"),
-            copy: format!("COPY {stage} ({col_list}) FROM STDIN (FORMAT binary)"),
+            copy: format!("COPY {stage} ({copy_cols}) FROM STDIN (FORMAT binary)"),
+            copy_target: format!("COPY {table} ({copy_cols}) FROM STDIN (FORMAT binary)"),
+            copy_types,
+            has_counter: counter.is_some(),
             merge: format!(
-                "{insert_into} SELECT {col_list}{count_value} FROM {stage}{conflict}; TRUNCATE {stage}"
+                "{insert_into} SELECT {copy_cols} FROM {stage}{conflict}; TRUNCATE {stage}"
             ),
+            copy_first: Arc::default(),
             insert_into,
             count_value,
             conflict,
@@ -132,29 +183,98 @@ impl Writer {
         }
     }
 
-    /// What to run before the rows: `prelude` plus, for COPY, the staging table.
-    fn prelude(&self, prelude: &str) -> String {
-        if self.method == WriteMethod::CopyMerge {
+    /// How this chunk's upserts go: `copy_first` decides (and consumes a skipped chunk) here,
+    /// once per chunk, outside the retried connection closure.
+    fn plan(&self, chunk: &EncodedChunk) -> Plan {
+        match self.method {
+            _ if chunk.upserts.is_empty() => Plan::Other,
+            WriteMethod::CopyFirst if self.copy_first.try_copy() => Plan::CopyFirst,
+            WriteMethod::CopyFirst | WriteMethod::CopyMerge => Plan::CopyMerge,
+            WriteMethod::Unnest | WriteMethod::InsertValues => Plan::Other,
+        }
+    }
+
+    /// What to run before the rows: `prelude` plus, for a merge, the staging table.
+    fn prelude(&self, prelude: &str, plan: Plan) -> String {
+        if plan == Plan::CopyMerge {
             format!("{prelude}; {}", self.create_stage)
         } else {
             prelude.to_owned()
         }
     }
 
-    /// Runs the chunk's deletes and upserts on `c` (inside the caller's transaction).
+    /// The chunk's upserts in `COPY … (FORMAT binary)` form, with the apply count (1) when the
+    /// table has one: encoded once, sent to the table or to the staging table.
+    fn copy_payload(&self, rows: &[Vec<SqlValue>]) -> std::result::Result<Bytes, String> {
+        let fields = i16::try_from(self.copy_types.len()).map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::with_capacity(19 + rows.len() * (2 + 64 * self.copy_types.len()));
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0); // flags
+        buf.put_i32(0); // header extension length
+        for row in rows {
+            buf.put_i16(fields);
+            for (v, ty) in row.iter().zip(&self.types) {
+                let at = buf.len();
+                buf.put_i32(0);
+                let len = match v.to_sql_checked(ty, &mut buf).map_err(|e| e.to_string())? {
+                    IsNull::Yes => -1,
+                    IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|e| e.to_string())?,
+                };
+                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            if self.has_counter {
+                buf.put_i32(8);
+                buf.put_i64(1);
+            }
+        }
+        buf.put_i16(-1);
+        Ok(buf.freeze())
+    }
+
+    /// Runs the chunk's deletes and upserts on `c`, inside the caller's transaction, which was
+    /// opened just before (by [`Writer::prelude`] with the same `plan`). `restart` undoes
+    /// everything the chunk did and starts it again (`ROLLBACK; BEGIN`, or back to the chunk's
+    /// savepoint): `copy_first` runs it when COPY into the table fails.
     pub(crate) async fn write(
         &self,
         c: &Client,
         chunk: &EncodedChunk,
+        plan: Plan,
+        payload: Option<&Bytes>,
+        restart: &str,
     ) -> std::result::Result<(), tokio_postgres::Error> {
+        let mut merge = plan == Plan::CopyMerge;
+        if plan == Plan::CopyFirst {
+            let payload = payload.expect("copy_first encodes its payload");
+            match copy_bytes(c, &self.copy_target, payload).await {
+                Ok(()) => self.copy_first.copied(),
+                Err(e) if c.is_closed() || e.as_db_error().is_none() => return Err(e),
+                Err(e) => {
+                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                        self.copy_first.conflicted();
+                    } else {
+                        // Not a conflict: the merge meets the same data and says what is wrong.
+                        tracing::debug!(table = %self.label, error = %describe(&e), "COPY into the table failed; merging instead");
+                    }
+                    c.batch_execute(&format!("{restart}; {}", self.create_stage))
+                        .await?;
+                    merge = true;
+                }
+            }
+        }
         if !chunk.deletes.is_empty() {
             let keys = transpose(&chunk.deletes);
             let params: Vec<&(dyn ToSql + Sync)> =
                 keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
             c.execute(self.delete.as_str(), &params).await?;
         }
-        if chunk.upserts.is_empty() {
+        if chunk.upserts.is_empty() || (plan == Plan::CopyFirst && !merge) {
             return Ok(());
+        }
+        if merge {
+            let payload = payload.expect("copy_merge encodes its payload");
+            copy_bytes(c, &self.copy, payload).await?;
+            return c.batch_execute(&self.merge).await;
         }
         match self.method {
             WriteMethod::InsertValues => {
@@ -174,18 +294,8 @@ impl Writer {
                     columns.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
                 c.execute(self.unnest_sql().as_str(), &params).await?;
             }
-            WriteMethod::CopyMerge => {
-                let sink = c.copy_in(self.copy.as_str()).await?;
-                let writer = BinaryCopyInWriter::new(sink, &self.types);
-                pin_mut!(writer);
-                let mut refs: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(self.types.len());
-                for row in &chunk.upserts {
-                    refs.clear();
-                    refs.extend(row.iter().map(|v| v as &(dyn ToSql + Sync)));
-                    writer.as_mut().write(&refs).await?;
-                }
-                writer.finish().await?;
-                c.batch_execute(&self.merge).await?;
+            WriteMethod::CopyFirst | WriteMethod::CopyMerge => {
+                unreachable!("planned as a COPY")
             }
         }
         Ok(())
@@ -229,6 +339,53 @@ impl Writer {
             self.conflict
         )
     }
+}
+
+/// `DELETE … USING unnest($1::type[], …)` by primary key.
+fn delete_sql(table: &str, pk_cols: &[&str], key_types: &[&str]) -> String {
+    format!(
+        "DELETE FROM {table} AS t USING unnest({}) AS d({}) WHERE {}",
+        key_types
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| format!("${}::{ty}[]", i + 1))
+            .collect::<Vec<_>>()
+            .join(", "),
+        (0..key_types.len())
+            .map(|i| format!("k{i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        pk_cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("t.{c} = d.k{i}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    )
+}
+
+/// How one chunk's upserts are written (decided by [`Writer::plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// `copy_first`: COPY into the table; merge when that fails.
+    CopyFirst,
+    /// COPY into the staging table, then merge.
+    CopyMerge,
+    /// `unnest` or `insert_values` (or nothing to upsert).
+    Other,
+}
+
+/// Sends a ready binary COPY payload.
+async fn copy_bytes(
+    c: &Client,
+    statement: &str,
+    payload: &Bytes,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let sink = c.copy_in::<_, Bytes>(statement).await?;
+    pin_mut!(sink);
+    sink.send(payload.clone()).await?;
+    sink.finish().await?;
+    Ok(())
 }
 
 /// Rows → columns (for `unnest` array parameters).
@@ -327,14 +484,39 @@ impl PgTableProcessor {
             return Ok(Ok(()));
         }
         let what = format!("writing rows of table {}", self.writer.label);
+        let plan = self.writer.plan(chunk);
+        let payload = match plan {
+            Plan::CopyFirst | Plan::CopyMerge => match self.writer.copy_payload(&chunk.upserts) {
+                Ok(p) => Some(p),
+                Err(e) => return Ok(Err(format!("encoding the rows for COPY failed: {e}"))),
+            },
+            Plan::Other => None,
+        };
+        self.write_planned(chunk, offsets, &what, plan, payload.as_ref())
+            .await
+    }
+
+    /// [`Self::write`] once the chunk's plan is made and its COPY rows are encoded.
+    async fn write_planned(
+        &self,
+        chunk: &EncodedChunk,
+        offsets: Vec<(TopicPartition, i64)>,
+        what: &str,
+        plan: Plan,
+        payload: Option<&Bytes>,
+    ) -> Result<std::result::Result<(), String>> {
         match &self.target {
             Target::Shared(pg) => {
-                let begin = self.writer.prelude("BEGIN");
-                pg.run(&what, |c| {
-                    let (what, begin) = (what.clone(), &begin);
+                let begin = self.writer.prelude("BEGIN", plan);
+                pg.run(what, |c| {
+                    let (what, begin) = (what.to_owned(), &begin);
                     async move {
                         c.batch_execute(begin).await.map_err(err(what.clone()))?;
-                        let result = match self.writer.write(&c, chunk).await {
+                        let result = match self
+                            .writer
+                            .write(&c, chunk, plan, payload, "ROLLBACK; BEGIN")
+                            .await
+                        {
                             Ok(()) => c.batch_execute("COMMIT").await,
                             Err(e) => Err(e),
                         };
@@ -358,14 +540,25 @@ impl PgTableProcessor {
             Target::ExactlyOnce(session) => {
                 let mut st = session.lock().await?;
                 let prelude = if st.in_transaction {
-                    self.writer.prelude("SAVEPOINT pillowtop_chunk")
+                    self.writer.prelude("SAVEPOINT pillowtop_chunk", plan)
                 } else {
-                    self.writer.prelude("BEGIN; SAVEPOINT pillowtop_chunk")
+                    self.writer
+                        .prelude("BEGIN; SAVEPOINT pillowtop_chunk", plan)
                 };
                 let c = client(&st)?;
                 let result = async {
                     c.batch_execute(&prelude).await.map_err(|e| (true, e))?;
-                    match self.writer.write(c, chunk).await {
+                    match self
+                        .writer
+                        .write(
+                            c,
+                            chunk,
+                            plan,
+                            payload,
+                            "ROLLBACK TO SAVEPOINT pillowtop_chunk",
+                        )
+                        .await
+                    {
                         Ok(()) => c
                             .batch_execute("RELEASE SAVEPOINT pillowtop_chunk")
                             .await
@@ -630,10 +823,56 @@ mod tests {
         );
         assert!(
             w.merge
-                .contains("SELECT \"doc_id\", \"n\", 1 FROM \"pillowtop_stage_"),
+                .contains("SELECT \"doc_id\", \"n\", \"applied\" FROM \"pillowtop_stage_"),
             "{}",
             w.merge
         );
+        assert_eq!(
+            w.copy_target,
+            "COPY \"xform\" (\"doc_id\", \"n\", \"applied\") FROM STDIN (FORMAT binary)"
+        );
+        assert!(w
+            .create_stage
+            .ends_with("(\"doc_id\" text, \"n\" integer, \"applied\" bigint)"));
         assert_eq!(w.max_rows_per_insert, 32_767);
+    }
+
+    #[test]
+    fn copy_payload_is_binary_copy_with_the_apply_count() {
+        let w = Writer::new(&def(), &[0]);
+        let rows = vec![
+            vec![SqlValue::Text("ab".into()), SqlValue::Integer(7)],
+            vec![SqlValue::Text("c".into()), SqlValue::Null],
+        ];
+        let b = w.copy_payload(&rows).expect("encodes");
+        let mut want: Vec<u8> = b"PGCOPY\n\xff\r\n\0".to_vec();
+        want.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend([0, 3, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 4, 0, 0, 0, 7]);
+        want.extend([0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1]);
+        want.extend([0, 3, 0, 0, 0, 1, b'c', 0xff, 0xff, 0xff, 0xff]);
+        want.extend([0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1]);
+        want.extend([0xff, 0xff]);
+        assert_eq!(b.as_ref(), want.as_slice());
+    }
+
+    #[test]
+    fn copy_first_skips_exponentially_after_conflicts() {
+        let s = CopyFirstState::default();
+        let mut tried = Vec::new();
+        for chunk in 0..40 {
+            if s.try_copy() {
+                tried.push(chunk);
+                // Every COPY conflicts until chunk 30, then every COPY succeeds.
+                if chunk < 30 {
+                    s.conflicted();
+                } else {
+                    s.copied();
+                }
+            }
+        }
+        assert_eq!(tried, vec![0, 2, 5, 10, 19, 36, 37, 38, 39]);
+        s.conflicted();
+        assert!(!s.try_copy(), "a conflict after a success skips one chunk");
+        assert!(s.try_copy());
     }
 }
