@@ -727,3 +727,50 @@ async fn copy_first_fallback_in_exactly_once_mode_keeps_the_earlier_chunks() {
     );
     session.rollback().await.expect("nothing open");
 }
+
+/// A table made by hand without a unique key on the primary-key columns: `copy_first` must not
+/// COPY into it (duplicates would go unnoticed); the merge's `ON CONFLICT` fails instead, and
+/// every change of the chunk becomes a failure with PostgreSQL's reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_first_never_copies_into_a_table_without_a_unique_key() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let table = db.id("pgt_no_key");
+    let c = db.pg.fresh_client().await.expect("client");
+    c.batch_execute(&format!(
+        "CREATE TABLE {table} (doc_id text, domain text, user_id text, age integer, weight numeric,
+           consent boolean, visit date, received_on timestamptz, form jsonb, seq bigint,
+           applied bigint NOT NULL DEFAULT 1)"
+    ))
+    .await
+    .expect("create");
+    let mut p = PgTableProcessor::new(definition(&table, ""), db.pg.clone()).expect("processor");
+    assert_eq!(p.definition().write_method, WriteMethod::CopyFirst);
+    for round in 0..2 {
+        let mut chunk = vec![
+            change("a", round * 2, Some(form(1, "demo", &json!(1))), false),
+            change("b", round * 2 + 1, Some(form(2, "demo", &json!(2))), false),
+        ];
+        let outcome = p
+            .process_changes_chunk(&mut chunk)
+            .await
+            .expect("not fatal");
+        let failed = match outcome {
+            Err(whole) => whole.message,
+            Ok(ChunkOutcome { errors, .. }) => errors
+                .first()
+                .map(|(_, f)| f.message.clone())
+                .unwrap_or_default(),
+        };
+        assert!(
+            failed.contains("ON CONFLICT"),
+            "round {round}: the merge says why: {failed:?}"
+        );
+    }
+    let n: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0, "nothing was copied in");
+}

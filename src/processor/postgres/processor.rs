@@ -434,6 +434,10 @@ pub struct PgTableProcessor {
     encoder: Encoder,
     writer: Writer,
     target: Target,
+    /// Whether the table has a unique index on exactly its primary-key columns, checked once
+    /// before the first `copy_first` COPY: without one a COPY would add duplicate rows where
+    /// the merge's `ON CONFLICT` fails with PostgreSQL's message (a table made by hand).
+    unique_key: tokio::sync::OnceCell<bool>,
 }
 
 impl PgTableProcessor {
@@ -458,6 +462,7 @@ impl PgTableProcessor {
             writer,
             def,
             target,
+            unique_key: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -484,7 +489,10 @@ impl PgTableProcessor {
             return Ok(Ok(()));
         }
         let what = format!("writing rows of table {}", self.writer.label);
-        let plan = self.writer.plan(chunk);
+        let mut plan = self.writer.plan(chunk);
+        if plan == Plan::CopyFirst && !self.has_unique_key().await? {
+            plan = Plan::CopyMerge;
+        }
         let payload = match plan {
             Plan::CopyFirst | Plan::CopyMerge => match self.writer.copy_payload(&chunk.upserts) {
                 Ok(p) => Some(p),
@@ -494,6 +502,46 @@ impl PgTableProcessor {
         };
         self.write_planned(chunk, offsets, &what, plan, payload.as_ref())
             .await
+    }
+
+    /// See [`PgTableProcessor::unique_key`].
+    async fn has_unique_key(&self) -> Result<bool> {
+        let found = self
+            .unique_key
+            .get_or_try_init(|| async {
+                let pg = match &self.target {
+                    Target::Shared(pg) => Arc::clone(pg),
+                    Target::ExactlyOnce(s) => Arc::new(Pg::new(s.url())),
+                };
+                let table = self.def.qualified_name();
+                let mut keys = self.def.primary_key.clone();
+                keys.sort();
+                let what = format!("reading the unique indexes of table {}", self.writer.label);
+                pg.run(&what, |c| {
+                    let (what, table, keys) = (what.clone(), &table, &keys);
+                    async move {
+                        c.query_one(
+                            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1::text::regclass \
+                               AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+                               AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) \
+                                    FROM pg_attribute a WHERE a.attrelid = i.indrelid \
+                                    AND a.attnum = ANY (i.indkey)) = $2::text[])",
+                            &[table, keys],
+                        )
+                        .await
+                        .map(|r| r.get::<_, bool>(0))
+                        .map_err(err(what))
+                    }
+                })
+                .await
+                .inspect(|found| {
+                    if !found {
+                        tracing::warn!(table = %self.writer.label, "the table has no unique index on its primary key: copy_first merges instead of copying (and the merge's ON CONFLICT will say what is wrong)");
+                    }
+                })
+            })
+            .await?;
+        Ok(*found)
     }
 
     /// [`Self::write`] once the chunk's plan is made and its COPY rows are encoded.
