@@ -402,63 +402,61 @@ impl Pillow {
         item: Option<FeedItem>,
         chunk: usize,
     ) -> Result<Option<StopReason>> {
-        {
-            match item {
-                None => return Ok(Some(StopReason::FeedEnded)),
-                Some(item @ (FeedItem::Change(_) | FeedItem::Invalid(_))) => {
-                    match item {
-                        FeedItem::Change(c) => run.buffer.push(*c),
-                        FeedItem::Invalid(m) => run.invalid.push(*m),
-                        _ => {}
-                    }
-                    if run.buffer.len() + run.invalid.len() >= chunk {
-                        self.flush(run).await?;
-                        self.collect_checkpoint(run, false).await?;
-                        if run.in_flight.is_none() && run.policy.is_due(Instant::now()) {
-                            if self.config.background_checkpoints
-                                && self.checkpoints.background_writes()
-                            {
-                                self.start_checkpoint(run);
-                            } else {
-                                self.checkpoint_or_reload(run).await?;
-                            }
+        match item {
+            None => return Ok(Some(StopReason::FeedEnded)),
+            Some(item @ (FeedItem::Change(_) | FeedItem::Invalid(_))) => {
+                match item {
+                    FeedItem::Change(c) => run.buffer.push(*c),
+                    FeedItem::Invalid(m) => run.invalid.push(*m),
+                    _ => {}
+                }
+                if run.buffer.len() + run.invalid.len() >= chunk {
+                    self.flush(run).await?;
+                    self.collect_checkpoint(run, false).await?;
+                    if run.in_flight.is_none() && run.policy.is_due(Instant::now()) {
+                        if self.config.background_checkpoints
+                            && self.checkpoints.background_writes()
+                        {
+                            self.start_checkpoint(run);
+                        } else {
+                            self.checkpoint_or_reload(run).await?;
                         }
                     }
                 }
-                Some(FeedItem::Tick) => {
-                    self.metrics
-                        .counter(metrics::FEED_TIMEOUT, self.tags(), 1.0);
-                    self.flush(run).await?;
-                    // The idle rule: write own partitions that moved, whatever the counters say.
-                    self.checkpoint_or_reload(run).await?;
-                    self.heartbeat(run, true).await;
-                    self.call_hook(HookPoint::Tick)?;
-                    if self.config.until_idle {
-                        return Ok(Some(StopReason::Idle));
-                    }
-                }
-                Some(FeedItem::OffsetOutOfRange) => {
-                    self.flush(run).await?;
-                    self.checkpoint_or_reload(run).await?;
-                    let own = run.summary.partitions.clone();
-                    let resume: Vec<(TopicPartition, i64)> = run
-                        .tracker
-                        .partitions()
-                        .map(|(tp, p)| (tp.clone(), p.checkpoint_value()))
-                        .collect();
-                    let committed = run.tracker.clone();
-                    let mut tracker = self.start_positions(&own, Some(&resume)).await?;
-                    for (tp, p) in committed.partitions() {
-                        let seek = tracker.get(tp).map_or(p.seek_start, |n| n.seek_start);
-                        tracker.insert(tp.clone(), seek, p.committed);
-                    }
-                    run.tracker = tracker;
+            }
+            Some(FeedItem::Tick) => {
+                self.metrics
+                    .counter(metrics::FEED_TIMEOUT, self.tags(), 1.0);
+                self.flush(run).await?;
+                // The idle rule: write own partitions that moved, whatever the counters say.
+                self.checkpoint_or_reload(run).await?;
+                self.heartbeat(run, true).await;
+                self.call_hook(HookPoint::Tick)?;
+                if self.config.until_idle {
+                    return Ok(Some(StopReason::Idle));
                 }
             }
-            if let Some(max) = self.config.max_changes {
-                if run.summary.changes + (run.buffer.len() + run.invalid.len()) as u64 >= max {
-                    return Ok(Some(StopReason::MaxChanges));
+            Some(FeedItem::OffsetOutOfRange) => {
+                self.flush(run).await?;
+                self.checkpoint_or_reload(run).await?;
+                let own = run.summary.partitions.clone();
+                let resume: Vec<(TopicPartition, i64)> = run
+                    .tracker
+                    .partitions()
+                    .map(|(tp, p)| (tp.clone(), p.checkpoint_value()))
+                    .collect();
+                let committed = run.tracker.clone();
+                let mut tracker = self.start_positions(&own, Some(&resume)).await?;
+                for (tp, p) in committed.partitions() {
+                    let seek = tracker.get(tp).map_or(p.seek_start, |n| n.seek_start);
+                    tracker.insert(tp.clone(), seek, p.committed);
                 }
+                run.tracker = tracker;
+            }
+        }
+        if let Some(max) = self.config.max_changes {
+            if run.summary.changes + (run.buffer.len() + run.invalid.len()) as u64 >= max {
+                return Ok(Some(StopReason::MaxChanges));
             }
         }
         Ok(None)

@@ -535,11 +535,17 @@ impl Processor for Rewinder {
     }
 }
 
-#[tokio::test]
-async fn an_external_checkpoint_change_is_detected_and_reloaded() {
+/// Runs `changes` changes `d0…` through a [`Rewinder`] (which moves the stored row of `t,0` to 3
+/// while it processes d0) from a stored offset of 0. Returns the ids processed and the stored
+/// offset at the end.
+async fn run_rewound(
+    changes: usize,
+    slow: Option<&'static str>,
+    background: bool,
+) -> (Vec<String>, i64) {
     let h = Harness::new();
     let mut feed = MemoryFeed::new(&["t"], 1);
-    for i in 0..4 {
+    for i in 0..changes {
         feed.push_change("t", 0, &format!("d{i}"));
     }
     h.checkpoints
@@ -548,10 +554,10 @@ async fn an_external_checkpoint_change_is_detected_and_reloaded() {
     let processors: Vec<Box<dyn Processor>> = vec![Box::new(Rewinder {
         store: h.checkpoints.clone(),
         inner: inner.clone(),
-        slow: None,
+        slow,
     })];
     let mut c = config(1);
-    c.background_checkpoints = false;
+    c.background_checkpoints = background;
     let mut pillow = Pillow::new(
         c,
         Box::new(feed),
@@ -560,19 +566,24 @@ async fn an_external_checkpoint_change_is_detected_and_reloaded() {
         h.errors.clone(),
     );
     pillow.run(&CancellationToken::new()).await.expect("runs");
+    let stored = h
+        .checkpoints
+        .load("test-pillow-checkpoint")
+        .await
+        .expect("rows")[0]
+        .offset;
+    (processed(&inner), stored)
+}
+
+#[tokio::test]
+async fn an_external_checkpoint_change_is_detected_and_reloaded() {
+    let (seen, stored) = run_rewound(4, None, false).await;
     assert_eq!(
-        processed(&inner),
+        seen,
         ["d0", "d3"],
         "the write after d0 saw the rewind, reloaded, and resumed at 3"
     );
-    assert_eq!(
-        h.checkpoints
-            .load("test-pillow-checkpoint")
-            .await
-            .expect("rows")[0]
-            .offset,
-        4
-    );
+    assert_eq!(stored, 4);
 }
 
 #[tokio::test]
@@ -724,37 +735,9 @@ async fn background_checkpoints_coalesce_and_never_pass_a_handled_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_seen_by_a_background_write_reloads_the_stored_offset() {
-    let h = Harness::new();
-    let mut feed = MemoryFeed::new(&["t"], 1);
-    for i in 0..6 {
-        feed.push_change("t", 0, &format!("d{i}"));
-    }
-    h.checkpoints
-        .set("test-pillow-checkpoint", TopicPartition::new("t", 0), 0);
-    let inner = RecordingProcessor::new("p", false);
-    let processors: Vec<Box<dyn Processor>> = vec![Box::new(Rewinder {
-        store: h.checkpoints.clone(),
-        inner: inner.clone(),
-        slow: Some("d1"),
-    })];
-    let c = config(1);
-    let mut pillow = Pillow::new(
-        c,
-        Box::new(feed),
-        processors,
-        h.checkpoints.clone(),
-        h.errors.clone(),
-    );
-    pillow.run(&CancellationToken::new()).await.expect("runs");
+    let (seen, stored) = run_rewound(6, Some("d1"), true).await;
     // d0 moved the stored row to 3 under the pillow; d1 is slow, so the background write
     // after d0 has failed by the time d1 is done: the pillow reloads and resumes at 3.
-    assert_eq!(processed(&inner), ["d0", "d1", "d3", "d4", "d5"]);
-    assert_eq!(
-        h.checkpoints
-            .load("test-pillow-checkpoint")
-            .await
-            .expect("rows")[0]
-            .offset,
-        6
-    );
+    assert_eq!(seen, ["d0", "d1", "d3", "d4", "d5"]);
+    assert_eq!(stored, 6);
 }
