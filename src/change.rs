@@ -92,6 +92,11 @@ impl ChangeMeta {
         // a quarter of the parse).
         let text = std::str::from_utf8(payload)
             .map_err(|e| ChangeParseError(format!("the message body is not UTF-8: {e}")))?;
+        // CommCare's producers write one flat shape: read it with a single scan, and leave
+        // anything else (escapes, unknown fields, an embedded document, errors) to serde_json.
+        if let Some(meta) = fast::parse(text) {
+            return Ok((meta, None));
+        }
         let wire: wire::Wire =
             serde_json::from_str(text).map_err(|e| ChangeParseError(e.to_string()))?;
         Ok((wire.meta, wire.document))
@@ -497,6 +502,183 @@ pub fn format_datetime(dt: &DateTime<Utc>) -> String {
 /// The hot-path deserializer of a message body: one pass, no buffering of the whole message
 /// (serde's `flatten` buffers every field before it can route the unknown ones), unknown
 /// fields kept, the embedded document kept raw.
+/// A single-pass reader for the shape CommCare's producers write: a flat JSON object whose keys
+/// are all known fields, with plain strings (no escape sequences), `null`, booleans and small
+/// integers. It either returns exactly what the general reader ([`wire`]) returns for the same
+/// text, or `None` — for anything else, including every invalid message — so that the general
+/// reader decides (and words the error). The differential tests in this module hold it to that.
+mod fast {
+    use serde_json::Map;
+
+    use super::{commcare_datetime, ChangeMeta};
+
+    struct Scanner<'a> {
+        text: &'a str,
+        pos: usize,
+    }
+
+    // In the readers below, the outer `None` means "not the fast shape" (the general reader
+    // decides) and the inner one a JSON `null`.
+    #[allow(clippy::option_option)]
+    impl<'a> Scanner<'a> {
+        fn peek(&self) -> Option<u8> {
+            self.text.as_bytes().get(self.pos).copied()
+        }
+
+        fn skip_ws(&mut self) {
+            while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+                self.pos += 1;
+            }
+        }
+
+        fn eat(&mut self, byte: u8) -> Option<()> {
+            (self.peek()? == byte).then(|| self.pos += 1)
+        }
+
+        fn eat_word(&mut self, word: &str) -> bool {
+            let found = self.text.as_bytes()[self.pos..].starts_with(word.as_bytes());
+            if found {
+                self.pos += word.len();
+            }
+            found
+        }
+
+        /// A string without escapes or control characters (anything else: `None`).
+        fn string(&mut self) -> Option<&'a str> {
+            self.eat(b'"')?;
+            let start = self.pos;
+            let len = memchr::memchr(b'"', &self.text.as_bytes()[start..])?;
+            let s = &self.text[start..start + len];
+            // An escape (an escaped quote included) or a control character: the general
+            // reader. Not short-circuiting, so that the check runs a vector at a time.
+            if s.bytes().fold(0u8, |bad, b| {
+                bad | u8::from(b < 0x20) | u8::from(b == b'\\')
+            }) != 0
+            {
+                return None;
+            }
+            self.pos = start + len + 1;
+            Some(s)
+        }
+
+        /// `null` → `Some(None)`, a plain string → `Some(Some(s))`.
+        fn nullable_string(&mut self) -> Option<Option<&'a str>> {
+            if self.eat_word("null") {
+                return Some(None);
+            }
+            self.string().map(Some)
+        }
+
+        fn nullable_bool(&mut self) -> Option<bool> {
+            if self.eat_word("true") {
+                Some(true)
+            } else if self.eat_word("false") || self.eat_word("null") {
+                Some(false)
+            } else {
+                None
+            }
+        }
+
+        /// `null` → 0, or a plain decimal integer that fits in a u32 (no sign, fraction,
+        /// exponent or leading zero).
+        fn nullable_u32(&mut self) -> Option<u32> {
+            if self.eat_word("null") {
+                return Some(0);
+            }
+            let start = self.pos;
+            while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                self.pos += 1;
+            }
+            let digits = &self.text[start..self.pos];
+            if digits.is_empty()
+                || (digits.len() > 1 && digits.starts_with('0'))
+                || matches!(self.peek(), Some(b'.' | b'e' | b'E'))
+            {
+                return None;
+            }
+            digits.parse().ok()
+        }
+
+        fn nullable_datetime(&mut self) -> Option<Option<chrono::DateTime<chrono::Utc>>> {
+            match self.nullable_string()? {
+                None => Some(None),
+                Some(s) => commcare_datetime::parse(s).map(Some),
+            }
+        }
+    }
+
+    pub(super) fn parse(text: &str) -> Option<ChangeMeta> {
+        let mut sc = Scanner { text, pos: 0 };
+        let mut meta = ChangeMeta {
+            document_id: String::new(),
+            document_rev: None,
+            data_source_type: String::new(),
+            data_source_name: String::new(),
+            document_type: None,
+            document_subtype: None,
+            domain: None,
+            is_deletion: false,
+            publish_timestamp: None,
+            attempts: 0,
+            original_publication_datetime: None,
+            associated_document_id: None,
+            extra: Map::new(),
+        };
+        let (mut id, mut source_type, mut source_name) = (None, None, None);
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        sc.skip_ws();
+        sc.eat(b'{')?;
+        sc.skip_ws();
+        if sc.peek()? != b'}' {
+            loop {
+                sc.skip_ws();
+                let key = sc.string()?;
+                sc.skip_ws();
+                sc.eat(b':')?;
+                sc.skip_ws();
+                // A repeated key overwrites, as in the general reader.
+                match key {
+                    "document_id" => id = Some(sc.string().filter(|s| !s.is_empty())?),
+                    "data_source_type" => source_type = Some(sc.string()?),
+                    "data_source_name" => source_name = Some(sc.string()?),
+                    "document_rev" => meta.document_rev = owned(sc.nullable_string()?),
+                    "document_type" => meta.document_type = owned(sc.nullable_string()?),
+                    "document_subtype" => meta.document_subtype = owned(sc.nullable_string()?),
+                    "domain" => meta.domain = owned(sc.nullable_string()?),
+                    "associated_document_id" => {
+                        meta.associated_document_id = owned(sc.nullable_string()?);
+                    }
+                    "is_deletion" => meta.is_deletion = sc.nullable_bool()?,
+                    "attempts" => meta.attempts = sc.nullable_u32()?,
+                    "publish_timestamp" => meta.publish_timestamp = sc.nullable_datetime()?,
+                    "original_publication_datetime" => {
+                        meta.original_publication_datetime = sc.nullable_datetime()?;
+                    }
+                    // `document`, unknown fields: the general reader.
+                    _ => return None,
+                }
+                sc.skip_ws();
+                match sc.peek()? {
+                    b',' => sc.pos += 1,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        sc.eat(b'}')?;
+        sc.skip_ws();
+        if sc.pos != text.len() {
+            return None;
+        }
+        Some(ChangeMeta {
+            document_id: id?.to_owned(),
+            data_source_type: source_type?.to_owned(),
+            data_source_name: source_name?.to_owned(),
+            ..meta
+        })
+    }
+}
+
 mod wire {
     use std::fmt;
 
@@ -878,5 +1060,125 @@ mod tests {
         };
         assert_eq!(e.raw(), r#"{"_id": "d1", "n": 1.5}"#);
         assert_eq!(c.document().expect("doc")["n"], 1.5);
+    }
+
+    /// Bodies the fast reader must take itself (CommCare's producer output and spacing).
+    fn fast_path_corpus() -> Vec<String> {
+        let mut m = ChangeMeta::new("6f1c0a2e9b8d4c7aa1b2c3d4e5f60718", "sql", "form-sql");
+        m.document_type = Some("XFormInstance".into());
+        m.document_subtype = Some("http://openrosa.org/formdesigner/5A4B1D5C".into());
+        m.domain = Some("dimagi-é".into());
+        m.document_rev = Some("3-abc".into());
+        m.associated_document_id = Some("case-1".into());
+        m.attempts = 3;
+        m.is_deletion = true;
+        let minimal = ChangeMeta {
+            publish_timestamp: None,
+            original_publication_datetime: None,
+            ..ChangeMeta::new("d", "couch", "commcarehq")
+        };
+        vec![
+            m.to_json(),
+            serde_json::to_string_pretty(&m).expect("json"),
+            minimal.to_json(),
+            DOC_EXAMPLE.to_owned(),
+            r#" { "document_id" : "a" , "data_source_type":"t","data_source_name":"n",
+               "is_deletion": null, "attempts": null, "publish_timestamp": null,
+               "document_rev": null, "domain": "d", "domain": "again" } "#
+                .to_owned(),
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n",
+               "publish_timestamp": "2019-09-18T14:31:01Z", "attempts": 4294967295}"#
+                .to_owned(),
+        ]
+    }
+
+    /// The fast reader agrees with the general one wherever it answers.
+    fn assert_agrees(body: &str) -> bool {
+        let Some(fast) = fast::parse(body) else {
+            return false;
+        };
+        let general: wire::Wire = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("the fast reader accepted {body:?}, which is invalid: {e}"));
+        assert_eq!(fast, general.meta, "the readers disagree on {body:?}");
+        assert!(general.document.is_none(), "{body:?} has a document");
+        true
+    }
+
+    #[test]
+    fn the_fast_reader_takes_commcare_messages_and_agrees_with_the_general_one() {
+        for body in fast_path_corpus() {
+            assert!(assert_agrees(&body), "the fast reader declined {body}");
+            let (meta, doc) = ChangeMeta::parse(body.as_bytes()).expect("valid");
+            assert!(doc.is_none());
+            assert_eq!(
+                meta,
+                serde_json::from_str::<wire::Wire>(&body)
+                    .expect("valid")
+                    .meta
+            );
+        }
+    }
+
+    #[test]
+    fn the_fast_reader_leaves_every_other_shape_to_the_general_one() {
+        for body in [
+            // Valid, but not the fast shape.
+            r#"{"document_id": 12, "data_source_type": "t", "data_source_name": "n"}"#,
+            r#"{"document_id": "a\"b", "data_source_type": "t", "data_source_name": "n"}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "x": 1}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "document": {}}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "attempts": 1.0}"#,
+            // Invalid.
+            r#"{"document_id": "", "data_source_type": "t", "data_source_name": "n"}"#,
+            r#"{"document_id": "a", "data_source_type": "t"}"#,
+            r#"{"document_id": "a", "data_source_type": null, "data_source_name": "n"}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n",}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "attempts": 01}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "attempts": 4294967296}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n"} x"#,
+            r#"{"document_id": "a	b", "data_source_type": "t", "data_source_name": "n"}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "is_deletion": nul}"#,
+            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "publish_timestamp": "2019-02-30T14:31:01.930921Z"}"#,
+        ] {
+            assert!(fast::parse(body).is_none(), "the fast reader took {body}");
+        }
+    }
+
+    #[test]
+    fn the_fast_reader_never_accepts_what_the_general_one_rejects_or_reads_otherwise() {
+        // Mutations of every fast-path body: bytes deleted, replaced and inserted, from a
+        // JSON-heavy alphabet. Whatever the fast reader accepts must be valid and read the same.
+        use rand::{Rng, SeedableRng};
+        let alphabet = b"{}[]\":, \n\\0123456789.eE-+tfnulrsaZT_";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let (mut tried, mut taken) = (0, 0);
+        for body in fast_path_corpus() {
+            for _ in 0..4000 {
+                let mut bytes = body.clone().into_bytes();
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..bytes.len());
+                    let c = alphabet[rng.random_range(0..alphabet.len())];
+                    match rng.random_range(0..3) {
+                        0 => {
+                            bytes.remove(at);
+                        }
+                        1 => bytes[at] = c,
+                        _ => bytes.insert(at, c),
+                    }
+                }
+                let Ok(text) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                tried += 1;
+                if assert_agrees(&text) {
+                    taken += 1;
+                }
+            }
+        }
+        // Both outcomes were exercised (most mutations leave a value's text intact).
+        assert!(
+            tried > 20_000 && taken > 1_000 && taken < tried,
+            "{taken} of {tried}"
+        );
     }
 }
