@@ -12,7 +12,9 @@
 //! reference §9 #12), with its first failure. With chunk size 0 there are no batch processors:
 //! every processor runs serially.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use crate::change::Change;
 use crate::docstore::DocumentStores;
@@ -23,7 +25,10 @@ use crate::processor::{Processor, ProcessorFailure};
 /// Keeps the last occurrence of each document id, in the order of those last occurrences.
 pub fn deduplicate(changes: Vec<Change>) -> Vec<Change> {
     let keep: Vec<bool> = {
-        let mut last: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
+        // Document ids come from our own feed, a chunk at a time: a fast hash, not SipHash
+        // (measured: SipHash was 3% of the no-op pillow).
+        let mut last: FxHashMap<&str, usize> =
+            FxHashMap::with_capacity_and_hasher(changes.len(), rustc_hash::FxBuildHasher);
         for (i, c) in changes.iter().enumerate() {
             last.insert(c.id.as_str(), i);
         }

@@ -680,8 +680,8 @@ impl Pillow {
     /// `topic-partition` (now − `publish_timestamp`), in seconds.
     fn count_changes(&self, changes: &[Change]) -> std::collections::BTreeMap<String, f64> {
         // Aggregated per chunk (not per change): a few map entries, formatted once.
-        let mut per_source: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-        let mut lag: std::collections::HashMap<(&str, i32), f64> = std::collections::HashMap::new();
+        let mut per_source: rustc_hash::FxHashMap<&str, u64> = rustc_hash::FxHashMap::default();
+        let mut lag: rustc_hash::FxHashMap<(&str, i32), f64> = rustc_hash::FxHashMap::default();
         let now = chrono::Utc::now();
         for c in changes {
             *per_source

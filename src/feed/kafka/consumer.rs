@@ -1,11 +1,15 @@
 //! The Kafka change feed.
 //!
 //! Manual `assign()` of this process's partitions at explicit offsets; no consumer group, no
-//! offset commits (offsets live in PostgreSQL). A reader task on the tokio runtime turns messages
-//! into [`FeedItem`]s and sends them through a bounded channel, so a slow pillow stops the reader,
-//! librdkafka's bounded prefetch queue fills, and fetching pauses: memory stays flat whatever the
-//! backlog. `auto.offset.reset` is `error`, so a position lost to retention is reported, never
-//! silently skipped.
+//! offset commits (offsets live in PostgreSQL). A reader task on the tokio runtime copies what
+//! librdkafka has ready into one buffer per batch (bodies and keys back to back: one allocation
+//! per batch, not per message) and sends the batch through a bounded channel, so a slow pillow
+//! stops the reader, librdkafka's bounded prefetch queue fills, and fetching pauses: memory stays
+//! flat whatever the backlog. The messages are parsed by [`KafkaFeed::next`], on the pillow's own
+//! thread: reading and parsing then run at once, on two threads (measured: parsing on the reader
+//! made it the bottleneck, while spreading the partitions over several readers cost more CPU
+//! than it saved on two cores). `auto.offset.reset` is `error`, so a position lost to retention
+//! is reported, never silently skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,9 +64,9 @@ pub struct KafkaFeed {
     topics: Vec<String>,
     options: KafkaFeedOptions,
     consumer: Arc<StreamConsumer>,
-    rx: Option<mpsc::Receiver<Result<Vec<FeedItem>>>>,
-    /// Items of the last batch not yet handed out.
-    pending: std::collections::VecDeque<FeedItem>,
+    rx: Option<mpsc::Receiver<Result<RawBatch>>>,
+    /// The last batch received, and where the pillow is in it.
+    current: Option<Cursor>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -114,7 +118,7 @@ impl KafkaFeed {
             options,
             consumer: Arc::new(consumer),
             rx: None,
-            pending: std::collections::VecDeque::new(),
+            current: None,
             reader: None,
         })
     }
@@ -124,7 +128,18 @@ impl KafkaFeed {
             h.abort();
         }
         self.rx = None;
-        self.pending.clear();
+        self.current = None;
+    }
+
+    /// The next item of the current batch, parsed now.
+    fn next_at_hand(&mut self) -> Option<FeedItem> {
+        let cursor = self.current.as_mut()?;
+        if let Some(entry) = cursor.entries.next() {
+            Some(cursor.batch_item(entry, &self.topics, self.options.max_message_bytes))
+        } else {
+            self.current = None;
+            None
+        }
     }
 }
 
@@ -194,17 +209,20 @@ impl ChangeFeed for KafkaFeed {
         let (tx, rx) = mpsc::channel((self.options.channel_capacity / READ_BATCH).max(1));
         let consumer = Arc::clone(&self.consumer);
         let (idle, max_bytes) = (self.options.idle_timeout, self.options.max_message_bytes);
-        self.reader = Some(tokio::spawn(read_loop(consumer, tx, idle, max_bytes)));
+        let topics = self.topics.clone();
+        self.reader = Some(tokio::spawn(read_loop(
+            consumer, tx, idle, max_bytes, topics,
+        )));
         self.rx = Some(rx);
         Ok(())
     }
 
     fn try_next(&mut self) -> Option<FeedItem> {
-        self.pending.pop_front()
+        self.next_at_hand()
     }
 
     async fn next(&mut self) -> Result<Option<FeedItem>> {
-        if let Some(item) = self.pending.pop_front() {
+        if let Some(item) = self.next_at_hand() {
             return Ok(Some(item));
         }
         match self.rx.as_mut() {
@@ -215,8 +233,12 @@ impl ChangeFeed for KafkaFeed {
             }
             Some(rx) => match rx.recv().await {
                 Some(batch) => {
-                    self.pending.extend(batch?);
-                    Ok(self.pending.pop_front())
+                    let RawBatch { buf, entries } = batch?;
+                    self.current = Some(Cursor {
+                        buf,
+                        entries: entries.into_iter(),
+                    });
+                    Ok(self.next_at_hand())
                 }
                 None => Err(KafkaError::Other("the kafka reader task stopped".into()).into()),
             },
@@ -227,11 +249,129 @@ impl ChangeFeed for KafkaFeed {
 /// Most messages the reader hands over at once: whatever librdkafka already has, up to this.
 const READ_BATCH: usize = 256;
 
+/// What the reader hands over: message bodies and keys copied back to back into one buffer.
+struct RawBatch {
+    buf: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+enum Entry {
+    /// A message, parsed by the pillow's thread. `topic` indexes the feed's topics.
+    Message {
+        topic: usize,
+        partition: i32,
+        offset: i64,
+        body: std::ops::Range<usize>,
+        key: Option<std::ops::Range<usize>>,
+    },
+    /// Anything else: a tick, a lost position, a message the reader already judged.
+    Item(FeedItem),
+}
+
+/// A batch being handed out.
+struct Cursor {
+    buf: Vec<u8>,
+    entries: std::vec::IntoIter<Entry>,
+}
+
+impl Cursor {
+    fn batch_item(&self, entry: Entry, topics: &[String], max_bytes: usize) -> FeedItem {
+        match entry {
+            Entry::Item(item) => item,
+            Entry::Message {
+                topic,
+                partition,
+                offset,
+                body,
+                key,
+            } => to_item(
+                &topics[topic],
+                partition,
+                offset,
+                &self.buf[body],
+                key.map(|k| &self.buf[k]),
+                max_bytes,
+            ),
+        }
+    }
+}
+
+impl RawBatch {
+    /// A batch whose buffer starts at `bytes` (the last batch's size: no regrowth).
+    fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+            entries: Vec::with_capacity(READ_BATCH),
+        }
+    }
+
+    fn push_message<M: Message>(&mut self, msg: &M, topics: &[String], max_bytes: usize) {
+        let payload = msg.payload().unwrap_or_default();
+        let Some(topic) = topics.iter().position(|t| t == msg.topic()) else {
+            // Only assigned partitions are read, and they are all of the feed's topics.
+            let item = to_item(
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                payload,
+                msg.key(),
+                max_bytes,
+            );
+            self.entries.push(Entry::Item(item));
+            return;
+        };
+        if payload.len() > max_bytes {
+            // Judged here, without copying the body.
+            let item = to_item(
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                payload,
+                msg.key(),
+                max_bytes,
+            );
+            self.entries.push(Entry::Item(item));
+            return;
+        }
+        let mut copy = |bytes: &[u8]| {
+            let start = self.buf.len();
+            self.buf.extend_from_slice(bytes);
+            start..self.buf.len()
+        };
+        let body = copy(payload);
+        let key = msg.key().map(&mut copy);
+        self.entries.push(Entry::Message {
+            topic,
+            partition: msg.partition(),
+            offset: msg.offset(),
+            body,
+            key,
+        });
+    }
+
+    fn push(&mut self, item: FeedItem) {
+        self.entries.push(Entry::Item(item));
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the batch ends with a tick or a lost position (nothing may follow those).
+    fn closed(&self) -> bool {
+        matches!(
+            self.entries.last(),
+            Some(Entry::Item(FeedItem::Tick | FeedItem::OffsetOutOfRange))
+        )
+    }
+}
+
 async fn read_loop(
     consumer: Arc<StreamConsumer>,
-    tx: mpsc::Sender<Result<Vec<FeedItem>>>,
+    tx: mpsc::Sender<Result<RawBatch>>,
     idle: Duration,
     max_bytes: usize,
+    topics: Vec<String>,
 ) {
     use futures::FutureExt;
     let mut last_warning: Option<std::time::Instant> = None;
@@ -243,13 +383,14 @@ async fn read_loop(
             last_warning = Some(std::time::Instant::now());
         }
     };
+    let mut bytes = 0;
     loop {
         // Wait (up to the idle timeout) for the first message, then take what is ready without
         // waiting: one channel send and one wake-up per batch instead of per message.
-        let mut batch = Vec::with_capacity(READ_BATCH);
+        let mut batch = RawBatch::with_capacity(bytes);
         match tokio::time::timeout(idle, consumer.recv()).await {
             Err(_) => batch.push(FeedItem::Tick),
-            Ok(Ok(msg)) => batch.push(to_item(&msg, max_bytes)),
+            Ok(Ok(msg)) => batch.push_message(&msg, &topics, max_bytes),
             Ok(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                 batch.push(FeedItem::OffsetOutOfRange);
             }
@@ -258,15 +399,10 @@ async fn read_loop(
                 continue;
             }
         }
-        while batch.len() < READ_BATCH
-            && !matches!(
-                batch.last(),
-                Some(FeedItem::Tick | FeedItem::OffsetOutOfRange)
-            )
-        {
+        while batch.len() < READ_BATCH && !batch.closed() {
             match consumer.recv().now_or_never() {
                 None => break,
-                Some(Ok(msg)) => batch.push(to_item(&msg, max_bytes)),
+                Some(Ok(msg)) => batch.push_message(&msg, &topics, max_bytes),
                 Some(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                     batch.push(FeedItem::OffsetOutOfRange);
                 }
@@ -276,22 +412,28 @@ async fn read_loop(
                 }
             }
         }
+        bytes = batch.buf.len();
         if tx.send(Ok(batch)).await.is_err() {
             return;
         }
     }
 }
 
-fn to_item<M: Message>(msg: &M, max_bytes: usize) -> FeedItem {
-    let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-    let payload = msg.payload().unwrap_or_default();
+fn to_item(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+    key: Option<&[u8]>,
+    max_bytes: usize,
+) -> FeedItem {
     let invalid = |reason: String| {
         FeedItem::Invalid(Box::new(InvalidMessage {
             topic: topic.to_owned(),
             partition,
             offset,
             // Decoded only for an invalid message: a valid one takes its id from the body.
-            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
             reason,
             excerpt: String::from_utf8_lossy(&payload[..payload.len().min(200)]).into_owned(),
             size: payload.len(),
