@@ -94,8 +94,8 @@ impl ChangeMeta {
             .map_err(|e| ChangeParseError(format!("the message body is not UTF-8: {e}")))?;
         // CommCare's producers write one flat shape: read it with a single scan, and leave
         // anything else (escapes, unknown fields, an embedded document, errors) to serde_json.
-        if let Some(meta) = fast::parse(text) {
-            return Ok((meta, None));
+        if let Some(parsed) = fast::parse(text) {
+            return Ok(parsed);
         }
         let wire: wire::Wire =
             serde_json::from_str(text).map_err(|e| ChangeParseError(e.to_string()))?;
@@ -508,6 +508,7 @@ pub fn format_datetime(dt: &DateTime<Utc>) -> String {
 /// text, or `None` — for anything else, including every invalid message — so that the general
 /// reader decides (and words the error). The differential tests in this module hold it to that.
 mod fast {
+    use serde_json::value::RawValue;
     use serde_json::Map;
 
     use super::{commcare_datetime, ChangeMeta};
@@ -629,7 +630,7 @@ mod fast {
         }
     }
 
-    pub(super) fn parse(text: &str) -> Option<ChangeMeta> {
+    pub(super) fn parse(text: &str) -> Option<(ChangeMeta, Option<Box<RawValue>>)> {
         let mut sc = Scanner {
             text,
             bytes: text.as_bytes(),
@@ -651,6 +652,7 @@ mod fast {
             extra: Map::new(),
         };
         let (mut id, mut source_type, mut source_name) = (None, None, None);
+        let mut document = None;
         let owned = |s: Option<&str>| s.map(str::to_owned);
         sc.skip_ws();
         sc.eat(b'{')?;
@@ -680,7 +682,15 @@ mod fast {
                     "original_publication_datetime" => {
                         meta.original_publication_datetime = sc.nullable_datetime()?;
                     }
-                    // `document`, unknown fields: the general reader.
+                    "document" => {
+                        // Validated and kept raw, as the general reader keeps it.
+                        let mut values = serde_json::Deserializer::from_str(&text[sc.pos..])
+                            .into_iter::<&RawValue>();
+                        let raw = values.next()?.ok()?;
+                        sc.pos += values.byte_offset();
+                        document = (raw.get() != "null").then(|| raw.to_owned());
+                    }
+                    // Unknown fields: the general reader.
                     _ => return None,
                 }
                 sc.skip_ws();
@@ -696,12 +706,13 @@ mod fast {
         if sc.pos != text.len() {
             return None;
         }
-        Some(ChangeMeta {
+        let meta = ChangeMeta {
             document_id: id?.to_owned(),
             data_source_type: source_type?.to_owned(),
             data_source_name: source_name?.to_owned(),
             ..meta
-        })
+        };
+        Some((meta, document))
     }
 }
 
@@ -1115,18 +1126,30 @@ mod tests {
             r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n",
                "publish_timestamp": "2019-09-18T14:31:01Z", "attempts": 4294967295}"#
                 .to_owned(),
+            // Embedded documents, anywhere in the object; `null` means none.
+            r#"{"document_id": "d1", "document": {"_id": "d1", "n": [1.5, "x\"y", {}], "e": ""},
+               "data_source_type": "sql", "data_source_name": "form-sql", "domain": "d"}"#
+                .to_owned(),
+            r#"{"document_id":"d1","data_source_type":"sql","data_source_name":"form-sql","document":null}"#
+                .to_owned(),
+            r#"{"document_id":"d1","data_source_type":"sql","data_source_name":"form-sql","document" : "text" }"#
+                .to_owned(),
         ]
     }
 
     /// The fast reader agrees with the general one wherever it answers.
     fn assert_agrees(body: &str) -> bool {
-        let Some(fast) = fast::parse(body) else {
+        let Some((fast, fast_doc)) = fast::parse(body) else {
             return false;
         };
         let general: wire::Wire = serde_json::from_str(body)
             .unwrap_or_else(|e| panic!("the fast reader accepted {body:?}, which is invalid: {e}"));
         assert_eq!(fast, general.meta, "the readers disagree on {body:?}");
-        assert!(general.document.is_none(), "{body:?} has a document");
+        assert_eq!(
+            fast_doc.as_deref().map(RawValue::get),
+            general.document.as_deref().map(RawValue::get),
+            "the readers disagree on the document of {body:?}"
+        );
         true
     }
 
@@ -1135,13 +1158,12 @@ mod tests {
         for body in fast_path_corpus() {
             assert!(assert_agrees(&body), "the fast reader declined {body}");
             let (meta, doc) = ChangeMeta::parse(body.as_bytes()).expect("valid");
-            assert!(doc.is_none());
-            assert_eq!(
-                meta,
-                serde_json::from_str::<wire::Wire>(&body)
-                    .expect("valid")
-                    .meta
-            );
+            let general = serde_json::from_str::<wire::Wire>(&body).expect("valid");
+            assert_eq!(meta, general.meta);
+            let general_doc = general
+                .document
+                .map(|d| serde_json::from_str::<Value>(d.get()));
+            assert_eq!(doc, general_doc.transpose().expect("a document"));
         }
     }
 
@@ -1152,7 +1174,6 @@ mod tests {
             r#"{"document_id": 12, "data_source_type": "t", "data_source_name": "n"}"#,
             r#"{"document_id": "a\"b", "data_source_type": "t", "data_source_name": "n"}"#,
             r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "x": 1}"#,
-            r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "document": {}}"#,
             r#"{"document_id": "a", "data_source_type": "t", "data_source_name": "n", "attempts": 1.0}"#,
             // Invalid.
             r#"{"document_id": "", "data_source_type": "t", "data_source_name": "n"}"#,

@@ -6,10 +6,13 @@
 //! per batch, not per message) and sends the batch through a bounded channel, so a slow pillow
 //! stops the reader, librdkafka's bounded prefetch queue fills, and fetching pauses: memory stays
 //! flat whatever the backlog. The messages are parsed by [`KafkaFeed::next`], on the pillow's own
-//! thread: reading and parsing then run at once, on two threads (measured: parsing on the reader
-//! made it the bottleneck, while spreading the partitions over several readers cost more CPU
-//! than it saved on two cores). `auto.offset.reset` is `error`, so a position lost to retention
-//! is reported, never silently skipped.
+//! thread, so that reading and parsing run at once on two threads — unless the pillow is behind
+//! (the channel is full): then the reader, which would only wait, parses the batch before
+//! sending it. Measured: parsing always on the reader made it the bottleneck of a light pillow;
+//! parsing always on the pillow's thread slowed a busy one (Python processors); spreading the
+//! partitions over several readers cost more CPU than it saved on two cores.
+//! `auto.offset.reset` is `error`, so a position lost to retention is reported, never silently
+//! skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -349,6 +352,30 @@ impl RawBatch {
         });
     }
 
+    /// Parses every message of the batch here, on the reader.
+    fn parse_all(&mut self, topics: &[String], max_bytes: usize) {
+        for entry in &mut self.entries {
+            if let Entry::Message {
+                topic,
+                partition,
+                offset,
+                body,
+                key,
+            } = entry
+            {
+                let item = to_item(
+                    &topics[*topic],
+                    *partition,
+                    *offset,
+                    &self.buf[body.clone()],
+                    key.clone().map(|k| &self.buf[k]),
+                    max_bytes,
+                );
+                *entry = Entry::Item(item);
+            }
+        }
+    }
+
     fn push(&mut self, item: FeedItem) {
         self.entries.push(Entry::Item(item));
     }
@@ -413,7 +440,21 @@ async fn read_loop(
             }
         }
         bytes = batch.buf.len();
-        if tx.send(Ok(batch)).await.is_err() {
+        // Who parses: the pillow's thread, unless the pillow is behind (the channel is full)
+        // and the reader would only wait; then the reader parses the batch while it waits. A
+        // light pillow gets reading and parsing on two threads, a busy one (Python processors,
+        // sinks) gets its changes parsed.
+        let item = match tx.try_send(Ok(batch)) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(mut item)) => {
+                if let Ok(batch) = &mut item {
+                    batch.parse_all(&topics, max_bytes);
+                }
+                item
+            }
+        };
+        if tx.send(item).await.is_err() {
             return;
         }
     }
