@@ -77,3 +77,72 @@ async fn an_unknown_topic_is_a_clear_error() {
     let err = feed.partitions().await.expect_err("missing topic");
     assert!(err.to_string().contains(&name), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pillow_behind_gets_every_message_parsed_in_order_whoever_parsed_it() {
+    // The reader hands raw batches to the pillow's thread, or parses them itself while the
+    // channel is full. A channel of one batch and a consumer that waits before reading make
+    // both happen; every message must come out once, in offset order, judged the same way.
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let topic = TestTopic::new(&bootstrap, "feed_order", 1).await;
+    let producer = ChangeProducer::new(&bootstrap).expect("producer");
+    let n: usize = 2_000;
+    let bad = |i: usize| i % 97 == 13;
+    for i in 0..n {
+        let key = format!("doc-{i}");
+        let body = if bad(i) {
+            format!("{{\"document_id\": \"{key}\", not json").into_bytes()
+        } else {
+            let mut meta = ChangeMeta::new(key.clone(), "sql", "form-sql");
+            meta.domain = Some(format!("domain-{}", i % 7));
+            meta.to_json().into_bytes()
+        };
+        producer
+            .send_raw(&topic.name, Some(0), Some(&key), &body)
+            .await
+            .expect("send");
+    }
+    let mut opts = KafkaFeedOptions::new(&bootstrap, "it-feed-order");
+    opts.idle_timeout = Duration::from_millis(1500);
+    opts.channel_capacity = 1; // one batch in the channel
+    let mut feed = KafkaFeed::new(std::slice::from_ref(&topic.name), opts).expect("feed");
+    feed.assign(&[(TopicPartition::new(topic.name.clone(), 0), 0)])
+        .await
+        .expect("assign");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut next_offset = 0_i64;
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(30), feed.next())
+            .await
+            .expect("no hang")
+            .expect("item");
+        let i = usize::try_from(next_offset).expect("offset");
+        match item {
+            Some(FeedItem::Change(c)) => {
+                assert!(!bad(i), "message {i} is invalid but came out as a change");
+                assert_eq!(
+                    (c.offset, c.id.as_str()),
+                    (next_offset, format!("doc-{i}").as_str())
+                );
+                assert_eq!(c.metadata.domain, Some(format!("domain-{}", i % 7)));
+            }
+            Some(FeedItem::Invalid(m)) => {
+                assert!(
+                    bad(i),
+                    "message {i} is valid but came out invalid: {}",
+                    m.reason
+                );
+                assert_eq!(m.offset, next_offset);
+                assert_eq!(m.key.as_deref(), Some(format!("doc-{i}").as_str()));
+            }
+            Some(FeedItem::Tick) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+        next_offset += 1;
+    }
+    assert_eq!(
+        next_offset,
+        i64::try_from(n).expect("count"),
+        "every message once, then the idle tick"
+    );
+}
