@@ -71,6 +71,25 @@ impl ChangeMeta {
         }
     }
 
+    /// Every field empty: what the readers fill in.
+    fn blank() -> Self {
+        Self {
+            document_id: String::new(),
+            document_rev: None,
+            data_source_type: String::new(),
+            data_source_name: String::new(),
+            document_type: None,
+            document_subtype: None,
+            domain: None,
+            is_deletion: false,
+            publish_timestamp: None,
+            attempts: 0,
+            original_publication_datetime: None,
+            associated_document_id: None,
+            extra: Map::new(),
+        }
+    }
+
     /// Parses a message body. Returns the metadata and the embedded document, if any.
     pub fn parse(payload: &[u8]) -> Result<(Self, Option<Value>), ChangeParseError> {
         let (meta, raw) = Self::parse_raw(payload)?;
@@ -509,7 +528,6 @@ pub fn format_datetime(dt: &DateTime<Utc>) -> String {
 /// reader decides (and words the error). The differential tests in this module hold it to that.
 mod fast {
     use serde_json::value::RawValue;
-    use serde_json::Map;
 
     use super::{commcare_datetime, ChangeMeta};
 
@@ -636,21 +654,7 @@ mod fast {
             bytes: text.as_bytes(),
             pos: 0,
         };
-        let mut meta = ChangeMeta {
-            document_id: String::new(),
-            document_rev: None,
-            data_source_type: String::new(),
-            data_source_name: String::new(),
-            document_type: None,
-            document_subtype: None,
-            domain: None,
-            is_deletion: false,
-            publish_timestamp: None,
-            attempts: 0,
-            original_publication_datetime: None,
-            associated_document_id: None,
-            extra: Map::new(),
-        };
+        let mut meta = ChangeMeta::blank();
         let (mut id, mut source_type, mut source_name) = (None, None, None);
         let mut document = None;
         let owned = |s: Option<&str>| s.map(str::to_owned);
@@ -721,7 +725,7 @@ mod wire {
 
     use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
     use serde_json::value::RawValue;
-    use serde_json::{Map, Value};
+    use serde_json::Value;
 
     use super::{commcare_datetime, ChangeMeta, DateTime, Utc};
 
@@ -822,21 +826,7 @@ mod wire {
             let mut document_id = None;
             let mut data_source_type = None;
             let mut data_source_name = None;
-            let mut meta = ChangeMeta {
-                document_id: String::new(),
-                document_rev: None,
-                data_source_type: String::new(),
-                data_source_name: String::new(),
-                document_type: None,
-                document_subtype: None,
-                domain: None,
-                is_deletion: false,
-                publish_timestamp: None,
-                attempts: 0,
-                original_publication_datetime: None,
-                associated_document_id: None,
-                extra: Map::new(),
-            };
+            let mut meta = ChangeMeta::blank();
             let mut document = None;
             while let Some(field) = map.next_key::<Field>()? {
                 match field {

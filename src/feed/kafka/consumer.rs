@@ -310,8 +310,13 @@ impl RawBatch {
 
     fn push_message<M: Message>(&mut self, msg: &M, topics: &[String], max_bytes: usize) {
         let payload = msg.payload().unwrap_or_default();
-        let Some(topic) = topics.iter().position(|t| t == msg.topic()) else {
-            // Only assigned partitions are read, and they are all of the feed's topics.
+        // Only assigned partitions are read, and they are all of the feed's topics; an
+        // oversized message is judged here, without copying its body.
+        let Some(topic) = topics
+            .iter()
+            .position(|t| t == msg.topic())
+            .filter(|_| payload.len() <= max_bytes)
+        else {
             let item = to_item(
                 msg.topic(),
                 msg.partition(),
@@ -323,19 +328,6 @@ impl RawBatch {
             self.entries.push(Entry::Item(item));
             return;
         };
-        if payload.len() > max_bytes {
-            // Judged here, without copying the body.
-            let item = to_item(
-                msg.topic(),
-                msg.partition(),
-                msg.offset(),
-                payload,
-                msg.key(),
-                max_bytes,
-            );
-            self.entries.push(Entry::Item(item));
-            return;
-        }
         let mut copy = |bytes: &[u8]| {
             let start = self.buf.len();
             self.buf.extend_from_slice(bytes);
