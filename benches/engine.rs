@@ -288,6 +288,9 @@ fn best(runs: &[Outcome]) -> Outcome {
     out
 }
 
+/// The backlog the engine-overhead goal is stated for.
+const GOAL_CHANGES: u64 = 1_000_000;
+
 fn report(rows: &[(String, Outcome)], small: &Outcome) {
     let rate = |o: &Outcome| o.changes as f64 / o.seconds;
     // The reference: the faster of the two plain consumers (BaseConsumer, StreamConsumer).
@@ -317,7 +320,14 @@ fn report(rows: &[(String, Outcome)], small: &Outcome) {
     };
     let p100 = find(Mode::Pillow { chunk: 100 }.label());
     let p10 = find(Mode::Pillow { chunk: 10 }.label());
-    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    // The goal is stated for 1,000,000 changes: a smaller run (CI's smoke size) is mostly
+    // start-up and connection set-up, and its ratios say nothing either way.
+    let measured = p100.changes >= GOAL_CHANGES;
+    let verdict = |ok: bool| match (measured, ok) {
+        (false, _) => "n/a below 1,000,000 changes",
+        (true, true) => "PASS",
+        (true, false) => "FAIL",
+    };
     let pct100 = 100.0 * rate(&p100) / raw;
     let pct10 = 100.0 * rate(&p10) / raw;
     let parsed = rate(&find(Mode::RawParse.label()));
