@@ -366,6 +366,8 @@ impl RawBatch {
                 *entry = Entry::Item(item);
             }
         }
+        // Every entry is parsed: the copies are not needed any more.
+        self.buf = Vec::new();
     }
 
     fn push(&mut self, item: FeedItem) {
