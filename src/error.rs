@@ -69,7 +69,7 @@ impl KafkaError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PostgresError {
-    #[error("postgres error while {context}: {source}")]
+    #[error("postgres error while {context}: {}", describe_postgres(source))]
     Query {
         context: String,
         #[source]
@@ -86,6 +86,40 @@ impl PostgresError {
             source,
         }
     }
+}
+
+/// A tokio-postgres error as an operator needs it: the server's message, SQLSTATE, detail, hint
+/// and the object it names, or the client-side cause (tokio-postgres's own `Display` says only
+/// "db error" for everything the server reports).
+pub fn describe_postgres(e: &tokio_postgres::Error) -> String {
+    use std::fmt::Write as _;
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        for (label, value) in [
+            ("detail", db.detail()),
+            ("hint", db.hint()),
+            ("table", db.table()),
+            ("column", db.column()),
+            ("constraint", db.constraint()),
+            ("where", db.where_()),
+        ] {
+            if let Some(v) = value {
+                let _ = write!(s, "; {label}: {v}");
+            }
+        }
+        return s;
+    }
+    // Client-side: the top-level text and every cause beneath it (I/O errors, TLS, timeouts).
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            let _ = write!(s, ": {text}");
+        }
+        source = cause.source();
+    }
+    s
 }
 
 /// Search-engine failures that survive retries.

@@ -68,7 +68,7 @@ impl Pg {
             .map_err(|e| PostgresError::query(format!("connecting to {}", redact(&self.url)), e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "postgres connection closed");
+                tracing::warn!(error = %crate::error::describe_postgres(&e), "postgres connection closed");
             }
         });
         client

@@ -66,6 +66,31 @@ impl InvalidMessage {
     }
 }
 
+/// The start of a message body as an operator can read it and any store can keep: valid UTF-8
+/// text as it is, control characters and invalid bytes as `\xNN` (so a body of
+/// `b"\xff\xfe\x00garbage"` reads `\xff\xfe\x00garbage`).
+pub fn excerpt(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                c if c.is_control() && c != '\n' && c != '\t' => {
+                    let mut buf = [0; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(out, "\\x{b:02x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
 /// One step of a feed.
 #[derive(Debug)]
 pub enum FeedItem {
@@ -104,5 +129,22 @@ pub trait ChangeFeed: Send {
     /// The pillow drains these between awaits of [`next`](Self::next): one wake-up per batch.
     fn try_next(&mut self) -> Option<FeedItem> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn excerpts_show_bad_bytes_as_escapes_and_keep_text() {
+        assert_eq!(
+            super::excerpt(b"\xff\xfe\x00garbage"),
+            "\\xff\\xfe\\x00garbage"
+        );
+        assert_eq!(
+            super::excerpt("{\"id\": \"é\"}\n".as_bytes()),
+            "{\"id\": \"é\"}\n"
+        );
+        assert_eq!(super::excerpt(b"a\x7fb\x1b"), "a\\x7fb\\x1b");
+        assert!(!super::excerpt(b"\x00\x00").contains('\0'));
     }
 }

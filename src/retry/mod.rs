@@ -8,6 +8,7 @@
 
 pub mod memory;
 pub mod postgres;
+pub mod storable;
 
 use std::time::Duration;
 

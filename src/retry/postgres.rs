@@ -8,8 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::{ErrorRecord, ErrorStore, PillowErrorRow, MAX_PROCESSING_ATTEMPTS, REPROCESS_INTERVAL};
-use crate::error::Result;
+use super::{
+    storable, ErrorRecord, ErrorStore, PillowErrorRow, MAX_PROCESSING_ATTEMPTS, REPROCESS_INTERVAL,
+};
+use crate::error::{PostgresError, Result};
 use crate::pg::{err, Pg};
 
 /// The error store over one PostgreSQL database.
@@ -26,6 +28,61 @@ impl PostgresErrorStore {
             pg,
             casts: OnceCell::new(),
         }
+    }
+
+    /// Inserts `rows` in one transaction. `Ok(Some((i, message)))`: row `i` was refused for its
+    /// content (SQLSTATE class 22 or 54) and nothing was written; other failures are errors
+    /// (retried by [`Pg::run`] while PostgreSQL is unreachable).
+    async fn insert_all(&self, sql: &str, rows: &[ErrorRecord]) -> Result<Option<(usize, String)>> {
+        self.pg
+            .run("recording pillow errors", |c| async move {
+                let ctx = "recording pillow errors";
+                c.batch_execute("BEGIN").await.map_err(err(ctx))?;
+                let stmt = match c.prepare(sql).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                        return Err(err(ctx)(e));
+                    }
+                };
+                for (i, r) in rows.iter().enumerate() {
+                    let created = r.metadata.as_ref().and_then(|m| m.publish_timestamp);
+                    let change = r.change.to_string();
+                    let meta = storable::metadata_json(r);
+                    let res = c
+                        .execute(
+                            &stmt,
+                            &[
+                                &r.doc_id,
+                                &r.pillow,
+                                &created,
+                                &r.attempts,
+                                &r.error_type,
+                                &r.traceback,
+                                &change,
+                                &meta,
+                            ],
+                        )
+                        .await;
+                    if let Err(e) = res {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                        let content = e.code().is_some_and(|code| {
+                            let code = code.code();
+                            code.starts_with("22") || code.starts_with("54")
+                        });
+                        if content {
+                            return Ok(Some((i, crate::error::describe_postgres(&e))));
+                        }
+                        return Err(err(format!(
+                            "recording the error of {} for pillow {}",
+                            r.doc_id, r.pillow
+                        ))(e));
+                    }
+                }
+                c.batch_execute("COMMIT").await.map_err(err(ctx))?;
+                Ok(None)
+            })
+            .await
     }
 
     async fn casts(&self) -> Result<&(String, String)> {
@@ -86,50 +143,28 @@ impl ErrorStore for PostgresErrorStore {
             max = MAX_PROCESSING_ATTEMPTS,
             secs = REPROCESS_INTERVAL.as_secs(),
         );
-        self.pg
-            .run("recording pillow errors", |c| {
-                let sql = sql.clone();
-                async move {
-                    let ctx = "recording pillow errors";
-                    c.batch_execute("BEGIN").await.map_err(err(ctx))?;
-                    let stmt = match c.prepare(&sql).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let _ = c.batch_execute("ROLLBACK").await;
-                            return Err(err(ctx)(e));
-                        }
-                    };
-                    for r in records {
-                        let created = r.metadata.as_ref().and_then(|m| m.publish_timestamp);
-                        let change = r.change.to_string();
-                        let meta = r.metadata.as_ref().map(crate::change::ChangeMeta::to_json);
-                        let res = c
-                            .execute(
-                                &stmt,
-                                &[
-                                    &r.doc_id,
-                                    &r.pillow,
-                                    &created,
-                                    &r.attempts,
-                                    &r.error_type,
-                                    &r.traceback,
-                                    &change,
-                                    &meta,
-                                ],
-                            )
-                            .await;
-                        if let Err(e) = res {
-                            let _ = c.batch_execute("ROLLBACK").await;
-                            return Err(err(format!(
-                                "recording the error of {} for pillow {}",
-                                r.doc_id, r.pillow
-                            ))(e));
-                        }
-                    }
-                    c.batch_execute("COMMIT").await.map_err(err(ctx))
+        // Every row as PostgreSQL can store it (NUL characters, over-long ids, huge tracebacks).
+        let mut rows: Vec<ErrorRecord> = records
+            .iter()
+            .map(|r| storable::storable(r).into_owned())
+            .collect();
+        // A row still refused for a reason of its own content (a data exception, a limit) goes
+        // in shortened; the transaction is run again. At most one retry per row.
+        for _ in 0..=rows.len() {
+            match self.insert_all(&sql, &rows).await? {
+                None => return Ok(()),
+                Some((i, refused)) => {
+                    tracing::warn!(pillow = %rows[i].pillow, doc_id = %rows[i].doc_id, error = %refused,
+                        "postgres refused an error row as it was; storing it shortened");
+                    rows[i] = storable::minimal(&rows[i], &refused);
                 }
-            })
-            .await
+            }
+        }
+        Err(PostgresError::Other(format!(
+            "recording {} pillow errors: postgres refused the shortened rows too",
+            rows.len()
+        ))
+        .into())
     }
 
     async fn list(&self, pillow: &str) -> Result<Vec<PillowErrorRow>> {

@@ -305,6 +305,97 @@ async fn malformed_messages_become_error_rows_and_the_pillow_continues() {
     );
 }
 
+/// Bodies and ids PostgreSQL cannot store as they are (a raw NUL byte in invalid bytes, NUL in
+/// a key, `\u0000` in a valid change's id, ids longer than the column) become error rows and the
+/// pillow goes on, now and after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_bytes_become_error_rows_and_never_stop_the_pillow() {
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let db = TestDb::new(&require!("TEST_POSTGRES_URL")).await;
+    let topic = TestTopic::new(&bootstrap, "poison", 1).await;
+    let id = db.id("poison");
+    let producer = ChangeProducer::new(&bootstrap).expect("producer");
+    let good = |i: u32| ChangeMeta::new(format!("good-{i}"), "sql", "form-sql").to_json();
+    let long_key = "k".repeat(300);
+    let long_id = "L".repeat(400);
+    let long_body = ChangeMeta::new(long_id.clone(), "sql", "form-sql").to_json();
+    let messages: Vec<(Option<&str>, Vec<u8>)> = vec![
+        (Some("good-0"), good(0).into_bytes()),
+        (Some("doc-18"), b"\xff\xfe\x00garbage".to_vec()),
+        (Some("nul\0key"), b"{\"document_id\": \x00".to_vec()),
+        (None, br#"{"document_id": "a\u0000b", "data_source_type": "sql", "data_source_name": "form-sql"}"#.to_vec()),
+        (Some(long_key.as_str()), b"not json".to_vec()),
+        (None, long_body.into_bytes()),
+        (Some("good-1"), good(1).into_bytes()),
+    ];
+    for (key, body) in &messages {
+        producer
+            .send_raw(&topic.name, Some(0), *key, body)
+            .await
+            .expect("send");
+    }
+    let p = RecordingProcessor::new("p", true);
+    p.fail_ids
+        .lock()
+        .expect("lock")
+        .extend(["a\0b".to_owned(), long_id.clone()]);
+    let run = || async {
+        pillow(
+            &bootstrap,
+            &db.pg,
+            config(&id, 10),
+            std::slice::from_ref(&topic.name),
+            vec![Box::new(p.clone())],
+        )
+        .run(&CancellationToken::new())
+        .await
+    };
+    let s = run().await.expect("no message stops the pillow");
+    assert_eq!((s.changes, s.invalid, s.failed), (7, 3, 2));
+    assert_eq!(processed_ids(&p), ["good-0", "good-1"]);
+    assert_eq!(
+        checkpoint(&db.pg, &id)
+            .await
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        [7],
+        "the checkpoint passes every message"
+    );
+    let rows = PostgresErrorStore::new(db.pg.clone())
+        .list(&id)
+        .await
+        .expect("rows");
+    let by_id: BTreeMap<&str, &str> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.doc_id.as_str(),
+                r.error_traceback.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(by_id.len(), 5, "{by_id:#?}");
+    assert!(
+        by_id["doc-18"].contains("message starts: \\xff\\xfe\\x00garbage"),
+        "the excerpt shows the bytes: {}",
+        by_id["doc-18"]
+    );
+    assert!(by_id.contains_key("nul\\x00key"), "{by_id:#?}");
+    assert!(
+        by_id["a\\x00b"].contains("p fails on a\\x00b"),
+        "{by_id:#?}"
+    );
+    assert_eq!(
+        by_id.keys().filter(|k| k.chars().count() == 255).count(),
+        2,
+        "both long ids are cut to the column: {by_id:#?}"
+    );
+    // A restart resumes after them: nothing left to stop on.
+    let again = run().await.expect("restart");
+    assert_eq!(again.changes, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_offsets_strict_fails_and_non_strict_reports_and_resumes_at_earliest() {
     let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");

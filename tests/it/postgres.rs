@@ -241,3 +241,112 @@ async fn tables_created_by_django_are_used_as_they_are() {
         .await
         .expect("cleanup");
 }
+
+/// Error rows whose content PostgreSQL refuses as it is (NUL characters in text and `jsonb`,
+/// over-long ids, a traceback longer than a Django project's column) are stored cleaned, or
+/// shortened with PostgreSQL's own reason; recording never fails on content.
+#[tokio::test(flavor = "multi_thread")]
+async fn error_rows_with_unstorable_content_are_stored_cleaned_or_shortened() {
+    let url = require!("TEST_POSTGRES_URL");
+    let admin = TestDb::new(&url).await;
+    let schema = admin.id("unstorable");
+    let c = admin.pg.fresh_client().await.expect("client");
+    // A project whose traceback column is narrower than ours (varchar instead of text).
+    c.batch_execute(&format!(
+        r#"CREATE SCHEMA {schema};
+        CREATE TABLE {schema}.pillow_retry_pillowerror (
+            id bigserial PRIMARY KEY, doc_id varchar(255) NOT NULL, pillow varchar(255) NOT NULL,
+            date_created timestamptz NOT NULL, date_last_attempt timestamptz NOT NULL, date_next_attempt timestamptz NULL,
+            total_attempts integer NOT NULL, current_attempt integer NOT NULL, error_type varchar(255) NULL,
+            error_traceback varchar(10000) NULL, change jsonb NULL, change_metadata jsonb NULL, UNIQUE (doc_id, pillow));"#
+    ))
+    .await
+    .expect("table");
+    let scoped = format!(
+        "{url}{}options=-c%20search_path%3D{schema}",
+        if url.contains('?') { "&" } else { "?" }
+    );
+    let pg = std::sync::Arc::new(pillowtop::pg::Pg::new(scoped));
+    let errors = PostgresErrorStore::new(pg);
+    let change_of = |id: &str| {
+        let meta = ChangeMeta::new(id, "sql", "form\0sql");
+        let mut ch = Change::from_message("t", 0, 1, meta.to_json().as_bytes()).expect("valid");
+        ch.increment_attempt_count();
+        ch
+    };
+    let long_id = "L".repeat(400);
+    let records = [
+        ErrorRecord::for_change(
+            "p",
+            &change_of("a\0b"),
+            &ProcessorFailure::new("tests.Boom", "bad value \0 here"),
+        ),
+        ErrorRecord::for_change(
+            "p",
+            &change_of(&long_id),
+            &ProcessorFailure::new("tests.Boom", "long id"),
+        ),
+        ErrorRecord::for_change(
+            "p",
+            &change_of("big-traceback"),
+            &ProcessorFailure::new("tests.Boom", "x".repeat(50_000)),
+        ),
+    ];
+    errors
+        .record(&records)
+        .await
+        .expect("every row is stored, cleaned or shortened");
+    let rows = errors.list("p").await.expect("list");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let nul = rows
+        .iter()
+        .find(|r| r.doc_id == "a\\x00b")
+        .expect("NUL row");
+    assert_eq!(
+        nul.error_traceback.as_deref(),
+        Some("tests.Boom: bad value \\x00 here")
+    );
+    assert_eq!(nul.change.as_ref().expect("change")["id"], "a\\x00b");
+    assert_eq!(
+        nul.change_metadata.as_ref().expect("metadata")["data_source_name"],
+        "form\\x00sql"
+    );
+    let long = rows
+        .iter()
+        .find(|r| r.doc_id.starts_with("LLLL"))
+        .expect("long id row");
+    assert_eq!(long.doc_id.chars().count(), 255);
+    let big = rows
+        .iter()
+        .find(|r| r.doc_id == "big-traceback")
+        .expect("big row");
+    let tb = big.error_traceback.as_deref().unwrap_or_default();
+    assert!(
+        tb.contains("stored this error row shortened") && tb.contains("character varying(10000)"),
+        "the note names PostgreSQL's reason: {}",
+        &tb[..300.min(tb.len())]
+    );
+    assert!(tb.len() <= 10_000);
+    assert_eq!(big.current_attempt, 1, "the attempt arithmetic is kept");
+    c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("cleanup");
+}
+
+/// A PostgreSQL error says what the server said, not "db error".
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_errors_carry_the_servers_message_and_code() {
+    let url = require!("TEST_POSTGRES_URL");
+    let mut missing = url::Url::parse(&url).expect("url");
+    let name = pillowtop::testing::unique_name("nope_db");
+    missing.set_path(&format!("/{name}"));
+    let pg = pillowtop::pg::Pg::new(missing.to_string());
+    let e = pg.fresh_client().await.expect_err("no such database");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("database \"{name}\" does not exist"))
+            && text.contains("SQLSTATE 3D000"),
+        "{text}"
+    );
+    assert!(!text.ends_with("db error"), "{text}");
+}

@@ -470,7 +470,7 @@ fn to_item(
             // Decoded only for an invalid message: a valid one takes its id from the body.
             key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
             reason,
-            excerpt: String::from_utf8_lossy(&payload[..payload.len().min(200)]).into_owned(),
+            excerpt: crate::feed::excerpt(&payload[..payload.len().min(200)]),
             size: payload.len(),
         }))
     };

@@ -406,15 +406,9 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
-/// A database error in words: PostgreSQL's message and detail when there is one.
+/// A database error in words: PostgreSQL's message, SQLSTATE and detail when there is one.
 fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(d) => format!("{} ({d})", db.message()),
-            None => db.message().to_owned(),
-        },
-        None => e.to_string(),
-    }
+    crate::error::describe_postgres(e)
 }
 
 /// Where the rows go.
