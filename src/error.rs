@@ -52,6 +52,17 @@ pub enum KafkaError {
     },
     #[error("kafka topic {0:?} does not exist")]
     UnknownTopic(String),
+    /// The consumer stopped receiving while a fresh client reads the backlog, and re-creating
+    /// it did not help: the process exits so that its supervisor starts it afresh.
+    #[error("kafka consumer of pillow {pillow} is stuck: no message for {idle_secs} s from {source_name} while a fresh client reads {behind} changes on {partitions}; re-created the consumer {reconnects} times without progress")]
+    Stalled {
+        pillow: String,
+        source_name: String,
+        behind: i64,
+        partitions: String,
+        idle_secs: u64,
+        reconnects: u32,
+    },
     #[error("kafka {0}")]
     Other(String),
 }

@@ -22,6 +22,9 @@ pub const FEED_TIMEOUT: &str = "commcare.change_feed.timeout";
 pub const OFFSET_RESET: &str = "pillowtop.offset_reset";
 /// Ours: messages that were not valid changes. Tags: `pillow_name`, `topic`.
 pub const INVALID_CHANGES: &str = "pillowtop.invalid_changes";
+/// Ours: stall-watch probes that found the consumer stuck (tag `outcome`: `reconnected`,
+/// `gave_up`), or the broker unreachable from a fresh client (`unreachable`).
+pub const FEED_STALLS: &str = "pillowtop.feed_stalls";
 
 /// Tags as sorted (name, value) pairs.
 pub type Tags = Vec<(&'static str, String)>;

@@ -5,10 +5,12 @@
 //! log order, then `None` (the feed ends) or, with `tick_when_empty`, ticks forever.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{ChangeFeed, FeedItem, InvalidMessage, TopicPartition};
+use super::{ChangeFeed, FeedItem, InvalidMessage, StallProbe, TopicPartition};
 use crate::change::Change;
 use crate::error::{KafkaError, Result};
 
@@ -35,6 +37,12 @@ pub struct MemoryFeed {
     assigned: BTreeMap<TopicPartition, i64>,
     cursor: usize,
     pub tick_when_empty: bool,
+    /// A stuck client (the stall watch's tests): while this is above 0 the feed only ticks,
+    /// [`probe`](ChangeFeed::probe) reports the backlog, and each
+    /// [`reconnect`](ChangeFeed::reconnect) takes one off.
+    pub stuck: Arc<AtomicU32>,
+    /// How many times [`reconnect`](ChangeFeed::reconnect) was called.
+    pub reconnects: Arc<AtomicU32>,
 }
 
 impl MemoryFeed {
@@ -53,6 +61,8 @@ impl MemoryFeed {
             assigned: BTreeMap::new(),
             cursor: 0,
             tick_when_empty: false,
+            stuck: Arc::default(),
+            reconnects: Arc::default(),
         }
     }
 
@@ -130,7 +140,36 @@ impl ChangeFeed for MemoryFeed {
         Ok(())
     }
 
+    async fn probe(&mut self, positions: &[(TopicPartition, i64)]) -> Result<StallProbe> {
+        let mut behind = 0;
+        let mut partitions = Vec::new();
+        for (tp, position) in positions {
+            let high = self.next_offset.get(tp).copied().unwrap_or(0);
+            if high > *position {
+                behind += high - position;
+                partitions.push(tp.clone());
+            }
+        }
+        Ok(if partitions.is_empty() {
+            StallProbe::Idle
+        } else {
+            StallProbe::Stuck { behind, partitions }
+        })
+    }
+
+    async fn reconnect(&mut self, positions: &[(TopicPartition, i64)]) -> Result<()> {
+        self.reconnects.fetch_add(1, Ordering::SeqCst);
+        let _ = self
+            .stuck
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        self.assign(positions).await
+    }
+
     async fn next(&mut self) -> Result<Option<FeedItem>> {
+        if self.stuck.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            return Ok(Some(FeedItem::Tick));
+        }
         while let Some(entry) = self.log.get(self.cursor).cloned() {
             self.cursor += 1;
             match entry {

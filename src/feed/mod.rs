@@ -104,6 +104,22 @@ pub enum FeedItem {
     OffsetOutOfRange,
 }
 
+/// What a fresh look at the source says about a feed that has handed out nothing for a while
+/// (see [`ChangeFeed::probe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StallProbe {
+    /// Nothing readable past the positions (or the feed cannot tell): the feed is not stuck.
+    Idle,
+    /// A fresh client reads changes past the positions that the feed did not hand out: the
+    /// feed's own client is stuck. `behind` is the backlog on `partitions`.
+    Stuck {
+        behind: i64,
+        partitions: Vec<TopicPartition>,
+    },
+    /// The source could not be reached by a fresh client either (an outage): its own words.
+    Unreachable(String),
+}
+
 /// A source of changes for one pillow process.
 #[async_trait]
 pub trait ChangeFeed: Send {
@@ -129,6 +145,23 @@ pub trait ChangeFeed: Send {
     /// The pillow drains these between awaits of [`next`](Self::next): one wake-up per batch.
     fn try_next(&mut self) -> Option<FeedItem> {
         None
+    }
+
+    /// Looks at the source with a fresh client: is there anything to read past `positions`
+    /// (the next offset of each own partition) that this feed has not handed out? Called by the
+    /// pillow's stall watch on idle ticks only. Feeds that cannot tell say [`StallProbe::Idle`].
+    async fn probe(&mut self, _positions: &[(TopicPartition, i64)]) -> Result<StallProbe> {
+        Ok(StallProbe::Idle)
+    }
+
+    /// Replaces the feed's client with a new one reading `positions` (a stuck client).
+    async fn reconnect(&mut self, positions: &[(TopicPartition, i64)]) -> Result<()> {
+        self.assign(positions).await
+    }
+
+    /// Where the feed reads from, for messages (e.g. `kafka at 127.0.0.1:9092`).
+    fn source(&self) -> String {
+        "the change feed".to_owned()
     }
 }
 

@@ -24,6 +24,7 @@
 
 pub mod chunk;
 pub mod liveness;
+pub mod stall;
 #[cfg(test)]
 mod tests;
 
@@ -87,6 +88,13 @@ pub struct PillowConfig {
     /// on, exactly at the policy's points, as CommCare does. Stores that cannot write in the
     /// background (the exactly-once session) are always written in line.
     pub background_checkpoints: bool,
+    /// The stall watch: when no change has arrived for this long, the feed is probed with a
+    /// fresh client on each idle tick; a backlog the feed does not deliver re-creates its
+    /// client (see [`stall`]). `None` turns the watch off.
+    pub stall_timeout: Option<Duration>,
+    /// Re-creations without progress before the pillow gives up with
+    /// [`KafkaError::Stalled`](crate::error::KafkaError::Stalled) (its supervisor restarts it).
+    pub max_stall_reconnects: u32,
 }
 
 impl PillowConfig {
@@ -106,6 +114,8 @@ impl PillowConfig {
             max_changes: None,
             bootstrap_interval: Duration::from_secs(10),
             background_checkpoints: true,
+            stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
+            max_stall_reconnects: stall::DEFAULT_MAX_RECONNECTS,
         }
     }
 
@@ -216,6 +226,7 @@ struct Run {
     invalid: Vec<InvalidMessage>,
     summary: RunSummary,
     last_heartbeat: Instant,
+    stall: stall::StallWatch,
 }
 
 impl Pillow {
@@ -318,6 +329,11 @@ impl Pillow {
                 checkpoints: 0,
             },
             last_heartbeat: Instant::now(),
+            stall: stall::StallWatch::new(
+                self.config.stall_timeout,
+                self.config.max_stall_reconnects,
+                Instant::now(),
+            ),
         };
         if let Some(l) = &self.liveness {
             l.register(
@@ -431,6 +447,7 @@ impl Pillow {
                 // The idle rule: write own partitions that moved, whatever the counters say.
                 self.checkpoint_or_reload(run).await?;
                 self.heartbeat(run, true).await;
+                self.watch_stall(run).await?;
                 self.call_hook(HookPoint::Tick)?;
                 if self.config.until_idle {
                     return Ok(Some(StopReason::Idle));
@@ -460,6 +477,68 @@ impl Pillow {
             }
         }
         Ok(None)
+    }
+
+    /// The stall watch on an idle tick (see [`stall`]): probes the source when no change has
+    /// arrived for the stall timeout, re-creates a stuck feed client, gives up after the budget.
+    async fn watch_stall(&mut self, run: &mut Run) -> Result<()> {
+        let now = Instant::now();
+        if !run.stall.tick(run.summary.changes, now) {
+            return Ok(());
+        }
+        // After the tick's flush every handed-out change is handled: these are the next
+        // offsets to read.
+        let positions: Vec<(TopicPartition, i64)> = run
+            .tracker
+            .partitions()
+            .map(|(tp, p)| (tp.clone(), p.checkpoint_value()))
+            .collect();
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let source = self.feed.source();
+        let idle_secs = run.stall.idle_for(now).as_secs();
+        let probe = match self.feed.probe(&positions).await {
+            Ok(p) => p,
+            Err(e) => crate::feed::StallProbe::Unreachable(e.to_string()),
+        };
+        let tags = |outcome: &str| {
+            vec![
+                ("pillow_name", self.config.name.clone()),
+                ("outcome", outcome.to_owned()),
+            ]
+        };
+        match run.stall.judge(probe) {
+            stall::Verdict::Fine => {}
+            stall::Verdict::Outage(why) => {
+                self.metrics
+                    .counter(metrics::FEED_STALLS, tags("unreachable"), 1.0);
+                tracing::warn!(pillow = %self.config.name, source = %source, idle_secs, error = %why,
+                    "no change for a while and the change feed's source cannot be reached; waiting for it (the client reconnects by itself)");
+            }
+            stall::Verdict::Reconnect { behind, partitions } => {
+                self.metrics
+                    .counter(metrics::FEED_STALLS, tags("reconnected"), 1.0);
+                tracing::error!(pillow = %self.config.name, source = %source, idle_secs, behind, partitions = %partitions,
+                    attempt = run.stall.reconnects(),
+                    "change feed stalled: a fresh client reads changes this pillow's client does not deliver; re-creating the client at the pillow's positions");
+                self.feed.reconnect(&positions).await?;
+            }
+            stall::Verdict::GiveUp { behind, partitions } => {
+                self.metrics
+                    .counter(metrics::FEED_STALLS, tags("gave_up"), 1.0);
+                return Err(crate::error::KafkaError::Stalled {
+                    pillow: self.config.name.clone(),
+                    source_name: source,
+                    behind,
+                    partitions,
+                    idle_secs,
+                    reconnects: run.stall.reconnects(),
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Resolves where each own partition starts, from the checkpoint rows (or `resume`), the

@@ -741,3 +741,96 @@ async fn a_reset_seen_by_a_background_write_reloads_the_stored_offset() {
     assert_eq!(seen, ["d0", "d1", "d3", "d4", "d5"]);
     assert_eq!(stored, 6);
 }
+
+/// A feed client that stops delivering while the source has changes (the broker-restart
+/// stall): the stall watch re-creates it at the pillow's positions and every change arrives,
+/// once.
+#[tokio::test]
+async fn a_stuck_feed_is_reconnected_and_every_change_arrives_once() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 2);
+    for i in 0..6 {
+        feed.push_change("t", i % 2, &format!("d{i}"));
+    }
+    feed.stuck.store(1, Ordering::SeqCst);
+    let reconnects = feed.reconnects.clone();
+    let mut c = config(2);
+    c.stall_timeout = Some(std::time::Duration::from_millis(20));
+    c.max_changes = Some(6);
+    let p = RecordingProcessor::new("p", true);
+    let s = h
+        .run(c, feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert_eq!(s.changes, 6);
+    assert_eq!(reconnects.load(Ordering::SeqCst), 1);
+    let mut seen = processed(&p);
+    seen.sort();
+    assert_eq!(seen, ["d0", "d1", "d2", "d3", "d4", "d5"]);
+    assert_eq!(
+        h.metrics.get(
+            metrics::FEED_STALLS,
+            &[("pillow_name", "test-pillow"), ("outcome", "reconnected")]
+        ),
+        1.0
+    );
+}
+
+/// A client that stays stuck after every re-creation fails the run with a message naming the
+/// source and the backlog (the supervisor restarts the process); nothing is checkpointed past
+/// what was handled.
+#[tokio::test]
+async fn a_feed_stuck_for_good_fails_the_run_naming_the_source() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..3 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    feed.stuck.store(u32::MAX, Ordering::SeqCst);
+    let reconnects = feed.reconnects.clone();
+    let mut c = config(2);
+    c.stall_timeout = Some(std::time::Duration::from_millis(10));
+    c.max_stall_reconnects = 2;
+    let e = h
+        .run(c, feed, &[RecordingProcessor::new("p", true)])
+        .await
+        .expect_err("gives up");
+    assert_eq!(reconnects.load(Ordering::SeqCst), 2);
+    let text = e.to_string();
+    assert!(
+        text.contains("is stuck") && text.contains("3 changes on t,0") && text.contains("2 times"),
+        "{text}"
+    );
+    assert!(matches!(
+        e,
+        Error::Kafka(crate::error::KafkaError::Stalled { .. })
+    ));
+    assert!(h.writes().iter().flatten().all(|(_, o)| *o == 0));
+}
+
+/// With the watch off, a stuck feed is never probed nor reconnected.
+#[tokio::test]
+async fn the_stall_watch_can_be_turned_off() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "d0");
+    feed.stuck.store(1, Ordering::SeqCst);
+    let reconnects = feed.reconnects.clone();
+    let mut c = config(2);
+    c.stall_timeout = None;
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stop.cancel();
+    });
+    let mut pillow = Pillow::new(
+        c,
+        Box::new(feed),
+        vec![Box::new(RecordingProcessor::new("p", true))],
+        h.checkpoints.clone(),
+        h.errors.clone(),
+    );
+    let s = pillow.run(&token).await.expect("runs");
+    assert_eq!((s.changes, reconnects.load(Ordering::SeqCst)), (0, 0));
+}

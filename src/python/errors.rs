@@ -34,6 +34,7 @@ impl From<Error> for PyErr {
             Error::Kafka(
                 error::KafkaError::Client { .. }
                 | error::KafkaError::UnknownTopic(_)
+                | error::KafkaError::Stalled { .. }
                 | error::KafkaError::Other(_),
             ) => KafkaError::new_err(message),
             Error::Postgres(

@@ -19,4 +19,5 @@ mod pg_processor;
 mod pillow;
 mod postgres;
 mod runner;
+mod stall;
 mod support;

@@ -253,12 +253,12 @@ async fn error_rows_with_unstorable_content_are_stored_cleaned_or_shortened() {
     let c = admin.pg.fresh_client().await.expect("client");
     // A project whose traceback column is narrower than ours (varchar instead of text).
     c.batch_execute(&format!(
-        r#"CREATE SCHEMA {schema};
+        r"CREATE SCHEMA {schema};
         CREATE TABLE {schema}.pillow_retry_pillowerror (
             id bigserial PRIMARY KEY, doc_id varchar(255) NOT NULL, pillow varchar(255) NOT NULL,
             date_created timestamptz NOT NULL, date_last_attempt timestamptz NOT NULL, date_next_attempt timestamptz NULL,
             total_attempts integer NOT NULL, current_attempt integer NOT NULL, error_type varchar(255) NULL,
-            error_traceback varchar(10000) NULL, change jsonb NULL, change_metadata jsonb NULL, UNIQUE (doc_id, pillow));"#
+            error_traceback varchar(10000) NULL, change jsonb NULL, change_metadata jsonb NULL, UNIQUE (doc_id, pillow));"
     ))
     .await
     .expect("table");

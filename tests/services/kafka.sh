@@ -4,6 +4,8 @@
 #
 #   tests/services/kafka.sh start      start (or reuse a healthy running broker); waits until ready
 #   tests/services/kafka.sh stop       SIGTERM (SIGKILL after 30 s), then delete the data folder
+#   tests/services/kafka.sh pause      SIGTERM the broker and keep its data (a broker restart)
+#   tests/services/kafka.sh resume     start a paused broker again over its data
 #   tests/services/kafka.sh status     exit 0 when the broker answers metadata requests, 1 otherwise
 #   tests/services/kafka.sh bootstrap  print the bootstrap address (127.0.0.1:19092)
 #
@@ -149,6 +151,12 @@ cmd_start() {
     die "kafka storage format failed"
   fi
 
+  launch "$lib" "$t0"
+}
+
+# launch LIB T0: starts the broker over the existing data folder and waits until it answers.
+launch() {
+  local lib="$1" t0="$2" pid out deadline left
   log "starting kafka on $KAFKA_BOOTSTRAP (log: $KAFKA_LOG)"
   # setsid: own session, so the broker survives the calling shell. The inner bash records its own
   # pid and then execs java, so the pid file names the java process itself.
@@ -198,6 +206,20 @@ cmd_stop() {
   rm -rf "$KAFKA_HOME"
 }
 
+# pause: stop the broker (SIGTERM, as an operator's restart does) but keep its data folder.
+cmd_pause() {
+  kafka_pid_ok || die "kafka is not running"
+  stop_pid kafka 30
+}
+
+# resume: start a paused broker again over its data (topics and offsets intact).
+cmd_resume() {
+  require_tools
+  [[ -f "$KAFKA_HOME/server.properties" ]] || die "no paused kafka data in $KAFKA_HOME: use start"
+  kafka_pid_ok && { log "kafka already running"; return 0; }
+  launch "$(kafka_lib)" "$(now_ms)"
+}
+
 cmd_status() {
   local lib out
   if ! kafka_pid_ok; then
@@ -217,10 +239,12 @@ cmd_status() {
 case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
+  pause) cmd_pause ;;
+  resume) cmd_resume ;;
   status) cmd_status ;;
   bootstrap) echo "$KAFKA_BOOTSTRAP" ;;
   *)
-    echo "usage: $0 {start|stop|status|bootstrap}" >&2
+    echo "usage: $0 {start|stop|pause|resume|status|bootstrap}" >&2
     exit 2
     ;;
 esac

@@ -19,16 +19,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::context::{self, LoggingContext};
 use crate::change::Change;
 use crate::error::{KafkaError, Result};
-use crate::feed::{ChangeFeed, FeedItem, InvalidMessage, TopicPartition};
+use crate::feed::{ChangeFeed, FeedItem, InvalidMessage, StallProbe, TopicPartition};
+
+type Client = StreamConsumer<LoggingContext>;
 
 /// Settings of a [`KafkaFeed`].
 #[derive(Debug, Clone)]
@@ -66,11 +69,14 @@ impl KafkaFeedOptions {
 pub struct KafkaFeed {
     topics: Vec<String>,
     options: KafkaFeedOptions,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Client>,
     rx: Option<mpsc::Receiver<Result<RawBatch>>>,
     /// The last batch received, and where the pillow is in it.
     current: Option<Cursor>,
     reader: Option<JoinHandle<()>>,
+    /// Tests only: pause the partitions of the next `assign` (a client that delivers nothing
+    /// while the broker has messages, as a stuck one does).
+    pause_next_assign: bool,
 }
 
 impl std::fmt::Debug for KafkaFeed {
@@ -87,35 +93,7 @@ impl KafkaFeed {
         for t in topics {
             crate::checkpoint::validate_topic_name(t)?;
         }
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &options.bootstrap_servers)
-            .set("client.id", &options.client_id)
-            // librdkafka requires a group id for a consumer handle; with assign() and no commits
-            // no group is ever joined and nothing is stored under it.
-            .set("group.id", format!("pillowtop-rs-{}", options.client_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "error")
-            .set("enable.partition.eof", "false")
-            .set(
-                "queued.max.messages.kbytes",
-                options.prefetch_kbytes.to_string(),
-            )
-            .set("fetch.wait.max.ms", "100")
-            // When our queue is full (the pillow is slower than fetching) librdkafka waits this
-            // long before fetching again; its 1 s default idles the consumer (measured: 5% of
-            // the raw rate at 1 s, ~3× faster at 10 ms, same memory).
-            .set("fetch.queue.backoff.ms", "10")
-            .set("socket.keepalive.enable", "true");
-        for (k, v) in &options.extra {
-            cfg.set(k, v);
-        }
-        let consumer: StreamConsumer = cfg.create().map_err(|e| {
-            KafkaError::client(
-                format!("creating a consumer for {}", options.bootstrap_servers),
-                e,
-            )
-        })?;
+        let consumer = create_consumer(&options)?;
         Ok(Self {
             topics: topics.to_vec(),
             options,
@@ -123,7 +101,16 @@ impl KafkaFeed {
             rx: None,
             current: None,
             reader: None,
+            pause_next_assign: false,
         })
+    }
+
+    /// Tests only: the next [`assign`](ChangeFeed::assign) pauses what it assigns, so this
+    /// client delivers nothing while the broker has messages (a stand-in for the stuck client
+    /// of the stall watch); a [`reconnect`](ChangeFeed::reconnect)'s new client is not paused.
+    #[cfg(feature = "testing")]
+    pub fn pause_on_next_assign(&mut self) {
+        self.pause_next_assign = true;
     }
 
     fn stop_reader(&mut self) {
@@ -159,6 +146,108 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| KafkaError::Other(format!("blocking kafka call panicked: {e}")))?
+}
+
+/// The feed's librdkafka settings (shared by its consumer and its stall probe).
+fn client_config(options: &KafkaFeedOptions, client_id: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &options.bootstrap_servers)
+        .set("client.id", client_id)
+        // librdkafka requires a group id for a consumer handle; with assign() and no commits
+        // no group is ever joined and nothing is stored under it.
+        .set("group.id", format!("pillowtop-rs-{}", options.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error")
+        .set("enable.partition.eof", "false")
+        .set(
+            "queued.max.messages.kbytes",
+            options.prefetch_kbytes.to_string(),
+        )
+        .set("fetch.wait.max.ms", "100")
+        // When our queue is full (the pillow is slower than fetching) librdkafka waits this
+        // long before fetching again; its 1 s default idles the consumer (measured: 5% of
+        // the raw rate at 1 s, ~3× faster at 10 ms, same memory).
+        .set("fetch.queue.backoff.ms", "10")
+        .set("socket.keepalive.enable", "true");
+    context::set_log_level(&mut cfg);
+    for (k, v) in &options.extra {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+fn create_consumer(options: &KafkaFeedOptions) -> Result<Client> {
+    client_config(options, &options.client_id)
+        .create_with_context(LoggingContext {
+            bootstrap: options.bootstrap_servers.clone(),
+        })
+        .map_err(|e| {
+            KafkaError::client(
+                format!("creating a consumer for {}", options.bootstrap_servers),
+                e,
+            )
+            .into()
+        })
+}
+
+/// How long the probe waits for the broker's answers and for a message.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The stall probe: a fresh client reads the watermarks of `positions` and, where the
+/// high-water mark is past the position, tries to read a message there. Only a message read
+/// means stuck: a backlog of transaction markers or aborted records has nothing to read.
+fn probe_with_fresh_client(
+    options: &KafkaFeedOptions,
+    positions: &[(TopicPartition, i64)],
+) -> Result<StallProbe> {
+    let probe: BaseConsumer<LoggingContext> =
+        match client_config(options, &format!("{}-probe", options.client_id)).create_with_context(
+            LoggingContext {
+                bootstrap: options.bootstrap_servers.clone(),
+            },
+        ) {
+            Ok(c) => c,
+            Err(e) => return Ok(StallProbe::Unreachable(e.to_string())),
+        };
+    let mut behind = 0;
+    let mut tpl = TopicPartitionList::new();
+    let mut partitions = Vec::new();
+    for (tp, position) in positions {
+        match probe.fetch_watermarks(&tp.topic, tp.partition, PROBE_TIMEOUT) {
+            Ok((_, high)) if high > *position => {
+                behind += high - position;
+                partitions.push(tp.clone());
+                tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*position))
+                    .map_err(|e| KafkaError::client(format!("probing {tp} at {position}"), e))?;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Ok(StallProbe::Unreachable(format!(
+                    "fetching the watermarks of {tp}: {e}"
+                )))
+            }
+        }
+    }
+    if partitions.is_empty() {
+        return Ok(StallProbe::Idle);
+    }
+    probe
+        .assign(&tpl)
+        .map_err(|e| KafkaError::client("assigning the probe's partitions", e))?;
+    let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match probe.poll(left) {
+            Some(
+                Ok(_) | Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)),
+            ) => {
+                return Ok(StallProbe::Stuck { behind, partitions });
+            }
+            Some(Err(_)) => {}
+            None => break,
+        }
+    }
+    Ok(StallProbe::Idle)
 }
 
 #[async_trait]
@@ -205,6 +294,11 @@ impl ChangeFeed for KafkaFeed {
         self.consumer
             .assign(&tpl)
             .map_err(|e| KafkaError::client("assigning partitions", e))?;
+        if std::mem::take(&mut self.pause_next_assign) {
+            self.consumer
+                .pause(&tpl)
+                .map_err(|e| KafkaError::client("pausing partitions (test)", e))?;
+        }
         if positions.is_empty() {
             return Ok(());
         }
@@ -222,6 +316,25 @@ impl ChangeFeed for KafkaFeed {
 
     fn try_next(&mut self) -> Option<FeedItem> {
         self.next_at_hand()
+    }
+
+    async fn probe(&mut self, positions: &[(TopicPartition, i64)]) -> Result<StallProbe> {
+        let options = self.options.clone();
+        let positions = positions.to_vec();
+        blocking(move || probe_with_fresh_client(&options, &positions)).await
+    }
+
+    async fn reconnect(&mut self, positions: &[(TopicPartition, i64)]) -> Result<()> {
+        self.stop_reader();
+        let fresh = Arc::new(create_consumer(&self.options)?);
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        // Closing a client may wait on librdkafka's threads: not on an async worker.
+        tokio::task::spawn_blocking(move || drop(old));
+        self.assign(positions).await
+    }
+
+    fn source(&self) -> String {
+        format!("kafka at {}", self.options.bootstrap_servers)
     }
 
     async fn next(&mut self) -> Result<Option<FeedItem>> {
@@ -388,7 +501,7 @@ impl RawBatch {
 }
 
 async fn read_loop(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Client>,
     tx: mpsc::Sender<Result<RawBatch>>,
     idle: Duration,
     max_bytes: usize,

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod context;
 pub mod producer;
 
 pub use admin::KafkaAdmin;
