@@ -124,6 +124,9 @@ fn default_true() -> bool {
 fn default_num_processes() -> u32 {
     1
 }
+fn default_stall_timeout_secs() -> u64 {
+    crate::pillow::stall::DEFAULT_STALL_TIMEOUT.as_secs()
+}
 
 /// A pillow configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +165,10 @@ pub struct PillowFile {
     pub num_processes: u32,
     #[serde(default)]
     pub dedicated_migration_process: bool,
+    /// Seconds without a change (while the topic has some for this process) before the stall
+    /// watch probes the broker and re-creates a stuck client; 0 turns the watch off.
+    #[serde(default = "default_stall_timeout_secs")]
+    pub stall_timeout_secs: u64,
 }
 
 /// Command-line overrides of a file's settings.
@@ -240,6 +247,8 @@ impl PillowFile {
         c.retry_errors = self.retry_errors;
         c.until_idle = options.until_idle;
         c.max_changes = options.max_changes;
+        c.stall_timeout =
+            (self.stall_timeout_secs > 0).then(|| Duration::from_secs(self.stall_timeout_secs));
         c
     }
 

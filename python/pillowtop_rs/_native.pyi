@@ -196,8 +196,12 @@ class Pillow:
         max_changes: int | None = None,
         on_chunk: Callable[[], object] | None = None,
         idle_timeout: float = 10.0,
+        stall_timeout: float | None = 60.0,
     ) -> RunSummary:
         """Run until stopped, with the GIL released while waiting.
+
+        ``stall_timeout``: seconds without a change, while the topic has changes for this
+        process, before the Kafka client is probed and re-created if stuck (``None``: off).
 
         Python processors run on this thread, once per chunk. ``KeyboardInterrupt`` stops
         after the final checkpoint and is re-raised; ``request_shutdown()`` stops and returns.

@@ -278,7 +278,7 @@ impl PyPillow {
     #[pyo3(signature = (
         *, kafka, postgres, process_number = 0, num_processes = 1,
         dedicated_migration_process = false, until_idle = false, max_changes = None,
-        on_chunk = None, idle_timeout = 10.0,
+        on_chunk = None, idle_timeout = 10.0, stall_timeout = Some(60.0),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -293,6 +293,7 @@ impl PyPillow {
         max_changes: Option<u64>,
         on_chunk: Option<Py<PyAny>>,
         idle_timeout: f64,
+        stall_timeout: Option<f64>,
     ) -> PyResult<PyRunSummary> {
         crate::telemetry::init();
         warn_off_main_thread(py)?;
@@ -310,6 +311,15 @@ impl PyPillow {
                 "idle_timeout must be a positive number of seconds, not {idle_timeout}"
             )));
         }
+        config.stall_timeout = match stall_timeout {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => {
+                return Err(config_error(format!(
+                    "stall_timeout must be a positive number of seconds or None, not {s}"
+                )))
+            }
+        };
         let lane = Lane::current();
         let mut processors: Vec<Box<dyn Processor>> = Vec::new();
         for p in &self.processors {

@@ -3,8 +3,16 @@
 # 127.0.0.1, trust authentication on loopback, fsync off. Subcommands: start | stop | status | url.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PG_DATA="$RUN_DIR/postgres"
-PG_SOCKETS="$RUN_DIR/postgres-sockets"
+# The server runs as the `postgres` user when we are root, and must reach its data folder: in a
+# clone whose parents it cannot traverse (under root's home, in a `mktemp -d` folder) the data
+# lives in a folder of its own under /tmp instead, named after this clone's run folder.
+PG_BASE="$RUN_DIR"
+if [[ $(id -u) -eq 0 ]] && id postgres >/dev/null 2>&1 \
+  && ! runuser -u postgres -- test -x "$RUN_DIR" 2>/dev/null; then
+  PG_BASE="/tmp/pillowtop-pg-$(printf %s "$RUN_DIR" | sha1sum | cut -c1-12)"
+fi
+PG_DATA="$PG_BASE/postgres"
+PG_SOCKETS="$PG_BASE/postgres-sockets"
 PG_URL="postgres://postgres@127.0.0.1:$POSTGRES_PORT/postgres"
 
 pg_bin() {
@@ -45,7 +53,7 @@ start() {
   bin="$(pg_bin)"
   rm -rf "$PG_DATA" "$PG_SOCKETS"
   mkdir -p "$PG_DATA" "$PG_SOCKETS"
-  [[ $(id -u) -eq 0 ]] && chown -R postgres: "$PG_DATA" "$PG_SOCKETS" "$LOG_DIR" && chmod 755 "$SERVICES_HOME" "$RUN_DIR"
+  [[ $(id -u) -eq 0 ]] && chown -R postgres: "$PG_DATA" "$PG_SOCKETS" && chmod 755 "$SERVICES_HOME" "$RUN_DIR" "$PG_BASE"
   as_pg_user "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >"$LOG_DIR/postgres-initdb.log" 2>&1 \
     || { show_log_tail postgres-initdb; die "initdb failed"; }
   cat >>"$PG_DATA/postgresql.conf" <<CONF
@@ -80,6 +88,7 @@ CONF
 stop_quiet() {
   stop_pid postgres 30
   rm -rf "$PG_DATA" "$PG_SOCKETS"
+  [[ "$PG_BASE" == "$RUN_DIR" ]] || rmdir "$PG_BASE" 2>/dev/null || true
 }
 
 case "${1:-}" in
