@@ -191,6 +191,19 @@ fn create_consumer(options: &KafkaFeedOptions) -> Result<Client> {
         })
 }
 
+/// A client error with the broker's address in its context (librdkafka's own text, such as
+/// "Meta data fetch error: BrokerTransportFailure", does not name it).
+fn naming_broker(e: crate::Error, bootstrap: &str) -> crate::Error {
+    match e {
+        crate::Error::Kafka(KafkaError::Client { context, source }) => KafkaError::Client {
+            context: format!("{context} from kafka at {bootstrap}"),
+            source,
+        }
+        .into(),
+        other => other,
+    }
+}
+
 /// How long the probe waits for the broker's answers and for a message.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -259,7 +272,9 @@ impl ChangeFeed for KafkaFeed {
     async fn partitions(&mut self) -> Result<Vec<TopicPartition>> {
         let consumer = Arc::clone(&self.consumer);
         let topics = self.topics.clone();
-        blocking(move || super::admin::partitions_of(consumer.client(), &topics)).await
+        blocking(move || super::admin::partitions_of(consumer.client(), &topics))
+            .await
+            .map_err(|e| naming_broker(e, &self.options.bootstrap_servers))
     }
 
     async fn watermarks(
@@ -268,6 +283,7 @@ impl ChangeFeed for KafkaFeed {
     ) -> Result<Vec<(TopicPartition, i64, i64)>> {
         let consumer = Arc::clone(&self.consumer);
         let partitions = partitions.to_vec();
+        let bootstrap = self.options.bootstrap_servers.clone();
         blocking(move || {
             partitions
                 .into_iter()
@@ -275,7 +291,12 @@ impl ChangeFeed for KafkaFeed {
                     let (low, high) = consumer
                         .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(30))
                         .map_err(|e| {
-                            KafkaError::client(format!("fetching the watermarks of {tp}"), e)
+                            KafkaError::client(
+                                format!(
+                                    "fetching the watermarks of {tp} from kafka at {bootstrap}"
+                                ),
+                                e,
+                            )
                         })?;
                     Ok((tp, low, high))
                 })
