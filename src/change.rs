@@ -294,147 +294,13 @@ impl EmbeddedDocument {
         }
         let mut de = serde_json::Deserializer::from_str(self.raw.get());
         // `RawValue` holds validated JSON: projecting it cannot fail.
-        let v = serde::de::DeserializeSeed::deserialize(projection::Seed(projection), &mut de)
+        let v = serde::de::DeserializeSeed::deserialize(crate::path::Seed(projection), &mut de)
             .unwrap_or(Value::Null);
         std::borrow::Cow::Owned(v)
     }
 }
 
-pub use projection::Projection;
-
-/// Reading only named paths of a JSON document (see [`EmbeddedDocument::project`]).
-mod projection {
-    use std::collections::BTreeMap;
-    use std::fmt;
-
-    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-    use serde::Deserialize;
-    use serde_json::{Map, Value};
-
-    /// A set of dotted paths (`form.meta.userID`, `$.domain`, `form.case.0.id`), as a tree.
-    #[derive(Debug, Clone, Default, PartialEq, Eq)]
-    pub struct Projection {
-        /// Keep this whole value (a path ends here).
-        whole: bool,
-        children: BTreeMap<String, Projection>,
-    }
-
-    impl Projection {
-        /// The projection of these paths; the empty path (`$`) keeps the whole document.
-        pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
-            let mut root = Self::default();
-            for path in paths {
-                let p = path.strip_prefix("$.").unwrap_or(path);
-                let p = p.strip_prefix('$').unwrap_or(p);
-                let mut node = &mut root;
-                for seg in p.split('.').filter(|s| !s.is_empty()) {
-                    node = node.children.entry(seg.to_owned()).or_default();
-                }
-                node.whole = true;
-            }
-            root
-        }
-    }
-
-    pub(super) struct Seed<'p>(pub(super) &'p Projection);
-
-    impl<'de> DeserializeSeed<'de> for Seed<'_> {
-        type Value = Value;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-            if self.0.whole {
-                Value::deserialize(d)
-            } else {
-                d.deserialize_any(self)
-            }
-        }
-    }
-
-    /// A key of an object: the child projection it selects, if any (no allocation).
-    struct Key<'p>(&'p Projection);
-
-    impl<'de, 'p> DeserializeSeed<'de> for Key<'p> {
-        type Value = Option<(&'p str, &'p Projection)>;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_str(self)
-        }
-    }
-
-    impl<'p> Visitor<'_> for Key<'p> {
-        type Value = Option<(&'p str, &'p Projection)>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object key")
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(self
-                .0
-                .children
-                .get_key_value(v)
-                .map(|(k, p)| (k.as_str(), p)))
-        }
-    }
-
-    impl<'de> Visitor<'de> for Seed<'_> {
-        type Value = Value;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON value")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-            let mut out = Map::new();
-            while let Some(key) = map.next_key_seed(Key(self.0))? {
-                match key {
-                    Some((name, child)) => {
-                        let v = map.next_value_seed(Seed(child))?;
-                        out.insert(name.to_owned(), v);
-                    }
-                    None => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-            }
-            Ok(Value::Object(out))
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-            let mut out = Vec::new();
-            if !self.0.children.keys().any(|k| k.parse::<usize>().is_ok()) {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                return Ok(Value::Array(out));
-            }
-            let mut i = 0usize;
-            loop {
-                let child = self.0.children.get(&i.to_string());
-                let item = match child {
-                    Some(c) => seq.next_element_seed(Seed(c))?,
-                    None => seq.next_element::<IgnoredAny>()?.map(|_| Value::Null),
-                };
-                match item {
-                    Some(v) => out.push(v),
-                    None => break,
-                }
-                i += 1;
-            }
-            Ok(Value::Array(out))
-        }
-        // A path that goes on into a scalar finds nothing there.
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-    }
-}
+pub use crate::path::Projection;
 
 impl PartialEq for EmbeddedDocument {
     fn eq(&self, other: &Self) -> bool {
@@ -957,10 +823,11 @@ mod tests {
         let raw = r#"{"domain": "d", "form": {"meta": {"userID": "u1", "timeEnd": "2020-01-01"},
             "case": [{"@case_id": "c0"}, {"@case_id": "c1", "update": {"x": 1}}], "n": 3.5,
             "esc\"aped": "yes"}, "tags": ["a", "b"], "flag": true, "nothing": null,
-            "big": {"skipped": [1, 2, {"deep": [true, null]}]}}"#;
+            "big": {"skipped": [1, 2, {"deep": [true, null]}]}, "flat.key": 5}"#;
         let full: Value = serde_json::from_str(raw).expect("json");
         let paths = [
             "$.domain",
+            "flat.key",
             "form.meta.userID",
             "form.meta",
             "form.case.1.update.x",
@@ -980,8 +847,8 @@ mod tests {
         let projected = doc.project(&projection);
         for p in paths {
             assert_eq!(
-                crate::processor::postgres::config::lookup(&projected, p),
-                crate::processor::postgres::config::lookup(&full, p),
+                crate::path::lookup(&projected, p),
+                crate::path::lookup(&full, p),
                 "{p}"
             );
         }

@@ -206,7 +206,7 @@ impl PillowFile {
             return Err(invalid(format!("pillow {} has no topics", self.name)));
         }
         for t in &self.topics {
-            crate::checkpoint::validate_topic_name(t)?;
+            crate::partition::validate_topic_name(t)?;
         }
         if self.processors.is_empty() {
             return Err(invalid(format!("pillow {} has no processors", self.name)));

@@ -4,7 +4,7 @@
 //! period, and name the object and the cause. Retriability is decided next to the code that
 //! retries (for example [`crate::checkpoint`] and the processors), never here.
 
-use crate::feed::TopicPartition;
+use crate::partition::{InvalidTopicName, TopicPartition};
 
 /// `Result` with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -28,6 +28,12 @@ pub enum Error {
     /// The pillow was asked to stop (for example a second SIGTERM) before it could finish.
     #[error("shutdown requested: {0}")]
     ShutdownRequested(String),
+}
+
+impl From<InvalidTopicName> for Error {
+    fn from(e: InvalidTopicName) -> Self {
+        Self::Config(ConfigError::Invalid(e.to_string()))
+    }
 }
 
 /// Invalid configuration, found before anything runs.

@@ -44,6 +44,8 @@ pub mod error;
 pub mod feed;
 pub mod metrics;
 pub mod ops;
+pub mod partition;
+pub mod path;
 pub mod pg;
 pub mod pillow;
 pub mod processor;

@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use super::{CheckpointRow, CheckpointStore, CheckpointUpdate};
 use crate::error::{CheckpointError, Result};
-use crate::feed::TopicPartition;
+use crate::partition::TopicPartition;
 
 /// Rows keyed by (checkpoint id, topic, partition).
 #[derive(Debug, Default)]

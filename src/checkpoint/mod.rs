@@ -8,13 +8,11 @@ pub mod memory;
 pub mod policy;
 pub mod postgres;
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
-use crate::feed::TopicPartition;
+use crate::partition::TopicPartition;
 
 /// One stored row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,54 +57,4 @@ pub trait CheckpointStore: Send + Sync {
     ) -> Result<u64>;
 }
 
-/// CommCare's text form of a Kafka sequence: `{"topic,partition": offset, ...}`.
-pub fn kafka_seq_to_str(offsets: &BTreeMap<TopicPartition, i64>) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = offsets
-        .iter()
-        .map(|(tp, o)| (tp.to_string(), serde_json::Value::from(*o)))
-        .collect();
-    serde_json::Value::Object(map).to_string()
-}
-
-/// Parses CommCare's text form back; `None` if it is not one.
-pub fn str_to_kafka_seq(s: &str) -> Option<BTreeMap<TopicPartition, i64>> {
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(s).ok()?;
-    map.into_iter()
-        .map(|(k, v)| {
-            let (topic, partition) = k.rsplit_once(',')?;
-            Some((
-                TopicPartition::new(topic, partition.trim().parse().ok()?),
-                v.as_i64()?,
-            ))
-        })
-        .collect()
-}
-
-/// Rejects topic names that would break the `"topic,partition"` text form (reference §9 #9).
-pub fn validate_topic_name(topic: &str) -> Result<()> {
-    if topic.is_empty() || topic.contains(',') {
-        return Err(crate::error::ConfigError::Invalid(format!(
-            "topic name {topic:?} is not allowed: it must be non-empty and contain no comma"
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kafka_seq_text_form_round_trips() {
-        let mut m = BTreeMap::new();
-        m.insert(TopicPartition::new("case-sql", 10), 1234);
-        m.insert(TopicPartition::new("case-sql", 9), 7);
-        let s = kafka_seq_to_str(&m);
-        assert!(s.contains(r#""case-sql,10":1234"#), "{s}");
-        assert_eq!(str_to_kafka_seq(&s).expect("parses"), m);
-        assert!(str_to_kafka_seq("[1]").is_none());
-        assert!(validate_topic_name("a,b").is_err());
-        assert!(validate_topic_name("form-sql").is_ok());
-    }
-}
+pub use crate::partition::{kafka_seq_to_str, str_to_kafka_seq, validate_topic_name};

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::{CheckpointRow, CheckpointStore, CheckpointUpdate};
 use crate::error::{CheckpointError, Result};
-use crate::feed::TopicPartition;
+use crate::partition::TopicPartition;
 use crate::pg::{err, Pg};
 
 /// A checkpoint store over one PostgreSQL database.

@@ -3,7 +3,7 @@
 //! migration process and the `--gevent-workers` expansion).
 
 use crate::error::{ConfigError, Result};
-use crate::feed::TopicPartition;
+use crate::partition::TopicPartition;
 
 /// How a process's share of the partitions is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,37 +10,12 @@ pub mod kafka;
 pub mod memory;
 pub mod offsets;
 
-use std::fmt;
-
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
 use crate::error::Result;
 
-/// A Kafka (topic, partition) pair. Orders by topic name, then partition number, as CommCare's
-/// `_filter_partitions` sorts them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct TopicPartition {
-    pub topic: String,
-    pub partition: i32,
-}
-
-impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
-
-impl fmt::Display for TopicPartition {
-    /// CommCare's text form of a Kafka sequence key: `"topic,partition"`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{},{}", self.topic, self.partition)
-    }
-}
+pub use crate::partition::TopicPartition;
 
 /// A message that is not a valid change. It is recorded as an error and its offset counts as
 /// handled, so the pillow goes on.

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::feed::TopicPartition;
+use crate::partition::TopicPartition;
 
 /// One partition's offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -109,6 +109,12 @@ impl From<OpsError> for Error {
     }
 }
 
+impl From<crate::partition::InvalidTopicName> for OpsError {
+    fn from(e: crate::partition::InvalidTopicName) -> Self {
+        Self::Core(e.into())
+    }
+}
+
 impl From<crate::error::PostgresError> for OpsError {
     fn from(e: crate::error::PostgresError) -> Self {
         Self::Core(e.into())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::feed::assignment::Layout;
-use crate::feed::TopicPartition;
+use crate::partition::TopicPartition;
 use crate::pg::{err, Pg};
 
 /// A heartbeat older than this means the process is gone.

@@ -123,7 +123,7 @@ impl StallWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::TopicPartition;
+    use crate::partition::TopicPartition;
 
     fn stuck() -> StallProbe {
         StallProbe::Stuck {

@@ -9,9 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::checkpoint::memory::MemoryCheckpointStore;
+use crate::error::Error;
 use crate::feed::memory::MemoryFeed;
 use crate::metrics::MemoryRecorder;
 use crate::processor::memory::RecordingProcessor;
+use crate::processor::ProcessorFailure;
 use crate::retry::memory::MemoryErrorStore;
 
 struct Harness {

@@ -9,7 +9,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{KafkaError, Result};
-use crate::feed::TopicPartition;
+use crate::partition::TopicPartition;
 
 /// Every partition of `topics`, sorted.
 pub(crate) fn partitions_of<C: rdkafka::ClientContext>(
@@ -77,7 +77,7 @@ impl KafkaAdmin {
         partitions: i32,
         config: &[(&str, &str)],
     ) -> Result<()> {
-        crate::checkpoint::validate_topic_name(topic)?;
+        crate::partition::validate_topic_name(topic)?;
         let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         for (k, v) in config {
             new = new.set(k, v);

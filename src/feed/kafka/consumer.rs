@@ -29,7 +29,8 @@ use tokio::task::JoinHandle;
 use super::context::{self, LoggingContext};
 use crate::change::Change;
 use crate::error::{KafkaError, Result};
-use crate::feed::{ChangeFeed, FeedItem, InvalidMessage, StallProbe, TopicPartition};
+use crate::feed::{ChangeFeed, FeedItem, InvalidMessage, StallProbe};
+use crate::partition::TopicPartition;
 
 type Client = StreamConsumer<LoggingContext>;
 
@@ -91,7 +92,7 @@ impl std::fmt::Debug for KafkaFeed {
 impl KafkaFeed {
     pub fn new(topics: &[String], options: KafkaFeedOptions) -> Result<Self> {
         for t in topics {
-            crate::checkpoint::validate_topic_name(t)?;
+            crate::partition::validate_topic_name(t)?;
         }
         let consumer = create_consumer(&options)?;
         Ok(Self {

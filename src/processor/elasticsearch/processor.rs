@@ -36,6 +36,7 @@ use crate::backoff::Backoff;
 use crate::change::{Change, Document};
 use crate::docstore::DocumentStores;
 use crate::error::{ConfigError, ElasticsearchError, Error, Result};
+use crate::path::lookup;
 use crate::processor::{ChunkOutcome, Processor, ProcessorFailure};
 
 /// A document transform: the document as fetched → the source to index. `Ok(None)` skips the
@@ -559,14 +560,6 @@ impl ElasticsearchProcessor {
             attempt += 1;
         }
     }
-}
-
-/// A dotted path into a document (`form.meta.version`).
-fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    if let Some(v) = doc.get(path) {
-        return Some(v);
-    }
-    path.split('.').try_fold(doc, |v, k| v.get(k))
 }
 
 fn excerpt(bytes: &[u8]) -> String {

@@ -331,20 +331,7 @@ impl TableDefinition {
     }
 }
 
-/// The value at a dotted path (`None` when any segment is missing).
-pub fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut v = doc;
-    let p = path.strip_prefix("$.").unwrap_or(path);
-    let p = p.strip_prefix('$').unwrap_or(p);
-    for seg in p.split('.').filter(|s| !s.is_empty()) {
-        v = match v {
-            Value::Object(m) => m.get(seg)?,
-            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(v)
-}
+pub use crate::path::lookup;
 
 #[cfg(test)]
 mod tests {

@@ -45,7 +45,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::checkpoint::postgres::{write_in_transaction, PostgresCheckpointStore};
 use crate::checkpoint::{CheckpointRow, CheckpointStore, CheckpointUpdate};
 use crate::error::{PostgresError, Result};
-use crate::feed::TopicPartition;
+use crate::partition::TopicPartition;
 use crate::pg::{err, redact, Pg};
 
 /// The session's state, behind its mutex.

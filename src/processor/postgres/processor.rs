@@ -26,7 +26,7 @@ use super::encoder::{Action, EncodedChunk, Encoder, SqlValue, POSTGRES_ERROR};
 use super::exactly_once::{client, ExactlyOnceSession};
 use crate::change::Change;
 use crate::error::{PostgresError, Result};
-use crate::feed::TopicPartition;
+use crate::partition::TopicPartition;
 use crate::pg::{err, is_retriable, Pg};
 use crate::processor::{ChunkOutcome, Processor, ProcessorFailure};
 

@@ -1,0 +1,217 @@
+//! Flushing a chunk: the processors run over the buffered changes, failures become error rows,
+//! the changes are marked handled, and CommCare's per-chunk metrics are recorded.
+
+use std::time::Instant;
+
+use crate::change::Change;
+use crate::error::{ProcessError, Result};
+use crate::feed::InvalidMessage;
+use crate::metrics;
+use crate::partition::TopicPartition;
+use crate::processor::ProcessorFailure;
+use crate::retry::{ErrorRecord, MAX_PROCESSING_ATTEMPTS};
+
+use super::{chunk, HookPoint, Pillow, Run};
+
+impl Pillow {
+    /// Processes the buffered changes as one chunk and records their failures; marks them handled.
+    pub(super) async fn flush(&mut self, run: &mut Run) -> Result<()> {
+        if run.buffer.is_empty() && run.invalid.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let changes = std::mem::take(&mut run.buffer);
+        let invalid = std::mem::take(&mut run.invalid);
+        // The highest offset per partition in this chunk: what the chunk hands to the tracker.
+        let mut handled: Vec<(TopicPartition, i64)> = Vec::new();
+        for (topic, partition, offset) in changes
+            .iter()
+            .map(|c| (c.topic.as_str(), c.partition, c.offset))
+            .chain(
+                invalid
+                    .iter()
+                    .map(|m| (m.topic.as_str(), m.partition, m.offset)),
+            )
+        {
+            match handled
+                .iter_mut()
+                .find(|(tp, _)| tp.partition == partition && tp.topic == topic)
+            {
+                Some((_, o)) => *o = (*o).max(offset),
+                None => handled.push((TopicPartition::new(topic, partition), offset)),
+            }
+        }
+        let n = (changes.len() + invalid.len()) as u64;
+        let mut records = Vec::new();
+        for m in &invalid {
+            tracing::warn!(pillow = %self.config.name, topic = %m.topic, partition = m.partition, offset = m.offset, reason = %m.reason, "invalid change message recorded as an error");
+            self.metrics.counter(
+                metrics::INVALID_CHANGES,
+                vec![
+                    ("pillow_name", self.config.name.clone()),
+                    ("topic", m.topic.clone()),
+                ],
+                1.0,
+            );
+            records.push(invalid_record(&self.config.name, m));
+        }
+        let batch = self.config.chunk_size > 0;
+        let mut changes = if batch {
+            chunk::deduplicate(changes)
+        } else {
+            changes
+        };
+        let lag = self.count_changes(&changes);
+        self.call_hook(HookPoint::BeforeChunk)?;
+        let failures = chunk::process_chunk(
+            &mut self.processors,
+            &mut changes,
+            batch,
+            &self.docstores,
+            &self.config.name,
+            self.metrics.as_ref(),
+        )
+        .await?;
+        self.record_failures(&mut changes, &failures, records)
+            .await?;
+        self.call_hook(HookPoint::AfterChunk)?;
+        let ok = changes.len() as u64 - failures.len() as u64;
+        let tags = self.tags();
+        self.metrics
+            .counter(metrics::CHANGES_SUCCESS, tags.clone(), ok as f64);
+        {
+            self.metrics.counter(
+                metrics::PROCESSING_TIME_TOTAL,
+                tags.clone(),
+                started.elapsed().as_secs_f64(),
+            );
+            self.metrics
+                .counter(metrics::PROCESSING_TIME_COUNT, tags, n as f64);
+        }
+        self.record_lag(lag);
+        for (tp, offset) in &handled {
+            run.tracker.mark_handled(tp, *offset);
+        }
+        run.policy.saw(n);
+        run.summary.changes += n;
+        run.summary.invalid += invalid.len() as u64;
+        run.summary.failed += failures.len() as u64;
+        Ok(())
+    }
+
+    /// Counts the failures and records them (with the invalid messages' `records`) in the error
+    /// store; a failure to record stops the pillow (crash-only).
+    pub(super) async fn record_failures(
+        &mut self,
+        changes: &mut [Change],
+        failures: &std::collections::BTreeMap<usize, ProcessorFailure>,
+        mut records: Vec<ErrorRecord>,
+    ) -> Result<()> {
+        for (i, f) in failures {
+            let change = &mut changes[*i];
+            change.increment_attempt_count();
+            self.record_failure_metrics(change, f);
+            if self.config.retry_errors || f.document_missing {
+                records.push(ErrorRecord::for_change(&self.config.name, change, f));
+            }
+        }
+        if !records.is_empty() {
+            if let Err(e) = self.errors.record(&records).await {
+                let doc_id = records
+                    .first()
+                    .map(|r| r.doc_id.clone())
+                    .unwrap_or_default();
+                return Err(ProcessError::ErrorStore {
+                    pillow: self.config.name.clone(),
+                    doc_id,
+                    source: Box::new(e),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the chunk's changes (`changes.count`) and returns the maximum lag per
+    /// `topic-partition` (now − `publish_timestamp`), in seconds.
+    pub(super) fn count_changes(
+        &self,
+        changes: &[Change],
+    ) -> std::collections::BTreeMap<String, f64> {
+        // Aggregated per chunk (not per change): a few map entries, formatted once.
+        let mut per_source: rustc_hash::FxHashMap<&str, u64> = rustc_hash::FxHashMap::default();
+        let mut lag: rustc_hash::FxHashMap<(&str, i32), f64> = rustc_hash::FxHashMap::default();
+        let now = chrono::Utc::now();
+        for c in changes {
+            *per_source
+                .entry(c.metadata.data_source_name.as_str())
+                .or_default() += 1;
+            if let Some(t) = c.metadata.publish_timestamp {
+                let secs = (now - t).num_milliseconds() as f64 / 1000.0;
+                let e = lag
+                    .entry((c.topic.as_str(), c.partition))
+                    .or_insert(f64::MIN);
+                *e = e.max(secs);
+            }
+        }
+        for (source, count) in per_source {
+            self.metrics.counter(
+                metrics::CHANGES_COUNT,
+                vec![
+                    ("pillow_name", self.config.name.clone()),
+                    ("datasource", source.to_owned()),
+                    ("case_type", "NA".into()),
+                ],
+                count as f64,
+            );
+        }
+        lag.into_iter()
+            .map(|((topic, partition), secs)| (format!("{topic}-{partition}"), secs))
+            .collect()
+    }
+
+    /// `change_lag` per topic-partition and the chunk's `chunked.max_change_lag`.
+    pub(super) fn record_lag(&self, lag: std::collections::BTreeMap<String, f64>) {
+        if let Some(max) = lag.values().copied().reduce(f64::max) {
+            self.metrics
+                .gauge(metrics::CHUNKED_MAX_CHANGE_LAG, self.tags(), max);
+        }
+        for (topic, secs) in lag {
+            self.metrics.gauge(
+                metrics::CHANGE_LAG,
+                vec![("pillow_name", self.config.name.clone()), ("topic", topic)],
+                secs,
+            );
+        }
+    }
+
+    pub(super) fn record_failure_metrics(&self, change: &Change, f: &ProcessorFailure) {
+        tracing::warn!(pillow = %self.config.name, doc_id = %change.id, topic = %change.topic, partition = change.partition,
+            offset = change.offset, error_type = %f.error_type, error = %f.message, "change failed");
+        self.metrics.counter(
+            metrics::CHANGES_EXCEPTIONS,
+            vec![
+                ("pillow_name", self.config.name.clone()),
+                ("exception_type", f.error_type.clone()),
+            ],
+            1.0,
+        );
+    }
+}
+
+/// The error record of an invalid message. It is parked at once (`current_attempt` past the
+/// maximum): re-publishing a message that cannot be parsed cannot make it valid.
+pub(super) fn invalid_record(pillow: &str, m: &InvalidMessage) -> ErrorRecord {
+    ErrorRecord {
+        doc_id: m.doc_id(),
+        pillow: pillow.to_owned(),
+        error_type: "pillowtop_rs.exceptions.InvalidChangeError".into(),
+        traceback: format!(
+            "pillowtop_rs.exceptions.InvalidChangeError: {} (topic {}, partition {}, offset {}, {} bytes)\nmessage starts: {}",
+            m.reason, m.topic, m.partition, m.offset, m.size, m.excerpt
+        ),
+        change: serde_json::json!({"id": m.doc_id(), "seq": m.offset, "deleted": false, "topic": m.topic, "partition": m.partition}),
+        metadata: None,
+        attempts: MAX_PROCESSING_ATTEMPTS + 1,
+    }
+}
