@@ -20,6 +20,7 @@ __all__ = [
     "add_partitions",
     "lag",
     "assignments",
+    "validate",
     "next_attempt_delay_minutes",
     "parse_change_meta",
     "partition_assignment",
@@ -291,6 +292,9 @@ def lag(
     postgres_url: str,
     kafka_bootstrap: str,
     json: bool = False,
+    interval: int | None = None,
+    metrics_port: int | None = None,
+    rounds: int | None = None,
 ) -> None:
     """``pillowtop lag``: prints the lag table (or JSON) of ``checkpoint_ids`` (all when empty)."""
 
@@ -306,3 +310,14 @@ def assignments(
     json: bool = False,
 ) -> None:
     """``pillowtop assignments``: prints which process (and worker) reads which partitions."""
+
+def validate(
+    ui: _Ui,
+    checkpoint_ids: list[str],
+    *,
+    postgres_url: str,
+    kafka_bootstrap: str,
+    skip_zero: bool = False,
+    json: bool = False,
+) -> list[dict[str, Any]]:
+    """``pillowtop validate``: prints and returns the checkpoints Kafka can no longer serve."""

@@ -34,6 +34,7 @@ __all__ = [
     "merge_checkpoints",
     "reset_checkpoint",
     "split_checkpoints",
+    "validate",
 ]
 
 
@@ -201,16 +202,51 @@ def lag(
     postgres_url: str,
     kafka: str,
     json: bool = False,
+    interval: int | None = None,
+    metrics_port: int | None = None,
+    rounds: int | None = None,
     ui: Ui | None = None,
 ) -> None:
-    """Print the lag table (or JSON) of ``checkpoint_ids`` (every checkpoint when empty)."""
+    """Print the lag table (or JSON) of ``checkpoint_ids`` (every checkpoint when empty).
+
+    With ``interval`` (seconds) it repeats, ``rounds`` times or until Ctrl-C; ``metrics_port``
+    serves CommCare's lag gauges in Prometheus format meanwhile (every 120 s by default).
+    """
     _native.lag(
         ui or StdioUi(),
         list(checkpoint_ids),
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
         json=json,
+        interval=interval,
+        metrics_port=metrics_port,
+        rounds=rounds,
     )
+
+
+def validate(
+    checkpoint_ids: Sequence[str] = (),
+    *,
+    postgres_url: str,
+    kafka: str,
+    skip_zero: bool = False,
+    json: bool = False,
+    ui: Ui | None = None,
+) -> list[dict[str, Any]]:
+    """Print and return the checkpoints Kafka can no longer serve (CommCare's validate command).
+
+    Each problem names the checkpoint, the partition, the offset needed and the first one
+    available; ``skip_zero`` skips rows at offset 0, as CommCare does.
+    """
+    problems: list[dict[str, Any]] = _native.validate(
+        ui or StdioUi(),
+        list(checkpoint_ids),
+        postgres_url=postgres_url,
+        kafka_bootstrap=kafka,
+        skip_zero=skip_zero,
+        json=json,
+    )
+    return problems
 
 
 def assignments(

@@ -3,6 +3,7 @@
 
 use super::conn::{Conn, KafkaConn};
 use super::ui::Ui;
+use crate::ops::validate::Problem;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
@@ -23,6 +24,17 @@ pub struct Args {
 }
 
 pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
+    let print_only = a.print_only;
+    let problems = check(a, ui).await?;
+    Ok(if problems.is_empty() || print_only {
+        0
+    } else {
+        super::INVALID
+    })
+}
+
+/// Collects and prints the problems (JSON with `--json`); returns them.
+pub async fn check(a: Args, ui: &dyn Ui) -> anyhow::Result<Vec<Problem>> {
     let ids = (!a.ids.is_empty()).then_some(a.ids);
     let problems = crate::ops::validate::collect(
         &*a.conn.pg()?,
@@ -40,9 +52,5 @@ pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
             ui.out(&p.to_string());
         }
     }
-    Ok(if problems.is_empty() || a.print_only {
-        0
-    } else {
-        super::INVALID
-    })
+    Ok(problems)
 }

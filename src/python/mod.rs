@@ -31,8 +31,8 @@ mod native {
     use super::cli::run_cli;
     #[pymodule_export]
     use super::ops::{
-        merge_checkpoints, py_add_partitions, py_assignments, py_lag, reset_checkpoint,
-        split_checkpoints,
+        merge_checkpoints, py_add_partitions, py_assignments, py_lag, py_validate,
+        reset_checkpoint, split_checkpoints,
     };
     #[pymodule_export]
     use super::pillow::{request_shutdown, PyPillow, PyRunSummary};

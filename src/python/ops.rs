@@ -20,7 +20,7 @@ use super::detach::detached;
 use super::errors::{ConfigurationError, OperationAborted, OperationRefused, PillowtopError};
 use crate::cli::conn::{Confirm, Conn, KafkaConn};
 use crate::cli::ui::{Outcome, Report, Ui};
-use crate::cli::{add_partitions, assignments, lag, merge, reset, split};
+use crate::cli::{add_partitions, assignments, lag, merge, reset, split, validate};
 use crate::ops::OpsError;
 
 /// A Python object as the commands' [`Ui`]. The first exception its methods raise (other than
@@ -303,7 +303,8 @@ pub(crate) fn py_add_partitions(
 
 /// `pillowtop lag`: prints the lag table (or JSON) of `checkpoint_ids` (all when empty).
 #[pyfunction]
-#[pyo3(name = "lag", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, json=false))]
+#[pyo3(name = "lag", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, json=false, interval=None, metrics_port=None, rounds=None))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn py_lag(
     py: Python<'_>,
     ui: Py<PyAny>,
@@ -311,13 +312,18 @@ pub(crate) fn py_lag(
     postgres_url: String,
     kafka_bootstrap: String,
     json: bool,
+    interval: Option<u64>,
+    metrics_port: Option<u16>,
+    rounds: Option<u64>,
 ) -> PyResult<()> {
     let args = lag::Args {
         ids: checkpoint_ids,
         json,
+        interval,
+        metrics_port,
+        rounds,
         conn: pg(postgres_url),
         kafka: kafka(Some(kafka_bootstrap)),
-        ..lag::Args::default()
     };
     run(py, ui, async |ui| lag::exec(args, ui).await).map(drop)
 }
@@ -347,4 +353,28 @@ pub(crate) fn py_assignments(
         kafka: kafka(kafka_bootstrap),
     };
     run(py, ui, async |ui| assignments::exec(args, ui).await).map(drop)
+}
+
+/// `pillowtop validate`: prints (and returns, as dicts) the checkpoints Kafka can no longer serve.
+#[pyfunction]
+#[pyo3(name = "validate", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, skip_zero=false, json=false))]
+pub(crate) fn py_validate(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    checkpoint_ids: Vec<String>,
+    postgres_url: String,
+    kafka_bootstrap: String,
+    skip_zero: bool,
+    json: bool,
+) -> PyResult<Py<PyAny>> {
+    let args = validate::Args {
+        ids: checkpoint_ids,
+        skip_zero,
+        print_only: false,
+        json,
+        conn: pg(postgres_url),
+        kafka: kafka(Some(kafka_bootstrap)),
+    };
+    let problems = run(py, ui, async |ui| validate::check(args, ui).await)?;
+    Ok(pythonize::pythonize(py, &problems)?.unbind())
 }

@@ -1,11 +1,11 @@
 """Helpers shared by the management commands: the operations' ``Ui``, exit statuses, pillow lookup.
 
-The commands that only print (lag, assignments, validate) still run the operator CLI in-process.
+The commands call ``pillowtop_rs.ops`` (the Rust operations, in this process); no command line is
+built.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: The exit status of a failed operation (the CLI's 4).
 FAILED = 4
+#: The exit status of ``validate_kafka_pillow_checkpoints`` when a checkpoint is invalid (5).
+INVALID = 5
 
 
 class CommandUi:
@@ -68,23 +70,6 @@ def operation(what: str) -> Iterator[None]:
         raise CommandError(f"{what} failed: {e}", returncode=FAILED) from e
 
 
-def run_cli(argv: Sequence[str]) -> None:
-    """Run ``pillowtop <argv>`` in this process; a non-zero status becomes ``CommandError``.
-
-    The CLI writes straight to the process's stdout/stderr and reads its stdin, so Python's
-    buffers are flushed first to keep the output in order. The status is kept as the command's
-    exit status (CommCare's 1 declined, 2 inconsistent, 3 reprocessing declined; 4 failed,
-    5 invalid checkpoints).
-    """
-    from pillowtop_rs import run_cli as native_run_cli
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    status = native_run_cli(list(argv))
-    if status:
-        raise CommandError(f"pillowtop {argv[0]} exited with status {status}", returncode=status)
-
-
 def postgres_url() -> str:
     """Return the checkpoint database URL; a settings problem becomes ``CommandError``."""
     try:
@@ -99,16 +84,6 @@ def kafka_bootstrap() -> str:
         return pt_settings.kafka_bootstrap()
     except ImproperlyConfigured as e:
         raise CommandError(str(e)) from e
-
-
-def postgres_args() -> list[str]:
-    """Return ``--postgres-url URL`` from the Django settings."""
-    return ["--postgres-url", postgres_url()]
-
-
-def kafka_args() -> list[str]:
-    """Return ``--kafka BOOTSTRAP`` from the Django settings."""
-    return ["--kafka", kafka_bootstrap()]
 
 
 def get_pillow(name: str, **options: Any) -> Pillow:

@@ -183,3 +183,22 @@ def test_reset_of_a_running_pillow_is_refused_with_status_4_unless_forced(
     finally:
         with connection.cursor() as c:
             c.execute("DELETE FROM pillowtop_rs_process WHERE checkpoint_id = %s", [cid])
+
+
+def test_lag_and_assignments_print_into_stdout(app: Project, native: None) -> None:
+    cid = checkpoint_id(XFORM)
+    put(cid, app.topic, {0: 0, 1: 0})
+    out = StringIO()
+    call_command("pillow_lag", XFORM, stdout=out)
+    lines = [line.split() for line in out.getvalue().splitlines()]
+    assert lines[0][:3] == ["checkpoint", "topic", "partition"]
+    assert [r[:3] for r in lines[1:]] == [[cid, app.topic, "0"], [cid, app.topic, "1"]]
+
+    out = StringIO()
+    call_command("pillow_topic_assignments", XFORM, "2", stdout=out)
+    rows = [line.split() for line in out.getvalue().splitlines()]
+    assert rows == [
+        ["process", "worker", "partitions"],
+        ["0", "-", f"{app.topic},0"],
+        ["1", "-", f"{app.topic},1"],
+    ]
