@@ -26,6 +26,8 @@ enum Command {
     /// to a new topic, run an xform pillow into an Elasticsearch index and a PostgreSQL reporting
     /// table with a live progress line, print the lag table and a query of each store, then
     /// split the checkpoint so that each processor runs on in its own pillow.
+    // Listed second in --help, after `schema`, as before the CLI moved into the library.
+    #[command(display_order = 2)]
     Demo(demo::DemoArgs),
     #[command(flatten)]
     Cli(cli::Command),
