@@ -38,6 +38,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod backoff;
 pub mod change;
 pub mod checkpoint;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 pub mod docstore;
 pub mod error;
@@ -59,11 +61,6 @@ pub mod testing;
 mod python;
 
 pub use error::{Error, Result};
-
-// Lets the operator binary's source, compiled into the Python extension (`src/python/cli.rs`),
-// name this crate `pillowtop::` as it does in the binary.
-#[cfg(feature = "python")]
-extern crate self as pillowtop;
 
 /// The crate version (also the Python package's `__version__`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

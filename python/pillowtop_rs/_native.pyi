@@ -2,7 +2,7 @@
 
 import datetime
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, final
+from typing import Any, Protocol, final
 
 from pillowtop_rs.processors import DocumentStore
 
@@ -14,6 +14,13 @@ __all__ = [
     "RustProcessor",
     "request_shutdown",
     "run_cli",
+    "split_checkpoints",
+    "merge_checkpoints",
+    "reset_checkpoint",
+    "add_partitions",
+    "lag",
+    "assignments",
+    "validate",
     "next_attempt_delay_minutes",
     "parse_change_meta",
     "partition_assignment",
@@ -196,7 +203,7 @@ class Pillow:
         max_changes: int | None = None,
         on_chunk: Callable[[], object] | None = None,
         idle_timeout: float = 10.0,
-        stall_timeout: float | None = 60.0,
+        stall_timeout: float | None = ...,  # 60.0 (PyO3 shows `Some(60.0)` as `...`)
     ) -> RunSummary:
         """Run until stopped, with the GIL released while waiting.
 
@@ -212,3 +219,105 @@ def request_shutdown() -> int:
 
 def run_cli(argv: list[str]) -> int:
     """Run the ``pillowtop`` operator CLI in-process; return its exit status."""
+
+class _Ui(Protocol):
+    def out(self, line: str, /) -> None: ...
+    def err(self, line: str, /) -> None: ...
+    def read_answer(self) -> str: ...
+
+def split_checkpoints(
+    ui: _Ui,
+    source: str,
+    targets: list[str],
+    *,
+    postgres_url: str,
+    target_topics: list[str] = ...,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> dict[str, Any]:
+    """``pillowtop split``: copies every checkpoint row of ``source`` to each of ``targets``."""
+
+def merge_checkpoints(
+    ui: _Ui,
+    sources: list[str],
+    target: str,
+    *,
+    postgres_url: str,
+    topics: list[str] | None = None,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> dict[str, Any]:
+    """``pillowtop merge``: the minimum offset of each partition of ``sources`` into ``target``."""
+
+def reset_checkpoint(
+    ui: _Ui,
+    checkpoint_id: str,
+    *,
+    postgres_url: str,
+    kafka_bootstrap: str,
+    earliest: bool = False,
+    latest: bool = False,
+    offset: int | None = None,
+    timestamp: str | None = None,
+    partition: tuple[str, int] | None = None,
+    topics: list[str] | None = None,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> dict[str, Any]:
+    """``pillowtop reset``: moves a checkpoint to ``earliest``, ``latest``, an offset or a time."""
+
+def add_partitions(
+    ui: _Ui,
+    topic: str,
+    num_partitions: int,
+    *,
+    postgres_url: str,
+    kafka_bootstrap: str | None = None,
+    noinput: bool = False,
+    dry_run: bool = False,
+    json: bool = False,
+) -> dict[str, Any]:
+    """``pillowtop add-partitions``: offset-0 rows for the new partitions of ``topic``."""
+
+def lag(
+    ui: _Ui,
+    checkpoint_ids: list[str],
+    *,
+    postgres_url: str,
+    kafka_bootstrap: str,
+    json: bool = False,
+    interval: int | None = None,
+    metrics_port: int | None = None,
+    rounds: int | None = None,
+) -> None:
+    """``pillowtop lag``: prints the lag table (or JSON) of ``checkpoint_ids`` (all when empty)."""
+
+def assignments(
+    ui: _Ui,
+    topics: list[str],
+    num_processes: int,
+    *,
+    kafka_bootstrap: str | None = None,
+    partitions: int | None = None,
+    dedicated: bool = False,
+    workers: int | None = None,
+    json: bool = False,
+) -> None:
+    """``pillowtop assignments``: prints which process (and worker) reads which partitions."""
+
+def validate(
+    ui: _Ui,
+    checkpoint_ids: list[str],
+    *,
+    postgres_url: str,
+    kafka_bootstrap: str,
+    skip_zero: bool = False,
+    json: bool = False,
+) -> list[dict[str, Any]]:
+    """``pillowtop validate``: prints and returns the checkpoints Kafka can no longer serve."""

@@ -71,6 +71,14 @@ class ProcessorError(PillowtopError):
     """A processor failed; the user's exception is the ``__cause__``."""
 
 
+class OperationRefused(PillowtopError):
+    """An operation cannot be applied as asked; nothing was written.
+
+    A pillow involved is running (without ``force``), a source has no rows, the rows moved since
+    the plan, an offset is outside what Kafka retains, or there is no history snapshot.
+    """
+
+
 class OperationAborted(PillowtopError):
     """An operator declined a prompt; ``exit_status`` is the command's exit status."""
 
@@ -94,6 +102,7 @@ __all__ = [
     "InvalidChangeError",
     "KafkaError",
     "OperationAborted",
+    "OperationRefused",
     "PillowNotFoundError",
     "PillowtopCheckpointReset",
     "PillowtopError",

@@ -8,14 +8,17 @@
 //! snapshot's offsets in one transaction after checking the rows did not move since the plan;
 //! rows the snapshot does not have are kept and listed.
 
+use std::sync::Arc;
+
 use chrono::NaiveDate;
 use serde::Serialize;
 
 use super::reset::apply_offsets;
-use super::{transaction, OpsError, Result, Row};
+use super::{check_not_running, transaction, OpsError, Result, Row};
 use crate::checkpoint::CheckpointRow;
 use crate::feed::TopicPartition;
 use crate::pg::{err, Pg};
+use crate::pillow::liveness::{Liveness, ProcessRow};
 
 /// CommCare keeps 30 days of history.
 pub const KEEP_DAYS: u32 = 30;
@@ -187,8 +190,15 @@ pub fn plan_restore(
     }
 }
 
-/// Plans restoring each of `ids` from its newest snapshot on or before `date`.
-pub async fn prepare_restore(pg: &Pg, ids: &[String], date: NaiveDate) -> Result<Vec<RestorePlan>> {
+/// Plans restoring each of `ids` from its newest snapshot on or before `date`, and refuses while
+/// one of them has a live process (unless `force`). Returns the plans and the live processes that
+/// `force` overrode.
+pub async fn prepare_restore(
+    pg: &Arc<Pg>,
+    ids: &[String],
+    date: NaiveDate,
+    force: bool,
+) -> Result<(Vec<RestorePlan>, Vec<ProcessRow>)> {
     super::check_ids(ids)?;
     let current = super::load_rows(pg, ids).await?;
     let mut plans = Vec::new();
@@ -207,7 +217,9 @@ pub async fn prepare_restore(pg: &Pg, ids: &[String], date: NaiveDate) -> Result
             &snap,
         ));
     }
-    Ok(plans)
+    let processes = Liveness::new(Arc::clone(pg)).list(None).await?;
+    let forced = check_not_running(&processes, ids, force)?;
+    Ok((plans, forced))
 }
 
 /// Applies a restore (one transaction per checkpoint).

@@ -5,15 +5,17 @@
 //! first, and written in one transaction that checks the rows did not move since the plan.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::kafka::{KafkaInfo, Watermarks};
-use super::{transaction, upsert_rows, verify_unchanged, OpsError, Result, Row};
+use super::{check_not_running, transaction, upsert_rows, verify_unchanged, OpsError, Result, Row};
 use crate::checkpoint::CheckpointRow;
 use crate::feed::TopicPartition;
 use crate::pg::{err, Pg};
+use crate::pillow::liveness::{Liveness, ProcessRow};
 
 /// Where to move the offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,14 +157,17 @@ pub async fn select(
     })
 }
 
-/// Reads what a reset needs (rows, watermarks, offsets for a time) and plans it.
+/// Reads what a reset needs (rows, watermarks, offsets for a time) and the liveness rows,
+/// refuses while the checkpoint's pillow has a live process (unless `force`), and plans the
+/// reset. Returns the plan and the live processes that `force` overrode.
 pub async fn prepare_reset(
-    pg: &Pg,
+    pg: &Arc<Pg>,
     kafka: &KafkaInfo,
     checkpoint_id: &str,
     selection: &Selection,
     to: &ResetTo,
-) -> Result<ResetPlan> {
+    force: bool,
+) -> Result<(ResetPlan, Vec<ProcessRow>)> {
     let rows = super::load_rows(pg, &[checkpoint_id.to_owned()]).await?;
     let current = rows.get(checkpoint_id).cloned().unwrap_or_default();
     let partitions = select(kafka, &current, selection).await?;
@@ -175,14 +180,17 @@ pub async fn prepare_reset(
         ),
         _ => None,
     };
-    plan_reset(
+    let plan = plan_reset(
         checkpoint_id,
         &current,
         &partitions,
         &watermarks,
         to,
         for_time.as_ref(),
-    )
+    )?;
+    let processes = Liveness::new(Arc::clone(pg)).list(None).await?;
+    let forced = check_not_running(&processes, &[checkpoint_id.to_owned()], force)?;
+    Ok((plan, forced))
 }
 
 /// Applies `plan` in one transaction (checking the selected rows did not move since the plan).

@@ -24,6 +24,8 @@ import_exception!(pillowtop_rs.exceptions, ElasticsearchError);
 import_exception!(pillowtop_rs.exceptions, InvalidChangeError);
 import_exception!(pillowtop_rs.exceptions, ProcessorError);
 import_exception!(pillowtop_rs.exceptions, ShutdownRequested);
+import_exception!(pillowtop_rs.exceptions, OperationAborted);
+import_exception!(pillowtop_rs.exceptions, OperationRefused);
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> Self {

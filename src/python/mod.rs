@@ -1,13 +1,16 @@
 //! The extension module `pillowtop_rs._native`: the only place `pyo3` and `pythonize` appear.
 //!
-//! For now it exports `__version__` and the parity hooks: small wrappers of pure core functions
-//! (partition layout, change parsing, retry backoff) that let the Python tests check the core
-//! against CommCare's vectors. Errors cross the boundary through [`errors`].
+//! It exports `__version__`, the pillow API ([`pillow`], [`processor`], [`change`]), the
+//! operator operations ([`ops`], and [`cli`]'s `run_cli`), and the parity hooks: small wrappers
+//! of pure core functions (partition layout, change parsing, retry backoff) that let the Python
+//! tests check the core against CommCare's vectors. Errors cross the boundary through
+//! [`errors`].
 
 mod change;
 mod cli;
 mod detach;
 mod errors;
+mod ops;
 mod pillow;
 mod processor;
 mod rust_processors;
@@ -26,6 +29,11 @@ mod native {
     use super::change::{PyChange, PyChangeMeta};
     #[pymodule_export]
     use super::cli::run_cli;
+    #[pymodule_export]
+    use super::ops::{
+        merge_checkpoints, py_add_partitions, py_assignments, py_lag, py_validate,
+        reset_checkpoint, split_checkpoints,
+    };
     #[pymodule_export]
     use super::pillow::{request_shutdown, PyPillow, PyRunSummary};
     #[pymodule_export]

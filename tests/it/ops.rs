@@ -141,6 +141,61 @@ async fn split_refuses_a_running_source_unless_forced() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn reset_and_restore_refuse_a_running_pillow_unless_forced() {
+    use pillowtop::ops::history;
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let db = TestDb::new(&require!("TEST_POSTGRES_URL")).await;
+    let kafka = KafkaInfo::new(&bootstrap).expect("kafka");
+    let topic = TestTopic::new(&bootstrap, "running_reset", 1).await;
+    let a = db.id("running_reset");
+    put(&db.pg, &a, &[(&topic.name, 0, 0)]).await;
+    let tp = TopicPartition::new(topic.name.clone(), 0);
+    let day = NaiveDate::from_ymd_opt(1990, 1, 1).expect("date");
+    history::snapshot(&db.pg, day, 30).await.expect("snapshot");
+    let live = Liveness::new(db.pg.clone());
+    live.register(&a, &a, &Layout::single(), std::slice::from_ref(&tp))
+        .await
+        .expect("register");
+
+    let e = prepare_reset(
+        &db.pg,
+        &kafka,
+        &a,
+        &Selection::Existing,
+        &ResetTo::Offset(0),
+        false,
+    )
+    .await
+    .expect_err("running");
+    assert!(matches!(e, OpsError::Running { .. }), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!("pillow {a} is running")),
+        "{e}"
+    );
+    let e = history::prepare_restore(&db.pg, std::slice::from_ref(&a), day, false)
+        .await
+        .expect_err("running");
+    assert!(matches!(e, OpsError::Running { .. }), "{e}");
+
+    let (_, forced) = history::prepare_restore(&db.pg, std::slice::from_ref(&a), day, true)
+        .await
+        .expect("forced restore");
+    assert_eq!(forced.len(), 1);
+    live.unregister(&a, 0).await.expect("unregister");
+    let (_, forced) = prepare_reset(
+        &db.pg,
+        &kafka,
+        &a,
+        &Selection::Partition(tp),
+        &ResetTo::Earliest,
+        false,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("not running any more: {e}"));
+    assert!(forced.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn split_of_a_never_run_source_fails_and_writes_nothing() {
     let db = TestDb::new(&require!("TEST_POSTGRES_URL")).await;
     let (a, b) = (db.id("never_a"), db.id("never_b"));
@@ -355,9 +410,16 @@ async fn reset_to_a_timestamp_lands_on_the_right_offsets() {
     let kafka = KafkaInfo::new(&bootstrap).expect("kafka");
     let at = |ms: i64| ResetTo::Timestamp(DateTime::from_timestamp_millis(ms).expect("ts"));
 
-    let plan = prepare_reset(&db.pg, &kafka, &id, &Selection::Existing, &at(t0 + 5000))
-        .await
-        .expect("plan");
+    let (plan, _) = prepare_reset(
+        &db.pg,
+        &kafka,
+        &id,
+        &Selection::Existing,
+        &at(t0 + 5000),
+        false,
+    )
+    .await
+    .expect("plan");
     let news: Vec<(i32, Option<i64>, i64)> = plan
         .rows
         .iter()
@@ -370,35 +432,50 @@ async fn reset_to_a_timestamp_lands_on_the_right_offsets() {
     assert_eq!(rows_of(&db.pg, n).await, m(&[(t, 0, 5), (t, 1, 3)]));
 
     // After the last message: the high-water mark. Before the first: offset 0.
-    let plan = prepare_reset(&db.pg, &kafka, &id, &Selection::Existing, &at(t0 + 60_000))
-        .await
-        .expect("plan");
+    let (plan, _) = prepare_reset(
+        &db.pg,
+        &kafka,
+        &id,
+        &Selection::Existing,
+        &at(t0 + 60_000),
+        false,
+    )
+    .await
+    .expect("plan");
     assert!(plan.rows.iter().all(|r| r.new == 10), "{plan:?}");
-    let plan = prepare_reset(&db.pg, &kafka, &id, &Selection::Existing, &at(t0 - 60_000))
-        .await
-        .expect("plan");
+    let (plan, _) = prepare_reset(
+        &db.pg,
+        &kafka,
+        &id,
+        &Selection::Existing,
+        &at(t0 - 60_000),
+        false,
+    )
+    .await
+    .expect("plan");
     assert!(plan.rows.iter().all(|r| r.new == 0), "{plan:?}");
 
     // One partition, an explicit offset; others untouched.
     let one = Selection::Partition(TopicPartition::new(topic.name.clone(), 1));
-    let plan = prepare_reset(&db.pg, &kafka, &id, &one, &ResetTo::Offset(7))
+    let (plan, _) = prepare_reset(&db.pg, &kafka, &id, &one, &ResetTo::Offset(7), false)
         .await
         .expect("plan");
     apply_reset(&db.pg, &plan).await.expect("apply");
     assert_eq!(rows_of(&db.pg, n).await, m(&[(t, 0, 5), (t, 1, 7)]));
-    let e = prepare_reset(&db.pg, &kafka, &id, &one, &ResetTo::Offset(11))
+    let e = prepare_reset(&db.pg, &kafka, &id, &one, &ResetTo::Offset(11), false)
         .await
         .expect_err("beyond the high-water mark");
     assert!(matches!(e, OpsError::OutOfRange { .. }), "{e}");
 
     // A new checkpoint over a whole topic at latest.
     let fresh = db.id("reset_fresh");
-    let plan = prepare_reset(
+    let (plan, _) = prepare_reset(
         &db.pg,
         &kafka,
         &fresh,
         &Selection::Topics(vec![topic.name.clone()]),
         &ResetTo::Latest,
+        false,
     )
     .await
     .expect("plan");
@@ -425,7 +502,7 @@ async fn history_snapshots_prune_after_30_days_and_restore_from_a_date() {
         .expect("snapshot day 20");
     put(pg, &id, &[("case", 0, 90), ("case", 1, 95), ("case", 2, 1)]).await;
 
-    let plans = history::prepare_restore(pg, std::slice::from_ref(&id), day(25))
+    let (plans, _) = history::prepare_restore(pg, std::slice::from_ref(&id), day(25), false)
         .await
         .expect("plan");
     assert_eq!(
@@ -441,7 +518,7 @@ async fn history_snapshots_prune_after_30_days_and_restore_from_a_date() {
         rows_of(pg, &id).await,
         m(&[("case", 0, 15), ("case", 1, 25), ("case", 2, 1)])
     );
-    let plans = history::prepare_restore(pg, std::slice::from_ref(&id), day(5))
+    let (plans, _) = history::prepare_restore(pg, std::slice::from_ref(&id), day(5), false)
         .await
         .expect("plan");
     assert_eq!(plans[0].rows[0].new, 10);
@@ -458,7 +535,7 @@ async fn history_snapshots_prune_after_30_days_and_restore_from_a_date() {
         .map(|e| e.date)
         .collect();
     assert_eq!(days, [day(20), day(40)].into());
-    let e = history::prepare_restore(pg, std::slice::from_ref(&id), day(5))
+    let e = history::prepare_restore(pg, std::slice::from_ref(&id), day(5), false)
         .await
         .expect_err("pruned");
     assert!(matches!(e, OpsError::NoSnapshot { .. }), "{e}");
@@ -809,6 +886,22 @@ fn cli(url: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[test]
+fn cli_reads_only_its_own_flags_and_environment_never_the_test_variables() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pillowtop"))
+        .args(["split", "a", "b", "--noinput"])
+        .env_remove("PILLOWTOP_POSTGRES_URL")
+        .env("TEST_POSTGRES_URL", "postgresql://nobody@127.0.0.1:1/none")
+        .output()
+        .expect("run pillowtop");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("no PostgreSQL URL: pass --postgres-url or set PILLOWTOP_POSTGRES_URL"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

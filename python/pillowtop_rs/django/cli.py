@@ -1,9 +1,13 @@
-"""Helpers shared by the management commands: the in-process operator CLI and pillow lookup."""
+"""Helpers shared by the management commands: the operations' ``Ui``, exit statuses, pillow lookup.
+
+The commands call ``pillowtop_rs.ops`` (the Rust operations, in this process); no command line is
+built.
+"""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -11,27 +15,59 @@ from django.core.management.base import CommandError, CommandParser
 
 from pillowtop_rs import registry
 from pillowtop_rs.django import settings as pt_settings
-from pillowtop_rs.exceptions import PillowtopError
+from pillowtop_rs.exceptions import OperationAborted, PillowtopError
 
 if TYPE_CHECKING:
+    from django.core.management.base import BaseCommand
+
     from pillowtop_rs import Pillow
 
+#: The exit status of a failed operation (the CLI's 4).
+FAILED = 4
+#: The exit status of ``validate_kafka_pillow_checkpoints`` when a checkpoint is invalid (5).
+INVALID = 5
 
-def run_cli(argv: Sequence[str]) -> None:
-    """Run ``pillowtop <argv>`` in this process; a non-zero status becomes ``CommandError``.
 
-    The CLI writes straight to the process's stdout/stderr and reads its stdin, so Python's
-    buffers are flushed first to keep the output in order. The status is kept as the command's
-    exit status (CommCare's 1 declined, 2 inconsistent, 3 reprocessing declined; 4 failed,
-    5 invalid checkpoints).
+class CommandUi:
+    """A management command as the operations' ``Ui``.
+
+    Lines go to its ``self.stdout`` and ``self.stderr`` and answers come from an input function
+    (``input`` unless given), so ``call_command(..., stdout=buf)`` captures the plan, the messages
+    and the questions.
     """
-    from pillowtop_rs import run_cli as native_run_cli
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    status = native_run_cli(list(argv))
-    if status:
-        raise CommandError(f"pillowtop {argv[0]} exited with status {status}", returncode=status)
+    def __init__(self, command: BaseCommand, read: Callable[[], str] | None = None) -> None:
+        self.command = command
+        self.read = read
+
+    def out(self, line: str) -> None:
+        """Write ``line`` to the command's stdout."""
+        self.command.stdout.write(line)
+        self.command.stdout.flush()
+
+    def err(self, line: str) -> None:
+        """Write ``line`` to the command's stderr."""
+        self.command.stderr.write(line)
+        self.command.stderr.flush()
+
+    def read_answer(self) -> str:
+        """Read one answer with the input function (``EOFError`` at the end of input)."""
+        return (self.read or input)()
+
+
+@contextmanager
+def operation(what: str) -> Iterator[None]:
+    """Turn the operation's exceptions into ``CommandError`` with the CLI's exit statuses.
+
+    ``OperationAborted`` keeps CommCare's status (1 declined, 2 inconsistent merge sources,
+    3 reprocessing declined); any other ``PillowtopError`` is status 4.
+    """
+    try:
+        yield
+    except OperationAborted as e:
+        raise CommandError(f"{what}: {e}", returncode=e.exit_status) from e
+    except PillowtopError as e:
+        raise CommandError(f"{what} failed: {e}", returncode=FAILED) from e
 
 
 def postgres_url() -> str:
@@ -48,16 +84,6 @@ def kafka_bootstrap() -> str:
         return pt_settings.kafka_bootstrap()
     except ImproperlyConfigured as e:
         raise CommandError(str(e)) from e
-
-
-def postgres_args() -> list[str]:
-    """Return ``--postgres-url URL`` from the Django settings."""
-    return ["--postgres-url", postgres_url()]
-
-
-def kafka_args() -> list[str]:
-    """Return ``--kafka BOOTSTRAP`` from the Django settings."""
-    return ["--kafka", kafka_bootstrap()]
 
 
 def get_pillow(name: str, **options: Any) -> Pillow:
@@ -96,6 +122,6 @@ def add_confirm_arguments(
     parser.add_argument("--force", action="store_true", help=f"proceed although {force_help}")
 
 
-def confirm_flags(options: dict[str, Any]) -> list[str]:
-    """Return the CLI flags for the ``--noinput``, ``--dry-run`` and ``--force`` options set."""
-    return [f"--{n.replace('_', '-')}" for n in ("noinput", "dry_run", "force") if options.get(n)]
+def confirm_options(options: dict[str, Any]) -> dict[str, bool]:
+    """Return the ``noinput``, ``dry_run`` and ``force`` keywords of an operation."""
+    return {n: bool(options.get(n)) for n in ("noinput", "dry_run", "force")}

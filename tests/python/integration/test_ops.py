@@ -9,7 +9,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from pillowtop_rs import OperationAborted, Pillow, PillowProcessor, ops
+from pillowtop_rs import (
+    ConfigurationError,
+    OperationAborted,
+    OperationRefused,
+    Pillow,
+    PillowProcessor,
+    ops,
+)
 from pillowtop_rs._native import Change
 
 Publish = Callable[..., list[str]]
@@ -38,19 +45,25 @@ def test_split_merge_and_reset_round_trip(
     before = kit.checkpoint_offsets(db, source)
     assert sum(before.values()) == 30
 
-    ops.split_checkpoints(source, [target], postgres_url=postgres_url, dry_run=True)
+    dry = ops.split_checkpoints(source, [target], postgres_url=postgres_url, dry_run=True)
+    assert dry["outcome"] == "dry_run"
+    assert dry["plan"]["source"] == source and dry["plan"]["targets"] == [target]
+    assert "result" not in dry
     assert kit.checkpoint_offsets(db, target) == {}
-    ops.split_checkpoints(
+    done = ops.split_checkpoints(
         source, [target], postgres_url=postgres_url, target_topics={target: [topic]}, noinput=True
     )
     assert kit.checkpoint_offsets(db, target) == before
+    assert done["outcome"] == "applied"
+    assert done["result"] == {"rows_copied": len(before), "rows_written": len(before)}
     out = capfd.readouterr().out
     assert source in out and target in out
 
-    ops.reset_checkpoint(
+    reset = ops.reset_checkpoint(
         target, to="earliest", postgres_url=postgres_url, kafka=kafka_bootstrap, noinput=True
     )
     assert set(kit.checkpoint_offsets(db, target).values()) == {0}
+    assert reset["result"] == {"checkpoint_id": target, "rows_written": len(before)}
     # Merging takes the minimum per partition: the reset target wins.
     merged = unique_name + "_m"
     ops.merge_checkpoints([source, target], merged, postgres_url=postgres_url, noinput=True)
@@ -96,3 +109,57 @@ def test_a_declined_question_raises_operation_aborted_with_commcares_status(
     assert done.returncode == 11, done.stdout + done.stderr
     assert "Pillow checkpoints" in done.stdout or "overwrite" in (done.stdout + done.stderr).lower()
     assert kit.checkpoint_offsets(db, target) == kept
+
+
+class Script:
+    """A ``Ui`` that records every line and answers from a list."""
+
+    def __init__(self, *answers: str) -> None:
+        self.lines: list[str] = []
+        self.answers = list(answers)
+
+    def out(self, line: str) -> None:
+        self.lines.append(line)
+
+    def err(self, line: str) -> None:
+        self.lines.append(f"err: {line}")
+
+    def read_answer(self) -> str:
+        if not self.answers:
+            raise EOFError
+        return self.answers.pop(0)
+
+
+def test_a_ui_object_receives_every_line_and_question_and_typed_errors_come_back(
+    postgres_url: str, db: psycopg.Connection[Any], kit: Any, unique_name: str
+) -> None:
+    source, target = unique_name + "_a", unique_name + "_b"
+    with db.cursor() as c:
+        for cid, offset in ((source, 5), (target, 1)):
+            c.execute(
+                "INSERT INTO pillowtop_kafkacheckpoint"
+                ' (checkpoint_id, topic, partition, "offset", last_modified)'
+                " VALUES (%s, 'form', 0, %s, now())",
+                [cid, offset],
+            )
+    db.commit()
+    ui = Script("y", "n")
+    with pytest.raises(OperationAborted) as info:
+        ops.split_checkpoints(source, [target], postgres_url=postgres_url, ui=ui)
+    assert info.value.exit_status == 1
+    assert f"Some of ['{target}'] already exist:" in ui.lines
+    assert "Are you sure you want to DELETE existing checkpoints? [y/n]" in ui.lines
+    assert kit.checkpoint_offsets(db, target) == {0: 1}
+
+    # With JSON on stdout, the messages and the questions go to stderr.
+    ui = Script()
+    dry = ops.split_checkpoints(
+        source, [target], postgres_url=postgres_url, json=True, dry_run=True, ui=ui
+    )
+    assert ui.lines[-1] == "err: dry run: nothing was written"
+    assert dry["plan"]["existing"][0]["checkpoint_id"] == target
+
+    with pytest.raises(OperationRefused, match="have no rows"):
+        ops.split_checkpoints(unique_name + "_never", [target], postgres_url=postgres_url, ui=ui)
+    with pytest.raises(ConfigurationError, match="no target checkpoints given"):
+        ops.split_checkpoints(source, [], postgres_url=postgres_url, ui=ui)

@@ -1,9 +1,9 @@
 """``add_kafka_partition <topic> <num_partitions>`` (CommCare's command).
 
 Creates offset-0 rows for the new partitions of ``topic`` for every checkpoint that has rows on
-it, through ``pillowtop add-partitions``. Unlike CommCare, it aborts (exit status 1) unless both
-questions are answered ``y`` or ``yes`` (reference §9 #19), and checks the topic's partition count
-in Kafka. ``--noinput`` and ``--dry-run`` are additions.
+it, through ``pillowtop_rs.ops.add_partitions`` (the CLI's ``add-partitions``). Unlike CommCare,
+it aborts (exit status 1) unless both questions are answered ``y`` or ``yes`` (reference §9 #19),
+and checks the topic's partition count in Kafka. ``--noinput`` and ``--dry-run`` are additions.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from pillowtop_rs import ops
 from pillowtop_rs.django import cli
 
 
@@ -28,6 +29,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
-        argv = ["add-partitions", options["topic"], str(options["num_partitions"])]
-        argv += cli.confirm_flags(options)
-        cli.run_cli(argv + cli.postgres_args() + cli.kafka_args())
+        confirm = cli.confirm_options(options)
+        with cli.operation("add_kafka_partition"):
+            ops.add_partitions(
+                options["topic"],
+                int(options["num_partitions"]),
+                postgres_url=cli.postgres_url(),
+                kafka=cli.kafka_bootstrap(),
+                noinput=confirm["noinput"],
+                dry_run=confirm["dry_run"],
+                ui=cli.CommandUi(self),
+            )

@@ -1,10 +1,11 @@
 """``merge_pillow_checkpoints <source_pillow> [...] <target_pillow>`` (CommCare's command).
 
 The target gets the minimum offset of every partition over the sources, through
-``pillowtop merge``: CommCare's prompts and exit statuses (1 declined, 2 the sources' partitions
-disagree, 3 reprocessing declined), with the fixes of reference §9 #15-#17 (answering ``y`` to the
-reprocessing question proceeds; only the target's topics are checked and written; one
-transaction). ``--noinput``, ``--dry-run`` and ``--force`` are additions.
+``pillowtop_rs.ops.merge_checkpoints`` (the CLI's ``merge``): CommCare's prompts and exit
+statuses (1 declined, 2 the sources' partitions disagree, 3 reprocessing declined), with the
+fixes of reference §9 #15-#17 (answering ``y`` to the reprocessing question proceeds; only the
+target's topics are checked and written; one transaction). ``--noinput``, ``--dry-run`` and
+``--force`` are additions.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from pillowtop_rs import ops
 from pillowtop_rs.django import cli
 
 
@@ -34,8 +36,13 @@ class Command(BaseCommand):
                 "give at least one source pillow and the target pillow", returncode=2
             )
         pillows = cli.get_pillows(names)
-        target = pillows[-1]
-        argv = ["merge", *(cli.checkpoint_id(p) for p in pillows)]
-        argv += ["--topics", ",".join(cli.topics(target))]
-        argv += cli.confirm_flags(options)
-        cli.run_cli(argv + cli.postgres_args())
+        *sources, target = pillows
+        with cli.operation("merge_pillow_checkpoints"):
+            ops.merge_checkpoints(
+                [cli.checkpoint_id(p) for p in sources],
+                cli.checkpoint_id(target),
+                postgres_url=cli.postgres_url(),
+                topics=cli.topics(target),
+                ui=cli.CommandUi(self),
+                **cli.confirm_options(options),
+            )

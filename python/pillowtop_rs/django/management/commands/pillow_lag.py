@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from pillowtop_rs import registry
+from pillowtop_rs import ops, registry
 from pillowtop_rs.django import cli
 
 
@@ -34,10 +34,14 @@ class Command(BaseCommand):
         """Run the command."""
         names = options["pillow_names"] or [c.name for c in registry.get_all_pillow_configs()]
         pillows = cli.get_pillows(names)
-        argv = ["lag", *dict.fromkeys(cli.checkpoint_id(p) for p in pillows)]
-        if options["json"]:
-            argv.append("--json")
-        for flag in ("interval", "metrics_port", "rounds"):
-            if options[flag] is not None:
-                argv += [f"--{flag.replace('_', '-')}", str(options[flag])]
-        cli.run_cli(argv + cli.postgres_args() + cli.kafka_args())
+        with cli.operation("pillow_lag"):
+            ops.lag(
+                list(dict.fromkeys(cli.checkpoint_id(p) for p in pillows)),
+                postgres_url=cli.postgres_url(),
+                kafka=cli.kafka_bootstrap(),
+                json=bool(options["json"]),
+                interval=options["interval"],
+                metrics_port=options["metrics_port"],
+                rounds=options["rounds"],
+                ui=cli.CommandUi(self),
+            )

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from pillowtop_rs import ops
 from pillowtop_rs.django import cli
 
 
@@ -36,12 +37,15 @@ class Command(BaseCommand):
         if options["csv"]:
             self.write_csv(cli.topics(pillow), count, dedicated)
             return
-        argv = ["assignments", str(count), "--topics", ",".join(cli.topics(pillow))]
-        if dedicated:
-            argv.append("--dedicated")
-        if options["gevent_workers"] is not None:
-            argv += ["--workers", str(options["gevent_workers"])]
-        cli.run_cli(argv + cli.kafka_args())
+        with cli.operation("pillow_topic_assignments"):
+            ops.assignments(
+                cli.topics(pillow),
+                count,
+                kafka=cli.kafka_bootstrap(),
+                dedicated=dedicated,
+                workers=options["gevent_workers"],
+                ui=cli.CommandUi(self),
+            )
 
     def write_csv(self, topics: list[str], count: int, dedicated: bool) -> None:
         """Print the layout as CSV (partition counts from Kafka)."""

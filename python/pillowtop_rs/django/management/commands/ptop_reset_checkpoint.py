@@ -2,9 +2,9 @@
 
 CommCare deletes a Kafka checkpoint's rows, which the next start recreates at offset 0: a replay
 from the earliest retained offset. Here the rows are moved to the earliest retained offset
-explicitly (``pillowtop reset --earliest``), which is the same replay without relying on the
-construction side effect (reference §9 #6). ``--latest``, ``--offset`` and ``--timestamp`` are
-additions.
+explicitly (``pillowtop_rs.ops.reset_checkpoint``, the CLI's ``reset --earliest``), which is the
+same replay without relying on the construction side effect (reference §9 #6). ``--latest``,
+``--offset`` and ``--timestamp`` are additions.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from pillowtop_rs import ops
 from pillowtop_rs.django import cli
 
 
@@ -33,14 +34,21 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
         (pillow,) = cli.get_pillows([options["pillow_name"]])
-        argv = ["reset", cli.checkpoint_id(pillow), "--topics", ",".join(cli.topics(pillow))]
+        to: str | int = "earliest"
         if options["latest"]:
-            argv.append("--latest")
+            to = "latest"
         elif options["offset"] is not None:
-            argv += ["--offset", str(options["offset"])]
+            to = int(options["offset"])
         elif options["timestamp"]:
-            argv += ["--timestamp", options["timestamp"]]
-        else:
-            argv.append("--earliest")
-        argv += cli.confirm_flags(options)
-        cli.run_cli(argv + cli.postgres_args() + cli.kafka_args())
+            to = str(options["timestamp"])
+        with cli.operation("ptop_reset_checkpoint"):
+            ops.reset_checkpoint(
+                cli.checkpoint_id(pillow),
+                to=to,
+                postgres_url=cli.postgres_url(),
+                kafka=cli.kafka_bootstrap(),
+                partition=None,
+                topics=cli.topics(pillow),
+                ui=cli.CommandUi(self),
+                **cli.confirm_options(options),
+            )

@@ -1,10 +1,10 @@
 """``split_pillow_checkpoints <source_pillow> <target_pillow> [...]`` (CommCare's command).
 
-Copies every checkpoint row of the source pillow to each target, through ``pillowtop split``:
-CommCare's prompts and exit status 1 when one is declined; plus the fixes of reference §9 #14
-(topic mismatches reported against the targets' topics, one transaction, refusal while a pillow
-involved has a live process unless ``--force``). ``--noinput``, ``--dry-run`` and ``--force`` are
-additions.
+Copies every checkpoint row of the source pillow to each target, through
+``pillowtop_rs.ops.split_checkpoints`` (the CLI's ``split``): CommCare's prompts and exit status
+1 when one is declined; plus the fixes of reference §9 #14 (topic mismatches reported against the
+targets' topics, one transaction, refusal while a pillow involved has a live process unless
+``--force``). ``--noinput``, ``--dry-run`` and ``--force`` are additions.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from pillowtop_rs import ops
 from pillowtop_rs.django import cli
 
 
@@ -32,10 +33,12 @@ class Command(BaseCommand):
         if len(names) < 2:
             raise CommandError("give the source pillow and at least one target pillow")
         source, *targets = cli.get_pillows(names)
-        argv = ["split", cli.checkpoint_id(source)]
-        argv += [cli.checkpoint_id(t) for t in targets]
-        for target in targets:
-            topics = ",".join(cli.topics(target))
-            argv += ["--target-topics", f"{cli.checkpoint_id(target)}={topics}"]
-        argv += cli.confirm_flags(options)
-        cli.run_cli(argv + cli.postgres_args())
+        with cli.operation("split_pillow_checkpoints"):
+            ops.split_checkpoints(
+                cli.checkpoint_id(source),
+                [cli.checkpoint_id(t) for t in targets],
+                postgres_url=cli.postgres_url(),
+                target_topics={cli.checkpoint_id(t): cli.topics(t) for t in targets},
+                ui=cli.CommandUi(self),
+                **cli.confirm_options(options),
+            )

@@ -1,7 +1,7 @@
 """``validate_kafka_pillow_checkpoints [--print-only]`` (CommCare's command).
 
 Checks that Kafka still retains every offset the active pillows' checkpoints need (zero offsets
-skipped, as CommCare does), through ``pillowtop validate``. Active pillows are
+skipped, as CommCare does), through ``pillowtop_rs.ops.validate``. Active pillows are
 ``settings.ACTIVE_PILLOW_NAMES`` when set, else every configured pillow. Exit status 5 names each
 invalid checkpoint partition (CommCare raised an exception); ``--print-only`` reports and exits 0.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from pillowtop_rs import registry
+from pillowtop_rs import ops, registry
 from pillowtop_rs.django import cli
 
 
@@ -31,10 +31,19 @@ class Command(BaseCommand):
         active = getattr(settings, "ACTIVE_PILLOW_NAMES", None)
         names = list(active) if active else [c.name for c in registry.get_all_pillow_configs()]
         pillows = cli.get_pillows(names)
-        argv = ["validate", *sorted({cli.checkpoint_id(p) for p in pillows}), "--skip-zero"]
-        if options["print_only"]:
-            argv.append("--print-only")
         if not pillows:
             self.stdout.write("no pillows configured")
             return
-        cli.run_cli(argv + cli.postgres_args() + cli.kafka_args())
+        with cli.operation("validate_kafka_pillow_checkpoints"):
+            problems = ops.validate(
+                sorted({cli.checkpoint_id(p) for p in pillows}),
+                postgres_url=cli.postgres_url(),
+                kafka=cli.kafka_bootstrap(),
+                skip_zero=True,
+                ui=cli.CommandUi(self),
+            )
+        if problems and not options["print_only"]:
+            raise CommandError(
+                f"{len(problems)} checkpoints are outside what Kafka retains",
+                returncode=cli.INVALID,
+            )

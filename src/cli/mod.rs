@@ -1,0 +1,195 @@
+//! The operator command line as a library module (feature `cli`): the `pillowtop` binary and
+//! the Python front (`src/python/ops.rs`, `run_cli`) both run it, so they share one
+//! implementation of every command, prompts and exit statuses included.
+//!
+//! One file per command, each an `Args` struct and an `exec` function; the changing commands
+//! (split, merge, reset, history restore, add-partitions) also have an `apply` that returns a
+//! typed [`ui::Report`], and share [`ui::confirm_and_apply`]. Output and questions go through
+//! [`ui::Ui`]. Connections come from flags or the `PILLOWTOP_*` environment ([`conn`]).
+//!
+//! Exit codes (CommCare's for the checkpoint commands): 0 success; 1 an operator declined a
+//! prompt; 2 invalid usage, or merge sources whose partitions disagree; 3 the merge's
+//! reprocessing was declined; 4 any other failure (a service failed, a refusal such as a running
+//! pillow without `--force`, a source without rows); 5 `validate` found invalid checkpoints.
+
+pub mod add_partitions;
+pub mod assignments;
+pub mod conn;
+pub mod history;
+pub mod lag;
+pub mod merge;
+pub mod reset;
+pub mod run;
+pub mod schema;
+pub mod split;
+pub mod ui;
+pub mod validate;
+
+use std::future::Future;
+
+use clap::{Parser, Subcommand};
+
+use crate::ops::OpsError;
+use ui::Ui;
+
+/// Exit status of a declined prompt.
+pub const DECLINED: u8 = 1;
+/// Exit status of inconsistent merge sources (and of invalid usage).
+pub const INCONSISTENT: u8 = 2;
+/// Exit status of a declined reprocessing question.
+pub const REPROCESSING_DECLINED: u8 = 3;
+/// Exit status of any other failure.
+pub const FAILED: u8 = 4;
+/// Exit status of `validate` when a checkpoint is invalid.
+pub const INVALID: u8 = 5;
+
+/// The text after `--help` of the program.
+pub const EXIT_STATUS_HELP: &str = "Exit status: 0 success; 1 a question was declined; 2 invalid usage, or merge sources whose partitions disagree; 3 the merge's reprocessing was declined; 4 any other failure; 5 validate found invalid checkpoints";
+
+/// The command line without the binary-only `demo` (what `run_cli` parses).
+#[derive(Parser, Debug)]
+#[command(
+    name = "pillowtop",
+    version,
+    about = "Operate CommCare-compatible pillows: Kafka change feeds with PostgreSQL checkpoints",
+    after_help = EXIT_STATUS_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every command, one variant each.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the pillowtop tables (checkpoints, errors, liveness) if they are missing.
+    Schema(schema::Args),
+    /// Run a pure-Rust pillow described by a TOML config file (see examples/xform-pillow.toml)
+    /// until SIGTERM or Ctrl-C (a graceful stop: the current chunk finishes and the checkpoint
+    /// is written), or --until-idle / --max-changes. Exit 0 on a graceful stop, 2 for an invalid
+    /// config, 4 for any other failure.
+    Run(run::Args),
+    /// Copy every checkpoint row of a source pillow to one or more target pillows
+    /// (CommCare's split_pillow_checkpoints).
+    ///
+    /// Prints the plan (rows per topic and partition; target rows that will be deleted or
+    /// overwritten, with their last update; topics only the source or only a target has),
+    /// asks CommCare's two questions when a target exists, and writes everything in one
+    /// transaction. Refuses while the source or a target has a live process unless --force.
+    #[command(
+        after_help = "Exit status: 0 done or dry run; 1 a question was declined; 4 refused (running pillow, source without rows) or failed"
+    )]
+    Split(split::Args),
+    /// Merge the checkpoints of several source pillows into one target: the minimum offset
+    /// of each partition (CommCare's merge_pillow_checkpoints). The last id is the target.
+    ///
+    /// Sources that read a topic must have the same partitions of it (restricted to the
+    /// target's --topics when given); the plan shows the reprocessing of each partition.
+    /// Answering `y` to "Is this amount of reprocessing acceptable y/N?" proceeds (CommCare's
+    /// inverted answer is fixed); anything else exits 3.
+    #[command(
+        after_help = "Exit status: 0 done or dry run; 1 a question was declined; 2 the sources' partitions disagree; 3 the reprocessing was declined; 4 refused (no sources, no rows, running pillow) or failed"
+    )]
+    Merge(merge::Args),
+    /// Move a checkpoint (or one partition of it) to the earliest retained offset, the
+    /// high-water mark, an explicit offset, or the first message at or after a time.
+    #[command(
+        after_help = "Exit status: 0 done or dry run; 1 the question was declined; 4 refused or failed"
+    )]
+    Reset(reset::Args),
+    /// Daily checkpoint history: snapshot, list, restore.
+    #[command(subcommand)]
+    History(history::Command),
+    /// Create offset-0 rows for new partitions of a topic, for every checkpoint that has
+    /// rows on the topic (CommCare's add_kafka_partition). Aborts unless both questions are
+    /// answered y or yes.
+    #[command(
+        after_help = "Exit status: 0 done or dry run; 1 a question was declined; 4 refused or failed"
+    )]
+    AddPartitions(add_partitions::Args),
+    /// Check that Kafka can still serve every checkpoint (CommCare's
+    /// validate_kafka_pillow_checkpoints): fails naming the checkpoint, the partition, the
+    /// offset needed and the first available one.
+    #[command(
+        after_help = "Exit status: 0 every checkpoint is valid (or --print-only); 5 some checkpoint is invalid; 4 failed"
+    )]
+    Validate(validate::Args),
+    /// Per checkpoint and partition: offset, high-water mark, lag, seconds since the last
+    /// checkpoint, time lag (age of the oldest unprocessed change), and the live process
+    /// that owns it. With --metrics-port, serves CommCare's
+    /// lag gauges in Prometheus format and refreshes them every --interval seconds.
+    #[command(visible_alias = "status")]
+    Lag(lag::Args),
+    /// Which process (and virtual worker) reads which partitions (CommCare's
+    /// pillow_topic_assignments, with the dedicated migration process).
+    Assignments(assignments::Args),
+}
+
+impl Command {
+    /// Runs the command; returns its exit status.
+    pub async fn exec(self, ui: &dyn Ui) -> anyhow::Result<u8> {
+        match self {
+            Self::Schema(a) => schema::exec(a, ui).await,
+            Self::Run(a) => run::exec(a, ui).await,
+            Self::Split(a) => split::exec(a, ui).await,
+            Self::Merge(a) => merge::exec(a, ui).await,
+            Self::Reset(a) => reset::exec(a, ui).await,
+            Self::History(c) => history::exec(c, ui).await,
+            Self::AddPartitions(a) => add_partitions::exec(a, ui).await,
+            Self::Validate(a) => validate::exec(a, ui).await,
+            Self::Lag(a) => lag::exec(a, ui).await,
+            Self::Assignments(a) => assignments::exec(a, ui).await,
+        }
+    }
+}
+
+/// Runs the command line `args` (the first is the program name) and returns the exit status.
+pub fn run<I, T>(args: I, ui: &dyn Ui) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => block_on(ui, cli.command.exec(ui)),
+        Err(e) => usage_error(&e),
+    }
+}
+
+/// Prints a command-line parse error (or `--help`) and returns its exit status.
+pub fn usage_error(e: &clap::Error) -> u8 {
+    let _ = e.print();
+    u8::try_from(e.exit_code()).unwrap_or(INCONSISTENT)
+}
+
+/// Starts logging and a tokio runtime, runs `command` to its end, and returns its exit status;
+/// an error is printed (`error: ...`) and becomes its exit status.
+pub fn block_on<F>(ui: &dyn Ui, command: F) -> u8
+where
+    F: Future<Output = anyhow::Result<u8>>,
+{
+    crate::telemetry::init();
+    let result = runtime().and_then(|rt| rt.block_on(command));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            ui.err(&format!("error: {e:#}"));
+            exit_code(&e)
+        }
+    }
+}
+
+/// The multi-threaded runtime the commands run on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
+/// The exit status for an error that ended a command.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<OpsError>() {
+        Some(OpsError::Inconsistent(_)) => INCONSISTENT,
+        _ => FAILED,
+    }
+}

@@ -1,0 +1,197 @@
+//! `pillowtop split SOURCE TARGET...`: CommCare's `split_pillow_checkpoints` over
+//! [`crate::ops::split`], with its "already exist" questions and exit status 1 when declined.
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use serde::Serialize;
+
+use super::conn::{Confirm, Conn};
+use super::ui::{
+    self, confirm_and_apply, print_table, py_list, time, Confirmation, Report, Say, Ui,
+};
+use crate::ops::split::{self as core, SplitPlan, SplitTarget};
+use crate::pg::Pg;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Args {
+    /// The source checkpoint id.
+    pub source: String,
+    /// The target checkpoint ids.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    /// The topics a target reads, to report mismatches: `TARGET=topic1,topic2`, or
+    /// `topic1,topic2` for every target. Repeatable.
+    #[arg(long = "target-topics", value_name = "[TARGET=]TOPICS")]
+    pub target_topics: Vec<String>,
+    #[command(flatten)]
+    pub confirm: Confirm,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// What an applied split wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Split {
+    /// Rows of the source copied to each target.
+    pub rows_copied: usize,
+    /// Rows written in all.
+    pub rows_written: u64,
+}
+
+pub async fn exec(args: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
+    Ok(apply(&args, ui).await?.outcome.status())
+}
+
+/// Plans the split, shows it, asks, and applies it.
+pub async fn apply(args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Split>> {
+    let pg = args.conn.pg()?;
+    split(&pg, args, ui).await
+}
+
+async fn split(pg: &Arc<Pg>, args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Split>> {
+    let c = &args.confirm;
+    let targets = parse_target_topics(&args.targets, &args.target_topics)?;
+    let (plan, forced) = core::prepare_split(pg, &args.source, &targets, c.force).await?;
+    let mut notes = Vec::new();
+    for m in &plan.source_only_topics {
+        notes.push(format!(
+            "warning: topics {:?} are copied to {} but its pillow does not read them",
+            m.topics, m.checkpoint_id
+        ));
+    }
+    for m in &plan.target_only_topics {
+        notes.push(format!(
+            "warning: {} reads topics {:?} that {} has no rows for: no rows are written, so {} starts them by its start policy",
+            m.checkpoint_id, m.topics, plan.source, m.checkpoint_id
+        ));
+    }
+    let steps = if plan.existing.is_empty() {
+        Vec::new()
+    } else {
+        let header = format!("Some of {} already exist:", py_list(&plan.targets));
+        ui::overwrite_steps(header, &plan.existing)
+    };
+    confirm_and_apply(
+        ui,
+        c,
+        Confirmation {
+            plan: &plan,
+            forced: &forced,
+            text: &print_plan,
+            notes,
+            nothing_to_do: None,
+            steps,
+        },
+        || async {
+            let n = core::apply_split(pg, &plan).await?;
+            Say::new(ui, c.json).say(&format!(
+                "copied {} rows of {} to {} ({n} rows written in one transaction)",
+                plan.rows.len(),
+                plan.source,
+                py_list(&plan.targets)
+            ));
+            Ok(Split {
+                rows_copied: plan.rows.len(),
+                rows_written: n,
+            })
+        },
+    )
+    .await
+}
+
+/// `--target-topics` specs onto the targets.
+fn parse_target_topics(targets: &[String], specs: &[String]) -> anyhow::Result<Vec<SplitTarget>> {
+    let mut out: Vec<SplitTarget> = targets.iter().map(SplitTarget::new).collect();
+    for spec in specs {
+        let (who, topics) = match spec.rsplit_once('=') {
+            Some((id, t)) => (Some(id), t),
+            None => (None, spec.as_str()),
+        };
+        let topics: Vec<String> = topics
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut matched = false;
+        for t in &mut out {
+            if who.is_none_or(|w| w == t.checkpoint_id) {
+                t.topics.get_or_insert_with(Vec::new).extend(topics.clone());
+                matched = true;
+            }
+        }
+        if !matched {
+            bail!(
+                "--target-topics {spec}: {} is not a target",
+                who.unwrap_or_default()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The split plan as text (also the demo's).
+pub fn print_plan(ui: &dyn Ui, plan: &SplitPlan) {
+    ui.out(&format!(
+        "split checkpoint {} into {}: {} rows copied to each target",
+        plan.source,
+        py_list(&plan.targets),
+        plan.rows.len()
+    ));
+    let per_topic = core::rows_per_topic(&plan.rows);
+    print_table(
+        ui,
+        &["topic", "partitions", "min offset", "max offset"],
+        per_topic
+            .iter()
+            .map(|(t, (n, lo, hi))| vec![t.clone(), n.to_string(), lo.to_string(), hi.to_string()])
+            .collect(),
+    );
+    ui.out("rows copied (next offset to read):");
+    print_table(
+        ui,
+        &["topic", "partition", "offset", "source last modified"],
+        plan.rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.topic.clone(),
+                    r.partition.to_string(),
+                    r.offset.to_string(),
+                    time(&r.last_modified),
+                ]
+            })
+            .collect(),
+    );
+    if plan.existing.is_empty() {
+        ui.out("no target has rows: nothing is overwritten");
+    } else {
+        ui.out("existing target rows (all are replaced):");
+        print_table(
+            ui,
+            &[
+                "checkpoint",
+                "topic",
+                "partition",
+                "offset",
+                "last modified",
+                "after split",
+            ],
+            plan.existing
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.checkpoint_id.clone(),
+                        r.topic.clone(),
+                        r.partition.to_string(),
+                        r.offset.to_string(),
+                        time(&r.last_modified),
+                        plan.replacement(r)
+                            .map_or_else(|| "deleted".into(), |o| o.to_string()),
+                    ]
+                })
+                .collect(),
+        );
+    }
+}
