@@ -204,7 +204,7 @@ impl PyPillow {
             return Err(config_error(format!("pillow {name} reads no topics")));
         }
         for t in &topics {
-            crate::checkpoint::validate_topic_name(t)?;
+            crate::partition::validate_topic_name(t).map_err(crate::Error::from)?;
         }
         for p in &processors {
             if !is_processor(p)? && !p.is_instance_of::<PyRustProcessor>() {
