@@ -1,4 +1,4 @@
-//! Metrics with CommCare's names and tags (reference §1.10), behind a small facade.
+//! Metrics with CommCare's names and tags (docs/commcare-pillowtop.md §1.10), behind a small facade.
 //!
 //! The engine records through [`Recorder`]; [`MemoryRecorder`] aggregates in process (tests,
 //! the CLI's Prometheus export later), [`NoopRecorder`] drops everything.

@@ -23,7 +23,7 @@ pub struct CheckpointRow {
 }
 
 /// One offset to write, with what the writer believes the row holds now (`None`: no row).
-/// A row that holds something else was changed externally (reference §9 #10).
+/// A row that holds something else was changed externally (docs/commcare-pillowtop.md §9 #10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointUpdate {
     pub tp: TopicPartition,

@@ -2,7 +2,7 @@
 //!
 //! The stored value is the next offset to read. Writes are transactional: the rows are locked,
 //! compared with what the writer last read or wrote (so an external edit is detected instead of
-//! silently overwritten, reference §9 #10), then upserted with `last_modified = now()` and
+//! silently overwritten, docs/commcare-pillowtop.md §9 #10), then upserted with `last_modified = now()` and
 //! `doc_modification_time = NULL` (what CommCare writes in practice, §9 #8).
 
 use std::collections::HashMap;

@@ -24,7 +24,7 @@ impl Layout {
     }
 
     /// Rejects impossible layouts (CommCare asserts `0 <= k < N`; we also reject `dedicated` with
-    /// fewer than two processes, where nothing would consume: reference §9 #21).
+    /// fewer than two processes, where nothing would consume: docs/commcare-pillowtop.md §9 #21).
     pub fn validate(&self) -> Result<()> {
         if self.num_processes == 0 || self.process_num >= self.num_processes {
             return Err(ConfigError::Invalid(format!(

@@ -1,7 +1,7 @@
 //! Per-partition offsets of one process: where reading started, what was fully handled, and
 //! what the checkpoint holds.
 //!
-//! This is the fix for CommCare's skip bug (reference §1.3, §9 #1): CommCare stores `since + 1`
+//! This is the fix for CommCare's skip bug (docs/commcare-pillowtop.md §1.3, §9 #1): CommCare stores `since + 1`
 //! for a partition that was sought but not yet consumed, so a crash after such a checkpoint skips
 //! one message. Here the checkpoint value is `last_handled + 1` for a partition that handled
 //! something, and the untouched seek start otherwise. The value is the **next offset to read**,

@@ -1,4 +1,4 @@
-//! `add_kafka_partition <topic> <num_partitions>` (reference §2.4): after partitions were added
+//! `add_kafka_partition <topic> <num_partitions>` (docs/commcare-pillowtop.md §2.4): after partitions were added
 //! to a topic, give every checkpoint that reads the topic (has any row on it) a row at offset 0
 //! for each new partition, so that no pillow starts them by accident of a missing row. Existing
 //! rows are left alone. The CLI asks CommCare's two questions and, unlike CommCare (§9 #19),

@@ -1,6 +1,6 @@
 //! `pillow_topic_assignments`: which process (and virtual worker) reads which partitions, computed
 //! by the same layout function the runner uses ([`Layout::assign`]), including the dedicated
-//! migration process that CommCare's command ignored (reference §9 #20, #21).
+//! migration process that CommCare's command ignored (docs/commcare-pillowtop.md §9 #20, #21).
 
 use serde::Serialize;
 

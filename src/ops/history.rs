@@ -1,5 +1,5 @@
 //! Daily checkpoint history (CommCare's `HistoricalPillowCheckpoint` and its celery task
-//! `create_historical_checkpoints`, reference §1.5): a snapshot of every row of
+//! `create_historical_checkpoints`, docs/commcare-pillowtop.md §1.5): a snapshot of every row of
 //! `pillowtop_kafkacheckpoint` per day in `pillowtop_rs_checkpoint_history`, records older than
 //! the retention (30 days) pruned by the same step, and a restore of a checkpoint from the newest
 //! snapshot on or before a date (`fix_checkpoints_from_date`).

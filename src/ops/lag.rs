@@ -1,7 +1,7 @@
 //! Lag and status per checkpoint and partition: the stored offset, Kafka's high-water mark, the
 //! lag in changes, the seconds since the checkpoint was written, and which live process owns the
 //! partition (from the liveness rows). The same figures are exported as CommCare's gauges
-//! (`pillow_datadog_metrics`, reference §1.10).
+//! (`pillow_datadog_metrics`, docs/commcare-pillowtop.md §1.10).
 
 use std::collections::{BTreeMap, BTreeSet};
 

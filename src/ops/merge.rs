@@ -1,4 +1,4 @@
-//! `merge_pillow_checkpoints`: one checkpoint from several (reference §2.2), taking the
+//! `merge_pillow_checkpoints`: one checkpoint from several (docs/commcare-pillowtop.md §2.2), taking the
 //! **minimum** offset of each partition across the sources so that no processor of any merged
 //! pillow skips a change; the processors of a more advanced source reprocess `max − min` changes
 //! on that partition. CommCare's traps are fixed on purpose (§9 #15–#17):

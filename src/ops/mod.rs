@@ -8,8 +8,8 @@
 //! * **Applying is one transaction** and verifies the plan: the target rows deleted or
 //!   overwritten must be exactly the rows the plan showed, else nothing is written and
 //!   [`OpsError::Stale`] asks the operator to plan again.
-//! * **No side effects on reading** (reference §9 #6): naming a checkpoint never creates rows.
-//! * CommCare's traps are fixed on purpose (reference §9 rows 14–21): topic mismatches are
+//! * **No side effects on reading** (docs/commcare-pillowtop.md §9 #6): naming a checkpoint never creates rows.
+//! * CommCare's traps are fixed on purpose (docs/commcare-pillowtop.md §9 rows 14–21): topic mismatches are
 //!   reported, running pillows are refused unless forced, merges check partition sets per topic
 //!   and validate everything before writing.
 
@@ -46,7 +46,7 @@ pub type Result<T, E = OpsError> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum OpsError {
     /// A merge was given no source checkpoint (CommCare raised `IndexError`, possibly after
-    /// deleting the target's rows: reference §9 #16).
+    /// deleting the target's rows: docs/commcare-pillowtop.md §9 #16).
     #[error("no source checkpoints given: merge needs at least one source and a target")]
     NoSources,
     /// A split was given no target checkpoint.
@@ -61,7 +61,7 @@ pub enum OpsError {
     /// Invalid arguments (an id given twice, a source that is also the target, ...).
     #[error("invalid arguments: {0}")]
     InvalidArgument(String),
-    /// A pillow whose checkpoint would change has a live process (reference §9 #14).
+    /// A pillow whose checkpoint would change has a live process (docs/commcare-pillowtop.md §9 #14).
     #[error(
         "pillow {checkpoint_id} is running ({processes}): stop it first, or force the operation"
     )]

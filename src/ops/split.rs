@@ -1,5 +1,5 @@
 //! `split_pillow_checkpoints`: copy every row of a source checkpoint to one or more targets
-//! (reference §2.1), with CommCare's traps fixed (§9 #14):
+//! (docs/commcare-pillowtop.md §2.1), with CommCare's traps fixed (§9 #14):
 //!
 //! * the plan lists what is copied, which target rows are deleted or overwritten (with their last
 //!   update), and, when the targets' topics are known, the topics only the source has (copied,

@@ -1,5 +1,5 @@
 //! `validate_kafka_pillow_checkpoints`: find checkpoints Kafka can no longer serve, before a
-//! pillow starts on them (reference §2.4, §7.2). A checkpoint below the partition's first
+//! pillow starts on them (docs/commcare-pillowtop.md §2.4, §7.2). A checkpoint below the partition's first
 //! available offset would skip changes (or fail in strict mode); one above the high-water mark
 //! points at a recreated topic; one on a partition Kafka does not have is orphaned.
 //!

@@ -1,4 +1,4 @@
-//! Running one chunk through the processors, with CommCare's semantics (reference §1.6):
+//! Running one chunk through the processors, with CommCare's semantics (docs/commcare-pillowtop.md §1.6):
 //!
 //! 1. de-duplicate: keep the last occurrence of each document id, in the order of those last
 //!    occurrences (`1a 2a 3a 2b 4a 1b` → `3a 2b 4a 1b`);
@@ -9,7 +9,7 @@
 //!    remaining serial processors for that change.
 //!
 //! A change that fails anywhere in the pass is recorded once (one attempt per pass: the fix for
-//! reference §9 #12), with its first failure. With chunk size 0 there are no batch processors:
+//! docs/commcare-pillowtop.md §9 #12), with its first failure. With chunk size 0 there are no batch processors:
 //! every processor runs serially.
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! The liveness row of a running pillow process (`pillowtop_rs_process`): which host and pid
 //! run which (pillow, process number), which partitions it owns, and a heartbeat refreshed on
 //! every checkpoint and idle tick. Operators and the checkpoint commands read it to tell a
-//! running pillow from a stopped one (reference §9 #23).
+//! running pillow from a stopped one (docs/commcare-pillowtop.md §9 #23).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! A pillow: a change feed, processors, a checkpoint store and the loop that ties them.
 //!
-//! The loop (CommCare's `process_changes`, reference §1.6, with the fixes of §9):
+//! The loop (CommCare's `process_changes`, docs/commcare-pillowtop.md §1.6, with the fixes of §9):
 //!
 //! * changes are buffered and flushed as a chunk when the buffer reaches the chunk size (chunk
 //!   size 0: every change alone, all processors serial), on an idle tick, at a graceful stop, and

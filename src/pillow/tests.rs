@@ -1,6 +1,6 @@
 //! The pillow loop against the in-memory feed, stores and processors: CommCare's loop table
 #![allow(clippy::float_cmp, clippy::many_single_char_names)] // exact small counts in metrics; short names in tests
-//! (reference §1.6), checkpoint values, resume, expiry, invalid messages and crash-only errors.
+//! (docs/commcare-pillowtop.md §1.6), checkpoint values, resume, expiry, invalid messages and crash-only errors.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Checkpoint operations against real PostgreSQL and Kafka: split, merge (each edge case of the
-//! reference §2), reset to a timestamp, history, add-partitions, validate, lag, the mission's
+//! docs/commcare-pillowtop.md §2), reset to a timestamp, history, add-partitions, validate, lag, the mission's
 //! split of a running pillow end to end, and the `pillowtop` binary's prompts and exit codes.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,9 +1,10 @@
 """``add_kafka_partition <topic> <num_partitions>`` (CommCare's command).
 
-Creates offset-0 rows for the new partitions of ``topic`` for every checkpoint that has rows on
-it, through ``pillowtop_rs.ops.add_partitions`` (the CLI's ``add-partitions``). Unlike CommCare,
-it aborts (exit status 1) unless both questions are answered ``y`` or ``yes`` (reference §9 #19),
-and checks the topic's partition count in Kafka. ``--noinput`` and ``--dry-run`` are additions.
+Creates offset-0 rows for the new partitions of ``topic`` for every checkpoint that has rows on it,
+through ``pillowtop_rs.ops.add_partitions`` (the CLI's ``add-partitions``). Unlike CommCare, it
+aborts (exit status 1) unless both questions are answered ``y`` or ``yes``
+(docs/commcare-pillowtop.md §9 #19), and checks the topic's partition count in Kafka. ``--noinput``
+and ``--dry-run`` are additions.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """``merge_pillow_checkpoints <source_pillow> [...] <target_pillow>`` (CommCare's command).
 
 The target gets the minimum offset of every partition over the sources, through
-``pillowtop_rs.ops.merge_checkpoints`` (the CLI's ``merge``): CommCare's prompts and exit
-statuses (1 declined, 2 the sources' partitions disagree, 3 reprocessing declined), with the
-fixes of reference §9 #15-#17 (answering ``y`` to the reprocessing question proceeds; only the
-target's topics are checked and written; one transaction). ``--noinput``, ``--dry-run`` and
+``pillowtop_rs.ops.merge_checkpoints`` (the CLI's ``merge``): CommCare's prompts and exit statuses
+(1 declined, 2 the sources' partitions disagree, 3 reprocessing declined), with the fixes of
+docs/commcare-pillowtop.md §9 #15-#17 (answering ``y`` to the reprocessing question proceeds; only
+the target's topics are checked and written; one transaction). ``--noinput``, ``--dry-run`` and
 ``--force`` are additions.
 """
 

@@ -2,7 +2,7 @@
 
 Prints which process reads which partitions, through ``pillowtop assignments``; additions:
 ``--dedicated-migration-process`` and ``--gevent-workers`` use the same layout function as the
-runner (reference §9 #20). ``--csv`` prints ``process,topic,partition`` rows.
+runner (docs/commcare-pillowtop.md §9 #20). ``--csv`` prints ``process,topic,partition`` rows.
 """
 
 from __future__ import annotations

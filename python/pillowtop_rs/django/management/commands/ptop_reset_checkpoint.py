@@ -3,8 +3,8 @@
 CommCare deletes a Kafka checkpoint's rows, which the next start recreates at offset 0: a replay
 from the earliest retained offset. Here the rows are moved to the earliest retained offset
 explicitly (``pillowtop_rs.ops.reset_checkpoint``, the CLI's ``reset --earliest``), which is the
-same replay without relying on the construction side effect (reference §9 #6). ``--latest``,
-``--offset`` and ``--timestamp`` are additions.
+same replay without relying on the construction side effect (docs/commcare-pillowtop.md §9 #6).
+``--latest``, ``--offset`` and ``--timestamp`` are additions.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """``split_pillow_checkpoints <source_pillow> <target_pillow> [...]`` (CommCare's command).
 
 Copies every checkpoint row of the source pillow to each target, through
-``pillowtop_rs.ops.split_checkpoints`` (the CLI's ``split``): CommCare's prompts and exit status
-1 when one is declined; plus the fixes of reference §9 #14 (topic mismatches reported against the
-targets' topics, one transaction, refusal while a pillow involved has a live process unless
-``--force``). ``--noinput``, ``--dry-run`` and ``--force`` are additions.
+``pillowtop_rs.ops.split_checkpoints`` (the CLI's ``split``): CommCare's prompts and exit status 1
+when one is declined; plus the fixes of docs/commcare-pillowtop.md §9 #14 (topic mismatches reported
+against the targets' topics, one transaction, refusal while a pillow involved has a live process
+unless ``--force``). ``--noinput``, ``--dry-run`` and ``--force`` are additions.
 """
 
 from __future__ import annotations
