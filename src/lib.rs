@@ -44,6 +44,7 @@ pub mod config;
 pub mod docstore;
 pub mod error;
 pub mod feed;
+pub mod hash;
 pub mod metrics;
 pub mod ops;
 pub mod partition;

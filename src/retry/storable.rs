@@ -43,7 +43,7 @@ pub fn column_text(s: &str) -> Cow<'_, str> {
     if clean.chars().count() <= MAX_COLUMN_CHARS {
         return clean;
     }
-    let hash = fnv1a(s.as_bytes());
+    let hash = crate::hash::fnv1a(s.as_bytes());
     let keep: String = clean.chars().take(MAX_COLUMN_CHARS - 17).collect();
     Cow::Owned(format!("{keep}~{hash:016x}"))
 }
@@ -101,17 +101,14 @@ pub fn json_text_without_nul(text: String) -> String {
     }
 }
 
-/// The record as PostgreSQL can store it (borrowed when nothing needed changing).
+/// The record as PostgreSQL can store it (borrowed when nothing needed changing). The metadata
+/// is cleaned where it is serialised, once ([`metadata_json`]).
 pub fn storable(r: &ErrorRecord) -> Cow<'_, ErrorRecord> {
     let doc_id = column_text(&r.doc_id);
     let pillow = column_text(&r.pillow);
     let error_type = column_text(&r.error_type);
     let traceback = truncated(&r.traceback, MAX_TRACEBACK_BYTES);
     let change = json_without_nul(&r.change);
-    let metadata_clean = r
-        .metadata
-        .as_ref()
-        .is_some_and(|m| m.to_json().contains("\\u0000"));
     let unchanged = matches!(
         (&doc_id, &pillow, &error_type, &traceback),
         (
@@ -120,8 +117,7 @@ pub fn storable(r: &ErrorRecord) -> Cow<'_, ErrorRecord> {
             Cow::Borrowed(_),
             Cow::Borrowed(_)
         )
-    ) && change.is_none()
-        && !metadata_clean;
+    ) && change.is_none();
     if unchanged {
         return Cow::Borrowed(r);
     }
@@ -131,7 +127,6 @@ pub fn storable(r: &ErrorRecord) -> Cow<'_, ErrorRecord> {
         error_type: error_type.into_owned(),
         traceback: traceback.into_owned(),
         change: change.unwrap_or_else(|| r.change.clone()),
-        // The metadata is written from its JSON text, cleaned there (see `metadata_json`).
         metadata: r.metadata.clone(),
         attempts: r.attempts,
     })
@@ -176,13 +171,6 @@ pub fn minimal(r: &ErrorRecord, refused_because: &str) -> ErrorRecord {
         metadata: None,
         attempts: r.attempts,
     }
-}
-
-/// 64-bit FNV-1a: a stable hash for shortened ids (not for security).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

@@ -130,7 +130,10 @@ impl Writer {
             Some(a) => format!("{shape}|{a}:count"),
             None => shape,
         };
-        let stage = quote_ident(&format!("pillowtop_stage_{:016x}", fnv1a(&shape)));
+        let stage = quote_ident(&format!(
+            "pillowtop_stage_{:016x}",
+            crate::hash::fnv1a(shape.as_bytes())
+        ));
         let mut stage_cols = def
             .columns
             .iter()
@@ -398,12 +401,6 @@ fn transpose(rows: &[Vec<SqlValue>]) -> Vec<Vec<SqlValue>> {
         }
     }
     cols
-}
-
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// A database error in words: PostgreSQL's message, SQLSTATE and detail when there is one.
@@ -686,7 +683,9 @@ impl PgTableProcessor {
             .as_deref()
             .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)))
             .unwrap_or_default();
-        let lock = i64::from_ne_bytes(fnv1a(&format!("pillowtop table {label}")).to_ne_bytes());
+        let lock = i64::from_ne_bytes(
+            crate::hash::fnv1a(format!("pillowtop table {label}").as_bytes()).to_ne_bytes(),
+        );
         let create = format!(
             "{schema} CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({pk}))",
             cols.join(", ")
