@@ -12,7 +12,7 @@
 //!    parameters) — for fresh inserts and for updates of existing rows, by chunk size;
 //! 2. **Kafka → PostgreSQL table through the pillow**: N CommCare-style changes with embedded
 //!    documents on an 8-partition topic, run by a pillow built from a config file
-//!    (`pillowtop::config::build_pillow`, as `pillowtop run` does) until it has handled N
+//!    (`PillowFile::spec` then `PillowSpec::build`, as `pillowtop run` does) until it has handled N
 //!    changes, per write method and in exactly-once mode; changes/s and MB/s of message bodies.
 //!
 //! ```text
@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pillowtop::change::{Change, ChangeMeta};
-use pillowtop::config::{build_pillow, PillowFile, RunOptions};
+use pillowtop::config::{PillowFile, RunOptions};
 use pillowtop::feed::kafka::{ChangeProducer, KafkaAdmin};
 use pillowtop::pg::Pg;
 use pillowtop::processor::postgres::{PgTableProcessor, TableDefinition, WriteMethod};
@@ -379,8 +379,9 @@ async fn run(url: &str, kafka: &str, n: usize) -> anyhow::Result<()> {
                 ..RunOptions::default()
             };
             let t = Instant::now();
-            let mut pillow = build_pillow(&file, &options).await?;
-            let summary = pillow.run(&CancellationToken::new()).await?;
+            let stop = CancellationToken::new();
+            let mut pillow = file.spec(&options)?.build(&stop).await?;
+            let summary = pillow.run(&stop).await?;
             let time = t.elapsed();
             anyhow::ensure!(summary.changes == u64::try_from(n)? && summary.failed == 0, "{summary:?}");
             let c = pg.fresh_client().await?;

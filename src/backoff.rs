@@ -6,7 +6,27 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::error::{Error, Result};
+
+/// Sleeps for `delay` unless `stop` is (or gets) cancelled first; `false` means stopped.
+pub async fn sleep_unless_stopped(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// The error of an outage wait that a stop request ended: names the service (and where it
+/// is), what was being done and the service's last error.
+pub fn stopped_waiting(service: &str, what: &str, last: &Error) -> Error {
+    tracing::warn!(service, what, error = %last, "stop requested: no longer waiting for the service");
+    Error::ShutdownRequested(format!(
+        "stopped while waiting for {service} ({what}); its last error: {last}"
+    ))
+}
 
 /// How long and how often to retry.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,11 +60,13 @@ impl Backoff {
         Duration::from_nanos(nanos - jitter)
     }
 
-    /// Runs `f` until it succeeds, fails with an error `retriable` rejects, or `max_elapsed` passes.
+    /// Runs `f` until it succeeds, fails with an error `retriable` rejects, `max_elapsed`
+    /// passes, or `stop` is cancelled during a wait (then [`Error::ShutdownRequested`]).
     pub async fn retry<T, F, Fut>(
         &self,
         what: &str,
         retriable: impl Fn(&Error) -> bool,
+        stop: &CancellationToken,
         mut f: F,
     ) -> Result<T>
     where
@@ -64,7 +86,9 @@ impl Backoff {
                 Err(e) if retriable(&e) && started.elapsed() < self.max_elapsed => {
                     let delay = self.delay(attempt);
                     tracing::warn!(what, attempt = attempt + 1, retry_in_ms = delay.as_millis(), error = %e, "service unavailable, retrying");
-                    tokio::time::sleep(delay).await;
+                    if !sleep_unless_stopped(delay, stop).await {
+                        return Err(stopped_waiting(what, "retrying", &e));
+                    }
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -119,6 +143,7 @@ mod tests {
             .retry(
                 "test",
                 |_| true,
+                &CancellationToken::new(),
                 || {
                     calls += 1;
                     let n = calls;
@@ -143,6 +168,7 @@ mod tests {
             .retry(
                 "test",
                 |_| false,
+                &CancellationToken::new(),
                 || {
                     calls += 1;
                     async { Err(Error::ShutdownRequested("x".into())) }
@@ -151,5 +177,44 @@ mod tests {
             .await;
         assert!(r.is_err());
         assert_eq!(calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_ends_the_wait_at_once() {
+        let b = Backoff {
+            initial: Duration::from_secs(30),
+            max_delay: Duration::from_secs(30),
+            max_elapsed: Duration::from_secs(300),
+        };
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stopper.cancel();
+        });
+        let started = Instant::now();
+        let r: Result<()> = b
+            .retry(
+                "the test service",
+                |_| true,
+                &stop,
+                || async {
+                    Err(Error::Config(crate::error::ConfigError::Invalid(
+                        "down".into(),
+                    )))
+                },
+            )
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let e = r.expect_err("stopped");
+        assert!(matches!(e, Error::ShutdownRequested(_)), "{e}");
+        assert!(
+            e.to_string().contains("the test service") && e.to_string().contains("down"),
+            "{e}"
+        );
     }
 }

@@ -27,30 +27,22 @@
 //! ]
 //! ```
 //!
-//! [`build_pillow`] turns a file into a ready [`Pillow`] (feed, processors, checkpoint and error
-//! stores, liveness). It installs no signal handlers: that is the binary's job.
+//! [`PillowFile::spec`] turns a file into the one pillow definition of [`crate::assembly`], whose
+//! `build` connects and assembles it. Nothing here installs signal handlers: that is the
+//! binary's job.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::postgres::PostgresCheckpointStore;
-use crate::checkpoint::CheckpointStore;
-use crate::docstore::{DocumentStores, PostgresDocumentStore};
+use crate::assembly::{DocumentSource, DocumentStoreSpec, PillowSpec, ProcessorSpec};
 use crate::error::{ConfigError, Result};
 use crate::feed::assignment::Layout;
-use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
-use crate::pg::Pg;
-use crate::pillow::liveness::Liveness;
-use crate::pillow::{Pillow, PillowConfig, StartPolicy};
-use crate::processor::postgres::{
-    ExactlyOnceSession, PgTableProcessor, TableDefinition, TransactionalCheckpointStore,
-};
-use crate::processor::Processor;
-use crate::retry::postgres::PostgresErrorStore;
+use crate::feed::kafka::KafkaFeedOptions;
+use crate::pillow::{PillowConfig, StartPolicy};
+use crate::processor::postgres::TableDefinition;
 
 /// Kafka connection settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +123,7 @@ fn default_stall_timeout_secs() -> u64 {
 /// A pillow configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(clippy::struct_excessive_bools)] // independent switches, most of them CommCare's flags
 pub struct PillowFile {
     pub name: String,
     pub checkpoint_id: String,
@@ -169,6 +162,10 @@ pub struct PillowFile {
     /// watch probes the broker and re-creates a stuck client; 0 turns the watch off.
     #[serde(default = "default_stall_timeout_secs")]
     pub stall_timeout_secs: u64,
+    /// Write due checkpoints in the background while the next chunks run (default); `false`
+    /// writes each at CommCare's exact points. Exactly-once pillows always write in line.
+    #[serde(default = "default_true")]
+    pub background_checkpoints: bool,
 }
 
 /// Command-line overrides of a file's settings.
@@ -200,34 +197,9 @@ impl PillowFile {
         Self::from_toml(&text).map_err(|e| invalid(format!("{}: {e}", path.display())))
     }
 
-    /// What serde cannot check.
+    /// What serde cannot check (the definition is validated whole, as for every front).
     pub fn validate(&self) -> Result<()> {
-        if self.topics.is_empty() {
-            return Err(invalid(format!("pillow {} has no topics", self.name)));
-        }
-        for t in &self.topics {
-            crate::partition::validate_topic_name(t)?;
-        }
-        if self.processors.is_empty() {
-            return Err(invalid(format!("pillow {} has no processors", self.name)));
-        }
-        let mut exactly_once = 0;
-        for p in &self.processors {
-            match p {
-                ProcessorConfig::PostgresTable(def) => {
-                    def.validate()?;
-                    exactly_once += usize::from(def.exactly_once);
-                }
-                ProcessorConfig::Elasticsearch(config) => config.validate()?,
-            }
-        }
-        if exactly_once > 1 {
-            return Err(invalid(format!(
-                "pillow {} has {exactly_once} exactly-once processors; at most one can commit with the checkpoint",
-                self.name
-            )));
-        }
-        self.pillow_config(&RunOptions::default()).validate()
+        self.spec(&RunOptions::default()).map(drop)
     }
 
     /// The pillow settings, with `options` applied.
@@ -249,6 +221,7 @@ impl PillowFile {
         c.max_changes = options.max_changes;
         c.stall_timeout =
             (self.stall_timeout_secs > 0).then(|| Duration::from_secs(self.stall_timeout_secs));
+        c.background_checkpoints = self.background_checkpoints;
         c
     }
 
@@ -274,75 +247,45 @@ impl PillowFile {
     }
 }
 
-/// A file's processors, and the exactly-once session when one of them is exactly-once.
-pub type BuiltProcessors = (Vec<Box<dyn Processor>>, Option<Arc<ExactlyOnceSession>>);
-
-/// The processors of a file, and the exactly-once session if one of them is exactly-once.
-pub fn build_processors(file: &PillowFile, pg: &Arc<Pg>) -> Result<BuiltProcessors> {
-    let mut processors: Vec<Box<dyn Processor>> = Vec::with_capacity(file.processors.len());
-    let mut session = None;
-    for p in &file.processors {
-        match p {
-            ProcessorConfig::PostgresTable(def) if def.exactly_once => {
-                let s = ExactlyOnceSession::new(&file.postgres.url);
-                processors.push(Box::new(PgTableProcessor::exactly_once(
-                    def.clone(),
-                    s.clone(),
-                )?));
-                session = Some(s);
-            }
-            ProcessorConfig::PostgresTable(def) => {
-                // Its own connection, so that it does not queue behind checkpoint writes.
-                let own = Arc::new(Pg::new(pg.url()));
-                processors.push(Box::new(PgTableProcessor::new(def.clone(), own)?));
-            }
-            ProcessorConfig::Elasticsearch(config) => {
-                processors.push(Box::new(
-                    crate::processor::elasticsearch::ElasticsearchProcessor::new(config.clone())?,
-                ));
-            }
-        }
+impl PillowFile {
+    /// The pillow this file describes, with `options` applied: the one definition
+    /// [`PillowSpec::build`] assembles (as it does for the Python front).
+    pub fn spec(&self, options: &RunOptions) -> Result<PillowSpec> {
+        let processors = self
+            .processors
+            .iter()
+            .map(|p| match p {
+                ProcessorConfig::PostgresTable(def) => ProcessorSpec::PostgresTable(def.clone()),
+                ProcessorConfig::Elasticsearch(config) => ProcessorSpec::Elasticsearch {
+                    config: config.clone(),
+                    transform: None,
+                },
+            })
+            .collect();
+        let document_stores = self
+            .document_stores
+            .iter()
+            .map(|d| DocumentStoreSpec {
+                data_source_type: d.data_source_type.clone(),
+                data_source_name: d.data_source_name.clone(),
+                source: DocumentSource::Postgres {
+                    table: d.table.clone(),
+                    id_column: d.id_column.clone(),
+                    doc_column: d.doc_column.clone(),
+                },
+            })
+            .collect();
+        let spec = PillowSpec {
+            config: self.pillow_config(options),
+            topics: self.topics.clone(),
+            feed: self.feed_options(),
+            postgres_url: self.postgres.url.clone(),
+            processors,
+            document_stores,
+        };
+        spec.validate()?;
+        Ok(spec)
     }
-    Ok((processors, session))
-}
-
-/// Builds the pillow a file describes: Kafka feed, processors, PostgreSQL checkpoint store (the
-/// transactional one when a processor is exactly-once), error store, document stores and
-/// liveness rows. Creates the pillowtop tables when missing.
-pub async fn build_pillow(file: &PillowFile, options: &RunOptions) -> Result<Pillow> {
-    file.validate()?;
-    let config = file.pillow_config(options);
-    config.validate()?;
-    let pg = Arc::new(Pg::new(&file.postgres.url));
-    crate::schema::ensure_schema(&pg).await?;
-    let feed = KafkaFeed::new(&file.topics, file.feed_options())?;
-    let (processors, session) = build_processors(file, &pg)?;
-    let checkpoints: Arc<dyn CheckpointStore> = match session {
-        Some(s) => Arc::new(TransactionalCheckpointStore::new(s, pg.clone())),
-        None => Arc::new(PostgresCheckpointStore::new(pg.clone())),
-    };
-    let mut docstores = DocumentStores::new();
-    for d in &file.document_stores {
-        docstores.register(
-            &d.data_source_type,
-            &d.data_source_name,
-            Arc::new(PostgresDocumentStore::new(
-                pg.clone(),
-                &d.table,
-                &d.id_column,
-                &d.doc_column,
-            )?),
-        );
-    }
-    Ok(Pillow::new(
-        config,
-        Box::new(feed),
-        processors,
-        checkpoints,
-        Arc::new(PostgresErrorStore::new(pg.clone())),
-    )
-    .with_document_stores(docstores)
-    .with_liveness(Liveness::new(pg)))
 }
 
 #[cfg(test)]

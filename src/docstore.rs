@@ -103,22 +103,28 @@ pub struct PostgresDocumentStore {
     table: String,
 }
 
-impl PostgresDocumentStore {
-    /// `table`, `id_column` and `doc_column` are SQL identifiers (validated: letters, digits,
-    /// underscores and dots only).
-    pub fn new(pg: Arc<Pg>, table: &str, id_column: &str, doc_column: &str) -> Result<Self> {
-        for ident in [table, id_column, doc_column] {
-            if ident.is_empty()
-                || !ident
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-            {
-                return Err(crate::error::ConfigError::Invalid(format!(
-                    "{ident:?} is not a valid SQL identifier"
-                ))
-                .into());
-            }
+/// Checks the identifiers of a [`PostgresDocumentStore`]: letters, digits, underscores and
+/// dots only.
+pub fn check_identifiers(table: &str, id_column: &str, doc_column: &str) -> Result<()> {
+    for ident in [table, id_column, doc_column] {
+        if ident.is_empty()
+            || !ident
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            return Err(crate::error::ConfigError::Invalid(format!(
+                "document store of table {table:?}: {ident:?} is not a valid SQL identifier"
+            ))
+            .into());
         }
+    }
+    Ok(())
+}
+
+impl PostgresDocumentStore {
+    /// `table`, `id_column` and `doc_column` are SQL identifiers (see [`check_identifiers`]).
+    pub fn new(pg: Arc<Pg>, table: &str, id_column: &str, doc_column: &str) -> Result<Self> {
+        check_identifiers(table, id_column, doc_column)?;
         Ok(Self {
             pg,
             sql: format!("SELECT {id_column}::text, {doc_column}::text FROM {table} WHERE {id_column}::text = ANY($1)"),

@@ -30,6 +30,18 @@ pub enum Error {
     ShutdownRequested(String),
 }
 
+impl Error {
+    /// Whether this is a stop request ending a wait (directly, or beneath the error store's
+    /// wrapper): the pillow stops as asked, without its final checkpoint.
+    pub fn is_stop_request(&self) -> bool {
+        match self {
+            Self::ShutdownRequested(_) => true,
+            Self::Process(ProcessError::ErrorStore { source, .. }) => source.is_stop_request(),
+            _ => false,
+        }
+    }
+}
+
 impl From<InvalidTopicName> for Error {
     fn from(e: InvalidTopicName) -> Self {
         Self::Config(ConfigError::Invalid(e.to_string()))

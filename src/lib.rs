@@ -35,6 +35,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod assembly;
 pub mod backoff;
 pub mod change;
 pub mod checkpoint;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::error::{Error, PostgresError, Result};
@@ -17,6 +18,9 @@ pub struct Pg {
     url: String,
     client: Mutex<Option<Arc<Client>>>,
     backoff: Backoff,
+    /// Ends the outage waits: once cancelled, a failing call is tried once more at most and
+    /// then returns [`Error::ShutdownRequested`] instead of waiting for PostgreSQL.
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Pg {
@@ -44,7 +48,23 @@ impl Pg {
             url: url.into(),
             client: Mutex::new(None),
             backoff: Backoff::default(),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Outage waits end when `stop` is cancelled (the pillow's stop request).
+    #[must_use]
+    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// A client for the same database with its own connection and the same stop token.
+    #[must_use]
+    pub fn sibling(&self) -> Self {
+        Self::new(self.url.clone())
+            .with_backoff(self.backoff)
+            .with_stop(self.stop.clone())
     }
 
     #[must_use]
@@ -87,6 +107,7 @@ impl Pg {
     {
         let started = std::time::Instant::now();
         let mut attempt = 0;
+        let mut retried_after_stop = false;
         loop {
             let result = {
                 let mut guard = self.client.lock().await;
@@ -103,10 +124,22 @@ impl Pg {
                 }
             };
             match result {
+                // Once stopped, one immediate retry (a connection the server closed while
+                // idle is replaced), never a wait.
+                Err(e) if is_retriable(&e) && self.stop.is_cancelled() && !retried_after_stop => {
+                    retried_after_stop = true;
+                    attempt += 1;
+                }
                 Err(e) if is_retriable(&e) && started.elapsed() < self.backoff.max_elapsed => {
                     let delay = self.backoff.delay(attempt);
-                    tracing::warn!(what, attempt = attempt + 1, retry_in_ms = delay.as_millis(), error = %e, "postgres unavailable, retrying");
-                    tokio::time::sleep(delay).await;
+                    tracing::warn!(what, url = %redact(&self.url), attempt = attempt + 1, retry_in_ms = delay.as_millis(), error = %e, "postgres unavailable, retrying");
+                    if !crate::backoff::sleep_unless_stopped(delay, &self.stop).await {
+                        return Err(crate::backoff::stopped_waiting(
+                            &format!("postgres at {}", redact(&self.url)),
+                            what,
+                            &e,
+                        ));
+                    }
                     attempt += 1;
                 }
                 Ok(v) => {

@@ -168,7 +168,13 @@ where
     F: Future<Output = anyhow::Result<u8>>,
 {
     crate::telemetry::init();
-    let result = runtime().and_then(|rt| rt.block_on(command));
+    let result = runtime().and_then(|rt| {
+        let result = rt.block_on(command);
+        // A blocking librdkafka call that a stop abandoned (metadata of an unreachable
+        // broker, up to 30 s) must not hold the exit.
+        rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        result
+    });
     match result {
         Ok(code) => code,
         Err(e) => {

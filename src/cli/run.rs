@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{build_pillow, PillowFile, RunOptions};
+use crate::config::{PillowFile, RunOptions};
 use crate::metrics::{self, Recorder, Tags};
 use tokio_util::sync::CancellationToken;
 
@@ -144,21 +144,22 @@ pub async fn exec(args: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
         until_idle: args.until_idle,
         max_changes: args.max_changes,
     };
-    if let Err(e) = file.pillow_config(&options).validate() {
-        ui.err(&format!("error: {e}"));
-        return Ok(INVALID_USAGE);
-    }
-    let progress = Arc::new(Progress::default());
-    let memory = Arc::new(crate::metrics::MemoryRecorder::new());
-    let mut pillow =
-        build_pillow(&file, &options)
-            .await?
-            .with_metrics(Arc::new(crate::metrics::Fanout(vec![
-                progress.clone(),
-                memory.clone(),
-            ])));
+    let spec = match file.spec(&options) {
+        Ok(s) => s,
+        Err(e) => {
+            ui.err(&format!("error: {e}"));
+            return Ok(INVALID_USAGE);
+        }
+    };
+    // Before anything connects: a stop request ends the start-up's waits too.
     let token = CancellationToken::new();
     install_signal_handlers(token.clone())?;
+    let progress = Arc::new(Progress::default());
+    let memory = Arc::new(crate::metrics::MemoryRecorder::new());
+    let recorder = Arc::new(crate::metrics::Fanout(vec![
+        progress.clone(),
+        memory.clone(),
+    ]));
     if let Some(port) = args.metrics_port {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
             .await
@@ -191,7 +192,7 @@ pub async fn exec(args: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
     ));
     let ticker = (!args.quiet).then(|| tokio::spawn(progress_line(progress.clone())));
     let started = Instant::now();
-    let summary = pillow.run(&token).await;
+    let summary = spec.run(&token, |p| p.with_metrics(recorder)).await;
     if let Some(t) = ticker {
         t.abort();
     }

@@ -47,13 +47,6 @@ impl Pillow {
         if let Some(l) = &self.liveness {
             let _ = l.unregister(&self.config.name, 0).await;
         }
-        Ok(RunSummary {
-            stop_reason: result?,
-            partitions: Vec::new(),
-            changes: 0,
-            invalid: 0,
-            failed: 0,
-            checkpoints: 0,
-        })
+        Ok(RunSummary::nothing(result?))
     }
 }

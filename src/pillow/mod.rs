@@ -168,6 +168,20 @@ pub struct RunSummary {
     pub checkpoints: u64,
 }
 
+impl RunSummary {
+    /// A run that stopped before it handled anything.
+    pub fn nothing(stop_reason: StopReason) -> Self {
+        Self {
+            stop_reason,
+            partitions: Vec::new(),
+            changes: 0,
+            invalid: 0,
+            failed: 0,
+            checkpoints: 0,
+        }
+    }
+}
+
 /// A pillow, ready to run.
 pub struct Pillow {
     config: PillowConfig,
@@ -226,6 +240,9 @@ struct Run {
     summary: RunSummary,
     last_heartbeat: Instant,
     stall: stall::StallWatch,
+    /// The run's stop token: ends the loop's own waits (the stall probe, a restart of the
+    /// positions after a lost offset).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Pillow {

@@ -1,6 +1,7 @@
 //! The run loop: start-up, the `select!` over shutdown and the feed, one feed item at a time,
 //! the idle tick (flush, checkpoint, heartbeat, stall watch, hook), and the graceful or fatal end.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -13,19 +14,66 @@ use crate::partition::TopicPartition;
 
 use super::{stall, HookPoint, Pillow, Run, RunSummary, StopReason};
 
+/// Awaits a start-up step unless `shutdown` is cancelled first: a stop request ends every
+/// start-up wait (metadata of an unreachable broker, a table bootstrap waiting for a service).
+pub(super) async fn unless_stopped<T>(
+    shutdown: &CancellationToken,
+    what: &str,
+    step: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        r = step => r,
+        () = shutdown.cancelled() => Err(Error::ShutdownRequested(format!("stopped while {what}"))),
+    }
+}
+
 impl Pillow {
     /// Runs until `shutdown` is cancelled (or `until_idle` / `max_changes` / the feed ends).
+    ///
+    /// A stop request that ends a wait for a service (start-up, an outage) stops the pillow
+    /// without its final checkpoint: the summary says `Shutdown`, a warning names the wait,
+    /// and the changes since the last checkpoint are handled again after a restart.
     pub async fn run(&mut self, shutdown: &CancellationToken) -> Result<RunSummary> {
+        match self.run_inner(shutdown).await {
+            // Stopped during the start-up (the loop's own stops keep their counts, below).
+            Err(e) if shutdown.is_cancelled() && e.is_stop_request() => {
+                tracing::warn!(pillow = %self.config.name, error = %e, "stopped on request during the start-up");
+                Ok(RunSummary::nothing(StopReason::Shutdown))
+            }
+            other => other,
+        }
+    }
+
+    async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<RunSummary> {
         self.config.validate()?;
         if self.config.layout.is_migration_process() {
             return self.run_migration_process(shutdown).await;
         }
+        let mut run = self.start(shutdown).await?;
+        let result = self.main_loop(&mut run, shutdown).await;
+        self.finish(run, result, shutdown).await
+    }
+
+    /// The start-up: bootstrap, partitions, start positions, the liveness row. Every wait in it
+    /// ends on a stop request.
+    async fn start(&mut self, shutdown: &CancellationToken) -> Result<Run> {
         if self.config.layout.process_num == 0 && !self.config.layout.dedicated_migration_process {
             for p in &mut self.processors {
-                p.bootstrap_if_needed().await?;
+                let what = format!("bootstrapping processor {}", p.name());
+                unless_stopped(shutdown, &what, p.bootstrap_if_needed()).await?;
             }
         }
-        let all = self.feed.partitions().await?;
+        let source = self.feed.source();
+        let all = unless_stopped(
+            shutdown,
+            &format!(
+                "reading the partitions of {} from {source}",
+                self.feed.topics().join(",")
+            ),
+            self.feed.partitions(),
+        )
+        .await?;
         let own = self.config.layout.assign(&all)?;
         tracing::info!(
             pillow = %self.config.name, checkpoint_id = %self.config.checkpoint_id,
@@ -34,8 +82,13 @@ impl Pillow {
             partitions = %own.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
             "pillow starting"
         );
-        let tracker = self.start_positions(&own, None).await?;
-        let mut run = Run {
+        let tracker = unless_stopped(
+            shutdown,
+            "reading the checkpoint and the topic's offsets",
+            self.start_positions(&own, None),
+        )
+        .await?;
+        let run = Run {
             in_flight: None,
             tracker,
             policy: CheckpointPolicy::new(
@@ -58,17 +111,32 @@ impl Pillow {
                 self.config.max_stall_reconnects,
                 Instant::now(),
             ),
+            stop: shutdown.clone(),
         };
         if let Some(l) = &self.liveness {
-            l.register(
-                &self.config.name,
-                &self.config.checkpoint_id,
-                &self.config.layout,
-                &own,
+            unless_stopped(
+                shutdown,
+                "registering the process",
+                l.register(
+                    &self.config.name,
+                    &self.config.checkpoint_id,
+                    &self.config.layout,
+                    &own,
+                ),
             )
             .await?;
         }
-        let result = self.main_loop(&mut run, shutdown).await;
+        Ok(run)
+    }
+
+    /// The end: flush and checkpoint after a graceful stop, keep what completed chunks achieved
+    /// after a failure, remove the liveness row, log the summary.
+    async fn finish(
+        &mut self,
+        mut run: Run,
+        result: Result<StopReason>,
+        shutdown: &CancellationToken,
+    ) -> Result<RunSummary> {
         let result = match result {
             Ok(reason) => {
                 // Graceful stop: flush what is buffered, then checkpoint.
@@ -99,7 +167,15 @@ impl Pillow {
                 tracing::warn!(pillow = %self.config.name, error = %e, "could not remove the liveness row");
             }
         }
-        let reason = result?;
+        let reason = match result {
+            Ok(reason) => reason,
+            Err(e) if shutdown.is_cancelled() && e.is_stop_request() => {
+                tracing::warn!(pillow = %self.config.name, error = %e,
+                    "stopped on request while waiting for a service; the final checkpoint may not have been written (changes since the last one are handled again after a restart)");
+                StopReason::Shutdown
+            }
+            Err(e) => return Err(e),
+        };
         run.summary.stop_reason = reason;
         tracing::info!(pillow = %self.config.name, ?reason, changes = run.summary.changes, failed = run.summary.failed,
             invalid = run.summary.invalid, checkpoints = run.summary.checkpoints, "pillow stopped");
@@ -187,7 +263,13 @@ impl Pillow {
                     .map(|(tp, p)| (tp.clone(), p.checkpoint_value()))
                     .collect();
                 let committed = run.tracker.clone();
-                let mut tracker = self.start_positions(&own, Some(&resume)).await?;
+                let stop = run.stop.clone();
+                let mut tracker = unless_stopped(
+                    &stop,
+                    "finding the partitions' positions again after a lost offset",
+                    self.start_positions(&own, Some(&resume)),
+                )
+                .await?;
                 for (tp, p) in committed.partitions() {
                     let seek = tracker.get(tp).map_or(p.seek_start, |n| n.seek_start);
                     tracker.insert(tp.clone(), seek, p.committed);
@@ -222,7 +304,15 @@ impl Pillow {
         }
         let source = self.feed.source();
         let idle_secs = run.stall.idle_for(now).as_secs();
-        let probe = match self.feed.probe(&positions).await {
+        let stop = run.stop.clone();
+        let probe = match unless_stopped(
+            &stop,
+            "probing the change feed",
+            self.feed.probe(&positions),
+        )
+        .await
+        {
+            Err(e) if e.is_stop_request() => return Err(e),
             Ok(p) => p,
             Err(e) => crate::feed::StallProbe::Unreachable(e.to_string()),
         };

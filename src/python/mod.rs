@@ -14,6 +14,7 @@ mod ops;
 mod pillow;
 mod processor;
 mod rust_processors;
+mod sql_store;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -38,6 +39,8 @@ mod native {
     use super::pillow::{request_shutdown, PyPillow, PyRunSummary};
     #[pymodule_export]
     use super::rust_processors::PyRustProcessor;
+    #[pymodule_export]
+    use super::sql_store::PySqlDocumentStore;
     #[pymodule_export]
     use super::{
         next_attempt_delay_minutes, parse_change_meta, partition_assignment, virtual_worker_layouts,

@@ -27,18 +27,12 @@ use super::detach::detached;
 use super::errors::{ConfigurationError, ShutdownRequested};
 use super::processor::{is_processor, Lane, PyDocumentStore, PyProcessor};
 use super::rust_processors::PyRustProcessor;
-use crate::checkpoint::postgres::PostgresCheckpointStore;
-use crate::docstore::DocumentStores;
+use super::sql_store::PySqlDocumentStore;
+use crate::assembly::{DocumentSource, DocumentStoreSpec, PillowSpec, ProcessorSpec};
 use crate::error::ProcessError;
 use crate::feed::assignment::Layout;
-use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
-use crate::pg::Pg;
-use crate::pillow::liveness::Liveness;
-use crate::pillow::{
-    HookPoint, LoopHook, Pillow, PillowConfig, RunSummary, StartPolicy, StopReason,
-};
-use crate::processor::Processor;
-use crate::retry::postgres::PostgresErrorStore;
+use crate::feed::kafka::KafkaFeedOptions;
+use crate::pillow::{HookPoint, LoopHook, PillowConfig, RunSummary, StartPolicy, StopReason};
 
 /// How long the lane stays detached before it checks for signals.
 const SIGNAL_TICK: Duration = Duration::from_millis(100);
@@ -142,15 +136,17 @@ fn config_error(message: String) -> PyErr {
 impl PyPillow {
     #[new]
     #[pyo3(
-        text_signature = "(name, topics, processors, *, checkpoint_id=None, chunk_size=10, checkpoint_frequency=100, max_checkpoint_delay=300.0, start_policy='earliest', strict=False, retry_errors=True, document_stores=None)"
+        text_signature = "(name, topics, processors, *, checkpoint_id=None, chunk_size=10, checkpoint_frequency=100, max_checkpoint_delay=300.0, start_policy='earliest', strict=False, retry_errors=True, document_stores=None, background_checkpoints=True)"
     )]
     #[pyo3(signature = (
         name, topics, processors, *, checkpoint_id = None, chunk_size = 10,
         checkpoint_frequency = 100, max_checkpoint_delay = Some(300.0),
         start_policy = "earliest", strict = false, retry_errors = true, document_stores = None,
+        background_checkpoints = true,
     ))]
     #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)]
     fn new(
+        py: Python<'_>,
         name: String,
         topics: Vec<String>,
         processors: Vec<Bound<'_, PyAny>>,
@@ -162,6 +158,7 @@ impl PyPillow {
         strict: bool,
         retry_errors: bool,
         document_stores: Option<Bound<'_, PyDict>>,
+        background_checkpoints: bool,
     ) -> PyResult<Self> {
         let checkpoint_id = checkpoint_id.unwrap_or_else(|| name.clone());
         let mut config = PillowConfig::new(name.clone(), checkpoint_id);
@@ -199,13 +196,6 @@ impl PyPillow {
         };
         config.strict = strict;
         config.retry_errors = retry_errors;
-        config.validate()?;
-        if topics.is_empty() {
-            return Err(config_error(format!("pillow {name} reads no topics")));
-        }
-        for t in &topics {
-            crate::partition::validate_topic_name(t).map_err(crate::Error::from)?;
-        }
         for p in &processors {
             if !is_processor(p)? && !p.is_instance_of::<PyRustProcessor>() {
                 return Err(PyErr::new::<pyo3::exceptions::PyTypeError, _>(format!(
@@ -214,6 +204,7 @@ impl PyPillow {
                 )));
             }
         }
+        config.background_checkpoints = background_checkpoints;
         let mut stores = Vec::new();
         if let Some(d) = document_stores {
             for (k, v) in d.iter() {
@@ -222,20 +213,31 @@ impl PyPillow {
                         "pillow {name}: document_stores keys must be (data_source_type, data_source_name) tuples"
                     ))
                 })?;
-                if !v.hasattr("get_documents")? {
+                if !v.is_instance_of::<PySqlDocumentStore>() && !v.hasattr("get_documents")? {
                     return Err(PyErr::new::<pyo3::exceptions::PyTypeError, _>(format!(
-                        "pillow {name}: the document store for ({t}, {n}) has no get_documents(ids) method"
+                        "pillow {name}: the document store for ({t}, {n}) is neither a SqlDocumentStore nor an object with a get_documents(ids) method"
                     )));
                 }
                 stores.push(((t, n), v.unbind()));
             }
         }
-        Ok(Self {
+        let pillow = Self {
             config,
             topics,
             processors: processors.into_iter().map(Bound::unbind).collect(),
             document_stores: stores,
-        })
+        };
+        // The whole definition, validated as every front's is (exactly-once processors,
+        // document stores, topics): a mistake fails here, not when the pillow runs.
+        pillow
+            .spec(
+                py,
+                Lane::current(),
+                KafkaFeedOptions::new("", ""),
+                String::new(),
+            )?
+            .validate()?;
+        Ok(pillow)
     }
 
     #[getter]
@@ -320,23 +322,20 @@ impl PyPillow {
                 )))
             }
         };
-        let lane = Lane::current();
-        let mut processors: Vec<Box<dyn Processor>> = Vec::new();
-        for p in &self.processors {
-            let p = p.bind(py);
-            match p.cast::<PyRustProcessor>() {
-                Ok(rust) => processors.push(rust.get().build(py, lane, &postgres)?),
-                Err(_) => processors.push(Box::new(PyProcessor::new(p, lane)?)),
-            }
-        }
-        let mut stores = DocumentStores::new();
-        for ((t, n), s) in &self.document_stores {
-            stores.register(t, n, Arc::new(PyDocumentStore::new(s.bind(py), lane)?));
-        }
-        let hook = on_chunk.map(|f| Box::new(PyHook { f, lane }) as Box<dyn LoopHook>);
-        let topics = self.topics.clone();
+        let mut feed = KafkaFeedOptions::new(kafka, config.name.clone());
+        feed.idle_timeout = Duration::from_secs_f64(idle_timeout);
+        let mut spec = self.spec(py, Lane::current(), feed, postgres)?;
+        spec.config = config;
+        spec.validate()?;
+        let hook = on_chunk.map(|f| {
+            Box::new(PyHook {
+                f,
+                lane: Lane::current(),
+            }) as Box<dyn LoopHook>
+        });
         let token = CancellationToken::new();
         let registered = Registered::new(token.clone());
+        let sigint = SigintGuard::install(py)?;
         let result = detached(py, move || -> PyResult<RunSummary> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -348,56 +347,130 @@ impl PyPillow {
                         "cannot start the async runtime: {e}"
                     ))))
                 })?;
-            let outcome = runtime.block_on(drive(
-                config,
-                topics,
-                kafka,
-                postgres,
-                processors,
-                stores,
-                hook,
-                token,
-                Duration::from_secs_f64(idle_timeout),
-            ));
-            runtime.shutdown_timeout(Duration::from_secs(5));
+            let outcome = runtime.block_on(drive(spec, hook, token));
+            // Blocking librdkafka calls that a stop abandoned (metadata of an unreachable
+            // broker) are not waited for long.
+            runtime.shutdown_timeout(Duration::from_secs(1));
             outcome
         });
         drop(registered);
+        sigint.restore(py)?;
         result.map(PyRunSummary::from)
     }
 }
 
-/// Builds the services' clients on the runtime and runs the loop with the signal poller.
-#[allow(clippy::too_many_arguments)]
+impl PyPillow {
+    /// The pillow's definition for a run on the lane `lane` (each run gets a fresh one: Python
+    /// processors and stores are bound to the thread that runs the pillow).
+    fn spec(
+        &self,
+        py: Python<'_>,
+        lane: Lane,
+        feed: KafkaFeedOptions,
+        postgres_url: String,
+    ) -> PyResult<PillowSpec> {
+        let mut processors = Vec::with_capacity(self.processors.len());
+        for p in &self.processors {
+            let p = p.bind(py);
+            processors.push(match p.cast::<PyRustProcessor>() {
+                Ok(rust) => rust.get().spec(py, Some(lane)),
+                Err(_) => ProcessorSpec::Ready(Box::new(PyProcessor::new(p, lane)?)),
+            });
+        }
+        let mut document_stores = Vec::with_capacity(self.document_stores.len());
+        for ((t, n), store) in &self.document_stores {
+            let store = store.bind(py);
+            let source = match store.cast::<PySqlDocumentStore>() {
+                Ok(sql) => sql.get().source(),
+                Err(_) => DocumentSource::Ready(Arc::new(PyDocumentStore::new(store, lane)?)),
+            };
+            document_stores.push(DocumentStoreSpec {
+                data_source_type: t.clone(),
+                data_source_name: n.clone(),
+                source,
+            });
+        }
+        Ok(PillowSpec {
+            config: self.config.clone(),
+            topics: self.topics.clone(),
+            feed,
+            postgres_url,
+            processors,
+            document_stores,
+        })
+    }
+}
+
+/// Ctrl-C during `run()` is a graceful stop, exactly as SIGTERM through `request_shutdown()`:
+/// while a pillow runs on the main thread with Python's default SIGINT handler, a handler of
+/// ours takes its place. The first Ctrl-C asks every running pillow to stop after its chunk and
+/// a final checkpoint (no `KeyboardInterrupt` lands inside a processor half-way through a
+/// chunk); `run()` then re-raises `KeyboardInterrupt`, carrying the run's summary as
+/// `.summary`. A second Ctrl-C raises `KeyboardInterrupt` at once.
+struct SigintGuard {
+    previous: Option<Py<PyAny>>,
+}
+
+/// Ctrl-Cs received since the current guard was installed.
+static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+#[pyfunction]
+fn on_sigint(_signum: i32, _frame: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+        tracing::warn!("interrupted (Ctrl-C): finishing the current chunk, then writing the final checkpoint; press Ctrl-C again to stop at once");
+        request_shutdown();
+        Ok(())
+    } else {
+        Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+            "second interrupt: stopping at once",
+        ))
+    }
+}
+
+impl SigintGuard {
+    fn install(py: Python<'_>) -> PyResult<Self> {
+        let signal = py.import("signal")?;
+        let threading = py.import("threading")?;
+        let on_main = threading
+            .call_method0("main_thread")?
+            .is(&threading.call_method0("current_thread")?);
+        let current = signal.call_method1("getsignal", (signal.getattr("SIGINT")?,))?;
+        if !on_main || !current.is(&signal.getattr("default_int_handler")?) {
+            // Another thread cannot set handlers; a project's own handler is left alone.
+            return Ok(Self { previous: None });
+        }
+        INTERRUPTS.store(0, Ordering::SeqCst);
+        let ours = wrap_pyfunction!(on_sigint, py)?;
+        signal.call_method1("signal", (signal.getattr("SIGINT")?, ours))?;
+        Ok(Self {
+            previous: Some(current.unbind()),
+        })
+    }
+
+    fn interrupted() -> bool {
+        INTERRUPTS.load(Ordering::SeqCst) > 0
+    }
+
+    fn restore(self, py: Python<'_>) -> PyResult<()> {
+        if let Some(previous) = self.previous {
+            let signal = py.import("signal")?;
+            signal.call_method1("signal", (signal.getattr("SIGINT")?, previous))?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the pillow on the runtime and runs it, polling for signals on the lane meanwhile
+/// (also during the start-up, so a stop request ends its waits).
 async fn drive(
-    config: PillowConfig,
-    topics: Vec<String>,
-    kafka: String,
-    postgres: String,
-    processors: Vec<Box<dyn Processor>>,
-    stores: DocumentStores,
+    spec: PillowSpec,
     hook: Option<Box<dyn LoopHook>>,
     token: CancellationToken,
-    idle_timeout: Duration,
 ) -> PyResult<RunSummary> {
-    let pg = Arc::new(Pg::new(postgres));
-    crate::schema::ensure_schema(&pg).await?;
-    let mut options = KafkaFeedOptions::new(kafka, config.name.clone());
-    options.idle_timeout = idle_timeout;
-    let feed = KafkaFeed::new(&topics, options)?;
-    let mut pillow = Pillow::new(
-        config,
-        Box::new(feed),
-        processors,
-        Arc::new(PostgresCheckpointStore::new(pg.clone())),
-        Arc::new(PostgresErrorStore::new(pg.clone())),
-    )
-    .with_document_stores(stores)
-    .with_liveness(Liveness::new(pg));
-    if let Some(h) = hook {
-        pillow = pillow.with_hook(h);
-    }
-    let run = pillow.run(&token);
+    let run = spec.run(&token, |p| match hook {
+        Some(h) => p.with_hook(h),
+        None => p,
+    });
     tokio::pin!(run);
     let mut interrupted: Option<PyErr> = None;
     let mut tick = tokio::time::interval(SIGNAL_TICK);
@@ -406,13 +479,25 @@ async fn drive(
         tokio::select! {
             result = &mut run => {
                 return match (result, interrupted) {
-                    // The interrupt is re-raised after the final checkpoint.
-                    (Ok(_), Some(e)) => Err(e),
+                    // The interrupt is re-raised after the final checkpoint, with the summary.
+                    (Ok(summary), Some(e)) => {
+                        Python::attach(|py| {
+                            let _ = e.value(py).setattr("summary", PyRunSummary::from(summary));
+                        });
+                        Err(e)
+                    }
                     (Ok(summary), None) => Ok(summary),
                     (Err(e), _) => Err(e.into()),
                 };
             }
             _ = tick.tick() => {
+                if interrupted.is_none() && SigintGuard::interrupted() {
+                    // Our Ctrl-C handler has already asked every pillow to stop.
+                    interrupted = Some(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+                        "interrupted: stopped after the final checkpoint",
+                    ));
+                    token.cancel();
+                }
                 #[allow(clippy::redundant_closure_for_method_calls)] // the lifetime needs the closure
                 // On the lane (this future is polled by `block_on` on the calling thread).
                 if let Err(e) = Python::attach(|py| py.check_signals()) {

@@ -12,11 +12,9 @@ use pyo3::prelude::*;
 
 use super::errors::ConfigurationError;
 use super::processor::Lane;
-use crate::pg::Pg;
-use crate::processor::elasticsearch::{DocTransform, ElasticsearchConfig, ElasticsearchProcessor};
-use crate::processor::memory::NoopProcessor;
-use crate::processor::postgres::{PgTableProcessor, TableDefinition};
-use crate::processor::Processor;
+use crate::assembly::ProcessorSpec;
+use crate::processor::elasticsearch::{DocTransform, ElasticsearchConfig};
+use crate::processor::postgres::TableDefinition;
 
 /// What a `RustProcessor` becomes.
 #[derive(Clone)]
@@ -68,12 +66,6 @@ impl PyRustProcessor {
                     ))
                 })?;
                 def.validate()?;
-                if def.exactly_once {
-                    return Err(ConfigurationError::new_err(format!(
-                        "table {}: exactly_once is only available to pillows run by `pillowtop run` for now",
-                        def.table
-                    )));
-                }
                 Kind::PostgresTable(Box::new(def))
             }
             other => {
@@ -119,28 +111,21 @@ impl PyRustProcessor {
 }
 
 impl PyRustProcessor {
-    /// Builds the processor for a run whose Python lane is `lane`.
-    pub(crate) fn build(
-        &self,
-        py: Python<'_>,
-        lane: Lane,
-        postgres_url: &str,
-    ) -> crate::Result<Box<dyn Processor>> {
-        Ok(match &self.kind {
-            Kind::Noop { batch } => Box::new(NoopProcessor { batch: *batch }),
-            // Its own connection, so that it does not queue behind checkpoint writes.
-            Kind::PostgresTable(def) => Box::new(PgTableProcessor::new(
-                (**def).clone(),
-                Arc::new(Pg::new(postgres_url)),
-            )?),
-            Kind::Elasticsearch(config) => {
-                let mut p = ElasticsearchProcessor::new((**config).clone())?;
-                if let Some(t) = &self.transform {
-                    p = p.with_transform(python_transform(t.clone_ref(py), lane));
-                }
-                Box::new(p)
-            }
-        })
+    /// The processor's part of the pillow definition; `lane` is the thread of the run (`None`
+    /// while the definition is only validated: a Python transform is then left out).
+    pub(crate) fn spec(&self, py: Python<'_>, lane: Option<Lane>) -> ProcessorSpec {
+        match &self.kind {
+            Kind::Noop { batch } => ProcessorSpec::Noop { batch: *batch },
+            Kind::PostgresTable(def) => ProcessorSpec::PostgresTable((**def).clone()),
+            Kind::Elasticsearch(config) => ProcessorSpec::Elasticsearch {
+                config: (**config).clone(),
+                transform: self
+                    .transform
+                    .as_ref()
+                    .zip(lane)
+                    .map(|(t, lane)| python_transform(t.clone_ref(py), lane)),
+            },
+        }
     }
 }
 

@@ -20,4 +20,6 @@ mod pillow;
 mod postgres;
 mod runner;
 mod stall;
+mod stop;
 mod support;
+mod tcp_proxy;

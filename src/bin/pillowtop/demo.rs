@@ -21,7 +21,7 @@ use elasticsearch::http::transport::Transport;
 use elasticsearch::indices::{IndicesDeleteParts, IndicesRefreshParts};
 use elasticsearch::{Elasticsearch, SearchParts};
 use pillowtop::change::ChangeMeta;
-use pillowtop::config::{build_pillow, PillowFile, RunOptions};
+use pillowtop::config::{PillowFile, RunOptions};
 use pillowtop::feed::kafka::{ChangeProducer, KafkaAdmin};
 use pillowtop::feed::TopicPartition;
 use pillowtop::ops::kafka::KafkaInfo;
@@ -343,6 +343,7 @@ async fn run_until_idle(
     let high: i64 = info.watermarks(&tps).await?.values().map(|w| w.high).sum();
     let mut pillows = Vec::new();
     let mut watched = Vec::new();
+    let token = CancellationToken::new();
     for f in files {
         let counter = Arc::new(Progress::default());
         let start = checkpoint_sum(pg, &f.checkpoint_id).await?;
@@ -351,7 +352,8 @@ async fn run_until_idle(
             ..RunOptions::default()
         };
         pillows.push(
-            build_pillow(f, &options)
+            f.spec(&options)?
+                .build(&token)
                 .await?
                 .with_metrics(counter.clone()),
         );
@@ -365,7 +367,6 @@ async fn run_until_idle(
     }
     let ticker = tokio::spawn(progress_line(pg.clone(), high, watched));
     let started = Instant::now();
-    let token = CancellationToken::new();
     let results = futures::future::join_all(pillows.iter_mut().map(|p| p.run(&token))).await;
     ticker.abort();
     if std::io::stderr().is_terminal() {

@@ -1,0 +1,304 @@
+//! The one way to build a pillow: a validated definition ([`PillowSpec`]) and its assembly
+//! into a ready [`Pillow`] ([`PillowSpec::build`]).
+//!
+//! Both fronts describe a pillow here and nowhere else: the TOML runner
+//! ([`crate::config::PillowFile::spec`]) and the Python `Pillow` (`src/python/pillow.rs`), so
+//! every option (exactly-once tables, PostgreSQL document stores, background checkpoints, the
+//! stall watch, message-size limits) exists in both and is validated once.
+//!
+//! A definition holds no client and no socket (fork safety); `build` connects: it creates the
+//! pillowtop tables when missing, the Kafka feed, the processors, the checkpoint store (the
+//! transactional one when a processor is exactly-once), the error store, the document stores
+//! and the liveness rows. Every PostgreSQL client it makes waits out outages until the stop
+//! token is cancelled; pass the same token to [`Pillow::run`].
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::postgres::PostgresCheckpointStore;
+use crate::checkpoint::CheckpointStore;
+use crate::docstore::{DocumentStore, DocumentStores, PostgresDocumentStore};
+use crate::error::{ConfigError, Result};
+use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
+use crate::pg::Pg;
+use crate::pillow::liveness::Liveness;
+use crate::pillow::{Pillow, PillowConfig, RunSummary, StopReason};
+use crate::processor::elasticsearch::{DocTransform, ElasticsearchConfig, ElasticsearchProcessor};
+use crate::processor::memory::NoopProcessor;
+use crate::processor::postgres::{
+    ExactlyOnceSession, PgTableProcessor, TableDefinition, TransactionalCheckpointStore,
+};
+use crate::processor::Processor;
+use crate::retry::postgres::PostgresErrorStore;
+
+/// One processor of a definition.
+pub enum ProcessorSpec {
+    /// A reporting table ([`crate::processor::postgres`]); at most one per pillow may be
+    /// exactly-once (it commits with the checkpoint).
+    PostgresTable(TableDefinition),
+    /// An index ([`crate::processor::elasticsearch`]), with the front's own transform if any.
+    Elasticsearch {
+        config: ElasticsearchConfig,
+        transform: Option<DocTransform>,
+    },
+    /// Does nothing (benchmarks, tests): `batch` chooses the chunk path.
+    Noop { batch: bool },
+    /// A processor the front built itself (a Python processor, bound to the thread that runs
+    /// the pillow: the Python front makes a fresh definition for each run).
+    Ready(Box<dyn Processor>),
+}
+
+impl std::fmt::Debug for ProcessorSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PostgresTable(d) => write!(f, "PostgresTable({})", d.table),
+            Self::Elasticsearch { config, transform } => write!(
+                f,
+                "Elasticsearch({}, transform: {})",
+                config.index,
+                if transform.is_some() {
+                    "the front's"
+                } else {
+                    config.transform.as_str()
+                }
+            ),
+            Self::Noop { batch } => write!(f, "Noop(batch: {batch})"),
+            Self::Ready(p) => write!(f, "Ready({})", p.name()),
+        }
+    }
+}
+
+/// Where the documents of one `(data_source_type, data_source_name)` come from, for changes
+/// that do not embed theirs.
+pub enum DocumentSource {
+    /// A table with an id column and a JSON document column.
+    Postgres {
+        table: String,
+        id_column: String,
+        doc_column: String,
+    },
+    /// A store the front built (a Python document store).
+    Ready(Arc<dyn DocumentStore>),
+}
+
+/// A document store of a definition; `data_source_name` `"*"` matches every name of the type.
+pub struct DocumentStoreSpec {
+    pub data_source_type: String,
+    pub data_source_name: String,
+    pub source: DocumentSource,
+}
+
+/// A validated pillow definition: everything [`PillowSpec::build`] needs, and no connection.
+pub struct PillowSpec {
+    /// The loop's settings: names, chunk and checkpoint rules, layout, start policy, stall watch.
+    pub config: PillowConfig,
+    pub topics: Vec<String>,
+    /// The Kafka feed's settings (bootstrap, client id, idle tick, message-size limit, extra
+    /// librdkafka settings).
+    pub feed: KafkaFeedOptions,
+    /// Checkpoints, error rows, liveness rows and the reporting tables.
+    pub postgres_url: String,
+    pub processors: Vec<ProcessorSpec>,
+    pub document_stores: Vec<DocumentStoreSpec>,
+}
+
+fn invalid(message: String) -> crate::Error {
+    ConfigError::Invalid(message).into()
+}
+
+impl PillowSpec {
+    /// Everything that can be checked without connecting: the loop's settings, the topic
+    /// names, each processor's definition, at most one exactly-once processor.
+    pub fn validate(&self) -> Result<()> {
+        let name = &self.config.name;
+        self.config.validate()?;
+        if self.topics.is_empty() {
+            return Err(invalid(format!("pillow {name} reads no topics")));
+        }
+        for t in &self.topics {
+            crate::partition::validate_topic_name(t)?;
+        }
+        if self.processors.is_empty() {
+            return Err(invalid(format!("pillow {name} has no processors")));
+        }
+        let mut exactly_once = Vec::new();
+        for p in &self.processors {
+            match p {
+                ProcessorSpec::PostgresTable(def) => {
+                    def.validate()?;
+                    if def.exactly_once {
+                        exactly_once.push(def.table.as_str());
+                    }
+                }
+                ProcessorSpec::Elasticsearch { config, .. } => config.validate()?,
+                ProcessorSpec::Noop { .. } | ProcessorSpec::Ready(_) => {}
+            }
+        }
+        if exactly_once.len() > 1 {
+            return Err(invalid(format!(
+                "pillow {name} has {} exactly-once processors ({}); at most one can commit with the checkpoint",
+                exactly_once.len(),
+                exactly_once.join(", ")
+            )));
+        }
+        for d in &self.document_stores {
+            if d.data_source_type.is_empty() || d.data_source_name.is_empty() {
+                return Err(invalid(format!(
+                    "pillow {name}: a document store needs a data_source_type and a data_source_name (\"*\" for every name)"
+                )));
+            }
+            if let DocumentSource::Postgres {
+                table,
+                id_column,
+                doc_column,
+            } = &d.source
+            {
+                crate::docstore::check_identifiers(table, id_column, doc_column)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects and assembles the pillow (see the module docs). `stop` ends every outage
+    /// wait of the clients made here, from the creation of the tables on: pass the same token
+    /// to [`Pillow::run`].
+    pub async fn build(self, stop: &CancellationToken) -> Result<Pillow> {
+        self.validate()?;
+        let pg = Arc::new(Pg::new(&self.postgres_url).with_stop(stop.clone()));
+        crate::schema::ensure_schema(&pg).await?;
+        let feed = KafkaFeed::new(&self.topics, self.feed)?;
+        let mut processors: Vec<Box<dyn Processor>> = Vec::with_capacity(self.processors.len());
+        let mut session = None;
+        for p in self.processors {
+            processors.push(match p {
+                ProcessorSpec::PostgresTable(def) if def.exactly_once => {
+                    let s = ExactlyOnceSession::new(&self.postgres_url);
+                    session = Some(s.clone());
+                    Box::new(PgTableProcessor::exactly_once(def, s)?)
+                }
+                // Its own connection, so that it does not queue behind checkpoint writes.
+                ProcessorSpec::PostgresTable(def) => {
+                    Box::new(PgTableProcessor::new(def, Arc::new(pg.sibling()))?)
+                }
+                ProcessorSpec::Elasticsearch { config, transform } => {
+                    let mut p = ElasticsearchProcessor::new(config)?;
+                    if let Some(t) = transform {
+                        p = p.with_transform(t);
+                    }
+                    Box::new(p)
+                }
+                ProcessorSpec::Noop { batch } => Box::new(NoopProcessor { batch }),
+                ProcessorSpec::Ready(p) => p,
+            });
+        }
+        let checkpoints: Arc<dyn CheckpointStore> = match session {
+            Some(s) => Arc::new(TransactionalCheckpointStore::new(s, pg.clone())),
+            None => Arc::new(PostgresCheckpointStore::new(pg.clone())),
+        };
+        let mut stores = DocumentStores::new();
+        for d in self.document_stores {
+            let store: Arc<dyn DocumentStore> = match d.source {
+                DocumentSource::Postgres {
+                    table,
+                    id_column,
+                    doc_column,
+                } => Arc::new(PostgresDocumentStore::new(
+                    pg.clone(),
+                    &table,
+                    &id_column,
+                    &doc_column,
+                )?),
+                DocumentSource::Ready(s) => s,
+            };
+            stores.register(&d.data_source_type, &d.data_source_name, store);
+        }
+        Ok(Pillow::new(
+            self.config,
+            Box::new(feed),
+            processors,
+            checkpoints,
+            Arc::new(PostgresErrorStore::new(pg.clone())),
+        )
+        .with_document_stores(stores)
+        .with_liveness(Liveness::new(pg)))
+    }
+}
+
+impl PillowSpec {
+    /// Builds the pillow, lets the front add what it brings (metrics, a hook) and runs it
+    /// until it stops. A stop request that ends a start-up wait (PostgreSQL unreachable while
+    /// the tables are created) is a stop, not a failure: an empty `Shutdown` summary.
+    pub async fn run(
+        self,
+        stop: &CancellationToken,
+        customize: impl FnOnce(Pillow) -> Pillow,
+    ) -> Result<RunSummary> {
+        let name = self.config.name.clone();
+        let pillow = match self.build(stop).await {
+            Ok(p) => p,
+            Err(e) if stop.is_cancelled() && e.is_stop_request() => {
+                tracing::warn!(pillow = %name, error = %e, "stopped on request during the start-up");
+                return Ok(RunSummary::nothing(StopReason::Shutdown));
+            }
+            Err(e) => return Err(e),
+        };
+        customize(pillow).run(stop).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::postgres::TableDefinition;
+
+    fn table(name: &str, exactly_once: bool) -> TableDefinition {
+        let mut def: TableDefinition = serde_json::from_value(serde_json::json!({
+            "table": name,
+            "primary_key": ["id"],
+            "columns": [{"name": "id", "type": "text", "change": "id"}],
+        }))
+        .expect("table definition");
+        def.exactly_once = exactly_once;
+        def
+    }
+
+    fn spec(processors: Vec<ProcessorSpec>) -> PillowSpec {
+        PillowSpec {
+            config: PillowConfig::new("p", "p"),
+            topics: vec!["case-sql".into()],
+            feed: KafkaFeedOptions::new("127.0.0.1:1", "p"),
+            postgres_url: "postgres://nowhere".into(),
+            processors,
+            document_stores: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_definition_is_checked_whole() {
+        spec(vec![ProcessorSpec::Noop { batch: true }])
+            .validate()
+            .expect("minimal");
+        let e = spec(vec![]).validate().expect_err("no processor");
+        assert!(e.to_string().contains("no processors"), "{e}");
+        let mut s = spec(vec![ProcessorSpec::Noop { batch: true }]);
+        s.topics = vec!["bad topic".into()];
+        assert!(s.validate().is_err(), "topic name");
+        s.topics.clear();
+        assert!(s
+            .validate()
+            .expect_err("no topic")
+            .to_string()
+            .contains("no topics"));
+        let two = spec(vec![
+            ProcessorSpec::PostgresTable(table("a", true)),
+            ProcessorSpec::Noop { batch: false },
+            ProcessorSpec::PostgresTable(table("b", true)),
+        ]);
+        let e = two.validate().expect_err("two exactly-once");
+        assert!(e.to_string().contains("a, b"), "{e}");
+        let mut s = spec(vec![ProcessorSpec::Noop { batch: true }]);
+        s.config.checkpoint_id = String::new();
+        assert!(s.validate().is_err(), "the loop's settings are checked too");
+    }
+}
