@@ -282,7 +282,7 @@ mod tests {
         let e = spec(vec![]).validate().expect_err("no processor");
         assert!(e.to_string().contains("no processors"), "{e}");
         let mut s = spec(vec![ProcessorSpec::Noop { batch: true }]);
-        s.topics = vec!["bad topic".into()];
+        s.topics = vec!["form,sql".into()];
         assert!(s.validate().is_err(), "topic name");
         s.topics.clear();
         assert!(s
