@@ -163,8 +163,23 @@ class RustProcessor:
     def kind(self) -> str: ...
 
 @final
+class SqlDocumentStore:
+    """Documents read in bulk by the Rust core from a table of the pillow's PostgreSQL database
+    (``id_column`` text, ``doc_column`` JSON), as the TOML runner's ``[[document_stores]]``."""
+
+    def __new__(cls, table: str, *, id_column: str = "id", doc_column: str = "doc") -> SqlDocumentStore: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def id_column(self) -> str: ...
+    @property
+    def doc_column(self) -> str: ...
+
+@final
 class Pillow:
-    """A pillow definition; building one connects to nothing."""
+    """A pillow definition; building one connects to nothing. The whole definition is
+    validated here (as ``pillowtop run`` validates a TOML file): at most one exactly-once
+    ``postgres_table`` processor, document stores, topic names."""
 
     def __new__(
         cls,
@@ -179,7 +194,8 @@ class Pillow:
         start_policy: str = "earliest",
         strict: bool = False,
         retry_errors: bool = True,
-        document_stores: Mapping[tuple[str, str], DocumentStore] | None = None,
+        document_stores: Mapping[tuple[str, str], DocumentStore | SqlDocumentStore] | None = None,
+        background_checkpoints: bool = True,
     ) -> Pillow: ...
     @property
     def name(self) -> str: ...
@@ -210,8 +226,12 @@ class Pillow:
         ``stall_timeout``: seconds without a change, while the topic has changes for this
         process, before the Kafka client is probed and re-created if stuck (``None``: off).
 
-        Python processors run on this thread, once per chunk. ``KeyboardInterrupt`` stops
-        after the final checkpoint and is re-raised; ``request_shutdown()`` stops and returns.
+        Python processors run on this thread, once per chunk. Ctrl-C is a graceful stop, as
+        SIGTERM through ``request_shutdown()`` is: the chunk at hand finishes, the final
+        checkpoint is written, and ``KeyboardInterrupt`` is re-raised with the run's
+        ``RunSummary`` as its ``summary`` attribute; a second Ctrl-C stops at once.
+        ``request_shutdown()`` stops and returns. A stop request ends every wait for a
+        service (start-up, outages).
         """
 
 def request_shutdown() -> int:

@@ -476,6 +476,13 @@ async fn drive(
     let mut tick = tokio::time::interval(SIGNAL_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Our Ctrl-C handler (run by `check_signals` below) has asked every pillow to stop:
+        // remember to re-raise the interrupt once this one has.
+        if interrupted.is_none() && SigintGuard::interrupted() {
+            interrupted = Some(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+                "interrupted: stopped after the final checkpoint",
+            ));
+        }
         tokio::select! {
             result = &mut run => {
                 return match (result, interrupted) {
@@ -491,13 +498,6 @@ async fn drive(
                 };
             }
             _ = tick.tick() => {
-                if interrupted.is_none() && SigintGuard::interrupted() {
-                    // Our Ctrl-C handler has already asked every pillow to stop.
-                    interrupted = Some(pyo3::exceptions::PyKeyboardInterrupt::new_err(
-                        "interrupted: stopped after the final checkpoint",
-                    ));
-                    token.cancel();
-                }
                 #[allow(clippy::redundant_closure_for_method_calls)] // the lifetime needs the closure
                 // On the lane (this future is polled by `block_on` on the calling thread).
                 if let Err(e) = Python::attach(|py| py.check_signals()) {

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
-from pillowtop_rs import registry
+from pillowtop_rs import RunSummary, registry
 from pillowtop_rs.django import cli
 from pillowtop_rs.exceptions import PillowtopError, ShutdownRequested
 
@@ -257,11 +257,7 @@ class Command(BaseCommand):
                         on_chunk=close_old_connections,
                         **extra,
                     )
-                    self.stdout.write(
-                        f"Pillow {name}.run() stopped ({summary.stop_reason}): "
-                        f"{summary.changes} changes, {summary.failed} failed, "
-                        f"{summary.invalid} invalid, {summary.checkpoints} checkpoints"
-                    )
+                    self.write_summary(name, summary)
                     if summary.stop_reason != "feed_ended" or until_idle or max_changes:
                         return
                     time.sleep(1)
@@ -272,7 +268,20 @@ class Command(BaseCommand):
                 f"pillow {name} stopped at once ({e}); the chunk in progress was not checkpointed"
             ) from e
         except KeyboardInterrupt as e:
+            # Ctrl-C is a graceful stop (the final checkpoint is written) with the same summary
+            # line as SIGTERM; the exit status stays the shell's 130 for an interrupt.
+            summary = getattr(e, "summary", None)
+            if summary is not None:
+                self.write_summary(name, summary)
+                self.stdout.flush()
             raise CommandError(f"pillow {name} interrupted", returncode=130) from e
+
+    def write_summary(self, name: str, summary: RunSummary) -> None:
+        self.stdout.write(
+            f"Pillow {name}.run() stopped ({summary.stop_reason}): "
+            f"{summary.changes} changes, {summary.failed} failed, "
+            f"{summary.invalid} invalid, {summary.checkpoints} checkpoints"
+        )
 
     def run_children(self, names: list[str], options: dict[str, Any]) -> None:
         """One child process per pillow (a fresh interpreter: never a fork); wait for all."""
