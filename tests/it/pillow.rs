@@ -247,12 +247,16 @@ async fn malformed_messages_become_error_rows_and_the_pillow_continues() {
             .expect("send");
     }
     let p = RecordingProcessor::new("p", true);
-    let s = pillow(
-        &bootstrap,
-        &db.pg,
+    // The topic takes 4 MiB; the feed's setting is 1 MiB.
+    let mut opts = KafkaFeedOptions::new(&bootstrap, "it-pillow");
+    opts.idle_timeout = Duration::from_millis(1500);
+    opts.max_message_bytes = Some(1024 * 1024);
+    let s = Pillow::new(
         config(&id, 10),
-        std::slice::from_ref(&topic.name),
+        Box::new(KafkaFeed::new(std::slice::from_ref(&topic.name), opts).expect("feed")),
         vec![Box::new(p.clone())],
+        Arc::new(PostgresCheckpointStore::new(db.pg.clone())),
+        Arc::new(PostgresErrorStore::new(db.pg.clone())),
     )
     .run(&CancellationToken::new())
     .await
@@ -287,7 +291,7 @@ async fn malformed_messages_become_error_rows_and_the_pillow_continues() {
     assert!(by_id
         .remove("huge")
         .unwrap_or_default()
-        .contains("exceeds the limit"));
+        .contains("exceeds the limit of 1048576 bytes (setting `max_message_bytes`)"));
     assert!(by_id
         .remove("wrong-types")
         .unwrap_or_default()
