@@ -12,7 +12,6 @@ use elasticsearch::indices::{IndicesDeleteParts, IndicesGetParts, IndicesRefresh
 use elasticsearch::{Elasticsearch, GetParts, SearchParts};
 use pillowtop::change::{Change, ChangeMeta};
 use pillowtop::checkpoint::memory::MemoryCheckpointStore;
-use pillowtop::checkpoint::CheckpointStore;
 use pillowtop::error::ElasticsearchError;
 use pillowtop::feed::kafka::{ChangeProducer, KafkaFeed, KafkaFeedOptions};
 use pillowtop::feed::memory::MemoryFeed;
@@ -29,7 +28,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::fault_proxy::FaultProxy;
-use crate::support::{require, Logs, TestTopic};
+use crate::support::{checkpointed, require, Logs, TestTopic};
 
 const TOPIC: &str = "form-sql";
 
@@ -104,15 +103,26 @@ async fn run_memory(
     processor: ElasticsearchProcessor,
     chunk: usize,
 ) -> (pillowtop::Result<RunSummary>, Vec<PillowErrorRow>) {
+    let (r, rows, _) = run_checkpointed(feed, processor, chunk).await;
+    (r, rows)
+}
+
+/// [`run_memory`], and the sum of the checkpointed offsets.
+async fn run_checkpointed(
+    feed: MemoryFeed,
+    processor: ElasticsearchProcessor,
+    chunk: usize,
+) -> (pillowtop::Result<RunSummary>, Vec<PillowErrorRow>, i64) {
     let name = unique_name("es_pillow");
     let mut c = PillowConfig::new(&name, &name);
     c.chunk_size = chunk;
     let errors = Arc::new(MemoryErrorStore::new());
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
     let mut pillow = Pillow::new(
         c,
         Box::new(feed),
         vec![Box::new(processor)],
-        Arc::new(MemoryCheckpointStore::new()),
+        checkpoints.clone(),
         errors.clone(),
     );
     let r = tokio::time::timeout(
@@ -121,7 +131,8 @@ async fn run_memory(
     )
     .await
     .expect("the pillow finishes in time");
-    (r, errors.list(&name).await.expect("rows"))
+    let offsets = checkpointed(checkpoints.as_ref(), &name).await;
+    (r, errors.list(&name).await.expect("rows"), offsets)
 }
 
 async fn refresh(client: &Elasticsearch, index: &str) {
@@ -405,14 +416,11 @@ async fn a_real_kafka_feed_into_the_index() {
     assert_eq!((summary.changes, summary.failed), (200, 0));
     let expected: Vec<(String, u64)> = (0..100).map(|i| (format!("form-{i}"), 2)).collect();
     assert_exactly(&client, &index.name, &expected).await;
-    let offsets: i64 = checkpoints
-        .load(&name)
-        .await
-        .expect("load")
-        .iter()
-        .map(|r| r.offset)
-        .sum();
-    assert_eq!(offsets, 200, "checkpointed past every change");
+    assert_eq!(
+        checkpointed(checkpoints.as_ref(), &name).await,
+        200,
+        "checkpointed past every change"
+    );
 }
 
 /// Pushes `n` documents in `versions` rounds; returns the expected final state.
@@ -632,26 +640,10 @@ async fn an_outage_at_start_and_during_the_run_is_waited_out_nothing_lost() {
     c.outage_budget_secs = 60;
     c.base_backoff_ms = 100;
     c.max_backoff_ms = 400;
-    let name = unique_name("es_outage");
-    let mut pc = PillowConfig::new(&name, &name);
-    pc.chunk_size = 20;
-    let checkpoints = Arc::new(MemoryCheckpointStore::new());
-    let errors = Arc::new(MemoryErrorStore::new());
-    let mut pillow = Pillow::new(
-        pc,
-        Box::new(feed),
-        vec![Box::new(ElasticsearchProcessor::new(c).expect("processor"))],
-        checkpoints.clone(),
-        errors.clone(),
-    );
     let started = std::time::Instant::now();
-    let summary = tokio::time::timeout(
-        Duration::from_secs(60),
-        pillow.run(&CancellationToken::new()),
-    )
-    .await
-    .expect("in time")
-    .expect("the outages are waited out");
+    let (summary, rows, offsets) =
+        run_checkpointed(feed, ElasticsearchProcessor::new(c).expect("processor"), 20).await;
+    let summary = summary.expect("the outages are waited out");
     let took = started.elapsed();
     let _second = outage.await.expect("proxy task");
     assert!(
@@ -659,14 +651,7 @@ async fn an_outage_at_start_and_during_the_run_is_waited_out_nothing_lost() {
         "two outages of 2 s: {took:?}"
     );
     assert_eq!((summary.changes, summary.failed), (120, 0));
-    assert!(errors.list(&name).await.expect("rows").is_empty());
-    let offsets: i64 = checkpoints
-        .load(&name)
-        .await
-        .expect("load")
-        .iter()
-        .map(|r| r.offset)
-        .sum();
+    assert!(rows.is_empty(), "{rows:?}");
     assert_eq!(
         offsets, 120,
         "checkpointed past every change, once all were written"

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use pillowtop::change::ChangeMeta;
 use pillowtop::checkpoint::memory::MemoryCheckpointStore;
-use pillowtop::checkpoint::CheckpointStore;
 use pillowtop::feed::kafka::{
     resolve_message_limits, ChangeProducer, KafkaFeed, KafkaFeedOptions, LimitSource, MessageLimit,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -18,7 +17,7 @@ use pillowtop::retry::memory::MemoryErrorStore;
 use pillowtop::retry::ErrorStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{require, TestTopic};
+use crate::support::{checkpointed, processed_ids, require, TestTopic};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn produce_then_consume_every_partition_with_manual_assignment() {
@@ -243,27 +242,11 @@ async fn the_message_size_limit_is_the_topics_unless_set_and_an_oversize_message
             .run(&CancellationToken::new())
             .await
             .expect("runs");
-            let mut ids: Vec<String> = p
-                .recorded
-                .lock()
-                .expect("lock")
-                .processed
-                .iter()
-                .map(|r| r.0.clone())
-                .collect();
-            ids.sort();
-            let offsets: i64 = checkpoints
-                .load(&name)
-                .await
-                .expect("load")
-                .iter()
-                .map(|r| r.offset)
-                .sum();
             (
                 summary,
-                ids,
+                processed_ids(&p),
                 errors.list(&name).await.expect("rows"),
-                offsets,
+                checkpointed(checkpoints.as_ref(), &name).await,
             )
         }
     };

@@ -19,7 +19,7 @@ use pillowtop::retry::postgres::PostgresErrorStore;
 use pillowtop::retry::ErrorStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{require, TestDb, TestTopic};
+use crate::support::{processed_ids, require, TestDb, TestTopic};
 
 fn feed(bootstrap: &str, topics: &[String], idle: Duration) -> Box<dyn ChangeFeed> {
     let mut opts = KafkaFeedOptions::new(bootstrap, "it-pillow");
@@ -82,19 +82,6 @@ async fn checkpoint(pg: &Arc<Pg>, id: &str) -> BTreeMap<TopicPartition, i64> {
         .into_iter()
         .map(|r| (r.tp, r.offset))
         .collect()
-}
-
-fn processed_ids(p: &RecordingProcessor) -> Vec<String> {
-    let mut v: Vec<String> = p
-        .recorded
-        .lock()
-        .expect("lock")
-        .processed
-        .iter()
-        .map(|r| r.0.clone())
-        .collect();
-    v.sort();
-    v
 }
 
 #[tokio::test(flavor = "multi_thread")]

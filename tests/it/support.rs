@@ -6,8 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pillowtop::checkpoint::CheckpointStore;
 use pillowtop::feed::kafka::KafkaAdmin;
 use pillowtop::pg::Pg;
+use pillowtop::processor::memory::RecordingProcessor;
 use pillowtop::testing::unique_name;
 
 /// The address in `var`, or `None` (skip) locally; panics in CI.
@@ -202,4 +204,29 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
     }
+}
+
+/// The sum of the offsets checkpointed for `checkpoint_id` (the changes it is past).
+pub async fn checkpointed(store: &dyn CheckpointStore, checkpoint_id: &str) -> i64 {
+    store
+        .load(checkpoint_id)
+        .await
+        .expect("load")
+        .iter()
+        .map(|r| r.offset)
+        .sum()
+}
+
+/// The ids a recording processor processed, sorted.
+pub fn processed_ids(p: &RecordingProcessor) -> Vec<String> {
+    let mut v: Vec<String> = p
+        .recorded
+        .lock()
+        .expect("lock")
+        .processed
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    v.sort();
+    v
 }
