@@ -56,6 +56,9 @@ pub struct KafkaConfig {
     /// The feed's idle tick (CommCare's consumer timeout), in milliseconds. Default 10,000.
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
+    /// Larger messages become error rows; default: each topic's `max.message.bytes`.
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
     /// Extra librdkafka settings (security, tuning), applied last.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
@@ -237,6 +240,7 @@ impl PillowFile {
         if let Some(ms) = self.kafka.idle_timeout_ms {
             o.idle_timeout = Duration::from_millis(ms);
         }
+        o.max_message_bytes = self.kafka.max_message_bytes;
         o.extra = self
             .kafka
             .settings
@@ -309,6 +313,15 @@ mod tests {
         });
         assert_eq!((c.layout.process_num, c.layout.num_processes), (1, 2));
         assert!(c.until_idle);
+    }
+
+    #[test]
+    fn the_message_size_limit_is_a_kafka_setting() {
+        let f = PillowFile::from_toml(EXAMPLE).expect("example");
+        assert_eq!(f.feed_options().max_message_bytes, None, "the topic's own");
+        let text = EXAMPLE.replace("[kafka]\n", "[kafka]\nmax_message_bytes = 2000000\n");
+        let f = PillowFile::from_toml(&text).expect("with the setting");
+        assert_eq!(f.feed_options().max_message_bytes, Some(2_000_000));
     }
 
     #[test]

@@ -167,6 +167,17 @@ pub enum ElasticsearchError {
         status: u16,
         body: String,
     },
+    /// An outage outlasted the processor's budget (`outage_budget_secs`).
+    #[error("elasticsearch at {url} still unavailable after {waited_secs} s ({attempts} attempts, outage budget {budget_secs} s) while {context}: {last_error}")]
+    Unavailable {
+        url: String,
+        context: String,
+        attempts: u32,
+        waited_secs: u64,
+        budget_secs: u64,
+        /// The server's or the transport's own text of the last failure.
+        last_error: String,
+    },
 }
 
 /// Checkpoint problems that stop a pillow.

@@ -149,7 +149,10 @@ class RustProcessor:
     """A processor implemented in Rust: ``"elasticsearch"``, ``"postgres_table"`` or ``"noop"``.
 
     ``config`` is validated here (unknown keys are rejected); the processor is built by
-    ``Pillow.run()``. ``transform(doc) -> doc | None`` (elasticsearch only) runs on the
+    ``Pillow.run()``. For ``"elasticsearch"``: ``urls`` (or ``url``) and ``index`` are required;
+    ``outage_budget_secs`` (300) is how long an unreachable or not-ready node is waited out,
+    ``max_retries`` (4) how often other 5xx answers are retried, ``base_backoff_ms`` (1000) and
+    ``max_backoff_ms`` (30000) the retry delays. ``transform(doc) -> doc | None`` (elasticsearch only) runs on the
     ``run()`` thread; ``None`` skips the change.
     """
 

@@ -44,7 +44,8 @@ impl From<Error> for PyErr {
             ) => PostgresError::new_err(message),
             Error::Elasticsearch(
                 error::ElasticsearchError::Transport { .. }
-                | error::ElasticsearchError::Status { .. },
+                | error::ElasticsearchError::Status { .. }
+                | error::ElasticsearchError::Unavailable { .. },
             ) => ElasticsearchError::new_err(message),
             Error::Checkpoint(error::CheckpointError::UnavailableOffset { .. }) => {
                 UnavailableKafkaOffset::new_err(message)

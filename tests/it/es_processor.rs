@@ -12,7 +12,7 @@ use elasticsearch::indices::{IndicesDeleteParts, IndicesGetParts, IndicesRefresh
 use elasticsearch::{Elasticsearch, GetParts, SearchParts};
 use pillowtop::change::{Change, ChangeMeta};
 use pillowtop::checkpoint::memory::MemoryCheckpointStore;
-use pillowtop::checkpoint::CheckpointStore;
+use pillowtop::error::ElasticsearchError;
 use pillowtop::feed::kafka::{ChangeProducer, KafkaFeed, KafkaFeedOptions};
 use pillowtop::feed::memory::MemoryFeed;
 use pillowtop::feed::ChangeFeed;
@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::fault_proxy::FaultProxy;
-use crate::support::{require, TestTopic};
+use crate::support::{checkpointed, require, Logs, TestTopic};
 
 const TOPIC: &str = "form-sql";
 
@@ -103,15 +103,26 @@ async fn run_memory(
     processor: ElasticsearchProcessor,
     chunk: usize,
 ) -> (pillowtop::Result<RunSummary>, Vec<PillowErrorRow>) {
+    let (r, rows, _) = run_checkpointed(feed, processor, chunk).await;
+    (r, rows)
+}
+
+/// [`run_memory`], and the sum of the checkpointed offsets.
+async fn run_checkpointed(
+    feed: MemoryFeed,
+    processor: ElasticsearchProcessor,
+    chunk: usize,
+) -> (pillowtop::Result<RunSummary>, Vec<PillowErrorRow>, i64) {
     let name = unique_name("es_pillow");
     let mut c = PillowConfig::new(&name, &name);
     c.chunk_size = chunk;
     let errors = Arc::new(MemoryErrorStore::new());
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
     let mut pillow = Pillow::new(
         c,
         Box::new(feed),
         vec![Box::new(processor)],
-        Arc::new(MemoryCheckpointStore::new()),
+        checkpoints.clone(),
         errors.clone(),
     );
     let r = tokio::time::timeout(
@@ -120,7 +131,8 @@ async fn run_memory(
     )
     .await
     .expect("the pillow finishes in time");
-    (r, errors.list(&name).await.expect("rows"))
+    let offsets = checkpointed(checkpoints.as_ref(), &name).await;
+    (r, errors.list(&name).await.expect("rows"), offsets)
 }
 
 async fn refresh(client: &Elasticsearch, index: &str) {
@@ -404,14 +416,11 @@ async fn a_real_kafka_feed_into_the_index() {
     assert_eq!((summary.changes, summary.failed), (200, 0));
     let expected: Vec<(String, u64)> = (0..100).map(|i| (format!("form-{i}"), 2)).collect();
     assert_exactly(&client, &index.name, &expected).await;
-    let offsets: i64 = checkpoints
-        .load(&name)
-        .await
-        .expect("load")
-        .iter()
-        .map(|r| r.offset)
-        .sum();
-    assert_eq!(offsets, 200, "checkpointed past every change");
+    assert_eq!(
+        checkpointed(checkpoints.as_ref(), &name).await,
+        200,
+        "checkpointed past every change"
+    );
 }
 
 /// Pushes `n` documents in `versions` rounds; returns the expected final state.
@@ -484,16 +493,9 @@ async fn faults_dropped_connections_and_slow_responses_are_retried_with_external
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn connection_failures_surface_as_a_fatal_error_after_the_retry_budget() {
-    let url = require!("TEST_ELASTICSEARCH_URL");
-    let index = TestIndex::new(&url, "es_down");
-    let proxy = FaultProxy::start(&url).await;
-    proxy.faults.drop_before.store(usize::MAX, Ordering::SeqCst);
-    let mut c = config(&proxy.url, &index.name);
-    c.max_retries = 2;
-    let mut p = ElasticsearchProcessor::new(c).expect("processor");
-    let mut chunk: Vec<Change> = (0..3)
+/// `n` index changes `d0..d{n-1}` at offsets `0..n`.
+fn chunk_of(n: i64) -> Vec<Change> {
+    (0..n)
         .map(|i| {
             let id = format!("d{i}");
             Change::from_message(
@@ -504,24 +506,86 @@ async fn connection_failures_surface_as_a_fatal_error_after_the_retry_budget() {
             )
             .expect("change")
         })
-        .collect();
+        .collect()
+}
+
+/// The address of a port nobody listens on (bound, then closed): connection refused.
+async fn closed_port() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_outlasting_the_budget_is_a_typed_error_naming_the_url_and_the_last_error() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_down");
+    // Connections accepted and closed unanswered, for ever.
+    let proxy = FaultProxy::start(&url).await;
+    proxy.faults.drop_before.store(usize::MAX, Ordering::SeqCst);
+    let mut c = config(&proxy.url, &index.name);
+    c.outage_budget_secs = 1;
+    c.max_retries = 0; // outages do not spend the transient retries
+    let mut p = ElasticsearchProcessor::new(c).expect("processor");
+    let started = std::time::Instant::now();
     let err = p
-        .process_changes_chunk(&mut chunk)
+        .process_changes_chunk(&mut chunk_of(3))
         .await
         .expect_err("fatal once the budget is spent");
-    assert!(matches!(err, pillowtop::Error::Elasticsearch(_)), "{err:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let pillowtop::Error::Elasticsearch(ElasticsearchError::Unavailable {
+        url: named,
+        attempts,
+        budget_secs,
+        last_error,
+        ..
+    }) = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!((named.as_str(), *budget_secs), (proxy.url.as_str(), 1));
+    assert!(*attempts > 3, "{attempts}");
+    assert!(
+        last_error.contains("error sending request"),
+        "the transport's own text: {last_error}"
+    );
+    let msg = err.to_string();
+    for needle in [
+        proxy.url.as_str(),
+        index.name.as_str(),
+        "still unavailable after 1 s",
+        "outage budget 1 s",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} in {msg}");
+    }
+    assert!(proxy.bulk_actions().iter().all(|n| *n == 3));
+
+    // A closed port at start-up: the index creation gives up the same way.
+    let closed = format!("http://{}", closed_port().await);
+    let mut c = config(&closed, &index.name);
+    c.outage_budget_secs = 1;
+    let err = ElasticsearchProcessor::new(c)
+        .expect("processor")
+        .bootstrap_if_needed()
+        .await
+        .expect_err("unavailable");
     let msg = err.to_string();
     assert!(
-        msg.contains(&index.name) && msg.contains("after 2 retries"),
+        matches!(
+            err,
+            pillowtop::Error::Elasticsearch(ElasticsearchError::Unavailable { .. })
+        ) && msg.contains(&format!("elasticsearch at {closed} still unavailable"))
+            && msg.contains(&format!("creating index {}", index.name))
+            && msg.to_lowercase().contains("connection refused"),
         "{msg}"
     );
-    assert_eq!(
-        proxy.bulk_actions(),
-        [3, 3, 3],
-        "first attempt and two retries"
-    );
 
-    // Through a pillow: the run fails and nothing is checkpointed.
+    // Through a pillow: the run fails, no error row, nothing checkpointed.
     let mut feed = MemoryFeed::new(&[TOPIC], 1);
     feed.push(
         TOPIC,
@@ -530,12 +594,149 @@ async fn connection_failures_surface_as_a_fatal_error_after_the_retry_budget() {
         message("d0", false, Some(form("d0", 1))),
     );
     let mut c = config(&proxy.url, &index.name);
-    c.max_retries = 1;
+    c.outage_budget_secs = 1;
     let p = ElasticsearchProcessor::new(c).expect("processor");
     let (summary, rows) = run_memory(feed, p, 10).await;
     assert!(
-        matches!(summary, Err(pillowtop::Error::Elasticsearch(_))),
+        matches!(
+            summary,
+            Err(pillowtop::Error::Elasticsearch(
+                ElasticsearchError::Unavailable { .. }
+            ))
+        ),
         "{summary:?}"
     );
     assert!(rows.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_at_start_and_during_the_run_is_waited_out_nothing_lost() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_outage");
+    let client = es(&url);
+    let (logs, _guard) = Logs::capture();
+    // The node is unreachable at first (connection refused), comes back after 2 s, goes away
+    // again (port and connections closed) once a few bulk requests went through, and comes
+    // back 2 s later.
+    let addr = closed_port().await;
+    let proxy_url = format!("http://{addr}");
+    let outage = {
+        let (url, addr) = (url.clone(), addr.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let first = FaultProxy::start_at(&url, &addr).await;
+            first.faults.delay_bulk.store(usize::MAX, Ordering::SeqCst);
+            first.faults.delay_ms.store(100, Ordering::SeqCst);
+            while first.bulk_actions().len() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            drop(first);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            FaultProxy::start_at(&url, &addr).await
+        })
+    };
+    let (feed, expected) = versioned_feed(60, 2);
+    let mut c = config(&proxy_url, &index.name);
+    c.outage_budget_secs = 60;
+    c.base_backoff_ms = 100;
+    c.max_backoff_ms = 400;
+    let started = std::time::Instant::now();
+    let (summary, rows, offsets) =
+        run_checkpointed(feed, ElasticsearchProcessor::new(c).expect("processor"), 20).await;
+    let summary = summary.expect("the outages are waited out");
+    let took = started.elapsed();
+    let _second = outage.await.expect("proxy task");
+    assert!(
+        took >= Duration::from_secs(4),
+        "two outages of 2 s: {took:?}"
+    );
+    assert_eq!((summary.changes, summary.failed), (120, 0));
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_eq!(
+        offsets, 120,
+        "checkpointed past every change, once all were written"
+    );
+    assert_exactly(&client, &index.name, &expected).await;
+
+    let waits = logs.lines("elasticsearch unavailable, waiting");
+    assert!(waits.len() >= 6, "a warning per attempt: {waits:#?}");
+    for w in &waits {
+        for needle in [
+            "WARN",
+            "service=\"elasticsearch\"",
+            &format!("url={proxy_url}"),
+            "attempt=",
+            "retry_in_ms=",
+            "error=",
+        ] {
+            assert!(w.contains(needle), "{needle:?} in {w}");
+        }
+    }
+    assert!(
+        waits.iter().any(|w| w.contains("creating index")),
+        "the index creation waited: {waits:#?}"
+    );
+    assert!(
+        waits
+            .iter()
+            .any(|w| w.contains("bulk actions") && w.to_lowercase().contains("connection refused")),
+        "a bulk request waited, with the transport's own text: {waits:#?}"
+    );
+    let recovered = logs.lines("elasticsearch recovered");
+    assert!(recovered.len() >= 2, "{recovered:#?}");
+    eprintln!(
+        "outages waited out in {took:?}: {} warnings, {} recoveries; e.g.\n{}\n{}",
+        waits.len(),
+        recovered.len(),
+        waits[waits.len() - 1],
+        recovered[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_request_ends_the_wait_for_the_node_at_once() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_stop");
+    let closed = format!("http://{}", closed_port().await);
+    for bootstrap in [true, false] {
+        let stop = CancellationToken::new();
+        let mut c = config(&closed, &index.name);
+        c.base_backoff_ms = 500;
+        c.max_backoff_ms = 30_000;
+        let mut p = ElasticsearchProcessor::new(c)
+            .expect("processor")
+            .with_stop(stop.clone());
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            stop.cancel();
+            std::time::Instant::now()
+        });
+        let err = if bootstrap {
+            p.bootstrap_if_needed().await.expect_err("stopped")
+        } else {
+            p.process_changes_chunk(&mut chunk_of(2))
+                .await
+                .expect_err("stopped")
+        };
+        let stopped_after = canceller.await.expect("canceller").elapsed();
+        assert!(
+            stopped_after < Duration::from_secs(1),
+            "returned {stopped_after:?} after the stop request"
+        );
+        let msg = err.to_string();
+        assert!(
+            matches!(err, pillowtop::Error::ShutdownRequested(_))
+                && msg.contains(&format!(
+                    "stopped while waiting for elasticsearch at {closed}"
+                ))
+                && msg.to_lowercase().contains("connection refused"),
+            "{msg}"
+        );
+        let what = if bootstrap {
+            format!("(creating index {})", index.name)
+        } else {
+            format!("(sending 2 bulk actions to index {})", index.name)
+        };
+        assert!(msg.contains(&what), "{what:?} in {msg}");
+    }
 }

@@ -10,7 +10,9 @@
 //!   into a 429 `es_rejected_execution_exception` and set `errors: true`;
 //! * `delay_bulk`: forward, then wait `delay` before answering a `_bulk` request.
 //!
-//! It records the number of actions of every `_bulk` request it receives.
+//! It records the number of actions of every `_bulk` request it receives. Dropping it closes its
+//! port and every connection it serves (an outage: connection refused); [`FaultProxy::start_at`]
+//! opens the same port again.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,26 +65,34 @@ impl Drop for FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream: &str) -> Self {
+        Self::start_at(upstream, "127.0.0.1:0").await
+    }
+
+    /// A proxy on `addr` (a port closed before, to end an outage).
+    pub async fn start_at(upstream: &str, addr: &str) -> Self {
         let upstream = url::Url::parse(upstream).expect("upstream url");
         let upstream_addr = format!(
             "{}:{}",
             upstream.host_str().expect("host"),
             upstream.port_or_known_default().expect("port")
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let faults = Arc::new(Faults::default());
         let seen = Arc::new(Seen::default());
         let (f, s) = (faults.clone(), seen.clone());
         let task = tokio::spawn(async move {
+            // The connections die with this task (a closed port drops its clients too).
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
                 let (f, s, up) = (f.clone(), s.clone(), upstream_addr.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let _ = serve(sock, &up, &f, &s).await;
                 });
+                while connections.try_join_next().is_some() {}
             }
         });
         Self {

@@ -1,13 +1,23 @@
 //! Kafka through rdkafka: topics with several partitions, produce and consume, the feed's
-//! partition listing and watermarks.
+//! partition listing and watermarks, the message size limit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pillowtop::change::ChangeMeta;
-use pillowtop::feed::kafka::{ChangeProducer, KafkaFeed, KafkaFeedOptions};
+use pillowtop::checkpoint::memory::MemoryCheckpointStore;
+use pillowtop::feed::kafka::{
+    resolve_message_limits, ChangeProducer, KafkaFeed, KafkaFeedOptions, LimitSource, MessageLimit,
+    DEFAULT_MAX_MESSAGE_BYTES,
+};
 use pillowtop::feed::{ChangeFeed, FeedItem, TopicPartition};
+use pillowtop::pillow::{Pillow, PillowConfig};
+use pillowtop::processor::memory::RecordingProcessor;
+use pillowtop::retry::memory::MemoryErrorStore;
+use pillowtop::retry::ErrorStore;
+use tokio_util::sync::CancellationToken;
 
-use crate::support::{require, TestTopic};
+use crate::support::{checkpointed, processed_ids, require, TestTopic};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn produce_then_consume_every_partition_with_manual_assignment() {
@@ -145,4 +155,119 @@ async fn a_pillow_behind_gets_every_message_parsed_in_order_whoever_parsed_it() 
         i64::try_from(n).expect("count"),
         "every message once, then the idle tick"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_message_size_limit_is_the_topics_unless_set_and_an_oversize_message_is_an_error_row() {
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let topic = TestTopic::with_config(
+        &bootstrap,
+        "size_limit",
+        1,
+        &[("max.message.bytes", "2000")],
+    )
+    .await;
+    let missing = pillowtop::testing::unique_name("size_limit_missing");
+
+    // The limit in force: the topic's own, Kafka's default when it cannot be read, or the
+    // setting.
+    let unset = KafkaFeedOptions::new(&bootstrap, "it-size-limit");
+    let limits = resolve_message_limits(&unset, &[topic.name.clone(), missing.clone()]).await;
+    assert_eq!(
+        limits[0],
+        MessageLimit {
+            topic: topic.name.clone(),
+            bytes: 2000,
+            source: LimitSource::Topic
+        }
+    );
+    assert_eq!(
+        limits[0].origin(),
+        format!("topic `{}` max.message.bytes", topic.name)
+    );
+    assert_eq!(limits[1].bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    assert!(
+        matches!(&limits[1].source, LimitSource::Default(why) if why.contains(&missing)),
+        "{:?}",
+        limits[1]
+    );
+    let mut set = unset.clone();
+    set.max_message_bytes = Some(500);
+    set.idle_timeout = Duration::from_millis(1500);
+    let limits = resolve_message_limits(&set, std::slice::from_ref(&topic.name)).await;
+    assert_eq!(
+        (limits[0].bytes, &limits[0].source),
+        (500, &LimitSource::Setting)
+    );
+
+    // A message within the topic's limit but over the setting: an error row naming the
+    // setting, and the pillow goes on.
+    let producer = ChangeProducer::new(&bootstrap).expect("producer");
+    let mut big = ChangeMeta::new("big", "sql", "form-sql");
+    big.extra.insert("pad".into(), "x".repeat(1000).into());
+    let big = big.to_json();
+    let bodies = [
+        (
+            "small-0",
+            ChangeMeta::new("small-0", "sql", "form-sql").to_json(),
+        ),
+        ("big", big.clone()),
+        (
+            "small-1",
+            ChangeMeta::new("small-1", "sql", "form-sql").to_json(),
+        ),
+    ];
+    for (key, body) in &bodies {
+        producer
+            .send_raw(&topic.name, Some(0), Some(key), body.as_bytes())
+            .await
+            .expect("send");
+    }
+    let run = |options: KafkaFeedOptions| {
+        let name = pillowtop::testing::unique_name("size_limit");
+        let topic = topic.name.clone();
+        async move {
+            let mut c = PillowConfig::new(&name, &name);
+            c.until_idle = true;
+            let p = RecordingProcessor::new("p", true);
+            let errors = Arc::new(MemoryErrorStore::new());
+            let checkpoints = Arc::new(MemoryCheckpointStore::new());
+            let summary = Pillow::new(
+                c,
+                Box::new(KafkaFeed::new(&[topic], options).expect("feed")),
+                vec![Box::new(p.clone())],
+                checkpoints.clone(),
+                errors.clone(),
+            )
+            .run(&CancellationToken::new())
+            .await
+            .expect("runs");
+            (
+                summary,
+                processed_ids(&p),
+                errors.list(&name).await.expect("rows"),
+                checkpointed(checkpoints.as_ref(), &name).await,
+            )
+        }
+    };
+    let (summary, ids, rows, offsets) = run(set).await;
+    assert_eq!((summary.changes, summary.invalid), (3, 1));
+    assert_eq!(ids, ["small-0", "small-1"]);
+    assert_eq!(offsets, 3, "checkpointed past the oversize message");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].doc_id, "big");
+    let tb = rows[0].error_traceback.as_deref().unwrap_or_default();
+    let want = format!(
+        "message of {} bytes exceeds the limit of 500 bytes (setting `max_message_bytes`)",
+        big.len()
+    );
+    assert!(tb.contains(&want), "{want:?} in {tb}");
+
+    // Without the setting the topic's limit is in force: the same message is a change.
+    let mut unset = unset;
+    unset.idle_timeout = Duration::from_millis(1500);
+    let (summary, ids, rows, _) = run(unset).await;
+    assert_eq!((summary.changes, summary.invalid), (3, 0));
+    assert_eq!(ids, ["big", "small-0", "small-1"]);
+    assert!(rows.is_empty(), "{rows:?}");
 }

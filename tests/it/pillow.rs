@@ -19,7 +19,7 @@ use pillowtop::retry::postgres::PostgresErrorStore;
 use pillowtop::retry::ErrorStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{require, TestDb, TestTopic};
+use crate::support::{processed_ids, require, TestDb, TestTopic};
 
 fn feed(bootstrap: &str, topics: &[String], idle: Duration) -> Box<dyn ChangeFeed> {
     let mut opts = KafkaFeedOptions::new(bootstrap, "it-pillow");
@@ -82,19 +82,6 @@ async fn checkpoint(pg: &Arc<Pg>, id: &str) -> BTreeMap<TopicPartition, i64> {
         .into_iter()
         .map(|r| (r.tp, r.offset))
         .collect()
-}
-
-fn processed_ids(p: &RecordingProcessor) -> Vec<String> {
-    let mut v: Vec<String> = p
-        .recorded
-        .lock()
-        .expect("lock")
-        .processed
-        .iter()
-        .map(|r| r.0.clone())
-        .collect();
-    v.sort();
-    v
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -247,12 +234,16 @@ async fn malformed_messages_become_error_rows_and_the_pillow_continues() {
             .expect("send");
     }
     let p = RecordingProcessor::new("p", true);
-    let s = pillow(
-        &bootstrap,
-        &db.pg,
+    // The topic takes 4 MiB; the feed's setting is 1 MiB.
+    let mut opts = KafkaFeedOptions::new(&bootstrap, "it-pillow");
+    opts.idle_timeout = Duration::from_millis(1500);
+    opts.max_message_bytes = Some(1024 * 1024);
+    let s = Pillow::new(
         config(&id, 10),
-        std::slice::from_ref(&topic.name),
+        Box::new(KafkaFeed::new(std::slice::from_ref(&topic.name), opts).expect("feed")),
         vec![Box::new(p.clone())],
+        Arc::new(PostgresCheckpointStore::new(db.pg.clone())),
+        Arc::new(PostgresErrorStore::new(db.pg.clone())),
     )
     .run(&CancellationToken::new())
     .await
@@ -287,7 +278,7 @@ async fn malformed_messages_become_error_rows_and_the_pillow_continues() {
     assert!(by_id
         .remove("huge")
         .unwrap_or_default()
-        .contains("exceeds the limit"));
+        .contains("exceeds the limit of 1048576 bytes (setting `max_message_bytes`)"));
     assert!(by_id
         .remove("wrong-types")
         .unwrap_or_default()

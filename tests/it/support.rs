@@ -6,8 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pillowtop::checkpoint::CheckpointStore;
 use pillowtop::feed::kafka::KafkaAdmin;
 use pillowtop::pg::Pg;
+use pillowtop::processor::memory::RecordingProcessor;
 use pillowtop::testing::unique_name;
 
 /// The address in `var`, or `None` (skip) locally; panics in CI.
@@ -156,4 +158,75 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// The log lines of the current thread (the test's own future and what it awaits directly), as
+/// the default `fmt` layer writes them, for as long as the guard lives.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Starts capturing (INFO and above) until the returned guard is dropped.
+    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The captured lines that contain `needle`.
+    pub fn lines(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().expect("lock"))
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The sum of the offsets checkpointed for `checkpoint_id` (the changes it is past).
+pub async fn checkpointed(store: &dyn CheckpointStore, checkpoint_id: &str) -> i64 {
+    store
+        .load(checkpoint_id)
+        .await
+        .expect("load")
+        .iter()
+        .map(|r| r.offset)
+        .sum()
+}
+
+/// The ids a recording processor processed, sorted.
+pub fn processed_ids(p: &RecordingProcessor) -> Vec<String> {
+    let mut v: Vec<String> = p
+        .recorded
+        .lock()
+        .expect("lock")
+        .processed
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    v.sort();
+    v
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::{Offset, TopicPartitionList};
@@ -55,15 +55,22 @@ impl std::fmt::Debug for KafkaAdmin {
 
 impl KafkaAdmin {
     pub fn new(bootstrap_servers: &str) -> Result<Self> {
-        let admin = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
-            .create()
-            .map_err(|e| {
-                KafkaError::client(
-                    format!("creating an admin client for {bootstrap_servers}"),
-                    e,
-                )
-            })?;
+        Self::with_settings(bootstrap_servers, &[])
+    }
+
+    /// An admin client with extra librdkafka settings (e.g. security), applied last.
+    pub fn with_settings(bootstrap_servers: &str, settings: &[(String, String)]) -> Result<Self> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap_servers);
+        for (k, v) in settings {
+            config.set(k, v);
+        }
+        let admin = config.create().map_err(|e| {
+            KafkaError::client(
+                format!("creating an admin client for {bootstrap_servers}"),
+                e,
+            )
+        })?;
         Ok(Self {
             admin,
             bootstrap: bootstrap_servers.to_owned(),
@@ -157,6 +164,38 @@ impl KafkaAdmin {
             }
         }
         Ok(())
+    }
+
+    /// A topic's `max.message.bytes`, as the broker reports it (describe configs).
+    pub async fn topic_max_message_bytes(&self, topic: &str) -> Result<usize> {
+        let context = || {
+            format!(
+                "reading max.message.bytes of topic {topic} from kafka at {}",
+                self.bootstrap
+            )
+        };
+        let res = self
+            .admin
+            .describe_configs(
+                &[ResourceSpecifier::Topic(topic)],
+                &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .map_err(|e| KafkaError::client(context(), e))?;
+        let resource = match res.into_iter().next() {
+            Some(Ok(r)) => r,
+            Some(Err(code)) => {
+                return Err(KafkaError::Other(format!("{}: {code}", context())).into())
+            }
+            None => return Err(KafkaError::Other(format!("{}: no answer", context())).into()),
+        };
+        let value = resource
+            .get("max.message.bytes")
+            .and_then(|e| e.value.clone())
+            .ok_or_else(|| KafkaError::Other(format!("{}: not reported", context())))?;
+        value.parse().map_err(|e| {
+            KafkaError::Other(format!("{}: {value:?} is not a size: {e}", context())).into()
+        })
     }
 
     /// Every partition of `topics`, sorted. Blocks on a metadata request (up to 30 s): call it

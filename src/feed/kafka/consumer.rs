@@ -42,8 +42,11 @@ pub struct KafkaFeedOptions {
     pub client_id: String,
     /// CommCare's consumer timeout: a tick after this long without a message.
     pub idle_timeout: Duration,
-    /// Messages larger than this become errors without being parsed.
-    pub max_message_bytes: usize,
+    /// Messages larger than this become error rows without being parsed. `None` (the
+    /// default): each topic's own `max.message.bytes`, read from the broker when the feed
+    /// starts (Kafka's default, [`DEFAULT_MAX_MESSAGE_BYTES`], if it cannot be read); see
+    /// [`KafkaFeed::message_limits`].
+    pub max_message_bytes: Option<usize>,
     /// Capacity of the channel between the reader task and the pillow, in messages.
     pub channel_capacity: usize,
     /// librdkafka's prefetch bound per consumer (`queued.max.messages.kbytes`).
@@ -58,7 +61,7 @@ impl KafkaFeedOptions {
             bootstrap_servers: bootstrap_servers.into(),
             client_id: client_id.into(),
             idle_timeout: Duration::from_secs(10),
-            max_message_bytes: 1024 * 1024,
+            max_message_bytes: None,
             channel_capacity: 2048,
             prefetch_kbytes: 16 * 1024,
             extra: Vec::new(),
@@ -66,10 +69,91 @@ impl KafkaFeedOptions {
     }
 }
 
+/// Kafka's (and CommCare's) default `max.message.bytes`: 1 MiB plus the record-batch overhead.
+/// The limit of a topic whose own setting cannot be read.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// The size limit of one topic's messages, and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageLimit {
+    pub topic: String,
+    pub bytes: usize,
+    pub source: LimitSource,
+}
+
+/// Where a [`MessageLimit`] comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitSource {
+    /// The feed's `max_message_bytes` setting.
+    Setting,
+    /// The topic's `max.message.bytes`, read from the broker.
+    Topic,
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`]: the topic's setting could not be read (the reason).
+    Default(String),
+}
+
+impl MessageLimit {
+    /// Where the limit comes from, as the error row of an oversize message says it.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            LimitSource::Setting => "setting `max_message_bytes`".to_owned(),
+            LimitSource::Topic => format!("topic `{}` max.message.bytes", self.topic),
+            LimitSource::Default(_) => format!(
+                "Kafka's default, topic `{}` max.message.bytes could not be read",
+                self.topic
+            ),
+        }
+    }
+}
+
+/// The message size limit of each of `topics` (in order): the `max_message_bytes` setting if
+/// there is one, else the topic's `max.message.bytes` from the broker, else
+/// [`DEFAULT_MAX_MESSAGE_BYTES`]. Logs the limit in force and where it comes from.
+pub async fn resolve_message_limits(
+    options: &KafkaFeedOptions,
+    topics: &[String],
+) -> Vec<MessageLimit> {
+    let mut out = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let (bytes, source) = match options.max_message_bytes {
+            Some(n) => (n, LimitSource::Setting),
+            None => match topic_max_message_bytes(options, topic).await {
+                Ok(n) => (n, LimitSource::Topic),
+                Err(e) => (
+                    DEFAULT_MAX_MESSAGE_BYTES,
+                    LimitSource::Default(e.to_string()),
+                ),
+            },
+        };
+        let limit = MessageLimit {
+            topic: topic.clone(),
+            bytes,
+            source,
+        };
+        if let LimitSource::Default(why) = &limit.source {
+            tracing::warn!(topic = %topic, limit_bytes = bytes, error = %why,
+                "cannot read the topic's max.message.bytes; larger messages become error rows at Kafka's default limit");
+        } else {
+            tracing::info!(topic = %topic, limit_bytes = bytes, from = %limit.origin(),
+                "messages larger than the limit become error rows");
+        }
+        out.push(limit);
+    }
+    out
+}
+
+async fn topic_max_message_bytes(options: &KafkaFeedOptions, topic: &str) -> Result<usize> {
+    super::admin::KafkaAdmin::with_settings(&options.bootstrap_servers, &options.extra)?
+        .topic_max_message_bytes(topic)
+        .await
+}
+
 /// A change feed over Kafka topics.
 pub struct KafkaFeed {
     topics: Vec<String>,
     options: KafkaFeedOptions,
+    /// Per topic (same order), once resolved at the first `assign`.
+    limits: Option<Arc<[MessageLimit]>>,
     consumer: Arc<Client>,
     rx: Option<mpsc::Receiver<Result<RawBatch>>>,
     /// The last batch received, and where the pillow is in it.
@@ -98,6 +182,7 @@ impl KafkaFeed {
         Ok(Self {
             topics: topics.to_vec(),
             options,
+            limits: None,
             consumer: Arc::new(consumer),
             rx: None,
             current: None,
@@ -114,6 +199,19 @@ impl KafkaFeed {
         self.pause_next_assign = true;
     }
 
+    /// The message size limit of each topic, resolved once (see
+    /// [`resolve_message_limits`]); the first `assign` resolves it if this was not called.
+    pub async fn message_limits(&mut self) -> Arc<[MessageLimit]> {
+        if let Some(l) = &self.limits {
+            return Arc::clone(l);
+        }
+        let limits: Arc<[MessageLimit]> = resolve_message_limits(&self.options, &self.topics)
+            .await
+            .into();
+        self.limits = Some(Arc::clone(&limits));
+        limits
+    }
+
     fn stop_reader(&mut self) {
         if let Some(h) = self.reader.take() {
             h.abort();
@@ -126,7 +224,7 @@ impl KafkaFeed {
     fn next_at_hand(&mut self) -> Option<FeedItem> {
         let cursor = self.current.as_mut()?;
         if let Some(entry) = cursor.entries.next() {
-            Some(cursor.batch_item(entry, &self.topics, self.options.max_message_bytes))
+            Some(cursor.batch_item(entry, self.limits.as_deref().unwrap_or_default()))
         } else {
             self.current = None;
             None
@@ -324,14 +422,12 @@ impl ChangeFeed for KafkaFeed {
         if positions.is_empty() {
             return Ok(());
         }
+        let limits = self.message_limits().await;
         // The channel carries batches of up to READ_BATCH items: bound it in messages.
         let (tx, rx) = mpsc::channel((self.options.channel_capacity / READ_BATCH).max(1));
         let consumer = Arc::clone(&self.consumer);
-        let (idle, max_bytes) = (self.options.idle_timeout, self.options.max_message_bytes);
-        let topics = self.topics.clone();
-        self.reader = Some(tokio::spawn(read_loop(
-            consumer, tx, idle, max_bytes, topics,
-        )));
+        let idle = self.options.idle_timeout;
+        self.reader = Some(tokio::spawn(read_loop(consumer, tx, idle, limits)));
         self.rx = Some(rx);
         Ok(())
     }
@@ -413,7 +509,7 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn batch_item(&self, entry: Entry, topics: &[String], max_bytes: usize) -> FeedItem {
+    fn batch_item(&self, entry: Entry, limits: &[MessageLimit]) -> FeedItem {
         match entry {
             Entry::Item(item) => item,
             Entry::Message {
@@ -423,12 +519,11 @@ impl Cursor {
                 body,
                 key,
             } => to_item(
-                &topics[topic],
+                &limits[topic],
                 partition,
                 offset,
                 &self.buf[body],
                 key.map(|k| &self.buf[k]),
-                max_bytes,
             ),
         }
     }
@@ -443,26 +538,34 @@ impl RawBatch {
         }
     }
 
-    fn push_message<M: Message>(&mut self, msg: &M, topics: &[String], max_bytes: usize) {
+    fn push_message<M: Message>(&mut self, msg: &M, limits: &[MessageLimit]) {
         let payload = msg.payload().unwrap_or_default();
-        // Only assigned partitions are read, and they are all of the feed's topics; an
-        // oversized message is judged here, without copying its body.
-        let Some(topic) = topics
-            .iter()
-            .position(|t| t == msg.topic())
-            .filter(|_| payload.len() <= max_bytes)
-        else {
-            let item = to_item(
+        // Only assigned partitions are read, and they are all of the feed's topics (whose
+        // limits are resolved before reading).
+        let Some(topic) = limits.iter().position(|l| l.topic == msg.topic()) else {
+            let item = invalid_item(
                 msg.topic(),
                 msg.partition(),
                 msg.offset(),
                 payload,
                 msg.key(),
-                max_bytes,
+                "message of a topic the feed does not read".into(),
             );
             self.entries.push(Entry::Item(item));
             return;
         };
+        // An oversized message is judged here, without copying its body.
+        if payload.len() > limits[topic].bytes {
+            let item = to_item(
+                &limits[topic],
+                msg.partition(),
+                msg.offset(),
+                payload,
+                msg.key(),
+            );
+            self.entries.push(Entry::Item(item));
+            return;
+        }
         let mut copy = |bytes: &[u8]| {
             let start = self.buf.len();
             self.buf.extend_from_slice(bytes);
@@ -480,7 +583,7 @@ impl RawBatch {
     }
 
     /// Parses every message of the batch here, on the reader.
-    fn parse_all(&mut self, topics: &[String], max_bytes: usize) {
+    fn parse_all(&mut self, limits: &[MessageLimit]) {
         for entry in &mut self.entries {
             if let Entry::Message {
                 topic,
@@ -491,12 +594,11 @@ impl RawBatch {
             } = entry
             {
                 let item = to_item(
-                    &topics[*topic],
+                    &limits[*topic],
                     *partition,
                     *offset,
                     &self.buf[body.clone()],
                     key.clone().map(|k| &self.buf[k]),
-                    max_bytes,
                 );
                 *entry = Entry::Item(item);
             }
@@ -526,8 +628,7 @@ async fn read_loop(
     consumer: Arc<Client>,
     tx: mpsc::Sender<Result<RawBatch>>,
     idle: Duration,
-    max_bytes: usize,
-    topics: Vec<String>,
+    limits: Arc<[MessageLimit]>,
 ) {
     use futures::FutureExt;
     let mut last_warning: Option<std::time::Instant> = None;
@@ -546,7 +647,7 @@ async fn read_loop(
         let mut batch = RawBatch::with_capacity(bytes);
         match tokio::time::timeout(idle, consumer.recv()).await {
             Err(_) => batch.push(FeedItem::Tick),
-            Ok(Ok(msg)) => batch.push_message(&msg, &topics, max_bytes),
+            Ok(Ok(msg)) => batch.push_message(&msg, &limits),
             Ok(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                 batch.push(FeedItem::OffsetOutOfRange);
             }
@@ -558,7 +659,7 @@ async fn read_loop(
         while batch.len() < READ_BATCH && !batch.closed() {
             match consumer.recv().now_or_never() {
                 None => break,
-                Some(Ok(msg)) => batch.push_message(&msg, &topics, max_bytes),
+                Some(Ok(msg)) => batch.push_message(&msg, &limits),
                 Some(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                     batch.push(FeedItem::OffsetOutOfRange);
                 }
@@ -578,7 +679,7 @@ async fn read_loop(
             Err(mpsc::error::TrySendError::Closed(_)) => return,
             Err(mpsc::error::TrySendError::Full(mut item)) => {
                 if let Ok(batch) = &mut item {
-                    batch.parse_all(&topics, max_bytes);
+                    batch.parse_all(&limits);
                 }
                 item
             }
@@ -589,34 +690,92 @@ async fn read_loop(
     }
 }
 
-fn to_item(
+fn invalid_item(
     topic: &str,
     partition: i32,
     offset: i64,
     payload: &[u8],
     key: Option<&[u8]>,
-    max_bytes: usize,
+    reason: String,
 ) -> FeedItem {
-    let invalid = |reason: String| {
-        FeedItem::Invalid(Box::new(InvalidMessage {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            // Decoded only for an invalid message: a valid one takes its id from the body.
-            key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
-            reason,
-            excerpt: crate::feed::excerpt(&payload[..payload.len().min(200)]),
-            size: payload.len(),
-        }))
-    };
-    if payload.len() > max_bytes {
+    FeedItem::Invalid(Box::new(InvalidMessage {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        // Decoded only for an invalid message: a valid one takes its id from the body.
+        key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
+        reason,
+        excerpt: crate::feed::excerpt(&payload[..payload.len().min(200)]),
+        size: payload.len(),
+    }))
+}
+
+fn to_item(
+    limit: &MessageLimit,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+    key: Option<&[u8]>,
+) -> FeedItem {
+    let invalid =
+        |reason: String| invalid_item(&limit.topic, partition, offset, payload, key, reason);
+    if payload.len() > limit.bytes {
         return invalid(format!(
-            "message of {} bytes exceeds the limit of {max_bytes} bytes",
-            payload.len()
+            "message of {} bytes exceeds the limit of {} bytes ({})",
+            payload.len(),
+            limit.bytes,
+            limit.origin()
         ));
     }
-    match Change::from_message(topic, partition, offset, payload) {
+    match Change::from_message(&limit.topic, partition, offset, payload) {
         Ok(c) => FeedItem::Change(Box::new(c)),
         Err(e) => invalid(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversize_message_names_the_limit_it_hit() {
+        let body = br#"{"document_id": "a", "data_source_type": "sql", "data_source_name": "x"}"#;
+        let limit = |bytes, source| MessageLimit {
+            topic: "form-sql".into(),
+            bytes,
+            source,
+        };
+        let reason = |l: &MessageLimit| match to_item(l, 0, 7, body, Some(b"a")) {
+            FeedItem::Invalid(m) => {
+                assert_eq!(
+                    (m.size, m.offset, m.key.as_deref()),
+                    (body.len(), 7, Some("a"))
+                );
+                m.reason
+            }
+            other => panic!("{other:?}"),
+        };
+        let n = body.len();
+        assert_eq!(
+            reason(&limit(10, LimitSource::Topic)),
+            format!(
+                "message of {n} bytes exceeds the limit of 10 bytes (topic `form-sql` max.message.bytes)"
+            )
+        );
+        assert_eq!(
+            reason(&limit(10, LimitSource::Setting)),
+            format!(
+                "message of {n} bytes exceeds the limit of 10 bytes (setting `max_message_bytes`)"
+            )
+        );
+        assert!(
+            reason(&limit(10, LimitSource::Default("unreachable".into()))).ends_with(
+                "(Kafka's default, topic `form-sql` max.message.bytes could not be read)"
+            )
+        );
+        assert!(matches!(
+            to_item(&limit(n, LimitSource::Topic), 0, 7, body, None),
+            FeedItem::Change(_)
+        ));
     }
 }

@@ -7,5 +7,8 @@ pub mod context;
 pub mod producer;
 
 pub use admin::KafkaAdmin;
-pub use consumer::{KafkaFeed, KafkaFeedOptions};
+pub use consumer::{
+    resolve_message_limits, KafkaFeed, KafkaFeedOptions, LimitSource, MessageLimit,
+    DEFAULT_MAX_MESSAGE_BYTES,
+};
 pub use producer::ChangeProducer;

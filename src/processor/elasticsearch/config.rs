@@ -23,6 +23,7 @@ use crate::error::{ConfigError, Result};
 ///   "max_actions_per_request": 1000,
 ///   "max_bytes_per_request": 10485760,
 ///   "max_retries": 4,
+///   "outage_budget_secs": 300,
 ///   "base_backoff_ms": 1000,
 ///   "max_backoff_ms": 30000,
 ///   "request_timeout_ms": 30000,
@@ -60,14 +61,26 @@ pub struct ElasticsearchConfig {
     /// At most this many body bytes per `_bulk` request (a single larger action goes alone).
     #[serde(default = "defaults::max_bytes")]
     pub max_bytes_per_request: usize,
-    /// Retries of a request (connection failures, timeouts, 429, 5xx) and of failed items,
-    /// after the first attempt. CommCare's `MAX_RETRIES` is 4.
+    /// Retries, after the first attempt, of transient failures that are not an outage: a
+    /// request or an item answered 500 or another 5xx that does not say the cluster is
+    /// unavailable. A request still failing stops the pillow; an item still failing becomes its
+    /// change's error row. CommCare's `MAX_RETRIES` is 4. Outages are not counted here: see
+    /// `outage_budget_secs`. Rejections (400s such as mapping errors) are never retried.
     #[serde(default = "defaults::max_retries")]
     pub max_retries: u32,
+    /// How long an outage is waited out, in seconds without progress: connection failures,
+    /// timeouts, 408, 429, 502, 503, 504 and "cluster not ready" answers, for bulk requests,
+    /// their items and the index creation at start-up (see
+    /// [`retry`](super::retry)). A warning is logged per attempt; nothing is checkpointed
+    /// past the changes waiting. Once spent, the pillow stops with
+    /// [`ElasticsearchError::Unavailable`](crate::error::ElasticsearchError::Unavailable).
+    /// 300 s like PostgreSQL's; 0 stops at the first outage.
+    #[serde(default = "defaults::outage_budget_secs")]
+    pub outage_budget_secs: u64,
     /// The first retry delay; it doubles on each retry (with up to 25% jitter).
     #[serde(default = "defaults::base_backoff_ms")]
     pub base_backoff_ms: u64,
-    /// The largest retry delay.
+    /// The largest retry delay (also while an outage is waited out).
     #[serde(default = "defaults::max_backoff_ms")]
     pub max_backoff_ms: u64,
     /// Time limit of one HTTP request; a timed-out request is retried.
@@ -93,6 +106,9 @@ mod defaults {
     }
     pub(super) fn max_retries() -> u32 {
         4
+    }
+    pub(super) fn outage_budget_secs() -> u64 {
+        300
     }
     pub(super) fn base_backoff_ms() -> u64 {
         1000
@@ -134,6 +150,7 @@ impl ElasticsearchConfig {
             max_actions_per_request: defaults::max_actions(),
             max_bytes_per_request: defaults::max_bytes(),
             max_retries: defaults::max_retries(),
+            outage_budget_secs: defaults::outage_budget_secs(),
             base_backoff_ms: defaults::base_backoff_ms(),
             max_backoff_ms: defaults::max_backoff_ms(),
             request_timeout_ms: defaults::request_timeout_ms(),
@@ -155,6 +172,10 @@ impl ElasticsearchConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn outage_budget(&self) -> Duration {
+        Duration::from_secs(self.outage_budget_secs)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -224,6 +245,29 @@ mod tests {
         let c2: ElasticsearchConfig =
             serde_json::from_str(&serde_json::to_string(&c).expect("json")).expect("round trip");
         assert_eq!(c, c2);
+    }
+
+    #[test]
+    fn the_outage_budget_is_a_setting_in_json_and_toml() {
+        let c = ElasticsearchConfig::from_json(
+            r#"{"url": "http://localhost:9200", "index": "forms", "outage_budget_secs": 60}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.outage_budget(), Duration::from_secs(60));
+        assert_eq!(
+            ElasticsearchConfig::new("http://localhost:9200", "forms").outage_budget_secs,
+            300,
+            "PostgreSQL's budget by default"
+        );
+        let t: ElasticsearchConfig = toml::from_str(
+            "urls = [\"http://localhost:9200\"]\nindex = \"forms\"\noutage_budget_secs = 0\nmax_retries = 2\n",
+        )
+        .expect("toml");
+        assert_eq!((t.outage_budget_secs, t.max_retries), (0, 2));
+        assert!(ElasticsearchConfig::from_json(
+            r#"{"url": "http://localhost:9200", "index": "forms", "outage_budget_secs": -1}"#
+        )
+        .is_err());
     }
 
     #[test]

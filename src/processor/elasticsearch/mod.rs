@@ -2,7 +2,9 @@
 //!
 //! * [`config`]: [`ElasticsearchConfig`], strict serde;
 //! * [`bulk`]: bulk bodies (split by count and bytes) and bulk responses, pure;
-//! * [`retry`]: the one place that decides what is retried, done, or a failure;
+//! * [`retry`]: the one place that decides what is an outage, retried, done, or a failure;
+//! * `outage`: how long and how often: outages waited out for `outage_budget_secs`, transient
+//!   failures retried `max_retries` times, a log line per attempt, stop requests honoured;
 //! * [`processor`]: [`ElasticsearchProcessor`], the [`crate::processor::Processor`], and
 //!   document transforms ([`DocTransform`], [`Transforms`]).
 //!
@@ -11,6 +13,7 @@
 
 pub mod bulk;
 pub mod config;
+mod outage;
 pub mod processor;
 pub mod retry;
 

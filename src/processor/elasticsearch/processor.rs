@@ -8,16 +8,18 @@
 //!   missing (always recorded, as in CommCare);
 //! * otherwise the document goes through the transform and is indexed.
 //!
-//! What is retried, and how often, is decided in [`super::retry`]. A request that keeps failing
-//! for transport reasons (connection refused, dropped connections, timeouts) or with 429/5xx
-//! stops the pillow with [`crate::Error::Elasticsearch`] once the retry budget is spent; it is
-//! never skipped silently.
+//! What is retried is decided in [`super::retry`], and how long in [`super::outage`]: an outage
+//! (connection refused, dropped connections, timeouts, 429, 502-504, a cluster not ready) is
+//! waited out for `outage_budget_secs` without progress, with a warning per attempt, then stops
+//! the pillow with [`crate::error::ElasticsearchError::Unavailable`]; other 5xx are retried
+//! `max_retries` times; a change is never skipped silently, and a stop request
+//! ([`ElasticsearchProcessor::with_stop`]) ends a wait with [`Error::ShutdownRequested`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -28,11 +30,12 @@ use elasticsearch::http::{Method, Url};
 use elasticsearch::indices::IndicesCreateParts;
 use elasticsearch::Elasticsearch;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::bulk::{parse_response, BulkBody, BULK_FILTER_PATH};
 use super::config::ElasticsearchConfig;
-use super::retry::{classify_item, is_retriable, is_retriable_transport, ItemOutcome};
-use crate::backoff::Backoff;
+use super::outage::{Policy, Wait};
+use super::retry::{classify_item, classify_status, classify_transport, Failure, ItemOutcome};
 use crate::change::{Change, Document};
 use crate::docstore::DocumentStores;
 use crate::error::{ConfigError, ElasticsearchError, Error, Result};
@@ -113,7 +116,7 @@ pub struct ElasticsearchProcessor {
     /// `None`: identity, without copying the document.
     transform: Option<DocTransform>,
     docstores: DocumentStores,
-    backoff: Backoff,
+    policy: Policy,
 }
 
 impl std::fmt::Debug for ElasticsearchProcessor {
@@ -192,11 +195,7 @@ impl ElasticsearchProcessor {
         Ok(Self {
             name: format!("ElasticsearchProcessor({})", config.index),
             bulk_path: format!("/{}/_bulk", config.index),
-            backoff: Backoff {
-                initial: Duration::from_millis(config.base_backoff_ms),
-                max_delay: Duration::from_millis(config.max_backoff_ms.max(config.base_backoff_ms)),
-                max_elapsed: Duration::MAX,
-            },
+            policy: Policy::new(&config),
             client: Elasticsearch::new(transport),
             transform,
             docstores: DocumentStores::new(),
@@ -215,6 +214,15 @@ impl ElasticsearchProcessor {
     #[must_use]
     pub fn with_document_stores(mut self, docstores: DocumentStores) -> Self {
         self.docstores = docstores;
+        self
+    }
+
+    /// A stop request (the pillow's stop token) ends a wait for the node (an outage's backoff,
+    /// a retry's delay, and a request sent during an outage) with
+    /// [`Error::ShutdownRequested`]. Without it, waits end only with their budget.
+    #[must_use]
+    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
+        self.policy.stop = stop;
         self
     }
 
@@ -359,14 +367,6 @@ impl ElasticsearchProcessor {
         }
     }
 
-    async fn wait_before_retry(&self, attempt: u32, actions: usize, reason: &str) {
-        let delay = self.backoff.delay(attempt);
-        tracing::warn!(processor = %self.name, index = %self.config.index, attempt = attempt + 1,
-            max_retries = self.config.max_retries, actions, retry_in_ms = delay.as_millis(), error = %reason,
-            "elasticsearch bulk request failed, retrying");
-        tokio::time::sleep(delay).await;
-    }
-
     /// Sends every action of `body`, by batches; returns the changes that failed for good. The
     /// inner `Err` fails the whole chunk (a non-retriable status for a whole request).
     async fn send(
@@ -392,7 +392,7 @@ impl ElasticsearchProcessor {
         )
     }
 
-    /// Sends one batch until every item is done or failed, re-sending only the retriable items.
+    /// Sends one batch until every item is done or failed, re-sending only the items to retry.
     async fn send_batch(
         &self,
         body: &BulkBody,
@@ -400,7 +400,14 @@ impl ElasticsearchProcessor {
         failures: &mut Vec<(usize, ProcessorFailure)>,
     ) -> Result<std::result::Result<(), ProcessorFailure>> {
         let mut pending: Vec<usize> = batch.clone().collect();
-        let mut attempt: u32 = 0;
+        let mut wait = self.policy.wait(
+            &self.name,
+            format!(
+                "sending {} bulk actions to index {}",
+                batch.len(),
+                self.config.index
+            ),
+        );
         loop {
             let gathered;
             let bytes = if pending.len() == batch.len() {
@@ -409,23 +416,24 @@ impl ElasticsearchProcessor {
                 gathered = body.gather(&pending);
                 &gathered
             };
-            let reply = match self.bulk_request(bytes).await {
+            let reply = match wait.request(self.bulk_request(bytes)).await? {
                 Ok(r) => r,
-                Err(e) if is_retriable_transport(&e) && attempt < self.config.max_retries => {
-                    self.wait_before_retry(attempt, pending.len(), &e.to_string())
-                        .await;
-                    attempt += 1;
+                Err(e) if classify_transport(&e) == Failure::Outage => {
+                    wait.outage(&self.policy.describe(&e)).await?;
                     continue;
                 }
                 Err(e) => {
                     return Err(Error::Elasticsearch(ElasticsearchError::Transport {
-                        context: self.fatal_context(pending.len(), attempt),
+                        context: self.fatal_context(pending.len(), wait.retries()),
                         source: e,
                     }))
                 }
             };
             let results = match reply {
-                Reply::Items(None) => return Ok(Ok(())), // no item failed
+                Reply::Items(None) => {
+                    wait.progressed();
+                    return Ok(Ok(())); // no item failed
+                }
                 Reply::Items(Some(r)) if r.len() == pending.len() => r,
                 Reply::Items(Some(r)) => {
                     return Ok(Err(ProcessorFailure::new(
@@ -438,72 +446,90 @@ impl ElasticsearchProcessor {
                         ),
                     )))
                 }
-                Reply::Status(s, text) if is_retriable(s) && attempt < self.config.max_retries => {
-                    self.wait_before_retry(attempt, pending.len(), &format!("status {s}: {text}"))
-                        .await;
-                    attempt += 1;
-                    continue;
-                }
-                Reply::Status(s, text) if is_retriable(s) => {
-                    return Err(Error::Elasticsearch(ElasticsearchError::Status {
-                        context: self.fatal_context(pending.len(), attempt),
-                        status: s,
-                        body: text,
-                    }));
-                }
                 Reply::Status(s, text) => {
-                    return Ok(Err(ProcessorFailure::new(
-                        ERROR_TYPE,
-                        format!(
-                            "elasticsearch index {}: bulk request of {} actions failed with status {s}: {text}",
-                            self.config.index,
-                            pending.len()
-                        ),
-                    )))
+                    match self.on_status(&mut wait, pending.len(), s, text).await? {
+                        None => continue,
+                        Some(whole) => return Ok(Err(whole)),
+                    }
                 }
             };
             let retry = self.classify(body, &pending, &results, failures);
+            if retry.len() < pending.len() {
+                wait.progressed();
+            }
             if retry.is_empty() {
                 return Ok(Ok(()));
             }
-            if attempt >= self.config.max_retries {
-                for (i, reason) in retry {
+            let example = retry
+                .first()
+                .map(|(_, _, r)| r.as_str())
+                .unwrap_or_default();
+            let reason = format!("{} items failed, e.g. {example}", retry.len());
+            if retry.iter().any(|(_, f, _)| *f == Failure::Outage) {
+                wait.outage(&reason).await?;
+            } else if !wait.transient(&reason).await? {
+                for (i, _, reason) in retry {
                     let item = &body.items()[i];
                     let reason = format!(
-                        "{} still failing after {attempt} retries: {reason}",
-                        item.op.as_str()
+                        "{} still failing after {} retries: {reason}",
+                        item.op.as_str(),
+                        wait.retries()
                     );
                     failures.push((item.change, self.failure(ERROR_TYPE, &item.doc_id, &reason)));
                 }
                 return Ok(Ok(()));
             }
-            let example = retry.first().map(|(_, r)| r.clone()).unwrap_or_default();
-            self.wait_before_retry(
-                attempt,
-                retry.len(),
-                &format!("{} items failed, e.g. {example}", retry.len()),
-            )
-            .await;
-            attempt += 1;
-            pending = retry.into_iter().map(|(i, _)| i).collect();
+            pending = retry.into_iter().map(|(i, _, _)| i).collect();
+        }
+    }
+
+    /// A whole bulk request answered `status`: `None` after waiting to send it again (an
+    /// outage, a transient failure within `max_retries`), the chunk's failure for a rejection,
+    /// `Err` for a transient failure beyond the retries or the end of a wait.
+    async fn on_status(
+        &self,
+        wait: &mut Wait<'_>,
+        actions: usize,
+        status: u16,
+        text: String,
+    ) -> Result<Option<ProcessorFailure>> {
+        let reason = format!("status {status}: {text}");
+        match classify_status(status, &text) {
+            Failure::Outage => wait.outage(&reason).await.map(|()| None),
+            Failure::Transient if wait.transient(&reason).await? => Ok(None),
+            Failure::Transient => Err(Error::Elasticsearch(ElasticsearchError::Status {
+                context: self.fatal_context(actions, wait.retries()),
+                status,
+                body: text,
+            })),
+            Failure::Rejected => {
+                wait.progressed();
+                Ok(Some(ProcessorFailure::new(
+                    ERROR_TYPE,
+                    format!(
+                        "elasticsearch index {}: bulk request of {actions} actions failed with {reason}",
+                        self.config.index
+                    ),
+                )))
+            }
         }
     }
 
     /// Sorts the items of one answer: failures are pushed to `failures`; the items to re-send
-    /// are returned with their reasons.
+    /// are returned with their kinds and reasons.
     fn classify(
         &self,
         body: &BulkBody,
         pending: &[usize],
         results: &[super::bulk::ItemResult],
         failures: &mut Vec<(usize, ProcessorFailure)>,
-    ) -> Vec<(usize, String)> {
+    ) -> Vec<(usize, Failure, String)> {
         let mut retry = Vec::new();
         for (&i, result) in pending.iter().zip(results) {
             let item = &body.items()[i];
             match classify_item(item.op, result) {
                 ItemOutcome::Done => {}
-                ItemOutcome::Retry(reason) => retry.push((i, reason)),
+                ItemOutcome::Retry(kind, reason) => retry.push((i, kind, reason)),
                 ItemOutcome::Failed(reason) => failures.push((
                     item.change,
                     self.failure(
@@ -517,47 +543,45 @@ impl ElasticsearchProcessor {
         retry
     }
 
-    /// Runs `f` until it answers with a status that is not retriable, retrying transport
-    /// failures and retriable statuses within the retry budget.
+    /// Runs `f` until it answers with a 2xx or a rejection (returned as they are), waiting out
+    /// outages and retrying transient failures like a bulk request.
     async fn request_with_retries<F, Fut>(&self, what: &str, mut f: F) -> Result<(u16, String)>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<(u16, String), elasticsearch::Error>>,
     {
-        let mut attempt = 0;
+        let mut wait = self.policy.wait(&self.name, what.to_owned());
         loop {
-            let (reason, last) = match f().await {
-                Ok((s, body)) if !is_retriable(s) => return Ok((s, body)),
-                Ok((s, body)) => (
-                    format!("status {s}: {body}"),
-                    Error::Elasticsearch(ElasticsearchError::Status {
-                        context: what.to_owned(),
-                        status: s,
-                        body,
-                    }),
-                ),
-                Err(e) if is_retriable_transport(&e) => (
-                    e.to_string(),
-                    Error::Elasticsearch(ElasticsearchError::Transport {
-                        context: what.to_owned(),
-                        source: e,
-                    }),
-                ),
+            match wait.request(f()).await? {
+                Ok((s, body)) => {
+                    let failure = (!(200..300).contains(&s)).then(|| classify_status(s, &body));
+                    let reason = || format!("status {s}: {body}");
+                    match failure {
+                        Some(Failure::Outage) => wait.outage(&reason()).await?,
+                        Some(Failure::Transient) if wait.transient(&reason()).await? => {}
+                        Some(Failure::Transient) => {
+                            return Err(Error::Elasticsearch(ElasticsearchError::Status {
+                                context: format!("{what} (after {} retries)", wait.retries()),
+                                status: s,
+                                body,
+                            }))
+                        }
+                        None | Some(Failure::Rejected) => {
+                            wait.progressed();
+                            return Ok((s, body));
+                        }
+                    }
+                }
+                Err(e) if classify_transport(&e) == Failure::Outage => {
+                    wait.outage(&self.policy.describe(&e)).await?;
+                }
                 Err(e) => {
                     return Err(Error::Elasticsearch(ElasticsearchError::Transport {
-                        context: what.to_owned(),
+                        context: wait.what().to_owned(),
                         source: e,
                     }))
                 }
-            };
-            if attempt >= self.config.max_retries {
-                return Err(last);
             }
-            let delay = self.backoff.delay(attempt);
-            tracing::warn!(processor = %self.name, what, attempt = attempt + 1, max_retries = self.config.max_retries,
-                retry_in_ms = delay.as_millis(), error = %reason, "elasticsearch request failed, retrying");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
         }
     }
 }

@@ -90,5 +90,9 @@ def test_rust_processor_configuration_is_checked_when_built() -> None:
         RustProcessor("solr")
     with pytest.raises(pillowtop_rs.ConfigurationError, match="elasticsearch"):
         RustProcessor("elasticsearch", {"urls": ["http://x"], "index": "i", "colour": "blue"})
+    waits = {"urls": ["http://x"], "index": "i", "outage_budget_secs": 60, "max_retries": 2}
+    assert RustProcessor("elasticsearch", waits).kind == "elasticsearch"
+    with pytest.raises(pillowtop_rs.ConfigurationError, match="invalid value: integer `-1`"):
+        RustProcessor("elasticsearch", {**waits, "outage_budget_secs": -1})
     with pytest.raises(pillowtop_rs.ConfigurationError, match="takes no transform"):
         RustProcessor("noop", transform=lambda d: d)
