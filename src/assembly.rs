@@ -182,7 +182,7 @@ impl PillowSpec {
                     Box::new(PgTableProcessor::new(def, Arc::new(pg.sibling()))?)
                 }
                 ProcessorSpec::Elasticsearch { config, transform } => {
-                    let mut p = ElasticsearchProcessor::new(config)?;
+                    let mut p = ElasticsearchProcessor::new(config)?.with_stop(stop.clone());
                     if let Some(t) = transform {
                         p = p.with_transform(t);
                     }

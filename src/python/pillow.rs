@@ -280,7 +280,7 @@ impl PyPillow {
     #[pyo3(signature = (
         *, kafka, postgres, process_number = 0, num_processes = 1,
         dedicated_migration_process = false, until_idle = false, max_changes = None,
-        on_chunk = None, idle_timeout = 10.0, stall_timeout = Some(60.0),
+        on_chunk = None, idle_timeout = 10.0, stall_timeout = Some(60.0), max_message_bytes = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -296,6 +296,7 @@ impl PyPillow {
         on_chunk: Option<Py<PyAny>>,
         idle_timeout: f64,
         stall_timeout: Option<f64>,
+        max_message_bytes: Option<i64>,
     ) -> PyResult<PyRunSummary> {
         crate::telemetry::init();
         warn_off_main_thread(py)?;
@@ -324,6 +325,14 @@ impl PyPillow {
         };
         let mut feed = KafkaFeedOptions::new(kafka, config.name.clone());
         feed.idle_timeout = Duration::from_secs_f64(idle_timeout);
+        feed.max_message_bytes = match max_message_bytes {
+            None => None,
+            Some(n) => Some(usize::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
+                config_error(format!(
+                    "max_message_bytes must be a positive number of bytes or None (the topic's max.message.bytes), not {n}"
+                ))
+            })?),
+        };
         let mut spec = self.spec(py, Lane::current(), feed, postgres)?;
         spec.config = config;
         spec.validate()?;

@@ -10,6 +10,8 @@ dict, ``settings.PILLOWTOP_RS``:
                                ``DATABASES[DATABASE]``
 ``DATABASE``                   the ``DATABASES`` alias to derive the URL from (``"default"``)
 ``RETRY_QUEUE_EXCLUDED_PILLOWS``  pillow names the retry queue skips (default none)
+``MAX_MESSAGE_BYTES``          larger change messages become error rows unparsed (default: each
+                               topic's ``max.message.bytes``); ``run_ptop --max-message-bytes``
 =============================  ===================================================================
 """
 
@@ -26,7 +28,13 @@ from django.core.exceptions import ImproperlyConfigured
 MAX_CHECKPOINT_DELAY = 300.0
 
 _KNOWN_KEYS = frozenset(
-    {"KAFKA_BOOTSTRAP", "POSTGRES_URL", "DATABASE", "RETRY_QUEUE_EXCLUDED_PILLOWS"}
+    {
+        "KAFKA_BOOTSTRAP",
+        "POSTGRES_URL",
+        "DATABASE",
+        "RETRY_QUEUE_EXCLUDED_PILLOWS",
+        "MAX_MESSAGE_BYTES",
+    }
 )
 
 #: ``DATABASES[...]["OPTIONS"]`` keys passed on as libpq URL parameters.
@@ -138,3 +146,15 @@ def checkpoint_delay() -> float | None:
 def retry_queue_excluded_pillows() -> tuple[str, ...]:
     """Pillow names the retry queue skips (CommCare's broken UCR exclusion, made explicit)."""
     return tuple(str(p) for p in pillowtop_rs_settings().get("RETRY_QUEUE_EXCLUDED_PILLOWS", ()))
+
+
+def max_message_bytes() -> int | None:
+    """``PILLOWTOP_RS["MAX_MESSAGE_BYTES"]``, or ``None``: each topic's ``max.message.bytes``."""
+    value = pillowtop_rs_settings().get("MAX_MESSAGE_BYTES")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ImproperlyConfigured(
+            f"PILLOWTOP_RS['MAX_MESSAGE_BYTES'] must be a positive number of bytes, not {value!r}"
+        )
+    return value

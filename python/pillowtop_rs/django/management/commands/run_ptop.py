@@ -32,6 +32,7 @@ from django.db import close_old_connections
 
 from pillowtop_rs import RunSummary, registry
 from pillowtop_rs.django import cli
+from pillowtop_rs.django import settings as pt_settings
 from pillowtop_rs.exceptions import PillowtopError, ShutdownRequested
 
 #: CommCare's ``DEFAULT_PROCESSOR_CHUNK_SIZE``.
@@ -155,6 +156,13 @@ class Command(BaseCommand):
             default=None,
             help="Stop after this many changes",
         )
+        parser.add_argument(
+            "--max-message-bytes",
+            type=int,
+            default=None,
+            help="Larger change messages become error rows without being parsed (default: "
+            "PILLOWTOP_RS['MAX_MESSAGE_BYTES'], else each topic's max.message.bytes)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
@@ -241,6 +249,9 @@ class Command(BaseCommand):
         extra: dict[str, Any] = {}
         if options["idle_timeout"] is not None:
             extra["idle_timeout"] = options["idle_timeout"]
+        max_message_bytes = options["max_message_bytes"] or pt_settings.max_message_bytes()
+        if max_message_bytes is not None:
+            extra["max_message_bytes"] = max_message_bytes
         try:
             with sigterm_requests_shutdown():
                 while True:
@@ -294,6 +305,8 @@ class Command(BaseCommand):
             argv_tail += ["--max-changes", str(options["max_changes"])]
         if options["idle_timeout"] is not None:
             argv_tail += ["--idle-timeout", str(options["idle_timeout"])]
+        if options["max_message_bytes"] is not None:
+            argv_tail += ["--max-message-bytes", str(options["max_message_bytes"])]
         env = dict(os.environ)
         env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
