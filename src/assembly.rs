@@ -13,6 +13,7 @@
 //! token is cancelled; pass the same token to [`Pillow::run`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,10 @@ use crate::processor::postgres::{
 };
 use crate::processor::Processor;
 use crate::retry::postgres::PostgresErrorStore;
+
+/// How long PostgreSQL is waited for by default: 5 minutes, then the pillow stops (its
+/// supervisor restarts it).
+pub const DEFAULT_POSTGRES_OUTAGE_BUDGET: Duration = Duration::from_secs(300);
 
 /// One processor of a definition.
 pub enum ProcessorSpec {
@@ -99,6 +104,10 @@ pub struct PillowSpec {
     pub feed: KafkaFeedOptions,
     /// Checkpoints, error rows, liveness rows and the reporting tables.
     pub postgres_url: String,
+    /// How long PostgreSQL is waited for, without progress, before the pillow gives up
+    /// ([`DEFAULT_POSTGRES_OUTAGE_BUDGET`]; TOML `[postgres] outage_budget_secs`, Python
+    /// `Pillow.run(postgres_outage_budget=…)`).
+    pub postgres_outage_budget: Duration,
     pub processors: Vec<ProcessorSpec>,
     pub document_stores: Vec<DocumentStoreSpec>,
 }
@@ -165,7 +174,15 @@ impl PillowSpec {
     /// to [`Pillow::run`].
     pub async fn build(self, stop: &CancellationToken) -> Result<Pillow> {
         self.validate()?;
-        let pg = Arc::new(Pg::new(&self.postgres_url).with_stop(stop.clone()));
+        let backoff = crate::backoff::Backoff {
+            max_elapsed: self.postgres_outage_budget,
+            ..crate::backoff::Backoff::default()
+        };
+        let pg = Arc::new(
+            Pg::new(&self.postgres_url)
+                .with_backoff(backoff)
+                .with_stop(stop.clone()),
+        );
         crate::schema::ensure_schema(&pg).await?;
         let feed = KafkaFeed::new(&self.topics, self.feed)?;
         let mut processors: Vec<Box<dyn Processor>> = Vec::with_capacity(self.processors.len());
@@ -269,6 +286,7 @@ mod tests {
             topics: vec!["case-sql".into()],
             feed: KafkaFeedOptions::new("127.0.0.1:1", "p"),
             postgres_url: "postgres://nowhere".into(),
+            postgres_outage_budget: DEFAULT_POSTGRES_OUTAGE_BUDGET,
             processors,
             document_stores: Vec::new(),
         }

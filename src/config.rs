@@ -69,6 +69,10 @@ pub struct KafkaConfig {
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     pub url: String,
+    /// Seconds PostgreSQL is waited for (retried with backoff, a warning per attempt) before
+    /// the pillow stops. Default 300.
+    #[serde(default)]
+    pub outage_budget_secs: Option<u64>,
 }
 
 /// Elasticsearch connection settings (used by the Elasticsearch processor).
@@ -237,6 +241,7 @@ impl PillowFile {
                 .clone()
                 .unwrap_or_else(|| self.name.clone()),
         );
+        o.bootstrap_setting = Some(format!("the `[kafka] bootstrap` of pillow {}", self.name));
         if let Some(ms) = self.kafka.idle_timeout_ms {
             o.idle_timeout = Duration::from_millis(ms);
         }
@@ -284,6 +289,10 @@ impl PillowFile {
             topics: self.topics.clone(),
             feed: self.feed_options(),
             postgres_url: self.postgres.url.clone(),
+            postgres_outage_budget: self.postgres.outage_budget_secs.map_or(
+                crate::assembly::DEFAULT_POSTGRES_OUTAGE_BUDGET,
+                Duration::from_secs,
+            ),
             processors,
             document_stores,
         };

@@ -224,13 +224,18 @@ class Pillow:
         idle_timeout: float = 10.0,
         stall_timeout: float | None = ...,  # 60.0 (PyO3 shows `Some(60.0)` as `...`)
         max_message_bytes: int | None = None,
+        postgres_outage_budget: float = 300.0,
+        kafka_setting: str | None = None,
     ) -> RunSummary:
         """Run until stopped, with the GIL released while waiting.
 
         ``stall_timeout``: seconds without a change, while the topic has changes for this
         process, before the Kafka client is probed and re-created if stuck (``None``: off).
         ``max_message_bytes``: larger messages become error rows without being parsed; ``None``
-        uses each topic's ``max.message.bytes``.
+        uses each topic's ``max.message.bytes``. ``postgres_outage_budget``: seconds
+        PostgreSQL is waited for (a warning per attempt) before the run fails.
+        ``kafka_setting``: where ``kafka`` came from, named in Kafka errors (default
+        ``"Pillow.run(kafka=...)"``).
 
         Python processors run on this thread, once per chunk. Ctrl-C is a graceful stop, as
         SIGTERM through ``request_shutdown()`` is: the chunk at hand finishes, the final

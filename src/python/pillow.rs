@@ -281,6 +281,7 @@ impl PyPillow {
         *, kafka, postgres, process_number = 0, num_processes = 1,
         dedicated_migration_process = false, until_idle = false, max_changes = None,
         on_chunk = None, idle_timeout = 10.0, stall_timeout = Some(60.0), max_message_bytes = None,
+        postgres_outage_budget = 300.0, kafka_setting = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -297,6 +298,8 @@ impl PyPillow {
         idle_timeout: f64,
         stall_timeout: Option<f64>,
         max_message_bytes: Option<i64>,
+        postgres_outage_budget: f64,
+        kafka_setting: Option<String>,
     ) -> PyResult<PyRunSummary> {
         crate::telemetry::init();
         warn_off_main_thread(py)?;
@@ -325,6 +328,8 @@ impl PyPillow {
         };
         let mut feed = KafkaFeedOptions::new(kafka, config.name.clone());
         feed.idle_timeout = Duration::from_secs_f64(idle_timeout);
+        feed.bootstrap_setting =
+            Some(kafka_setting.unwrap_or_else(|| "Pillow.run(kafka=...)".to_owned()));
         feed.max_message_bytes = match max_message_bytes {
             None => None,
             Some(n) => Some(usize::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -335,6 +340,12 @@ impl PyPillow {
         };
         let mut spec = self.spec(py, Lane::current(), feed, postgres)?;
         spec.config = config;
+        if !(postgres_outage_budget.is_finite() && postgres_outage_budget >= 0.0) {
+            return Err(config_error(format!(
+                "postgres_outage_budget must be a non-negative number of seconds, not {postgres_outage_budget}"
+            )));
+        }
+        spec.postgres_outage_budget = Duration::from_secs_f64(postgres_outage_budget);
         spec.validate()?;
         let hook = on_chunk.map(|f| {
             Box::new(PyHook {
@@ -404,6 +415,7 @@ impl PyPillow {
             topics: self.topics.clone(),
             feed,
             postgres_url,
+            postgres_outage_budget: crate::assembly::DEFAULT_POSTGRES_OUTAGE_BUDGET,
             processors,
             document_stores,
         })

@@ -39,6 +39,7 @@ fn spec(
         topics: vec![topic.to_owned()],
         feed,
         postgres_url: postgres.to_owned(),
+        postgres_outage_budget: pillowtop::assembly::DEFAULT_POSTGRES_OUTAGE_BUDGET,
         processors: vec![ProcessorSpec::Ready(Box::new(processor.clone()))],
         document_stores: Vec::new(),
     }
@@ -208,5 +209,22 @@ async fn a_stop_during_a_postgres_outage_ends_the_wait_and_loses_nothing() {
     eprintln!(
         "stop during a postgres outage: first run {} changes, stopped {after_stop:?} after the request; second run {} changes",
         summary.changes, summary2.changes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_broker_is_named_with_the_setting_it_came_from() {
+    use pillowtop::feed::kafka::KafkaFeed;
+    use pillowtop::feed::ChangeFeed;
+    let port = closed_port().await;
+    let mut options = KafkaFeedOptions::new(format!("127.0.0.1:{port}"), "it-unreachable");
+    options.bootstrap_setting = Some("settings.KAFKA_BROKERS".into());
+    let mut feed = KafkaFeed::new(&["case-sql".to_owned()], options).expect("feed");
+    // librdkafka gives up on the metadata after 30 s.
+    let e = feed.partitions().await.expect_err("no broker");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("kafka at 127.0.0.1:{port} (from settings.KAFKA_BROKERS)")),
+        "{text}"
     );
 }

@@ -12,6 +12,7 @@ dict, ``settings.PILLOWTOP_RS``:
 ``RETRY_QUEUE_EXCLUDED_PILLOWS``  pillow names the retry queue skips (default none)
 ``MAX_MESSAGE_BYTES``          larger change messages become error rows unparsed (default: each
                                topic's ``max.message.bytes``); ``run_ptop --max-message-bytes``
+``POSTGRES_OUTAGE_BUDGET``     seconds PostgreSQL is waited for before ``run_ptop`` fails (300)
 =============================  ===================================================================
 """
 
@@ -34,6 +35,7 @@ _KNOWN_KEYS = frozenset(
         "DATABASE",
         "RETRY_QUEUE_EXCLUDED_PILLOWS",
         "MAX_MESSAGE_BYTES",
+        "POSTGRES_OUTAGE_BUDGET",
     }
 )
 
@@ -62,6 +64,13 @@ def pillowtop_rs_settings() -> Mapping[str, Any]:
             f"PILLOWTOP_RS has unknown key(s) {unknown}; known: {sorted(_KNOWN_KEYS)}"
         )
     return value
+
+
+def kafka_bootstrap_setting() -> str:
+    """Which setting :func:`kafka_bootstrap` reads, for error messages."""
+    if pillowtop_rs_settings().get("KAFKA_BOOTSTRAP"):
+        return "settings.PILLOWTOP_RS['KAFKA_BOOTSTRAP']"
+    return "settings.KAFKA_BROKERS"
 
 
 def kafka_bootstrap() -> str:
@@ -158,3 +167,16 @@ def max_message_bytes() -> int | None:
             f"PILLOWTOP_RS['MAX_MESSAGE_BYTES'] must be a positive number of bytes, not {value!r}"
         )
     return value
+
+
+def postgres_outage_budget() -> float | None:
+    """``PILLOWTOP_RS["POSTGRES_OUTAGE_BUDGET"]`` in seconds, or ``None`` (the default, 300 s)."""
+    value = pillowtop_rs_settings().get("POSTGRES_OUTAGE_BUDGET")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ImproperlyConfigured(
+            "PILLOWTOP_RS['POSTGRES_OUTAGE_BUDGET'] must be a non-negative number of seconds, "
+            f"not {value!r}"
+        )
+    return float(value)

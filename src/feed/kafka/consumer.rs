@@ -38,6 +38,9 @@ type Client = StreamConsumer<LoggingContext>;
 #[derive(Debug, Clone)]
 pub struct KafkaFeedOptions {
     pub bootstrap_servers: String,
+    /// Where `bootstrap_servers` came from (`"[kafka] bootstrap"`, `"settings.KAFKA_BROKERS"`),
+    /// named with the address in connection errors and log lines.
+    pub bootstrap_setting: Option<String>,
     /// A label for the broker's logs (CommCare's `client_id`); no group is joined.
     pub client_id: String,
     /// CommCare's consumer timeout: a tick after this long without a message.
@@ -56,9 +59,18 @@ pub struct KafkaFeedOptions {
 }
 
 impl KafkaFeedOptions {
+    /// `kafka at <address>`, and the setting it came from when known.
+    pub fn describe_bootstrap(&self) -> String {
+        match &self.bootstrap_setting {
+            Some(setting) => format!("kafka at {} (from {setting})", self.bootstrap_servers),
+            None => format!("kafka at {}", self.bootstrap_servers),
+        }
+    }
+
     pub fn new(bootstrap_servers: impl Into<String>, client_id: impl Into<String>) -> Self {
         Self {
             bootstrap_servers: bootstrap_servers.into(),
+            bootstrap_setting: None,
             client_id: client_id.into(),
             idle_timeout: Duration::from_secs(10),
             max_message_bytes: None,
@@ -292,10 +304,10 @@ fn create_consumer(options: &KafkaFeedOptions) -> Result<Client> {
 
 /// A client error with the broker's address in its context (librdkafka's own text, such as
 /// "Meta data fetch error: BrokerTransportFailure", does not name it).
-fn naming_broker(e: crate::Error, bootstrap: &str) -> crate::Error {
+fn naming_broker(e: crate::Error, broker: &str) -> crate::Error {
     match e {
         crate::Error::Kafka(KafkaError::Client { context, source }) => KafkaError::Client {
-            context: format!("{context} from kafka at {bootstrap}"),
+            context: format!("{context} from {broker}"),
             source,
         }
         .into(),
@@ -373,7 +385,7 @@ impl ChangeFeed for KafkaFeed {
         let topics = self.topics.clone();
         blocking(move || super::admin::partitions_of(consumer.client(), &topics))
             .await
-            .map_err(|e| naming_broker(e, &self.options.bootstrap_servers))
+            .map_err(|e| naming_broker(e, &self.options.describe_bootstrap()))
     }
 
     async fn watermarks(
@@ -382,7 +394,7 @@ impl ChangeFeed for KafkaFeed {
     ) -> Result<Vec<(TopicPartition, i64, i64)>> {
         let consumer = Arc::clone(&self.consumer);
         let partitions = partitions.to_vec();
-        let bootstrap = self.options.bootstrap_servers.clone();
+        let broker = self.options.describe_bootstrap();
         blocking(move || {
             partitions
                 .into_iter()
@@ -391,9 +403,7 @@ impl ChangeFeed for KafkaFeed {
                         .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(30))
                         .map_err(|e| {
                             KafkaError::client(
-                                format!(
-                                    "fetching the watermarks of {tp} from kafka at {bootstrap}"
-                                ),
+                                format!("fetching the watermarks of {tp} from {broker}"),
                                 e,
                             )
                         })?;
@@ -452,7 +462,7 @@ impl ChangeFeed for KafkaFeed {
     }
 
     fn source(&self) -> String {
-        format!("kafka at {}", self.options.bootstrap_servers)
+        self.options.describe_bootstrap()
     }
 
     async fn next(&mut self) -> Result<Option<FeedItem>> {

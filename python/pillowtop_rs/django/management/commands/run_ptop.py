@@ -246,12 +246,15 @@ class Command(BaseCommand):
         postgres = cli.postgres_url()
         until_idle: bool = options["until_idle"]
         max_changes: int | None = options["max_changes"]
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"kafka_setting": pt_settings.kafka_bootstrap_setting()}
         if options["idle_timeout"] is not None:
             extra["idle_timeout"] = options["idle_timeout"]
         max_message_bytes = options["max_message_bytes"] or pt_settings.max_message_bytes()
         if max_message_bytes is not None:
             extra["max_message_bytes"] = max_message_bytes
+        budget = pt_settings.postgres_outage_budget()
+        if budget is not None:
+            extra["postgres_outage_budget"] = budget
         try:
             with sigterm_requests_shutdown():
                 while True:
