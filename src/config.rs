@@ -37,20 +37,20 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::postgres::PostgresCheckpointStore;
-use crate::checkpoint::CheckpointStore;
 use crate::docstore::{DocumentStores, PostgresDocumentStore};
 use crate::error::{ConfigError, Result};
 use crate::feed::assignment::Layout;
 use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
 use crate::pg::Pg;
-use crate::pillow::liveness::Liveness;
 use crate::pillow::{Pillow, PillowConfig, StartPolicy};
 use crate::processor::postgres::{
     ExactlyOnceSession, PgTableProcessor, TableDefinition, TransactionalCheckpointStore,
 };
 use crate::processor::Processor;
-use crate::retry::postgres::PostgresErrorStore;
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::checkpoints::CheckpointStore;
+use crate::store::errors::postgres::PostgresErrorStore;
+use crate::store::liveness::postgres::PostgresLivenessStore;
 
 /// Kafka connection settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,10 +110,10 @@ fn default_chunk_size() -> usize {
     10
 }
 fn default_checkpoint_frequency() -> u64 {
-    crate::checkpoint::policy::DEFAULT_CHECKPOINT_FREQUENCY
+    crate::pillow::checkpoint_policy::DEFAULT_CHECKPOINT_FREQUENCY
 }
 fn default_max_checkpoint_delay_secs() -> u64 {
-    crate::checkpoint::policy::DEFAULT_MAX_CHECKPOINT_DELAY.as_secs()
+    crate::pillow::checkpoint_policy::DEFAULT_MAX_CHECKPOINT_DELAY.as_secs()
 }
 fn default_start_policy() -> StartPolicy {
     StartPolicy::Earliest
@@ -314,7 +314,7 @@ pub async fn build_pillow(file: &PillowFile, options: &RunOptions) -> Result<Pil
     let config = file.pillow_config(options);
     config.validate()?;
     let pg = Arc::new(Pg::new(&file.postgres.url));
-    crate::schema::ensure_schema(&pg).await?;
+    crate::store::schema::ensure_schema(&pg).await?;
     let feed = KafkaFeed::new(&file.topics, file.feed_options())?;
     let (processors, session) = build_processors(file, &pg)?;
     let checkpoints: Arc<dyn CheckpointStore> = match session {
@@ -342,7 +342,7 @@ pub async fn build_pillow(file: &PillowFile, options: &RunOptions) -> Result<Pil
         Arc::new(PostgresErrorStore::new(pg.clone())),
     )
     .with_document_stores(docstores)
-    .with_liveness(Liveness::new(pg)))
+    .with_liveness(Arc::new(PostgresLivenessStore::new(pg))))
 }
 
 #[cfg(test)]

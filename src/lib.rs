@@ -37,7 +37,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod backoff;
 pub mod change;
-pub mod checkpoint;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
@@ -53,7 +52,7 @@ pub mod pg;
 pub mod pillow;
 pub mod processor;
 pub mod retry;
-pub mod schema;
+pub mod store;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -27,18 +27,18 @@ use super::detach::detached;
 use super::errors::{ConfigurationError, ShutdownRequested};
 use super::processor::{is_processor, Lane, PyDocumentStore, PyProcessor};
 use super::rust_processors::PyRustProcessor;
-use crate::checkpoint::postgres::PostgresCheckpointStore;
 use crate::docstore::DocumentStores;
 use crate::error::ProcessError;
 use crate::feed::assignment::Layout;
 use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
 use crate::pg::Pg;
-use crate::pillow::liveness::Liveness;
 use crate::pillow::{
     HookPoint, LoopHook, Pillow, PillowConfig, RunSummary, StartPolicy, StopReason,
 };
 use crate::processor::Processor;
-use crate::retry::postgres::PostgresErrorStore;
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::errors::postgres::PostgresErrorStore;
+use crate::store::liveness::postgres::PostgresLivenessStore;
 
 /// How long the lane stays detached before it checks for signals.
 const SIGNAL_TICK: Duration = Duration::from_millis(100);
@@ -381,7 +381,7 @@ async fn drive(
     idle_timeout: Duration,
 ) -> PyResult<RunSummary> {
     let pg = Arc::new(Pg::new(postgres));
-    crate::schema::ensure_schema(&pg).await?;
+    crate::store::schema::ensure_schema(&pg).await?;
     let mut options = KafkaFeedOptions::new(kafka, config.name.clone());
     options.idle_timeout = idle_timeout;
     let feed = KafkaFeed::new(&topics, options)?;
@@ -393,7 +393,7 @@ async fn drive(
         Arc::new(PostgresErrorStore::new(pg.clone())),
     )
     .with_document_stores(stores)
-    .with_liveness(Liveness::new(pg));
+    .with_liveness(Arc::new(PostgresLivenessStore::new(pg)));
     if let Some(h) = hook {
         pillow = pillow.with_hook(h);
     }

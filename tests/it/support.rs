@@ -100,7 +100,9 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new(url: &str) -> Self {
         let pg = Arc::new(Pg::new(url));
-        pillowtop::schema::ensure_schema(&pg).await.expect("schema");
+        pillowtop::store::schema::ensure_schema(&pg)
+            .await
+            .expect("schema");
         Self {
             pg,
             url: url.to_owned(),
