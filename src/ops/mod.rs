@@ -9,6 +9,9 @@
 //!   overwritten must be exactly the rows the plan showed, else nothing is written and
 //!   [`OpsError::Stale`] asks the operator to plan again.
 //! * **No side effects on reading** (docs/commcare-pillowtop.md §9 #6): naming a checkpoint never creates rows.
+//! * **No SQL here.** Rows are read and written through [`crate::store`]: the applies run in
+//!   [`PostgresCheckpointStore::transaction`](crate::store::checkpoints::postgres::PostgresCheckpointStore::transaction),
+//!   and re-verify the plan (`verify_unchanged`) between its reads and its writes.
 //! * CommCare's traps are fixed on purpose (docs/commcare-pillowtop.md §9 rows 14–21): topic mismatches are
 //!   reported, running pillows are refused unless forced, merges check partition sets per topic
 //!   and validate everything before writing.

@@ -19,3 +19,15 @@ pub mod history;
 pub mod liveness;
 pub mod schema;
 pub mod transaction;
+
+use crate::error::Result;
+use crate::pg::{err, Pg};
+
+/// Runs `sql`, whose one parameter `$1` is `ids` as a `text[]`, and returns how many rows it
+/// changed; `what` names the step in errors (e.g. "deleting the rows of checkpoints [...]").
+async fn execute_with_ids(pg: &Pg, what: &str, sql: &str, ids: &[String]) -> Result<u64> {
+    pg.run(what, |c| async move {
+        c.execute(sql, &[&ids]).await.map_err(err(what))
+    })
+    .await
+}

@@ -100,20 +100,13 @@ impl PostgresCheckpointStore {
 
     /// Deletes every row of `ids` (outside any plan: the demo's cleanup); returns how many.
     pub async fn delete_ids(&self, ids: &[String]) -> Result<u64> {
-        let what = format!("deleting the rows of checkpoints {ids:?}");
-        self.pg
-            .run(&what, |c| {
-                let what = what.clone();
-                async move {
-                    c.execute(
-                        "DELETE FROM pillowtop_kafkacheckpoint WHERE checkpoint_id = ANY($1)",
-                        &[&ids],
-                    )
-                    .await
-                    .map_err(err(what))
-                }
-            })
-            .await
+        crate::store::execute_with_ids(
+            &self.pg,
+            &format!("deleting the rows of checkpoints {ids:?}"),
+            "DELETE FROM pillowtop_kafkacheckpoint WHERE checkpoint_id = ANY($1)",
+            ids,
+        )
+        .await
     }
 
     /// Runs `f` in one transaction on the table (BEGIN … COMMIT, ROLLBACK on any error; see

@@ -33,18 +33,13 @@ impl PostgresErrorStore {
     /// Deletes every error row of `pillows` (outside any pillow: the demo's cleanup); returns
     /// how many.
     pub async fn delete_pillows(&self, pillows: &[String]) -> Result<u64> {
-        self.pg
-            .run("deleting pillow errors", |c| async move {
-                c.execute(
-                    "DELETE FROM pillow_retry_pillowerror WHERE pillow = ANY($1)",
-                    &[&pillows],
-                )
-                .await
-                .map_err(err(format!(
-                    "deleting the error rows of pillows {pillows:?}"
-                )))
-            })
-            .await
+        crate::store::execute_with_ids(
+            &self.pg,
+            &format!("deleting the error rows of pillows {pillows:?}"),
+            "DELETE FROM pillow_retry_pillowerror WHERE pillow = ANY($1)",
+            pillows,
+        )
+        .await
     }
 
     /// Inserts `rows` in one transaction. `Ok(Some((i, message)))`: row `i` was refused for its

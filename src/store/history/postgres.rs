@@ -27,18 +27,13 @@ impl PostgresHistoryStore {
     /// Deletes every record of `checkpoint_ids` (outside any plan: the demo's cleanup); returns
     /// how many.
     pub async fn delete_checkpoints(&self, checkpoint_ids: &[String]) -> Result<u64> {
-        self.pg
-            .run("deleting checkpoint history", |c| async move {
-                c.execute(
-                    "DELETE FROM pillowtop_rs_checkpoint_history WHERE checkpoint_id = ANY($1)",
-                    &[&checkpoint_ids],
-                )
-                .await
-                .map_err(err(format!(
-                    "deleting the history of checkpoints {checkpoint_ids:?}"
-                )))
-            })
-            .await
+        crate::store::execute_with_ids(
+            &self.pg,
+            &format!("deleting the history of checkpoints {checkpoint_ids:?}"),
+            "DELETE FROM pillowtop_rs_checkpoint_history WHERE checkpoint_id = ANY($1)",
+            checkpoint_ids,
+        )
+        .await
     }
 }
 

@@ -26,18 +26,13 @@ impl PostgresLivenessStore {
     /// Deletes the rows of every process of `checkpoint_ids` (outside any pillow: the demo's
     /// cleanup); returns how many.
     pub async fn delete_checkpoints(&self, checkpoint_ids: &[String]) -> Result<u64> {
-        self.pg
-            .run("removing pillow process rows", |c| async move {
-                c.execute(
-                    "DELETE FROM pillowtop_rs_process WHERE checkpoint_id = ANY($1)",
-                    &[&checkpoint_ids],
-                )
-                .await
-                .map_err(err(format!(
-                    "removing the process rows of checkpoints {checkpoint_ids:?}"
-                )))
-            })
-            .await
+        crate::store::execute_with_ids(
+            &self.pg,
+            &format!("removing the process rows of checkpoints {checkpoint_ids:?}"),
+            "DELETE FROM pillowtop_rs_process WHERE checkpoint_id = ANY($1)",
+            checkpoint_ids,
+        )
+        .await
     }
 }
 
