@@ -32,13 +32,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pillowtop::change::{Change, ChangeMeta};
-use pillowtop::checkpoint::postgres::PostgresCheckpointStore;
 use pillowtop::feed::kafka::{KafkaAdmin, KafkaFeed, KafkaFeedOptions};
 use pillowtop::feed::{ChangeFeed, FeedItem, TopicPartition};
 use pillowtop::pg::Pg;
 use pillowtop::pillow::{Pillow, PillowConfig, StopReason};
 use pillowtop::processor::memory::NoopProcessor;
-use pillowtop::retry::postgres::PostgresErrorStore;
+use pillowtop::store::checkpoints::postgres::PostgresCheckpointStore;
+use pillowtop::store::errors::postgres::PostgresErrorStore;
 use pillowtop::testing::{env_or, unique_name};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -183,7 +183,7 @@ fn parent(kafka: &str, postgres: &str) -> Res<()> {
     let rt = runtime()?;
     let admin = KafkaAdmin::new(kafka)?;
     let pg = Pg::new(postgres);
-    rt.block_on(pillowtop::schema::ensure_schema(&pg))?;
+    rt.block_on(pillowtop::store::schema::ensure_schema(&pg))?;
     let topic = unique_name("bench_engine");
     rt.block_on(admin.create_topic(&topic, partitions, &[]))?;
     let base = Phase {

@@ -15,7 +15,6 @@ use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use pillowtop::change::{Change, ChangeMeta};
-use pillowtop::checkpoint::memory::MemoryCheckpointStore;
 use pillowtop::feed::assignment::Layout;
 use pillowtop::feed::memory::MemoryFeed;
 use pillowtop::feed::{ChangeFeed, FeedItem, TopicPartition};
@@ -23,7 +22,8 @@ use pillowtop::pillow::chunk::deduplicate;
 use pillowtop::pillow::{Pillow, PillowConfig};
 use pillowtop::processor::elasticsearch::bulk::BulkBody;
 use pillowtop::processor::memory::NoopProcessor;
-use pillowtop::retry::memory::MemoryErrorStore;
+use pillowtop::store::checkpoints::memory::MemoryCheckpointStore;
+use pillowtop::store::errors::memory::MemoryErrorStore;
 
 const TOPIC: &str = "form-sql";
 

@@ -56,7 +56,7 @@ fn median(v: &[Duration]) -> Duration {
 
 async fn run(url: &str) -> anyhow::Result<()> {
     let pg = Arc::new(Pg::new(url));
-    pillowtop::schema::ensure_schema(&pg).await?;
+    pillowtop::store::schema::ensure_schema(&pg).await?;
     let prefix = unique_name("bench_ops");
     let source = format!("{prefix}_source");
     let targets: Vec<String> = (0..PILLOWS).map(|i| format!("{prefix}_t{i:03}")).collect();

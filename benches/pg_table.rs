@@ -294,7 +294,7 @@ async fn anatomy(pg: &Pg, changes: &[Change]) -> anyhow::Result<()> {
 
 async fn run(url: &str, kafka: &str, n: usize) -> anyhow::Result<()> {
     let pg = Arc::new(Pg::new(url));
-    pillowtop::schema::ensure_schema(&pg).await?;
+    pillowtop::store::schema::ensure_schema(&pg).await?;
     println!(
         "pg_table bench: {n} changes, PostgreSQL {}, Kafka {kafka}",
         pillowtop::pg::redact(url)

@@ -17,13 +17,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::postgres::PostgresCheckpointStore;
-use crate::checkpoint::CheckpointStore;
 use crate::docstore::{DocumentStore, DocumentStores, PostgresDocumentStore};
 use crate::error::{ConfigError, Result};
 use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
 use crate::pg::Pg;
-use crate::pillow::liveness::Liveness;
 use crate::pillow::{Pillow, PillowConfig, RunSummary, StopReason};
 use crate::processor::elasticsearch::{DocTransform, ElasticsearchConfig, ElasticsearchProcessor};
 use crate::processor::memory::NoopProcessor;
@@ -31,7 +28,10 @@ use crate::processor::postgres::{
     ExactlyOnceSession, PgTableProcessor, TableDefinition, TransactionalCheckpointStore,
 };
 use crate::processor::Processor;
-use crate::retry::postgres::PostgresErrorStore;
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::checkpoints::CheckpointStore;
+use crate::store::errors::postgres::PostgresErrorStore;
+use crate::store::liveness::postgres::PostgresLivenessStore;
 
 /// How long PostgreSQL is waited for by default: 5 minutes, then the pillow stops (its
 /// supervisor restarts it).
@@ -183,7 +183,7 @@ impl PillowSpec {
                 .with_backoff(backoff)
                 .with_stop(stop.clone()),
         );
-        crate::schema::ensure_schema(&pg).await?;
+        crate::store::schema::ensure_schema(&pg).await?;
         let feed = KafkaFeed::new(&self.topics, self.feed)?;
         let mut processors: Vec<Box<dyn Processor>> = Vec::with_capacity(self.processors.len());
         let mut session = None;
@@ -238,7 +238,7 @@ impl PillowSpec {
             Arc::new(PostgresErrorStore::new(pg.clone())),
         )
         .with_document_stores(stores)
-        .with_liveness(Liveness::new(pg)))
+        .with_liveness(Arc::new(PostgresLivenessStore::new(pg))))
     }
 }
 

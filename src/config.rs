@@ -109,10 +109,10 @@ fn default_chunk_size() -> usize {
     10
 }
 fn default_checkpoint_frequency() -> u64 {
-    crate::checkpoint::policy::DEFAULT_CHECKPOINT_FREQUENCY
+    crate::pillow::checkpoint_policy::DEFAULT_CHECKPOINT_FREQUENCY
 }
 fn default_max_checkpoint_delay_secs() -> u64 {
-    crate::checkpoint::policy::DEFAULT_MAX_CHECKPOINT_DELAY.as_secs()
+    crate::pillow::checkpoint_policy::DEFAULT_MAX_CHECKPOINT_DELAY.as_secs()
 }
 fn default_start_policy() -> StartPolicy {
     StartPolicy::Earliest

@@ -2,7 +2,7 @@
 //!
 //! Each area has its own enum, rolled into [`Error`]. Messages are lowercase, have no trailing
 //! period, and name the object and the cause. Retriability is decided next to the code that
-//! retries (for example [`crate::checkpoint`] and the processors), never here.
+//! retries (for example [`crate::store`] and the processors), never here.
 
 use crate::partition::{InvalidTopicName, TopicPartition};
 

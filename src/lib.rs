@@ -38,7 +38,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod assembly;
 pub mod backoff;
 pub mod change;
-pub mod checkpoint;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
@@ -54,7 +53,7 @@ pub mod pg;
 pub mod pillow;
 pub mod processor;
 pub mod retry;
-pub mod schema;
+pub mod store;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::conn::{Confirm, Conn, KafkaConn};
 use super::ui::{confirm_and_apply, print_table, Accept, Confirmation, Report, Say, Step, Ui};
 use crate::ops::add_partitions::{self as core, AddPartitionsPlan};
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
@@ -42,7 +43,9 @@ pub async fn apply(args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Added>> {
         ),
         None => None,
     };
-    let rows = crate::ops::load_rows_on_topic(&pg, Some(topic)).await?;
+    let rows = PostgresCheckpointStore::new(pg.clone())
+        .load_on_topic(Some(topic))
+        .await?;
     let plan = core::plan_add_partitions(topic, n, &rows, count)?;
     let alter = format!("kafka-topics.sh --alter --partitions={n} --topic={topic}");
     confirm_and_apply(

@@ -1,5 +1,5 @@
-//! `pillowtop history snapshot|list|restore` over [`crate::ops::history`]: CommCare's daily
-//! checkpoint history and `fix_checkpoints_from_date`.
+//! `pillowtop history snapshot|list|restore` over [`crate::store::history`] and
+//! [`crate::ops::history`]: CommCare's daily checkpoint history and `fix_checkpoints_from_date`.
 
 use chrono::{NaiveDate, Utc};
 use clap::Subcommand;
@@ -8,6 +8,8 @@ use serde::Serialize;
 use super::conn::{Confirm, Conn};
 use super::ui::{confirm_and_apply, print_table, Accept, Confirmation, Report, Say, Step, Ui};
 use crate::ops::history::{self as core, RestorePlan};
+use crate::store::history::postgres::PostgresHistoryStore;
+use crate::store::history::{HistoryStore, KEEP_DAYS};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
@@ -28,7 +30,7 @@ pub struct SnapshotArgs {
     /// Record under this date instead of today (UTC).
     #[arg(long)]
     pub date: Option<NaiveDate>,
-    #[arg(long, default_value_t = core::KEEP_DAYS)]
+    #[arg(long, default_value_t = KEEP_DAYS)]
     pub keep_days: u32,
     #[command(flatten)]
     pub conn: Conn,
@@ -60,7 +62,9 @@ pub async fn exec(cmd: Command, ui: &dyn Ui) -> anyhow::Result<u8> {
     match cmd {
         Command::Snapshot(a) => {
             let date = a.date.unwrap_or_else(|| Utc::now().date_naive());
-            let s = core::snapshot(&*a.conn.pg()?, date, a.keep_days).await?;
+            let s = PostgresHistoryStore::new(a.conn.pg()?)
+                .snapshot(date, a.keep_days)
+                .await?;
             ui.out(&format!(
                 "recorded {} checkpoint rows under {}; pruned {} records older than {} days",
                 s.rows, s.date, s.pruned, a.keep_days
@@ -68,7 +72,9 @@ pub async fn exec(cmd: Command, ui: &dyn Ui) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::List(a) => {
-            let entries = core::list(&*a.conn.pg()?, a.checkpoint_id.as_deref()).await?;
+            let entries = PostgresHistoryStore::new(a.conn.pg()?)
+                .list(a.checkpoint_id.as_deref())
+                .await?;
             if a.json {
                 ui.out(&serde_json::to_string_pretty(&entries)?);
             } else {

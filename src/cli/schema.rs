@@ -12,7 +12,7 @@ pub struct Args {
 
 pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
     let pg = a.conn.pg()?;
-    crate::schema::ensure_schema(&pg).await?;
+    crate::store::schema::ensure_schema(&pg).await?;
     ui.out(&format!(
         "pillowtop tables are present in {}",
         redact(pg.url())

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::conn::Confirm;
-use crate::pillow::liveness::ProcessRow;
+use crate::store::liveness::ProcessRow;
 
 /// Where a command's lines go and where its answers come from.
 pub trait Ui {

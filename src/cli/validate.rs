@@ -36,13 +36,9 @@ pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
 /// Collects and prints the problems (JSON with `--json`); returns them.
 pub async fn check(a: Args, ui: &dyn Ui) -> anyhow::Result<Vec<Problem>> {
     let ids = (!a.ids.is_empty()).then_some(a.ids);
-    let problems = crate::ops::validate::collect(
-        &*a.conn.pg()?,
-        &a.kafka.info()?,
-        ids.as_deref(),
-        a.skip_zero,
-    )
-    .await?;
+    let problems =
+        crate::ops::validate::collect(&a.conn.pg()?, &a.kafka.info()?, ids.as_deref(), a.skip_zero)
+            .await?;
     if a.json {
         ui.out(&serde_json::to_string_pretty(&problems)?);
     } else if problems.is_empty() {

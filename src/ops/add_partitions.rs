@@ -5,10 +5,14 @@
 //! aborts unless the answer is `y` or `yes`. When Kafka is reachable, a topic that does not have
 //! that many partitions yet is refused.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
-use super::{transaction, OpsError, Result, RowsById};
-use crate::pg::{err, Pg};
+use super::{OpsError, Result};
+use crate::pg::Pg;
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::checkpoints::RowsById;
 
 /// What adding partitions will do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,7 +33,7 @@ pub fn plan_add_partitions(
     rows: &RowsById,
     kafka_partitions: Option<Option<i32>>,
 ) -> Result<AddPartitionsPlan> {
-    crate::checkpoint::validate_topic_name(topic)?;
+    crate::partition::validate_topic_name(topic)?;
     if num_partitions < 1 {
         return Err(OpsError::InvalidArgument(format!(
             "topic {topic} needs at least 1 partition, not {num_partitions}"
@@ -77,34 +81,26 @@ pub fn plan_add_partitions(
 
 /// Creates the plan's rows in one transaction; fails with [`OpsError::Stale`], writing nothing,
 /// when one of them appeared meanwhile.
-pub async fn apply_add_partitions(pg: &Pg, plan: &AddPartitionsPlan) -> Result<u64> {
+pub async fn apply_add_partitions(pg: &Arc<Pg>, plan: &AddPartitionsPlan) -> Result<u64> {
     if plan.create.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<&str> = plan.create.iter().map(|c| c.0.as_str()).collect();
-    let parts: Vec<i32> = plan.create.iter().map(|c| c.1).collect();
     let what = format!("adding partitions of topic {}", plan.topic);
-    let (ids, parts, topic) = (&ids, &parts, plan.topic.as_str());
+    let topic = plan.topic.as_str();
     let want = plan.create.len() as u64;
-    transaction(pg, &what, |c| async move {
-        let n = c
-            .execute(
-                r#"INSERT INTO pillowtop_kafkacheckpoint (checkpoint_id, topic, "partition", "offset", doc_modification_time, last_modified)
-                   SELECT i, $3, p, 0, NULL, now() FROM unnest($1::text[], $2::int[]) AS u(i, p)
-                   ON CONFLICT (checkpoint_id, topic, "partition") DO NOTHING"#,
-                &[ids, parts, &topic],
-            )
-            .await
-            .map_err(err(format!("adding partitions of topic {topic}")))?;
-        if n != want {
-            return Err(OpsError::Stale {
-                checkpoint_id: ids.first().copied().unwrap_or_default().to_owned(),
-                detail: format!("{} of the new rows of topic {topic} appeared", want - n),
-            });
-        }
-        Ok(n)
-    })
-    .await
+    let store = PostgresCheckpointStore::new(Arc::clone(pg));
+    store
+        .transaction(&what, |tx| async move {
+            let n = tx.create_missing(topic, &plan.create, 0).await?;
+            if n != want {
+                return Err(OpsError::Stale {
+                    checkpoint_id: plan.create[0].0.clone(),
+                    detail: format!("{} of the new rows of topic {topic} appeared", want - n),
+                });
+            }
+            Ok(n)
+        })
+        .await
 }
 
 #[cfg(test)]

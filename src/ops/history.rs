@@ -1,12 +1,9 @@
-//! Daily checkpoint history (CommCare's `HistoricalPillowCheckpoint` and its celery task
-//! `create_historical_checkpoints`, docs/commcare-pillowtop.md §1.5): a snapshot of every row of
-//! `pillowtop_kafkacheckpoint` per day in `pillowtop_rs_checkpoint_history`, records older than
-//! the retention (30 days) pruned by the same step, and a restore of a checkpoint from the newest
-//! snapshot on or before a date (`fix_checkpoints_from_date`).
+//! A restore of checkpoints from the daily history (CommCare's `fix_checkpoints_from_date`,
+//! docs/commcare-pillowtop.md §1.5): each checkpoint from its newest snapshot on or before a
+//! date. The snapshots themselves are kept by [`crate::store::history`].
 //!
-//! Taking a snapshot twice on one day replaces that day's snapshot. A restore writes the
-//! snapshot's offsets in one transaction after checking the rows did not move since the plan;
-//! rows the snapshot does not have are kept and listed.
+//! A restore writes the snapshot's offsets in one transaction after checking the rows did not
+//! move since the plan; rows the snapshot does not have are kept and listed.
 
 use std::sync::Arc;
 
@@ -14,124 +11,14 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use super::reset::apply_offsets;
-use super::{check_not_running, transaction, OpsError, Result, Row};
-use crate::checkpoint::CheckpointRow;
+use super::{refuse_running, OpsError, Result, Row};
 use crate::feed::TopicPartition;
-use crate::pg::{err, Pg};
-use crate::pillow::liveness::{Liveness, ProcessRow};
-
-/// CommCare keeps 30 days of history.
-pub const KEEP_DAYS: u32 = 30;
-
-/// What a snapshot did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct SnapshotSummary {
-    pub date: NaiveDate,
-    pub rows: u64,
-    pub pruned: u64,
-}
-
-/// Records every checkpoint row under `date` and deletes records older than `keep_days` days
-/// before `date`, in one transaction.
-pub async fn snapshot(pg: &Pg, date: NaiveDate, keep_days: u32) -> Result<SnapshotSummary> {
-    let cutoff = date - chrono::Days::new(u64::from(keep_days));
-    transaction(pg, "recording the checkpoint history", |c| async move {
-        let rows = c
-            .execute(
-                r#"INSERT INTO pillowtop_rs_checkpoint_history (date_updated, checkpoint_id, topic, "partition", "offset", recorded_at)
-                   SELECT $1, checkpoint_id, topic, "partition", "offset", now() FROM pillowtop_kafkacheckpoint
-                   ON CONFLICT (date_updated, checkpoint_id, topic, "partition")
-                   DO UPDATE SET "offset" = EXCLUDED."offset", recorded_at = EXCLUDED.recorded_at"#,
-                &[&date],
-            )
-            .await
-            .map_err(err("recording the checkpoint history"))?;
-        let pruned = c
-            .execute(
-                "DELETE FROM pillowtop_rs_checkpoint_history WHERE date_updated < $1",
-                &[&cutoff],
-            )
-            .await
-            .map_err(err("pruning the checkpoint history"))?;
-        Ok(SnapshotSummary {
-            date,
-            rows,
-            pruned,
-        })
-    })
-    .await
-}
-
-/// One day's record of one checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HistoryEntry {
-    pub date: NaiveDate,
-    pub checkpoint_id: String,
-    pub rows: i64,
-    pub offsets_total: i64,
-}
-
-/// The recorded days, newest first (of one checkpoint, or all).
-pub async fn list(pg: &Pg, checkpoint_id: Option<&str>) -> Result<Vec<HistoryEntry>> {
-    let rows = pg
-        .run("reading the checkpoint history", |c| async move {
-            c.query(
-                r#"SELECT date_updated, checkpoint_id, count(*), sum("offset")::bigint
-                   FROM pillowtop_rs_checkpoint_history WHERE $1::text IS NULL OR checkpoint_id = $1
-                   GROUP BY date_updated, checkpoint_id ORDER BY date_updated DESC, checkpoint_id"#,
-                &[&checkpoint_id],
-            )
-            .await
-            .map_err(err("reading the checkpoint history"))
-        })
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| HistoryEntry {
-            date: r.get(0),
-            checkpoint_id: r.get(1),
-            rows: r.get(2),
-            offsets_total: r.get(3),
-        })
-        .collect())
-}
-
-/// The newest snapshot of `checkpoint_id` on or before `date`.
-pub async fn load_snapshot(
-    pg: &Pg,
-    checkpoint_id: &str,
-    date: NaiveDate,
-) -> Result<Option<(NaiveDate, Vec<(TopicPartition, i64)>)>> {
-    let rows = pg
-        .run("reading the checkpoint history", |c| async move {
-            c.query(
-                r#"SELECT date_updated, topic, "partition", "offset" FROM pillowtop_rs_checkpoint_history
-                   WHERE checkpoint_id = $1 AND date_updated = (
-                       SELECT max(date_updated) FROM pillowtop_rs_checkpoint_history
-                       WHERE checkpoint_id = $1 AND date_updated <= $2)
-                   ORDER BY topic, "partition""#,
-                &[&checkpoint_id, &date],
-            )
-            .await
-            .map_err(err(format!("reading the history of checkpoint {checkpoint_id}")))
-        })
-        .await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let day: NaiveDate = first.get(0);
-    Ok(Some((
-        day,
-        rows.iter()
-            .map(|r| {
-                (
-                    TopicPartition::new(r.get::<_, String>(1), r.get(2)),
-                    r.get(3),
-                )
-            })
-            .collect(),
-    )))
-}
+use crate::pg::Pg;
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::checkpoints::CheckpointRow;
+use crate::store::history::postgres::PostgresHistoryStore;
+use crate::store::history::HistoryStore;
+use crate::store::liveness::ProcessRow;
 
 /// One partition of a restore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -200,11 +87,15 @@ pub async fn prepare_restore(
     force: bool,
 ) -> Result<(Vec<RestorePlan>, Vec<ProcessRow>)> {
     super::check_ids(ids)?;
-    let current = super::load_rows(pg, ids).await?;
+    let current = PostgresCheckpointStore::new(Arc::clone(pg))
+        .load_many(ids)
+        .await?;
+    let history = PostgresHistoryStore::new(Arc::clone(pg));
     let mut plans = Vec::new();
     for id in ids {
         let (day, snap) =
-            load_snapshot(pg, id, date)
+            history
+                .load_snapshot(id, date)
                 .await?
                 .ok_or_else(|| OpsError::NoSnapshot {
                     checkpoint_id: id.clone(),
@@ -217,13 +108,12 @@ pub async fn prepare_restore(
             &snap,
         ));
     }
-    let processes = Liveness::new(Arc::clone(pg)).list(None).await?;
-    let forced = check_not_running(&processes, ids, force)?;
+    let forced = refuse_running(pg, ids, force).await?;
     Ok((plans, forced))
 }
 
 /// Applies a restore (one transaction per checkpoint).
-pub async fn apply_restore(pg: &Pg, plan: &RestorePlan) -> Result<u64> {
+pub async fn apply_restore(pg: &Arc<Pg>, plan: &RestorePlan) -> Result<u64> {
     let writes: Vec<(TopicPartition, i64)> = plan
         .rows
         .iter()

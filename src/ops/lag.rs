@@ -9,11 +9,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::kafka::{KafkaInfo, Watermarks};
-use super::{Result, RowsById};
+use super::Result;
 use crate::feed::TopicPartition;
 use crate::metrics::Recorder;
 use crate::pg::Pg;
-use crate::pillow::liveness::{Liveness, ProcessRow};
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::checkpoints::RowsById;
+use crate::store::liveness::postgres::PostgresLivenessStore;
+use crate::store::liveness::{LivenessStore, ProcessRow};
 
 /// CommCare's gauge: seconds since the pillow's newest checkpoint write. Tags `pillow_name`,
 /// `feed_type`.
@@ -104,10 +107,9 @@ pub async fn collect(
     kafka: &KafkaInfo,
     ids: Option<&[String]>,
 ) -> Result<Vec<LagRow>> {
-    let rows = match ids {
-        Some(ids) => super::load_rows(pg, ids).await?,
-        None => super::load_rows_on_topic(pg, None).await?,
-    };
+    let rows = PostgresCheckpointStore::new(pg.clone())
+        .load_selected(ids)
+        .await?;
     let wanted: Vec<TopicPartition> = rows
         .values()
         .flatten()
@@ -147,7 +149,7 @@ pub async fn collect(
             }
         }
     }
-    let processes = Liveness::new(pg.clone()).list(None).await?;
+    let processes = PostgresLivenessStore::new(pg.clone()).list(None).await?;
     Ok(compute(
         &rows,
         &watermarks,

@@ -22,12 +22,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{
-    check_ids, check_not_running, delete_rows, insert_new_rows, transaction, verify_unchanged,
-    MissingPartitions, OpsError, Result, Row, RowsById,
+    check_ids, refuse_running, verify_unchanged, MissingPartitions, OpsError, Result, Row,
 };
 use crate::feed::TopicPartition;
 use crate::pg::Pg;
-use crate::pillow::liveness::{Liveness, ProcessRow};
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::checkpoints::{KeyedOffset, RowsById};
+use crate::store::liveness::ProcessRow;
 
 /// One merged partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -97,7 +98,7 @@ pub fn plan_merge(
     let wanted: Option<BTreeSet<&str>> = match target_topics {
         Some(topics) => {
             for t in topics {
-                crate::checkpoint::validate_topic_name(t)?;
+                crate::partition::validate_topic_name(t)?;
             }
             Some(topics.iter().map(String::as_str).collect())
         }
@@ -169,10 +170,11 @@ pub async fn prepare_merge(
 ) -> Result<(MergePlan, Vec<ProcessRow>)> {
     let mut ids = sources.to_vec();
     ids.push(target.to_owned());
-    let rows = super::load_rows(pg, &ids).await?;
+    let rows = PostgresCheckpointStore::new(Arc::clone(pg))
+        .load_many(&ids)
+        .await?;
     let plan = plan_merge(sources, target, target_topics, &rows)?;
-    let processes = Liveness::new(Arc::clone(pg)).list(None).await?;
-    let forced = check_not_running(&processes, &ids, force)?;
+    let forced = refuse_running(pg, &ids, force).await?;
     Ok((plan, forced))
 }
 
@@ -224,8 +226,8 @@ fn merge_topics(by_topic: &ByTopic<'_>) -> (Vec<MergedPartition>, Vec<MissingPar
 
 /// Applies `plan` in one transaction: deletes the target's rows (checking they are the plan's),
 /// then writes the minimum offset of every merged partition. Returns the number of rows written.
-pub async fn apply_merge(pg: &Pg, plan: &MergePlan) -> Result<u64> {
-    let writes: Vec<(String, TopicPartition, i64)> = plan
+pub async fn apply_merge(pg: &Arc<Pg>, plan: &MergePlan) -> Result<u64> {
+    let writes: Vec<KeyedOffset> = plan
         .partitions
         .iter()
         .map(|p| (plan.target.clone(), p.tp(), p.offset))
@@ -235,12 +237,14 @@ pub async fn apply_merge(pg: &Pg, plan: &MergePlan) -> Result<u64> {
         plan.sources, plan.target
     );
     let (writes, targets) = (&writes, std::slice::from_ref(&plan.target));
-    transaction(pg, &what, |c| async move {
-        let deleted = delete_rows(&c, targets).await?;
-        verify_unchanged(&plan.existing, &deleted)?;
-        insert_new_rows(&c, writes).await
-    })
-    .await
+    let store = PostgresCheckpointStore::new(Arc::clone(pg));
+    store
+        .transaction(&what, |tx| async move {
+            let deleted = tx.delete(targets).await?;
+            verify_unchanged(&plan.existing, &deleted)?;
+            Ok(tx.insert_new(writes).await??)
+        })
+        .await
 }
 
 #[cfg(test)]
@@ -248,7 +252,7 @@ mod tests {
     use super::super::test_rows::rows;
     use super::*;
 
-    fn data(v: Vec<(&str, Vec<crate::checkpoint::CheckpointRow>)>) -> RowsById {
+    fn data(v: Vec<(&str, Vec<crate::store::checkpoints::CheckpointRow>)>) -> RowsById {
         v.into_iter().map(|(k, r)| (k.to_owned(), r)).collect()
     }
 

@@ -9,6 +9,9 @@
 //!   overwritten must be exactly the rows the plan showed, else nothing is written and
 //!   [`OpsError::Stale`] asks the operator to plan again.
 //! * **No side effects on reading** (docs/commcare-pillowtop.md §9 #6): naming a checkpoint never creates rows.
+//! * **No SQL here.** Rows are read and written through [`crate::store`]: the applies run in
+//!   [`PostgresCheckpointStore::transaction`](crate::store::checkpoints::postgres::PostgresCheckpointStore::transaction),
+//!   and re-verify the plan (`verify_unchanged`) between its reads and its writes.
 //! * CommCare's traps are fixed on purpose (docs/commcare-pillowtop.md §9 rows 14–21): topic mismatches are
 //!   reported, running pillows are refused unless forced, merges check partition sets per topic
 //!   and validate everything before writing.
@@ -30,13 +33,15 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::Client;
 
-use crate::checkpoint::CheckpointRow;
 use crate::error::{ConfigError, Error};
 use crate::feed::TopicPartition;
-use crate::pg::{err, Pg};
-use crate::pillow::liveness::ProcessRow;
+use crate::pg::Pg;
+use crate::store::checkpoints::postgres::RowConflict;
+use crate::store::checkpoints::{CheckpointRow, KeyedOffset};
+use crate::store::liveness::postgres::PostgresLivenessStore;
+use crate::store::liveness::{LivenessStore, ProcessRow};
+use crate::store::transaction::TransactionError;
 
 /// `Result` of an operation.
 pub type Result<T, E = OpsError> = std::result::Result<T, E>;
@@ -109,6 +114,26 @@ impl From<OpsError> for Error {
     }
 }
 
+impl TransactionError for OpsError {
+    /// A service failure is retried by the store's transaction; a refusal is not.
+    fn into_core(self) -> std::result::Result<Error, Self> {
+        match self {
+            OpsError::Core(e) => Ok(e),
+            other => Err(other),
+        }
+    }
+}
+
+impl From<RowConflict> for OpsError {
+    /// A row that a concurrent writer created makes the plan stale.
+    fn from(c: RowConflict) -> Self {
+        OpsError::Stale {
+            checkpoint_id: c.checkpoint_id,
+            detail: format!("a row was written concurrently: {}", c.detail),
+        }
+    }
+}
+
 impl From<crate::partition::InvalidTopicName> for OpsError {
     fn from(e: crate::partition::InvalidTopicName) -> Self {
         Self::Core(e.into())
@@ -176,63 +201,6 @@ impl Row {
     }
 }
 
-/// Rows by checkpoint id.
-pub type RowsById = BTreeMap<String, Vec<CheckpointRow>>;
-
-/// Every row of `ids`, one query; each id gets an entry (empty when it has no rows).
-pub async fn load_rows(pg: &Pg, ids: &[String]) -> Result<RowsById> {
-    let ids_owned: Vec<String> = ids.to_vec();
-    let rows = pg
-        .run("reading checkpoints", |c| {
-            let ids = &ids_owned;
-            async move {
-                c.query(
-                    r#"SELECT checkpoint_id, topic, "partition", "offset", last_modified::timestamptz
-                       FROM pillowtop_kafkacheckpoint WHERE checkpoint_id = ANY($1)
-                       ORDER BY checkpoint_id, topic, "partition""#,
-                    &[ids],
-                )
-                .await
-                .map_err(err(format!("reading checkpoints {ids:?}")))
-            }
-        })
-        .await?;
-    Ok(group_rows(ids, &rows))
-}
-
-/// Every row of every checkpoint id that has a row on `topic` (or of all ids when `None`).
-pub async fn load_rows_on_topic(pg: &Pg, topic: Option<&str>) -> Result<RowsById> {
-    let rows = pg
-        .run("reading checkpoints", |c| async move {
-            c.query(
-                r#"SELECT checkpoint_id, topic, "partition", "offset", last_modified::timestamptz
-                   FROM pillowtop_kafkacheckpoint
-                   WHERE $1::text IS NULL OR checkpoint_id IN
-                         (SELECT checkpoint_id FROM pillowtop_kafkacheckpoint WHERE topic = $1)
-                   ORDER BY checkpoint_id, topic, "partition""#,
-                &[&topic],
-            )
-            .await
-            .map_err(err("reading checkpoints"))
-        })
-        .await?;
-    Ok(group_rows(&[], &rows))
-}
-
-fn group_rows(ids: &[String], rows: &[tokio_postgres::Row]) -> RowsById {
-    let mut out: RowsById = ids.iter().map(|id| (id.clone(), Vec::new())).collect();
-    for r in rows {
-        out.entry(r.get::<_, String>(0))
-            .or_default()
-            .push(CheckpointRow {
-                tp: TopicPartition::new(r.get::<_, String>(1), r.get(2)),
-                offset: r.get(3),
-                last_modified: r.get(4),
-            });
-    }
-    out
-}
-
 /// Refuses when a live process runs one of `ids` (matched on its checkpoint id or pillow name),
 /// unless `force`; returns the live processes that `force` overrode.
 pub fn check_not_running(
@@ -280,6 +248,19 @@ pub fn check_not_running(
     })
 }
 
+/// Reads the liveness rows and refuses when a live process runs one of `ids`, unless `force`
+/// (see [`check_not_running`]); returns the live processes that `force` overrode.
+pub(crate) async fn refuse_running(
+    pg: &Arc<Pg>,
+    ids: &[String],
+    force: bool,
+) -> Result<Vec<ProcessRow>> {
+    let processes = PostgresLivenessStore::new(Arc::clone(pg))
+        .list(None)
+        .await?;
+    check_not_running(&processes, ids, force)
+}
+
 /// Rejects an empty id and ids given twice.
 pub(crate) fn check_ids(ids: &[String]) -> Result<()> {
     let mut seen = std::collections::BTreeSet::new();
@@ -296,69 +277,10 @@ pub(crate) fn check_ids(ids: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` inside BEGIN … COMMIT on the exclusive connection (ROLLBACK on any error). A
-/// connection failure is retried by [`Pg::run`] from BEGIN; an operation error is not.
-pub(crate) async fn transaction<T, F, Fut>(pg: &Pg, what: &str, f: F) -> Result<T>
-where
-    F: Fn(Arc<Client>) -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let f = &f;
-    let outcome = pg
-        .run(what, |c| async move {
-            c.batch_execute("BEGIN").await.map_err(err(what))?;
-            match f(Arc::clone(&c)).await {
-                Ok(v) => {
-                    c.batch_execute("COMMIT").await.map_err(err(what))?;
-                    Ok(Ok(v))
-                }
-                Err(e) => {
-                    let _ = c.batch_execute("ROLLBACK").await;
-                    match e {
-                        OpsError::Core(core) => Err(core),
-                        other => Ok(Err(other)),
-                    }
-                }
-            }
-        })
-        .await?;
-    outcome
-}
-
-/// Deletes every row of `ids` and returns the deleted rows as (id, tp, offset), sorted.
-pub(crate) async fn delete_rows(
-    c: &Client,
-    ids: &[String],
-) -> Result<Vec<(String, TopicPartition, i64)>> {
-    let rows = c
-        .query(
-            r#"DELETE FROM pillowtop_kafkacheckpoint WHERE checkpoint_id = ANY($1)
-               RETURNING checkpoint_id, topic, "partition", "offset""#,
-            &[&ids],
-        )
-        .await
-        .map_err(err(format!("deleting the rows of checkpoints {ids:?}")))?;
-    let mut out: Vec<(String, TopicPartition, i64)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                TopicPartition::new(r.get::<_, String>(1), r.get(2)),
-                r.get(3),
-            )
-        })
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
 /// Fails with [`OpsError::Stale`] when `found` (what a transaction deleted or locked) differs from
 /// the rows the plan showed.
-pub(crate) fn verify_unchanged(
-    planned: &[Row],
-    found: &[(String, TopicPartition, i64)],
-) -> Result<()> {
-    let mut want: Vec<(String, TopicPartition, i64)> = planned
+pub(crate) fn verify_unchanged(planned: &[Row], found: &[KeyedOffset]) -> Result<()> {
+    let mut want: Vec<KeyedOffset> = planned
         .iter()
         .map(|r| (r.checkpoint_id.clone(), r.tp(), r.offset))
         .collect();
@@ -373,10 +295,7 @@ pub(crate) fn verify_unchanged(
     })
 }
 
-fn first_difference(
-    want: &[(String, TopicPartition, i64)],
-    found: &[(String, TopicPartition, i64)],
-) -> (String, String) {
+fn first_difference(want: &[KeyedOffset], found: &[KeyedOffset]) -> (String, String) {
     let w: BTreeMap<(&str, &TopicPartition), i64> = want
         .iter()
         .map(|(id, tp, o)| ((id.as_str(), tp), *o))
@@ -403,72 +322,6 @@ fn first_difference(
         }
     }
     (String::new(), "rows differ".into())
-}
-
-/// Rows `(id, tp, offset)` as the four column arrays the `unnest` statements take.
-fn row_columns(
-    rows: &[(String, TopicPartition, i64)],
-) -> (Vec<&str>, Vec<&str>, Vec<i32>, Vec<i64>) {
-    (
-        rows.iter().map(|r| r.0.as_str()).collect(),
-        rows.iter().map(|r| r.1.topic.as_str()).collect(),
-        rows.iter().map(|r| r.1.partition).collect(),
-        rows.iter().map(|r| r.2).collect(),
-    )
-}
-
-/// Inserts (or overwrites) rows `(id, tp, offset)` with `last_modified = now()` and
-/// `doc_modification_time = NULL`, in one statement.
-pub(crate) async fn upsert_rows(c: &Client, rows: &[(String, TopicPartition, i64)]) -> Result<u64> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let (ids, topics, parts, offsets) = row_columns(rows);
-    c.execute(
-        r#"INSERT INTO pillowtop_kafkacheckpoint (checkpoint_id, topic, "partition", "offset", doc_modification_time, last_modified)
-           SELECT i, t, p, o, NULL, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[]) AS u(i, t, p, o)
-           ON CONFLICT (checkpoint_id, topic, "partition")
-           DO UPDATE SET "offset" = EXCLUDED."offset", doc_modification_time = NULL, last_modified = now()"#,
-        &[&ids, &topics, &parts, &offsets],
-    )
-    .await
-    .map_err(|e| err("writing checkpoint rows")(e).into())
-}
-
-/// Inserts rows `(id, tp, offset)` that must not exist (the caller deleted every row of those
-/// ids in the same transaction): a plain insert, cheaper than an upsert. A row that a concurrent
-/// writer created meanwhile makes it fail with [`OpsError::Stale`].
-pub(crate) async fn insert_new_rows(
-    c: &Client,
-    rows: &[(String, TopicPartition, i64)],
-) -> Result<u64> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let (ids, topics, parts, offsets) = row_columns(rows);
-    let result = c
-        .execute(
-            r#"INSERT INTO pillowtop_kafkacheckpoint (checkpoint_id, topic, "partition", "offset", doc_modification_time, last_modified)
-               SELECT i, t, p, o, NULL, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[]) AS u(i, t, p, o)"#,
-            &[&ids, &topics, &parts, &offsets],
-        )
-        .await;
-    match result {
-        Ok(n) => Ok(n),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-            Err(OpsError::Stale {
-                checkpoint_id: ids.first().copied().unwrap_or_default().to_owned(),
-                detail: format!(
-                    "a row was written concurrently: {}",
-                    e.as_db_error().map_or_else(
-                        || e.to_string(),
-                        |d| d.detail().unwrap_or_default().to_owned()
-                    )
-                ),
-            })
-        }
-        Err(e) => Err(err("writing checkpoint rows")(e).into()),
-    }
 }
 
 /// The newest `last_modified` of each id in `rows`.

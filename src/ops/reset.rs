@@ -11,11 +11,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::kafka::{KafkaInfo, Watermarks};
-use super::{check_not_running, transaction, upsert_rows, verify_unchanged, OpsError, Result, Row};
-use crate::checkpoint::CheckpointRow;
+use super::{refuse_running, verify_unchanged, OpsError, Result, Row};
 use crate::feed::TopicPartition;
-use crate::pg::{err, Pg};
-use crate::pillow::liveness::{Liveness, ProcessRow};
+use crate::pg::Pg;
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::checkpoints::{CheckpointRow, KeyedOffset};
+use crate::store::liveness::ProcessRow;
 
 /// Where to move the offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +169,9 @@ pub async fn prepare_reset(
     to: &ResetTo,
     force: bool,
 ) -> Result<(ResetPlan, Vec<ProcessRow>)> {
-    let rows = super::load_rows(pg, &[checkpoint_id.to_owned()]).await?;
+    let rows = PostgresCheckpointStore::new(Arc::clone(pg))
+        .load_many(&[checkpoint_id.to_owned()])
+        .await?;
     let current = rows.get(checkpoint_id).cloned().unwrap_or_default();
     let partitions = select(kafka, &current, selection).await?;
     let watermarks = kafka.watermarks(&partitions).await?;
@@ -188,13 +191,12 @@ pub async fn prepare_reset(
         to,
         for_time.as_ref(),
     )?;
-    let processes = Liveness::new(Arc::clone(pg)).list(None).await?;
-    let forced = check_not_running(&processes, &[checkpoint_id.to_owned()], force)?;
+    let forced = refuse_running(pg, &[checkpoint_id.to_owned()], force).await?;
     Ok((plan, forced))
 }
 
 /// Applies `plan` in one transaction (checking the selected rows did not move since the plan).
-pub async fn apply_reset(pg: &Pg, plan: &ResetPlan) -> Result<u64> {
+pub async fn apply_reset(pg: &Arc<Pg>, plan: &ResetPlan) -> Result<u64> {
     let writes: Vec<(TopicPartition, i64)> = plan
         .rows
         .iter()
@@ -206,45 +208,26 @@ pub async fn apply_reset(pg: &Pg, plan: &ResetPlan) -> Result<u64> {
 /// Writes `writes` to `checkpoint_id` in one transaction after checking that the stored rows of
 /// those partitions are exactly `existing` (locked with `FOR UPDATE`).
 pub(crate) async fn apply_offsets(
-    pg: &Pg,
+    pg: &Arc<Pg>,
     checkpoint_id: &str,
     existing: &[Row],
     writes: &[(TopicPartition, i64)],
 ) -> Result<u64> {
-    let id = checkpoint_id.to_owned();
-    let topics: Vec<String> = writes.iter().map(|w| w.0.topic.clone()).collect();
-    let parts: Vec<i32> = writes.iter().map(|w| w.0.partition).collect();
-    let writes: Vec<(String, TopicPartition, i64)> = writes
+    let partitions: Vec<TopicPartition> = writes.iter().map(|w| w.0.clone()).collect();
+    let writes: Vec<KeyedOffset> = writes
         .iter()
-        .map(|(tp, o)| (id.clone(), tp.clone(), *o))
+        .map(|(tp, o)| (checkpoint_id.to_owned(), tp.clone(), *o))
         .collect();
-    let what = format!("writing checkpoint {id}");
-    let (id, topics, parts, writes) = (&id, &topics, &parts, &writes);
-    transaction(pg, &what, |c| async move {
-        let locked = c
-            .query(
-                r#"SELECT topic, "partition", "offset" FROM pillowtop_kafkacheckpoint
-                   WHERE checkpoint_id = $1 AND (topic, "partition") IN (SELECT * FROM unnest($2::text[], $3::int[]))
-                   FOR UPDATE"#,
-                &[id, topics, parts],
-            )
-            .await
-            .map_err(err(format!("locking checkpoint {id}")))?;
-        let mut found: Vec<(String, TopicPartition, i64)> = locked
-            .iter()
-            .map(|r| {
-                (
-                    id.clone(),
-                    TopicPartition::new(r.get::<_, String>(0), r.get(1)),
-                    r.get(2),
-                )
-            })
-            .collect();
-        found.sort();
-        verify_unchanged(existing, &found)?;
-        upsert_rows(&c, writes).await
-    })
-    .await
+    let what = format!("writing checkpoint {checkpoint_id}");
+    let (partitions, writes) = (&partitions, &writes);
+    let store = PostgresCheckpointStore::new(Arc::clone(pg));
+    store
+        .transaction(&what, |tx| async move {
+            let found = tx.lock(checkpoint_id, partitions).await?;
+            verify_unchanged(existing, &found)?;
+            Ok(tx.upsert(writes).await?)
+        })
+        .await
 }
 
 #[cfg(test)]

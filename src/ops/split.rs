@@ -17,13 +17,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{
-    check_ids, check_not_running, delete_rows, insert_new_rows, transaction, verify_unchanged,
-    OpsError, Result, Row, RowsById,
-};
-use crate::feed::TopicPartition;
+use super::{check_ids, refuse_running, verify_unchanged, OpsError, Result, Row};
 use crate::pg::Pg;
-use crate::pillow::liveness::{Liveness, ProcessRow};
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::checkpoints::{KeyedOffset, RowsById};
+use crate::store::liveness::ProcessRow;
 
 /// A target checkpoint and, when known, the topics its pillow reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +116,7 @@ pub fn plan_split(source: &str, targets: &[SplitTarget], rows: &RowsById) -> Res
         }
         if let Some(topics) = &t.topics {
             for topic in topics {
-                crate::checkpoint::validate_topic_name(topic)?;
+                crate::partition::validate_topic_name(topic)?;
             }
             let wanted: BTreeSet<&str> = topics.iter().map(String::as_str).collect();
             let only_source: Vec<String> = source_topics
@@ -164,18 +162,19 @@ pub async fn prepare_split(
 ) -> Result<(SplitPlan, Vec<ProcessRow>)> {
     let mut ids = vec![source.to_owned()];
     ids.extend(targets.iter().map(|t| t.checkpoint_id.clone()));
-    let rows = super::load_rows(pg, &ids).await?;
+    let rows = PostgresCheckpointStore::new(Arc::clone(pg))
+        .load_many(&ids)
+        .await?;
     let plan = plan_split(source, targets, &rows)?;
-    let processes = Liveness::new(Arc::clone(pg)).list(None).await?;
-    let forced = check_not_running(&processes, &ids, force)?;
+    let forced = refuse_running(pg, &ids, force).await?;
     Ok((plan, forced))
 }
 
 /// Applies `plan` in one transaction: deletes every row of the targets (checking they are the
 /// plan's `existing` rows), then writes the source's offsets under each target. Returns the number
 /// of rows written.
-pub async fn apply_split(pg: &Pg, plan: &SplitPlan) -> Result<u64> {
-    let mut writes: Vec<(String, TopicPartition, i64)> = Vec::with_capacity(plan.rows_to_write());
+pub async fn apply_split(pg: &Arc<Pg>, plan: &SplitPlan) -> Result<u64> {
+    let mut writes: Vec<KeyedOffset> = Vec::with_capacity(plan.rows_to_write());
     for target in &plan.targets {
         writes.extend(plan.rows.iter().map(|r| (target.clone(), r.tp(), r.offset)));
     }
@@ -184,12 +183,14 @@ pub async fn apply_split(pg: &Pg, plan: &SplitPlan) -> Result<u64> {
         plan.source, plan.targets
     );
     let writes = &writes;
-    transaction(pg, &what, |c| async move {
-        let deleted = delete_rows(&c, &plan.targets).await?;
-        verify_unchanged(&plan.existing, &deleted)?;
-        insert_new_rows(&c, writes).await
-    })
-    .await
+    let store = PostgresCheckpointStore::new(Arc::clone(pg));
+    store
+        .transaction(&what, |tx| async move {
+            let deleted = tx.delete(&plan.targets).await?;
+            verify_unchanged(&plan.existing, &deleted)?;
+            Ok(tx.insert_new(writes).await??)
+        })
+        .await
 }
 
 /// Rows per topic: (topic, partitions, min offset, max offset), for summaries.
@@ -211,7 +212,7 @@ mod tests {
     use super::super::test_rows::rows;
     use super::*;
 
-    fn by_id(v: Vec<(&str, Vec<crate::checkpoint::CheckpointRow>)>) -> RowsById {
+    fn by_id(v: Vec<(&str, Vec<crate::store::checkpoints::CheckpointRow>)>) -> RowsById {
         v.into_iter().map(|(k, r)| (k.to_owned(), r)).collect()
     }
 

@@ -7,13 +7,16 @@
 //! do, so offset 0 is checked like any other unless the caller asks to skip it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::kafka::{KafkaInfo, Watermarks};
-use super::{Result, RowsById};
+use super::Result;
 use crate::feed::TopicPartition;
 use crate::pg::Pg;
+use crate::store::checkpoints::postgres::PostgresCheckpointStore;
+use crate::store::checkpoints::RowsById;
 
 /// What is wrong with one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,15 +110,14 @@ pub fn validate(
 
 /// Reads the rows (of `ids`, or all) and the watermarks, and validates them.
 pub async fn collect(
-    pg: &Pg,
+    pg: &Arc<Pg>,
     kafka: &KafkaInfo,
     ids: Option<&[String]>,
     skip_zero: bool,
 ) -> Result<Vec<Problem>> {
-    let rows = match ids {
-        Some(ids) => super::load_rows(pg, ids).await?,
-        None => super::load_rows_on_topic(pg, None).await?,
-    };
+    let rows = PostgresCheckpointStore::new(Arc::clone(pg))
+        .load_selected(ids)
+        .await?;
     let wanted: Vec<TopicPartition> = rows
         .values()
         .flatten()

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::checkpoint::policy::CheckpointPolicy;
-use crate::checkpoint::CheckpointUpdate;
 use crate::error::{CheckpointError, Error, Result};
 use crate::metrics;
 use crate::partition::TopicPartition;
+use crate::pillow::checkpoint_policy::CheckpointPolicy;
+use crate::store::checkpoints::CheckpointUpdate;
 
 use super::{Pillow, Run};
 

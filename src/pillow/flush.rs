@@ -9,7 +9,8 @@ use crate::feed::InvalidMessage;
 use crate::metrics;
 use crate::partition::TopicPartition;
 use crate::processor::ProcessorFailure;
-use crate::retry::{ErrorRecord, MAX_PROCESSING_ATTEMPTS};
+use crate::retry::MAX_PROCESSING_ATTEMPTS;
+use crate::store::errors::ErrorRecord;
 
 use super::{chunk, HookPoint, Pillow, Run};
 
@@ -112,7 +113,12 @@ impl Pillow {
             change.increment_attempt_count();
             self.record_failure_metrics(change, f);
             if self.config.retry_errors || f.document_missing {
-                records.push(ErrorRecord::for_change(&self.config.name, change, f));
+                records.push(ErrorRecord::for_change(
+                    &self.config.name,
+                    change,
+                    &f.error_type,
+                    f.traceback_or_message(),
+                ));
             }
         }
         if !records.is_empty() {

@@ -22,10 +22,10 @@
 //! * a graceful stop (the cancellation token) lets the current chunk finish, flushes the buffer,
 //!   writes the checkpoint, and returns.
 
+pub mod checkpoint_policy;
 mod checkpointing;
 pub mod chunk;
 mod flush;
-pub mod liveness;
 mod migration;
 mod run;
 pub mod stall;
@@ -37,8 +37,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::change::Change;
-use crate::checkpoint::policy::CheckpointPolicy;
-use crate::checkpoint::CheckpointStore;
 use crate::docstore::DocumentStores;
 use crate::error::{ConfigError, Result};
 use crate::feed::assignment::Layout;
@@ -47,10 +45,12 @@ use crate::feed::{ChangeFeed, InvalidMessage};
 use crate::metrics::{self, Recorder};
 use crate::partition::TopicPartition;
 use crate::processor::Processor;
-use crate::retry::ErrorStore;
+use crate::store::checkpoints::CheckpointStore;
+use crate::store::errors::ErrorStore;
+use crate::store::liveness::LivenessStore;
 
+use self::checkpoint_policy::CheckpointPolicy;
 use self::checkpointing::InFlight;
-use self::liveness::Liveness;
 
 /// Where an own partition without a checkpoint row starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -109,8 +109,8 @@ impl PillowConfig {
             name: name.into(),
             checkpoint_id: checkpoint_id.into(),
             chunk_size: 10,
-            checkpoint_frequency: crate::checkpoint::policy::DEFAULT_CHECKPOINT_FREQUENCY,
-            max_checkpoint_delay: Some(crate::checkpoint::policy::DEFAULT_MAX_CHECKPOINT_DELAY),
+            checkpoint_frequency: checkpoint_policy::DEFAULT_CHECKPOINT_FREQUENCY,
+            max_checkpoint_delay: Some(checkpoint_policy::DEFAULT_MAX_CHECKPOINT_DELAY),
             layout: Layout::single(),
             start_policy: StartPolicy::Earliest,
             strict: false,
@@ -191,7 +191,7 @@ pub struct Pillow {
     errors: Arc<dyn ErrorStore>,
     docstores: DocumentStores,
     metrics: Arc<dyn Recorder>,
-    liveness: Option<Liveness>,
+    liveness: Option<Arc<dyn LivenessStore>>,
     hook: Option<Box<dyn LoopHook>>,
 }
 
@@ -292,8 +292,10 @@ impl Pillow {
         self
     }
 
+    /// Keeps a liveness row in `liveness` while the pillow runs: registered at start, its
+    /// heartbeat refreshed on checkpoints and idle ticks, removed at the end.
     #[must_use]
-    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+    pub fn with_liveness(mut self, liveness: Arc<dyn LivenessStore>) -> Self {
         self.liveness = Some(liveness);
         self
     }

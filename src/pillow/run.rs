@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::policy::CheckpointPolicy;
 use crate::error::{Error, ProcessError, Result};
 use crate::feed::FeedItem;
 use crate::metrics;
 use crate::partition::TopicPartition;
+use crate::pillow::checkpoint_policy::CheckpointPolicy;
 
 use super::{stall, HookPoint, Pillow, Run, RunSummary, StopReason};
 

@@ -8,18 +8,20 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::checkpoint::memory::MemoryCheckpointStore;
 use crate::error::Error;
 use crate::feed::memory::MemoryFeed;
 use crate::metrics::MemoryRecorder;
 use crate::processor::memory::RecordingProcessor;
 use crate::processor::ProcessorFailure;
-use crate::retry::memory::MemoryErrorStore;
+use crate::store::checkpoints::memory::MemoryCheckpointStore;
+use crate::store::errors::memory::MemoryErrorStore;
+use crate::store::liveness::memory::{LivenessCall, MemoryLivenessStore};
 
 struct Harness {
     checkpoints: Arc<MemoryCheckpointStore>,
     errors: Arc<MemoryErrorStore>,
     metrics: Arc<MemoryRecorder>,
+    liveness: Arc<MemoryLivenessStore>,
 }
 
 impl Harness {
@@ -28,6 +30,7 @@ impl Harness {
             checkpoints: Arc::default(),
             errors: Arc::default(),
             metrics: Arc::default(),
+            liveness: Arc::default(),
         }
     }
 
@@ -48,7 +51,8 @@ impl Harness {
             self.checkpoints.clone(),
             self.errors.clone(),
         )
-        .with_metrics(self.metrics.clone());
+        .with_metrics(self.metrics.clone())
+        .with_liveness(self.liveness.clone());
         pillow.run(&CancellationToken::new()).await
     }
 
@@ -652,11 +656,15 @@ struct SlowStore {
 
 #[async_trait::async_trait]
 impl CheckpointStore for SlowStore {
-    async fn load(&self, id: &str) -> Result<Vec<crate::checkpoint::CheckpointRow>> {
+    async fn load(&self, id: &str) -> Result<Vec<crate::store::checkpoints::CheckpointRow>> {
         self.inner.load(id).await
     }
 
-    async fn write(&self, id: &str, updates: &[crate::checkpoint::CheckpointUpdate]) -> Result<()> {
+    async fn write(
+        &self,
+        id: &str,
+        updates: &[crate::store::checkpoints::CheckpointUpdate],
+    ) -> Result<()> {
         let handled = i64::try_from(processed(&self.processor).len()).expect("a small count");
         let concurrent = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         {
@@ -835,4 +843,172 @@ async fn the_stall_watch_can_be_turned_off() {
     );
     let s = pillow.run(&token).await.expect("runs");
     assert_eq!((s.changes, reconnects.load(Ordering::SeqCst)), (0, 0));
+}
+
+/// A liveness store that notes, at each call, how many checkpoints had been written.
+struct CheckpointsAtEachCall {
+    inner: MemoryLivenessStore,
+    checkpoints: Arc<MemoryCheckpointStore>,
+    writes: std::sync::Mutex<Vec<usize>>,
+}
+
+impl CheckpointsAtEachCall {
+    fn note(&self) {
+        self.writes
+            .lock()
+            .expect("lock")
+            .push(self.checkpoints.writes().len());
+    }
+}
+
+#[async_trait::async_trait]
+impl LivenessStore for CheckpointsAtEachCall {
+    async fn register(
+        &self,
+        pillow: &str,
+        checkpoint_id: &str,
+        layout: &Layout,
+        partitions: &[TopicPartition],
+    ) -> Result<()> {
+        self.note();
+        self.inner
+            .register(pillow, checkpoint_id, layout, partitions)
+            .await
+    }
+
+    async fn heartbeat(&self, pillow: &str, process_num: u32) -> Result<()> {
+        self.note();
+        self.inner.heartbeat(pillow, process_num).await
+    }
+
+    async fn unregister(&self, pillow: &str, process_num: u32) -> Result<()> {
+        self.note();
+        self.inner.unregister(pillow, process_num).await
+    }
+
+    async fn list(&self, pillow: Option<&str>) -> Result<Vec<crate::store::liveness::ProcessRow>> {
+        self.inner.list(pillow).await
+    }
+}
+
+fn register(partitions: &[(&str, i32)]) -> LivenessCall {
+    LivenessCall::Register {
+        pillow: "test-pillow".into(),
+        process_num: 0,
+        partitions: partitions
+            .iter()
+            .map(|(t, p)| TopicPartition::new(*t, *p))
+            .collect(),
+    }
+}
+
+fn heartbeat() -> LivenessCall {
+    LivenessCall::Heartbeat {
+        pillow: "test-pillow".into(),
+        process_num: 0,
+    }
+}
+
+fn unregister() -> LivenessCall {
+    LivenessCall::Unregister {
+        pillow: "test-pillow".into(),
+        process_num: 0,
+    }
+}
+
+#[tokio::test]
+async fn liveness_registers_at_start_beats_on_ticks_and_unregisters_at_the_end() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 2);
+    feed.push_change("t", 0, "a");
+    feed.push_tick();
+    feed.push_change("t", 1, "b");
+    feed.push_tick();
+    let p = RecordingProcessor::new("p", true);
+    h.run(config(10), feed, std::slice::from_ref(&p))
+        .await
+        .expect("runs");
+    assert_eq!(
+        h.liveness.calls(),
+        [
+            register(&[("t", 0), ("t", 1)]),
+            heartbeat(),
+            heartbeat(),
+            unregister()
+        ],
+        "checkpoints within 5 s of the last heartbeat do not beat again; every tick does"
+    );
+    assert!(
+        h.liveness.list(None).await.expect("list").is_empty(),
+        "a clean stop removes the row"
+    );
+}
+
+#[tokio::test]
+async fn liveness_brackets_every_checkpoint_of_the_run() {
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    let liveness = Arc::new(CheckpointsAtEachCall {
+        inner: MemoryLivenessStore::new(),
+        checkpoints: checkpoints.clone(),
+        writes: std::sync::Mutex::default(),
+    });
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "a");
+    feed.push_tick();
+    feed.push_change("t", 0, "b");
+    let processors: Vec<Box<dyn Processor>> = vec![Box::new(RecordingProcessor::new("p", true))];
+    let mut pillow = Pillow::new(
+        config(10),
+        Box::new(feed),
+        processors,
+        checkpoints.clone(),
+        Arc::new(MemoryErrorStore::new()),
+    )
+    .with_liveness(liveness.clone());
+    pillow.run(&CancellationToken::new()).await.expect("runs");
+    assert_eq!(
+        checkpoints.writes().len(),
+        2,
+        "the tick's and the final one"
+    );
+    assert_eq!(
+        *liveness.writes.lock().expect("lock"),
+        [0, 1, 2],
+        "registered before the first checkpoint, a heartbeat after the tick's, unregistered after the final one"
+    );
+}
+
+#[tokio::test]
+async fn liveness_is_removed_when_the_pillow_stops_on_an_error() {
+    let h = Harness::new();
+    h.errors.fail.store(true, Ordering::SeqCst);
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "a");
+    let p = RecordingProcessor::new("p", true);
+    p.fail_ids.lock().expect("lock").insert("a".into());
+    let e = h
+        .run(config(1), feed, std::slice::from_ref(&p))
+        .await
+        .expect_err("the error store is down");
+    assert!(matches!(e, Error::Process(_)), "{e}");
+    assert_eq!(h.liveness.calls(), [register(&[("t", 0)]), unregister()]);
+}
+
+#[tokio::test]
+async fn the_migration_process_registers_without_partitions() {
+    let h = Harness::new();
+    let mut c = config(10);
+    c.layout = Layout {
+        num_processes: 2,
+        process_num: 0,
+        dedicated_migration_process: true,
+    };
+    c.until_idle = true;
+    h.run(c, MemoryFeed::new(&["t"], 2), &[])
+        .await
+        .expect("runs");
+    assert_eq!(
+        h.liveness.calls(),
+        [register(&[]), heartbeat(), unregister()]
+    );
 }

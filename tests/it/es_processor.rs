@@ -11,7 +11,6 @@ use elasticsearch::http::transport::Transport;
 use elasticsearch::indices::{IndicesDeleteParts, IndicesGetParts, IndicesRefreshParts};
 use elasticsearch::{Elasticsearch, GetParts, SearchParts};
 use pillowtop::change::{Change, ChangeMeta};
-use pillowtop::checkpoint::memory::MemoryCheckpointStore;
 use pillowtop::error::ElasticsearchError;
 use pillowtop::feed::kafka::{ChangeProducer, KafkaFeed, KafkaFeedOptions};
 use pillowtop::feed::memory::MemoryFeed;
@@ -21,8 +20,9 @@ use pillowtop::processor::elasticsearch::{
     ElasticsearchConfig, ElasticsearchProcessor, ERROR_TYPE,
 };
 use pillowtop::processor::Processor;
-use pillowtop::retry::memory::MemoryErrorStore;
-use pillowtop::retry::{ErrorStore, PillowErrorRow};
+use pillowtop::store::checkpoints::memory::MemoryCheckpointStore;
+use pillowtop::store::errors::memory::MemoryErrorStore;
+use pillowtop::store::errors::{ErrorStore, PillowErrorRow};
 use pillowtop::testing::unique_name;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pillowtop::change::ChangeMeta;
-use pillowtop::checkpoint::memory::MemoryCheckpointStore;
 use pillowtop::feed::kafka::{
     resolve_message_limits, ChangeProducer, KafkaFeed, KafkaFeedOptions, LimitSource, MessageLimit,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -13,8 +12,9 @@ use pillowtop::feed::kafka::{
 use pillowtop::feed::{ChangeFeed, FeedItem, TopicPartition};
 use pillowtop::pillow::{Pillow, PillowConfig};
 use pillowtop::processor::memory::RecordingProcessor;
-use pillowtop::retry::memory::MemoryErrorStore;
-use pillowtop::retry::ErrorStore;
+use pillowtop::store::checkpoints::memory::MemoryCheckpointStore;
+use pillowtop::store::errors::memory::MemoryErrorStore;
+use pillowtop::store::errors::ErrorStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{checkpointed, processed_ids, require, TestTopic};

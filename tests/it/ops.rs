@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use pillowtop::change::{Change, ChangeMeta};
-use pillowtop::checkpoint::postgres::PostgresCheckpointStore;
-use pillowtop::checkpoint::CheckpointStore;
 use pillowtop::feed::assignment::Layout;
 use pillowtop::feed::kafka::{ChangeProducer, KafkaAdmin, KafkaFeed, KafkaFeedOptions};
 use pillowtop::feed::TopicPartition;
@@ -22,11 +20,16 @@ use pillowtop::ops::reset::{apply_reset, prepare_reset, ResetTo, Selection};
 use pillowtop::ops::split::{apply_split, prepare_split, SplitTarget};
 use pillowtop::ops::{self, OpsError};
 use pillowtop::pg::Pg;
-use pillowtop::pillow::liveness::Liveness;
 use pillowtop::pillow::{Pillow, PillowConfig};
 use pillowtop::processor::memory::RecordingProcessor;
 use pillowtop::processor::{ChunkOutcome, Processor, ProcessorFailure};
-use pillowtop::retry::postgres::PostgresErrorStore;
+use pillowtop::store::checkpoints::postgres::PostgresCheckpointStore;
+use pillowtop::store::checkpoints::CheckpointStore;
+use pillowtop::store::errors::postgres::PostgresErrorStore;
+use pillowtop::store::history::postgres::PostgresHistoryStore;
+use pillowtop::store::history::HistoryStore;
+use pillowtop::store::liveness::postgres::PostgresLivenessStore;
+use pillowtop::store::liveness::LivenessStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{require, TestDb, TestTopic};
@@ -112,7 +115,7 @@ async fn split_refuses_a_running_source_unless_forced() {
     let db = TestDb::new(&require!("TEST_POSTGRES_URL")).await;
     let (a, b) = (db.id("running_a"), db.id("running_b"));
     put(&db.pg, &a, &[("form", 0, 10)]).await;
-    let live = Liveness::new(db.pg.clone());
+    let live = PostgresLivenessStore::new(db.pg.clone());
     live.register(&a, &a, &Layout::single(), &[TopicPartition::new("form", 0)])
         .await
         .expect("register");
@@ -151,8 +154,11 @@ async fn reset_and_restore_refuse_a_running_pillow_unless_forced() {
     put(&db.pg, &a, &[(&topic.name, 0, 0)]).await;
     let tp = TopicPartition::new(topic.name.clone(), 0);
     let day = NaiveDate::from_ymd_opt(1990, 1, 1).expect("date");
-    history::snapshot(&db.pg, day, 30).await.expect("snapshot");
-    let live = Liveness::new(db.pg.clone());
+    PostgresHistoryStore::new(db.pg.clone())
+        .snapshot(day, 30)
+        .await
+        .expect("snapshot");
+    let live = PostgresLivenessStore::new(db.pg.clone());
     live.register(&a, &a, &Layout::single(), std::slice::from_ref(&tp))
         .await
         .expect("register");
@@ -350,7 +356,7 @@ async fn merge_edge_cases_of_the_reference() {
     );
 
     // Running source: refused unless forced.
-    let live = Liveness::new(pg.clone());
+    let live = PostgresLivenessStore::new(pg.clone());
     live.register(&a, &a, &Layout::single(), &[])
         .await
         .expect("register");
@@ -493,11 +499,13 @@ async fn history_snapshots_prune_after_30_days_and_restore_from_a_date() {
         NaiveDate::from_ymd_opt(1990, 1, 1).expect("date") + chrono::Days::new(u64::from(d))
     };
     put(pg, &id, &[("case", 0, 10), ("case", 1, 20)]).await;
-    history::snapshot(pg, day(0), 30)
+    PostgresHistoryStore::new(pg.clone())
+        .snapshot(day(0), 30)
         .await
         .expect("snapshot day 0");
     put(pg, &id, &[("case", 0, 15), ("case", 1, 25)]).await;
-    history::snapshot(pg, day(20), 30)
+    PostgresHistoryStore::new(pg.clone())
+        .snapshot(day(20), 30)
         .await
         .expect("snapshot day 20");
     put(pg, &id, &[("case", 0, 90), ("case", 1, 95), ("case", 2, 1)]).await;
@@ -524,11 +532,13 @@ async fn history_snapshots_prune_after_30_days_and_restore_from_a_date() {
     assert_eq!(plans[0].rows[0].new, 10);
 
     // A snapshot 40 days later prunes the day-0 record (older than 30 days), keeps day 20.
-    let s = history::snapshot(pg, day(40), 30)
+    let s = PostgresHistoryStore::new(pg.clone())
+        .snapshot(day(40), 30)
         .await
         .expect("snapshot day 40");
     assert!(s.pruned >= 2, "{s:?}");
-    let days: BTreeSet<NaiveDate> = history::list(pg, Some(&id))
+    let days: BTreeSet<NaiveDate> = PostgresHistoryStore::new(pg.clone())
+        .list(Some(&id))
         .await
         .expect("list")
         .iter()
@@ -564,7 +574,8 @@ async fn add_partitions_creates_rows_for_every_reader_of_the_topic() {
     let kafka = KafkaInfo::new(&bootstrap).expect("kafka");
     let count = kafka.partition_count(t).await.expect("count");
     assert_eq!(count, Some(4));
-    let rows = ops::load_rows_on_topic(&db.pg, Some(t))
+    let rows = PostgresCheckpointStore::new(db.pg.clone())
+        .load_on_topic(Some(t))
         .await
         .expect("rows");
     let too_many = ops::add_partitions::plan_add_partitions(t, 8, &rows, Some(count));
@@ -623,7 +634,7 @@ async fn validate_and_lag_name_partitions_offsets_and_owners() {
         ]
     );
 
-    let live = Liveness::new(db.pg.clone());
+    let live = PostgresLivenessStore::new(db.pg.clone());
     live.register(&id, &id, &Layout::single(), &[TopicPartition::new(t, 0)])
         .await
         .expect("register");
@@ -714,7 +725,7 @@ fn mission_pillow(
         Arc::new(PostgresCheckpointStore::new(pg.clone())),
         Arc::new(PostgresErrorStore::new(pg.clone())),
     )
-    .with_liveness(Liveness::new(pg.clone()))
+    .with_liveness(Arc::new(PostgresLivenessStore::new(pg.clone())))
 }
 
 fn spawn(
@@ -965,7 +976,7 @@ async fn cli_split_prompts_and_exit_codes() {
     );
 
     // A running source: refused (4) unless --force.
-    Liveness::new(db.pg.clone())
+    PostgresLivenessStore::new(db.pg.clone())
         .register(&a, &a, &Layout::single(), &[])
         .await
         .expect("register");
@@ -975,7 +986,7 @@ async fn cli_split_prompts_and_exit_codes() {
     let (code, out, _) = cli(&url, &["split", &a, &b, "--noinput", "--force"], "");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("proceeding because of --force"), "{out}");
-    Liveness::new(db.pg.clone())
+    PostgresLivenessStore::new(db.pg.clone())
         .unregister(&a, 0)
         .await
         .expect("unregister");

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use pillowtop::change::{Change, ChangeMeta};
-use pillowtop::checkpoint::{CheckpointStore, CheckpointUpdate};
 use pillowtop::feed::TopicPartition;
 use pillowtop::pg::Pg;
 use pillowtop::processor::postgres::{
@@ -17,6 +16,7 @@ use pillowtop::processor::postgres::{
     WriteMethod,
 };
 use pillowtop::processor::{ChunkOutcome, Processor};
+use pillowtop::store::checkpoints::{CheckpointStore, CheckpointUpdate};
 use serde_json::{json, Value};
 
 use crate::support::{require, TestDb};

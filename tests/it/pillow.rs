@@ -6,17 +6,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pillowtop::change::{Change, ChangeMeta};
-use pillowtop::checkpoint::postgres::PostgresCheckpointStore;
-use pillowtop::checkpoint::CheckpointStore;
 use pillowtop::feed::kafka::{ChangeProducer, KafkaAdmin, KafkaFeed, KafkaFeedOptions};
 use pillowtop::feed::{ChangeFeed, TopicPartition};
 use pillowtop::pg::Pg;
-use pillowtop::pillow::liveness::Liveness;
 use pillowtop::pillow::{Pillow, PillowConfig, RunSummary, StopReason};
 use pillowtop::processor::memory::RecordingProcessor;
 use pillowtop::processor::{ChunkOutcome, Processor, ProcessorFailure};
-use pillowtop::retry::postgres::PostgresErrorStore;
-use pillowtop::retry::ErrorStore;
+use pillowtop::store::checkpoints::postgres::PostgresCheckpointStore;
+use pillowtop::store::checkpoints::CheckpointStore;
+use pillowtop::store::errors::postgres::PostgresErrorStore;
+use pillowtop::store::errors::ErrorStore;
+use pillowtop::store::liveness::postgres::PostgresLivenessStore;
+use pillowtop::store::liveness::LivenessStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{processed_ids, require, TestDb, TestTopic};
@@ -41,7 +42,7 @@ fn pillow(
         Arc::new(PostgresCheckpointStore::new(pg.clone())),
         Arc::new(PostgresErrorStore::new(pg.clone())),
     )
-    .with_liveness(Liveness::new(pg.clone()))
+    .with_liveness(Arc::new(PostgresLivenessStore::new(pg.clone())))
 }
 
 async fn publish(bootstrap: &str, topic: &str, ids: impl IntoIterator<Item = String>) {
@@ -142,7 +143,7 @@ async fn resumes_exactly_where_a_stopped_pillow_left_off_and_never_passes_the_hi
         checkpoint(&db.pg, &id).await,
         high_water_marks(&bootstrap, &topic.name).await
     );
-    let live = Liveness::new(db.pg.clone())
+    let live = PostgresLivenessStore::new(db.pg.clone())
         .list(Some(&id))
         .await
         .expect("liveness");
@@ -494,7 +495,7 @@ async fn the_idle_tick_flushes_a_partial_chunk_and_checkpoints_while_running() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(processed_ids(&p), ["d0", "d1", "d2"]);
-    let rows = Liveness::new(db.pg.clone())
+    let rows = PostgresLivenessStore::new(db.pg.clone())
         .list(Some(&id))
         .await
         .expect("liveness");

@@ -2,14 +2,24 @@
 //! CommCare's tables.
 
 use pillowtop::change::{Change, ChangeMeta};
-use pillowtop::checkpoint::postgres::PostgresCheckpointStore;
-use pillowtop::checkpoint::{CheckpointStore, CheckpointUpdate};
 use pillowtop::feed::TopicPartition;
 use pillowtop::processor::ProcessorFailure;
-use pillowtop::retry::postgres::PostgresErrorStore;
-use pillowtop::retry::{ErrorRecord, ErrorStore};
+use pillowtop::store::checkpoints::postgres::PostgresCheckpointStore;
+use pillowtop::store::checkpoints::{CheckpointStore, CheckpointUpdate};
+use pillowtop::store::errors::postgres::PostgresErrorStore;
+use pillowtop::store::errors::{ErrorRecord, ErrorStore};
 
 use crate::support::{require, TestDb};
+
+/// The error record of `change` failing with `failure` in `pillow`, as the pillow builds it.
+fn record_of(pillow: &str, change: &Change, failure: &ProcessorFailure) -> ErrorRecord {
+    ErrorRecord::for_change(
+        pillow,
+        change,
+        &failure.error_type,
+        failure.traceback_or_message(),
+    )
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip() {
@@ -133,7 +143,7 @@ async fn error_rows_follow_commcares_attempt_arithmetic() {
         change.metadata.attempts = 0;
         change.increment_attempt_count();
         store
-            .record(&[ErrorRecord::for_change(&pillow, &change, &failure)])
+            .record(&[record_of(&pillow, &change, &failure)])
             .await
             .expect("record");
         let rows = store.list(&pillow).await.expect("list");
@@ -190,7 +200,7 @@ async fn tables_created_by_django_are_used_as_they_are() {
         if url.contains('?') { "&" } else { "?" }
     );
     let pg = std::sync::Arc::new(pillowtop::pg::Pg::new(scoped));
-    pillowtop::schema::ensure_schema(&pg)
+    pillowtop::store::schema::ensure_schema(&pg)
         .await
         .expect("schema step leaves existing tables alone");
 
@@ -221,7 +231,7 @@ async fn tables_created_by_django_are_used_as_they_are() {
         Change::from_message("case-sql", 3, 5, meta.to_json().as_bytes()).expect("valid");
     change.increment_attempt_count();
     errors
-        .record(&[ErrorRecord::for_change(
+        .record(&[record_of(
             "case-pillow",
             &change,
             &ProcessorFailure::new("tests.Boom", "boom"),
@@ -276,17 +286,17 @@ async fn error_rows_with_unstorable_content_are_stored_cleaned_or_shortened() {
     };
     let long_id = "L".repeat(400);
     let records = [
-        ErrorRecord::for_change(
+        record_of(
             "p",
             &change_of("a\0b"),
             &ProcessorFailure::new("tests.Boom", "bad value \0 here"),
         ),
-        ErrorRecord::for_change(
+        record_of(
             "p",
             &change_of(&long_id),
             &ProcessorFailure::new("tests.Boom", "long id"),
         ),
-        ErrorRecord::for_change(
+        record_of(
             "p",
             &change_of("big-traceback"),
             &ProcessorFailure::new("tests.Boom", "x".repeat(50_000)),

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pillowtop::change::Change;
 use pillowtop::change::ChangeMeta;
-use pillowtop::checkpoint::postgres::PostgresCheckpointStore;
 use pillowtop::feed::kafka::KafkaAdmin;
 use pillowtop::feed::kafka::{ChangeProducer, KafkaFeed, KafkaFeedOptions};
 use pillowtop::feed::{ChangeFeed, StallProbe};
 use pillowtop::pillow::{Pillow, PillowConfig};
 use pillowtop::processor::memory::RecordingProcessor;
 use pillowtop::processor::{ChunkOutcome, Processor, ProcessorFailure};
-use pillowtop::retry::postgres::PostgresErrorStore;
+use pillowtop::store::checkpoints::postgres::PostgresCheckpointStore;
+use pillowtop::store::errors::postgres::PostgresErrorStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{require, TestDb, TestTopic};

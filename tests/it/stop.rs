@@ -224,7 +224,9 @@ async fn an_unreachable_broker_is_named_with_the_setting_it_came_from() {
     let e = feed.partitions().await.expect_err("no broker");
     let text = e.to_string();
     assert!(
-        text.contains(&format!("kafka at 127.0.0.1:{port} (from settings.KAFKA_BROKERS)")),
+        text.contains(&format!(
+            "kafka at 127.0.0.1:{port} (from settings.KAFKA_BROKERS)"
+        )),
         "{text}"
     );
 }

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pillowtop::checkpoint::CheckpointStore;
 use pillowtop::feed::kafka::KafkaAdmin;
 use pillowtop::pg::Pg;
 use pillowtop::processor::memory::RecordingProcessor;
+use pillowtop::store::checkpoints::CheckpointStore;
 use pillowtop::testing::unique_name;
 
 /// The address in `var`, or `None` (skip) locally; panics in CI.
@@ -102,7 +102,9 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new(url: &str) -> Self {
         let pg = Arc::new(Pg::new(url));
-        pillowtop::schema::ensure_schema(&pg).await.expect("schema");
+        pillowtop::store::schema::ensure_schema(&pg)
+            .await
+            .expect("schema");
         Self {
             pg,
             url: url.to_owned(),

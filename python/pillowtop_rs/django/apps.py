@@ -7,7 +7,7 @@ theirs in ``django_migrations``.
 Coexistence with CommCare's apps. The models use CommCare's table names
 (``pillowtop_kafkacheckpoint``, ``pillowtop_djangopillowcheckpoint``,
 ``pillow_retry_pillowerror``) and columns. Migration ``0001_initial`` creates a table only when it
-is missing (the same DDL as ``src/schema.rs``), so:
+is missing (the same DDL as ``src/store/schema.rs``), so:
 
 * in a database CommCare's migrations already created, ``migrate`` records ``pillowtop_rs.0001``
   and changes nothing: the tables are reused as they are;

@@ -28,6 +28,10 @@ use pillowtop::ops::kafka::KafkaInfo;
 use pillowtop::ops::split::SplitTarget;
 use pillowtop::pg::Pg;
 use pillowtop::pillow::RunSummary;
+use pillowtop::store::checkpoints::postgres::PostgresCheckpointStore;
+use pillowtop::store::errors::postgres::PostgresErrorStore;
+use pillowtop::store::history::postgres::PostgresHistoryStore;
+use pillowtop::store::liveness::postgres::PostgresLivenessStore;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -292,8 +296,10 @@ fn pillow_file(
 }
 
 /// Sum of a checkpoint's offsets.
-async fn checkpoint_sum(pg: &Pg, id: &str) -> anyhow::Result<i64> {
-    let rows = pillowtop::ops::load_rows(pg, &[id.to_owned()]).await?;
+async fn checkpoint_sum(pg: &Arc<Pg>, id: &str) -> anyhow::Result<i64> {
+    let rows = PostgresCheckpointStore::new(Arc::clone(pg))
+        .load_many(&[id.to_owned()])
+        .await?;
     Ok(rows.values().flatten().map(|r| r.offset).sum())
 }
 
@@ -566,7 +572,7 @@ pub(crate) async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         a.elasticsearch_url
     );
     let pg = Arc::new(Pg::new(&a.postgres_url));
-    pillowtop::schema::ensure_schema(&pg)
+    pillowtop::store::schema::ensure_schema(&pg)
         .await
         .context("creating the pillowtop tables")?;
     let es = Elasticsearch::new(Transport::single_node(&a.elasticsearch_url)?);
@@ -682,7 +688,12 @@ async fn scenario(a: &DemoArgs, n: &Names, pg: &Arc<Pg>, es: &Elasticsearch) -> 
 }
 
 /// Deletes the topic, the index, the table and every row the demo's pillows wrote.
-async fn cleanup(n: &Names, pg: &Pg, es: &Elasticsearch, admin: &KafkaAdmin) -> anyhow::Result<()> {
+async fn cleanup(
+    n: &Names,
+    pg: &Arc<Pg>,
+    es: &Elasticsearch,
+    admin: &KafkaAdmin,
+) -> anyhow::Result<()> {
     admin.delete_topics(&[&n.topic]).await?;
     let r = es
         .indices()
@@ -699,13 +710,17 @@ async fn cleanup(n: &Names, pg: &Pg, es: &Elasticsearch, admin: &KafkaAdmin) -> 
     let c = pg.fresh_client().await?;
     c.batch_execute(&format!("DROP TABLE IF EXISTS \"{}\"", n.table))
         .await?;
-    for sql in [
-        "DELETE FROM pillowtop_kafkacheckpoint WHERE checkpoint_id = ANY($1)",
-        "DELETE FROM pillowtop_rs_checkpoint_history WHERE checkpoint_id = ANY($1)",
-        "DELETE FROM pillowtop_rs_process WHERE checkpoint_id = ANY($1)",
-        "DELETE FROM pillow_retry_pillowerror WHERE pillow = ANY($1)",
-    ] {
-        c.execute(sql, &[&ids]).await?;
-    }
+    PostgresCheckpointStore::new(Arc::clone(pg))
+        .delete_ids(&ids)
+        .await?;
+    PostgresHistoryStore::new(Arc::clone(pg))
+        .delete_checkpoints(&ids)
+        .await?;
+    PostgresLivenessStore::new(Arc::clone(pg))
+        .delete_checkpoints(&ids)
+        .await?;
+    PostgresErrorStore::new(Arc::clone(pg))
+        .delete_pillows(&ids)
+        .await?;
     Ok(())
 }

@@ -11,7 +11,7 @@
 //!    first chunk, a `SAVEPOINT` per chunk so that a failed statement undoes that chunk only),
 //!    and records the highest offset it wrote per partition (*staged*);
 //! 2. when the pillow's checkpoint policy fires, the store runs the ordinary checkpoint write
-//!    ([`crate::checkpoint::postgres::write_in_transaction`]: rows locked, each `expected` value
+//!    ([`crate::store::checkpoints::postgres::write_in_transaction`]: rows locked, each `expected` value
 //!    checked) **in that same transaction** and commits: rows and offsets become durable
 //!    together, or neither does.
 //!
@@ -42,11 +42,11 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, NoTls};
 
-use crate::checkpoint::postgres::{write_in_transaction, PostgresCheckpointStore};
-use crate::checkpoint::{CheckpointRow, CheckpointStore, CheckpointUpdate};
 use crate::error::{PostgresError, Result};
 use crate::partition::TopicPartition;
 use crate::pg::{err, redact, Pg};
+use crate::store::checkpoints::postgres::{write_in_transaction, PostgresCheckpointStore};
+use crate::store::checkpoints::{CheckpointRow, CheckpointStore, CheckpointUpdate};
 
 /// The session's state, behind its mutex.
 #[derive(Debug, Default)]

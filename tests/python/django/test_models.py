@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 from pillowtop_rs.django.models import PillowError
 
-SCHEMA_RS = Path(__file__).resolve().parents[3] / "src" / "schema.rs"
+SCHEMA_RS = Path(__file__).resolve().parents[3] / "src" / "store" / "schema.rs"
 migration = importlib.import_module("pillowtop_rs.django.migrations.0001_initial")
 
 

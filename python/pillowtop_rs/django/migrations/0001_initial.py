@@ -1,6 +1,6 @@
 """CommCare's checkpoint and error tables, created only when missing.
 
-The database side runs the same DDL as the Rust core's ``src/schema.rs`` (``IF NOT EXISTS``
+The database side runs the same DDL as the Rust core's ``src/store/schema.rs`` (``IF NOT EXISTS``
 guards, the same advisory lock), so an existing CommCare database is reused as it is and a
 pillow that starts while ``migrate`` runs does not race it. The state side is plain
 ``CreateModel`` operations, so Django knows the models. PostgreSQL only.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from django.db import migrations, models
 
-#: The lock ``src/schema.rs`` takes around the same statements.
+#: The lock ``src/store/schema.rs`` takes around the same statements.
 SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(7426853117)"
 
-#: Statements copied from ``src/schema.rs`` (a test checks that they stay identical).
+#: Statements copied from ``src/store/schema.rs`` (a test checks that they stay identical).
 KAFKA_CHECKPOINT_SQL = """DO $$ BEGIN IF to_regclass('pillowtop_kafkacheckpoint') IS NULL THEN
 CREATE TABLE pillowtop_kafkacheckpoint (
     id serial PRIMARY KEY,

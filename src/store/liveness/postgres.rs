@@ -1,61 +1,56 @@
-//! The liveness row of a running pillow process (`pillowtop_rs_process`): which host and pid
-//! run which (pillow, process number), which partitions it owns, and a heartbeat refreshed on
-//! every checkpoint and idle tick. Operators and the checkpoint commands read it to tell a
-//! running pillow from a stopped one (docs/commcare-pillowtop.md §9 #23).
+//! Liveness rows in `pillowtop_rs_process`. The heartbeat is PostgreSQL's `now()`, so rows of
+//! processes on hosts with skewed clocks compare fairly.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use async_trait::async_trait;
+
+use super::{column_int, hostname, pid, LivenessStore, ProcessRow, STALE_AFTER};
 use crate::error::Result;
 use crate::feed::assignment::Layout;
 use crate::partition::TopicPartition;
 use crate::pg::{err, Pg};
 
-/// A heartbeat older than this means the process is gone.
-pub const STALE_AFTER: Duration = Duration::from_secs(60);
-
-/// One process's liveness row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProcessRow {
-    pub pillow_name: String,
-    pub process_num: i32,
-    pub num_processes: i32,
-    pub dedicated_migration_process: bool,
-    pub checkpoint_id: String,
-    pub hostname: String,
-    pub pid: i32,
-    pub partitions: Vec<TopicPartition>,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
-    /// Heartbeat within [`STALE_AFTER`].
-    pub alive: bool,
-}
-
-/// Writes and reads liveness rows.
+/// The liveness store over one PostgreSQL database.
 #[derive(Debug, Clone)]
-pub struct Liveness {
+pub struct PostgresLivenessStore {
     pg: Arc<Pg>,
 }
 
-impl Liveness {
+impl PostgresLivenessStore {
+    /// The store over `pg`.
     pub fn new(pg: Arc<Pg>) -> Self {
         Self { pg }
     }
 
-    /// Registers (or takes over) the row of this pillow process.
-    pub async fn register(
+    /// Deletes the rows of every process of `checkpoint_ids` (outside any pillow: the demo's
+    /// cleanup); returns how many.
+    pub async fn delete_checkpoints(&self, checkpoint_ids: &[String]) -> Result<u64> {
+        crate::store::execute_with_ids(
+            &self.pg,
+            &format!("removing the process rows of checkpoints {checkpoint_ids:?}"),
+            "DELETE FROM pillowtop_rs_process WHERE checkpoint_id = ANY($1)",
+            checkpoint_ids,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl LivenessStore for PostgresLivenessStore {
+    async fn register(
         &self,
         pillow: &str,
         checkpoint_id: &str,
         layout: &Layout,
         partitions: &[TopicPartition],
     ) -> Result<()> {
-        let host = gethostname::gethostname().to_string_lossy().into_owned();
-        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let host = hostname();
+        let pid = pid();
         let parts = serde_json::to_string(partitions).unwrap_or_else(|_| "[]".into());
         let (k, n) = (
-            i32::try_from(layout.process_num).unwrap_or(i32::MAX),
-            i32::try_from(layout.num_processes).unwrap_or(i32::MAX),
+            column_int(layout.process_num),
+            column_int(layout.num_processes),
         );
         let dedicated = layout.dedicated_migration_process;
         self.pg
@@ -80,9 +75,8 @@ impl Liveness {
         Ok(())
     }
 
-    /// Refreshes the heartbeat.
-    pub async fn heartbeat(&self, pillow: &str, process_num: u32) -> Result<()> {
-        let k = i32::try_from(process_num).unwrap_or(i32::MAX);
+    async fn heartbeat(&self, pillow: &str, process_num: u32) -> Result<()> {
+        let k = column_int(process_num);
         self.pg
             .run("refreshing the pillow heartbeat", |c| async move {
                 c.execute("UPDATE pillowtop_rs_process SET heartbeat_at = now() WHERE pillow_name = $1 AND process_num = $2", &[&pillow, &k])
@@ -93,10 +87,9 @@ impl Liveness {
         Ok(())
     }
 
-    /// Removes the row on a clean stop.
-    pub async fn unregister(&self, pillow: &str, process_num: u32) -> Result<()> {
-        let k = i32::try_from(process_num).unwrap_or(i32::MAX);
-        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    async fn unregister(&self, pillow: &str, process_num: u32) -> Result<()> {
+        let k = column_int(process_num);
+        let pid = pid();
         self.pg
             .run("removing the pillow process row", |c| async move {
                 c.execute("DELETE FROM pillowtop_rs_process WHERE pillow_name = $1 AND process_num = $2 AND pid = $3", &[&pillow, &k, &pid])
@@ -107,8 +100,7 @@ impl Liveness {
         Ok(())
     }
 
-    /// Every row of `pillow` (all pillows when `None`).
-    pub async fn list(&self, pillow: Option<&str>) -> Result<Vec<ProcessRow>> {
+    async fn list(&self, pillow: Option<&str>) -> Result<Vec<ProcessRow>> {
         let stale = i64::try_from(STALE_AFTER.as_secs()).unwrap_or(60);
         self.pg
             .run("listing pillow processes", |c| async move {

@@ -6,8 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::Utc;
 
-use super::{next_attempt, ErrorRecord, ErrorStore, PillowErrorRow};
+use super::{ErrorRecord, ErrorStore, PillowErrorRow};
 use crate::error::{ProcessError, Result};
+use crate::retry::next_attempt;
 
 /// Rows keyed by (doc id, pillow). `fail` makes every `record` fail (to test crash-only handling).
 #[derive(Debug, Default)]

@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS pillowtop_rs_process (
 );
 
 -- Ours: daily snapshots of every checkpoint row (CommCare's HistoricalPillowCheckpoint), kept
--- 30 days; written by `pillowtop history snapshot` (src/ops/history.rs).
+-- 30 days; written by `pillowtop history snapshot` (src/store/history/postgres.rs).
 CREATE TABLE IF NOT EXISTS pillowtop_rs_checkpoint_history (
     date_updated date NOT NULL,
     checkpoint_id varchar(126) NOT NULL,

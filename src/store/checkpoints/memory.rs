@@ -19,8 +19,21 @@ pub struct MemoryCheckpointStore {
 }
 
 impl MemoryCheckpointStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Every row of every checkpoint id, by id and partition.
+    pub fn all(&self) -> Vec<(String, CheckpointRow)> {
+        self.rows
+            .lock()
+            .map(|rows| {
+                rows.iter()
+                    .map(|((id, _), r)| (id.clone(), r.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The successful writes so far, each as the list of offsets written.

@@ -3,10 +3,13 @@
 //!
 //! Stores never create rows as a side effect of reading: rows appear when a pillow writes a
 //! checkpoint or when an operator creates them explicitly ([`CheckpointStore::create_rows`]).
+//! The operator operations (`ops/`) read several checkpoints at once and rewrite rows in one
+//! transaction through the PostgreSQL side ([`postgres::PostgresCheckpointStore::transaction`]).
 
 pub mod memory;
-pub mod policy;
 pub mod postgres;
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,6 +24,12 @@ pub struct CheckpointRow {
     pub offset: i64,
     pub last_modified: DateTime<Utc>,
 }
+
+/// Rows by checkpoint id.
+pub type RowsById = BTreeMap<String, Vec<CheckpointRow>>;
+
+/// A row's key and offset: (checkpoint id, partition, offset).
+pub type KeyedOffset = (String, TopicPartition, i64);
 
 /// One offset to write, with what the writer believes the row holds now (`None`: no row).
 /// A row that holds something else was changed externally (docs/commcare-pillowtop.md §9 #10).
@@ -56,5 +65,3 @@ pub trait CheckpointStore: Send + Sync {
         offset: i64,
     ) -> Result<u64>;
 }
-
-pub use crate::partition::{kafka_seq_to_str, str_to_kafka_seq, validate_topic_name};

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::{
-    storable, ErrorRecord, ErrorStore, PillowErrorRow, MAX_PROCESSING_ATTEMPTS, REPROCESS_INTERVAL,
-};
+use super::{storable, ErrorRecord, ErrorStore, PillowErrorRow};
 use crate::error::{PostgresError, Result};
 use crate::pg::{err, Pg};
+use crate::retry::{MAX_PROCESSING_ATTEMPTS, REPROCESS_INTERVAL};
 
 /// The error store over one PostgreSQL database.
 #[derive(Debug)]
@@ -23,11 +22,24 @@ pub struct PostgresErrorStore {
 }
 
 impl PostgresErrorStore {
+    /// The store over `pg`.
     pub fn new(pg: Arc<Pg>) -> Self {
         Self {
             pg,
             casts: OnceCell::new(),
         }
+    }
+
+    /// Deletes every error row of `pillows` (outside any pillow: the demo's cleanup); returns
+    /// how many.
+    pub async fn delete_pillows(&self, pillows: &[String]) -> Result<u64> {
+        crate::store::execute_with_ids(
+            &self.pg,
+            &format!("deleting the error rows of pillows {pillows:?}"),
+            "DELETE FROM pillow_retry_pillowerror WHERE pillow = ANY($1)",
+            pillows,
+        )
+        .await
     }
 
     /// Inserts `rows` in one transaction. `Ok(Some((i, message)))`: row `i` was refused for its

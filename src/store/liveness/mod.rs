@@ -1,0 +1,76 @@
+//! The liveness row of a running pillow process (`pillowtop_rs_process`): which host and pid
+//! run which (pillow, process number), which partitions it owns, and a heartbeat refreshed on
+//! every checkpoint and idle tick. Operators and the checkpoint commands read it to tell a
+//! running pillow from a stopped one (docs/commcare-pillowtop.md §9 #23).
+//!
+//! The pillow registers its row when it starts, refreshes the heartbeat while it runs and removes
+//! the row on a clean stop; a crashed process leaves a row whose heartbeat goes stale.
+
+pub mod memory;
+pub mod postgres;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::feed::assignment::Layout;
+use crate::partition::TopicPartition;
+
+/// A heartbeat older than this means the process is gone.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// One process's liveness row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessRow {
+    pub pillow_name: String,
+    pub process_num: i32,
+    pub num_processes: i32,
+    pub dedicated_migration_process: bool,
+    pub checkpoint_id: String,
+    pub hostname: String,
+    pub pid: i32,
+    pub partitions: Vec<TopicPartition>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
+    /// Heartbeat within [`STALE_AFTER`].
+    pub alive: bool,
+}
+
+/// Where liveness rows live. The row of this process is keyed by (pillow, process number) and
+/// carries this host's name and this process's pid.
+#[async_trait]
+pub trait LivenessStore: Send + Sync {
+    /// Registers (or takes over) the row of this pillow process.
+    async fn register(
+        &self,
+        pillow: &str,
+        checkpoint_id: &str,
+        layout: &Layout,
+        partitions: &[TopicPartition],
+    ) -> Result<()>;
+
+    /// Refreshes the heartbeat.
+    async fn heartbeat(&self, pillow: &str, process_num: u32) -> Result<()>;
+
+    /// Removes the row on a clean stop (only when this process still owns it).
+    async fn unregister(&self, pillow: &str, process_num: u32) -> Result<()>;
+
+    /// Every row of `pillow` (all pillows when `None`), by pillow name and process number.
+    async fn list(&self, pillow: Option<&str>) -> Result<Vec<ProcessRow>>;
+}
+
+/// This host's name, as liveness rows record it.
+pub(crate) fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// This process's pid, as liveness rows record it.
+pub(crate) fn pid() -> i32 {
+    i32::try_from(std::process::id()).unwrap_or(i32::MAX)
+}
+
+/// A process number or count as the `integer` columns hold it.
+pub(crate) fn column_int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
