@@ -15,6 +15,7 @@ mod es_processor;
 mod fault_proxy;
 mod kafka;
 mod ops;
+mod outage;
 mod pg_processor;
 mod pillow;
 mod postgres;

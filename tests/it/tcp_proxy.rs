@@ -39,6 +39,8 @@ impl TcpProxy {
                 }
                 let upstream = upstream.clone();
                 let mut cut = cut_rx.clone();
+                // Only cuts from now on end this connection.
+                cut.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else {
                         return;
