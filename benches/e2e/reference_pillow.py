@@ -570,7 +570,7 @@ def record_pillow_error(
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
-    """Create CommCare's checkpoint and error tables when missing (the DDL of ``src/store/schema.rs``)."""
+    """Create CommCare's checkpoint and error tables when missing (``src/store/schema.rs``)."""
     with conn.transaction():
         conn.execute(b"SELECT pg_advisory_xact_lock(7426853117)")
         conn.execute(

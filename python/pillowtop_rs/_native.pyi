@@ -12,6 +12,7 @@ __all__ = [
     "Pillow",
     "RunSummary",
     "RustProcessor",
+    "SqlDocumentStore",
     "request_shutdown",
     "run_cli",
     "split_checkpoints",
@@ -152,8 +153,8 @@ class RustProcessor:
     ``Pillow.run()``. For ``"elasticsearch"``: ``urls`` (or ``url``) and ``index`` are required;
     ``outage_budget_secs`` (300) is how long an unreachable or not-ready node is waited out,
     ``max_retries`` (4) how often other 5xx answers are retried, ``base_backoff_ms`` (1000) and
-    ``max_backoff_ms`` (30000) the retry delays. ``transform(doc) -> doc | None`` (elasticsearch only) runs on the
-    ``run()`` thread; ``None`` skips the change.
+    ``max_backoff_ms`` (30000) the retry delays. ``transform(doc) -> doc | None``
+    (elasticsearch only) runs on the ``run()`` thread; ``None`` skips the change.
     """
 
     def __new__(
@@ -167,10 +168,14 @@ class RustProcessor:
 
 @final
 class SqlDocumentStore:
-    """Documents read in bulk by the Rust core from a table of the pillow's PostgreSQL database
-    (``id_column`` text, ``doc_column`` JSON), as the TOML runner's ``[[document_stores]]``."""
+    """Documents read in bulk by the Rust core from a table of the pillow's database.
 
-    def __new__(cls, table: str, *, id_column: str = "id", doc_column: str = "doc") -> SqlDocumentStore: ...
+    ``id_column`` is text, ``doc_column`` JSON, as the TOML runner's ``[[document_stores]]``.
+    """
+
+    def __new__(
+        cls, table: str, *, id_column: str = "id", doc_column: str = "doc"
+    ) -> SqlDocumentStore: ...
     @property
     def table(self) -> str: ...
     @property
@@ -180,9 +185,11 @@ class SqlDocumentStore:
 
 @final
 class Pillow:
-    """A pillow definition; building one connects to nothing. The whole definition is
-    validated here (as ``pillowtop run`` validates a TOML file): at most one exactly-once
-    ``postgres_table`` processor, document stores, topic names."""
+    """A pillow definition; building one connects to nothing.
+
+    The whole definition is validated here (as ``pillowtop run`` validates a TOML file): at most
+    one exactly-once ``postgres_table`` processor, document stores, topic names.
+    """
 
     def __new__(
         cls,

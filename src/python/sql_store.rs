@@ -22,13 +22,13 @@ pub(crate) struct PySqlDocumentStore {
 #[pymethods]
 impl PySqlDocumentStore {
     #[new]
-    #[pyo3(signature = (table, *, id_column = "id".to_owned(), doc_column = "doc".to_owned()))]
-    fn new(table: String, id_column: String, doc_column: String) -> PyResult<Self> {
-        crate::docstore::check_identifiers(&table, &id_column, &doc_column)?;
+    #[pyo3(signature = (table, *, id_column = "id", doc_column = "doc"))]
+    fn new(table: String, id_column: &str, doc_column: &str) -> PyResult<Self> {
+        crate::docstore::check_identifiers(&table, id_column, doc_column)?;
         Ok(Self {
             table,
-            id_column,
-            doc_column,
+            id_column: id_column.to_owned(),
+            doc_column: doc_column.to_owned(),
         })
     }
 

@@ -59,19 +59,7 @@ async fn a_postgres_outage_under_a_running_pillow_is_waited_out_and_loses_nothin
     .expect("table");
 
     // Everything the pillow writes goes through the proxy.
-    let upstream = url::Url::parse(&pg_url).expect("url");
-    let proxy = TcpProxy::start(&format!(
-        "{}:{}",
-        upstream.host_str().expect("host"),
-        upstream.port().unwrap_or(5432)
-    ))
-    .await;
-    let mut proxied = upstream.clone();
-    let (host, port) = proxy.addr.split_once(':').expect("addr");
-    proxied.set_host(Some(host)).expect("host");
-    proxied
-        .set_port(Some(port.parse().expect("port")))
-        .expect("port");
+    let (proxy, proxied) = TcpProxy::for_url(&pg_url).await;
     let audit = RecordingProcessor::new("audit", true);
     let mut config = PillowConfig::new(&name, &name);
     config.checkpoint_frequency = 100;
@@ -82,7 +70,7 @@ async fn a_postgres_outage_under_a_running_pillow_is_waited_out_and_loses_nothin
         config,
         topics: vec![topic.name.clone()],
         feed,
-        postgres_url: proxied.to_string(),
+        postgres_url: proxied.clone(),
         postgres_outage_budget: DEFAULT_POSTGRES_OUTAGE_BUDGET,
         processors: vec![
             ProcessorSpec::PostgresTable(def),

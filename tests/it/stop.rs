@@ -128,19 +128,7 @@ async fn a_stop_during_a_postgres_outage_ends_the_wait_and_loses_nothing() {
         )
         .await
         .expect("publish");
-    let upstream = url::Url::parse(&pg_url).expect("url");
-    let proxy = TcpProxy::start(&format!(
-        "{}:{}",
-        upstream.host_str().expect("host"),
-        upstream.port().unwrap_or(5432)
-    ))
-    .await;
-    let mut proxied = upstream.clone();
-    let (host, port) = proxy.addr.split_once(':').expect("addr");
-    proxied.set_host(Some(host)).expect("host");
-    proxied
-        .set_port(Some(port.parse().expect("port")))
-        .expect("port");
+    let (proxy, proxied) = TcpProxy::for_url(&pg_url).await;
     let name = db.id("stop-outage");
 
     // The first run: PostgreSQL (checkpoints, error rows, liveness) goes away after 50 changes;
@@ -149,7 +137,7 @@ async fn a_stop_during_a_postgres_outage_ends_the_wait_and_loses_nothing() {
     first.fail_ids.lock().expect("lock").insert("doc-7".into()); // an error row to record too
     let recorded = first.recorded.clone();
     let stop = CancellationToken::new();
-    let run = spec(&name, &topic.name, &bootstrap, proxied.as_str(), &first).run(&stop, |p| p);
+    let run = spec(&name, &topic.name, &bootstrap, &proxied, &first).run(&stop, |p| p);
     let control = async {
         while recorded.lock().expect("lock").processed.len() < 50 {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -60,6 +60,24 @@ impl TcpProxy {
         }
     }
 
+    /// A proxy in front of the database of `url`, and `url` through the proxy.
+    pub async fn for_url(url: &str) -> (Self, String) {
+        let upstream = url::Url::parse(url).expect("url");
+        let proxy = Self::start(&format!(
+            "{}:{}",
+            upstream.host_str().expect("host"),
+            upstream.port().unwrap_or(5432)
+        ))
+        .await;
+        let mut proxied = upstream;
+        let (host, port) = proxy.addr.split_once(':').expect("addr");
+        proxied.set_host(Some(host)).expect("host");
+        proxied
+            .set_port(Some(port.parse().expect("port")))
+            .expect("port");
+        (proxy, proxied.to_string())
+    }
+
     /// The outage begins: live connections are closed, new ones are closed on accept.
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);

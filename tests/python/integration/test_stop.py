@@ -118,7 +118,8 @@ def test_an_exactly_once_table_and_a_sql_document_store_from_python(
     docs = f"{unique_name}_docs".lower()
     db.execute(f'CREATE TABLE "{docs}" (id text PRIMARY KEY, doc jsonb)')
     db.execute(
-        f'INSERT INTO "{docs}" SELECT \'e-\' || i, jsonb_build_object(\'n\', i) FROM generate_series(0, 49) i'
+        f"INSERT INTO \"{docs}\" SELECT 'e-' || i, jsonb_build_object('n', i)"
+        " FROM generate_series(0, 49) i"
     )
     db.commit()
     try:

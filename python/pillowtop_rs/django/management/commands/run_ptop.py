@@ -284,13 +284,14 @@ class Command(BaseCommand):
         except KeyboardInterrupt as e:
             # Ctrl-C is a graceful stop (the final checkpoint is written) with the same summary
             # line as SIGTERM; the exit status stays the shell's 130 for an interrupt.
-            summary = getattr(e, "summary", None)
-            if summary is not None:
-                self.write_summary(name, summary)
+            interrupted: RunSummary | None = getattr(e, "summary", None)
+            if interrupted is not None:
+                self.write_summary(name, interrupted)
                 self.stdout.flush()
             raise CommandError(f"pillow {name} interrupted", returncode=130) from e
 
     def write_summary(self, name: str, summary: RunSummary) -> None:
+        """Write the line a stopped run ends with (SIGTERM and Ctrl-C alike)."""
         self.stdout.write(
             f"Pillow {name}.run() stopped ({summary.stop_reason}): "
             f"{summary.changes} changes, {summary.failed} failed, "
