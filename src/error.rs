@@ -139,12 +139,19 @@ pub fn describe_postgres(e: &tokio_postgres::Error) -> String {
         return s;
     }
     // Client-side: the top-level text and every cause beneath it (I/O errors, TLS, timeouts).
+    with_causes(e)
+}
+
+/// An error's text followed by each cause's that it does not already contain (client errors
+/// often say only "error sending request" or "error connecting" at the top level).
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(cause) = source {
         let text = cause.to_string();
         if !s.contains(&text) {
-            let _ = write!(s, ": {text}");
+            s.push_str(": ");
+            s.push_str(&text);
         }
         source = cause.source();
     }

@@ -98,12 +98,8 @@ impl Pillow {
             buffer: Vec::with_capacity(self.config.chunk_size.max(1)),
             invalid: Vec::new(),
             summary: RunSummary {
-                stop_reason: StopReason::Shutdown,
                 partitions: own.clone(),
-                changes: 0,
-                invalid: 0,
-                failed: 0,
-                checkpoints: 0,
+                ..RunSummary::nothing(StopReason::Shutdown)
             },
             last_heartbeat: Instant::now(),
             stall: stall::StallWatch::new(

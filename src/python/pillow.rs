@@ -451,12 +451,8 @@ fn on_sigint(_signum: i32, _frame: Option<Bound<'_, PyAny>>) -> PyResult<()> {
 impl SigintGuard {
     fn install(py: Python<'_>) -> PyResult<Self> {
         let signal = py.import("signal")?;
-        let threading = py.import("threading")?;
-        let on_main = threading
-            .call_method0("main_thread")?
-            .is(&threading.call_method0("current_thread")?);
         let current = signal.call_method1("getsignal", (signal.getattr("SIGINT")?,))?;
-        if !on_main || !current.is(&signal.getattr("default_int_handler")?) {
+        if !on_main_thread(py)? || !current.is(&signal.getattr("default_int_handler")?) {
             // Another thread cannot set handlers; a project's own handler is left alone.
             return Ok(Self { previous: None });
         }
@@ -555,12 +551,17 @@ impl LoopHook for PyHook {
     }
 }
 
+/// Whether this is Python's main thread (the only one signal handlers run on and can be set from).
+fn on_main_thread(py: Python<'_>) -> PyResult<bool> {
+    let threading = py.import("threading")?;
+    Ok(threading
+        .call_method0("main_thread")?
+        .is(&threading.call_method0("current_thread")?))
+}
+
 /// Signals reach only the main thread: warn when `run()` is called elsewhere.
 fn warn_off_main_thread(py: Python<'_>) -> PyResult<()> {
-    let threading = py.import("threading")?;
-    let main = threading.call_method0("main_thread")?;
-    let current = threading.call_method0("current_thread")?;
-    if !main.is(&current) {
+    if !on_main_thread(py)? {
         let warnings = py.import("warnings")?;
         let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
         warnings.call_method1(

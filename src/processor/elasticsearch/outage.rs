@@ -85,17 +85,7 @@ impl Policy {
     /// A transport error's text with its causes (the top level alone says "error sending
     /// request" without saying why), without passwords.
     pub(super) fn describe(&self, e: &elasticsearch::Error) -> String {
-        let mut s = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !s.contains(&text) {
-                s.push_str(": ");
-                s.push_str(&text);
-            }
-            source = cause.source();
-        }
-        self.scrub(&s)
+        self.scrub(&crate::error::with_causes(e))
     }
 }
 
@@ -196,10 +186,10 @@ impl Wait<'_> {
 
     async fn sleep(&mut self, delay: Duration) -> Result<()> {
         self.waits = self.waits.saturating_add(1);
-        tokio::select! {
-            biased;
-            () = self.policy.stop.cancelled() => Err(self.stopped()),
-            () = tokio::time::sleep(delay) => Ok(()),
+        if crate::backoff::sleep_unless_stopped(delay, &self.policy.stop).await {
+            Ok(())
+        } else {
+            Err(self.stopped())
         }
     }
 

@@ -57,8 +57,7 @@ class Slow(BulkPillowProcessor):
         self, changes_chunk: list[Change]
     ) -> tuple[list[Change], list[tuple[Change, BaseException]]]:
         for c in changes_chunk:
-            time.sleep(0.002)
-            self.seen.append(c.id)
+            self.process_change(c)
         return [], []
 
 
@@ -147,7 +146,7 @@ def test_an_exactly_once_table_and_a_sql_document_store_from_python(
                 self, changes_chunk: list[Change]
             ) -> tuple[list[Change], list[tuple[Change, BaseException]]]:
                 for c in changes_chunk:
-                    seen[c.id] = c.get_document()
+                    self.process_change(c)
                 return [], []
 
         store = SqlDocumentStore(docs, id_column="id", doc_column="doc")
