@@ -91,6 +91,37 @@ def test_ctrl_c_on_a_backlog_is_graceful_and_a_restart_handles_nothing_twice(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_ctrl_c_stops_at_once_without_finishing_the_chunk(
+    kafka_bootstrap: str,
+    postgres_url: str,
+    topic: str,
+    publish: Publish,
+    db: Conn,
+    kit: Any,
+    unique_name: str,
+) -> None:
+    publish(topic, [(f"s-{i}", kit.change_message(f"s-{i}", document={"i": i})) for i in range(50)])
+
+    class Slower(Slow):
+        def process_change(self, change: Change) -> None:
+            time.sleep(0.2)  # a chunk of 10 takes 2 s
+            self.seen.append(change.id)
+
+    proc = Slower()
+    pillow = Pillow(unique_name, [topic], [proc], chunk_size=10, checkpoint_frequency=1000)
+    started = time.monotonic()
+    # Both interrupts land inside the first chunk: a graceful stop would end it (at ~2 s).
+    with sigint_in(0.8), sigint_in(1.2), pytest.raises(KeyboardInterrupt) as raised:
+        pillow.run(kafka=kafka_bootstrap, postgres=postgres_url, idle_timeout=1.0)
+    took = time.monotonic() - started
+    assert took < 1.9, f"the second Ctrl-C waited for the chunk ({took:.2f} s)"
+    assert not hasattr(raised.value, "summary"), "stopped at once, not after a final checkpoint"
+    assert len(proc.seen) < 10
+    # Nothing of the interrupted chunk was checkpointed.
+    assert sum(kit.checkpoint_offsets(db, unique_name).values()) == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_ends_the_start_up_wait_for_an_unreachable_postgres(
     kafka_bootstrap: str, topic: str, unique_name: str
 ) -> None:
