@@ -243,6 +243,50 @@ impl PillowSpec {
 }
 
 impl PillowSpec {
+    /// The same pillow over `feed` and the given stores, connecting to nothing (the test
+    /// harness's `Pillow.process_changes`): the loop, chunking, de-duplication, fallback,
+    /// error recording and checkpoint rules are the real ones. Processors and document stores
+    /// that need PostgreSQL or Elasticsearch are refused, by name.
+    pub fn build_in_memory(
+        self,
+        feed: crate::feed::memory::MemoryFeed,
+        checkpoints: Arc<dyn CheckpointStore>,
+        errors: Arc<dyn crate::store::errors::ErrorStore>,
+    ) -> Result<Pillow> {
+        let name = self.config.name.clone();
+        self.config.validate()?;
+        let mut processors: Vec<Box<dyn Processor>> = Vec::with_capacity(self.processors.len());
+        for p in self.processors {
+            processors.push(match p {
+                ProcessorSpec::Noop { batch } => Box::new(NoopProcessor { batch }),
+                ProcessorSpec::Ready(p) => p,
+                other => {
+                    return Err(invalid(format!(
+                        "pillow {name}: {other:?} needs its server; in-memory processing takes Python processors and no-op processors only (run the pillow against the real services with run())"
+                    )))
+                }
+            });
+        }
+        let mut stores = DocumentStores::new();
+        for d in self.document_stores {
+            match d.source {
+                DocumentSource::Ready(s) => {
+                    stores.register(&d.data_source_type, &d.data_source_name, s);
+                }
+                DocumentSource::Postgres { table, .. } => {
+                    return Err(invalid(format!(
+                        "pillow {name}: the document store of ({}, {}) reads table {table} in PostgreSQL; in-memory processing takes Python document stores only",
+                        d.data_source_type, d.data_source_name
+                    )))
+                }
+            }
+        }
+        Ok(
+            Pillow::new(self.config, Box::new(feed), processors, checkpoints, errors)
+                .with_document_stores(stores),
+        )
+    }
+
     /// Builds the pillow, lets the front add what it brings (metrics, a hook) and runs it
     /// until it stops. A stop request that ends a start-up wait (PostgreSQL unreachable while
     /// the tables are created) is a stop, not a failure: an empty `Shutdown` summary.

@@ -1,7 +1,7 @@
 """Type stub for ``pillowtop_rs._native`` (hand-written; checked by stubtest)."""
 
 import datetime
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, final
 
 from pillowtop_rs.processors import DocumentStore
@@ -10,7 +10,10 @@ __all__ = [
     "Change",
     "ChangeMeta",
     "Pillow",
+    "ProcessResult",
     "RunSummary",
+    "kafka_offsets",
+    "read_kafka_changes",
     "RustProcessor",
     "SqlDocumentStore",
     "request_shutdown",
@@ -66,39 +69,80 @@ def next_attempt_delay_minutes(current_attempt: int) -> int | None:
 
 @final
 class Change:
-    """A change, as CommCare's ``Change``: attributes and read-only mapping access."""
+    """CommCare's ``Change``: attributes, a read-only mapping (``id``, ``seq``, ``doc``,
+    ``deleted``), and the document through ``get_document()``."""
 
+    def __new__(
+        cls,
+        id: Any,
+        sequence_id: Any,
+        document: Any = None,
+        deleted: bool = False,
+        metadata: Any = None,
+        document_store: Any = None,
+        topic: str | None = None,
+        partition: int | None = None,
+    ) -> Change: ...
     @property
     def id(self) -> str: ...
     @property
-    def seq(self) -> int:
-        """CommCare's ``sequence_id``: the Kafka offset."""
+    def sequence_id(self) -> Any:
+        """The Kafka offset (or the sequence a constructed change was given)."""
+    @property
+    def seq(self) -> Any: ...
     @property
     def offset(self) -> int: ...
     @property
     def deleted(self) -> bool: ...
+    @deleted.setter
+    def deleted(self, value: bool) -> None: ...
     @property
-    def topic(self) -> str: ...
+    def topic(self) -> str | None: ...
     @property
-    def partition(self) -> int: ...
+    def partition(self) -> int | None: ...
     @property
-    def metadata(self) -> ChangeMeta: ...
+    def metadata(self) -> ChangeMeta | None: ...
+    @metadata.setter
+    def metadata(self, value: Any) -> None: ...
+    @property
+    def document_store(self) -> Any: ...
+    @document_store.setter
+    def document_store(self, value: Any) -> None: ...
+    @property
+    def document(self) -> Any:
+        """The document as it stands, without fetching (``None`` when not known yet)."""
+    @document.setter
+    def document(self, value: Any) -> None: ...
+    @property
+    def error_raised(self) -> BaseException | None: ...
     def get_document(self) -> Any:
-        """Return the document (embedded, fetched in bulk, or set), or ``None``."""
+        """Return the document (embedded, fetched in bulk, or set), or ``None`` if not found.
+
+        Raises ``DocumentMissingError`` for a change read by a pillow whose data source has no
+        document store.
+        """
     def set_document(self, document: Any) -> None:
         """Replace the document for the processors that follow."""
+    def should_fetch_document(self) -> bool: ...
     def increment_attempt_count(self) -> None: ...
     def __getitem__(self, key: str, /) -> Any: ...
+    def __setitem__(self, key: Any, value: Any, /) -> None: ...
+    def __delitem__(self, key: Any, /) -> None: ...
+    def pop(self, *_args: Any) -> None: ...
     def get(self, key: str, default: Any | None = None) -> Any: ...
-    def __contains__(self, key: str, /) -> bool: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __iter__(self) -> Any: ...
     def keys(self) -> list[str]: ...
     def __len__(self) -> int: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
 class ChangeMeta:
-    """CommCare's ``ChangeMeta``, read-only; unknown fields are attributes too."""
+    """CommCare's ``ChangeMeta``: keyword-constructible, fields assignable, unknown fields kept."""
 
+    def __new__(cls, **fields: Any) -> ChangeMeta: ...
+    @staticmethod
+    def wrap(data: dict[str, Any]) -> ChangeMeta: ...
     @property
     def document_id(self) -> str: ...
     @property
@@ -124,8 +168,38 @@ class ChangeMeta:
     @property
     def associated_document_id(self) -> str | None: ...
     def __getattr__(self, name: str) -> Any: ...
+    def __setattr__(self, name: str, value: Any, /) -> None: ...
+    def __delattr__(self, name: str, /) -> None: ...
     def __getitem__(self, key: str, /) -> Any: ...
+    def __contains__(self, key: str, /) -> bool: ...
     def to_json(self) -> dict[str, Any]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __copy__(self) -> ChangeMeta: ...
+    def __deepcopy__(self, _memo: Any = None) -> ChangeMeta: ...
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]: ...
+
+@final
+class ProcessResult:
+    """What ``Pillow.process_changes()`` did."""
+
+    @property
+    def summary(self) -> RunSummary: ...
+    @property
+    def checkpoint(self) -> dict[tuple[str, int], int]:
+        """The checkpoint written, by (topic, partition): the next offset to read."""
+
+def kafka_offsets(kafka: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """Return the high-water mark of every partition of ``topics``."""
+
+def read_kafka_changes(
+    kafka: str,
+    topics: list[str],
+    start: Mapping[tuple[str, int], int],
+    end: Mapping[tuple[str, int], int],
+    *,
+    timeout: float = 30.0,
+) -> list[Change]:
+    """Return the changes of ``topics`` from ``start`` up to ``end``."""
 
 @final
 class RunSummary:
@@ -204,8 +278,10 @@ class Pillow:
         start_policy: str = "earliest",
         strict: bool = False,
         retry_errors: bool = True,
-        document_stores: Mapping[tuple[str, str], DocumentStore | SqlDocumentStore] | None = None,
+        document_stores: Mapping[tuple[str, str], DocumentStore | SqlDocumentStore | Any]
+        | None = None,
         background_checkpoints: bool = True,
+        on_processor_error: Callable[[str, Change, BaseException], object] | None = None,
     ) -> Pillow: ...
     @property
     def name(self) -> str: ...
@@ -233,6 +309,7 @@ class Pillow:
         max_message_bytes: int | None = None,
         postgres_outage_budget: float = 300.0,
         kafka_setting: str | None = None,
+        since: Mapping[tuple[str, int], int] | None = None,
     ) -> RunSummary:
         """Run until stopped, with the GIL released while waiting.
 
@@ -251,6 +328,18 @@ class Pillow:
         ``request_shutdown()`` stops and returns. A stop request ends every wait for a
         service (start-up, outages).
         """
+
+    def process_changes(self, changes: Iterable[Any]) -> ProcessResult:
+        """Run ``changes`` through the pillow in memory (no Kafka, no PostgreSQL).
+
+        The real loop: chunking, de-duplication, the serial fallback, error recording and the
+        checkpoint rules, over an in-memory feed, checkpoint store and error store. Changes
+        without a topic go to the pillow's first topic, partition 0.
+        """
+    def process_change(self, change: Any) -> ProcessResult:
+        """``process_changes([change])``."""
+    def error_rows(self) -> list[dict[str, Any]]:
+        """The error rows ``process_changes`` recorded (CommCare's ``PillowError`` fields)."""
 
 def request_shutdown() -> int:
     """Ask every running pillow of this process to stop after a final checkpoint."""

@@ -1,5 +1,10 @@
 """Processor base classes, with CommCare's names and return contract.
 
+Subclassing them is optional: a pillow takes any object with CommCare's processor interface
+(``process_change``; ``process_changes_chunk`` when ``supports_batch_processing`` is true;
+optional ``checkpoint_updated`` and ``bootstrap_if_needed``), so processors written against
+CommCare's ``pillowtop.processors`` run unchanged.
+
 A pillow calls its processors on the thread that called :meth:`pillowtop_rs.Pillow.run`,
 holding the GIL, once per chunk: batch processors first (``process_changes_chunk`` with the
 whole de-duplicated chunk), then the others change by change (``process_change``), in the
@@ -26,7 +31,10 @@ __all__ = ["BulkPillowProcessor", "DocumentStore", "PillowProcessor"]
 class DocumentStore(Protocol):
     """A document store written in Python, passed to ``Pillow(document_stores=...)``.
 
-    Called once per chunk and data source, on the thread that called ``Pillow.run()``.
+    Called once per chunk and data source, on the thread that called ``Pillow.run()``. CommCare's
+    ``DocumentStore`` objects work too: the pillow calls ``iter_documents(ids)`` (documents keyed
+    by their ``_id``) when there is no ``get_documents``, else ``get_document(id)`` for each id
+    (a ``DocumentNotFoundError`` meaning missing).
     """
 
     def get_documents(self, ids: list[str]) -> Mapping[str, Any]:

@@ -22,6 +22,8 @@ enum Entry {
         key: Option<String>,
         payload: Vec<u8>,
     },
+    /// A change built by the caller (the Python harness's `Change(...)` objects).
+    Ready(Box<Change>),
     Tick,
 }
 
@@ -90,6 +92,17 @@ impl MemoryFeed {
     pub fn push_change(&mut self, topic: &str, partition: i32, doc_id: &str) -> i64 {
         let meta = crate::change::ChangeMeta::new(doc_id, "sql", topic);
         self.push(topic, partition, Some(doc_id), meta.to_json())
+    }
+
+    /// Appends a ready change at the next offset of its topic and partition (both must be
+    /// among the feed's); returns that offset.
+    pub fn push_ready(&mut self, mut change: Change) -> i64 {
+        let tp = TopicPartition::new(change.topic.clone(), change.partition);
+        let offset = self.next_offset.get(&tp).copied().unwrap_or(0);
+        self.next_offset.insert(tp, offset + 1);
+        change.offset = offset;
+        self.log.push(Entry::Ready(Box::new(change)));
+        offset
     }
 
     /// Appends an idle tick.
@@ -174,6 +187,15 @@ impl ChangeFeed for MemoryFeed {
             self.cursor += 1;
             match entry {
                 Entry::Tick => return Ok(Some(FeedItem::Tick)),
+                Entry::Ready(change) => {
+                    let tp = TopicPartition::new(change.topic.clone(), change.partition);
+                    match self.assigned.get(&tp) {
+                        Some(start) if change.offset >= *start => {
+                            return Ok(Some(FeedItem::Change(change)));
+                        }
+                        _ => continue,
+                    }
+                }
                 Entry::Message {
                     tp,
                     offset,

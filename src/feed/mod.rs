@@ -140,6 +140,60 @@ pub trait ChangeFeed: Send {
     }
 }
 
+/// Reads every change from `start` up to (not including) `end`, per partition, with `feed`
+/// (the test harness's `capture_kafka_changes_context`). Invalid messages are counted, not
+/// returned. Fails when `timeout` passes before the positions reach `end`.
+pub async fn read_between(
+    feed: &mut dyn ChangeFeed,
+    start: &[(TopicPartition, i64)],
+    end: &std::collections::HashMap<TopicPartition, i64>,
+    timeout: std::time::Duration,
+) -> Result<(Vec<Change>, u64)> {
+    let mut pending: std::collections::HashMap<TopicPartition, i64> = start
+        .iter()
+        .filter(|(tp, from)| end.get(tp).is_some_and(|to| to > from))
+        .cloned()
+        .collect();
+    let mut changes = Vec::new();
+    let mut invalid = 0;
+    if pending.is_empty() {
+        return Ok((changes, invalid));
+    }
+    let positions: Vec<_> = pending.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
+    feed.assign(&positions).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !pending.is_empty() {
+        let item = tokio::time::timeout_at(deadline, feed.next())
+            .await
+            .map_err(|_| {
+                crate::error::KafkaError::Other(format!(
+                    "reading changes from {}: the end offsets were not reached within {timeout:?} (still reading {})",
+                    feed.source(),
+                    pending.keys().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ))
+            })??;
+        let (tp, offset) = match item {
+            None => break,
+            Some(FeedItem::Tick | FeedItem::OffsetOutOfRange) => continue,
+            Some(FeedItem::Invalid(m)) => {
+                invalid += 1;
+                (TopicPartition::new(m.topic.clone(), m.partition), m.offset)
+            }
+            Some(FeedItem::Change(c)) => {
+                let at = (TopicPartition::new(c.topic.clone(), c.partition), c.offset);
+                if end.get(&at.0).is_some_and(|to| at.1 < *to) {
+                    changes.push(*c);
+                }
+                at
+            }
+        };
+        if end.get(&tp).is_some_and(|to| offset + 1 >= *to) {
+            pending.remove(&tp);
+        }
+    }
+    Ok((changes, invalid))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

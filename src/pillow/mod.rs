@@ -100,6 +100,11 @@ pub struct PillowConfig {
     /// Re-creations without progress before the pillow gives up with
     /// [`KafkaError::Stalled`](crate::error::KafkaError::Stalled) (its supervisor restarts it).
     pub max_stall_reconnects: u32,
+    /// CommCare's `process_changes(since=...)`: start own partitions at these offsets instead
+    /// of the stored checkpoint (partitions not listed follow the start policy); the
+    /// checkpoint is then written from them as usual. The test harness's
+    /// `process_pillow_changes` uses it.
+    pub since: Option<Vec<(TopicPartition, i64)>>,
 }
 
 impl PillowConfig {
@@ -121,6 +126,7 @@ impl PillowConfig {
             background_checkpoints: true,
             stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
             max_stall_reconnects: stall::DEFAULT_MAX_RECONNECTS,
+            since: None,
         }
     }
 

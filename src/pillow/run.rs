@@ -82,10 +82,11 @@ impl Pillow {
             partitions = %own.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
             "pillow starting"
         );
+        let since = self.config.since.clone();
         let tracker = unless_stopped(
             shutdown,
             "reading the checkpoint and the topic's offsets",
-            self.start_positions(&own, None),
+            self.start_positions(&own, since.as_deref()),
         )
         .await?;
         let run = Run {

@@ -26,6 +26,8 @@ import_exception!(pillowtop_rs.exceptions, ProcessorError);
 import_exception!(pillowtop_rs.exceptions, ShutdownRequested);
 import_exception!(pillowtop_rs.exceptions, OperationAborted);
 import_exception!(pillowtop_rs.exceptions, OperationRefused);
+import_exception!(pillowtop_rs.exceptions, DocumentError);
+import_exception!(pillowtop_rs.exceptions, DocumentMissingError);
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> Self {

@@ -7,6 +7,7 @@
 //! [`errors`].
 
 mod change;
+mod change_meta;
 mod cli;
 mod detach;
 mod errors;
@@ -15,6 +16,7 @@ mod pillow;
 mod processor;
 mod rust_processors;
 mod sql_store;
+mod testing;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -27,7 +29,9 @@ use crate::feed::TopicPartition;
 #[pymodule(name = "_native", gil_used = true)]
 mod native {
     #[pymodule_export]
-    use super::change::{PyChange, PyChangeMeta};
+    use super::change::PyChange;
+    #[pymodule_export]
+    use super::change_meta::PyChangeMeta;
     #[pymodule_export]
     use super::cli::run_cli;
     #[pymodule_export]
@@ -36,7 +40,9 @@ mod native {
         reset_checkpoint, split_checkpoints,
     };
     #[pymodule_export]
-    use super::pillow::{request_shutdown, PyPillow, PyRunSummary};
+    use super::pillow::{request_shutdown, PyPillow, PyProcessResult, PyRunSummary};
+    #[pymodule_export]
+    use super::testing::{kafka_offsets, read_kafka_changes};
     #[pymodule_export]
     use super::rust_processors::PyRustProcessor;
     #[pymodule_export]

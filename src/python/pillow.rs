@@ -15,6 +15,7 @@
 //! safe). `request_shutdown()` stops every
 //! running pillow gracefully and `run()` returns normally with `stop_reason == "shutdown"`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,15 +24,23 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio_util::sync::CancellationToken;
 
+use super::change::PyChange;
 use super::detach::detached;
 use super::errors::{ConfigurationError, ShutdownRequested};
-use super::processor::{is_processor, Lane, PyDocumentStore, PyProcessor};
+use super::processor::{
+    check_processor, is_document_store, ErrorHook, Lane, PyDocumentStore, PyProcessor, PyStores,
+};
 use super::rust_processors::PyRustProcessor;
 use super::sql_store::PySqlDocumentStore;
 use crate::assembly::{DocumentSource, DocumentStoreSpec, PillowSpec, ProcessorSpec};
 use crate::error::ProcessError;
 use crate::feed::assignment::Layout;
 use crate::feed::kafka::KafkaFeedOptions;
+use crate::feed::memory::MemoryFeed;
+use crate::partition::TopicPartition;
+use crate::store::checkpoints::memory::MemoryCheckpointStore;
+use crate::store::errors::memory::MemoryErrorStore;
+use crate::store::errors::ErrorStore;
 use crate::pillow::{HookPoint, LoopHook, PillowConfig, RunSummary, StartPolicy, StopReason};
 
 /// How long the lane stays detached before it checks for signals.
@@ -126,6 +135,9 @@ pub(crate) struct PyPillow {
     topics: Vec<String>,
     processors: Vec<Py<PyAny>>,
     document_stores: Vec<((String, String), Py<PyAny>)>,
+    on_processor_error: Option<Py<PyAny>>,
+    /// The error rows of `process_changes` (in memory).
+    memory_errors: Arc<MemoryErrorStore>,
 }
 
 fn config_error(message: String) -> PyErr {
@@ -136,13 +148,13 @@ fn config_error(message: String) -> PyErr {
 impl PyPillow {
     #[new]
     #[pyo3(
-        text_signature = "(name, topics, processors, *, checkpoint_id=None, chunk_size=10, checkpoint_frequency=100, max_checkpoint_delay=300.0, start_policy='earliest', strict=False, retry_errors=True, document_stores=None, background_checkpoints=True)"
+        text_signature = "(name, topics, processors, *, checkpoint_id=None, chunk_size=10, checkpoint_frequency=100, max_checkpoint_delay=300.0, start_policy='earliest', strict=False, retry_errors=True, document_stores=None, background_checkpoints=True, on_processor_error=None)"
     )]
     #[pyo3(signature = (
         name, topics, processors, *, checkpoint_id = None, chunk_size = 10,
         checkpoint_frequency = 100, max_checkpoint_delay = Some(300.0),
         start_policy = "earliest", strict = false, retry_errors = true, document_stores = None,
-        background_checkpoints = true,
+        background_checkpoints = true, on_processor_error = None,
     ))]
     #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)]
     fn new(
@@ -159,6 +171,7 @@ impl PyPillow {
         retry_errors: bool,
         document_stores: Option<Bound<'_, PyDict>>,
         background_checkpoints: bool,
+        on_processor_error: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let checkpoint_id = checkpoint_id.unwrap_or_else(|| name.clone());
         let mut config = PillowConfig::new(name.clone(), checkpoint_id);
@@ -197,10 +210,15 @@ impl PyPillow {
         config.strict = strict;
         config.retry_errors = retry_errors;
         for p in &processors {
-            if !is_processor(p)? && !p.is_instance_of::<PyRustProcessor>() {
+            if !p.is_instance_of::<PyRustProcessor>() {
+                check_processor(&name, p)?;
+            }
+        }
+        if let Some(h) = &on_processor_error {
+            if !h.is_callable() {
                 return Err(PyErr::new::<pyo3::exceptions::PyTypeError, _>(format!(
-                    "pillow {name}: processors must be pillowtop_rs.PillowProcessor or RustProcessor instances, not {}",
-                    p.repr()?
+                    "pillow {name}: on_processor_error must be a callable (pillow_name, change, exception), not {}",
+                    h.repr()?
                 )));
             }
         }
@@ -213,9 +231,9 @@ impl PyPillow {
                         "pillow {name}: document_stores keys must be (data_source_type, data_source_name) tuples"
                     ))
                 })?;
-                if !v.is_instance_of::<PySqlDocumentStore>() && !v.hasattr("get_documents")? {
+                if !v.is_instance_of::<PySqlDocumentStore>() && !is_document_store(&v)? {
                     return Err(PyErr::new::<pyo3::exceptions::PyTypeError, _>(format!(
-                        "pillow {name}: the document store for ({t}, {n}) is neither a SqlDocumentStore nor an object with a get_documents(ids) method"
+                        "pillow {name}: the document store for ({t}, {n}) is neither a SqlDocumentStore nor an object with get_documents(ids), iter_documents(ids) or get_document(id)"
                     )));
                 }
                 stores.push(((t, n), v.unbind()));
@@ -226,6 +244,8 @@ impl PyPillow {
             topics,
             processors: processors.into_iter().map(Bound::unbind).collect(),
             document_stores: stores,
+            on_processor_error: on_processor_error.map(Bound::unbind),
+            memory_errors: Arc::new(MemoryErrorStore::new()),
         };
         // The whole definition, validated as every front's is (exactly-once processors,
         // document stores, topics): a mistake fails here, not when the pillow runs.
@@ -281,7 +301,7 @@ impl PyPillow {
         *, kafka, postgres, process_number = 0, num_processes = 1,
         dedicated_migration_process = false, until_idle = false, max_changes = None,
         on_chunk = None, idle_timeout = 10.0, stall_timeout = Some(60.0), max_message_bytes = None,
-        postgres_outage_budget = 300.0, kafka_setting = None,
+        postgres_outage_budget = 300.0, kafka_setting = None, since = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -300,6 +320,7 @@ impl PyPillow {
         max_message_bytes: Option<i64>,
         postgres_outage_budget: f64,
         kafka_setting: Option<String>,
+        since: Option<HashMap<(String, i32), i64>>,
     ) -> PyResult<PyRunSummary> {
         crate::telemetry::init();
         warn_off_main_thread(py)?;
@@ -311,6 +332,11 @@ impl PyPillow {
         };
         config.until_idle = until_idle;
         config.max_changes = max_changes;
+        config.since = since.map(|s| {
+            s.into_iter()
+                .map(|((t, p), o)| (TopicPartition::new(t, p), o))
+                .collect()
+        });
         config.validate()?;
         if !(idle_timeout.is_finite() && idle_timeout > 0.0) {
             return Err(config_error(format!(
@@ -377,6 +403,132 @@ impl PyPillow {
         sigint.restore(py)?;
         result.map(PyRunSummary::from)
     }
+
+    /// Runs `changes` through the pillow in memory, on this thread, with the real loop
+    /// (chunking, de-duplication, the serial fallback, error recording, the checkpoint rules)
+    /// over an in-memory feed, checkpoint store and error store: a processor's unit test needs
+    /// neither Kafka nor PostgreSQL. Error rows persist across calls on this pillow
+    /// (`error_rows()`), as the error table does.
+    fn process_changes(
+        &self,
+        py: Python<'_>,
+        changes: &Bound<'_, PyAny>,
+    ) -> PyResult<PyProcessResult> {
+        let topics = self.topics.clone();
+        let default_topic = topics.first().cloned().unwrap_or_default();
+        let mut core = Vec::new();
+        for c in changes.try_iter().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(
+                "process_changes takes an iterable of Change objects".to_owned(),
+            )
+        })? {
+            let c = c?;
+            let mut change = match c.cast::<PyChange>() {
+                Ok(ours) => ours.borrow().snapshot(py)?,
+                // CommCare's own `Change` (or any object with its attributes).
+                Err(_) => PyChange::from_attributes(py, &c)?.snapshot(py)?,
+            };
+            if change.topic.is_empty() {
+                change.topic.clone_from(&default_topic);
+            }
+            if change.partition < 0 {
+                change.partition = 0;
+            }
+            if !topics.contains(&change.topic) {
+                return Err(config_error(format!(
+                    "pillow {}: change {} is on topic {:?}, which the pillow does not read ({})",
+                    self.config.name,
+                    change.id,
+                    change.topic,
+                    topics.join(", ")
+                )));
+            }
+            core.push(change);
+        }
+        let partitions = core.iter().map(|c| c.partition + 1).max().unwrap_or(1);
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let mut feed = MemoryFeed::new(&topic_refs, partitions);
+        for c in core {
+            feed.push_ready(c);
+        }
+        let mut spec = self.spec(py, Lane::current(), KafkaFeedOptions::new("", ""), String::new())?;
+        spec.config.since = Some(
+            topics
+                .iter()
+                .flat_map(|t| (0..partitions).map(move |p| (TopicPartition::new(t.clone(), p), 0)))
+                .collect(),
+        );
+        let checkpoints = Arc::new(MemoryCheckpointStore::new());
+        let errors = self.memory_errors.clone();
+        let pillow = spec.build_in_memory(feed, checkpoints.clone(), errors.clone())?;
+        let summary = detached(py, move || -> PyResult<RunSummary> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    PyErr::from(crate::Error::from(ProcessError::Other(format!(
+                        "cannot start the async runtime: {e}"
+                    ))))
+                })?;
+            let mut pillow = pillow;
+            Ok(runtime.block_on(pillow.run(&CancellationToken::new()))?)
+        })?;
+        let checkpoint = checkpoints
+            .all()
+            .into_iter()
+            .map(|(_, row)| ((row.tp.topic, row.tp.partition), row.offset))
+            .collect();
+        Ok(PyProcessResult {
+            summary: Py::new(py, PyRunSummary::from(summary))?,
+            checkpoint,
+        })
+    }
+
+    /// `process_changes([change])`: CommCare's `pillow.process_change(change)` in tests.
+    fn process_change(&self, py: Python<'_>, change: &Bound<'_, PyAny>) -> PyResult<PyProcessResult> {
+        let list = pyo3::types::PyList::new(py, [change])?;
+        self.process_changes(py, list.as_any())
+    }
+
+    /// The error rows `process_changes` recorded on this pillow (CommCare's `PillowError`
+    /// fields), oldest first.
+    fn error_rows<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let errors = self.memory_errors.clone();
+        let name = self.config.name.clone();
+        let rows = detached(py, move || -> PyResult<_> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(|e| PyErr::from(crate::Error::from(ProcessError::Other(e.to_string()))))?;
+            Ok(runtime.block_on(errors.list(&name))?)
+        })?;
+        rows.iter()
+            .map(|r| {
+                let value = serde_json::to_value(r).map_err(|e| {
+                    pyo3::exceptions::PyTypeError::new_err(format!("error row: {e}"))
+                })?;
+                Ok(pythonize::pythonize(py, &value)?)
+            })
+            .collect()
+    }
+}
+
+/// What `Pillow.process_changes()` did: the run's summary and the checkpoint it wrote.
+#[pyclass(name = "ProcessResult", module = "pillowtop_rs._native", frozen, get_all)]
+pub(crate) struct PyProcessResult {
+    summary: Py<PyRunSummary>,
+    /// The checkpoint written, by (topic, partition): the next offset to read.
+    checkpoint: HashMap<(String, i32), i64>,
+}
+
+#[pymethods]
+impl PyProcessResult {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "ProcessResult(summary={}, checkpoint={:?})",
+            self.summary.borrow(py).__repr__(),
+            self.checkpoint
+        )
+    }
 }
 
 impl PyPillow {
@@ -389,12 +541,24 @@ impl PyPillow {
         feed: KafkaFeedOptions,
         postgres_url: String,
     ) -> PyResult<PillowSpec> {
+        let stores = Arc::new(PyStores::new(&self.document_stores, py));
+        let hook = self.on_processor_error.as_ref().map(|f| {
+            Arc::new(ErrorHook {
+                f: f.clone_ref(py),
+                pillow: self.config.name.clone(),
+            })
+        });
         let mut processors = Vec::with_capacity(self.processors.len());
         for p in &self.processors {
             let p = p.bind(py);
             processors.push(match p.cast::<PyRustProcessor>() {
                 Ok(rust) => rust.get().spec(py, Some(lane)),
-                Err(_) => ProcessorSpec::Ready(Box::new(PyProcessor::new(p, lane)?)),
+                Err(_) => ProcessorSpec::Ready(Box::new(PyProcessor::new(
+                    p,
+                    lane,
+                    stores.clone(),
+                    hook.clone(),
+                )?)),
             });
         }
         let mut document_stores = Vec::with_capacity(self.document_stores.len());

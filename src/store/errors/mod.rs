@@ -44,7 +44,7 @@ impl ErrorRecord {
 }
 
 /// A stored error row (the columns tests and operators look at).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PillowErrorRow {
     pub doc_id: String,
     pub pillow: String,
