@@ -69,8 +69,10 @@ def next_attempt_delay_minutes(current_attempt: int) -> int | None:
 
 @final
 class Change:
-    """CommCare's ``Change``: attributes, a read-only mapping (``id``, ``seq``, ``doc``,
-    ``deleted``), and the document through ``get_document()``."""
+    """CommCare's ``Change``: attributes, a read-only mapping, the document lazily.
+
+    Mapping keys: ``id``, ``seq``, ``doc``, ``deleted``.
+    """
 
     def __new__(
         cls,
@@ -143,30 +145,18 @@ class ChangeMeta:
     def __new__(cls, **fields: Any) -> ChangeMeta: ...
     @staticmethod
     def wrap(data: dict[str, Any]) -> ChangeMeta: ...
-    @property
-    def document_id(self) -> str: ...
-    @property
-    def document_rev(self) -> str | None: ...
-    @property
-    def data_source_type(self) -> str: ...
-    @property
-    def data_source_name(self) -> str: ...
-    @property
-    def document_type(self) -> str | None: ...
-    @property
-    def document_subtype(self) -> str | None: ...
-    @property
-    def domain(self) -> str | None: ...
-    @property
-    def is_deletion(self) -> bool: ...
-    @property
-    def publish_timestamp(self) -> datetime.datetime | None: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def original_publication_datetime(self) -> datetime.datetime | None: ...
-    @property
-    def associated_document_id(self) -> str | None: ...
+    document_id: str
+    document_rev: str | None
+    data_source_type: str
+    data_source_name: str
+    document_type: str | None
+    document_subtype: str | None
+    domain: str | None
+    is_deletion: bool
+    publish_timestamp: datetime.datetime | None
+    attempts: int
+    original_publication_datetime: datetime.datetime | None
+    associated_document_id: str | None
     def __getattr__(self, name: str) -> Any: ...
     def __setattr__(self, name: str, value: Any, /) -> None: ...
     def __delattr__(self, name: str, /) -> None: ...
@@ -339,7 +329,7 @@ class Pillow:
     def process_change(self, change: Any) -> ProcessResult:
         """``process_changes([change])``."""
     def error_rows(self) -> list[dict[str, Any]]:
-        """The error rows ``process_changes`` recorded (CommCare's ``PillowError`` fields)."""
+        """Return the error rows ``process_changes`` recorded (``PillowError``'s fields)."""
 
 def request_shutdown() -> int:
     """Ask every running pillow of this process to stop after a final checkpoint."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.db.models import Model, QuerySet
 from django.forms.models import model_to_dict
+
 from pillowtop_rs.exceptions import DocumentNotFoundError
 
 __all__ = ["ModelDocumentStore"]

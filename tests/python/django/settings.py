@@ -105,6 +105,11 @@ PILLOWTOPS: dict[str, list[Any]] = {
             "class": "pillowtop_rs.Pillow",
             "instance": "testapp.pillows.get_failing_pillow",
         },
+        {
+            "name": "model-store-pillow",
+            "class": "pillowtop_rs.Pillow",
+            "instance": "testapp.pillows.get_model_store_pillow",
+        },
     ],
 }
 if os.environ.get("PTDJ_BROKEN_PILLOWTOPS"):

@@ -17,3 +17,12 @@ class ProcessedChange(models.Model):
         """One row per processor and document."""
 
         unique_together = ("processor", "doc_id")
+
+
+class FormDocument(models.Model):
+    """A form as the primary database holds it: the documents of the model store's pillow."""
+
+    form_id = models.CharField(max_length=255, primary_key=True)
+    domain = models.CharField(max_length=255)
+    xmlns = models.CharField(max_length=255, default="")
+    received_on = models.DateTimeField()

@@ -13,6 +13,7 @@ from pillowtop_rs import Pillow, PillowProcessor
 from pillowtop_rs.django.settings import checkpoint_delay
 
 from testapp.processors import (
+    CommCareStyleFormProcessor,
     FailingProcessor,
     FormElasticProcessor,
     FormSqlProcessor,
@@ -87,5 +88,24 @@ def get_failing_pillow(
         checkpoint_id=_prefixed(pillow_id),
         chunk_size=processor_chunk_size,
         checkpoint_frequency=100,
+        max_checkpoint_delay=checkpoint_delay(),
+    )
+
+
+def get_model_store_pillow(
+    pillow_id: str = "model-store-pillow", processor_chunk_size: int = 10, **kwargs: Any
+) -> Pillow:
+    """A CommCare-style processor reading documents from a Django model store."""
+    from pillowtop_rs.django.stores import ModelDocumentStore
+
+    from testapp.models import FormDocument
+
+    return Pillow(
+        pillow_id,
+        [settings.TESTAPP["TOPIC"]],
+        [CommCareStyleFormProcessor()],
+        checkpoint_id=_prefixed(pillow_id),
+        chunk_size=processor_chunk_size,
+        document_stores={("sql", "form-sql"): ModelDocumentStore(FormDocument, "form_id")},
         max_checkpoint_delay=checkpoint_delay(),
     )

@@ -94,3 +94,26 @@ class FailingProcessor(PillowProcessor):
         if change.id.startswith("fail-"):
             raise ValueError(f"cannot process {change.id}")
         record(self.name, [change])
+
+
+class CommCareStyleFormProcessor:
+    """Written exactly as CommCare writes processors: a plain class, no pillowtop_rs import.
+
+    Reads each change's document (a ``FormDocument`` fetched in bulk by the model store) and
+    counts it under the document's own domain; a missing form raises CommCare's way.
+    """
+
+    supports_batch_processing = False
+    name = "commcare-style"
+
+    def process_change(self, change: Any) -> None:
+        doc = change.get_document()
+        if doc is None:
+            from pillowtop_rs.utils import ensure_document_exists
+
+            ensure_document_exists(change)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(UPSERT, (self.name, change.id, doc["domain"]))
+
+    def checkpoint_updated(self) -> None:
+        """CommCare's hook (UCR logs its slowest domains here)."""
