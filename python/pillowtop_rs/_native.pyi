@@ -103,7 +103,8 @@ class Change:
     @property
     def partition(self) -> int | None: ...
     @property
-    def metadata(self) -> ChangeMeta | None: ...
+    def metadata(self) -> ChangeMeta:
+        """The change's ``ChangeMeta`` (``None`` only for a ``Change(...)`` built without one)."""
     @metadata.setter
     def metadata(self, value: Any) -> None: ...
     @property
