@@ -30,8 +30,9 @@ class ModelDocumentStore:
 
     ``to_json(obj)`` makes the document from a model instance; by default the rows are read as
     dicts of their concrete fields (``QuerySet.values()``: no model instances, about 3 µs per
-    document less than ``model_to_dict`` in ``benches/e2e/dropin.py``), with dates as ISO strings and other non-JSON values as text.
-    ``_id`` is set to the id when the document has none, as CommCare's documents carry it. Has CommCare's ``DocumentStore`` reading interface
+    document less than ``model_to_dict`` in ``benches/e2e/dropin.py``), with dates as ISO
+    strings and other non-JSON values as text. ``_id`` is set to the id when the document has
+    none, as CommCare's documents carry it. Has CommCare's ``DocumentStore`` reading interface
     (``get_document``, ``iter_documents``) and the bulk ``get_documents`` the pillow calls.
     """
 
