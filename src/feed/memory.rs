@@ -189,11 +189,12 @@ impl ChangeFeed for MemoryFeed {
                 Entry::Tick => return Ok(Some(FeedItem::Tick)),
                 Entry::Ready(change) => {
                     let tp = TopicPartition::new(change.topic.clone(), change.partition);
-                    match self.assigned.get(&tp) {
-                        Some(start) if change.offset >= *start => {
-                            return Ok(Some(FeedItem::Change(change)));
-                        }
-                        _ => continue,
+                    if self
+                        .assigned
+                        .get(&tp)
+                        .is_some_and(|start| change.offset >= *start)
+                    {
+                        return Ok(Some(FeedItem::Change(change)));
                     }
                 }
                 Entry::Message {

@@ -143,10 +143,10 @@ pub trait ChangeFeed: Send {
 /// Reads every change from `start` up to (not including) `end`, per partition, with `feed`
 /// (the test harness's `capture_kafka_changes_context`). Invalid messages are counted, not
 /// returned. Fails when `timeout` passes before the positions reach `end`.
-pub async fn read_between(
+pub async fn read_between<S: std::hash::BuildHasher>(
     feed: &mut dyn ChangeFeed,
     start: &[(TopicPartition, i64)],
-    end: &std::collections::HashMap<TopicPartition, i64>,
+    end: &std::collections::HashMap<TopicPartition, i64, S>,
     timeout: std::time::Duration,
 ) -> Result<(Vec<Change>, u64)> {
     let mut pending: std::collections::HashMap<TopicPartition, i64> = start

@@ -117,7 +117,10 @@ impl PyChange {
             Some(s) => s,
             None => 0i64.into_pyobject(py)?.into_any(),
         };
-        let deleted = attr("deleted")?.map(|d| d.is_truthy()).transpose()?.unwrap_or(false);
+        let deleted = attr("deleted")?
+            .map(|d| d.is_truthy())
+            .transpose()?
+            .unwrap_or(false);
         Self::py_new(
             py,
             &id,
@@ -223,7 +226,10 @@ impl PyChange {
         if self.checked {
             return Ok(py.None());
         }
-        match store.bind(py).call_method1("get_document", (&self.inner.id,)) {
+        match store
+            .bind(py)
+            .call_method1("get_document", (&self.inner.id,))
+        {
             Ok(doc) => {
                 let doc = doc.unbind();
                 self.doc = Some(doc.clone_ref(py));
@@ -423,7 +429,11 @@ impl PyChange {
     }
 
     #[setter]
-    fn set_metadata(&mut self, py: Python<'_>, metadata: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    fn set_metadata(
+        &mut self,
+        py: Python<'_>,
+        metadata: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         match metadata {
             Some(m) if !m.is_none() => {
                 self.inner.metadata = extract_meta(m)?;
@@ -558,7 +568,10 @@ impl PyChange {
 
     #[allow(clippy::unused_self)]
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        PyList::new(py, KEYS)?.as_any().try_iter().map(Bound::into_any)
+        PyList::new(py, KEYS)?
+            .as_any()
+            .try_iter()
+            .map(Bound::into_any)
     }
 
     #[allow(clippy::unused_self)]

@@ -243,14 +243,19 @@ impl PyChangeMeta {
     }
 
     /// Pickling (Celery tasks, multiprocessing): rebuilt through `wrap` from the wire form.
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
         let wrap = slf.get_type().getattr("wrap")?;
         let json = slf.borrow().to_json(slf.py())?;
         Ok((wrap, (json,)))
     }
 
     fn __repr__(&self) -> String {
-        let opt = |v: &Option<String>| v.as_ref().map_or_else(|| "None".to_owned(), |s| format!("{s:?}"));
+        let opt = |v: &Option<String>| {
+            v.as_ref()
+                .map_or_else(|| "None".to_owned(), |s| format!("{s:?}"))
+        };
         format!(
             "ChangeMeta(document_id={:?}, data_source_type={:?}, data_source_name={:?}, domain={}, is_deletion={}, attempts={})",
             self.inner.document_id,
@@ -277,7 +282,10 @@ pub(crate) fn extract_meta(value: &Bound<'_, PyAny>) -> PyResult<ChangeMeta> {
     let d = data.cast::<PyDict>().map_err(|_| {
         PyTypeError::new_err(format!(
             "metadata must be a ChangeMeta, an object with to_json() or a dict, not {}",
-            value.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+            value
+                .get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
         ))
     })?;
     from_fields(dict_fields(d)?)

@@ -42,11 +42,11 @@ mod native {
     #[pymodule_export]
     use super::pillow::{request_shutdown, PyPillow, PyProcessResult, PyRunSummary};
     #[pymodule_export]
-    use super::testing::{kafka_offsets, read_kafka_changes};
-    #[pymodule_export]
     use super::rust_processors::PyRustProcessor;
     #[pymodule_export]
     use super::sql_store::PySqlDocumentStore;
+    #[pymodule_export]
+    use super::testing::{kafka_offsets, read_kafka_changes};
     #[pymodule_export]
     use super::{
         next_attempt_delay_minutes, parse_change_meta, partition_assignment, virtual_worker_layouts,

@@ -38,10 +38,10 @@ use crate::feed::assignment::Layout;
 use crate::feed::kafka::KafkaFeedOptions;
 use crate::feed::memory::MemoryFeed;
 use crate::partition::TopicPartition;
+use crate::pillow::{HookPoint, LoopHook, PillowConfig, RunSummary, StartPolicy, StopReason};
 use crate::store::checkpoints::memory::MemoryCheckpointStore;
 use crate::store::errors::memory::MemoryErrorStore;
 use crate::store::errors::ErrorStore;
-use crate::pillow::{HookPoint, LoopHook, PillowConfig, RunSummary, StartPolicy, StopReason};
 
 /// How long the lane stays detached before it checks for signals.
 const SIGNAL_TICK: Duration = Duration::from_millis(100);
@@ -451,7 +451,12 @@ impl PyPillow {
         for c in core {
             feed.push_ready(c);
         }
-        let mut spec = self.spec(py, Lane::current(), KafkaFeedOptions::new("", ""), String::new())?;
+        let mut spec = self.spec(
+            py,
+            Lane::current(),
+            KafkaFeedOptions::new("", ""),
+            String::new(),
+        )?;
         spec.config.since = Some(
             topics
                 .iter()
@@ -485,7 +490,11 @@ impl PyPillow {
     }
 
     /// `process_changes([change])`: CommCare's `pillow.process_change(change)` in tests.
-    fn process_change(&self, py: Python<'_>, change: &Bound<'_, PyAny>) -> PyResult<PyProcessResult> {
+    fn process_change(
+        &self,
+        py: Python<'_>,
+        change: &Bound<'_, PyAny>,
+    ) -> PyResult<PyProcessResult> {
         let list = pyo3::types::PyList::new(py, [change])?;
         self.process_changes(py, list.as_any())
     }
@@ -513,7 +522,12 @@ impl PyPillow {
 }
 
 /// What `Pillow.process_changes()` did: the run's summary and the checkpoint it wrote.
-#[pyclass(name = "ProcessResult", module = "pillowtop_rs._native", frozen, get_all)]
+#[pyclass(
+    name = "ProcessResult",
+    module = "pillowtop_rs._native",
+    frozen,
+    get_all
+)]
 pub(crate) struct PyProcessResult {
     summary: Py<PyRunSummary>,
     /// The checkpoint written, by (topic, partition): the next offset to read.

@@ -113,10 +113,7 @@ pub(crate) struct ErrorHook {
 
 impl ErrorHook {
     fn call(&self, py: Python<'_>, change: &Bound<'_, PyAny>, err: &PyErr) {
-        if let Err(e) = self
-            .f
-            .call1(py, (&self.pillow, change, err.value(py)))
-        {
+        if let Err(e) = self.f.call1(py, (&self.pillow, change, err.value(py))) {
             tracing::warn!(pillow = %self.pillow, error = %e, "the on_processor_error hook raised; ignored");
         }
     }
@@ -465,15 +462,19 @@ impl PyDocumentStore {
         match self.api {
             StoreApi::GetDocuments => {
                 let docs = obj.call_method1("get_documents", (ids.to_vec(),))?;
-                out = pythonize::depythonize::<HashMap<String, serde_json::Value>>(&docs)
-                    .map_err(|e| {
+                out = pythonize::depythonize::<HashMap<String, serde_json::Value>>(&docs).map_err(
+                    |e| {
                         pyo3::exceptions::PyTypeError::new_err(format!(
                             "get_documents must return a mapping of id to JSON document: {e}"
                         ))
-                    })?;
+                    },
+                )?;
             }
             StoreApi::IterDocuments => {
-                for doc in obj.call_method1("iter_documents", (ids.to_vec(),))?.try_iter()? {
+                for doc in obj
+                    .call_method1("iter_documents", (ids.to_vec(),))?
+                    .try_iter()?
+                {
                     let doc = doc?;
                     let id = match doc.get_item("_id") {
                         Ok(id) => id,

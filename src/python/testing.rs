@@ -31,7 +31,8 @@ fn runtime() -> PyResult<tokio::runtime::Runtime> {
 }
 
 fn feed(kafka: String, topics: &[String]) -> crate::Result<KafkaFeed> {
-    let mut options = KafkaFeedOptions::new(kafka, format!("pillowtop-test-{}", std::process::id()));
+    let mut options =
+        KafkaFeedOptions::new(kafka, format!("pillowtop-test-{}", std::process::id()));
     options.idle_timeout = Duration::from_millis(100);
     options.bootstrap_setting = Some("the test harness's kafka argument".to_owned());
     KafkaFeed::new(topics, options)
@@ -39,7 +40,11 @@ fn feed(kafka: String, topics: &[String]) -> crate::Result<KafkaFeed> {
 
 /// The high-water mark (the next offset to be written) of every partition of `topics`.
 #[pyfunction]
-pub(crate) fn kafka_offsets(py: Python<'_>, kafka: String, topics: Vec<String>) -> PyResult<Offsets> {
+pub(crate) fn kafka_offsets(
+    py: Python<'_>,
+    kafka: String,
+    topics: Vec<String>,
+) -> PyResult<Offsets> {
     detached(py, move || -> PyResult<Offsets> {
         let rt = runtime()?;
         let out: crate::Result<Offsets> = rt.block_on(async {
@@ -86,9 +91,14 @@ pub(crate) fn read_kafka_changes(
                     (tp.clone(), from)
                 })
                 .collect();
-            read_between(&mut feed, &start, &end, Duration::from_secs_f64(timeout.max(0.0)))
-                .await
-                .map(|(changes, _invalid)| changes)
+            read_between(
+                &mut feed,
+                &start,
+                &end,
+                Duration::from_secs_f64(timeout.max(0.0)),
+            )
+            .await
+            .map(|(changes, _invalid)| changes)
         });
         rt.shutdown_timeout(Duration::from_secs(1));
         Ok(out?)
