@@ -363,4 +363,36 @@ mod tests {
         s.config.checkpoint_id = String::new();
         assert!(s.validate().is_err(), "the loop's settings are checked too");
     }
+
+    #[tokio::test]
+    async fn in_memory_runs_the_real_loop_and_refuses_what_needs_a_server() {
+        use crate::feed::memory::MemoryFeed;
+        use crate::store::checkpoints::memory::MemoryCheckpointStore;
+        use crate::store::errors::memory::MemoryErrorStore;
+        let memory = || {
+            let mut feed = MemoryFeed::new(&["case-sql"], 1);
+            for i in 0..5 {
+                feed.push_change("case-sql", 0, &format!("d{i}"));
+            }
+            feed
+        };
+        let checkpoints = Arc::new(MemoryCheckpointStore::new());
+        let errors = Arc::new(MemoryErrorStore::new());
+        let mut pillow = spec(vec![ProcessorSpec::Noop { batch: true }])
+            .build_in_memory(memory(), checkpoints.clone(), errors.clone())
+            .expect("in memory");
+        let summary = pillow.run(&CancellationToken::new()).await.expect("runs");
+        assert_eq!(
+            (summary.changes, summary.stop_reason),
+            (5, StopReason::FeedEnded)
+        );
+        assert_eq!(checkpoints.all()[0].1.offset, 5);
+        let e = spec(vec![ProcessorSpec::PostgresTable(table("t", false))])
+            .build_in_memory(memory(), checkpoints, errors)
+            .expect_err("a table needs PostgreSQL");
+        assert!(
+            e.to_string().contains("PostgresTable(t) needs its server"),
+            "{e}"
+        );
+    }
 }

@@ -209,4 +209,46 @@ mod tests {
         assert_eq!(super::excerpt(b"a\x7fb\x1b"), "a\\x7fb\\x1b");
         assert!(!super::excerpt(b"\x00\x00").contains('\0'));
     }
+
+    #[tokio::test]
+    async fn read_between_reads_each_partition_from_start_to_end_only() {
+        use super::memory::MemoryFeed;
+        use super::{read_between, TopicPartition};
+        use crate::change::{Change, ChangeMeta, Document};
+        let mut feed = MemoryFeed::new(&["t"], 2);
+        for i in 0..6 {
+            feed.push_change("t", i % 2, &format!("d{i}"));
+        }
+        // A ready change (the Python harness's) lands at the partition's next offset.
+        let ready = Change {
+            id: "ready".into(),
+            topic: "t".into(),
+            partition: 1,
+            offset: -1,
+            deleted: false,
+            metadata: ChangeMeta::new("ready", "sql", "t"),
+            document: Document::Known(Some(serde_json::json!({"k": 1}))),
+            size: 0,
+        };
+        assert_eq!(feed.push_ready(ready), 3);
+        let p0 = TopicPartition::new("t", 0);
+        let p1 = TopicPartition::new("t", 1);
+        let end: std::collections::HashMap<_, _> =
+            [(p0.clone(), 3), (p1.clone(), 4)].into_iter().collect();
+        let (changes, invalid) = read_between(
+            &mut feed,
+            &[(p0, 1), (p1, 2)],
+            &end,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .expect("read");
+        let ids: Vec<_> = changes.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["d2", "d4", "d5", "ready"]);
+        assert_eq!(invalid, 0);
+        assert_eq!(
+            changes[3].document,
+            Document::Known(Some(serde_json::json!({"k": 1})))
+        );
+    }
 }
