@@ -42,6 +42,11 @@ pub struct Args {
     /// (all interfaces), at /metrics, while the pillow runs.
     #[arg(long)]
     metrics_port: Option<u16>,
+    /// Run this many virtual workers (at least 2) in this process, on one runtime: each its own
+    /// pillow with its own consumer, partitions and checkpoint rows, numbered as CommCare's
+    /// `run_ptop --gevent-workers` numbers them.
+    #[arg(long)]
+    workers: Option<u32>,
 }
 
 /// Counts handled changes and failures, and keeps the last chunk lag, from a pillow's
@@ -130,6 +135,103 @@ fn install_signal_handlers(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pillow's definition, or one per virtual worker (`--workers`): the file's layout (with
+/// the command line's overrides) expanded by CommCare's formula. The migration process of a
+/// dedicated layout runs alone.
+fn worker_specs(
+    file: &PillowFile,
+    options: &RunOptions,
+    workers: Option<u32>,
+) -> crate::Result<Vec<crate::assembly::PillowSpec>> {
+    let base = file.spec(options)?;
+    let Some(w) = workers else {
+        return Ok(vec![base]);
+    };
+    let Some(layouts) = base.config.layout.virtual_workers(w)? else {
+        return Ok(vec![base]);
+    };
+    layouts
+        .into_iter()
+        .map(|layout| {
+            let mut spec = file.spec(&RunOptions {
+                process_number: Some(layout.process_num),
+                num_processes: Some(layout.num_processes),
+                ..options.clone()
+            })?;
+            spec.config.layout = layout;
+            Ok(spec)
+        })
+        .collect()
+}
+
+/// Runs every definition on this runtime until all have stopped; a worker that fails stops
+/// the others (after their final checkpoints) and its error is returned, naming it. The
+/// summaries of several workers are added up.
+async fn run_all(
+    specs: Vec<crate::assembly::PillowSpec>,
+    token: &CancellationToken,
+    recorder: Arc<dyn Recorder>,
+    ui: &dyn Ui,
+) -> crate::Result<crate::pillow::RunSummary> {
+    if specs.len() == 1 {
+        let spec = specs.into_iter().next().expect("one spec");
+        return spec.run(token, |p| p.with_metrics(recorder)).await;
+    }
+    ui.err(&format!(
+        "{} virtual workers: {}",
+        specs.len(),
+        specs
+            .iter()
+            .map(|s| format!(
+                "{} of {}",
+                s.config.layout.process_num, s.config.layout.num_processes
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for spec in specs {
+        let layout = spec.config.layout;
+        let (token, recorder) = (token.clone(), recorder.clone());
+        tasks.spawn(async move {
+            let outcome = spec.run(&token, |p| p.with_metrics(recorder)).await;
+            if outcome.is_err() {
+                token.cancel();
+            }
+            (layout, outcome)
+        });
+    }
+    let mut total = crate::pillow::RunSummary::nothing(crate::pillow::StopReason::Shutdown);
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (layout, outcome) = joined.map_err(|e| {
+            crate::error::ProcessError::Other(format!("a virtual worker panicked: {e}"))
+        })?;
+        match outcome {
+            Ok(s) => {
+                total.stop_reason = s.stop_reason;
+                total.changes += s.changes;
+                total.failed += s.failed;
+                total.invalid += s.invalid;
+                total.checkpoints += s.checkpoints;
+                total.partitions.extend(s.partitions);
+            }
+            Err(e) if failure.is_none() => {
+                ui.err(&format!(
+                    "virtual worker {} of {} failed: {e}; stopping the others after their final checkpoint",
+                    layout.process_num, layout.num_processes
+                ));
+                failure = Some(e);
+            }
+            Err(e) => ui.err(&format!(
+                "virtual worker {} of {} failed too: {e}",
+                layout.process_num, layout.num_processes
+            )),
+        }
+    }
+    failure.map_or(Ok(total), Err)
+}
+
 pub async fn exec(args: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
     let file = match PillowFile::load(&args.config) {
         Ok(f) => f,
@@ -144,7 +246,7 @@ pub async fn exec(args: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
         until_idle: args.until_idle,
         max_changes: args.max_changes,
     };
-    let spec = match file.spec(&options) {
+    let definitions = match worker_specs(&file, &options, args.workers) {
         Ok(s) => s,
         Err(e) => {
             ui.err(&format!("error: {e}"));
@@ -192,7 +294,7 @@ pub async fn exec(args: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
     ));
     let ticker = (!args.quiet).then(|| tokio::spawn(progress_line(progress.clone())));
     let started = Instant::now();
-    let summary = spec.run(&token, |p| p.with_metrics(recorder)).await;
+    let summary = run_all(definitions, &token, recorder, ui).await;
     if let Some(t) = ticker {
         t.abort();
     }

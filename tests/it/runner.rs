@@ -400,3 +400,76 @@ async fn exactly_once_under_sigkill_at_random_moments() {
         "the at-least-once control replayed nothing after {kills} kills: the exactly-once assertion would not detect a lost atomicity"
     );
 }
+
+/// `pillowtop run --workers 3` over 12 partitions: three pillows on one runtime in one process,
+/// each reading exactly CommCare's share for its virtual numbering (`sorted[w::3]`), together
+/// covering every change once and checkpointing every partition at its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_virtual_workers_splits_the_partitions_as_commcare_does() {
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let topic = TestTopic::new(&bootstrap, "workers", 12).await;
+    let id = db.id("workers");
+    let table = db.id("workers_table");
+    let matching = publish_forms(&bootstrap, &topic.name, 3000, 0).await;
+    let cfg = TempConfig::new(
+        &id,
+        &config_text(&id, &topic.name, &bootstrap, &url, &table, false),
+    );
+    let cfg_path = cfg.0.to_str().expect("utf-8").to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        pillowtop(&[
+            "run",
+            "--config",
+            &cfg_path,
+            "--until-idle",
+            "--workers",
+            "3",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    assert!(
+        stderr.contains("3 virtual workers: 0 of 3, 1 of 3, 2 of 3"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("3000 changes (0 failed, 0 invalid)"),
+        "{stderr}"
+    );
+    // Every change exactly once (at-least-once, and here nothing was redelivered).
+    let n = i64::try_from(matching).expect("small");
+    assert_eq!(table_stats(&db, &table).await, (n, n, 1));
+    assert_eq!(
+        checkpoint(&db, &id).await,
+        high_water_marks(&bootstrap, &topic.name).await
+    );
+    // Each worker owned CommCare's share: the pillow's start lines list its partitions.
+    let all: Vec<TopicPartition> = (0..12)
+        .map(|p| TopicPartition::new(topic.name.clone(), p))
+        .collect();
+    for w in 0..3u32 {
+        let layout = pillowtop::feed::assignment::Layout {
+            num_processes: 3,
+            process_num: w,
+            dedicated_migration_process: false,
+        };
+        let mine = layout.assign(&all).expect("layout");
+        let listed = mine
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            stderr.contains(&format!("process={w} processes=3"))
+                && stderr.contains(&format!("partitions={listed}")),
+            "worker {w} should own {listed}\n{stderr}"
+        );
+    }
+}

@@ -259,6 +259,46 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| KafkaError::Other(format!("blocking kafka call panicked: {e}")))?
 }
 
+/// How long a leader election (a topic just created, a broker restarting) is waited out when a
+/// partition's watermarks are read.
+const LEADER_ELECTION_WAIT: Duration = Duration::from_secs(15);
+
+/// The watermarks of `tp`. "Not leader" / "leader not available" mean an election is in
+/// progress: retried every 200 ms for up to [`LEADER_ELECTION_WAIT`], then an error naming the
+/// partition, the broker and librdkafka's own text.
+fn watermarks_of<C: rdkafka::consumer::Consumer<LoggingContext>>(
+    consumer: &C,
+    tp: &TopicPartition,
+    broker: &str,
+) -> Result<(i64, i64)> {
+    use rdkafka::types::RDKafkaErrorCode;
+    let deadline = std::time::Instant::now() + LEADER_ELECTION_WAIT;
+    loop {
+        match consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(30)) {
+            Ok(w) => return Ok(w),
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::NotLeaderForPartition
+                            | RDKafkaErrorCode::LeaderNotAvailable
+                    )
+                ) && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(partition = %tp, error = %e, "leader election in progress; reading the watermarks again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(KafkaError::client(
+                    format!("fetching the watermarks of {tp} from {broker}"),
+                    e,
+                )
+                .into())
+            }
+        }
+    }
+}
+
 /// The feed's librdkafka settings (shared by its consumer and its stall probe).
 fn client_config(options: &KafkaFeedOptions, client_id: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
@@ -399,14 +439,7 @@ impl ChangeFeed for KafkaFeed {
             partitions
                 .into_iter()
                 .map(|tp| {
-                    let (low, high) = consumer
-                        .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(30))
-                        .map_err(|e| {
-                            KafkaError::client(
-                                format!("fetching the watermarks of {tp} from {broker}"),
-                                e,
-                            )
-                        })?;
+                    let (low, high) = watermarks_of(consumer.as_ref(), &tp, &broker)?;
                     Ok((tp, low, high))
                 })
                 .collect()

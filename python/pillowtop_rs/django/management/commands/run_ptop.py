@@ -9,6 +9,10 @@ Differences from CommCare, on purpose:
 * ``--all`` / ``--pillow-key`` start one child process per pillow with ``subprocess`` (a fresh
   interpreter, never a fork) and forward SIGTERM to them; there is no restart loop (the process
   supervisor restarts what exits);
+* ``--gevent-workers W`` runs the ``W`` virtual workers (CommCare's numbering) as threads of
+  this process, each with its own pillow, consumer and checkpoint rows; a worker that fails stops
+  the others after their final checkpoint and the command exits non-zero (CommCare restarted the
+  worker in place);
 * SIGTERM stops cleanly: the chunk in progress finishes, a final checkpoint is written, and the
   command exits 0. A second SIGTERM raises ``ShutdownRequested`` at once (exit status 1, the
   unfinished chunk is not checkpointed). SIGINT exits with status 130 after the same cleanup.
@@ -30,10 +34,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
-from pillowtop_rs import RunSummary, registry
+from pillowtop_rs import Pillow, RunSummary, registry
 from pillowtop_rs.django import cli
 from pillowtop_rs.django import settings as pt_settings
 from pillowtop_rs.exceptions import PillowtopError, ShutdownRequested
+from pillowtop_rs.workers import WorkerFailed, run_virtual_workers, worker_layouts
 
 #: CommCare's ``DEFAULT_PROCESSOR_CHUNK_SIZE``.
 DEFAULT_PROCESSOR_CHUNK_SIZE = 10
@@ -117,6 +122,15 @@ class Command(BaseCommand):
             "running at once",
         )
         parser.add_argument(
+            "--gevent-workers",
+            dest="gevent_workers",
+            default=0,
+            type=int,
+            help="Run this many virtual workers in this process (at least 2), each with its own "
+            "consumer, partitions and checkpoint rows (CommCare's numbering); threads here, not "
+            "gevent",
+        )
+        parser.add_argument(
             "--processor-chunk-size",
             dest="processor_chunk_size",
             default=DEFAULT_PROCESSOR_CHUNK_SIZE,
@@ -182,6 +196,11 @@ class Command(BaseCommand):
             )
         if chunk_size < 0:
             raise CommandError(f"--processor-chunk-size must be 0 or more, got {chunk_size}")
+        if options["gevent_workers"] and options["gevent_workers"] < 2:
+            raise CommandError(
+                f"--gevent-workers must be at least 2 (got {options['gevent_workers']}); leave "
+                "it out to run one pillow in this process"
+            )
         if options["max_changes"] is not None and options["max_changes"] < 1:
             raise CommandError("--max-changes must be at least 1")
         try:
@@ -255,6 +274,23 @@ class Command(BaseCommand):
         budget = pt_settings.postgres_outage_budget()
         if budget is not None:
             extra["postgres_outage_budget"] = budget
+        workers: int = options.get("gevent_workers") or 0
+        try:
+            layouts = (
+                worker_layouts(
+                    options["num_processes"],
+                    options["process_number"],
+                    workers,
+                    options["dedicated_migration_process"],
+                )
+                if workers
+                else None
+            )
+        except PillowtopError as e:
+            raise CommandError(str(e)) from e
+        if layouts is not None:
+            self.run_workers(name, factory_options, layouts, kafka, postgres, extra, options)
+            return
         try:
             with sigterm_requests_shutdown():
                 while True:
@@ -289,6 +325,51 @@ class Command(BaseCommand):
                 self.write_summary(name, interrupted)
                 self.stdout.flush()
             raise CommandError(f"pillow {name} interrupted", returncode=130) from e
+
+    def run_workers(
+        self,
+        name: str,
+        factory_options: dict[str, Any],
+        layouts: list[tuple[int, int]],
+        kafka: str,
+        postgres: str,
+        extra: dict[str, Any],
+        options: dict[str, Any],
+    ) -> None:
+        """``--gevent-workers``: one pillow per virtual worker, all in this process."""
+
+        def make(process_num: int, num_processes: int) -> Pillow:
+            # CommCare calls the factory once per worker with the worker's own numbering.
+            return cli.get_pillow(
+                name,
+                **{**factory_options, "num_processes": num_processes, "process_num": process_num},
+            )
+
+        self.stdout.write(
+            f"Starting pillow {name} as {len(layouts)} virtual workers: "
+            + ", ".join(f"{p} of {n}" for p, n in layouts)
+        )
+        self.stdout.flush()
+        try:
+            with sigterm_requests_shutdown():
+                results = run_virtual_workers(
+                    make,
+                    layouts,
+                    kafka=kafka,
+                    postgres=postgres,
+                    dedicated_migration_process=options["dedicated_migration_process"],
+                    until_idle=options["until_idle"],
+                    max_changes=options["max_changes"],
+                    on_chunk=close_old_connections,
+                    **extra,
+                )
+        except WorkerFailed as e:
+            raise CommandError(f"pillow {name}: {e}") from e
+        except KeyboardInterrupt as e:
+            raise CommandError(f"pillow {name} interrupted", returncode=130) from e
+        for r in results:
+            if r.summary is not None:
+                self.write_summary(f"{name}[{r.process_num} of {r.num_processes}]", r.summary)
 
     def write_summary(self, name: str, summary: RunSummary) -> None:
         """Write the line a stopped run ends with (SIGTERM and Ctrl-C alike)."""
