@@ -17,35 +17,44 @@ def ensure_document_exists(change: Any) -> None:
     """Raise ``DocumentMissingError`` when the change's document cannot be found.
 
     The error row is always recorded (also with ``retry_errors=False``) and the retry queue
-    re-publishes the change later, as CommCare's does.
+    re-publishes the change later, as CommCare's does. CommCare's version re-raises only a
+    ``DocumentMissingError`` its store raised; this one also raises when the store simply has
+    no such document (``get_document()`` is ``None``), which CommCare's stores reported that way.
     """
     if change.get_document() is None:
         logger.warning("Unable to get document from change: %r", change)
         raise DocumentMissingError(f"document {change.id} of {change!r} was not found")
 
 
-def ensure_matched_revisions(change: Any, fetched_document: dict[str, Any] | None) -> None:
+def _rev_number(rev: Any) -> int:
+    try:
+        return int(str(rev).split("-", 1)[0])
+    except ValueError:
+        return -1
+
+
+def ensure_matched_revisions(change: Any) -> None:
     """Raise ``DocumentMismatchError`` when the fetched Couch document is older than the change.
 
-    Compares the revision number (the part of ``_rev`` before the dash) of the document with
-    ``change.metadata.document_rev``; either missing means there is nothing to compare.
+    CommCare's rule: when both the document's ``_rev`` and ``change.metadata.document_rev``
+    are known and differ, the change is retried later if the fetched revision number is lower
+    (or the change's cannot be read).
     """
-    change_rev = getattr(change.metadata, "document_rev", None) if change.metadata else None
-    doc_rev = (fetched_document or {}).get("_rev")
-    if not change_rev or not doc_rev:
+    doc = change.get_document()
+    change_rev = change.metadata.document_rev if change.metadata else None
+    if not doc or "_rev" not in doc or change_rev is None:
         return
-
-    def number(rev: str) -> int:
-        try:
-            return int(str(rev).split("-", 1)[0])
-        except ValueError:
-            return 0
-
-    if number(doc_rev) < number(change_rev):
-        raise DocumentMismatchError(
-            f"document {change.id}: fetched revision {doc_rev} is older than the change's"
-            f" {change_rev}"
+    doc_rev = doc["_rev"]
+    if doc_rev == change_rev:
+        return
+    fetched, stored = _rev_number(doc_rev), _rev_number(change_rev)
+    if fetched < stored or stored == -1:
+        message = (
+            f"Mismatched revs for {change.id}: fetched rev {doc_rev} vs. changes feed rev "
+            f"{change_rev}"
         )
+        logger.warning(message)
+        raise DocumentMismatchError(message)
 
 
 def bulk_fetch_changes_docs(changes: Iterable[Any]) -> tuple[list[Any], list[dict[str, Any]]]:

@@ -412,3 +412,21 @@ def test_in_memory_refuses_what_needs_a_server_and_foreign_topics() -> None:
         Pillow("p", [TOPIC], [CountingProcessor()]).process_changes(
             [change("d1", topic="case-sql")]
         )
+
+
+def test_ensure_matched_revisions_is_commcares_rule() -> None:
+    from pillowtop_rs import DocumentMismatchError
+    from pillowtop_rs.utils import ensure_matched_revisions
+
+    def with_revs(doc_rev: str | None, change_rev: str | None) -> Change:
+        doc = {"_id": "d"} if doc_rev is None else {"_id": "d", "_rev": doc_rev}
+        return Change("d", 0, document=doc, metadata=meta("d", document_rev=change_rev))
+
+    ensure_matched_revisions(with_revs("3-a", "3-a"))
+    ensure_matched_revisions(with_revs("4-b", "3-a"))  # newer document: fine
+    ensure_matched_revisions(with_revs(None, "3-a"))  # nothing to compare
+    ensure_matched_revisions(with_revs("3-a", None))
+    with pytest.raises(DocumentMismatchError, match="Mismatched revs for d"):
+        ensure_matched_revisions(with_revs("2-x", "3-a"))
+    with pytest.raises(DocumentMismatchError):
+        ensure_matched_revisions(with_revs("2-x", "garbage"))
