@@ -14,6 +14,8 @@ __all__ = [
     "RunSummary",
     "kafka_offsets",
     "read_kafka_changes",
+    "status_json",
+    "status_page",
     "RustProcessor",
     "SqlDocumentStore",
     "request_shutdown",
@@ -178,6 +180,12 @@ class ProcessResult:
     @property
     def checkpoint(self) -> dict[tuple[str, int], int]:
         """The checkpoint written, by (topic, partition): the next offset to read."""
+
+def status_page(api_url: str) -> str:
+    """Return the status page's HTML, reading its JSON from ``api_url``."""
+
+def status_json(postgres_url: str, kafka_bootstrap: str) -> str:
+    """Return every pillow's status as JSON (``pillowtop serve``'s ``/api/pillows``)."""
 
 def kafka_offsets(kafka: str, topics: list[str]) -> dict[tuple[str, int], int]:
     """Return the high-water mark of every partition of ``topics``."""

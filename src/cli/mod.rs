@@ -21,6 +21,7 @@ pub mod merge;
 pub mod reset;
 pub mod run;
 pub mod schema;
+pub mod serve;
 pub mod split;
 pub mod ui;
 pub mod validate;
@@ -123,6 +124,10 @@ pub enum Command {
     /// Which process (and virtual worker) reads which partitions (CommCare's
     /// pillow_topic_assignments, with the dedicated migration process).
     Assignments(assignments::Args),
+    /// The status page of every pillow at / (processes, per-partition lag in offsets and
+    /// seconds, error rows by type, changes/s over the last hour) and its JSON at
+    /// /api/pillows, until Ctrl-C or SIGTERM.
+    Serve(serve::Args),
 }
 
 impl Command {
@@ -139,6 +144,7 @@ impl Command {
             Self::Validate(a) => validate::exec(a, ui).await,
             Self::Lag(a) => lag::exec(a, ui).await,
             Self::Assignments(a) => assignments::exec(a, ui).await,
+            Self::Serve(a) => serve::exec(a, ui).await,
         }
     }
 }

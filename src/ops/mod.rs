@@ -19,12 +19,14 @@
 pub mod add_partitions;
 pub mod assignments;
 pub mod history;
+pub mod http;
 pub mod kafka;
 pub mod lag;
 pub mod merge;
 pub mod prometheus;
 pub mod reset;
 pub mod split;
+pub mod status;
 pub mod validate;
 
 use std::collections::BTreeMap;

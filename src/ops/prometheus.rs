@@ -8,7 +8,6 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -61,61 +60,27 @@ pub fn render(samples: &[(&str, Tags, f64)]) -> String {
     out
 }
 
-/// Serves `render()` on `listener` until `shutdown` is cancelled.
+/// Serves `render()` on `listener` (every `GET` path) until `shutdown` is cancelled.
 pub async fn serve<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
 where
     F: Fn() -> String + Send + Sync + 'static,
 {
     let render = Arc::new(render);
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let Ok((mut stream, _)) = accepted else {
-            continue;
-        };
-        let render = Arc::clone(&render);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut len = 0;
-            // Read the request head (we ignore any body).
-            while len < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut buf[len..]),
-                )
-                .await
-                {
-                    Ok(Ok(0) | Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => {
-                        len += n;
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let response = if head.starts_with("GET ") {
-                let body = render();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_owned()
-            };
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+    super::http::serve(
+        listener,
+        move |_path: String| {
+            let render = Arc::clone(&render);
+            async move { super::http::Response::ok("text/plain; version=0.0.4", render()) }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn renders_commcare_names_with_labels() {

@@ -16,6 +16,7 @@ mod pillow;
 mod processor;
 mod rust_processors;
 mod sql_store;
+mod status;
 mod testing;
 
 use pyo3::prelude::*;
@@ -45,6 +46,8 @@ mod native {
     use super::rust_processors::PyRustProcessor;
     #[pymodule_export]
     use super::sql_store::PySqlDocumentStore;
+    #[pymodule_export]
+    use super::status::{status_json, status_page};
     #[pymodule_export]
     use super::testing::{kafka_offsets, read_kafka_changes};
     #[pymodule_export]

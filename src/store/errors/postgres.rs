@@ -30,6 +30,25 @@ impl PostgresErrorStore {
         }
     }
 
+    /// How many error rows each pillow has, by error type: `(pillow, error_type, rows)` (the
+    /// status page; CommCare's `error_queue` monitor counts them).
+    pub async fn counts_by_type(&self) -> Result<Vec<(String, String, i64)>> {
+        let ctx = "counting the error rows by pillow and type";
+        self.pg
+            .run(ctx, |c| async move {
+                let rows = c
+                    .query(
+                        "SELECT pillow, coalesce(error_type, ''), count(*) FROM pillow_retry_pillowerror \
+                         GROUP BY 1, 2 ORDER BY 1, 2",
+                        &[],
+                    )
+                    .await
+                    .map_err(err(ctx))?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+            })
+            .await
+    }
+
     /// Deletes every error row of `pillows` (outside any pillow: the demo's cleanup); returns
     /// how many.
     pub async fn delete_pillows(&self, pillows: &[String]) -> Result<u64> {

@@ -60,3 +60,39 @@ def test_run_ptop_runs_a_commcare_style_processor_on_model_documents(
     assert error.error_type == "pillowtop_rs.exceptions.DocumentMissingError"
     cid = f"{app.prefix}model-store-pillow"
     assert sum(r.offset for r in KafkaCheckpoint.objects.filter(checkpoint_id=cid)) == 5
+
+
+def test_the_admin_status_view_serves_the_page_and_every_pillows_json(
+    app: Project, native: None, admin_client: Any
+) -> None:
+    import json
+
+    app.produce([f"form-{i}" for i in range(3)])
+    call_command(
+        "run_ptop",
+        "--pillow-name",
+        "model-store-pillow",
+        "--until-idle",
+        "--idle-timeout",
+        "1",
+        stdout=StringIO(),
+        stderr=StringIO(),
+    )
+    page = admin_client.get("/admin/pillowtop/")
+    assert page.status_code == 200
+    assert b'data-api="/admin/pillowtop/api/pillows"' in page.content
+    api = admin_client.get("/admin/pillowtop/api/pillows")
+    assert api.status_code == 200
+    status = json.loads(api.content)
+    cid = f"{app.prefix}model-store-pillow"
+    (pillow,) = [p for p in status["pillows"] if p["checkpoint_id"] == cid]
+    assert sum(pillow["seq"].values()) == 3
+    assert pillow["need_processing"] == 0
+    assert pillow["errors"] == {"pillowtop_rs.exceptions.DocumentMissingError": 3}
+    for key in ("seq_format", "offsets", "seconds_since_last", "time_since_last"):
+        assert key in pillow  # CommCare's get_all_pillows_json fields
+
+
+def test_the_status_view_is_for_staff_only(client: Any) -> None:
+    response = client.get("/admin/pillowtop/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]

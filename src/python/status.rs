@@ -1,0 +1,40 @@
+//! The status page for the Django admin view: the page's HTML and its JSON, computed by the
+//! core exactly as `pillowtop serve` computes them.
+
+use pyo3::prelude::*;
+
+use super::detach::detached;
+use crate::error::ProcessError;
+use crate::ops::status::{self, RateHistory};
+
+/// The status page's HTML; it reads its JSON from `api_url`.
+#[pyfunction]
+pub(crate) fn status_page(api_url: &str) -> String {
+    status::PAGE.replace(
+        "data-api=\"/api/pillows\"",
+        &format!("data-api=\"{}\"", api_url.replace('"', "%22")),
+    )
+}
+
+/// Every pillow's status as JSON (the `/api/pillows` document of `pillowtop serve`).
+#[pyfunction]
+pub(crate) fn status_json(
+    py: Python<'_>,
+    postgres_url: String,
+    kafka_bootstrap: String,
+) -> PyResult<String> {
+    detached(py, move || -> PyResult<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PyErr::from(crate::Error::from(ProcessError::Other(e.to_string()))))?;
+        let out: crate::Result<String> = runtime.block_on(async {
+            let pg = std::sync::Arc::new(crate::pg::Pg::new(postgres_url));
+            let kafka = crate::ops::kafka::KafkaInfo::new(&kafka_bootstrap)?;
+            let s = status::collect(&pg, &kafka, &RateHistory::new()).await?;
+            serde_json::to_string(&s)
+                .map_err(|e| ProcessError::Other(format!("cannot encode the status: {e}")).into())
+        });
+        Ok(out?)
+    })
+}
