@@ -184,7 +184,9 @@ class ProcessResult:
 def status_page(api_url: str) -> str:
     """Return the status page's HTML, reading its JSON from ``api_url``."""
 
-def status_json(postgres_url: str, kafka_bootstrap: str) -> str:
+def status_json(
+    postgres_url: str, kafka_bootstrap: str, names: Mapping[str, str] | None = None
+) -> str:
     """Return every pillow's status as JSON (``pillowtop serve``'s ``/api/pillows``)."""
 
 def kafka_offsets(kafka: str, topics: list[str]) -> dict[tuple[str, int], int]:

@@ -49,7 +49,8 @@ pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
         let every = Duration::from_secs(a.interval.max(1));
         tokio::spawn(async move {
             loop {
-                if let Err(e) = status::collect(&pg, &kafka, &history).await {
+                if let Err(e) = status::collect(&pg, &kafka, &history, &status::Names::new()).await
+                {
                     tracing::warn!(error = %e, "status sample failed; retrying at the next interval");
                 }
                 tokio::select! {
@@ -66,15 +67,17 @@ pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
             async move {
                 match path.as_str() {
                     "/" | "/index.html" => Response::ok("text/html; charset=utf-8", status::PAGE),
-                    "/api/pillows" => match status::collect(&pg, &kafka, &history).await {
-                        Ok(s) => match serde_json::to_vec(&s) {
-                            Ok(body) => Response::ok("application/json", body),
-                            Err(e) => {
-                                Response::error(500, format!("cannot encode the status: {e}"))
-                            }
-                        },
-                        Err(e) => Response::error(503, format!("cannot read the status: {e}")),
-                    },
+                    "/api/pillows" => {
+                        match status::collect(&pg, &kafka, &history, &status::Names::new()).await {
+                            Ok(s) => match serde_json::to_vec(&s) {
+                                Ok(body) => Response::ok("application/json", body),
+                                Err(e) => {
+                                    Response::error(500, format!("cannot encode the status: {e}"))
+                                }
+                            },
+                            Err(e) => Response::error(503, format!("cannot read the status: {e}")),
+                        }
+                    }
                     other => Response::error(404, format!("no page at {other}")),
                 }
             }

@@ -138,6 +138,10 @@ fn pretty_duration(secs: i64) -> String {
     }
 }
 
+/// Pillow names by checkpoint id, known to the caller (a Django project's `PILLOWTOPS`): the
+/// name of a pillow with no live process, whose error rows are recorded under its name.
+pub type Names = BTreeMap<String, String>;
+
 /// Builds the page's data (pure): lag rows grouped by checkpoint, with the processes, error
 /// counts and rate history.
 pub fn build(
@@ -145,6 +149,7 @@ pub fn build(
     processes: &[ProcessRow],
     errors: &[(String, String, i64)],
     history: &RateHistory,
+    names: &Names,
     now: DateTime<Utc>,
 ) -> Status {
     let mut by_id: BTreeMap<String, Vec<LagRow>> = BTreeMap::new();
@@ -154,9 +159,12 @@ pub fn build(
     let pillows = by_id
         .into_iter()
         .map(|(id, parts)| {
-            let name = parts
-                .first()
-                .map_or_else(|| id.clone(), |r| r.pillow_name.clone());
+            let name = match names.get(&id) {
+                Some(n) => n.clone(),
+                None => parts
+                    .first()
+                    .map_or_else(|| id.clone(), |r| r.pillow_name.clone()),
+            };
             let procs: Vec<ProcessStatus> = processes
                 .iter()
                 .filter(|p| p.checkpoint_id == id)
@@ -219,6 +227,7 @@ pub async fn collect(
     pg: &std::sync::Arc<Pg>,
     kafka: &KafkaInfo,
     history: &RateHistory,
+    names: &Names,
 ) -> Result<Status> {
     let rows = lag::collect(pg, kafka, None).await?;
     let processes = PostgresLivenessStore::new(pg.clone()).list(None).await?;
@@ -231,7 +240,7 @@ pub async fn collect(
     for (id, total) in totals {
         history.record(id, now, total);
     }
-    Ok(build(rows, &processes, &errors, history, now))
+    Ok(build(rows, &processes, &errors, history, names, now))
 }
 
 #[cfg(test)]
@@ -288,6 +297,7 @@ mod tests {
             &[process],
             &errors,
             &history,
+            &Names::new(),
             now,
         );
         let p = &s.pillows[0];

@@ -16,13 +16,18 @@ pub(crate) fn status_page(api_url: &str) -> String {
     )
 }
 
-/// Every pillow's status as JSON (the `/api/pillows` document of `pillowtop serve`).
+/// Every pillow's status as JSON (the `/api/pillows` document of `pillowtop serve`); `names`
+/// maps checkpoint ids to pillow names (a pillow with no live process is shown, and its error
+/// rows counted, under its name).
 #[pyfunction]
+#[pyo3(signature = (postgres_url, kafka_bootstrap, names = None))]
 pub(crate) fn status_json(
     py: Python<'_>,
     postgres_url: String,
     kafka_bootstrap: String,
+    names: Option<std::collections::BTreeMap<String, String>>,
 ) -> PyResult<String> {
+    let names = names.unwrap_or_default();
     detached(py, move || -> PyResult<String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -31,7 +36,7 @@ pub(crate) fn status_json(
         let out: crate::Result<String> = runtime.block_on(async {
             let pg = std::sync::Arc::new(crate::pg::Pg::new(postgres_url));
             let kafka = crate::ops::kafka::KafkaInfo::new(&kafka_bootstrap)?;
-            let s = status::collect(&pg, &kafka, &RateHistory::new()).await?;
+            let s = status::collect(&pg, &kafka, &RateHistory::new(), &names).await?;
             serde_json::to_string(&s)
                 .map_err(|e| ProcessError::Other(format!("cannot encode the status: {e}")).into())
         });

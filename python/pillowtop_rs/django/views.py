@@ -18,8 +18,9 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
-from pillowtop_rs import _native
+from pillowtop_rs import _native, registry
 from pillowtop_rs.django import cli
+from pillowtop_rs.exceptions import PillowtopError
 
 __all__ = ["status_api", "status_page"]
 
@@ -34,6 +35,12 @@ def status_page(request: HttpRequest) -> HttpResponse:
 
 @staff_member_required
 def status_api(request: HttpRequest) -> HttpResponse:
-    """The status as JSON."""
-    body = _native.status_json(cli.postgres_url(), cli.kafka_bootstrap())
+    """Return the status as JSON (pillow names from ``PILLOWTOPS``)."""
+    names: dict[str, str] = {}
+    for config in registry.get_all_pillow_configs():
+        try:
+            names[cli.checkpoint_id(registry.build_pillow(config))] = config.name
+        except PillowtopError:
+            continue  # a pillow that does not build is shown under its checkpoint id
+    body = _native.status_json(cli.postgres_url(), cli.kafka_bootstrap(), names)
     return HttpResponse(body, content_type="application/json")
