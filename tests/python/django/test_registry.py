@@ -133,6 +133,7 @@ def test_the_test_project_settings_parse() -> None:
         ("core", "xform-pillow"),
         ("core", "FormSubmissionMetadataTrackerPillow"),
         ("test", "failing-pillow"),
+        ("test", "model-store-pillow"),
     ]
 
 

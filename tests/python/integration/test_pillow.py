@@ -379,7 +379,7 @@ def test_sigterm_handler_requests_a_graceful_shutdown(
 
 
 def test_definition_errors_are_clear(unique_name: str) -> None:
-    with pytest.raises(TypeError, match="must be pillowtop_rs.PillowProcessor"):
+    with pytest.raises(TypeError, match="is not a processor: it needs a process_change"):
         Pillow(unique_name, ["t"], [object()])
     with pytest.raises(pillowtop_rs.ConfigurationError, match="start_policy"):
         Pillow(unique_name, ["t"], [Recorder()], start_policy="sometimes")
