@@ -18,13 +18,16 @@
 
 pub mod add_partitions;
 pub mod assignments;
+pub mod fix;
 pub mod history;
+pub mod inspect;
 pub mod kafka;
 pub mod lag;
 pub mod merge;
 pub mod prometheus;
 pub mod reset;
 pub mod split;
+pub mod topics;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -97,6 +100,12 @@ pub enum OpsError {
     NoSnapshot {
         checkpoint_id: String,
         date: chrono::NaiveDate,
+    },
+    /// A checkpoint fix found no history to fix from.
+    #[error("checkpoint {checkpoint_id} cannot be fixed from its history: {detail}")]
+    NoHistory {
+        checkpoint_id: String,
+        detail: String,
     },
     /// A service or core failure.
     #[error(transparent)]

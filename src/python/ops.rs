@@ -108,7 +108,8 @@ fn ops_to_py(e: OpsError) -> PyErr {
         | OpsError::NoSourceRows { .. }
         | OpsError::Stale { .. }
         | OpsError::OutOfRange { .. }
-        | OpsError::NoSnapshot { .. } => OperationRefused::new_err(message),
+        | OpsError::NoSnapshot { .. }
+        | OpsError::NoHistory { .. } => OperationRefused::new_err(message),
         OpsError::Core(core) => PyErr::from(core),
     }
 }
