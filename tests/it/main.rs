@@ -9,6 +9,7 @@
     unreachable_pub
 )]
 
+mod commands;
 mod demo;
 mod elasticsearch;
 mod es_processor;
