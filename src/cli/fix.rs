@@ -135,21 +135,24 @@ pub async fn from_date(a: &FromDateArgs, ui: &dyn Ui) -> anyhow::Result<Report<V
 pub async fn from_file(a: &FromFileArgs, ui: &dyn Ui) -> anyhow::Result<Report<Vec<Fixed>>> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading the checkpoint file {}", a.file.display()))?;
-    let given = core::parse_fix_file(&text)?;
+    from_json(&text, &a.conn, &a.confirm, ui).await
+}
+
+/// `fix_checkpoints_from_file` with the file's text (the Django command maps pillow names to
+/// checkpoint ids first).
+pub async fn from_json(
+    text: &str,
+    conn: &Conn,
+    confirm: &Confirm,
+    ui: &dyn Ui,
+) -> anyhow::Result<Report<Vec<Fixed>>> {
+    let given = core::parse_fix_file(text)?;
     let ids: Vec<String> = given.keys().cloned().collect();
     let steps = vec![question(&format!(
         "Are you sure you want to set the checkpoints of {} as shown?",
         super::ui::py_list(&ids)
     ))];
-    fix(
-        ui,
-        &a.conn,
-        &a.confirm,
-        &ids,
-        &FixSource::Given(given),
-        steps,
-    )
-    .await
+    fix(ui, conn, confirm, &ids, &FixSource::Given(given), steps).await
 }
 
 async fn fix(

@@ -65,12 +65,18 @@ fn print_states(ui: &dyn Ui, states: &[TopicState]) {
 
 pub async fn exec_list(a: ListArgs, ui: &dyn Ui) -> anyhow::Result<u8> {
     let states = list(&a).await?;
-    if a.json {
-        ui.out(&serde_json::to_string_pretty(&states)?);
-    } else {
-        print_states(ui, &states);
-    }
+    print(ui, &states, a.json)?;
     Ok(0)
+}
+
+/// Prints the topics as a table, or as JSON.
+pub fn print(ui: &dyn Ui, states: &[TopicState], json: bool) -> anyhow::Result<()> {
+    if json {
+        ui.out(&serde_json::to_string_pretty(states)?);
+    } else {
+        print_states(ui, states);
+    }
+    Ok(())
 }
 
 /// The topics and their partition counts.

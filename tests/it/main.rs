@@ -11,6 +11,7 @@
 
 mod commands;
 mod demo;
+mod deploy;
 mod elasticsearch;
 mod es_processor;
 mod fault_proxy;

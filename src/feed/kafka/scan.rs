@@ -16,8 +16,28 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::context::LoggingContext;
 use crate::error::{KafkaError, Result};
 use crate::partition::TopicPartition;
+
+/// The feed's logging context, quiet about the end-of-partition events a scan asks for.
+struct ScanContext(LoggingContext);
+
+impl rdkafka::client::ClientContext for ScanContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.0.log(level, fac, message);
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        if !matches!(error, RdKafkaError::PartitionEOF(_)) {
+            self.0.error(error, reason);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ScanContext {}
+
+type Scanner = BaseConsumer<ScanContext>;
 
 /// Where a scan reads.
 #[derive(Debug, Clone)]
@@ -113,7 +133,9 @@ fn read(
     if pending.is_empty() && req.end.is_some() {
         return Ok(());
     }
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut cfg = ClientConfig::new();
+    super::context::set_log_level(&mut cfg);
+    let consumer: Scanner = cfg
         .set("bootstrap.servers", &req.bootstrap_servers)
         .set("client.id", "pillowtop-scan")
         .set("group.id", "pillowtop-rs-scan")
@@ -121,7 +143,9 @@ fn read(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(ScanContext(LoggingContext {
+            bootstrap: req.bootstrap_servers.clone(),
+        }))
         .map_err(|e| {
             KafkaError::client(
                 format!("creating a kafka consumer for {}", req.bootstrap_servers),
@@ -179,7 +203,7 @@ fn read(
 }
 
 /// Whether `tp` is at its high-water mark (the EOF event names only the partition number).
-fn is_eof_of(consumer: &BaseConsumer, tp: &TopicPartition) -> bool {
+fn is_eof_of(consumer: &Scanner, tp: &TopicPartition) -> bool {
     let Ok(pos) = consumer.position() else {
         return false;
     };
