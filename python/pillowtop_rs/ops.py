@@ -327,7 +327,8 @@ def fix_checkpoints_from_date(
 ) -> dict[str, Any]:
     """Set checkpoints to their newest history snapshot before ``date`` (``YYYY-MM-DD``).
 
-    Every checkpoint with a history when ``checkpoint_ids`` is empty (after an extra question).
+    Every checkpoint with a snapshot before the date when ``checkpoint_ids`` is empty (after an
+    extra question).
     """
     return _native.fix_checkpoints_from_date(
         ui or StdioUi(),

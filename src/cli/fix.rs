@@ -30,7 +30,8 @@ pub struct AfterRewindArgs {
 pub struct FromDateArgs {
     /// The date (YYYY-MM-DD): each checkpoint goes back to its newest snapshot before it.
     pub date: NaiveDate,
-    /// The checkpoint ids (default: every checkpoint with a history, after an extra question).
+    /// The checkpoint ids (default: every checkpoint with a snapshot before the date, after an
+    /// extra question).
     pub ids: Vec<String>,
     #[command(flatten)]
     pub confirm: Confirm,
@@ -104,9 +105,12 @@ pub async fn after_rewind(a: &AfterRewindArgs, ui: &dyn Ui) -> anyhow::Result<Re
 pub async fn from_date(a: &FromDateArgs, ui: &dyn Ui) -> anyhow::Result<Report<Vec<Fixed>>> {
     let mut steps = Vec::new();
     let ids = if a.ids.is_empty() {
-        let ids = core::ids_with_history(&a.conn.pg()?).await?;
+        let ids = core::ids_with_history(&a.conn.pg()?, a.date).await?;
         if ids.is_empty() {
-            anyhow::bail!("no checkpoint has a history: nothing to fix from");
+            anyhow::bail!(
+                "no checkpoint has a history snapshot before {}: nothing to fix from",
+                a.date
+            );
         }
         steps.push(question(
             "No pillows specified, are you sure you want to reset all pillows?",

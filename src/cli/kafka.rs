@@ -251,7 +251,10 @@ pub async fn dump(
     } else {
         let f = std::fs::File::create(&path).with_context(|| format!("creating {path}"))?;
         let f = std::io::BufWriter::new(f);
-        if path.ends_with(".gz") {
+        let gz = std::path::Path::new(&path)
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+        if gz {
             Sink::Gz(flate2::write::GzEncoder::new(
                 f,
                 flate2::Compression::default(),

@@ -134,7 +134,8 @@ pub enum Command {
     )]
     FixCheckpointAfterRewind(fix::AfterRewindArgs),
     /// Set checkpoints to their newest history snapshot before a date; without ids, every
-    /// checkpoint with a history after an extra question (CommCare's fix_checkpoints_from_date).
+    /// checkpoint with a snapshot before the date, after an extra question (CommCare's
+    /// fix_checkpoints_from_date).
     #[command(
         after_help = "Exit status: 0 done, dry run or nothing to do; 1 a question was declined; 4 refused (running pillow, no snapshot before the date) or failed"
     )]

@@ -246,10 +246,15 @@ pub async fn prepare_fix(
     Ok((plans, forced))
 }
 
-/// The checkpoint ids that have a history (for `fix_checkpoints_from_date` without ids).
-pub async fn ids_with_history(pg: &Arc<Pg>) -> Result<Vec<String>> {
+/// The checkpoint ids that have a history snapshot before `before` (for
+/// `fix_checkpoints_from_date` without ids: the others could not be fixed from that date).
+pub async fn ids_with_history(pg: &Arc<Pg>, before: NaiveDate) -> Result<Vec<String>> {
     let entries = PostgresHistoryStore::new(Arc::clone(pg)).list(None).await?;
-    let mut ids: Vec<String> = entries.into_iter().map(|e| e.checkpoint_id).collect();
+    let mut ids: Vec<String> = entries
+        .into_iter()
+        .filter(|e| e.date < before)
+        .map(|e| e.checkpoint_id)
+        .collect();
     ids.sort();
     ids.dedup();
     Ok(ids)

@@ -406,7 +406,10 @@ where
                     r = &mut cmd => break r,
                     () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
                         let failed = ui.failure.lock().is_ok_and(|f| f.is_some());
-                        if let Err(e) = Python::attach(|py| py.check_signals()) {
+                        // A closure: the method path is not general over the attach lifetime.
+                        #[allow(clippy::redundant_closure_for_method_calls)]
+                        let signals = Python::attach(|py| py.check_signals());
+                        if let Err(e) = signals {
                             if let Ok(mut s) = signal.lock() {
                                 s.get_or_insert(e);
                             }
@@ -471,7 +474,7 @@ pub(crate) fn fix_checkpoint_after_rewind(
 pub(crate) fn fix_checkpoints_from_date(
     py: Python<'_>,
     ui: Py<PyAny>,
-    date: String,
+    date: &str,
     checkpoint_ids: Vec<String>,
     postgres_url: String,
     noinput: bool,
@@ -479,7 +482,7 @@ pub(crate) fn fix_checkpoints_from_date(
     force: bool,
     json: bool,
 ) -> PyResult<Py<PyDict>> {
-    let date = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").map_err(|e| {
+    let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|e| {
         ConfigurationError::new_err(format!(
             "fix-checkpoints-from-date: date {date:?} is not YYYY-MM-DD: {e}"
         ))
@@ -502,7 +505,7 @@ pub(crate) fn fix_checkpoints_from_date(
 pub(crate) fn fix_checkpoints_from_json(
     py: Python<'_>,
     ui: Py<PyAny>,
-    checkpoints_json: String,
+    checkpoints_json: &str,
     postgres_url: String,
     noinput: bool,
     dry_run: bool,
@@ -512,7 +515,7 @@ pub(crate) fn fix_checkpoints_from_json(
     let c = confirm(noinput, dry_run, force, json);
     let conn = pg(postgres_url);
     let r = run(py, ui, async |ui| {
-        fix::from_json(&checkpoints_json, &conn, &c, ui).await
+        fix::from_json(checkpoints_json, &conn, &c, ui).await
     })?;
     report(py, "fix-checkpoints-from-file", r)
 }

@@ -61,6 +61,11 @@ fn day(d: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(1990, 1, d).expect("date")
 }
 
+/// Dates no other test uses: `fix-checkpoints-from-date` without ids sees only these.
+fn early(d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1980, 1, d).expect("date")
+}
+
 /// Records a snapshot of `id` holding `rows` under `date`.
 async fn snapshot(pg: &Arc<Pg>, id: &str, date: NaiveDate, rows: &[(&str, i32, i64)]) {
     put(pg, id, rows).await;
@@ -210,9 +215,9 @@ async fn fix_checkpoints_from_date_takes_the_newest_snapshot_before_the_date() {
     let db = TestDb::new(&url).await;
     let pg = &db.pg;
     let (a, b) = (db.id("fromdate_a"), db.id("fromdate_b"));
-    snapshot(pg, &a, day(1), &[("form", 0, 5)]).await;
-    snapshot(pg, &a, day(3), &[("form", 0, 30)]).await;
-    snapshot(pg, &b, day(2), &[("form", 0, 7)]).await;
+    snapshot(pg, &a, early(1), &[("form", 0, 5)]).await;
+    snapshot(pg, &a, early(3), &[("form", 0, 30)]).await;
+    snapshot(pg, &b, early(2), &[("form", 0, 7)]).await;
     put(pg, &a, &[("form", 0, 99)]).await;
     put(pg, &b, &[("form", 0, 98)]).await;
     let env = pg_env(&url);
@@ -222,7 +227,7 @@ async fn fix_checkpoints_from_date_takes_the_newest_snapshot_before_the_date() {
         &env,
         &[
             "fix-checkpoints-from-date",
-            "1990-01-03",
+            "1980-01-03",
             &a,
             &b,
             "--dry-run",
@@ -233,15 +238,15 @@ async fn fix_checkpoints_from_date_takes_the_newest_snapshot_before_the_date() {
     assert_eq!(code, 0, "{err}");
     let plan: serde_json::Value = serde_json::from_str(&out).expect("the plan as JSON");
     assert_eq!(
-        plan[0]["source"], "the snapshot of 1990-01-01",
+        plan[0]["source"], "the snapshot of 1980-01-01",
         "strictly before the date"
     );
-    assert_eq!(plan[1]["source"], "the snapshot of 1990-01-02");
+    assert_eq!(plan[1]["source"], "the snapshot of 1980-01-02");
     assert!(err.contains("dry run"), "{err}");
 
     let (code, out, _) = cli(
         &env,
-        &["fix-checkpoints-from-date", "1990-01-03", &a, &b],
+        &["fix-checkpoints-from-date", "1980-01-03", &a, &b],
         "n\n",
     );
     assert_eq!(code, 1, "{out}");
@@ -249,7 +254,7 @@ async fn fix_checkpoints_from_date_takes_the_newest_snapshot_before_the_date() {
 
     let (code, out, err) = cli(
         &env,
-        &["fix-checkpoints-from-date", "1990-01-03", &a, &b],
+        &["fix-checkpoints-from-date", "1980-01-03", &a, &b],
         "y\n",
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -262,7 +267,7 @@ async fn fix_checkpoints_from_date_takes_the_newest_snapshot_before_the_date() {
         &env,
         &[
             "fix-checkpoints-from-date",
-            "1990-01-02",
+            "1980-01-02",
             &a,
             &b,
             "--noinput",
@@ -270,21 +275,21 @@ async fn fix_checkpoints_from_date_takes_the_newest_snapshot_before_the_date() {
         "",
     );
     assert_eq!(code, 4, "{err}");
-    assert!(err.contains(&format!("checkpoint {b} cannot be fixed from its history: it has no history snapshot before 1990-01-02")), "{err}");
+    assert!(err.contains(&format!("checkpoint {b} cannot be fixed from its history: it has no history snapshot before 1980-01-02")), "{err}");
     assert_eq!(
         offsets(pg, &a).await,
         [5],
         "nothing written when one checkpoint cannot be fixed"
     );
 
-    // Without ids: every checkpoint with a history, after CommCare's extra question (declined
-    // here: other tests' checkpoints may have a history too).
-    let (code, out, _) = cli(&env, &["fix-checkpoints-from-date", "1990-01-04"], "n\n");
+    // Without ids: every checkpoint with a snapshot before the date, after CommCare's extra
+    // question (declined here). The 1980 dates keep other tests' snapshots (1990 and today) out.
+    let (code, out, _) = cli(&env, &["fix-checkpoints-from-date", "1980-01-04"], "n\n");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("No pillows specified, are you sure you want to reset all pillows? Type ['y', 'yes'] to continue."), "{out}");
     assert!(
         out.contains(&format!(
-            "set checkpoint {a} from the snapshot of 1990-01-03"
+            "set checkpoint {a} from the snapshot of 1980-01-03"
         )),
         "{out}"
     );
@@ -354,11 +359,7 @@ async fn create_kafka_topics_creates_only_the_missing_ones_and_list_shows_them()
         "3",
     ];
     let admin = KafkaAdmin::new(&bootstrap).expect("admin");
-    let exists = |name: &str| {
-        let name = name.to_owned();
-        let admin = &admin;
-        async move { admin_partitions(admin, &name).await }
-    };
+    let exists = |name: &str| admin_partitions(&admin, name);
 
     let (code, out, _) = cli(&env, &[&create[..], &["--dry-run"]].concat(), "");
     assert_eq!(code, 0, "{out}");
@@ -372,16 +373,16 @@ async fn create_kafka_topics_creates_only_the_missing_ones_and_list_shows_them()
         !out.contains(&format!("create topic {}", existing.name)),
         "{out}"
     );
-    assert_eq!(exists(&missing).await, None, "dry run: nothing created");
+    assert_eq!(exists(&missing), None, "dry run: nothing created");
     let (code, _, _) = cli(&env, &create, "n\n");
     assert_eq!(code, 1);
-    assert_eq!(exists(&missing).await, None, "declined: nothing created");
+    assert_eq!(exists(&missing), None, "declined: nothing created");
     let (code, out, err) = cli(&env, &create, "y\n");
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("created topic {missing}")), "{out}");
-    assert_eq!(exists(&missing).await, Some(3));
+    assert_eq!(exists(&missing), Some(3));
     assert_eq!(
-        exists(&existing.name).await,
+        exists(&existing.name),
         Some(2),
         "the existing topic is not altered"
     );
@@ -431,7 +432,8 @@ async fn create_kafka_topics_creates_only_the_missing_ones_and_list_shows_them()
     admin.delete_topics(&[&missing]).await.expect("delete");
 }
 
-async fn admin_partitions(admin: &KafkaAdmin, topic: &str) -> Option<usize> {
+/// The partition count of `topic` (a blocking metadata call; fine in a test).
+fn admin_partitions(admin: &KafkaAdmin, topic: &str) -> Option<usize> {
     match admin.partitions(&[topic.to_owned()]) {
         Ok(p) => Some(p.len()),
         Err(_) => None,

@@ -164,7 +164,13 @@ fn read(
         .map_err(|e| KafkaError::client("assigning partitions to read", e))?;
     while !stop.is_cancelled() && (req.end.is_none() || !pending.is_empty()) {
         match consumer.poll(Duration::from_millis(200)) {
-            None => {}
+            // Reached the partition's current end: a fixed-end scan is done with it (its end
+            // offset was at most the high-water mark when the scan was planned).
+            Some(Err(RdKafkaError::PartitionEOF(p))) if req.end.is_some() => {
+                pending.retain(|tp| tp.partition != p || !is_eof_of(&consumer, tp));
+            }
+            // Nothing yet, or the end of a partition a following scan goes on waiting at.
+            None | Some(Err(RdKafkaError::PartitionEOF(_))) => {}
             Some(Ok(m)) => {
                 let tp = TopicPartition::new(m.topic(), m.partition());
                 if let Some(end) = &req.end {
@@ -185,13 +191,6 @@ fn read(
                 };
                 if tx.blocking_send(raw).is_err() {
                     return Ok(());
-                }
-            }
-            Some(Err(RdKafkaError::PartitionEOF(p))) => {
-                // Reached the partition's current end: a fixed-end scan is done with it (its
-                // end offset was at most the high-water mark when the scan was planned).
-                if req.end.is_some() {
-                    pending.retain(|tp| tp.partition != p || !is_eof_of(&consumer, tp));
                 }
             }
             Some(Err(e)) => {

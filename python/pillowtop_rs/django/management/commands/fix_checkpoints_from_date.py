@@ -1,10 +1,10 @@
 """``fix_checkpoints_from_date <YYYY-MM-DD> [--pillows REGEX ...]`` (CommCare's hqadmin command).
 
 Sets each matching pillow's checkpoint to its newest history snapshot before the date. With no
-``--pillows``, every checkpoint that has a history, after CommCare's extra question (CommCare
-takes every configured pillow; one without a history could not be fixed anyway). One question
-for the whole plan (CommCare asks per pillow); each checkpoint in one transaction; refused while
-a pillow involved has a live process unless ``--force``.
+``--pillows``, every checkpoint that has a snapshot before the date, after CommCare's extra
+question (CommCare takes every configured pillow; one without a snapshot could not be fixed
+anyway). One question for the whole plan (CommCare asks per pillow); each checkpoint in one
+transaction; refused while a pillow involved has a live process unless ``--force``.
 """
 
 from __future__ import annotations
