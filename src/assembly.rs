@@ -31,6 +31,7 @@ use crate::processor::Processor;
 use crate::store::checkpoints::postgres::PostgresCheckpointStore;
 use crate::store::checkpoints::CheckpointStore;
 use crate::store::errors::postgres::PostgresErrorStore;
+use crate::store::history::postgres::PostgresHistoryStore;
 use crate::store::liveness::postgres::PostgresLivenessStore;
 
 /// How long PostgreSQL is waited for by default: 5 minutes, then the pillow stops (its
@@ -238,7 +239,8 @@ impl PillowSpec {
             Arc::new(PostgresErrorStore::new(pg.clone())),
         )
         .with_document_stores(stores)
-        .with_liveness(Arc::new(PostgresLivenessStore::new(pg))))
+        .with_liveness(Arc::new(PostgresLivenessStore::new(pg.clone())))
+        .with_history(Arc::new(PostgresHistoryStore::new(pg))))
     }
 }
 

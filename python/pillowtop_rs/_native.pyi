@@ -27,6 +27,14 @@ __all__ = [
     "lag",
     "assignments",
     "validate",
+    "fix_checkpoint_after_rewind",
+    "fix_checkpoints_from_date",
+    "fix_checkpoints_from_json",
+    "tail_kafka",
+    "search_kafka_changes",
+    "dump_remaining_changes",
+    "create_kafka_topics",
+    "list_kafka_topics",
     "next_attempt_delay_minutes",
     "parse_change_meta",
     "partition_assignment",
@@ -449,3 +457,100 @@ def validate(
     json: bool = False,
 ) -> list[dict[str, Any]]:
     """``pillowtop validate``: prints and returns the checkpoints Kafka can no longer serve."""
+
+def fix_checkpoint_after_rewind(
+    ui: _Ui,
+    checkpoint_id: str,
+    *,
+    postgres_url: str,
+    by_partition: bool = False,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> dict[str, Any]:
+    """``pillowtop fix-checkpoint-after-rewind``: the checkpoint's historical maximum."""
+
+def fix_checkpoints_from_date(
+    ui: _Ui,
+    date: str,
+    checkpoint_ids: list[str],
+    *,
+    postgres_url: str,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> dict[str, Any]:
+    """``pillowtop fix-checkpoints-from-date``: the newest snapshots before ``date``."""
+
+def fix_checkpoints_from_json(
+    ui: _Ui,
+    checkpoints_json: str,
+    *,
+    postgres_url: str,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> dict[str, Any]:
+    """``pillowtop fix-checkpoints-from-file`` with the file's JSON text."""
+
+def tail_kafka(
+    ui: _Ui,
+    topics: list[str],
+    *,
+    kafka_bootstrap: str,
+    doc_type: str | None = None,
+    doc_subtype: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """``pillowtop tail-kafka``: prints new changes until Ctrl-C or ``limit``; the summary."""
+
+def search_kafka_changes(
+    ui: _Ui,
+    topics: list[str],
+    *,
+    kafka_bootstrap: str,
+    doc_ids: list[str] | None = None,
+    doc_id_file: str | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    doc_type: str | None = None,
+    doc_subtype: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """``pillowtop search-kafka-changes``: prints the matching changes; the summary."""
+
+def dump_remaining_changes(
+    ui: _Ui,
+    checkpoint_id: str,
+    *,
+    postgres_url: str,
+    kafka_bootstrap: str,
+    output: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """``pillowtop dump-remaining-changes``: writes what the checkpoint has not processed."""
+
+def create_kafka_topics(
+    ui: _Ui,
+    topics: list[str],
+    *,
+    kafka_bootstrap: str,
+    partitions: int = 1,
+    replication_factor: int = 1,
+    noinput: bool = False,
+    dry_run: bool = False,
+    json: bool = False,
+) -> dict[str, Any]:
+    """``pillowtop create-kafka-topics``: creates the missing ones of ``topics``."""
+
+def list_kafka_topics(
+    ui: _Ui,
+    topics: list[str],
+    *,
+    kafka_bootstrap: str,
+    json: bool = False,
+) -> list[dict[str, Any]]:
+    """``pillowtop list-kafka-topics``: prints and returns the topics and their partitions."""

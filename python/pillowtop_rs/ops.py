@@ -18,6 +18,7 @@ written). A declined question or an inconsistent merge raises
 
 from __future__ import annotations
 
+import json as _json
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -30,10 +31,19 @@ __all__ = [
     "Ui",
     "add_partitions",
     "assignments",
+    "create_kafka_topics",
+    "dump_remaining_changes",
+    "fix_checkpoint_after_rewind",
+    "fix_checkpoints",
+    "fix_checkpoints_from_date",
+    "fix_checkpoints_from_file",
     "lag",
+    "list_kafka_topics",
     "merge_checkpoints",
     "reset_checkpoint",
+    "search_kafka_changes",
     "split_checkpoints",
+    "tail_kafka",
     "validate",
 ]
 
@@ -274,3 +284,226 @@ def assignments(
         workers=workers,
         json=json,
     )
+
+
+def fix_checkpoint_after_rewind(
+    checkpoint_id: str,
+    *,
+    postgres_url: str,
+    by_partition: bool = False,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+    ui: Ui | None = None,
+) -> dict[str, Any]:
+    """Set a checkpoint to its historical maximum (CommCare's fix_checkpoint_after_rewind).
+
+    The history snapshot with the largest sum of offsets, or with ``by_partition`` the maximum of
+    each partition over the newest 10 snapshots.
+    """
+    return _native.fix_checkpoint_after_rewind(
+        ui or StdioUi(),
+        checkpoint_id,
+        postgres_url=postgres_url,
+        by_partition=by_partition,
+        noinput=noinput,
+        dry_run=dry_run,
+        force=force,
+        json=json,
+    )
+
+
+def fix_checkpoints_from_date(
+    date: str,
+    checkpoint_ids: Sequence[str] = (),
+    *,
+    postgres_url: str,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+    ui: Ui | None = None,
+) -> dict[str, Any]:
+    """Set checkpoints to their newest history snapshot before ``date`` (``YYYY-MM-DD``).
+
+    Every checkpoint with a snapshot before the date when ``checkpoint_ids`` is empty (after an
+    extra question).
+    """
+    return _native.fix_checkpoints_from_date(
+        ui or StdioUi(),
+        date,
+        list(checkpoint_ids),
+        postgres_url=postgres_url,
+        noinput=noinput,
+        dry_run=dry_run,
+        force=force,
+        json=json,
+    )
+
+
+def fix_checkpoints(
+    checkpoints: Mapping[str, Mapping[str, int] | str],
+    *,
+    postgres_url: str,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+    ui: Ui | None = None,
+) -> dict[str, Any]:
+    """Set checkpoints to given offsets: ``{checkpoint_id: {"topic,partition": offset}}``.
+
+    A checkpoint may also be CommCare's sequence text (that object as a JSON string).
+    """
+    return _native.fix_checkpoints_from_json(
+        ui or StdioUi(),
+        _json.dumps(dict(checkpoints)),
+        postgres_url=postgres_url,
+        noinput=noinput,
+        dry_run=dry_run,
+        force=force,
+        json=json,
+    )
+
+
+def fix_checkpoints_from_file(
+    path: str,
+    *,
+    postgres_url: str,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+    ui: Ui | None = None,
+) -> dict[str, Any]:
+    """Set checkpoints to the offsets of a JSON file (CommCare's fix_checkpoints_from_file)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return _native.fix_checkpoints_from_json(
+        ui or StdioUi(),
+        text,
+        postgres_url=postgres_url,
+        noinput=noinput,
+        dry_run=dry_run,
+        force=force,
+        json=json,
+    )
+
+
+def tail_kafka(
+    topics: Sequence[str],
+    *,
+    kafka: str,
+    doc_type: str | None = None,
+    doc_subtype: str | None = None,
+    limit: int | None = None,
+    ui: Ui | None = None,
+) -> dict[str, Any]:
+    """Print the changes published to ``topics`` from now on, one JSON line each.
+
+    Runs until Ctrl-C (a clean stop: ``interrupted`` is true in the returned summary) or
+    ``limit`` changes.
+    """
+    return _native.tail_kafka(
+        ui or StdioUi(),
+        list(topics),
+        kafka_bootstrap=kafka,
+        doc_type=doc_type,
+        doc_subtype=doc_subtype,
+        limit=limit,
+    )
+
+
+def search_kafka_changes(
+    topics: Sequence[str],
+    *,
+    kafka: str,
+    doc_ids: Sequence[str] | None = None,
+    doc_id_file: str | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    doc_type: str | None = None,
+    doc_subtype: str | None = None,
+    limit: int | None = None,
+    ui: Ui | None = None,
+) -> dict[str, Any]:
+    """Print the changes of ``topics`` that match, one JSON line each (CommCare's search).
+
+    Dates are ``YYYY-MM-DD`` (UTC) or RFC 3339; the scan starts at ``start_date`` and ends at
+    the high-water marks of its start. Returns the summary (``interrupted`` after Ctrl-C).
+    """
+    return _native.search_kafka_changes(
+        ui or StdioUi(),
+        list(topics),
+        kafka_bootstrap=kafka,
+        doc_ids=None if doc_ids is None else list(doc_ids),
+        doc_id_file=doc_id_file,
+        start_date=start_date,
+        end_date=end_date,
+        doc_type=doc_type,
+        doc_subtype=doc_subtype,
+        limit=limit,
+    )
+
+
+def dump_remaining_changes(
+    checkpoint_id: str,
+    *,
+    postgres_url: str,
+    kafka: str,
+    output: str | None = None,
+    limit: int | None = None,
+    ui: Ui | None = None,
+) -> dict[str, Any]:
+    """Write the changes ``checkpoint_id`` has not processed as JSON lines.
+
+    To ``output`` (gzipped when it ends in ``.gz``; ``"-"`` prints them), by default CommCare's
+    ``pillow_changes_<checkpoint>_<time>.gz``. Returns the summary.
+    """
+    return _native.dump_remaining_changes(
+        ui or StdioUi(),
+        checkpoint_id,
+        postgres_url=postgres_url,
+        kafka_bootstrap=kafka,
+        output=output,
+        limit=limit,
+    )
+
+
+def create_kafka_topics(
+    topics: Sequence[str],
+    *,
+    kafka: str,
+    partitions: int = 1,
+    replication_factor: int = 1,
+    noinput: bool = False,
+    dry_run: bool = False,
+    json: bool = False,
+    ui: Ui | None = None,
+) -> dict[str, Any]:
+    """Create the missing ones of ``topics`` (CommCare's create_kafka_topics)."""
+    return _native.create_kafka_topics(
+        ui or StdioUi(),
+        list(topics),
+        kafka_bootstrap=kafka,
+        partitions=partitions,
+        replication_factor=replication_factor,
+        noinput=noinput,
+        dry_run=dry_run,
+        json=json,
+    )
+
+
+def list_kafka_topics(
+    topics: Sequence[str] = (),
+    *,
+    kafka: str,
+    json: bool = False,
+    ui: Ui | None = None,
+) -> list[dict[str, Any]]:
+    """Print and return ``topics`` (every topic of the cluster when empty) with partitions."""
+    listed: list[dict[str, Any]] = _native.list_kafka_topics(
+        ui or StdioUi(), list(topics), kafka_bootstrap=kafka, json=json
+    )
+    return listed

@@ -14,7 +14,8 @@ use crate::store::history::{HistoryStore, KEEP_DAYS};
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Record today's snapshot of every checkpoint and prune records older than --keep-days
-    /// (run daily, as CommCare's create_historical_checkpoints).
+    /// (CommCare's create_historical_checkpoints). Running pillows already record their own
+    /// checkpoint once a day; this records every checkpoint at once (stopped pillows too).
     Snapshot(SnapshotArgs),
     /// The recorded days, newest first.
     List(ListArgs),

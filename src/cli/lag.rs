@@ -65,6 +65,9 @@ pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
         let rows = core::collect(&pg, &kafka, ids.as_deref()).await?;
         let rec = Arc::new(MemoryRecorder::new());
         core::record(&rows, &*rec);
+        if a.metrics_port.is_some() {
+            core::record_error_queue(&core::error_queue(&pg).await?, &*rec);
+        }
         if let Ok(mut c) = current.lock() {
             *c = rec;
         }

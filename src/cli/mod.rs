@@ -15,7 +15,9 @@
 pub mod add_partitions;
 pub mod assignments;
 pub mod conn;
+pub mod fix;
 pub mod history;
+pub mod kafka;
 pub mod lag;
 pub mod merge;
 pub mod reset;
@@ -23,6 +25,7 @@ pub mod run;
 pub mod schema;
 pub mod serve;
 pub mod split;
+pub mod topics;
 pub mod ui;
 pub mod validate;
 
@@ -128,6 +131,51 @@ pub enum Command {
     /// seconds, error rows by type, changes/s over the last hour) and its JSON at
     /// /api/pillows, until Ctrl-C or SIGTERM.
     Serve(serve::Args),
+    /// Set a checkpoint to its historical maximum: the history snapshot with the largest sum of
+    /// offsets, or with --by-partition the maximum of each partition over the newest 10
+    /// (CommCare's fix_checkpoint_after_rewind; two questions).
+    #[command(
+        after_help = "Exit status: 0 done, dry run or nothing to do; 1 a question was declined; 4 refused (running pillow, no history) or failed"
+    )]
+    FixCheckpointAfterRewind(fix::AfterRewindArgs),
+    /// Set checkpoints to their newest history snapshot before a date; without ids, every
+    /// checkpoint with a snapshot before the date, after an extra question (CommCare's
+    /// fix_checkpoints_from_date).
+    #[command(
+        after_help = "Exit status: 0 done, dry run or nothing to do; 1 a question was declined; 4 refused (running pillow, no snapshot before the date) or failed"
+    )]
+    FixCheckpointsFromDate(fix::FromDateArgs),
+    /// Set checkpoints to the offsets of a JSON file {checkpoint_id: {"topic,partition": offset}}
+    /// (CommCare's fix_checkpoints_from_file).
+    #[command(
+        after_help = "Exit status: 0 done, dry run or nothing to do; 1 the question was declined; 4 an invalid file, refused (running pillow) or failed"
+    )]
+    FixCheckpointsFromFile(fix::FromFileArgs),
+    /// Follow topics from their ends and print each change's metadata, partition and offset as
+    /// a JSON line until Ctrl-C or --limit (CommCare's tail_kafka).
+    #[command(after_help = "Exit status: 0 stopped by Ctrl-C or --limit; 4 failed")]
+    TailKafka(kafka::TailArgs),
+    /// Scan topics (from --start-date, by Kafka's offsets for times, or the first retained
+    /// offset, up to the ends at the start) and print the matching changes as JSON lines
+    /// (CommCare's search_kafka_changes).
+    #[command(
+        after_help = "Exit status: 0 done or --limit reached; 130 interrupted by Ctrl-C; 4 failed"
+    )]
+    SearchKafkaChanges(kafka::SearchArgs),
+    /// Write the changes a checkpoint has not processed yet (from its offsets to the ends) as
+    /// gzipped JSON lines: id, seq, deleted, metadata (CommCare's ptop_dump_remaining_changes).
+    #[command(
+        after_help = "Exit status: 0 done or --limit reached; 130 interrupted by Ctrl-C; 4 refused (no checkpoint rows) or failed"
+    )]
+    DumpRemainingChanges(kafka::DumpArgs),
+    /// Create the given topics that are missing (CommCare's create_kafka_topics).
+    #[command(
+        after_help = "Exit status: 0 done, dry run or nothing to do; 1 the question was declined; 4 invalid arguments or failed"
+    )]
+    CreateKafkaTopics(topics::CreateArgs),
+    /// List the given topics (default: every topic of the cluster) with their partition counts
+    /// (CommCare's list_kafka_topics).
+    ListKafkaTopics(topics::ListArgs),
 }
 
 impl Command {
@@ -145,6 +193,14 @@ impl Command {
             Self::Lag(a) => lag::exec(a, ui).await,
             Self::Assignments(a) => assignments::exec(a, ui).await,
             Self::Serve(a) => serve::exec(a, ui).await,
+            Self::FixCheckpointAfterRewind(a) => fix::exec_after_rewind(a, ui).await,
+            Self::FixCheckpointsFromDate(a) => fix::exec_from_date(a, ui).await,
+            Self::FixCheckpointsFromFile(a) => fix::exec_from_file(a, ui).await,
+            Self::TailKafka(a) => kafka::exec_tail(a, ui).await,
+            Self::SearchKafkaChanges(a) => kafka::exec_search(a, ui).await,
+            Self::DumpRemainingChanges(a) => kafka::exec_dump(a, ui).await,
+            Self::CreateKafkaTopics(a) => topics::exec_create(a, ui).await,
+            Self::ListKafkaTopics(a) => topics::exec_list(a, ui).await,
         }
     }
 }

@@ -55,6 +55,11 @@ impl KafkaInfo {
         })
     }
 
+    /// The bootstrap servers this view talks to.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
     /// Every partition of `topics`, sorted (an unknown topic is an error).
     pub async fn partitions(&self, topics: &[String]) -> Result<Vec<TopicPartition>> {
         let (c, topics) = (Arc::clone(&self.consumer), topics.to_vec());

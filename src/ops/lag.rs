@@ -15,6 +15,7 @@ use crate::metrics::Recorder;
 use crate::pg::Pg;
 use crate::store::checkpoints::postgres::PostgresCheckpointStore;
 use crate::store::checkpoints::RowsById;
+use crate::store::errors::postgres::PostgresErrorStore;
 use crate::store::liveness::postgres::PostgresLivenessStore;
 use crate::store::liveness::{LivenessStore, ProcessRow};
 
@@ -28,6 +29,21 @@ pub const CURRENT_OFFSETS: &str = "commcare.change_feed.current_offsets";
 pub const PROCESSED_OFFSETS: &str = "commcare.change_feed.processed_offsets";
 /// CommCare's gauge: high-water mark − checkpoint.
 pub const NEED_PROCESSING: &str = "commcare.change_feed.need_processing";
+/// CommCare's gauge (celery task `record_pillow_error_queue_size`): the pillow's rows in
+/// `pillow_retry_pillowerror`. Tag `pillow_name` (the rows' `pillow`).
+pub const ERROR_QUEUE: &str = "commcare.pillowtop.error_queue";
+/// Ours: seconds since the oldest unprocessed change of the partition was published (0 when
+/// caught up). Tags as [`NEED_PROCESSING`].
+pub const TIME_LAG_SECONDS: &str = "pillowtop.checkpoint_time_lag_seconds";
+/// Ours: seconds until the partition's checkpoint may fall off Kafka's retention: the topic's
+/// `retention.ms` minus the age of the oldest unprocessed change (the message at the checkpoint
+/// offset, which time-based retention deletes first); the whole retention when caught up; 0 when
+/// the checkpoint is already older than the first retained offset. Not exported for topics that
+/// keep messages forever. Kafka deletes whole segments once their newest message is past
+/// retention, so the message lives at least this long (the figure is a lower bound, an alert on
+/// it fires early rather than late); size-based retention (`retention.bytes`) is not taken into
+/// account. Tags as [`NEED_PROCESSING`].
+pub const RETENTION_REMAINING_SECONDS: &str = "pillowtop.checkpoint_retention_remaining_seconds";
 
 /// One partition of one checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,15 +63,19 @@ pub struct LagRow {
     /// Seconds since the oldest unprocessed change was published (0 when caught up; `None`
     /// when unknown).
     pub time_lag_seconds: Option<i64>,
+    /// Seconds until the checkpoint may fall off the topic's retention (see
+    /// [`RETENTION_REMAINING_SECONDS`]); `None` when unknown or the topic keeps messages forever.
+    pub retention_remaining_seconds: Option<i64>,
     /// `host pid N (process k)` of the live process that owns the partition.
     pub owner: Option<String>,
 }
 
-/// Computes the lag rows (pure).
+/// Computes the lag rows (pure). `retention_ms` holds each topic's finite `retention.ms`.
 pub fn compute(
     rows: &RowsById,
     watermarks: &BTreeMap<TopicPartition, Watermarks>,
     timestamps: &BTreeMap<(TopicPartition, i64), i64>,
+    retention_ms: &BTreeMap<String, i64>,
     processes: &[ProcessRow],
     now: DateTime<Utc>,
 ) -> Vec<LagRow> {
@@ -92,6 +112,14 @@ pub fn compute(
                         .get(&(r.tp.clone(), r.offset.max(w.low)))
                         .map(|ts| ((now.timestamp_millis() - ts) / 1000).max(0)),
                     None => None,
+                },
+                retention_remaining_seconds: match (w, retention_ms.get(&r.tp.topic)) {
+                    (Some(w), Some(ret)) if r.offset < w.low => Some(0).filter(|_| *ret >= 0),
+                    (Some(w), Some(ret)) if r.offset >= w.high => Some(ret / 1000),
+                    (Some(w), Some(ret)) => timestamps
+                        .get(&(r.tp.clone(), r.offset.max(w.low)))
+                        .map(|ts| ((ts + ret - now.timestamp_millis()) / 1000).max(0)),
+                    _ => None,
                 },
                 owner,
             });
@@ -149,14 +177,65 @@ pub async fn collect(
             }
         }
     }
+    let retention = retention_of(kafka, rows.values().flatten().map(|r| r.tp.topic.as_str())).await;
     let processes = PostgresLivenessStore::new(pg.clone()).list(None).await?;
     Ok(compute(
         &rows,
         &watermarks,
         &timestamps,
+        &retention,
         &processes,
         Utc::now(),
     ))
+}
+
+/// The finite `retention.ms` of each of `topics`. A topic whose configuration cannot be read
+/// (deleted, or not allowed by the broker's ACLs) is left out with a warning: the lag is still
+/// reported, without the retention figure.
+async fn retention_of<'a>(
+    kafka: &KafkaInfo,
+    topics: impl Iterator<Item = &'a str>,
+) -> BTreeMap<String, i64> {
+    let topics: BTreeSet<&str> = topics.collect();
+    let mut out = BTreeMap::new();
+    if topics.is_empty() {
+        return out;
+    }
+    let admin = match crate::feed::kafka::KafkaAdmin::new(kafka.bootstrap()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the topics' retention");
+            return out;
+        }
+    };
+    for t in topics {
+        match admin.topic_retention_ms(t).await {
+            Ok(Some(ms)) => {
+                out.insert(t.to_owned(), ms);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(topic = t, error = %e, "cannot read the topic's retention"),
+        }
+    }
+    out
+}
+
+/// The number of error rows of each pillow (CommCare's `record_pillow_error_queue_size`).
+pub async fn error_queue(pg: &std::sync::Arc<Pg>) -> Result<Vec<(String, i64)>> {
+    Ok(PostgresErrorStore::new(pg.clone())
+        .counts_by_pillow()
+        .await?)
+}
+
+/// Records the error row counts as CommCare's `error_queue` gauge.
+pub fn record_error_queue(counts: &[(String, i64)], recorder: &dyn Recorder) {
+    for (pillow, n) in counts {
+        recorder.gauge(
+            ERROR_QUEUE,
+            vec![("pillow_name", pillow.clone())],
+            *n as f64,
+        );
+    }
 }
 
 /// Records the lag rows as CommCare's gauges.
@@ -178,6 +257,12 @@ pub fn record(rows: &[LagRow], recorder: &dyn Recorder) {
         recorder.gauge(CURRENT_OFFSETS, tags(), high as f64);
         recorder.gauge(PROCESSED_OFFSETS, tags(), r.offset as f64);
         recorder.gauge(NEED_PROCESSING, tags(), (high - r.offset).max(0) as f64);
+        if let Some(t) = r.time_lag_seconds {
+            recorder.gauge(TIME_LAG_SECONDS, tags(), t as f64);
+        }
+        if let Some(t) = r.retention_remaining_seconds {
+            recorder.gauge(RETENTION_REMAINING_SECONDS, tags(), t as f64);
+        }
     }
     for (pillow, secs) in newest {
         recorder.gauge(
@@ -213,7 +298,24 @@ mod tests {
         p.partitions = vec![TopicPartition::new("t", 1)];
         let ts: BTreeMap<(TopicPartition, i64), i64> =
             [((TopicPartition::new("t", 0), 5), at(40).timestamp_millis())].into();
-        let out = compute(&data, &w, &ts, &[p], at(100));
+        let retention: BTreeMap<String, i64> = [("t".to_owned(), 100_000)].into();
+        let out = compute(&data, &w, &ts, &retention, &[p], at(100));
+        let remaining: Vec<Option<i64>> =
+            out.iter().map(|r| r.retention_remaining_seconds).collect();
+        assert_eq!(
+            remaining,
+            [Some(40), Some(100), None],
+            "t,0: its oldest unprocessed change is 60 s old of 100 s; t,1 is caught up; gone has no partition"
+        );
+        let mut expired = data.clone();
+        expired.get_mut("c").expect("c")[0].offset = -1;
+        let w2: BTreeMap<TopicPartition, Watermarks> =
+            [(TopicPartition::new("t", 0), Watermarks { low: 3, high: 15 })].into();
+        assert_eq!(
+            compute(&expired, &w2, &ts, &retention, &[], at(100))[0].retention_remaining_seconds,
+            Some(0),
+            "already below the first retained offset"
+        );
         let lags: Vec<Option<i64>> = out.iter().map(|r| r.time_lag_seconds).collect();
         assert_eq!(lags, [Some(60), Some(0), None]);
         let got: Vec<(String, Option<i64>, i64, bool)> = out
@@ -239,6 +341,12 @@ mod tests {
         let m = MemoryRecorder::new();
         record(&out, &m);
         assert!((m.get(NEED_PROCESSING, &[("topic", "t-0")]) - 10.0).abs() < f64::EPSILON);
+        assert!(
+            (m.get(RETENTION_REMAINING_SECONDS, &[("topic", "t-0")]) - 40.0).abs() < f64::EPSILON
+        );
+        assert!((m.get(TIME_LAG_SECONDS, &[("topic", "t-0")]) - 60.0).abs() < f64::EPSILON);
+        record_error_queue(&[("case-pillow".into(), 7)], &m);
+        assert!((m.get(ERROR_QUEUE, &[("pillow_name", "case-pillow")]) - 7.0).abs() < f64::EPSILON);
         assert!(
             (m.get(SECONDS_SINCE_LAST_UPDATE, &[("pillow_name", "case-pillow")]) - 99.0).abs()
                 < f64::EPSILON

@@ -18,8 +18,10 @@
 
 pub mod add_partitions;
 pub mod assignments;
+pub mod fix;
 pub mod history;
 pub mod http;
+pub mod inspect;
 pub mod kafka;
 pub mod lag;
 pub mod merge;
@@ -27,6 +29,7 @@ pub mod prometheus;
 pub mod reset;
 pub mod split;
 pub mod status;
+pub mod topics;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -99,6 +102,12 @@ pub enum OpsError {
     NoSnapshot {
         checkpoint_id: String,
         date: chrono::NaiveDate,
+    },
+    /// A checkpoint fix found no history to fix from.
+    #[error("checkpoint {checkpoint_id} cannot be fixed from its history: {detail}")]
+    NoHistory {
+        checkpoint_id: String,
+        detail: String,
     },
     /// A service or core failure.
     #[error(transparent)]

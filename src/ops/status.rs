@@ -260,6 +260,7 @@ mod tests {
             lag: Some(high - offset),
             seconds_since_checkpoint: 7 + i64::from(partition),
             time_lag_seconds: Some(i64::from(partition) * 3),
+            retention_remaining_seconds: None,
             owner: None,
         }
     }

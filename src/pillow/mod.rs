@@ -47,6 +47,7 @@ use crate::partition::TopicPartition;
 use crate::processor::Processor;
 use crate::store::checkpoints::CheckpointStore;
 use crate::store::errors::ErrorStore;
+use crate::store::history::HistoryStore;
 use crate::store::liveness::LivenessStore;
 
 use self::checkpoint_policy::CheckpointPolicy;
@@ -198,6 +199,7 @@ pub struct Pillow {
     docstores: DocumentStores,
     metrics: Arc<dyn Recorder>,
     liveness: Option<Arc<dyn LivenessStore>>,
+    history: Option<Arc<dyn HistoryStore>>,
     hook: Option<Box<dyn LoopHook>>,
 }
 
@@ -245,6 +247,10 @@ struct Run {
     invalid: Vec<InvalidMessage>,
     summary: RunSummary,
     last_heartbeat: Instant,
+    /// The UTC day of the last checkpoint history snapshot this run recorded (or found).
+    snapshot_day: Option<chrono::NaiveDate>,
+    /// When a snapshot last failed (tried again a minute later).
+    snapshot_tried: Option<Instant>,
     stall: stall::StallWatch,
     /// The run's stop token: ends the loop's own waits (the stall probe, a restart of the
     /// positions after a lost offset).
@@ -268,6 +274,7 @@ impl Pillow {
             docstores: DocumentStores::new(),
             metrics: Arc::new(metrics::NoopRecorder),
             liveness: None,
+            history: None,
             hook: None,
         }
     }
@@ -303,6 +310,15 @@ impl Pillow {
     #[must_use]
     pub fn with_liveness(mut self, liveness: Arc<dyn LivenessStore>) -> Self {
         self.liveness = Some(liveness);
+        self
+    }
+
+    /// Records a daily snapshot of the pillow's checkpoint in `history` (CommCare's celery task
+    /// `create_historical_checkpoints`, run by the pillow itself): on the first heartbeat of
+    /// each UTC day that finds checkpoint rows, whichever process of the pillow comes first.
+    #[must_use]
+    pub fn with_history(mut self, history: Arc<dyn HistoryStore>) -> Self {
+        self.history = Some(history);
         self
     }
 

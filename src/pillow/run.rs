@@ -103,6 +103,8 @@ impl Pillow {
                 ..RunSummary::nothing(StopReason::Shutdown)
             },
             last_heartbeat: Instant::now(),
+            snapshot_day: None,
+            snapshot_tried: None,
             stall: stall::StallWatch::new(
                 self.config.stall_timeout,
                 self.config.max_stall_reconnects,
@@ -353,6 +355,7 @@ impl Pillow {
     }
 
     pub(super) async fn heartbeat(&mut self, run: &mut Run, force: bool) {
+        self.snapshot_if_due(run).await;
         if !force && run.last_heartbeat.elapsed() < Duration::from_secs(5) {
             return;
         }
@@ -363,6 +366,38 @@ impl Pillow {
                 .await
             {
                 tracing::warn!(pillow = %self.config.name, error = %e, "could not refresh the heartbeat");
+            }
+        }
+    }
+
+    /// The daily history snapshot: one query a day per process (the first heartbeat of a UTC
+    /// day), idempotent across processes (a day already recorded is left as it is). A failure
+    /// is a warning; it, and a checkpoint without rows yet, are tried again a minute later.
+    async fn snapshot_if_due(&mut self, run: &mut Run) {
+        let Some(h) = &self.history else { return };
+        let today = chrono::Utc::now().date_naive();
+        if run.snapshot_day == Some(today)
+            || run
+                .snapshot_tried
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        run.snapshot_tried = Some(Instant::now());
+        let id = &self.config.checkpoint_id;
+        match h
+            .snapshot_checkpoint(id, today, crate::store::history::KEEP_DAYS)
+            .await
+        {
+            Ok(s) if s.rows > 0 => {
+                run.snapshot_tried = None;
+                tracing::info!(pillow = %self.config.name, checkpoint = %id, date = %today, rows = s.rows, pruned = s.pruned, "checkpoint history snapshot recorded");
+                run.snapshot_day = Some(today);
+            }
+            // No rows yet: tried again a minute later.
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(pillow = %self.config.name, checkpoint = %id, error = %e, "could not record the checkpoint history snapshot");
             }
         }
     }

@@ -1012,3 +1012,41 @@ async fn the_migration_process_registers_without_partitions() {
         [register(&[]), heartbeat(), unregister()]
     );
 }
+
+#[tokio::test]
+async fn a_running_pillow_records_one_history_snapshot_a_day() {
+    use crate::store::history::memory::MemoryHistoryStore;
+    use crate::store::history::HistoryStore;
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    let history = Arc::new(MemoryHistoryStore::new(checkpoints.clone()));
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    feed.push_change("t", 0, "a");
+    feed.push_tick();
+    feed.push_change("t", 0, "b");
+    feed.push_tick();
+    let processors: Vec<Box<dyn Processor>> = vec![Box::new(RecordingProcessor::new("p", true))];
+    Pillow::new(
+        config(1),
+        Box::new(feed),
+        processors,
+        checkpoints.clone(),
+        Arc::new(MemoryErrorStore::default()),
+    )
+    .with_history(history.clone())
+    .run(&CancellationToken::new())
+    .await
+    .expect("runs");
+    let today = chrono::Utc::now().date_naive();
+    let entries = history.list(None).await.expect("list");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        (
+            entries[0].date,
+            entries[0].checkpoint_id.as_str(),
+            entries[0].offsets_total
+        ),
+        (today, "test-pillow-checkpoint", 1),
+        "the first checkpoint of the day (offset 1, after change a) is the day's snapshot; \
+         the later checkpoint (offset 2) does not replace it"
+    );
+}

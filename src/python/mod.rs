@@ -37,6 +37,12 @@ mod native {
     use super::cli::run_cli;
     #[pymodule_export]
     use super::ops::{
+        create_kafka_topics, dump_remaining_changes, fix_checkpoint_after_rewind,
+        fix_checkpoints_from_date, fix_checkpoints_from_json, list_kafka_topics,
+        search_kafka_changes, tail_kafka,
+    };
+    #[pymodule_export]
+    use super::ops::{
         merge_checkpoints, py_add_partitions, py_assignments, py_lag, py_validate,
         reset_checkpoint, split_checkpoints,
     };

@@ -20,8 +20,11 @@ use super::detach::detached;
 use super::errors::{ConfigurationError, OperationAborted, OperationRefused, PillowtopError};
 use crate::cli::conn::{Confirm, Conn, KafkaConn};
 use crate::cli::ui::{Outcome, Report, Ui};
-use crate::cli::{add_partitions, assignments, lag, merge, reset, split, validate};
+use crate::cli::{
+    add_partitions, assignments, fix, kafka, lag, merge, reset, split, topics, validate,
+};
 use crate::ops::OpsError;
+use tokio_util::sync::CancellationToken;
 
 /// A Python object as the commands' [`Ui`]. The first exception its methods raise (other than
 /// `EOFError` from `read_answer`, which is the end of input) is kept and raised when the command
@@ -108,7 +111,8 @@ fn ops_to_py(e: OpsError) -> PyErr {
         | OpsError::NoSourceRows { .. }
         | OpsError::Stale { .. }
         | OpsError::OutOfRange { .. }
-        | OpsError::NoSnapshot { .. } => OperationRefused::new_err(message),
+        | OpsError::NoSnapshot { .. }
+        | OpsError::NoHistory { .. } => OperationRefused::new_err(message),
         OpsError::Core(core) => PyErr::from(core),
     }
 }
@@ -377,4 +381,282 @@ pub(crate) fn py_validate(
     };
     let problems = run(py, ui, async |ui| validate::check(args, ui).await)?;
     Ok(pythonize::pythonize(py, &problems)?.unbind())
+}
+
+/// Runs a reading command that stops on Ctrl-C: every 100 ms the calling (main) thread runs
+/// Python's signal handlers; a `KeyboardInterrupt` (or any exception a handler or the `ui`
+/// raises) cancels the command's stop token, the command ends cleanly and its result is
+/// returned (marked interrupted); an exception other than `KeyboardInterrupt` is raised after.
+fn run_stoppable<T, F>(py: Python<'_>, ui: Py<PyAny>, command: F) -> PyResult<T>
+where
+    T: Send,
+    F: AsyncFnOnce(&PyUi, &CancellationToken) -> anyhow::Result<T> + Send,
+{
+    let ui = PyUi::new(ui);
+    let stop = CancellationToken::new();
+    let signal: Mutex<Option<PyErr>> = Mutex::new(None);
+    let result = detached(py, || {
+        crate::telemetry::init();
+        let rt = crate::cli::runtime().map_err(|e| PillowtopError::new_err(e.to_string()))?;
+        rt.block_on(async {
+            let cmd = command(&ui, &stop);
+            tokio::pin!(cmd);
+            loop {
+                tokio::select! {
+                    r = &mut cmd => break r,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                        let failed = ui.failure.lock().is_ok_and(|f| f.is_some());
+                        // A closure: the method path is not general over the attach lifetime.
+                        #[allow(clippy::redundant_closure_for_method_calls)]
+                        let signals = Python::attach(|py| py.check_signals());
+                        if let Err(e) = signals {
+                            if let Ok(mut s) = signal.lock() {
+                                s.get_or_insert(e);
+                            }
+                            stop.cancel();
+                        } else if failed {
+                            stop.cancel();
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(to_py)
+    });
+    let pending = signal
+        .into_inner()
+        .ok()
+        .flatten()
+        .or_else(|| ui.take_failure());
+    match pending {
+        Some(e)
+            if Python::attach(|py| {
+                e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+            }) =>
+        {
+            result
+        }
+        Some(e) => Err(e),
+        None => result,
+    }
+}
+
+/// `pillowtop fix-checkpoint-after-rewind`: the checkpoint's historical maximum.
+#[pyfunction]
+#[pyo3(signature = (ui, checkpoint_id, *, postgres_url, by_partition=false, noinput=false, dry_run=false, force=false, json=false))]
+#[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
+pub(crate) fn fix_checkpoint_after_rewind(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    checkpoint_id: String,
+    postgres_url: String,
+    by_partition: bool,
+    noinput: bool,
+    dry_run: bool,
+    force: bool,
+    json: bool,
+) -> PyResult<Py<PyDict>> {
+    let args = fix::AfterRewindArgs {
+        checkpoint_id,
+        by_partition,
+        confirm: confirm(noinput, dry_run, force, json),
+        conn: pg(postgres_url),
+    };
+    let r = run(py, ui, async |ui| fix::after_rewind(&args, ui).await)?;
+    report(py, "fix-checkpoint-after-rewind", r)
+}
+
+/// `pillowtop fix-checkpoints-from-date`: each checkpoint's newest snapshot before `date`
+/// (`YYYY-MM-DD`); every checkpoint with a history when `checkpoint_ids` is empty.
+#[pyfunction]
+#[pyo3(signature = (ui, date, checkpoint_ids, *, postgres_url, noinput=false, dry_run=false, force=false, json=false))]
+#[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
+pub(crate) fn fix_checkpoints_from_date(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    date: &str,
+    checkpoint_ids: Vec<String>,
+    postgres_url: String,
+    noinput: bool,
+    dry_run: bool,
+    force: bool,
+    json: bool,
+) -> PyResult<Py<PyDict>> {
+    let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|e| {
+        ConfigurationError::new_err(format!(
+            "fix-checkpoints-from-date: date {date:?} is not YYYY-MM-DD: {e}"
+        ))
+    })?;
+    let args = fix::FromDateArgs {
+        date,
+        ids: checkpoint_ids,
+        confirm: confirm(noinput, dry_run, force, json),
+        conn: pg(postgres_url),
+    };
+    let r = run(py, ui, async |ui| fix::from_date(&args, ui).await)?;
+    report(py, "fix-checkpoints-from-date", r)
+}
+
+/// `pillowtop fix-checkpoints-from-file` with the file's JSON text
+/// `{checkpoint_id: {"topic,partition": offset}}`.
+#[pyfunction]
+#[pyo3(signature = (ui, checkpoints_json, *, postgres_url, noinput=false, dry_run=false, force=false, json=false))]
+#[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
+pub(crate) fn fix_checkpoints_from_json(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    checkpoints_json: &str,
+    postgres_url: String,
+    noinput: bool,
+    dry_run: bool,
+    force: bool,
+    json: bool,
+) -> PyResult<Py<PyDict>> {
+    let c = confirm(noinput, dry_run, force, json);
+    let conn = pg(postgres_url);
+    let r = run(py, ui, async |ui| {
+        fix::from_json(checkpoints_json, &conn, &c, ui).await
+    })?;
+    report(py, "fix-checkpoints-from-file", r)
+}
+
+fn summary(py: Python<'_>, s: &crate::ops::inspect::InspectSummary) -> PyResult<Py<PyAny>> {
+    Ok(pythonize::pythonize(py, s)?.unbind())
+}
+
+/// `pillowtop tail-kafka`: prints the changes published to `topics` from now on until Ctrl-C
+/// or `limit`; returns the summary.
+#[pyfunction]
+#[pyo3(signature = (ui, topics, *, kafka_bootstrap, doc_type=None, doc_subtype=None, limit=None))]
+pub(crate) fn tail_kafka(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    topics: Vec<String>,
+    kafka_bootstrap: String,
+    doc_type: Option<String>,
+    doc_subtype: Option<String>,
+    limit: Option<u64>,
+) -> PyResult<Py<PyAny>> {
+    let args = kafka::TailArgs {
+        topics,
+        filter: kafka::FilterArgs {
+            doc_type,
+            doc_subtype,
+            limit,
+        },
+        kafka: self::kafka(Some(kafka_bootstrap)),
+    };
+    let s = run_stoppable(py, ui, async |ui, stop| kafka::tail(&args, ui, stop).await)?;
+    summary(py, &s)
+}
+
+/// `pillowtop search-kafka-changes`: prints the matching changes of `topics`; returns the
+/// summary.
+#[pyfunction]
+#[pyo3(signature = (ui, topics, *, kafka_bootstrap, doc_ids=None, doc_id_file=None, start_date=None, end_date=None, doc_type=None, doc_subtype=None, limit=None))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn search_kafka_changes(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    topics: Vec<String>,
+    kafka_bootstrap: String,
+    doc_ids: Option<Vec<String>>,
+    doc_id_file: Option<std::path::PathBuf>,
+    start_date: Option<String>,
+    end_date: Option<String>,
+    doc_type: Option<String>,
+    doc_subtype: Option<String>,
+    limit: Option<u64>,
+) -> PyResult<Py<PyAny>> {
+    let args = kafka::SearchArgs {
+        topics,
+        doc_ids,
+        doc_id_file,
+        start_date,
+        end_date,
+        filter: kafka::FilterArgs {
+            doc_type,
+            doc_subtype,
+            limit,
+        },
+        kafka: self::kafka(Some(kafka_bootstrap)),
+    };
+    let s = run_stoppable(py, ui, async |ui, stop| {
+        kafka::search(&args, ui, stop).await
+    })?;
+    summary(py, &s)
+}
+
+/// `pillowtop dump-remaining-changes`: writes what `checkpoint_id` has not processed to
+/// `output` (gzipped for `.gz`, `-` for the ui); returns the summary.
+#[pyfunction]
+#[pyo3(signature = (ui, checkpoint_id, *, postgres_url, kafka_bootstrap, output=None, limit=None))]
+pub(crate) fn dump_remaining_changes(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    checkpoint_id: String,
+    postgres_url: String,
+    kafka_bootstrap: String,
+    output: Option<String>,
+    limit: Option<u64>,
+) -> PyResult<Py<PyAny>> {
+    let args = kafka::DumpArgs {
+        checkpoint_id,
+        output,
+        limit,
+        conn: pg(postgres_url),
+        kafka: self::kafka(Some(kafka_bootstrap)),
+    };
+    let s = run_stoppable(py, ui, async |ui, stop| kafka::dump(&args, ui, stop).await)?;
+    summary(py, &s)
+}
+
+/// `pillowtop create-kafka-topics`: creates the missing ones of `topics`.
+#[pyfunction]
+#[pyo3(signature = (ui, topics, *, kafka_bootstrap, partitions=1, replication_factor=1, noinput=false, dry_run=false, json=false))]
+#[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
+pub(crate) fn create_kafka_topics(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    topics: Vec<String>,
+    kafka_bootstrap: String,
+    partitions: i32,
+    replication_factor: i32,
+    noinput: bool,
+    dry_run: bool,
+    json: bool,
+) -> PyResult<Py<PyDict>> {
+    let args = topics::CreateArgs {
+        topics,
+        partitions,
+        replication_factor,
+        confirm: confirm(noinput, dry_run, false, json),
+        kafka: kafka(Some(kafka_bootstrap)),
+    };
+    let r = run(py, ui, async |ui| topics::create(&args, ui).await)?;
+    report(py, "create-kafka-topics", r)
+}
+
+/// `pillowtop list-kafka-topics`: prints `topics` (all of the cluster's when empty) with their
+/// partition counts and returns them as dicts (`partitions` is `None` for a missing topic).
+#[pyfunction]
+#[pyo3(signature = (ui, topics, *, kafka_bootstrap, json=false))]
+pub(crate) fn list_kafka_topics(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    topics: Vec<String>,
+    kafka_bootstrap: String,
+    json: bool,
+) -> PyResult<Py<PyAny>> {
+    let args = topics::ListArgs {
+        topics,
+        json,
+        kafka: kafka(Some(kafka_bootstrap)),
+    };
+    let states = run(py, ui, async |ui| {
+        let states = topics::list(&args).await?;
+        topics::print(ui, &states, args.json)?;
+        Ok(states)
+    })?;
+    Ok(pythonize::pythonize(py, &states)?.unbind())
 }

@@ -9,7 +9,9 @@
     unreachable_pub
 )]
 
+mod commands;
 mod demo;
+mod deploy;
 mod elasticsearch;
 mod es_processor;
 mod fault_proxy;

@@ -154,6 +154,12 @@ impl Drop for TestDb {
                             &[&id],
                         )
                         .await;
+                    let _ = c
+                        .execute(
+                            "DELETE FROM pillowtop_rs_checkpoint_history WHERE checkpoint_id = $1",
+                            &[&id],
+                        )
+                        .await;
                     let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {id}")).await;
                 }
             });

@@ -84,8 +84,25 @@ impl KafkaAdmin {
         partitions: i32,
         config: &[(&str, &str)],
     ) -> Result<()> {
+        self.create_topic_replicated(topic, partitions, 1, config)
+            .await
+    }
+
+    /// Creates a topic with `replication_factor` replicas per partition and waits until every
+    /// partition has a leader.
+    pub async fn create_topic_replicated(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i32,
+        config: &[(&str, &str)],
+    ) -> Result<()> {
         crate::partition::validate_topic_name(topic)?;
-        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let mut new = NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(replication_factor),
+        );
         for (k, v) in config {
             new = new.set(k, v);
         }
@@ -164,6 +181,76 @@ impl KafkaAdmin {
             }
         }
         Ok(())
+    }
+
+    /// A topic's `retention.ms`, as the broker reports it (describe configs); `None` when the
+    /// topic keeps its messages forever (`-1`).
+    pub async fn topic_retention_ms(&self, topic: &str) -> Result<Option<i64>> {
+        let value = self.topic_config(topic, "retention.ms").await?;
+        let ms: i64 = value.parse().map_err(|e| {
+            KafkaError::Other(format!(
+                "retention.ms of topic {topic} from kafka at {}: {value:?} is not a number: {e}",
+                self.bootstrap
+            ))
+        })?;
+        Ok((ms >= 0).then_some(ms))
+    }
+
+    /// One configuration value of a topic, as the broker reports it.
+    async fn topic_config(&self, topic: &str, key: &str) -> Result<String> {
+        let context = || {
+            format!(
+                "reading {key} of topic {topic} from kafka at {}",
+                self.bootstrap
+            )
+        };
+        let res = self
+            .admin
+            .describe_configs(
+                &[ResourceSpecifier::Topic(topic)],
+                &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .map_err(|e| KafkaError::client(context(), e))?;
+        let resource = match res.into_iter().next() {
+            Some(Ok(r)) => r,
+            Some(Err(code)) => {
+                return Err(KafkaError::Other(format!("{}: {code}", context())).into())
+            }
+            None => return Err(KafkaError::Other(format!("{}: no answer", context())).into()),
+        };
+        resource
+            .get(key)
+            .and_then(|e| e.value.clone())
+            .ok_or_else(|| KafkaError::Other(format!("{}: not reported", context())).into())
+    }
+
+    /// Every topic of the cluster but Kafka's internal ones (`__consumer_offsets`, ...), with
+    /// its partition count, sorted. Blocks on a metadata request (up to 30 s).
+    pub fn all_topics(&self) -> Result<Vec<(String, i32)>> {
+        let md = self
+            .admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(30))
+            .map_err(|e| {
+                KafkaError::client(
+                    format!("listing the topics of kafka at {}", self.bootstrap),
+                    e,
+                )
+            })?;
+        let mut out: Vec<(String, i32)> = md
+            .topics()
+            .iter()
+            .filter(|t| !t.name().starts_with("__") && t.error().is_none())
+            .map(|t| {
+                (
+                    t.name().to_owned(),
+                    i32::try_from(t.partitions().len()).unwrap_or(i32::MAX),
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// A topic's `max.message.bytes`, as the broker reports it (describe configs).

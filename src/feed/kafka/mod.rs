@@ -5,6 +5,7 @@ pub mod admin;
 pub mod consumer;
 pub mod context;
 pub mod producer;
+pub mod scan;
 
 pub use admin::KafkaAdmin;
 pub use consumer::{

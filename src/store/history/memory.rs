@@ -100,6 +100,44 @@ impl HistoryStore for MemoryHistoryStore {
             (day, offsets)
         }))
     }
+
+    async fn recent(&self, checkpoint_id: &str, days: u32) -> Result<Vec<Snapshot>> {
+        let records = self.records.lock().map_err(|_| poisoned())?;
+        let mut by_day: BTreeMap<NaiveDate, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+        for ((d, id, tp), o) in records.iter() {
+            if id == checkpoint_id {
+                by_day.entry(*d).or_default().push((tp.clone(), *o));
+            }
+        }
+        Ok(by_day.into_iter().rev().take(days as usize).collect())
+    }
+
+    async fn snapshot_checkpoint(
+        &self,
+        checkpoint_id: &str,
+        date: NaiveDate,
+        keep_days: u32,
+    ) -> Result<SnapshotSummary> {
+        let rows = self.checkpoints.all();
+        let mut records = self.records.lock().map_err(|_| poisoned())?;
+        for (id, r) in rows.iter().filter(|(id, _)| id == checkpoint_id) {
+            records
+                .entry((date, id.clone(), r.tp.clone()))
+                .or_insert(r.offset);
+        }
+        let present = records
+            .keys()
+            .filter(|(d, id, _)| *d == date && id == checkpoint_id)
+            .count();
+        let cutoff = cutoff(date, keep_days);
+        let before = records.len();
+        records.retain(|(day, id, _), _| id != checkpoint_id || *day >= cutoff);
+        Ok(SnapshotSummary {
+            date,
+            rows: present as u64,
+            pruned: (before - records.len()) as u64,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -152,5 +190,59 @@ mod tests {
             s.pruned, 2,
             "day 1's two records are older than a day before day 3"
         );
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_snapshot_keeps_the_first_of_the_day_and_recent_is_newest_first() {
+        let checkpoints = Arc::new(MemoryCheckpointStore::new());
+        let history = MemoryHistoryStore::new(Arc::clone(&checkpoints));
+        let s = history
+            .snapshot_checkpoint("a", day(1), 30)
+            .await
+            .expect("no rows");
+        assert_eq!(s.rows, 0, "nothing to record before the first checkpoint");
+        checkpoints.set("a", TopicPartition::new("t", 0), 5);
+        checkpoints.set("b", TopicPartition::new("t", 0), 7);
+        assert_eq!(
+            history
+                .snapshot_checkpoint("a", day(1), 30)
+                .await
+                .expect("ok")
+                .rows,
+            1
+        );
+        checkpoints.set("a", TopicPartition::new("t", 0), 9);
+        history
+            .snapshot_checkpoint("a", day(1), 30)
+            .await
+            .expect("again");
+        let (_, offsets) = history
+            .load_snapshot("a", day(1))
+            .await
+            .expect("load")
+            .expect("day 1");
+        assert_eq!(
+            offsets,
+            [(TopicPartition::new("t", 0), 5)],
+            "the first of the day stays"
+        );
+        assert!(
+            history
+                .load_snapshot("b", day(9))
+                .await
+                .expect("load")
+                .is_none(),
+            "only a"
+        );
+        history
+            .snapshot_checkpoint("a", day(2), 30)
+            .await
+            .expect("day 2");
+        let recent = history.recent("a", 10).await.expect("recent");
+        assert_eq!(
+            recent.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [day(2), day(1)]
+        );
+        assert_eq!(history.recent("a", 1).await.expect("recent").len(), 1);
     }
 }

@@ -51,6 +51,22 @@ pub trait HistoryStore: Send + Sync {
     /// The newest snapshot of `checkpoint_id` on or before `date`, partitions in order.
     async fn load_snapshot(&self, checkpoint_id: &str, date: NaiveDate)
         -> Result<Option<Snapshot>>;
+
+    /// The newest `days` snapshots of `checkpoint_id`, newest first, partitions in order
+    /// (CommCare's `get_historical_max` reads the last 10).
+    async fn recent(&self, checkpoint_id: &str, days: u32) -> Result<Vec<Snapshot>>;
+
+    /// Records today's snapshot of one checkpoint if this day has none yet (rows already
+    /// recorded under `date` are left as they are, so every process of a pillow may call it:
+    /// the first one of the day records), and prunes that checkpoint's records older than
+    /// `keep_days`. `rows` is how many rows `date` holds for the checkpoint afterwards: 0 while
+    /// the checkpoint has no rows. What a running pillow calls once a day.
+    async fn snapshot_checkpoint(
+        &self,
+        checkpoint_id: &str,
+        date: NaiveDate,
+        keep_days: u32,
+    ) -> Result<SnapshotSummary>;
 }
 
 /// The first day `keep_days` days before `date` keeps.

@@ -131,4 +131,83 @@ impl HistoryStore for PostgresHistoryStore {
                 .collect(),
         )))
     }
+
+    async fn recent(&self, checkpoint_id: &str, days: u32) -> Result<Vec<Snapshot>> {
+        let days = i64::from(days);
+        let rows = self
+            .pg
+            .run("reading the checkpoint history", |c| async move {
+                c.query(
+                    r#"SELECT date_updated, topic, "partition", "offset" FROM pillowtop_rs_checkpoint_history
+                       WHERE checkpoint_id = $1 AND date_updated IN (
+                           SELECT DISTINCT date_updated FROM pillowtop_rs_checkpoint_history
+                           WHERE checkpoint_id = $1 ORDER BY date_updated DESC LIMIT $2)
+                       ORDER BY date_updated DESC, topic, "partition""#,
+                    &[&checkpoint_id, &days],
+                )
+                .await
+                .map_err(err(format!(
+                    "reading the history of checkpoint {checkpoint_id}"
+                )))
+            })
+            .await?;
+        let mut out: Vec<Snapshot> = Vec::new();
+        for r in &rows {
+            let day: NaiveDate = r.get(0);
+            let entry = (
+                TopicPartition::new(r.get::<_, String>(1), r.get(2)),
+                r.get(3),
+            );
+            match out.last_mut() {
+                Some((d, offsets)) if *d == day => offsets.push(entry),
+                _ => out.push((day, vec![entry])),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn snapshot_checkpoint(
+        &self,
+        checkpoint_id: &str,
+        date: NaiveDate,
+        keep_days: u32,
+    ) -> Result<SnapshotSummary> {
+        let cutoff = cutoff(date, keep_days);
+        let what = format!("recording the history of checkpoint {checkpoint_id}");
+        transaction(&self.pg, &what, |c| {
+            let what = what.clone();
+            async move {
+                c.execute(
+                    r#"INSERT INTO pillowtop_rs_checkpoint_history (date_updated, checkpoint_id, topic, "partition", "offset", recorded_at)
+                       SELECT $1, checkpoint_id, topic, "partition", "offset", now() FROM pillowtop_kafkacheckpoint
+                       WHERE checkpoint_id = $2
+                       ON CONFLICT (date_updated, checkpoint_id, topic, "partition") DO NOTHING"#,
+                    &[&date, &checkpoint_id],
+                )
+                .await
+                .map_err(err(what.clone()))?;
+                let present: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pillowtop_rs_checkpoint_history WHERE date_updated = $1 AND checkpoint_id = $2",
+                        &[&date, &checkpoint_id],
+                    )
+                    .await
+                    .map_err(err(what.clone()))?
+                    .get(0);
+                let pruned = c
+                    .execute(
+                        "DELETE FROM pillowtop_rs_checkpoint_history WHERE checkpoint_id = $1 AND date_updated < $2",
+                        &[&checkpoint_id, &cutoff],
+                    )
+                    .await
+                    .map_err(err(what))?;
+                Ok(SnapshotSummary {
+                    date,
+                    rows: u64::try_from(present).unwrap_or(0),
+                    pruned,
+                })
+            }
+        })
+        .await
+    }
 }
