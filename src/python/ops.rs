@@ -172,7 +172,10 @@ fn pg(postgres_url: String) -> Conn {
 }
 
 fn kafka(bootstrap: Option<String>) -> KafkaConn {
-    KafkaConn { kafka: bootstrap }
+    KafkaConn {
+        kafka: bootstrap,
+        kafka_config: Vec::new(),
+    }
 }
 
 /// `pillowtop split`: copies every checkpoint row of `source` to each of `targets`.
