@@ -4,6 +4,7 @@ import datetime
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, final
 
+from pillowtop_rs.metrics import MetricsSink
 from pillowtop_rs.processors import DocumentStore
 
 __all__ = [
@@ -233,6 +234,12 @@ class Pillow:
         max_message_bytes: int | None = None,
         postgres_outage_budget: float = 300.0,
         kafka_setting: str | None = None,
+        kafka_config: Mapping[str, str | int | float | bool] | None = None,
+        metrics_port: int | None = None,
+        metrics_sink: MetricsSink | None = None,
+        log_output: str = "logging",
+        max_checkpoint_delay: float | None = None,
+        background_checkpoints: bool | None = None,
     ) -> RunSummary:
         """Run until stopped, with the GIL released while waiting.
 
@@ -242,7 +249,18 @@ class Pillow:
         uses each topic's ``max.message.bytes``. ``postgres_outage_budget``: seconds
         PostgreSQL is waited for (a warning per attempt) before the run fails.
         ``kafka_setting``: where ``kafka`` came from, named in Kafka errors (default
-        ``"Pillow.run(kafka=...)"``).
+        ``"Pillow.run(kafka=...)"``). ``kafka_config``: extra librdkafka properties (e.g.
+        ``{"security.protocol": "SSL"}``) for every Kafka client of the run.
+
+        ``log_output``: ``"logging"`` (the default: the core's log lines go to Python logging,
+        loggers ``pillowtop_rs.*``, emitted on this thread), ``"stderr"`` (the CLI's output) or
+        ``"both"``. ``metrics_port``: serve CommCare's metrics in Prometheus text format at
+        ``/metrics`` on this port while the run lasts. ``metrics_sink``: an object whose
+        ``counter``/``gauge``/``histogram(name, value, tags)`` get the metrics in batches, on
+        this thread (see ``pillowtop_rs.metrics``). ``max_checkpoint_delay`` and
+        ``background_checkpoints`` override the pillow's own settings for this run (``None``:
+        keep them; ``math.inf``: no time rule), as ``run_ptop`` does for
+        ``PTOP_CHECKPOINT_DELAY_OVERRIDE``.
 
         Python processors run on this thread, once per chunk. Ctrl-C is a graceful stop, as
         SIGTERM through ``request_shutdown()`` is: the chunk at hand finishes, the final

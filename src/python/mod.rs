@@ -10,6 +10,7 @@ mod change;
 mod cli;
 mod detach;
 mod errors;
+mod observe;
 mod ops;
 mod pillow;
 mod processor;
