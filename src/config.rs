@@ -336,7 +336,7 @@ mod tests {
         let f = PillowFile::from_toml(EXAMPLE).expect("example");
         assert_eq!(
             f.feed_options(&KafkaClientConfig::new())
-                .unwrap()
+                .expect("valid")
                 .max_message_bytes,
             None,
             "the topic's own"
@@ -345,9 +345,34 @@ mod tests {
         let f = PillowFile::from_toml(&text).expect("with the setting");
         assert_eq!(
             f.feed_options(&KafkaClientConfig::new())
-                .unwrap()
+                .expect("valid")
                 .max_message_bytes,
             Some(2_000_000)
+        );
+    }
+
+    #[test]
+    fn kafka_client_properties_come_from_the_file_and_the_command_line() {
+        let text = EXAMPLE.replace(
+            "[kafka]\n",
+            "[kafka]\nconfig = { \"security.protocol\" = \"SSL\", \"ssl.ca.location\" = \"/ca\" }\n",
+        );
+        let f = PillowFile::from_toml(&text).expect("with a client config");
+        let cli = KafkaClientConfig::from_args(&["ssl.ca.location=/other"]).expect("valid");
+        let o = f.feed_options(&cli).expect("valid");
+        assert_eq!(
+            o.client_config.properties(),
+            &[
+                ("security.protocol".to_owned(), "SSL".to_owned()),
+                ("ssl.ca.location".to_owned(), "/other".to_owned())
+            ],
+            "the command line wins"
+        );
+        let bad = EXAMPLE.replace("[kafka]\n", "[kafka]\nconfig = { \"group.id\" = \"x\" }\n");
+        let e = PillowFile::from_toml(&bad).expect_err("reserved");
+        assert!(
+            e.to_string().contains("[kafka] config") && e.to_string().contains("group.id"),
+            "{e}"
         );
     }
 

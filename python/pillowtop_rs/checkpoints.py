@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Union, runtime_checkable
 
 #: ``FormSubmissionMetadataTrackerPillow``'s constant checkpoint id.
 FORM_SUBMISSION_METADATA_TRACKER_CHECKPOINT_ID = "form-submission-metadata-tracker"
@@ -29,14 +29,25 @@ class _IndexInfo(Protocol):
     index: str
 
 
-def _index_name(index: str | _IndexInfo) -> str:
+@runtime_checkable
+class _Adapter(Protocol):
+    """CommCare's newer index adapters (``.index_name``)."""
+
+    index_name: str
+
+
+#: An index: its name, an ``index_info`` or an adapter.
+Index = Union[str, _IndexInfo, _Adapter]
+
+
+def _index_name(index: Index) -> str:
     """Return the index name of a string, an ``index_info`` (``.index``) or an adapter.
 
     Adapters have ``.index_name``.
     """
     if isinstance(index, str):
         name = index
-    elif hasattr(index, "index_name"):
+    elif isinstance(index, _Adapter):
         name = str(index.index_name)
     elif isinstance(index, _IndexInfo):
         name = str(index.index)
@@ -59,7 +70,7 @@ class KafkaPillowCheckpoint:
 
 
 def get_checkpoint_for_elasticsearch_pillow(
-    pillow_id: str, index_name: str | _IndexInfo, topics: Iterable[str] = ()
+    pillow_id: str, index_name: Index, topics: Iterable[str] = ()
 ) -> KafkaPillowCheckpoint:
     """Return CommCare's checkpoint ``{pillow_id}-{index_name}`` of a single-index ES pillow.
 
@@ -68,18 +79,16 @@ def get_checkpoint_for_elasticsearch_pillow(
     return KafkaPillowCheckpoint(f"{pillow_id}-{_index_name(index_name)}", tuple(topics))
 
 
-def case_pillow_checkpoint_id(
-    pillow_id: str, case_index: str | _IndexInfo, case_search_index: str | _IndexInfo
-) -> str:
+def case_pillow_checkpoint_id(pillow_id: str, case_index: Index, case_search_index: Index) -> str:
     """``case-pillow``: ``{pillow_id}-{case index}-{case_search index}-messaging-sync``."""
     return f"{pillow_id}-{_index_name(case_index)}-{_index_name(case_search_index)}-messaging-sync"
 
 
 def xform_pillow_checkpoint_id(
     pillow_id: str,
-    xform_index: str | _IndexInfo,
-    user_index: str | _IndexInfo,
-    report_xform_index: str | _IndexInfo | None = None,
+    xform_index: Index,
+    user_index: Index,
+    report_xform_index: Index | None = None,
 ) -> str:
     """``xform-pillow``: ``{pillow_id}-{xforms}-{users}`` (current CommCare).
 
@@ -92,9 +101,7 @@ def xform_pillow_checkpoint_id(
     return "-".join(parts)
 
 
-def group_pillow_checkpoint_id(
-    pillow_id: str, user_index: str | _IndexInfo, group_index: str | _IndexInfo
-) -> str:
+def group_pillow_checkpoint_id(pillow_id: str, user_index: Index, group_index: Index) -> str:
     """``group-pillow``: ``{pillow_id}-{users index}-{groups index}``."""
     return f"{pillow_id}-{_index_name(user_index)}-{_index_name(group_index)}"
 
@@ -111,6 +118,7 @@ def ucr_pillow_checkpoint_id(pillow_id: str) -> str:
 
 
 __all__ = [
+    "Index",
     "FORM_SUBMISSION_METADATA_TRACKER_CHECKPOINT_ID",
     "LEDGER_INDEX",
     "KafkaPillowCheckpoint",

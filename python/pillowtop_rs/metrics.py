@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 #: CommCare's buckets for ``commcare.change_feed.processor.timing`` (seconds).
 TIMING_BUCKETS = (0.03, 0.1, 0.3, 1, 3, 10)
@@ -45,9 +45,9 @@ class CorehqMetricsSink:
 
     def __init__(self, module: str = "corehq.util.metrics") -> None:
         self._module_name = module
-        self._module: object | None = None
+        self._module: Any = None
 
-    def _m(self) -> object:
+    def _m(self) -> Any:
         if self._module is None:
             self._module = importlib.import_module(self._module_name)
         return self._module

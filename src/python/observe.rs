@@ -141,7 +141,11 @@ impl LogBridge {
         })
     }
 
-    fn logger<'py>(&mut self, py: Python<'py>, target: &'static str) -> PyResult<Bound<'py, PyAny>> {
+    fn logger<'py>(
+        &mut self,
+        py: Python<'py>,
+        target: &'static str,
+    ) -> PyResult<Bound<'py, PyAny>> {
         if let Some(l) = self.loggers.get(target) {
             return Ok(l.bind(py).clone());
         }
@@ -264,7 +268,9 @@ impl Sink {
             if self.failures == 1 {
                 // Once per run, with the traceback; the count comes at the end.
                 let logging = py.import("logging");
-                if let Ok(l) = logging.and_then(|m| m.call_method1("getLogger", ("pillowtop_rs.metrics",))) {
+                if let Ok(l) =
+                    logging.and_then(|m| m.call_method1("getLogger", ("pillowtop_rs.metrics",)))
+                {
                     let kw = PyDict::new(py);
                     let _ = kw.set_item("exc_info", e.clone_ref(py).into_value(py));
                     let _ = l.call_method(
@@ -378,9 +384,8 @@ impl Observer {
         let (Some(listener), Some(memory)) = (self.listener.take(), self.memory.clone()) else {
             return Ok(());
         };
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| {
-            ConfigurationError::new_err(format!("metrics_port: cannot serve: {e}"))
-        })?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| ConfigurationError::new_err(format!("metrics_port: cannot serve: {e}")))?;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(address = %addr, "serving metrics at http://{addr}/metrics");
         }

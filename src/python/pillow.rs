@@ -320,23 +320,7 @@ impl PyPillow {
         };
         config.until_idle = until_idle;
         config.max_changes = max_changes;
-        // Overrides of the definition (Django: PTOP_CHECKPOINT_DELAY_OVERRIDE,
-        // PILLOWTOP_RS['BACKGROUND_CHECKPOINTS']); `inf` turns the time rule off.
-        match max_checkpoint_delay {
-            None => {}
-            Some(s) if s == f64::INFINITY => config.max_checkpoint_delay = None,
-            Some(s) if s.is_finite() && s >= 0.0 => {
-                config.max_checkpoint_delay = Some(Duration::from_secs_f64(s));
-            }
-            Some(s) => {
-                return Err(config_error(format!(
-                    "max_checkpoint_delay must be a non-negative number of seconds (math.inf: no time rule), or None for the pillow's own, not {s}"
-                )))
-            }
-        }
-        if let Some(b) = background_checkpoints {
-            config.background_checkpoints = b;
-        }
+        override_checkpoints(&mut config, max_checkpoint_delay, background_checkpoints)?;
         config.validate()?;
         if !(idle_timeout.is_finite() && idle_timeout > 0.0) {
             return Err(config_error(format!(
@@ -524,7 +508,9 @@ async fn drive(
     token: CancellationToken,
     observer: &mut Option<super::observe::Observer>,
 ) -> PyResult<RunSummary> {
-    let recorder = observer.as_ref().and_then(super::observe::Observer::recorder);
+    let recorder = observer
+        .as_ref()
+        .and_then(super::observe::Observer::recorder);
     if let Some(o) = observer.as_mut() {
         o.serve(token.child_token())?;
     }
@@ -567,11 +553,11 @@ async fn drive(
                 };
             }
             _ = tick.tick() => {
-                #[allow(clippy::redundant_closure_for_method_calls)] // the lifetime needs the closure
                 // On the lane (this future is polled by `block_on` on the calling thread).
                 if let Some(o) = observer.as_mut() {
                     Python::attach(|py| o.tick(py));
                 }
+                #[allow(clippy::redundant_closure_for_method_calls)] // the lifetime needs the closure
                 if let Err(e) = Python::attach(|py| py.check_signals()) {
                     // `ShutdownRequested` (a second SIGTERM in `run_ptop`) means "at once".
                     let at_once = Python::attach(|py| e.is_instance_of::<ShutdownRequested>(py));
@@ -586,6 +572,31 @@ async fn drive(
             }
         }
     }
+}
+
+/// A run's overrides of the definition (Django: `PTOP_CHECKPOINT_DELAY_OVERRIDE`,
+/// `PILLOWTOP_RS['BACKGROUND_CHECKPOINTS']`); a delay of `inf` turns the time rule off.
+fn override_checkpoints(
+    config: &mut PillowConfig,
+    max_checkpoint_delay: Option<f64>,
+    background_checkpoints: Option<bool>,
+) -> PyResult<()> {
+    match max_checkpoint_delay {
+        None => {}
+        Some(s) if s == f64::INFINITY => config.max_checkpoint_delay = None,
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            config.max_checkpoint_delay = Some(Duration::from_secs_f64(s));
+        }
+        Some(s) => {
+            return Err(config_error(format!(
+                "max_checkpoint_delay must be a non-negative number of seconds (math.inf: no time rule), or None for the pillow's own, not {s}"
+            )))
+        }
+    }
+    if let Some(b) = background_checkpoints {
+        config.background_checkpoints = b;
+    }
+    Ok(())
 }
 
 /// Stops the metrics endpoint when `drive` returns, however it returns.

@@ -363,7 +363,7 @@ def metrics_sink() -> object | None:
     except ImportError as e:
         raise ImproperlyConfigured(f"PILLOWTOP_RS['METRICS_SINK'] = {path!r}: {e}") from e
     if isinstance(target, type) or (callable(target) and not hasattr(target, "counter")):
-        factory: Callable[[], object] = target  # type: ignore[assignment]
+        factory: Callable[[], object] = target
         target = factory()
     missing = [m for m in ("counter", "gauge", "histogram") if not hasattr(target, m)]
     if missing:

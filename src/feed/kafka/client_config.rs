@@ -111,6 +111,7 @@ impl KafkaClientConfig {
     }
 
     /// Every other property of `other` over these (later wins).
+    #[must_use]
     pub fn merged(mut self, other: &Self) -> Self {
         for (k, v) in &other.properties {
             self.properties.retain(|(mine, _)| mine != k);
@@ -179,7 +180,8 @@ mod tests {
         assert_eq!(c.properties()[1].1, "/a=b");
         let e = KafkaClientConfig::from_args(&["security.protocol"]).expect_err("no =");
         assert!(e.to_string().contains("KEY=VALUE"), "{e}");
-        let over = KafkaClientConfig::from_pairs([("security.protocol", "PLAINTEXT")]).unwrap();
+        let over =
+            KafkaClientConfig::from_pairs([("security.protocol", "PLAINTEXT")]).expect("valid");
         let m = c.merged(&over);
         assert_eq!(
             m.properties().last(),

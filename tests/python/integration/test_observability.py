@@ -100,7 +100,7 @@ def test_core_log_lines_reach_python_logging_with_fields(
     fresh = [m for m in ours if m.getMessage().startswith("no checkpoint for this partition")]
     assert len(fresh) == 3 and all(getattr(m, "partition", "").startswith(topic) for m in fresh)
     # The final line comes from the last drain, after the loop stopped.
-    stopped = [m for m in ours if m.getMessage().startswith("pillow stopped")]
+    stopped: list[Any] = [m for m in ours if m.getMessage().startswith("pillow stopped")]
     assert len(stopped) == 1 and stopped[0].changes == 5
     # No duplicate on stderr by default.
     assert "pillow starting" not in capfd.readouterr().err
@@ -119,7 +119,7 @@ def test_log_output_stderr_keeps_the_clis_output_and_levels_are_filtered(
 ) -> None:
     publish(topic, messages(kit, 2))
     caplog.set_level(logging.INFO, logger="pillowtop_rs")
-    run = {"kafka": kafka_bootstrap, "postgres": postgres_url, "until_idle": True}
+    run: dict[str, Any] = {"kafka": kafka_bootstrap, "postgres": postgres_url, "until_idle": True}
     Pillow(unique_name, [topic], [Bulk()]).run(idle_timeout=1.0, log_output="stderr", **run)
     assert not [r for r in caplog.records if r.name.startswith("pillowtop_rs")]
     assert "pillow starting" in capfd.readouterr().err
@@ -325,7 +325,7 @@ def test_kafka_config_reaches_librdkafka(
     unique_name: str,
 ) -> None:
     pillow = Pillow(unique_name, [topic], [Bulk()])
-    run = {"kafka": kafka_bootstrap, "postgres": postgres_url, "until_idle": True}
+    run: dict[str, Any] = {"kafka": kafka_bootstrap, "postgres": postgres_url, "until_idle": True}
     # librdkafka's own message, naming the property and the value.
     with pytest.raises(pillowtop_rs.KafkaError, match=r"security\.protocol") as e:
         pillow.run(kafka_config={"security.protocol": "bogus"}, **run)
