@@ -4,7 +4,8 @@ Each function runs the CLI's operation in this process through the typed native 
 line is built): the same plan, the same printed lines, the same questions, one transaction.
 Lines and questions go through a :class:`Ui`: by default :class:`StdioUi` (``sys.stdout``,
 ``sys.stderr`` and ``sys.stdin``); a Django command passes its own (``self.stdout`` and its input
-function).
+function). The functions that read Kafka take ``kafka_config``: extra librdkafka properties
+(security) for their clients, as ``--kafka-config`` on the command line.
 
 The changing operations return a dict: ``outcome`` (``"applied"``, ``"dry_run"`` or
 ``"nothing_to_do"``), ``plan`` (as ``--json`` prints it) and, once applied, ``result`` (what was
@@ -134,6 +135,7 @@ def reset_checkpoint(
     to: str | int,
     postgres_url: str,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     partition: tuple[str, int] | None = None,
     topics: Sequence[str] | None = None,
     noinput: bool = False,
@@ -159,6 +161,7 @@ def reset_checkpoint(
         checkpoint_id,
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         partition=partition,
         topics=None if topics is None else list(topics),
         noinput=noinput,
@@ -175,6 +178,7 @@ def add_partitions(
     *,
     postgres_url: str,
     kafka: str | None = None,
+    kafka_config: Mapping[str, str] | None = None,
     noinput: bool = False,
     dry_run: bool = False,
     json: bool = False,
@@ -190,6 +194,7 @@ def add_partitions(
         num_partitions,
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         noinput=noinput,
         dry_run=dry_run,
         json=json,
@@ -201,6 +206,7 @@ def lag(
     *,
     postgres_url: str,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     json: bool = False,
     interval: int | None = None,
     metrics_port: int | None = None,
@@ -217,6 +223,7 @@ def lag(
         list(checkpoint_ids),
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         json=json,
         interval=interval,
         metrics_port=metrics_port,
@@ -229,6 +236,7 @@ def validate(
     *,
     postgres_url: str,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     skip_zero: bool = False,
     json: bool = False,
     ui: Ui | None = None,
@@ -243,6 +251,7 @@ def validate(
         list(checkpoint_ids),
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         skip_zero=skip_zero,
         json=json,
     )
@@ -254,6 +263,7 @@ def assignments(
     num_processes: int,
     *,
     kafka: str | None = None,
+    kafka_config: Mapping[str, str] | None = None,
     partitions: int | None = None,
     dedicated: bool = False,
     workers: int | None = None,
@@ -269,6 +279,7 @@ def assignments(
         list(topics),
         num_processes,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         partitions=partitions,
         dedicated=dedicated,
         workers=workers,

@@ -171,10 +171,19 @@ fn pg(postgres_url: String) -> Conn {
     }
 }
 
-fn kafka(bootstrap: Option<String>) -> KafkaConn {
+/// The Kafka connection flags: the bootstrap servers and extra librdkafka properties
+/// (`kafka_config`, as `--kafka-config KEY=VALUE`).
+fn kafka(
+    bootstrap: Option<String>,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
+) -> KafkaConn {
     KafkaConn {
         kafka: bootstrap,
-        kafka_config: Vec::new(),
+        kafka_config: kafka_config
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
     }
 }
 
@@ -235,7 +244,7 @@ pub(crate) fn merge_checkpoints(
 
 /// `pillowtop reset`: moves a checkpoint to `earliest`, `latest`, an offset or a time.
 #[pyfunction]
-#[pyo3(signature = (ui, checkpoint_id, *, postgres_url, kafka_bootstrap, earliest=false, latest=false, offset=None, timestamp=None, partition=None, topics=None, noinput=false, dry_run=false, force=false, json=false))]
+#[pyo3(signature = (ui, checkpoint_id, *, postgres_url, kafka_bootstrap, kafka_config=None, earliest=false, latest=false, offset=None, timestamp=None, partition=None, topics=None, noinput=false, dry_run=false, force=false, json=false))]
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub(crate) fn reset_checkpoint(
     py: Python<'_>,
@@ -243,6 +252,7 @@ pub(crate) fn reset_checkpoint(
     checkpoint_id: String,
     postgres_url: String,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     earliest: bool,
     latest: bool,
     offset: Option<i64>,
@@ -272,7 +282,7 @@ pub(crate) fn reset_checkpoint(
         topics,
         confirm: confirm(noinput, dry_run, force, json),
         conn: pg(postgres_url),
-        kafka: kafka(Some(kafka_bootstrap)),
+        kafka: kafka(Some(kafka_bootstrap), kafka_config),
     };
     let r = run(py, ui, async |ui| reset::apply(&args, ui).await)?;
     report(py, "reset", r)
@@ -280,7 +290,7 @@ pub(crate) fn reset_checkpoint(
 
 /// `pillowtop add-partitions`: offset-0 rows for the new partitions of `topic`.
 #[pyfunction]
-#[pyo3(name = "add_partitions", signature = (ui, topic, num_partitions, *, postgres_url, kafka_bootstrap=None, noinput=false, dry_run=false, json=false))]
+#[pyo3(name = "add_partitions", signature = (ui, topic, num_partitions, *, postgres_url, kafka_bootstrap=None, kafka_config=None, noinput=false, dry_run=false, json=false))]
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub(crate) fn py_add_partitions(
     py: Python<'_>,
@@ -289,6 +299,7 @@ pub(crate) fn py_add_partitions(
     num_partitions: i32,
     postgres_url: String,
     kafka_bootstrap: Option<String>,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     noinput: bool,
     dry_run: bool,
     json: bool,
@@ -298,7 +309,7 @@ pub(crate) fn py_add_partitions(
         num_partitions,
         confirm: confirm(noinput, dry_run, false, json),
         conn: pg(postgres_url),
-        kafka: kafka(kafka_bootstrap),
+        kafka: kafka(kafka_bootstrap, kafka_config),
     };
     let r = run(py, ui, async |ui| add_partitions::apply(&args, ui).await)?;
     report(py, "add-partitions", r)
@@ -306,7 +317,7 @@ pub(crate) fn py_add_partitions(
 
 /// `pillowtop lag`: prints the lag table (or JSON) of `checkpoint_ids` (all when empty).
 #[pyfunction]
-#[pyo3(name = "lag", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, json=false, interval=None, metrics_port=None, rounds=None))]
+#[pyo3(name = "lag", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, kafka_config=None, json=false, interval=None, metrics_port=None, rounds=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn py_lag(
     py: Python<'_>,
@@ -314,6 +325,7 @@ pub(crate) fn py_lag(
     checkpoint_ids: Vec<String>,
     postgres_url: String,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     json: bool,
     interval: Option<u64>,
     metrics_port: Option<u16>,
@@ -326,14 +338,14 @@ pub(crate) fn py_lag(
         metrics_port,
         rounds,
         conn: pg(postgres_url),
-        kafka: kafka(Some(kafka_bootstrap)),
+        kafka: kafka(Some(kafka_bootstrap), kafka_config),
     };
     run(py, ui, async |ui| lag::exec(args, ui).await).map(drop)
 }
 
 /// `pillowtop assignments`: prints which process (and virtual worker) reads which partitions.
 #[pyfunction]
-#[pyo3(name = "assignments", signature = (ui, topics, num_processes, *, kafka_bootstrap=None, partitions=None, dedicated=false, workers=None, json=false))]
+#[pyo3(name = "assignments", signature = (ui, topics, num_processes, *, kafka_bootstrap=None, kafka_config=None, partitions=None, dedicated=false, workers=None, json=false))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn py_assignments(
     py: Python<'_>,
@@ -341,6 +353,7 @@ pub(crate) fn py_assignments(
     topics: Vec<String>,
     num_processes: u32,
     kafka_bootstrap: Option<String>,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     partitions: Option<i32>,
     dedicated: bool,
     workers: Option<u32>,
@@ -353,20 +366,21 @@ pub(crate) fn py_assignments(
         topics,
         partitions,
         json,
-        kafka: kafka(kafka_bootstrap),
+        kafka: kafka(kafka_bootstrap, kafka_config),
     };
     run(py, ui, async |ui| assignments::exec(args, ui).await).map(drop)
 }
 
 /// `pillowtop validate`: prints (and returns, as dicts) the checkpoints Kafka can no longer serve.
 #[pyfunction]
-#[pyo3(name = "validate", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, skip_zero=false, json=false))]
+#[pyo3(name = "validate", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, kafka_config=None, skip_zero=false, json=false))]
 pub(crate) fn py_validate(
     py: Python<'_>,
     ui: Py<PyAny>,
     checkpoint_ids: Vec<String>,
     postgres_url: String,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     skip_zero: bool,
     json: bool,
 ) -> PyResult<Py<PyAny>> {
@@ -376,7 +390,7 @@ pub(crate) fn py_validate(
         print_only: false,
         json,
         conn: pg(postgres_url),
-        kafka: kafka(Some(kafka_bootstrap)),
+        kafka: kafka(Some(kafka_bootstrap), kafka_config),
     };
     let problems = run(py, ui, async |ui| validate::check(args, ui).await)?;
     Ok(pythonize::pythonize(py, &problems)?.unbind())
