@@ -374,6 +374,7 @@ pub(crate) fn py_assignments(
 /// `pillowtop validate`: prints (and returns, as dicts) the checkpoints Kafka can no longer serve.
 #[pyfunction]
 #[pyo3(name = "validate", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, kafka_config=None, skip_zero=false, json=false))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn py_validate(
     py: Python<'_>,
     ui: Py<PyAny>,

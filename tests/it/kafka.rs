@@ -288,7 +288,10 @@ async fn client_config_reaches_every_kafka_client_as_librdkafka_sees_it() {
     let admin = KafkaAdmin::with_config(&bootstrap, &bogus).expect_err("admin");
     let info = KafkaInfo::with_config(&bootstrap, &bogus).expect_err("ops");
     for e in [feed.to_string(), admin.to_string(), info.to_string()] {
-        assert!(e.contains("security.protocol") && e.contains("bogus"), "{e}");
+        assert!(
+            e.contains("security.protocol") && e.contains("bogus"),
+            "{e}"
+        );
     }
     // A valid one is applied and the clients work.
     let plain = KafkaClientConfig::from_pairs([("security.protocol", "PLAINTEXT")]).expect("ok");
