@@ -378,3 +378,14 @@ def test_operation_commands_take_kafka_config(
     err = capfd.readouterr().err
     assert status != 0
     assert "security.protocol" in err and "bogus" in err, err
+
+
+def test_python_operations_take_kafka_config(kafka_bootstrap: str, topic: str) -> None:
+    from pillowtop_rs import ops
+
+    # The assignments read the topic's partitions through a client with these properties.
+    with pytest.raises(pillowtop_rs.PillowtopError, match=r"security\.protocol"):
+        ops.assignments([topic], 1, kafka=kafka_bootstrap, kafka_config={"security.protocol": "x"})
+    ops.assignments(
+        [topic], 1, kafka=kafka_bootstrap, kafka_config={"security.protocol": "PLAINTEXT"}
+    )
