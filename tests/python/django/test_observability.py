@@ -174,7 +174,8 @@ def test_run_ptop_metrics_port_is_scraped_while_it_runs(project: Project, native
             except OSError:
                 time.sleep(0.1)
                 continue
-            if _count(text, "commcare_change_feed_changes_count") >= len(docs):
+            # Recorded last for a chunk: every counter is settled once it shows them all.
+            if _count(text, "commcare_change_feed_processing_time_count") >= len(docs):
                 scraped["text"] = text
                 break
             time.sleep(0.1)
