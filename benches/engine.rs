@@ -5,6 +5,7 @@
 //! source .services/env   # TEST_KAFKA_BOOTSTRAP, TEST_POSTGRES_URL
 //! cargo bench --features testing --bench engine
 //! PILLOWTOP_BENCH_CHANGES=20000 cargo bench --features testing --bench engine   # CI smoke
+//! PILLOWTOP_BENCH_METRICS=memory   # the pillow modes record metrics (memory: as metrics_port; buffered: as a Python sink)
 //! ```
 //!
 //! Goal (the issue): pillowtop reaches at least 70% of the raw consumption rate, and its memory is
@@ -635,7 +636,8 @@ async fn raw_stream(phase: &Phase) -> Res<u64> {
 fn feed_options(phase: &Phase) -> KafkaFeedOptions {
     let mut options = KafkaFeedOptions::new(&phase.kafka, format!("{}-feed", phase.topic));
     options.idle_timeout = IDLE_TIMEOUT;
-    options.extra = kafka_extra();
+    options.client_config =
+        pillowtop::feed::kafka::KafkaClientConfig::from_pairs(kafka_extra()).expect("properties");
     options
 }
 
@@ -680,6 +682,26 @@ async fn pillow(phase: &Phase, chunk: usize) -> Res<u64> {
         Arc::new(PostgresCheckpointStore::new(Arc::clone(&pg))),
         Arc::new(PostgresErrorStore::new(pg)),
     );
+    // `PILLOWTOP_BENCH_METRICS=memory` records as `metrics_port` does (a `MemoryRecorder`),
+    // `=buffered` as a Python metrics sink does; unset: no recorder (the default of a pillow).
+    match std::env::var("PILLOWTOP_BENCH_METRICS").as_deref() {
+        Ok("memory") => {
+            pillow = pillow.with_metrics(Arc::new(pillowtop::metrics::MemoryRecorder::new()));
+        }
+        Ok("buffered") => {
+            let b = Arc::new(pillowtop::metrics::Buffered::new(10_000));
+            let drain = Arc::clone(&b);
+            // Drained every 100 ms, as the Python lane does.
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    black_box(drain.take());
+                }
+            });
+            pillow = pillow.with_metrics(b);
+        }
+        _ => {}
+    }
     let shutdown = CancellationToken::new();
     let watchdog = {
         let shutdown = shutdown.clone();

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::assembly::{DocumentSource, DocumentStoreSpec, PillowSpec, ProcessorSpec};
 use crate::error::{ConfigError, Result};
 use crate::feed::assignment::Layout;
-use crate::feed::kafka::KafkaFeedOptions;
+use crate::feed::kafka::{KafkaClientConfig, KafkaFeedOptions};
 use crate::pillow::{PillowConfig, StartPolicy};
 use crate::processor::postgres::TableDefinition;
 
@@ -59,8 +59,10 @@ pub struct KafkaConfig {
     /// Larger messages become error rows; default: each topic's `max.message.bytes`.
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
-    /// Extra librdkafka settings (security, tuning), applied last.
-    #[serde(default)]
+    /// Extra librdkafka properties (security, tuning), applied last to every Kafka client of
+    /// the pillow (`[kafka] config = { "security.protocol" = "SSL" }`; `settings` is the older
+    /// name). See [`crate::feed::kafka::KafkaClientConfig`].
+    #[serde(default, alias = "config")]
     pub settings: BTreeMap<String, String>,
 }
 
@@ -182,6 +184,8 @@ pub struct RunOptions {
     pub num_processes: Option<u32>,
     pub until_idle: bool,
     pub max_changes: Option<u64>,
+    /// `--kafka-config` properties, over the file's `[kafka] config`.
+    pub kafka_config: KafkaClientConfig,
 }
 
 fn invalid(msg: String) -> crate::Error {
@@ -232,8 +236,8 @@ impl PillowFile {
         c
     }
 
-    /// The Kafka feed options.
-    pub fn feed_options(&self) -> KafkaFeedOptions {
+    /// The Kafka feed options (the file's client config, with `overrides` over it).
+    pub fn feed_options(&self, overrides: &KafkaClientConfig) -> Result<KafkaFeedOptions> {
         let mut o = KafkaFeedOptions::new(
             &self.kafka.bootstrap,
             self.kafka
@@ -246,13 +250,15 @@ impl PillowFile {
             o.idle_timeout = Duration::from_millis(ms);
         }
         o.max_message_bytes = self.kafka.max_message_bytes;
-        o.extra = self
-            .kafka
-            .settings
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        o
+        o.client_config = KafkaClientConfig::from_pairs(
+            self.kafka
+                .settings
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        )
+        .map_err(|e| invalid(format!("pillow {}: [kafka] config: {e}", self.name)))?
+        .merged(overrides);
+        Ok(o)
     }
 }
 
@@ -287,7 +293,7 @@ impl PillowFile {
         let spec = PillowSpec {
             config: self.pillow_config(options),
             topics: self.topics.clone(),
-            feed: self.feed_options(),
+            feed: self.feed_options(&options.kafka_config)?,
             postgres_url: self.postgres.url.clone(),
             postgres_outage_budget: self.postgres.outage_budget_secs.map_or(
                 crate::assembly::DEFAULT_POSTGRES_OUTAGE_BUDGET,
@@ -319,6 +325,7 @@ mod tests {
             num_processes: Some(2),
             until_idle: true,
             max_changes: None,
+            kafka_config: KafkaClientConfig::new(),
         });
         assert_eq!((c.layout.process_num, c.layout.num_processes), (1, 2));
         assert!(c.until_idle);
@@ -327,10 +334,46 @@ mod tests {
     #[test]
     fn the_message_size_limit_is_a_kafka_setting() {
         let f = PillowFile::from_toml(EXAMPLE).expect("example");
-        assert_eq!(f.feed_options().max_message_bytes, None, "the topic's own");
+        assert_eq!(
+            f.feed_options(&KafkaClientConfig::new())
+                .expect("valid")
+                .max_message_bytes,
+            None,
+            "the topic's own"
+        );
         let text = EXAMPLE.replace("[kafka]\n", "[kafka]\nmax_message_bytes = 2000000\n");
         let f = PillowFile::from_toml(&text).expect("with the setting");
-        assert_eq!(f.feed_options().max_message_bytes, Some(2_000_000));
+        assert_eq!(
+            f.feed_options(&KafkaClientConfig::new())
+                .expect("valid")
+                .max_message_bytes,
+            Some(2_000_000)
+        );
+    }
+
+    #[test]
+    fn kafka_client_properties_come_from_the_file_and_the_command_line() {
+        let text = EXAMPLE.replace(
+            "[kafka]\n",
+            "[kafka]\nconfig = { \"security.protocol\" = \"SSL\", \"ssl.ca.location\" = \"/ca\" }\n",
+        );
+        let f = PillowFile::from_toml(&text).expect("with a client config");
+        let cli = KafkaClientConfig::from_args(&["ssl.ca.location=/other"]).expect("valid");
+        let o = f.feed_options(&cli).expect("valid");
+        assert_eq!(
+            o.client_config.properties(),
+            &[
+                ("security.protocol".to_owned(), "SSL".to_owned()),
+                ("ssl.ca.location".to_owned(), "/other".to_owned())
+            ],
+            "the command line wins"
+        );
+        let bad = EXAMPLE.replace("[kafka]\n", "[kafka]\nconfig = { \"group.id\" = \"x\" }\n");
+        let e = PillowFile::from_toml(&bad).expect_err("reserved");
+        assert!(
+            e.to_string().contains("[kafka] config") && e.to_string().contains("group.id"),
+            "{e}"
+        );
     }
 
     #[test]

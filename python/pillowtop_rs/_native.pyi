@@ -4,6 +4,7 @@ import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, final
 
+from pillowtop_rs.metrics import MetricsSink
 from pillowtop_rs.processors import DocumentStore
 
 __all__ = [
@@ -319,6 +320,12 @@ class Pillow:
         postgres_outage_budget: float = 300.0,
         kafka_setting: str | None = None,
         since: Mapping[tuple[str, int], int] | None = None,
+        kafka_config: Mapping[str, str | int | float | bool] | None = None,
+        metrics_port: int | None = None,
+        metrics_sink: MetricsSink | None = None,
+        log_output: str = "logging",
+        max_checkpoint_delay: float | None = None,
+        background_checkpoints: bool | None = None,
     ) -> RunSummary:
         """Run until stopped, with the GIL released while waiting.
 
@@ -328,7 +335,18 @@ class Pillow:
         uses each topic's ``max.message.bytes``. ``postgres_outage_budget``: seconds
         PostgreSQL is waited for (a warning per attempt) before the run fails.
         ``kafka_setting``: where ``kafka`` came from, named in Kafka errors (default
-        ``"Pillow.run(kafka=...)"``).
+        ``"Pillow.run(kafka=...)"``). ``kafka_config``: extra librdkafka properties (e.g.
+        ``{"security.protocol": "SSL"}``) for every Kafka client of the run.
+
+        ``log_output``: ``"logging"`` (the default: the core's log lines go to Python logging,
+        loggers ``pillowtop_rs.*``, emitted on this thread), ``"stderr"`` (the CLI's output) or
+        ``"both"``. ``metrics_port``: serve CommCare's metrics in Prometheus text format at
+        ``/metrics`` on this port while the run lasts. ``metrics_sink``: an object whose
+        ``counter``/``gauge``/``histogram(name, value, tags)`` get the metrics in batches, on
+        this thread (see ``pillowtop_rs.metrics``). ``max_checkpoint_delay`` and
+        ``background_checkpoints`` override the pillow's own settings for this run (``None``:
+        keep them; ``math.inf``: no time rule), as ``run_ptop`` does for
+        ``PTOP_CHECKPOINT_DELAY_OVERRIDE``.
 
         Python processors run on this thread, once per chunk. Ctrl-C is a graceful stop, as
         SIGTERM through ``request_shutdown()`` is: the chunk at hand finishes, the final
@@ -395,6 +413,7 @@ def reset_checkpoint(
     *,
     postgres_url: str,
     kafka_bootstrap: str,
+    kafka_config: Mapping[str, str] | None = None,
     earliest: bool = False,
     latest: bool = False,
     offset: int | None = None,
@@ -415,6 +434,7 @@ def add_partitions(
     *,
     postgres_url: str,
     kafka_bootstrap: str | None = None,
+    kafka_config: Mapping[str, str] | None = None,
     noinput: bool = False,
     dry_run: bool = False,
     json: bool = False,
@@ -427,6 +447,7 @@ def lag(
     *,
     postgres_url: str,
     kafka_bootstrap: str,
+    kafka_config: Mapping[str, str] | None = None,
     json: bool = False,
     interval: int | None = None,
     metrics_port: int | None = None,
@@ -440,6 +461,7 @@ def assignments(
     num_processes: int,
     *,
     kafka_bootstrap: str | None = None,
+    kafka_config: Mapping[str, str] | None = None,
     partitions: int | None = None,
     dedicated: bool = False,
     workers: int | None = None,
@@ -453,6 +475,7 @@ def validate(
     *,
     postgres_url: str,
     kafka_bootstrap: str,
+    kafka_config: Mapping[str, str] | None = None,
     skip_zero: bool = False,
     json: bool = False,
 ) -> list[dict[str, Any]]:
@@ -501,6 +524,7 @@ def tail_kafka(
     topics: list[str],
     *,
     kafka_bootstrap: str,
+    kafka_config: Mapping[str, str] | None = None,
     doc_type: str | None = None,
     doc_subtype: str | None = None,
     limit: int | None = None,
@@ -512,6 +536,7 @@ def search_kafka_changes(
     topics: list[str],
     *,
     kafka_bootstrap: str,
+    kafka_config: Mapping[str, str] | None = None,
     doc_ids: list[str] | None = None,
     doc_id_file: str | None = None,
     start_date: str | None = None,
@@ -528,6 +553,7 @@ def dump_remaining_changes(
     *,
     postgres_url: str,
     kafka_bootstrap: str,
+    kafka_config: Mapping[str, str] | None = None,
     output: str | None = None,
     limit: int | None = None,
 ) -> dict[str, Any]:
@@ -538,6 +564,7 @@ def create_kafka_topics(
     topics: list[str],
     *,
     kafka_bootstrap: str,
+    kafka_config: Mapping[str, str] | None = None,
     partitions: int = 1,
     replication_factor: int = 1,
     noinput: bool = False,
@@ -551,6 +578,7 @@ def list_kafka_topics(
     topics: list[str],
     *,
     kafka_bootstrap: str,
+    kafka_config: Mapping[str, str] | None = None,
     json: bool = False,
 ) -> list[dict[str, Any]]:
     """``pillowtop list-kafka-topics``: prints and returns the topics and their partitions."""

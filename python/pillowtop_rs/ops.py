@@ -4,7 +4,8 @@ Each function runs the CLI's operation in this process through the typed native 
 line is built): the same plan, the same printed lines, the same questions, one transaction.
 Lines and questions go through a :class:`Ui`: by default :class:`StdioUi` (``sys.stdout``,
 ``sys.stderr`` and ``sys.stdin``); a Django command passes its own (``self.stdout`` and its input
-function).
+function). The functions that read Kafka take ``kafka_config``: extra librdkafka properties
+(security) for their clients, as ``--kafka-config`` on the command line.
 
 The changing operations return a dict: ``outcome`` (``"applied"``, ``"dry_run"`` or
 ``"nothing_to_do"``), ``plan`` (as ``--json`` prints it) and, once applied, ``result`` (what was
@@ -144,6 +145,7 @@ def reset_checkpoint(
     to: str | int,
     postgres_url: str,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     partition: tuple[str, int] | None = None,
     topics: Sequence[str] | None = None,
     noinput: bool = False,
@@ -169,6 +171,7 @@ def reset_checkpoint(
         checkpoint_id,
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         partition=partition,
         topics=None if topics is None else list(topics),
         noinput=noinput,
@@ -185,6 +188,7 @@ def add_partitions(
     *,
     postgres_url: str,
     kafka: str | None = None,
+    kafka_config: Mapping[str, str] | None = None,
     noinput: bool = False,
     dry_run: bool = False,
     json: bool = False,
@@ -200,6 +204,7 @@ def add_partitions(
         num_partitions,
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         noinput=noinput,
         dry_run=dry_run,
         json=json,
@@ -211,6 +216,7 @@ def lag(
     *,
     postgres_url: str,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     json: bool = False,
     interval: int | None = None,
     metrics_port: int | None = None,
@@ -227,6 +233,7 @@ def lag(
         list(checkpoint_ids),
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         json=json,
         interval=interval,
         metrics_port=metrics_port,
@@ -239,6 +246,7 @@ def validate(
     *,
     postgres_url: str,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     skip_zero: bool = False,
     json: bool = False,
     ui: Ui | None = None,
@@ -253,6 +261,7 @@ def validate(
         list(checkpoint_ids),
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         skip_zero=skip_zero,
         json=json,
     )
@@ -264,6 +273,7 @@ def assignments(
     num_processes: int,
     *,
     kafka: str | None = None,
+    kafka_config: Mapping[str, str] | None = None,
     partitions: int | None = None,
     dedicated: bool = False,
     workers: int | None = None,
@@ -279,6 +289,7 @@ def assignments(
         list(topics),
         num_processes,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         partitions=partitions,
         dedicated=dedicated,
         workers=workers,
@@ -395,6 +406,7 @@ def tail_kafka(
     topics: Sequence[str],
     *,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     doc_type: str | None = None,
     doc_subtype: str | None = None,
     limit: int | None = None,
@@ -409,6 +421,7 @@ def tail_kafka(
         ui or StdioUi(),
         list(topics),
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         doc_type=doc_type,
         doc_subtype=doc_subtype,
         limit=limit,
@@ -419,6 +432,7 @@ def search_kafka_changes(
     topics: Sequence[str],
     *,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     doc_ids: Sequence[str] | None = None,
     doc_id_file: str | None = None,
     start_date: str | None = None,
@@ -437,6 +451,7 @@ def search_kafka_changes(
         ui or StdioUi(),
         list(topics),
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         doc_ids=None if doc_ids is None else list(doc_ids),
         doc_id_file=doc_id_file,
         start_date=start_date,
@@ -452,6 +467,7 @@ def dump_remaining_changes(
     *,
     postgres_url: str,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     output: str | None = None,
     limit: int | None = None,
     ui: Ui | None = None,
@@ -466,6 +482,7 @@ def dump_remaining_changes(
         checkpoint_id,
         postgres_url=postgres_url,
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         output=output,
         limit=limit,
     )
@@ -475,6 +492,7 @@ def create_kafka_topics(
     topics: Sequence[str],
     *,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     partitions: int = 1,
     replication_factor: int = 1,
     noinput: bool = False,
@@ -487,6 +505,7 @@ def create_kafka_topics(
         ui or StdioUi(),
         list(topics),
         kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
         partitions=partitions,
         replication_factor=replication_factor,
         noinput=noinput,
@@ -499,11 +518,12 @@ def list_kafka_topics(
     topics: Sequence[str] = (),
     *,
     kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
     json: bool = False,
     ui: Ui | None = None,
 ) -> list[dict[str, Any]]:
     """Print and return ``topics`` (every topic of the cluster when empty) with partitions."""
     listed: list[dict[str, Any]] = _native.list_kafka_topics(
-        ui or StdioUi(), list(topics), kafka_bootstrap=kafka, json=json
+        ui or StdioUi(), list(topics), kafka_bootstrap=kafka, kafka_config=kafka_config, json=json
     )
     return listed

@@ -36,11 +36,7 @@ pub async fn apply(args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Added>> {
     let pg = args.conn.pg()?;
     let (topic, n, c) = (&args.topic, args.num_partitions, &args.confirm);
     let count = match args.kafka.bootstrap() {
-        Some(b) => Some(
-            crate::ops::kafka::KafkaInfo::new(&b)?
-                .partition_count(topic)
-                .await?,
-        ),
+        Some(_) => Some(args.kafka.info()?.partition_count(topic).await?),
         None => None,
     };
     let rows = PostgresCheckpointStore::new(pg.clone())

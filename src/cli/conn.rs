@@ -28,6 +28,10 @@ pub struct KafkaConn {
     /// Kafka bootstrap servers [env: PILLOWTOP_KAFKA_BOOTSTRAP].
     #[arg(long)]
     pub kafka: Option<String>,
+    /// An extra librdkafka property for the Kafka clients (repeatable), e.g.
+    /// `--kafka-config security.protocol=SSL`.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE")]
+    pub kafka_config: Vec<String>,
 }
 
 /// The flag's value, else the non-empty value of `var`.
@@ -56,7 +60,8 @@ impl KafkaConn {
         let b = self
             .bootstrap()
             .context("no Kafka address: pass --kafka or set PILLOWTOP_KAFKA_BOOTSTRAP")?;
-        Ok(KafkaInfo::new(&b)?)
+        let config = crate::feed::kafka::KafkaClientConfig::from_args(&self.kafka_config)?;
+        Ok(KafkaInfo::with_config(&b, &config)?)
     }
 }
 

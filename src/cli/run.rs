@@ -47,6 +47,10 @@ pub struct Args {
     /// `run_ptop --gevent-workers` numbers them.
     #[arg(long)]
     workers: Option<u32>,
+    /// An extra librdkafka property for every Kafka client of the pillow, over the file's
+    /// `[kafka] config` (repeatable), e.g. `--kafka-config security.protocol=SSL`.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE")]
+    kafka_config: Vec<String>,
 }
 
 /// Counts handled changes and failures, and keeps the last chunk lag, from a pillow's
@@ -240,11 +244,19 @@ pub async fn exec(args: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
             return Ok(INVALID_USAGE);
         }
     };
+    let kafka_config = match crate::feed::kafka::KafkaClientConfig::from_args(&args.kafka_config) {
+        Ok(c) => c,
+        Err(e) => {
+            ui.err(&format!("error: {e}"));
+            return Ok(INVALID_USAGE);
+        }
+    };
     let options = RunOptions {
         process_number: args.process_number,
         num_processes: args.num_processes,
         until_idle: args.until_idle,
         max_changes: args.max_changes,
+        kafka_config,
     };
     let definitions = match worker_specs(&file, &options, args.workers) {
         Ok(s) => s,
@@ -273,14 +285,7 @@ pub async fn exec(args: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
         let memory = memory.clone();
         tokio::spawn(crate::ops::prometheus::serve(
             listener,
-            move || {
-                let samples = memory.snapshot();
-                let refs: Vec<_> = samples
-                    .iter()
-                    .map(|(n, t, v)| (*n, t.clone(), *v))
-                    .collect();
-                crate::ops::prometheus::render(&refs)
-            },
+            move || crate::ops::prometheus::render_recorder(&memory),
             token.clone(),
         ));
     }

@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{KafkaError, Result};
 use crate::feed::kafka::consumer::blocking;
+use crate::feed::kafka::KafkaClientConfig;
 use crate::feed::TopicPartition;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,6 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub struct KafkaInfo {
     consumer: Arc<BaseConsumer>,
     bootstrap: String,
+    client_config: KafkaClientConfig,
 }
 
 impl std::fmt::Debug for KafkaInfo {
@@ -37,21 +39,27 @@ pub struct Watermarks {
 
 impl KafkaInfo {
     pub fn new(bootstrap_servers: &str) -> Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
+        Self::with_config(bootstrap_servers, &KafkaClientConfig::new())
+    }
+
+    /// A view through clients with extra librdkafka properties (security), applied last.
+    pub fn with_config(bootstrap_servers: &str, client_config: &KafkaClientConfig) -> Result<Self> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", bootstrap_servers)
             .set("client.id", "pillowtop-ops")
             .set("group.id", "pillowtop-rs-ops")
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|e| {
-                KafkaError::client(
-                    format!("creating a kafka client for {bootstrap_servers}"),
-                    e,
-                )
-            })?;
+            .set("enable.auto.commit", "false");
+        client_config.apply(&mut cfg);
+        let consumer: BaseConsumer = cfg.create().map_err(|e| {
+            KafkaError::client(
+                format!("creating a kafka client for {bootstrap_servers}"),
+                e,
+            )
+        })?;
         Ok(Self {
             consumer: Arc::new(consumer),
             bootstrap: bootstrap_servers.to_owned(),
+            client_config: client_config.clone(),
         })
     }
 
@@ -129,15 +137,18 @@ impl KafkaInfo {
             return Ok(BTreeMap::new());
         }
         let (bootstrap, positions) = (self.bootstrap.clone(), positions.to_vec());
+        let client_config = self.client_config.clone();
         blocking(move || {
             use rdkafka::message::Message;
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
+            let mut cfg = ClientConfig::new();
+            cfg.set("bootstrap.servers", &bootstrap)
                 .set("client.id", "pillowtop-ops")
                 .set("group.id", "pillowtop-rs-ops")
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
-                .set("auto.offset.reset", "error")
+                .set("auto.offset.reset", "error");
+            client_config.apply(&mut cfg);
+            let consumer: BaseConsumer = cfg
                 .create()
                 .map_err(|e| KafkaError::client("creating a kafka consumer for timestamps", e))?;
             let mut tpl = TopicPartitionList::new();

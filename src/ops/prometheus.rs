@@ -60,6 +60,49 @@ pub fn render(samples: &[(&str, Tags, f64)]) -> String {
     out
 }
 
+/// Renders histograms as Prometheus histograms: `_bucket{le=…}` (cumulative), `_sum`, `_count`.
+pub fn render_histograms(histograms: &[(&str, Tags, crate::metrics::Histogram)]) -> String {
+    let mut out = String::new();
+    let mut last = "";
+    for (name, tags, h) in histograms {
+        let prom = metric_name(name);
+        if *name != last {
+            let _ = writeln!(out, "# HELP {prom} {name}\n# TYPE {prom} histogram");
+            last = name;
+        }
+        let labels: Vec<String> = tags
+            .iter()
+            .map(|(k, v)| format!("{}=\"{}\"", metric_name(k), escape(v)))
+            .collect();
+        for (bound, n) in h.cumulative() {
+            let le = if bound.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                bound.to_string()
+            };
+            let mut l = labels.clone();
+            l.push(format!("le=\"{le}\""));
+            let _ = writeln!(out, "{prom}_bucket{{{}}} {n}", l.join(","));
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", labels.join(","))
+        };
+        let _ = writeln!(out, "{prom}_sum{braces} {}", h.sum);
+        let _ = writeln!(out, "{prom}_count{braces} {}", h.count);
+    }
+    out
+}
+
+/// Everything `memory` holds, counters and gauges then histograms: what `--metrics-port` serves
+/// (`pillowtop run`, `Pillow.run(metrics_port=…)`).
+pub fn render_recorder(memory: &crate::metrics::MemoryRecorder) -> String {
+    let mut out = render(&memory.snapshot());
+    out.push_str(&render_histograms(&memory.histograms()));
+    out
+}
+
 /// Serves `render()` on `listener` (every `GET` path) until `shutdown` is cancelled.
 pub async fn serve<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
 where
@@ -103,6 +146,48 @@ mod tests {
              commcare_change_feed_need_processing{pillow_name=\"case-pillow\",topic=\"case-sql-0\"} 12\n"
         );
         assert_eq!(escape("a\"b\\"), "a\\\"b\\\\");
+    }
+
+    #[test]
+    fn renders_histograms_with_cumulative_buckets() {
+        use crate::metrics::Recorder as _;
+        let m = crate::metrics::MemoryRecorder::new();
+        let tags = vec![("processor", "es".to_owned())];
+        m.histogram(crate::metrics::PROCESSOR_TIMING, tags.clone(), 0.05);
+        m.histogram(crate::metrics::PROCESSOR_TIMING, tags, 20.0);
+        m.counter(crate::metrics::CHANGES_COUNT, vec![], 2.0);
+        let s = render_recorder(&m);
+        assert!(s.contains("commcare_change_feed_changes_count 2\n"), "{s}");
+        assert!(
+            s.contains("# TYPE commcare_change_feed_processor_timing histogram\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "commcare_change_feed_processor_timing_bucket{processor=\"es\",le=\"0.03\"} 0\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "commcare_change_feed_processor_timing_bucket{processor=\"es\",le=\"0.1\"} 1\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "commcare_change_feed_processor_timing_bucket{processor=\"es\",le=\"+Inf\"} 2\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("commcare_change_feed_processor_timing_sum{processor=\"es\"} 20.05\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("commcare_change_feed_processor_timing_count{processor=\"es\"} 2\n"),
+            "{s}"
+        );
     }
 
     #[tokio::test]

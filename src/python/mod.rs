@@ -11,6 +11,7 @@ mod change_meta;
 mod cli;
 mod detach;
 mod errors;
+mod observe;
 mod ops;
 mod pillow;
 mod processor;

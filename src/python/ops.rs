@@ -175,8 +175,20 @@ fn pg(postgres_url: String) -> Conn {
     }
 }
 
-fn kafka(bootstrap: Option<String>) -> KafkaConn {
-    KafkaConn { kafka: bootstrap }
+/// The Kafka connection flags: the bootstrap servers and extra librdkafka properties
+/// (`kafka_config`, as `--kafka-config KEY=VALUE`).
+fn kafka(
+    bootstrap: Option<String>,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
+) -> KafkaConn {
+    KafkaConn {
+        kafka: bootstrap,
+        kafka_config: kafka_config
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+    }
 }
 
 /// `pillowtop split`: copies every checkpoint row of `source` to each of `targets`.
@@ -236,7 +248,7 @@ pub(crate) fn merge_checkpoints(
 
 /// `pillowtop reset`: moves a checkpoint to `earliest`, `latest`, an offset or a time.
 #[pyfunction]
-#[pyo3(signature = (ui, checkpoint_id, *, postgres_url, kafka_bootstrap, earliest=false, latest=false, offset=None, timestamp=None, partition=None, topics=None, noinput=false, dry_run=false, force=false, json=false))]
+#[pyo3(signature = (ui, checkpoint_id, *, postgres_url, kafka_bootstrap, kafka_config=None, earliest=false, latest=false, offset=None, timestamp=None, partition=None, topics=None, noinput=false, dry_run=false, force=false, json=false))]
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub(crate) fn reset_checkpoint(
     py: Python<'_>,
@@ -244,6 +256,7 @@ pub(crate) fn reset_checkpoint(
     checkpoint_id: String,
     postgres_url: String,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     earliest: bool,
     latest: bool,
     offset: Option<i64>,
@@ -273,7 +286,7 @@ pub(crate) fn reset_checkpoint(
         topics,
         confirm: confirm(noinput, dry_run, force, json),
         conn: pg(postgres_url),
-        kafka: kafka(Some(kafka_bootstrap)),
+        kafka: kafka(Some(kafka_bootstrap), kafka_config),
     };
     let r = run(py, ui, async |ui| reset::apply(&args, ui).await)?;
     report(py, "reset", r)
@@ -281,7 +294,7 @@ pub(crate) fn reset_checkpoint(
 
 /// `pillowtop add-partitions`: offset-0 rows for the new partitions of `topic`.
 #[pyfunction]
-#[pyo3(name = "add_partitions", signature = (ui, topic, num_partitions, *, postgres_url, kafka_bootstrap=None, noinput=false, dry_run=false, json=false))]
+#[pyo3(name = "add_partitions", signature = (ui, topic, num_partitions, *, postgres_url, kafka_bootstrap=None, kafka_config=None, noinput=false, dry_run=false, json=false))]
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub(crate) fn py_add_partitions(
     py: Python<'_>,
@@ -290,6 +303,7 @@ pub(crate) fn py_add_partitions(
     num_partitions: i32,
     postgres_url: String,
     kafka_bootstrap: Option<String>,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     noinput: bool,
     dry_run: bool,
     json: bool,
@@ -299,7 +313,7 @@ pub(crate) fn py_add_partitions(
         num_partitions,
         confirm: confirm(noinput, dry_run, false, json),
         conn: pg(postgres_url),
-        kafka: kafka(kafka_bootstrap),
+        kafka: kafka(kafka_bootstrap, kafka_config),
     };
     let r = run(py, ui, async |ui| add_partitions::apply(&args, ui).await)?;
     report(py, "add-partitions", r)
@@ -307,7 +321,7 @@ pub(crate) fn py_add_partitions(
 
 /// `pillowtop lag`: prints the lag table (or JSON) of `checkpoint_ids` (all when empty).
 #[pyfunction]
-#[pyo3(name = "lag", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, json=false, interval=None, metrics_port=None, rounds=None))]
+#[pyo3(name = "lag", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, kafka_config=None, json=false, interval=None, metrics_port=None, rounds=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn py_lag(
     py: Python<'_>,
@@ -315,6 +329,7 @@ pub(crate) fn py_lag(
     checkpoint_ids: Vec<String>,
     postgres_url: String,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     json: bool,
     interval: Option<u64>,
     metrics_port: Option<u16>,
@@ -327,14 +342,14 @@ pub(crate) fn py_lag(
         metrics_port,
         rounds,
         conn: pg(postgres_url),
-        kafka: kafka(Some(kafka_bootstrap)),
+        kafka: kafka(Some(kafka_bootstrap), kafka_config),
     };
     run(py, ui, async |ui| lag::exec(args, ui).await).map(drop)
 }
 
 /// `pillowtop assignments`: prints which process (and virtual worker) reads which partitions.
 #[pyfunction]
-#[pyo3(name = "assignments", signature = (ui, topics, num_processes, *, kafka_bootstrap=None, partitions=None, dedicated=false, workers=None, json=false))]
+#[pyo3(name = "assignments", signature = (ui, topics, num_processes, *, kafka_bootstrap=None, kafka_config=None, partitions=None, dedicated=false, workers=None, json=false))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn py_assignments(
     py: Python<'_>,
@@ -342,6 +357,7 @@ pub(crate) fn py_assignments(
     topics: Vec<String>,
     num_processes: u32,
     kafka_bootstrap: Option<String>,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     partitions: Option<i32>,
     dedicated: bool,
     workers: Option<u32>,
@@ -354,20 +370,22 @@ pub(crate) fn py_assignments(
         topics,
         partitions,
         json,
-        kafka: kafka(kafka_bootstrap),
+        kafka: kafka(kafka_bootstrap, kafka_config),
     };
     run(py, ui, async |ui| assignments::exec(args, ui).await).map(drop)
 }
 
 /// `pillowtop validate`: prints (and returns, as dicts) the checkpoints Kafka can no longer serve.
 #[pyfunction]
-#[pyo3(name = "validate", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, skip_zero=false, json=false))]
+#[pyo3(name = "validate", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, kafka_config=None, skip_zero=false, json=false))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn py_validate(
     py: Python<'_>,
     ui: Py<PyAny>,
     checkpoint_ids: Vec<String>,
     postgres_url: String,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     skip_zero: bool,
     json: bool,
 ) -> PyResult<Py<PyAny>> {
@@ -377,7 +395,7 @@ pub(crate) fn py_validate(
         print_only: false,
         json,
         conn: pg(postgres_url),
-        kafka: kafka(Some(kafka_bootstrap)),
+        kafka: kafka(Some(kafka_bootstrap), kafka_config),
     };
     let problems = run(py, ui, async |ui| validate::check(args, ui).await)?;
     Ok(pythonize::pythonize(py, &problems)?.unbind())
@@ -527,12 +545,14 @@ fn summary(py: Python<'_>, s: &crate::ops::inspect::InspectSummary) -> PyResult<
 /// `pillowtop tail-kafka`: prints the changes published to `topics` from now on until Ctrl-C
 /// or `limit`; returns the summary.
 #[pyfunction]
-#[pyo3(signature = (ui, topics, *, kafka_bootstrap, doc_type=None, doc_subtype=None, limit=None))]
+#[pyo3(signature = (ui, topics, *, kafka_bootstrap, kafka_config=None, doc_type=None, doc_subtype=None, limit=None))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn tail_kafka(
     py: Python<'_>,
     ui: Py<PyAny>,
     topics: Vec<String>,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     doc_type: Option<String>,
     doc_subtype: Option<String>,
     limit: Option<u64>,
@@ -544,7 +564,7 @@ pub(crate) fn tail_kafka(
             doc_subtype,
             limit,
         },
-        kafka: self::kafka(Some(kafka_bootstrap)),
+        kafka: self::kafka(Some(kafka_bootstrap), kafka_config),
     };
     let s = run_stoppable(py, ui, async |ui, stop| kafka::tail(&args, ui, stop).await)?;
     summary(py, &s)
@@ -553,13 +573,14 @@ pub(crate) fn tail_kafka(
 /// `pillowtop search-kafka-changes`: prints the matching changes of `topics`; returns the
 /// summary.
 #[pyfunction]
-#[pyo3(signature = (ui, topics, *, kafka_bootstrap, doc_ids=None, doc_id_file=None, start_date=None, end_date=None, doc_type=None, doc_subtype=None, limit=None))]
+#[pyo3(signature = (ui, topics, *, kafka_bootstrap, kafka_config=None, doc_ids=None, doc_id_file=None, start_date=None, end_date=None, doc_type=None, doc_subtype=None, limit=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn search_kafka_changes(
     py: Python<'_>,
     ui: Py<PyAny>,
     topics: Vec<String>,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     doc_ids: Option<Vec<String>>,
     doc_id_file: Option<std::path::PathBuf>,
     start_date: Option<String>,
@@ -579,7 +600,7 @@ pub(crate) fn search_kafka_changes(
             doc_subtype,
             limit,
         },
-        kafka: self::kafka(Some(kafka_bootstrap)),
+        kafka: self::kafka(Some(kafka_bootstrap), kafka_config),
     };
     let s = run_stoppable(py, ui, async |ui, stop| {
         kafka::search(&args, ui, stop).await
@@ -590,13 +611,15 @@ pub(crate) fn search_kafka_changes(
 /// `pillowtop dump-remaining-changes`: writes what `checkpoint_id` has not processed to
 /// `output` (gzipped for `.gz`, `-` for the ui); returns the summary.
 #[pyfunction]
-#[pyo3(signature = (ui, checkpoint_id, *, postgres_url, kafka_bootstrap, output=None, limit=None))]
+#[pyo3(signature = (ui, checkpoint_id, *, postgres_url, kafka_bootstrap, kafka_config=None, output=None, limit=None))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn dump_remaining_changes(
     py: Python<'_>,
     ui: Py<PyAny>,
     checkpoint_id: String,
     postgres_url: String,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     output: Option<String>,
     limit: Option<u64>,
 ) -> PyResult<Py<PyAny>> {
@@ -605,7 +628,7 @@ pub(crate) fn dump_remaining_changes(
         output,
         limit,
         conn: pg(postgres_url),
-        kafka: self::kafka(Some(kafka_bootstrap)),
+        kafka: self::kafka(Some(kafka_bootstrap), kafka_config),
     };
     let s = run_stoppable(py, ui, async |ui, stop| kafka::dump(&args, ui, stop).await)?;
     summary(py, &s)
@@ -613,13 +636,14 @@ pub(crate) fn dump_remaining_changes(
 
 /// `pillowtop create-kafka-topics`: creates the missing ones of `topics`.
 #[pyfunction]
-#[pyo3(signature = (ui, topics, *, kafka_bootstrap, partitions=1, replication_factor=1, noinput=false, dry_run=false, json=false))]
+#[pyo3(signature = (ui, topics, *, kafka_bootstrap, kafka_config=None, partitions=1, replication_factor=1, noinput=false, dry_run=false, json=false))]
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub(crate) fn create_kafka_topics(
     py: Python<'_>,
     ui: Py<PyAny>,
     topics: Vec<String>,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     partitions: i32,
     replication_factor: i32,
     noinput: bool,
@@ -631,7 +655,7 @@ pub(crate) fn create_kafka_topics(
         partitions,
         replication_factor,
         confirm: confirm(noinput, dry_run, false, json),
-        kafka: kafka(Some(kafka_bootstrap)),
+        kafka: kafka(Some(kafka_bootstrap), kafka_config),
     };
     let r = run(py, ui, async |ui| topics::create(&args, ui).await)?;
     report(py, "create-kafka-topics", r)
@@ -640,18 +664,19 @@ pub(crate) fn create_kafka_topics(
 /// `pillowtop list-kafka-topics`: prints `topics` (all of the cluster's when empty) with their
 /// partition counts and returns them as dicts (`partitions` is `None` for a missing topic).
 #[pyfunction]
-#[pyo3(signature = (ui, topics, *, kafka_bootstrap, json=false))]
+#[pyo3(signature = (ui, topics, *, kafka_bootstrap, kafka_config=None, json=false))]
 pub(crate) fn list_kafka_topics(
     py: Python<'_>,
     ui: Py<PyAny>,
     topics: Vec<String>,
     kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
     json: bool,
 ) -> PyResult<Py<PyAny>> {
     let args = topics::ListArgs {
         topics,
         json,
-        kafka: kafka(Some(kafka_bootstrap)),
+        kafka: kafka(Some(kafka_bootstrap), kafka_config),
     };
     let states = run(py, ui, async |ui| {
         let states = topics::list(&args).await?;

@@ -301,7 +301,9 @@ impl PyPillow {
         *, kafka, postgres, process_number = 0, num_processes = 1,
         dedicated_migration_process = false, until_idle = false, max_changes = None,
         on_chunk = None, idle_timeout = 10.0, stall_timeout = Some(60.0), max_message_bytes = None,
-        postgres_outage_budget = 300.0, kafka_setting = None, since = None,
+        postgres_outage_budget = 300.0, kafka_setting = None, since = None, kafka_config = None,
+        metrics_port = None, metrics_sink = None, log_output = "logging",
+        max_checkpoint_delay = None, background_checkpoints = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -321,9 +323,16 @@ impl PyPillow {
         postgres_outage_budget: f64,
         kafka_setting: Option<String>,
         since: Option<HashMap<(String, i32), i64>>,
+        kafka_config: Option<Bound<'_, PyDict>>,
+        metrics_port: Option<u16>,
+        metrics_sink: Option<Py<PyAny>>,
+        log_output: &str,
+        max_checkpoint_delay: Option<f64>,
+        background_checkpoints: Option<bool>,
     ) -> PyResult<PyRunSummary> {
         crate::telemetry::init();
         warn_off_main_thread(py)?;
+        let log_output = super::observe::log_output(log_output)?;
         let mut config = self.config.clone();
         config.layout = Layout {
             num_processes,
@@ -337,6 +346,7 @@ impl PyPillow {
                 .map(|((t, p), o)| (TopicPartition::new(t, p), o))
                 .collect()
         });
+        override_checkpoints(&mut config, max_checkpoint_delay, background_checkpoints)?;
         config.validate()?;
         if !(idle_timeout.is_finite() && idle_timeout > 0.0) {
             return Err(config_error(format!(
@@ -364,6 +374,9 @@ impl PyPillow {
                 ))
             })?),
         };
+        if let Some(c) = kafka_config {
+            feed.client_config = client_config(&c)?;
+        }
         let mut spec = self.spec(py, Lane::current(), feed, postgres)?;
         spec.config = config;
         if !(postgres_outage_budget.is_finite() && postgres_outage_budget >= 0.0) {
@@ -379,9 +392,16 @@ impl PyPillow {
                 lane: Lane::current(),
             }) as Box<dyn LoopHook>
         });
+        let mut observer = Some(super::observe::Observer::new(
+            py,
+            log_output,
+            metrics_port,
+            metrics_sink,
+        )?);
         let token = CancellationToken::new();
         let registered = Registered::new(token.clone());
         let sigint = SigintGuard::install(py)?;
+        let lane_observer = &mut observer;
         let result = detached(py, move || -> PyResult<RunSummary> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -393,13 +413,16 @@ impl PyPillow {
                         "cannot start the async runtime: {e}"
                     ))))
                 })?;
-            let outcome = runtime.block_on(drive(spec, hook, token));
+            let outcome = runtime.block_on(drive(spec, hook, token, lane_observer));
             // Blocking librdkafka calls that a stop abandoned (metadata of an unreachable
             // broker) are not waited for long.
             runtime.shutdown_timeout(Duration::from_secs(1));
             outcome
         });
         drop(registered);
+        if let Some(o) = observer {
+            o.finish(py);
+        }
         sigint.restore(py)?;
         result.map(PyRunSummary::from)
     }
@@ -661,10 +684,25 @@ async fn drive(
     spec: PillowSpec,
     hook: Option<Box<dyn LoopHook>>,
     token: CancellationToken,
+    observer: &mut Option<super::observe::Observer>,
 ) -> PyResult<RunSummary> {
-    let run = spec.run(&token, |p| match hook {
-        Some(h) => p.with_hook(h),
-        None => p,
+    let recorder = observer
+        .as_ref()
+        .and_then(super::observe::Observer::recorder);
+    if let Some(o) = observer.as_mut() {
+        o.serve(token.child_token())?;
+    }
+    // The endpoint lives as long as the run; `run` below ends on the same token otherwise.
+    let _endpoint = EndpointGuard(token.clone());
+    let run = spec.run(&token, |p| {
+        let p = match recorder {
+            Some(r) => p.with_metrics(r),
+            None => p,
+        };
+        match hook {
+            Some(h) => p.with_hook(h),
+            None => p,
+        }
     });
     tokio::pin!(run);
     let mut interrupted: Option<PyErr> = None;
@@ -693,8 +731,11 @@ async fn drive(
                 };
             }
             _ = tick.tick() => {
-                #[allow(clippy::redundant_closure_for_method_calls)] // the lifetime needs the closure
                 // On the lane (this future is polled by `block_on` on the calling thread).
+                if let Some(o) = observer.as_mut() {
+                    Python::attach(|py| o.tick(py));
+                }
+                #[allow(clippy::redundant_closure_for_method_calls)] // the lifetime needs the closure
                 if let Err(e) = Python::attach(|py| py.check_signals()) {
                     // `ShutdownRequested` (a second SIGTERM in `run_ptop`) means "at once".
                     let at_once = Python::attach(|py| e.is_instance_of::<ShutdownRequested>(py));
@@ -709,6 +750,68 @@ async fn drive(
             }
         }
     }
+}
+
+/// A run's overrides of the definition (Django: `PTOP_CHECKPOINT_DELAY_OVERRIDE`,
+/// `PILLOWTOP_RS['BACKGROUND_CHECKPOINTS']`); a delay of `inf` turns the time rule off.
+fn override_checkpoints(
+    config: &mut PillowConfig,
+    max_checkpoint_delay: Option<f64>,
+    background_checkpoints: Option<bool>,
+) -> PyResult<()> {
+    match max_checkpoint_delay {
+        None => {}
+        Some(s) if s == f64::INFINITY => config.max_checkpoint_delay = None,
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            config.max_checkpoint_delay = Some(Duration::from_secs_f64(s));
+        }
+        Some(s) => {
+            return Err(config_error(format!(
+                "max_checkpoint_delay must be a non-negative number of seconds (math.inf: no time rule), or None for the pillow's own, not {s}"
+            )))
+        }
+    }
+    if let Some(b) = background_checkpoints {
+        config.background_checkpoints = b;
+    }
+    Ok(())
+}
+
+/// Stops the metrics endpoint when `drive` returns, however it returns.
+struct EndpointGuard(CancellationToken);
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// `Pillow.run(kafka_config=…)`: librdkafka property names to values (str, int, float or bool).
+fn client_config(d: &Bound<'_, PyDict>) -> PyResult<crate::feed::kafka::KafkaClientConfig> {
+    let mut c = crate::feed::kafka::KafkaClientConfig::new();
+    for (k, v) in d.iter() {
+        let key: String = k.extract().map_err(|_| {
+            config_error(format!(
+                "kafka_config keys must be librdkafka property names (str), not {}",
+                k.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+            ))
+        })?;
+        let value = if let Ok(b) = v.cast::<pyo3::types::PyBool>() {
+            if b.is_true() { "true" } else { "false" }.to_owned()
+        } else if v.is_instance_of::<pyo3::types::PyString>()
+            || v.is_instance_of::<pyo3::types::PyInt>()
+            || v.is_instance_of::<pyo3::types::PyFloat>()
+        {
+            v.str()?.to_string()
+        } else {
+            return Err(config_error(format!(
+                "kafka_config[{key:?}] must be a str, int, float or bool, not {}",
+                v.get_type().name()?
+            )));
+        };
+        c.set(key, value)?;
+    }
+    Ok(c)
 }
 
 /// `on_chunk`: a Python callable run around each chunk and on idle ticks.

@@ -271,3 +271,34 @@ async fn the_message_size_limit_is_the_topics_unless_set_and_an_oversize_message
     assert_eq!(ids, ["big", "small-0", "small-1"]);
     assert!(rows.is_empty(), "{rows:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_config_reaches_every_kafka_client_as_librdkafka_sees_it() {
+    use pillowtop::feed::kafka::{KafkaAdmin, KafkaClientConfig};
+    use pillowtop::ops::kafka::KafkaInfo;
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let topic = TestTopic::new(&bootstrap, "client_config", 1).await;
+    let bogus =
+        KafkaClientConfig::from_pairs([("security.protocol", "bogus")]).expect("not reserved");
+    // librdkafka's own refusal, naming the property, from the feed's consumer, the admin
+    // client and the operations' metadata client alike.
+    let mut options = KafkaFeedOptions::new(&bootstrap, "client-config-test");
+    options.client_config = bogus.clone();
+    let feed = KafkaFeed::new(std::slice::from_ref(&topic.name), options).expect_err("feed");
+    let admin = KafkaAdmin::with_config(&bootstrap, &bogus).expect_err("admin");
+    let info = KafkaInfo::with_config(&bootstrap, &bogus).expect_err("ops");
+    for e in [feed.to_string(), admin.to_string(), info.to_string()] {
+        assert!(
+            e.contains("security.protocol") && e.contains("bogus"),
+            "{e}"
+        );
+    }
+    // A valid one is applied and the clients work.
+    let plain = KafkaClientConfig::from_pairs([("security.protocol", "PLAINTEXT")]).expect("ok");
+    let info = KafkaInfo::with_config(&bootstrap, &plain).expect("ops client");
+    let partitions = info
+        .partitions(std::slice::from_ref(&topic.name))
+        .await
+        .expect("metadata through the configured client");
+    assert_eq!(partitions.len(), 1);
+}

@@ -86,6 +86,17 @@ def kafka_bootstrap() -> str:
         raise CommandError(str(e)) from e
 
 
+def kafka_config() -> dict[str, str]:
+    """Return the librdkafka properties of ``PILLOWTOP_RS["KAFKA_OPTIONS"]`` / ``["KAFKA_CONFIG"]``.
+
+    A settings problem becomes ``CommandError``.
+    """
+    try:
+        return pt_settings.kafka_client_config()
+    except ImproperlyConfigured as e:
+        raise CommandError(str(e)) from e
+
+
 def get_pillow(name: str, **options: Any) -> Pillow:
     """Return the pillow named ``name``; configuration problems become ``CommandError``."""
     try:

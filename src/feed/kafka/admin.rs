@@ -55,16 +55,17 @@ impl std::fmt::Debug for KafkaAdmin {
 
 impl KafkaAdmin {
     pub fn new(bootstrap_servers: &str) -> Result<Self> {
-        Self::with_settings(bootstrap_servers, &[])
+        Self::with_config(bootstrap_servers, &super::KafkaClientConfig::new())
     }
 
-    /// An admin client with extra librdkafka settings (e.g. security), applied last.
-    pub fn with_settings(bootstrap_servers: &str, settings: &[(String, String)]) -> Result<Self> {
+    /// An admin client with extra librdkafka properties (e.g. security), applied last.
+    pub fn with_config(
+        bootstrap_servers: &str,
+        client_config: &super::KafkaClientConfig,
+    ) -> Result<Self> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap_servers);
-        for (k, v) in settings {
-            config.set(k, v);
-        }
+        client_config.apply(&mut config);
         let admin = config.create().map_err(|e| {
             KafkaError::client(
                 format!("creating an admin client for {bootstrap_servers}"),

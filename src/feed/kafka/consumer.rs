@@ -54,8 +54,9 @@ pub struct KafkaFeedOptions {
     pub channel_capacity: usize,
     /// librdkafka's prefetch bound per consumer (`queued.max.messages.kbytes`).
     pub prefetch_kbytes: u32,
-    /// Extra librdkafka settings (e.g. security), applied last.
-    pub extra: Vec<(String, String)>,
+    /// Extra librdkafka properties (security, tuning), applied last to the consumer, its stall
+    /// probe and the admin client that reads the topics' limits.
+    pub client_config: super::KafkaClientConfig,
 }
 
 impl KafkaFeedOptions {
@@ -76,7 +77,7 @@ impl KafkaFeedOptions {
             max_message_bytes: None,
             channel_capacity: 2048,
             prefetch_kbytes: 16 * 1024,
-            extra: Vec::new(),
+            client_config: super::KafkaClientConfig::new(),
         }
     }
 }
@@ -155,7 +156,7 @@ pub async fn resolve_message_limits(
 }
 
 async fn topic_max_message_bytes(options: &KafkaFeedOptions, topic: &str) -> Result<usize> {
-    super::admin::KafkaAdmin::with_settings(&options.bootstrap_servers, &options.extra)?
+    super::admin::KafkaAdmin::with_config(&options.bootstrap_servers, &options.client_config)?
         .topic_max_message_bytes(topic)
         .await
 }
@@ -322,9 +323,7 @@ fn client_config(options: &KafkaFeedOptions, client_id: &str) -> ClientConfig {
         .set("fetch.queue.backoff.ms", "10")
         .set("socket.keepalive.enable", "true");
     context::set_log_level(&mut cfg);
-    for (k, v) in &options.extra {
-        cfg.set(k, v);
-    }
+    options.client_config.apply(&mut cfg);
     cfg
 }
 

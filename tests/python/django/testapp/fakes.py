@@ -28,3 +28,19 @@ def strict_factory(name: str, topic: str = "form") -> dict[str, Any]:
 def not_a_pillow(name: str, **params: Any) -> str:
     """Returns something that is not a Pillow."""
     return name
+
+
+class RecordingMetricsSink:
+    """A metrics sink for ``PILLOWTOP_RS['METRICS_SINK']`` (run_ptop instantiates it)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float, dict[str, str]]] = []
+
+    def counter(self, name: str, value: float, tags: dict[str, str]) -> None:
+        self.calls.append(("counter", name, value, dict(tags)))
+
+    def gauge(self, name: str, value: float, tags: dict[str, str]) -> None:
+        self.calls.append(("gauge", name, value, dict(tags)))
+
+    def histogram(self, name: str, value: float, tags: dict[str, str]) -> None:
+        self.calls.append(("histogram", name, value, dict(tags)))

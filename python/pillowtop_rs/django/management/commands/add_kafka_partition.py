@@ -37,6 +37,7 @@ class Command(BaseCommand):
                 int(options["num_partitions"]),
                 postgres_url=cli.postgres_url(),
                 kafka=cli.kafka_bootstrap(),
+                kafka_config=cli.kafka_config(),
                 noinput=confirm["noinput"],
                 dry_run=confirm["dry_run"],
                 ui=cli.CommandUi(self),

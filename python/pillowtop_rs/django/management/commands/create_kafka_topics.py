@@ -49,6 +49,7 @@ class Command(BaseCommand):
             ops.create_kafka_topics(
                 topics,
                 kafka=cli.kafka_bootstrap(),
+                kafka_config=cli.kafka_config(),
                 partitions=int(options["partitions"]),
                 replication_factor=int(options["replication_factor"]),
                 noinput=bool(options["noinput"]),

@@ -33,6 +33,7 @@ class Command(BaseCommand):
             ops.list_kafka_topics(
                 topics,
                 kafka=cli.kafka_bootstrap(),
+                kafka_config=cli.kafka_config(),
                 json=bool(options["json"]),
                 ui=cli.CommandUi(self),
             )

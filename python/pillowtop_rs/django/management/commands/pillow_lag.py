@@ -39,6 +39,7 @@ class Command(BaseCommand):
                 list(dict.fromkeys(cli.checkpoint_id(p) for p in pillows)),
                 postgres_url=cli.postgres_url(),
                 kafka=cli.kafka_bootstrap(),
+                kafka_config=cli.kafka_config(),
                 json=bool(options["json"]),
                 interval=options["interval"],
                 metrics_port=options["metrics_port"],

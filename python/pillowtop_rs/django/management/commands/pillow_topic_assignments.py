@@ -42,6 +42,7 @@ class Command(BaseCommand):
                 cli.topics(pillow),
                 count,
                 kafka=cli.kafka_bootstrap(),
+                kafka_config=cli.kafka_config(),
                 dedicated=dedicated,
                 workers=options["gevent_workers"],
                 ui=cli.CommandUi(self),

@@ -48,6 +48,7 @@ class Command(BaseCommand):
                     checkpoint,
                     postgres_url=cli.postgres_url(),
                     kafka=cli.kafka_bootstrap(),
+                    kafka_config=cli.kafka_config(),
                     output=options["output"],
                     limit=options["limit"],
                     ui=cli.CommandUi(self),

@@ -47,6 +47,7 @@ class Command(BaseCommand):
                 to=to,
                 postgres_url=cli.postgres_url(),
                 kafka=cli.kafka_bootstrap(),
+                kafka_config=cli.kafka_config(),
                 partition=None,
                 topics=cli.topics(pillow),
                 ui=cli.CommandUi(self),

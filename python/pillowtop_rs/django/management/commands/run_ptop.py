@@ -20,6 +20,7 @@ Differences from CommCare, on purpose:
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
@@ -177,6 +179,20 @@ class Command(BaseCommand):
             help="Larger change messages become error rows without being parsed (default: "
             "PILLOWTOP_RS['MAX_MESSAGE_BYTES'], else each topic's max.message.bytes)",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="Serve the pillow's metrics (CommCare's names) in Prometheus text format at "
+            "/metrics on this port (default: PILLOWTOP_RS['METRICS_PORT'], else none)",
+        )
+        parser.add_argument(
+            "--background-checkpoints",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="Write checkpoints off the pillow's thread, or in line (default: "
+            "PILLOWTOP_RS['BACKGROUND_CHECKPOINTS'], else the pillow's own setting)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
@@ -274,6 +290,7 @@ class Command(BaseCommand):
         budget = pt_settings.postgres_outage_budget()
         if budget is not None:
             extra["postgres_outage_budget"] = budget
+        extra.update(self.observability_options(options))
         workers: int = options.get("gevent_workers") or 0
         try:
             layouts = (
@@ -337,6 +354,12 @@ class Command(BaseCommand):
         options: dict[str, Any],
     ) -> None:
         """``--gevent-workers``: one pillow per virtual worker, all in this process."""
+        if "metrics_port" in extra:
+            raise CommandError(
+                "--metrics-port (PILLOWTOP_RS['METRICS_PORT']) serves one pillow's metrics and "
+                "cannot yet be shared by virtual workers: use PILLOWTOP_RS['METRICS_SINK'] (one "
+                "sink, called by every worker's thread) or run without --gevent-workers"
+            )
 
         def make(process_num: int, num_processes: int) -> Pillow:
             # CommCare calls the factory once per worker with the worker's own numbering.
@@ -371,6 +394,38 @@ class Command(BaseCommand):
             if r.summary is not None:
                 self.write_summary(f"{name}[{r.process_num} of {r.num_processes}]", r.summary)
 
+    @staticmethod
+    def observability_options(options: dict[str, Any]) -> dict[str, Any]:
+        """Return ``Pillow.run()`` keywords from the settings and the flags.
+
+        Kafka client properties, ``PTOP_CHECKPOINT_DELAY_OVERRIDE``, background checkpoints,
+        metrics and log output; a settings problem becomes ``CommandError``.
+        """
+        try:
+            extra: dict[str, Any] = {"log_output": pt_settings.log_output()}
+            kafka_config = pt_settings.kafka_client_config()
+            if kafka_config:
+                extra["kafka_config"] = kafka_config
+            delay = pt_settings.checkpoint_delay_override()
+            if delay is not None:
+                extra["max_checkpoint_delay"] = delay
+            background = options.get("background_checkpoints")
+            if background is None:
+                background = pt_settings.background_checkpoints()
+            if background is not None:
+                extra["background_checkpoints"] = background
+            port = options.get("metrics_port")
+            if port is None:
+                port = pt_settings.metrics_port()
+            if port is not None:
+                extra["metrics_port"] = port
+            sink = pt_settings.metrics_sink()
+            if sink is not None:
+                extra["metrics_sink"] = sink
+        except ImproperlyConfigured as e:
+            raise CommandError(str(e)) from e
+        return extra
+
     def write_summary(self, name: str, summary: RunSummary) -> None:
         """Write the line a stopped run ends with (SIGTERM and Ctrl-C alike)."""
         self.stdout.write(
@@ -392,6 +447,17 @@ class Command(BaseCommand):
             argv_tail += ["--idle-timeout", str(options["idle_timeout"])]
         if options["max_message_bytes"] is not None:
             argv_tail += ["--max-message-bytes", str(options["max_message_bytes"])]
+        if options.get("background_checkpoints") is not None:
+            argv_tail.append(
+                "--background-checkpoints"
+                if options["background_checkpoints"]
+                else "--no-background-checkpoints"
+            )
+        if options.get("metrics_port") is not None:
+            raise CommandError(
+                "--metrics-port serves one pillow: give it with --pillow-name (each child of "
+                "--all / --pillow-key would need a port of its own)"
+            )
         env = dict(os.environ)
         env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)

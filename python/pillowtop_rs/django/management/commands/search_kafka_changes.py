@@ -44,6 +44,7 @@ class Command(BaseCommand):
             summary = ops.search_kafka_changes(
                 list(options["topics"]),
                 kafka=cli.kafka_bootstrap(),
+                kafka_config=cli.kafka_config(),
                 doc_ids=[i for i in doc_ids.split(",") if i] if doc_ids else None,
                 doc_id_file=options["doc_id_file"],
                 start_date=options["start_date"],

@@ -33,6 +33,7 @@ class Command(BaseCommand):
             ops.tail_kafka(
                 list(options["topics"]),
                 kafka=cli.kafka_bootstrap(),
+                kafka_config=cli.kafka_config(),
                 doc_type=options["doc_type"],
                 doc_subtype=options["doc_subtype"],
                 limit=options["limit"],

@@ -39,6 +39,7 @@ class Command(BaseCommand):
                 sorted({cli.checkpoint_id(p) for p in pillows}),
                 postgres_url=cli.postgres_url(),
                 kafka=cli.kafka_bootstrap(),
+                kafka_config=cli.kafka_config(),
                 skip_zero=True,
                 ui=cli.CommandUi(self),
             )
