@@ -18,6 +18,7 @@ from pillowtop_rs._native import (
     partition_assignment,
     request_shutdown,
     run_cli,
+    topic_partitions,
     virtual_worker_layouts,
 )
 from pillowtop_rs.exceptions import (
@@ -30,6 +31,7 @@ from pillowtop_rs.exceptions import (
     ElasticsearchError,
     InvalidChangeError,
     KafkaError,
+    KafkaPublishingError,
     OperationAborted,
     OperationRefused,
     PillowNotFoundError,
@@ -61,6 +63,7 @@ __all__ = [
     "ElasticsearchError",
     "InvalidChangeError",
     "KafkaError",
+    "KafkaPublishingError",
     "OperationAborted",
     "OperationRefused",
     "PillowNotFoundError",
@@ -77,5 +80,6 @@ __all__ = [
     "partition_assignment",
     "request_shutdown",
     "run_cli",
+    "topic_partitions",
     "virtual_worker_layouts",
 ]

@@ -9,6 +9,7 @@ from pillowtop_rs.processors import DocumentStore
 __all__ = [
     "Change",
     "ChangeMeta",
+    "KafkaProducer",
     "Pillow",
     "RunSummary",
     "RustProcessor",
@@ -25,6 +26,7 @@ __all__ = [
     "next_attempt_delay_minutes",
     "parse_change_meta",
     "partition_assignment",
+    "topic_partitions",
     "virtual_worker_layouts",
     "__version__",
 ]
@@ -251,6 +253,42 @@ class Pillow:
         ``request_shutdown()`` stops and returns. A stop request ends every wait for a
         service (start-up, outages).
         """
+
+@final
+class KafkaProducer:
+    """A Kafka producer configured as CommCare's (see ``pillowtop_rs.producer``)."""
+
+    def __new__(
+        cls,
+        bootstrap: str,
+        *,
+        timeout: float = 5.0,
+        properties: Sequence[tuple[str, str]] = ...,
+    ) -> KafkaProducer: ...
+    @property
+    def timeout(self) -> float:
+        """The delivery bound in seconds."""
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap servers."""
+    @property
+    def pending(self) -> int:
+        """How many deliveries are not reported yet."""
+    def send(self, topic: str, body: str) -> tuple[int, int]:
+        """Publish a change's JSON and wait for the broker; return (partition, offset)."""
+    def enqueue(self, topic: str, body: str) -> int:
+        """Hand a change's JSON to librdkafka without waiting; return a ticket."""
+    def poll(self) -> list[tuple[int, int, int, BaseException | None]]:
+        """Return the finished deliveries: (ticket, partition, offset, error)."""
+    def flush(
+        self, timeout: float | None = None
+    ) -> list[tuple[int, int, int, BaseException | None]]:
+        """Wait up to ``timeout`` seconds for the pending deliveries; return the finished ones."""
+
+def topic_partitions(
+    kafka_bootstrap: str, topics: Sequence[str], *, properties: Sequence[tuple[str, str]] = ...
+) -> list[tuple[str, int]]:
+    """Return every (topic, partition) of ``topics``, sorted, as Kafka reports them."""
 
 def request_shutdown() -> int:
     """Ask every running pillow of this process to stop after a final checkpoint."""

@@ -13,8 +13,10 @@ mod errors;
 mod ops;
 mod pillow;
 mod processor;
+mod producer;
 mod rust_processors;
 mod sql_store;
+mod topics;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -38,9 +40,13 @@ mod native {
     #[pymodule_export]
     use super::pillow::{request_shutdown, PyPillow, PyRunSummary};
     #[pymodule_export]
+    use super::producer::PyProducer;
+    #[pymodule_export]
     use super::rust_processors::PyRustProcessor;
     #[pymodule_export]
     use super::sql_store::PySqlDocumentStore;
+    #[pymodule_export]
+    use super::topics::topic_partitions;
     #[pymodule_export]
     use super::{
         next_attempt_delay_minutes, parse_change_meta, partition_assignment, virtual_worker_layouts,

@@ -13,6 +13,7 @@ dict, ``settings.PILLOWTOP_RS``:
 ``MAX_MESSAGE_BYTES``          larger change messages become error rows unparsed (default: each
                                topic's ``max.message.bytes``); ``run_ptop --max-message-bytes``
 ``POSTGRES_OUTAGE_BUDGET``     seconds PostgreSQL is waited for before ``run_ptop`` fails (300)
+``PRODUCER_TIMEOUT``           seconds a ``pillowtop_rs.producer`` send may take (5)
 =============================  ===================================================================
 """
 
@@ -36,6 +37,7 @@ _KNOWN_KEYS = frozenset(
         "RETRY_QUEUE_EXCLUDED_PILLOWS",
         "MAX_MESSAGE_BYTES",
         "POSTGRES_OUTAGE_BUDGET",
+        "PRODUCER_TIMEOUT",
     }
 )
 
@@ -178,5 +180,17 @@ def postgres_outage_budget() -> float | None:
         raise ImproperlyConfigured(
             "PILLOWTOP_RS['POSTGRES_OUTAGE_BUDGET'] must be a non-negative number of seconds, "
             f"not {value!r}"
+        )
+    return float(value)
+
+
+def producer_timeout() -> float:
+    """``PILLOWTOP_RS["PRODUCER_TIMEOUT"]``: seconds a producer send may take (default 5)."""
+    value = pillowtop_rs_settings().get("PRODUCER_TIMEOUT")
+    if value is None:
+        return 5.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ImproperlyConfigured(
+            f"PILLOWTOP_RS['PRODUCER_TIMEOUT'] must be a positive number of seconds, not {value!r}"
         )
     return float(value)
