@@ -371,8 +371,12 @@ def lag(
     interval: int | None = None,
     metrics_port: int | None = None,
     rounds: int | None = None,
+    topics: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-    """``pillowtop lag``: prints the lag table (or JSON) of ``checkpoint_ids`` (all when empty)."""
+    """``pillowtop lag``: prints the lag table (or JSON) of ``checkpoint_ids`` (all when empty).
+
+    ``topics`` (checkpoint id to its topics) lists the partitions of a checkpoint without rows.
+    """
 
 def assignments(
     ui: _Ui,

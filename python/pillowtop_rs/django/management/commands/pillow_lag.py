@@ -49,4 +49,5 @@ class Command(BaseCommand):
                 metrics_port=options["metrics_port"],
                 rounds=options["rounds"],
                 ui=cli.CommandUi(self),
+                topics={cli.checkpoint_id(p): cli.topics(p) for p in pillows},
             )
