@@ -185,7 +185,10 @@ impl PillowSpec {
                 .with_stop(stop.clone()),
         );
         crate::store::schema::ensure_schema(&pg).await?;
-        let feed = KafkaFeed::new(&self.topics, self.feed)?;
+        let mut feed_options = self.feed;
+        // --until-idle: a feed already at its end ticks at once, not after a full idle timeout.
+        feed_options.tick_at_end = self.config.until_idle;
+        let feed = KafkaFeed::new(&self.topics, feed_options)?;
         let mut processors: Vec<Box<dyn Processor>> = Vec::with_capacity(self.processors.len());
         let mut session = None;
         for p in self.processors {

@@ -81,6 +81,14 @@ pub enum KafkaError {
         idle_secs: u64,
         reconnects: u32,
     },
+    /// A change could not be published (CommCare's `KafkaPublishingError`).
+    #[error("kafka could not publish the change of document {document_id:?} to topic {topic:?}: {reason}")]
+    Publishing {
+        topic: String,
+        document_id: String,
+        /// librdkafka's error text.
+        reason: String,
+    },
     #[error("kafka {0}")]
     Other(String),
 }

@@ -1,7 +1,7 @@
 //! Logging: one global `tracing` subscriber with two outputs.
 //!
-//! - **stderr**, filtered by `PILLOWTOP_LOG` (default `info`; `NO_COLOR` as `tracing-subscriber`
-//!   reads it): the CLI's output, on by default ([`init`]).
+//! - **stderr**, filtered by `PILLOWTOP_LOG` (default `info`; ANSI colour only when stderr is a
+//!   terminal and `NO_COLOR` is unset): the CLI's output, on by default ([`init`]).
 //! - **the forward queue** ([`LOG_QUEUE`]): a bounded, non-blocking queue of [`LogRecord`]s that
 //!   an embedding front drains on its own thread. The Python front (`src/python/logging.rs`)
 //!   drains it on the thread that called `Pillow.run()` and emits each record into Python
@@ -43,6 +43,7 @@ pub fn init() {
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr())))
         .with_filter(tracing_subscriber::filter::FilterExt::and(
             filter,
             StderrSwitch,
@@ -325,6 +326,12 @@ impl Drop for EmbeddedRun {
             }
         }
     }
+}
+
+/// Colour codes only on a terminal, and never with `NO_COLOR` set to anything
+/// (<https://no-color.org>).
+fn colour(stderr_is_terminal: bool) -> bool {
+    stderr_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]

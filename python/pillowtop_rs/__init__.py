@@ -19,6 +19,7 @@ from pillowtop_rs._native import (
     partition_assignment,
     request_shutdown,
     run_cli,
+    topic_partitions,
     virtual_worker_layouts,
 )
 from pillowtop_rs.exceptions import (
@@ -31,6 +32,7 @@ from pillowtop_rs.exceptions import (
     ElasticsearchError,
     InvalidChangeError,
     KafkaError,
+    KafkaPublishingError,
     OperationAborted,
     OperationRefused,
     PillowNotFoundError,
@@ -63,6 +65,7 @@ __all__ = [
     "ElasticsearchError",
     "InvalidChangeError",
     "KafkaError",
+    "KafkaPublishingError",
     "OperationAborted",
     "OperationRefused",
     "PillowNotFoundError",
@@ -79,5 +82,6 @@ __all__ = [
     "partition_assignment",
     "request_shutdown",
     "run_cli",
+    "topic_partitions",
     "virtual_worker_layouts",
 ]

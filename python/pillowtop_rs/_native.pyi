@@ -10,6 +10,7 @@ from pillowtop_rs.processors import DocumentStore
 __all__ = [
     "Change",
     "ChangeMeta",
+    "KafkaProducer",
     "Pillow",
     "ProcessResult",
     "RunSummary",
@@ -39,6 +40,7 @@ __all__ = [
     "next_attempt_delay_minutes",
     "parse_change_meta",
     "partition_assignment",
+    "topic_partitions",
     "virtual_worker_layouts",
     "__version__",
 ]
@@ -367,6 +369,41 @@ class Pillow:
         """``process_changes([change])``."""
     def error_rows(self) -> list[dict[str, Any]]:
         """Return the error rows ``process_changes`` recorded (``PillowError``'s fields)."""
+@final
+class KafkaProducer:
+    """A Kafka producer configured as CommCare's (see ``pillowtop_rs.producer``)."""
+
+    def __new__(
+        cls,
+        bootstrap: str,
+        *,
+        timeout: float = 5.0,
+        properties: Sequence[tuple[str, str]] = ...,
+    ) -> KafkaProducer: ...
+    @property
+    def timeout(self) -> float:
+        """The delivery bound in seconds."""
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap servers."""
+    @property
+    def pending(self) -> int:
+        """How many deliveries are not reported yet."""
+    def send(self, topic: str, body: str) -> tuple[int, int]:
+        """Publish a change's JSON and wait for the broker; return (partition, offset)."""
+    def enqueue(self, topic: str, body: str) -> int:
+        """Hand a change's JSON to librdkafka without waiting; return a ticket."""
+    def poll(self) -> list[tuple[int, int, int, BaseException | None]]:
+        """Return the finished deliveries: (ticket, partition, offset, error)."""
+    def flush(
+        self, timeout: float | None = None
+    ) -> list[tuple[int, int, int, BaseException | None]]:
+        """Wait up to ``timeout`` seconds for the pending deliveries; return the finished ones."""
+
+def topic_partitions(
+    kafka_bootstrap: str, topics: Sequence[str], *, properties: Sequence[tuple[str, str]] = ...
+) -> list[tuple[str, int]]:
+    """Return every (topic, partition) of ``topics``, sorted, as Kafka reports them."""
 
 def request_shutdown() -> int:
     """Ask every running pillow of this process to stop after a final checkpoint."""
@@ -452,8 +489,12 @@ def lag(
     interval: int | None = None,
     metrics_port: int | None = None,
     rounds: int | None = None,
+    topics: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-    """``pillowtop lag``: prints the lag table (or JSON) of ``checkpoint_ids`` (all when empty)."""
+    """``pillowtop lag``: prints the lag table (or JSON) of ``checkpoint_ids`` (all when empty).
+
+    ``topics`` (checkpoint id to its topics) lists the partitions of a checkpoint without rows.
+    """
 
 def assignments(
     ui: _Ui,

@@ -39,6 +39,13 @@ class KafkaError(ServiceError):
     """Kafka failed."""
 
 
+class KafkaPublishingError(KafkaError):
+    """A change could not be published (CommCare's ``KafkaPublishingError``).
+
+    The message names the topic, the document id and librdkafka's error.
+    """
+
+
 class PostgresError(ServiceError):
     """PostgreSQL failed."""
 
@@ -101,6 +108,7 @@ __all__ = [
     "ElasticsearchError",
     "InvalidChangeError",
     "KafkaError",
+    "KafkaPublishingError",
     "OperationAborted",
     "OperationRefused",
     "PillowNotFoundError",

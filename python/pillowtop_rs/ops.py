@@ -222,11 +222,14 @@ def lag(
     metrics_port: int | None = None,
     rounds: int | None = None,
     ui: Ui | None = None,
+    topics: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """Print the lag table (or JSON) of ``checkpoint_ids`` (every checkpoint when empty).
 
     With ``interval`` (seconds) it repeats, ``rounds`` times or until Ctrl-C; ``metrics_port``
     serves CommCare's lag gauges in Prometheus format meanwhile (every 120 s by default).
+    ``topics`` maps a checkpoint id to its pillow's topics: a pillow that never ran is shown
+    with those topics' partitions as "no checkpoint yet".
     """
     _native.lag(
         ui or StdioUi(),
@@ -238,6 +241,7 @@ def lag(
         interval=interval,
         metrics_port=metrics_port,
         rounds=rounds,
+        topics={k: list(v) for k, v in (topics or {}).items()},
     )
 
 

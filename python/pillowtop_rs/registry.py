@@ -27,6 +27,9 @@ Deliberate differences from CommCare (documented decisions):
 * A factory that cannot be imported, that does not accept the options given, or that returns
   something other than a :class:`pillowtop_rs.Pillow` raises ``ConfigurationError`` naming the
   pillow, before anything runs.
+* A ``class`` that cannot be imported raises ``ConfigurationError`` when the pillow is built, also
+  when an ``instance`` factory builds it (CommCare never imports it then), except CommCare's own
+  ``pillowtop.pillow.interface.ConstructedPillow``.
 * An unknown name raises ``PillowNotFoundError`` listing the known names (as newer CommCare does).
 
 This module does not import Django at module level: the functions read ``django.conf.settings``
@@ -261,9 +264,21 @@ def get_pillow_config_by_name(
     )
 
 
+#: CommCare's generic pillow class: its entries name it while their factory builds the pillow, so
+#: a settings file copied from CommCare keeps working without CommCare's package installed.
+COMMCARE_PILLOW_CLASSES = frozenset({"pillowtop.pillow.interface.ConstructedPillow"})
+
+
 def build_pillow(config: PillowConfig, **options: Any) -> Pillow:
-    """Build the pillow of ``config`` with the runtime ``options``; check it is a ``Pillow``."""
+    """Build the pillow of ``config`` with the runtime ``options``; check it is a ``Pillow``.
+
+    The entry's ``class`` must exist too (a typo there is a mistake), except CommCare's
+    ``ConstructedPillow`` (see ``COMMCARE_PILLOW_CLASSES``).
+    """
     from pillowtop_rs import Pillow
+
+    if config.instance_generator and config.class_name not in COMMCARE_PILLOW_CLASSES:
+        config.get_class()
 
     pillow = config.get_instance(**options)
     if not isinstance(pillow, Pillow):
@@ -285,6 +300,7 @@ def get_pillow_by_name(name: str, **options: Any) -> Pillow:
 
 __all__ = [
     "RUNTIME_OPTIONS",
+    "COMMCARE_PILLOW_CLASSES",
     "PillowConfig",
     "build_pillow",
     "get_all_pillow_configs",

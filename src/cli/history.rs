@@ -113,7 +113,7 @@ pub struct Restored {
 pub async fn restore(a: &RestoreArgs, ui: &dyn Ui) -> anyhow::Result<Report<Vec<Restored>>> {
     let pg = a.conn.pg()?;
     let c = &a.confirm;
-    let (plans, forced) = core::prepare_restore(&pg, &a.ids, a.date, c.force).await?;
+    let (plans, forced) = core::prepare_restore(&pg, &a.ids, a.date, c.force || c.dry_run).await?;
     confirm_and_apply(
         ui,
         c,

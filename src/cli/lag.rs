@@ -29,6 +29,13 @@ pub struct Args {
     /// Stop after this many rounds (with --interval or --metrics-port).
     #[arg(long)]
     pub rounds: Option<u64>,
+    /// The topics of the given pillows: a checkpoint id without rows (a pillow that never ran)
+    /// is shown with these topics' partitions as "no checkpoint yet".
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// Per checkpoint id, its topics (the Django front passes each pillow's); else `--topics`.
+    #[arg(skip)]
+    pub topics_by_id: std::collections::BTreeMap<String, Vec<String>>,
     #[command(flatten)]
     pub conn: Conn,
     #[command(flatten)]
@@ -38,7 +45,7 @@ pub struct Args {
 pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
     let pg = a.conn.pg()?;
     let kafka = a.kafka.info()?;
-    let ids = (!a.ids.is_empty()).then_some(a.ids);
+    let ids = (!a.ids.is_empty()).then(|| a.ids.clone());
     let current: Arc<std::sync::Mutex<Arc<MemoryRecorder>>> = Arc::default();
     let token = CancellationToken::new();
     if let Some(port) = a.metrics_port {
@@ -71,10 +78,17 @@ pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
         if let Ok(mut c) = current.lock() {
             *c = rec;
         }
+        let never = never_run(&kafka, &a, &rows).await;
         if a.json {
             ui.out(&serde_json::to_string(&rows)?);
+            for (id, tps) in &never {
+                ui.err(&format!(
+                    "checkpoint {id}: no checkpoint yet ({} partitions)",
+                    tps.len()
+                ));
+            }
         } else {
-            print_rows(ui, &rows);
+            print_rows_and_never_run(ui, &rows, &never);
         }
         round += 1;
         let Some(secs) = every else { break };
@@ -90,8 +104,77 @@ pub async fn exec(a: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// The requested checkpoint ids without rows (pillows that never ran), each with the partitions
+/// of its topics and their high-water marks (none when its topics are unknown or Kafka cannot
+/// say).
+async fn never_run(
+    kafka: &crate::ops::kafka::KafkaInfo,
+    a: &Args,
+    rows: &[LagRow],
+) -> Vec<(String, Vec<(crate::partition::TopicPartition, Option<i64>)>)> {
+    let mut out = Vec::new();
+    for id in &a.ids {
+        if rows.iter().any(|r| r.checkpoint_id == *id) {
+            continue;
+        }
+        let topics = a.topics_by_id.get(id).unwrap_or(&a.topics);
+        let tps = if topics.is_empty() {
+            Vec::new()
+        } else {
+            kafka.partitions(topics).await.unwrap_or_default()
+        };
+        let high = kafka.watermarks_of_existing(&tps).await.unwrap_or_default();
+        let with_high = tps
+            .into_iter()
+            .map(|tp| {
+                let h = high.get(&tp).map(|w| w.high);
+                (tp, h)
+            })
+            .collect();
+        out.push((id.clone(), with_high));
+    }
+    out
+}
+
+type NeverRun = [(String, Vec<(crate::partition::TopicPartition, Option<i64>)>)];
+
 /// The lag table: one row per checkpoint and partition (also the demo's final table).
 pub fn print_rows(ui: &dyn Ui, rows: &[LagRow]) {
+    print_rows_and_never_run(ui, rows, &[]);
+}
+
+/// The lag table, then a row per partition of each pillow that never ran ("no checkpoint yet";
+/// its lag is everything Kafka retains).
+fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
+    let mut table: Vec<Vec<String>> = rows.iter().map(row_cells).collect();
+    for (id, tps) in never {
+        if tps.is_empty() {
+            table.push(vec![
+                id.clone(),
+                "-".into(),
+                "-".into(),
+                "no checkpoint yet".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "(no live process)".into(),
+            ]);
+        }
+        for (tp, high) in tps {
+            table.push(vec![
+                id.clone(),
+                tp.topic.clone(),
+                tp.partition.to_string(),
+                "no checkpoint yet".into(),
+                high.map_or_else(|| "(no partition)".into(), |h| h.to_string()),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "(no live process)".into(),
+            ]);
+        }
+    }
     print_table(
         ui,
         &[
@@ -105,24 +188,24 @@ pub fn print_rows(ui: &dyn Ui, rows: &[LagRow]) {
             "time lag",
             "owner",
         ],
-        rows.iter()
-            .map(|r| {
-                vec![
-                    r.checkpoint_id.clone(),
-                    r.topic.clone(),
-                    r.partition.to_string(),
-                    r.offset.to_string(),
-                    r.high
-                        .map_or_else(|| "(no partition)".into(), |h| h.to_string()),
-                    r.lag.map_or_else(|| "-".into(), |l| l.to_string()),
-                    format!("{}s", r.seconds_since_checkpoint),
-                    r.time_lag_seconds
-                        .map_or_else(|| "-".into(), |s| format!("{s}s")),
-                    r.owner
-                        .clone()
-                        .unwrap_or_else(|| "(no live process)".into()),
-                ]
-            })
-            .collect(),
+        table,
     );
+}
+
+fn row_cells(r: &LagRow) -> Vec<String> {
+    vec![
+        r.checkpoint_id.clone(),
+        r.topic.clone(),
+        r.partition.to_string(),
+        r.offset.to_string(),
+        r.high
+            .map_or_else(|| "(no partition)".into(), |h| h.to_string()),
+        r.lag.map_or_else(|| "-".into(), |l| l.to_string()),
+        format!("{}s", r.seconds_since_checkpoint),
+        r.time_lag_seconds
+            .map_or_else(|| "-".into(), |s| format!("{s}s")),
+        r.owner
+            .clone()
+            .unwrap_or_else(|| "(no live process)".into()),
+    ]
 }

@@ -46,8 +46,14 @@ pub async fn apply(args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Merge>> {
         .ids
         .split_last()
         .context("give the sources and a target")?;
-    let (plan, forced) =
-        core::prepare_merge(&pg, sources, target, args.topics.as_deref(), c.force).await?;
+    let (plan, forced) = core::prepare_merge(
+        &pg,
+        sources,
+        target,
+        args.topics.as_deref(),
+        c.force || c.dry_run,
+    )
+    .await?;
     let mut notes = Vec::new();
     if !plan.sources_without_rows.is_empty() {
         notes.push(format!(

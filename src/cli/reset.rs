@@ -110,7 +110,8 @@ pub async fn apply(args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Reset>> {
     let to = args.to.to()?;
     let c = &args.confirm;
     let id = &args.checkpoint_id;
-    let (plan, forced) = core::prepare_reset(&pg, &kafka, id, &selection, &to, c.force).await?;
+    let (plan, forced) =
+        core::prepare_reset(&pg, &kafka, id, &selection, &to, c.force || c.dry_run).await?;
     confirm_and_apply(
         ui,
         c,

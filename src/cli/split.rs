@@ -52,7 +52,8 @@ pub async fn apply(args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Split>> {
 async fn split(pg: &Arc<Pg>, args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Split>> {
     let c = &args.confirm;
     let targets = parse_target_topics(&args.targets, &args.target_topics)?;
-    let (plan, forced) = core::prepare_split(pg, &args.source, &targets, c.force).await?;
+    let (plan, forced) =
+        core::prepare_split(pg, &args.source, &targets, c.force || c.dry_run).await?;
     let mut notes = Vec::new();
     for m in &plan.source_only_topics {
         notes.push(format!(

@@ -249,11 +249,20 @@ where
     Fut: Future<Output = anyhow::Result<T>>,
 {
     let say = Say::new(ui, c.json);
+    // A dry run changes nothing, so it is allowed while a pillow runs (the callers plan with
+    // `force || dry_run`); it says that applying would be refused.
     for p in conf.forced {
-        say.say(&format!(
-            "warning: pillow {} (checkpoint {}) has a live process {} on {} pid {}: proceeding because of --force",
-            p.pillow_name, p.checkpoint_id, p.process_num, p.hostname, p.pid
-        ));
+        if c.dry_run && !c.force {
+            say.say(&format!(
+                "note: pillow {} (checkpoint {}) has a live process {} on {} pid {}: applying this would be refused (stop it first, or --force)",
+                p.pillow_name, p.checkpoint_id, p.process_num, p.hostname, p.pid
+            ));
+        } else {
+            say.say(&format!(
+                "warning: pillow {} (checkpoint {}) has a live process {} on {} pid {}: proceeding because of --force",
+                p.pillow_name, p.checkpoint_id, p.process_num, p.hostname, p.pid
+            ));
+        }
     }
     let plan = serde_json::to_value(conf.plan)?;
     if c.json {

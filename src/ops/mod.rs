@@ -223,6 +223,7 @@ pub fn check_not_running(
         .iter()
         .filter(|p| {
             p.alive
+                && !gone_from_this_host(p)
                 && ids
                     .iter()
                     .any(|id| p.checkpoint_id == *id || p.pillow_name == *id)
@@ -243,12 +244,14 @@ pub fn check_not_running(
         .filter(|p| p.checkpoint_id == id || p.pillow_name == id)
         .map(|p| {
             format!(
-                "process {} of pillow {} on {} pid {}, heartbeat {}",
+                "process {} of pillow {} on {} pid {}, last heartbeat {} s ago at {}; taken as gone {} s after its last heartbeat",
                 p.process_num,
                 p.pillow_name,
                 p.hostname,
                 p.pid,
-                p.heartbeat_at.format("%Y-%m-%d %H:%M:%S UTC")
+                (chrono::Utc::now() - p.heartbeat_at).num_seconds().max(0),
+                p.heartbeat_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                crate::store::liveness::STALE_AFTER.as_secs(),
             )
         })
         .collect::<Vec<_>>()
@@ -257,6 +260,16 @@ pub fn check_not_running(
         checkpoint_id: id,
         processes,
     })
+}
+
+/// A process of this host whose pid no longer exists (killed, crashed) is gone whatever its
+/// heartbeat's age: a SIGKILL does not make an operator wait for the heartbeat to go stale.
+/// Processes of other hosts are judged by the heartbeat alone.
+fn gone_from_this_host(p: &ProcessRow) -> bool {
+    let proc_fs = std::path::Path::new("/proc/self");
+    p.hostname == crate::store::liveness::hostname()
+        && proc_fs.exists()
+        && !std::path::Path::new(&format!("/proc/{}", p.pid)).exists()
 }
 
 /// Reads the liveness rows and refuses when a live process runs one of `ids`, unless `force`
@@ -412,6 +425,25 @@ mod tests {
             .expect("a stale heartbeat is not running")
             .is_empty());
         assert!(check_not_running(&procs, &["xform-pillow".to_owned()], false).is_err());
+        assert!(
+            e.to_string().contains("s ago at ") && e.to_string().contains("taken as gone 60 s"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_process_of_this_host_that_no_longer_exists_is_not_running() {
+        let mut dead = process("killed", "killed", true);
+        dead.hostname = crate::store::liveness::hostname();
+        dead.pid = i32::MAX; // beyond any pid_max: no such process
+        let mut me = process("me", "me", true);
+        me.hostname = crate::store::liveness::hostname();
+        me.pid = crate::store::liveness::pid();
+        let procs = [dead, me];
+        assert!(check_not_running(&procs, &["killed".to_owned()], false)
+            .expect("a killed process is gone")
+            .is_empty());
+        assert!(check_not_running(&procs, &["me".to_owned()], false).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ import_exception!(pillowtop_rs.exceptions, CheckpointError);
 import_exception!(pillowtop_rs.exceptions, PillowtopCheckpointReset);
 import_exception!(pillowtop_rs.exceptions, UnavailableKafkaOffset);
 import_exception!(pillowtop_rs.exceptions, KafkaError);
+import_exception!(pillowtop_rs.exceptions, KafkaPublishingError);
 import_exception!(pillowtop_rs.exceptions, PostgresError);
 import_exception!(pillowtop_rs.exceptions, ElasticsearchError);
 import_exception!(pillowtop_rs.exceptions, InvalidChangeError);
@@ -41,6 +42,9 @@ impl From<Error> for PyErr {
                 | error::KafkaError::Stalled { .. }
                 | error::KafkaError::Other(_),
             ) => KafkaError::new_err(message),
+            Error::Kafka(error::KafkaError::Publishing { .. }) => {
+                KafkaPublishingError::new_err(message)
+            }
             Error::Postgres(
                 error::PostgresError::Query { .. } | error::PostgresError::Other(_),
             ) => PostgresError::new_err(message),

@@ -15,10 +15,12 @@ mod observe;
 mod ops;
 mod pillow;
 mod processor;
+mod producer;
 mod rust_processors;
 mod sql_store;
 mod status;
 mod testing;
+mod topics;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -50,6 +52,8 @@ mod native {
     #[pymodule_export]
     use super::pillow::{request_shutdown, PyPillow, PyProcessResult, PyRunSummary};
     #[pymodule_export]
+    use super::producer::PyProducer;
+    #[pymodule_export]
     use super::rust_processors::PyRustProcessor;
     #[pymodule_export]
     use super::sql_store::PySqlDocumentStore;
@@ -57,6 +61,8 @@ mod native {
     use super::status::{status_json, status_page};
     #[pymodule_export]
     use super::testing::{kafka_offsets, read_kafka_changes};
+    #[pymodule_export]
+    use super::topics::topic_partitions;
     #[pymodule_export]
     use super::{
         next_attempt_delay_minutes, parse_change_meta, partition_assignment, virtual_worker_layouts,

@@ -321,7 +321,7 @@ pub(crate) fn py_add_partitions(
 
 /// `pillowtop lag`: prints the lag table (or JSON) of `checkpoint_ids` (all when empty).
 #[pyfunction]
-#[pyo3(name = "lag", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, kafka_config=None, json=false, interval=None, metrics_port=None, rounds=None))]
+#[pyo3(name = "lag", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, kafka_config=None, json=false, interval=None, metrics_port=None, rounds=None, topics=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn py_lag(
     py: Python<'_>,
@@ -334,6 +334,7 @@ pub(crate) fn py_lag(
     interval: Option<u64>,
     metrics_port: Option<u16>,
     rounds: Option<u64>,
+    topics: Option<std::collections::BTreeMap<String, Vec<String>>>,
 ) -> PyResult<()> {
     let args = lag::Args {
         ids: checkpoint_ids,
@@ -341,6 +342,8 @@ pub(crate) fn py_lag(
         interval,
         metrics_port,
         rounds,
+        topics: Vec::new(),
+        topics_by_id: topics.unwrap_or_default(),
         conn: pg(postgres_url),
         kafka: kafka(Some(kafka_bootstrap), kafka_config),
     };

@@ -160,7 +160,7 @@ impl PyPillow {
     fn new(
         py: Python<'_>,
         name: String,
-        topics: Vec<String>,
+        topics: Bound<'_, PyAny>,
         processors: Vec<Bound<'_, PyAny>>,
         checkpoint_id: Option<String>,
         chunk_size: i64,
@@ -173,6 +173,7 @@ impl PyPillow {
         background_checkpoints: bool,
         on_processor_error: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let topics = super::topics::topic_names(&format!("Pillow {name:?}: topics"), &topics)?;
         let checkpoint_id = checkpoint_id.unwrap_or_else(|| name.clone());
         let mut config = PillowConfig::new(name.clone(), checkpoint_id);
         config.chunk_size = usize::try_from(chunk_size).map_err(|_| {

@@ -983,6 +983,20 @@ async fn cli_split_prompts_and_exit_codes() {
     let (code, _, err) = cli(&url, &["split", &a, &b, "--noinput"], "");
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("is running"), "{err}");
+    assert!(err.contains("last heartbeat 0 s ago"), "{err}");
+    // A dry run changes nothing: allowed while the source runs, with a note.
+    put(&db.pg, &a, &[("form", 0, 11)]).await;
+    let (code, out, err) = cli(&url, &["split", &a, &b, "--dry-run"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        format!("{out}{err}").contains("applying this would be refused"),
+        "{out}{err}"
+    );
+    assert_eq!(
+        rows_of(&db.pg, &b).await,
+        m(&[("form", 0, 10), ("form", 1, 20)]),
+        "the dry run wrote nothing"
+    );
     let (code, out, _) = cli(&url, &["split", &a, &b, "--noinput", "--force"], "");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("proceeding because of --force"), "{out}");

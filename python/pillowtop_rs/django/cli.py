@@ -105,6 +105,14 @@ def get_pillow(name: str, **options: Any) -> Pillow:
         raise CommandError(str(e)) from e
 
 
+def all_pillow_names() -> list[str]:
+    """Return every configured pillow's name; a bad ``PILLOWTOPS`` becomes ``CommandError``."""
+    try:
+        return [c.name for c in registry.get_all_pillow_configs()]
+    except PillowtopError as e:
+        raise CommandError(str(e)) from e
+
+
 def get_pillows(names: Sequence[str]) -> list[Pillow]:
     """Return the pillows named ``names`` (the whole registry is validated first)."""
     try:

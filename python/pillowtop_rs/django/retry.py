@@ -15,7 +15,6 @@ does not exist here. A document with rows for several pillows is published once 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import traceback
 from collections.abc import Mapping
@@ -26,6 +25,8 @@ from django.utils import timezone
 
 from pillowtop_rs import registry
 from pillowtop_rs.django.models import MULTI_ATTEMPTS_CUTOFF, PillowError
+from pillowtop_rs.exceptions import KafkaPublishingError
+from pillowtop_rs.producer import ChangeProducer
 
 log = logging.getLogger(__name__)
 
@@ -122,28 +123,21 @@ class RoundResult:
     planned: list[tuple[str, str, str, int]] = field(default_factory=list)
 
 
-def make_producer(bootstrap: str) -> Any:
-    """Return a producer configured as CommCare's ``ChangeProducer`` (acks=1, 3 retries)."""
-    from confluent_kafka import Producer as KafkaProducer
-
-    return KafkaProducer(
-        {
-            "bootstrap.servers": bootstrap,
-            "client.id": "cchq-producer",
-            "acks": 1,
-            "message.send.max.retries": 3,
-        }
-    )
+def make_producer(bootstrap: str) -> ChangeProducer:
+    """Return the retry queue's producer: CommCare's ``ChangeProducer(auto_flush=False)``."""
+    return ChangeProducer(auto_flush=False, bootstrap=bootstrap)
 
 
 def process_round(
-    producer: Any,
+    producer: ChangeProducer | None,
     *,
     batch_size: int = BATCH_SIZE,
     excluded_pillows: tuple[str, ...] = (),
     dry_run: bool = False,
 ) -> RoundResult:
     """Select up to ``batch_size`` due errors, re-publish them, update or delete the rows."""
+    if producer is None and not dry_run:
+        raise ValueError("process_round needs a producer unless dry_run")
     result = RoundResult()
     errors = list(PillowError.objects.due(timezone.now(), excluded_pillows)[:batch_size])
     result.selected = len(errors)
@@ -176,27 +170,25 @@ def process_round(
         body = dict(meta)
         body["publish_timestamp"] = now_timestamp()
         result.planned.append((doc_id, error.pillow, topic, int(body.get("attempts") or 0)))
-        if dry_run:
+        if dry_run or producer is None:
             continue
 
-        def delivered(err: Any, msg: Any, doc_id: str = doc_id) -> None:
-            outcomes[doc_id] = None if err is None else f"KafkaException: {err}"
+        def delivered(_meta: Any, _where: Any, err: Any, doc_id: str = doc_id) -> None:
+            outcomes[doc_id] = None if err is None else f"{type(err).__qualname__}: {err}"
 
         try:
-            producer.produce(
-                topic,
-                value=json.dumps(body).encode(),
-                key=str(doc_id).encode(),
-                on_delivery=delivered,
-            )
-        except Exception as e:  # BufferError, KafkaException: recorded as an attempt
+            producer.send_change(topic, body, on_delivery=delivered)
+        except Exception as e:  # an invalid change, a full queue: recorded as an attempt
             outcomes[doc_id] = f"{type(e).__module__}.{type(e).__qualname__}: {e}"
-    if dry_run:
+    if dry_run or producer is None:
         return result
-    producer.flush(30)
+    try:
+        producer.flush(30)
+    except KafkaPublishingError:
+        pass  # those not confirmed count as failed below
 
     for doc_id, error in pending.items():
-        outcome = outcomes.get(doc_id, "KafkaException: delivery not confirmed within 30 s")
+        outcome = outcomes.get(doc_id, "KafkaPublishingError: delivery not confirmed within 30 s")
         if outcome is None:
             PillowError.objects.filter(doc_id=doc_id).delete()
             result.published.append(doc_id)

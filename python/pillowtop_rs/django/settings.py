@@ -24,6 +24,7 @@ dict, ``settings.PILLOWTOP_RS``:
 ``METRICS_PORT``               serve Prometheus metrics on this port (``run_ptop --metrics-port``)
 ``LOG_OUTPUT``                 ``"logging"`` (default), ``"stderr"`` or ``"both"``: where the
                                core's log lines go while ``run_ptop`` runs a pillow
+``PRODUCER_TIMEOUT``           seconds a ``pillowtop_rs.producer`` send may take (5)
 =============================  ===================================================================
 
 CommCare's settings applied by ``run_ptop``: ``PTOP_CHECKPOINT_DELAY_OVERRIDE`` (when defined at
@@ -60,6 +61,7 @@ _KNOWN_KEYS = frozenset(
         "METRICS_SINK",
         "METRICS_PORT",
         "LOG_OUTPUT",
+        "PRODUCER_TIMEOUT",
     }
 )
 
@@ -382,3 +384,13 @@ def log_output() -> str:
             f"PILLOWTOP_RS['LOG_OUTPUT'] must be 'logging', 'stderr' or 'both', not {value!r}"
         )
     return str(value)
+def producer_timeout() -> float:
+    """``PILLOWTOP_RS["PRODUCER_TIMEOUT"]``: seconds a producer send may take (default 5)."""
+    value = pillowtop_rs_settings().get("PRODUCER_TIMEOUT")
+    if value is None:
+        return 5.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ImproperlyConfigured(
+            f"PILLOWTOP_RS['PRODUCER_TIMEOUT'] must be a positive number of seconds, not {value!r}"
+        )
+    return float(value)

@@ -57,6 +57,11 @@ pub struct KafkaFeedOptions {
     /// Extra librdkafka properties (security, tuning), applied last to the consumer, its stall
     /// probe and the admin client that reads the topics' limits.
     pub client_config: super::KafkaClientConfig,
+    /// Tick as soon as every assigned partition is read up to its high-water mark (as
+    /// librdkafka last saw it), instead of after `idle_timeout` without a message: what a
+    /// pillow run `--until-idle` wants. Off by default (a running pillow ticks every
+    /// `idle_timeout`, CommCare's rhythm).
+    pub tick_at_end: bool,
 }
 
 impl KafkaFeedOptions {
@@ -78,6 +83,7 @@ impl KafkaFeedOptions {
             channel_capacity: 2048,
             prefetch_kbytes: 16 * 1024,
             client_config: super::KafkaClientConfig::new(),
+            tick_at_end: false,
         }
     }
 }
@@ -469,7 +475,8 @@ impl ChangeFeed for KafkaFeed {
         let (tx, rx) = mpsc::channel((self.options.channel_capacity / READ_BATCH).max(1));
         let consumer = Arc::clone(&self.consumer);
         let idle = self.options.idle_timeout;
-        self.reader = Some(tokio::spawn(read_loop(consumer, tx, idle, limits)));
+        let ends = self.options.tick_at_end.then(|| EndWatch::new(positions));
+        self.reader = Some(tokio::spawn(read_loop(consumer, tx, idle, limits, ends)));
         self.rx = Some(rx);
         Ok(())
     }
@@ -666,11 +673,59 @@ impl RawBatch {
     }
 }
 
+/// The next offset of every assigned partition, to tell when the feed is at its end
+/// ([`KafkaFeedOptions::tick_at_end`]).
+struct EndWatch {
+    next: std::collections::HashMap<String, std::collections::HashMap<i32, i64>>,
+}
+
+impl EndWatch {
+    /// How often the end is checked while no message comes.
+    const EVERY: Duration = Duration::from_millis(200);
+
+    fn new(positions: &[(TopicPartition, i64)]) -> Self {
+        let mut next: std::collections::HashMap<String, std::collections::HashMap<i32, i64>> =
+            std::collections::HashMap::new();
+        for (tp, offset) in positions {
+            next.entry(tp.topic.clone())
+                .or_default()
+                .insert(tp.partition, *offset);
+        }
+        Self { next }
+    }
+
+    fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.next.get_mut(topic).and_then(|t| t.get_mut(&partition)) {
+            *p = offset + 1;
+        }
+    }
+
+    /// Every partition read up to its high-water mark (asked of the broker: one small request
+    /// per partition, only while no message comes). A logical start offset is not at the end.
+    async fn at_end(&self, consumer: &Arc<Client>) -> bool {
+        let wanted: Vec<(String, i32, i64)> = self
+            .next
+            .iter()
+            .flat_map(|(t, parts)| parts.iter().map(|(p, n)| (t.clone(), *p, *n)))
+            .collect();
+        let c = Arc::clone(consumer);
+        tokio::task::spawn_blocking(move || {
+            wanted.iter().all(|(topic, partition, next)| {
+                matches!(c.fetch_watermarks(topic, *partition, Duration::from_secs(1)),
+                    Ok((_, high)) if *next >= 0 && *next >= high)
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
 async fn read_loop(
     consumer: Arc<Client>,
     tx: mpsc::Sender<Result<RawBatch>>,
     idle: Duration,
     limits: Arc<[MessageLimit]>,
+    mut ends: Option<EndWatch>,
 ) {
     use futures::FutureExt;
     let mut last_warning: Option<std::time::Instant> = None;
@@ -687,13 +742,36 @@ async fn read_loop(
         // Wait (up to the idle timeout) for the first message, then take what is ready without
         // waiting: one channel send and one wake-up per batch instead of per message.
         let mut batch = RawBatch::with_capacity(bytes);
-        match tokio::time::timeout(idle, consumer.recv()).await {
-            Err(_) => batch.push(FeedItem::Tick),
-            Ok(Ok(msg)) => batch.push_message(&msg, &limits),
-            Ok(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+        let first = match &ends {
+            None => tokio::time::timeout(idle, consumer.recv()).await.ok(),
+            Some(watch) => {
+                let deadline = tokio::time::Instant::now() + idle;
+                loop {
+                    let slice = EndWatch::EVERY.min(deadline - tokio::time::Instant::now());
+                    match tokio::time::timeout(slice, consumer.recv()).await {
+                        Ok(r) => break Some(r),
+                        Err(_) if tokio::time::Instant::now() >= deadline => break None,
+                        Err(_) => {
+                            if watch.at_end(&consumer).await {
+                                break None;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match first {
+            None => batch.push(FeedItem::Tick),
+            Some(Ok(msg)) => {
+                if let Some(watch) = &mut ends {
+                    watch.consumed(msg.topic(), msg.partition(), msg.offset());
+                }
+                batch.push_message(&msg, &limits);
+            }
+            Some(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                 batch.push(FeedItem::OffsetOutOfRange);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 warn(&e);
                 continue;
             }
@@ -701,7 +779,12 @@ async fn read_loop(
         while batch.len() < READ_BATCH && !batch.closed() {
             match consumer.recv().now_or_never() {
                 None => break,
-                Some(Ok(msg)) => batch.push_message(&msg, &limits),
+                Some(Ok(msg)) => {
+                    if let Some(watch) = &mut ends {
+                        watch.consumed(msg.topic(), msg.partition(), msg.offset());
+                    }
+                    batch.push_message(&msg, &limits);
+                }
                 Some(Err(RdKafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                     batch.push(FeedItem::OffsetOutOfRange);
                 }

@@ -194,6 +194,15 @@ def test_lag_and_assignments_print_into_stdout(app: Project, native: None) -> No
     assert lines[0][:3] == ["checkpoint", "topic", "partition"]
     assert [r[:3] for r in lines[1:]] == [[cid, app.topic, "0"], [cid, app.topic, "1"]]
 
+    # A pillow that never ran: its partitions, "no checkpoint yet".
+    out = StringIO()
+    call_command("pillow_lag", XFORM, META, stdout=out)
+    never = [line for line in out.getvalue().splitlines() if "no checkpoint yet" in line]
+    assert [line.split()[:3] for line in never] == [
+        [checkpoint_id(META), app.topic, "0"],
+        [checkpoint_id(META), app.topic, "1"],
+    ], out.getvalue()
+
     out = StringIO()
     call_command("pillow_topic_assignments", XFORM, "2", stdout=out)
     rows = [line.split() for line in out.getvalue().splitlines()]

@@ -164,3 +164,15 @@ def test_run_form_meta_pillow_decides_the_processors(native: None) -> None:
     with override_settings(RUN_FORM_META_PILLOW=False):
         names = [type(p).__name__ for p in registry.get_pillow_by_name("xform-pillow").processors]
         assert names == ["FormElasticProcessor", "FormSqlProcessor"]
+
+
+def test_a_class_path_that_does_not_exist_is_refused_when_the_pillow_is_built() -> None:
+    typo = {"name": "p1", "class": "myapp.pillows.XFormPillow", "instance": "testapp.fakes.factory"}
+    (config,) = configs({"core": [typo]})
+    with pytest.raises(ConfigurationError, match="class 'myapp.pillows.XFormPillow' cannot be"):
+        registry.build_pillow(config)
+    # CommCare's own generic class is named by entries copied from CommCare: not refused for it.
+    commcare = {**typo, "class": "pillowtop.pillow.interface.ConstructedPillow"}
+    (config,) = configs({"core": [commcare]})
+    with pytest.raises(ConfigurationError, match="not a pillowtop_rs.Pillow"):
+        registry.build_pillow(config)  # the fake factory returns a dict: past the class check

@@ -253,3 +253,24 @@ def test_backoff_out_of_range_is_parked(attempt: int) -> None:
 
 def test_backoff_of_no_attempt_is_immediate() -> None:
     assert _native.next_attempt_delay_minutes(0) == 0
+
+
+def test_pillow_topics_must_be_a_list_and_the_message_says_so() -> None:
+    class Noop(pillowtop_rs.PillowProcessor):
+        def process_change(self, change: pillowtop_rs.Change) -> None:
+            pass
+
+    expected = (
+        r'Pillow "p": topics must be a list of topic names, not the string "form-sql": '
+        r'write \["form-sql"\]'
+    )
+    with pytest.raises(TypeError, match=expected):
+        pillowtop_rs.Pillow("p", "form-sql", [Noop()])
+    with pytest.raises(TypeError, match=r"topics must be a list of topic names \(str\), not int"):
+        pillowtop_rs.Pillow("p", 5, [Noop()])  # type: ignore[arg-type]
+    assert pillowtop_rs.Pillow("p", ("a", "b"), [Noop()]).topics == ["a", "b"]
+
+
+def test_kafka_publishing_error_is_a_kafka_error() -> None:
+    assert issubclass(exceptions.KafkaPublishingError, exceptions.KafkaError)
+    assert pillowtop_rs.KafkaPublishingError is exceptions.KafkaPublishingError

@@ -24,8 +24,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the command line."""
-        parser.add_argument("topic")
-        parser.add_argument("num_partitions", type=int)
+        parser.add_argument("topic", help="the Kafka topic that gained partitions")
+        parser.add_argument(
+            "num_partitions", type=int, help="the number of partitions the topic has now"
+        )
         cli.add_confirm_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:

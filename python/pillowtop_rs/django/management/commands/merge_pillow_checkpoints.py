@@ -25,7 +25,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the command line."""
-        parser.add_argument("pillow_names", nargs="+", metavar="pillow_name")
+        parser.add_argument(
+            "pillow_names",
+            nargs="+",
+            metavar="pillow_name",
+            help="the source pillows, then the target pillow (last)",
+        )
         cli.add_confirm_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:

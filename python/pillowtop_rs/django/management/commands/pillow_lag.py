@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from pillowtop_rs import ops, registry
+from pillowtop_rs import ops
 from pillowtop_rs.django import cli
 
 
@@ -24,15 +24,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the command line."""
-        parser.add_argument("pillow_names", nargs="*", metavar="pillow_name")
-        parser.add_argument("--json", action="store_true")
+        parser.add_argument(
+            "pillow_names",
+            nargs="*",
+            metavar="pillow_name",
+            help="pillows of settings.PILLOWTOPS (default: every configured pillow)",
+        )
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         parser.add_argument("--interval", type=int, help="repeat every this many seconds")
         parser.add_argument("--metrics-port", type=int, help="serve Prometheus gauges here")
         parser.add_argument("--rounds", type=int, help="stop after this many rounds")
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
-        names = options["pillow_names"] or [c.name for c in registry.get_all_pillow_configs()]
+        names = options["pillow_names"] or cli.all_pillow_names()
         pillows = cli.get_pillows(names)
         with cli.operation("pillow_lag"):
             ops.lag(
@@ -45,4 +50,5 @@ class Command(BaseCommand):
                 metrics_port=options["metrics_port"],
                 rounds=options["rounds"],
                 ui=cli.CommandUi(self),
+                topics={cli.checkpoint_id(p): cli.topics(p) for p in pillows},
             )

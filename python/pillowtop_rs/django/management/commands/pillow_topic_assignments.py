@@ -23,11 +23,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the command line."""
-        parser.add_argument("pillow_name")
-        parser.add_argument("process_count", type=int)
+        parser.add_argument("pillow_name", help="a pillow of settings.PILLOWTOPS")
+        parser.add_argument("process_count", type=int, help="how many processes run the pillow")
         parser.add_argument("--csv", action="store_true", help="process,topic,partition rows")
-        parser.add_argument("--dedicated-migration-process", action="store_true")
-        parser.add_argument("--gevent-workers", type=int, default=None)
+        parser.add_argument(
+            "--dedicated-migration-process",
+            action="store_true",
+            help="process 0 only runs migrations and reads nothing (run_ptop's option)",
+        )
+        parser.add_argument(
+            "--gevent-workers",
+            type=int,
+            default=None,
+            help="virtual workers per process (run_ptop's option)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
@@ -50,19 +59,13 @@ class Command(BaseCommand):
 
     def write_csv(self, topics: list[str], count: int, dedicated: bool) -> None:
         """Print the layout as CSV (partition counts from Kafka)."""
-        from confluent_kafka.admin import AdminClient
-
-        from pillowtop_rs import partition_assignment
+        from pillowtop_rs import partition_assignment, topic_partitions
         from pillowtop_rs.exceptions import PillowtopError
 
-        admin = AdminClient({"bootstrap.servers": cli.kafka_bootstrap()})
-        metadata = admin.list_topics(timeout=10)
-        partitions: list[tuple[str, int]] = []
-        for topic in topics:
-            t = metadata.topics.get(topic)
-            if t is None or t.error is not None:
-                raise CommandError(f"topic {topic} is not in Kafka")
-            partitions += [(topic, p) for p in t.partitions]
+        try:
+            partitions = topic_partitions(cli.kafka_bootstrap(), topics)
+        except PillowtopError as e:
+            raise CommandError(f"pillow_topic_assignments: {e}") from e
         writer = csv.writer(self.stdout)
         writer.writerow(["process", "topic", "partition"])
         for process in range(count):

@@ -24,7 +24,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the command line."""
-        parser.add_argument("pillow_name")
+        parser.add_argument("pillow_name", help="the pillow whose checkpoint is reset")
         cli.add_confirm_arguments(parser, "the pillow is running")
         to = parser.add_mutually_exclusive_group()
         to.add_argument("--latest", action="store_true", help="skip to the high-water mark")

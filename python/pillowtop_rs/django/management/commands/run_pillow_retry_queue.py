@@ -33,7 +33,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="print what one round would do; write nothing"
         )
-        parser.add_argument("--batch-size", type=int, default=retry.BATCH_SIZE)
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=retry.BATCH_SIZE,
+            help=f"error rows per round (default {retry.BATCH_SIZE})",
+        )
         parser.add_argument("--sleep", type=float, default=10.0, help="seconds between rounds")
 
     def handle(self, *args: Any, **options: Any) -> None:

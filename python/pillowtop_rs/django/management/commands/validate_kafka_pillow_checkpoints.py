@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from pillowtop_rs import ops, registry
+from pillowtop_rs import ops
 from pillowtop_rs.django import cli
 
 
@@ -29,7 +29,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
         active = getattr(settings, "ACTIVE_PILLOW_NAMES", None)
-        names = list(active) if active else [c.name for c in registry.get_all_pillow_configs()]
+        names = list(active) if active else cli.all_pillow_names()
         pillows = cli.get_pillows(names)
         if not pillows:
             self.stdout.write("no pillows configured")
