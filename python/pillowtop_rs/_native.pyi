@@ -369,6 +369,7 @@ class Pillow:
         """``process_changes([change])``."""
     def error_rows(self) -> list[dict[str, Any]]:
         """Return the error rows ``process_changes`` recorded (``PillowError``'s fields)."""
+
 @final
 class KafkaProducer:
     """A Kafka producer configured as CommCare's (see ``pillowtop_rs.producer``)."""

@@ -20,7 +20,8 @@ pub(crate) fn topic_partitions(
     properties: Vec<(String, String)>,
 ) -> PyResult<Vec<(String, i32)>> {
     detached(py, move || {
-        let admin = KafkaAdmin::with_settings(&kafka_bootstrap, &properties)?;
+        let config = crate::feed::kafka::KafkaClientConfig::from_pairs(properties)?;
+        let admin = KafkaAdmin::with_config(&kafka_bootstrap, &config)?;
         let all = admin.partitions(&topics)?;
         Ok::<_, crate::Error>(all.into_iter().map(|tp| (tp.topic, tp.partition)).collect())
     })

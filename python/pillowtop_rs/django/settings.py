@@ -384,6 +384,8 @@ def log_output() -> str:
             f"PILLOWTOP_RS['LOG_OUTPUT'] must be 'logging', 'stderr' or 'both', not {value!r}"
         )
     return str(value)
+
+
 def producer_timeout() -> float:
     """``PILLOWTOP_RS["PRODUCER_TIMEOUT"]``: seconds a producer send may take (default 5)."""
     value = pillowtop_rs_settings().get("PRODUCER_TIMEOUT")

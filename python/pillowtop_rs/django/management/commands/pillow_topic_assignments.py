@@ -63,7 +63,9 @@ class Command(BaseCommand):
         from pillowtop_rs.exceptions import PillowtopError
 
         try:
-            partitions = topic_partitions(cli.kafka_bootstrap(), topics)
+            partitions = topic_partitions(
+                cli.kafka_bootstrap(), topics, properties=sorted(cli.kafka_config().items())
+            )
         except PillowtopError as e:
             raise CommandError(f"pillow_topic_assignments: {e}") from e
         writer = csv.writer(self.stdout)
