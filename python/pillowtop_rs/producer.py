@@ -112,8 +112,10 @@ def _settings_bootstrap() -> str | None:
 
 
 def _settings_properties() -> list[tuple[str, str]]:
-    """The Django project's Kafka client properties (``PILLOWTOP_RS['KAFKA_OPTIONS']`` mapped,
-    then ``PILLOWTOP_RS['KAFKA_CONFIG']``): the producer connects as the pillows do."""
+    """Return the Django project's Kafka client properties, so the producer connects as pillows do.
+
+    ``PILLOWTOP_RS['KAFKA_OPTIONS']`` mapped, then ``PILLOWTOP_RS['KAFKA_CONFIG']``.
+    """
     if "django" in sys.modules:
         from django.conf import settings
 
