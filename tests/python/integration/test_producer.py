@@ -81,7 +81,7 @@ class Recorder(BulkPillowProcessor):
 
     def __init__(self) -> None:
         self.metas: dict[str, Any] = {}
-        self.partitions: dict[str, int] = {}
+        self.partitions: dict[str, int | None] = {}
 
     def process_change(self, change: Change) -> None:
         self.metas[change.id] = change.metadata
