@@ -124,7 +124,10 @@ class RoundResult:
 
 
 def make_producer(bootstrap: str) -> ChangeProducer:
-    """Return the retry queue's producer: CommCare's ``ChangeProducer(auto_flush=False)``."""
+    """Return the retry queue's producer: CommCare's ``ChangeProducer(auto_flush=False)``.
+
+    It connects with the project's Kafka client properties, as the pillows do.
+    """
     return ChangeProducer(auto_flush=False, bootstrap=bootstrap)
 
 
@@ -198,3 +201,68 @@ def process_round(
             error.save()
             result.failed.append(doc_id)
     return result
+
+
+@dataclass
+class SendResult:
+    """What :func:`send_through_pillow` did."""
+
+    selected: int = 0
+    published: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def send_through_pillow(
+    producer: ChangeProducer, pillow: str, *, page: int = 1000, timeout: float = 30.0
+) -> SendResult:
+    """Re-publish **every** error row of ``pillow``, due or not, and delete the delivered ones.
+
+    CommCare's ``send_pillow_retry_queue_through_pillows``: pages of ``page`` rows ordered by
+    ``date_next_attempt``; each row's change metadata goes back to its topic with
+    ``publish_timestamp = now`` and its attempts kept; the rows of delivered documents are
+    deleted by doc id. A row whose delivery failed keeps its schedule and gains an attempt.
+    """
+    result = SendResult()
+    last_id = 0
+    while True:
+        rows = list(PillowError.objects.filter(pillow=pillow, id__gt=last_id).order_by("id")[:page])
+        if not rows:
+            return result
+        last_id = rows[-1].id
+        result.selected += len(rows)
+        outcomes: dict[str, str | None] = {}
+        for error in rows:
+            meta = error.change_metadata
+            if not isinstance(meta, Mapping) or not meta:
+                outcomes[error.doc_id] = "ValueError: the error row has no change metadata"
+                continue
+            body = dict(meta)
+            body["publish_timestamp"] = now_timestamp()
+
+            def delivered(
+                _m: Any,
+                _w: Any,
+                err: Any,
+                doc_id: str = error.doc_id,
+                outcomes: dict[str, str | None] = outcomes,
+            ) -> None:
+                outcomes[doc_id] = None if err is None else f"{type(err).__qualname__}: {err}"
+
+            try:
+                producer.send_change(topic_for(error), body, on_delivery=delivered)
+            except Exception as e:  # an invalid change: recorded as an attempt
+                outcomes[error.doc_id] = f"{type(e).__module__}.{type(e).__qualname__}: {e}"
+        try:
+            producer.flush(timeout)
+        except KafkaPublishingError:
+            pass  # those not confirmed count as failed below
+        for error in rows:
+            outcome = outcomes.get(error.doc_id, "KafkaPublishingError: delivery not confirmed")
+            if outcome is None:
+                PillowError.objects.filter(doc_id=error.doc_id, pillow=pillow).delete()
+                result.published.append(error.doc_id)
+            else:
+                error_type, _, message = outcome.partition(": ")
+                error.add_attempt(error_type, message)
+                error.save()
+                result.failed.append(error.doc_id)

@@ -206,6 +206,15 @@ def checkpoint_delay() -> float | None:
     return MAX_CHECKPOINT_DELAY
 
 
+def retry_queue_enabled() -> bool:
+    """CommCare's ``PILLOW_RETRY_QUEUE_ENABLED``: ``False`` stops the retry queue from processing.
+
+    Unlike CommCare, whose own default is ``False``, an undefined setting means enabled: a
+    project that runs ``run_pillow_retry_queue`` without the setting wants it to work.
+    """
+    return bool(getattr(settings, "PILLOW_RETRY_QUEUE_ENABLED", True))
+
+
 def retry_queue_excluded_pillows() -> tuple[str, ...]:
     """Pillow names the retry queue skips (CommCare's broken UCR exclusion, made explicit)."""
     return tuple(str(p) for p in pillowtop_rs_settings().get("RETRY_QUEUE_EXCLUDED_PILLOWS", ()))

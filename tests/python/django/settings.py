@@ -112,6 +112,8 @@ PILLOWTOPS: dict[str, list[Any]] = {
         },
     ],
 }
+if os.environ.get("PTDJ_RETRY_QUEUE_ENABLED") == "0":
+    PILLOW_RETRY_QUEUE_ENABLED = False
 if os.environ.get("PTDJ_BROKEN_PILLOWTOPS"):
     PILLOWTOPS["test"].append({"name": "broken-pillow", "instance": "testapp.pillows.nothing"})
 

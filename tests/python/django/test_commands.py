@@ -213,6 +213,50 @@ def test_processor_error_is_recorded_with_traceback_and_retried(
     assert row.current_attempt == 2
 
 
+def test_send_pillow_retry_queue_through_pillows_republishes_every_row_now(
+    project: Project, native: None
+) -> None:
+    project.produce(["ok-1", "fail-1", "fail-2"])
+    ok(project.manage("run_ptop", "--pillow-name", "failing-pillow", *IDLE))
+    assert sorted(PillowError.objects.values_list("doc_id", flat=True)) == ["fail-1", "fail-2"]
+    # Not due (5 minutes away), but this command sends them all, after a plan and a question.
+    dry = project.manage("send_pillow_retry_queue_through_pillows", "failing-pillow", "--dry-run")
+    ok(dry)
+    assert "2 error rows of pillow failing-pillow would be re-published" in dry.stdout
+    assert PillowError.objects.count() == 2
+    declined = project.manage("send_pillow_retry_queue_through_pillows", "failing-pillow")
+    assert declined.returncode == 1, declined.stderr  # stdin is empty: not a yes
+    assert PillowError.objects.count() == 2
+    unknown = project.manage("send_pillow_retry_queue_through_pillows", "no-such-pillow")
+    assert unknown.returncode == 4 and "no-such-pillow" in unknown.stderr
+    sent = project.manage(
+        "send_pillow_retry_queue_through_pillows", "failing-pillow", "--noinput", "--json"
+    )
+    ok(sent)
+    outcome = json.loads(sent.stdout.strip().splitlines()[-1])
+    assert (outcome["selected"], sorted(outcome["published"]), outcome["failed"]) == (
+        2,
+        ["fail-1", "fail-2"],
+        [],
+    )
+    assert not PillowError.objects.exists()
+    assert last_message(project)["document_id"] in ("fail-1", "fail-2")
+
+
+def test_the_retry_queue_honours_pillow_retry_queue_enabled(project: Project, native: None) -> None:
+    project.produce(["fail-1"])
+    ok(project.manage("run_ptop", "--pillow-name", "failing-pillow", *IDLE))
+    PillowError.objects.update(date_next_attempt=timezone.now() - timedelta(seconds=1))
+    off = project.manage(
+        "run_pillow_retry_queue", "--once", extra_env={"PTDJ_RETRY_QUEUE_ENABLED": "0"}
+    )
+    ok(off)
+    assert "PILLOW_RETRY_QUEUE_ENABLED is False" in off.stdout
+    assert PillowError.objects.count() == 1
+    ok(project.manage("run_pillow_retry_queue", "--once"))
+    assert not PillowError.objects.exists()
+
+
 def last_message(project: Project) -> dict[str, object]:
     from confluent_kafka import Consumer, TopicPartition
 

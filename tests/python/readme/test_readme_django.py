@@ -52,6 +52,7 @@ COMMANDS = [
     "ptop_dump_remaining_changes",
     "create_kafka_topics",
     "list_kafka_topics",
+    "send_pillow_retry_queue_through_pillows",
 ]
 COMMANDS_DIR = REPO_ROOT / "python" / "pillowtop_rs" / "django" / "management" / "commands"
 

@@ -4,7 +4,8 @@ Each round takes up to 10000 due errors (``date_next_attempt <= now`` and ``curr
 or ``total_attempts <= 9 and current_attempt <= 3``), re-publishes their changes with the attempt
 count carried, deletes the rows of delivered documents, and sleeps 10 s when the round was not
 full. ``--once`` (one round) and ``--dry-run`` (one round, print, write nothing) are additions.
-SIGTERM stops between rounds.
+SIGTERM stops between rounds. ``PILLOW_RETRY_QUEUE_ENABLED = False`` makes it process nothing (an
+undefined setting means enabled, where CommCare's own default is ``False``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the command."""
+        if not pt_settings.retry_queue_enabled():
+            self.stdout.write(
+                "PILLOW_RETRY_QUEUE_ENABLED is False: the retry queue processes nothing "
+                "(set it to True, or remove it, to re-publish due errors)"
+            )
+            return
         stop = False
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
