@@ -384,6 +384,15 @@ def test_python_operations_take_kafka_config(kafka_bootstrap: str, topic: str) -
     # The assignments read the topic's partitions through a client with these properties.
     with pytest.raises(pillowtop_rs.PillowtopError, match=r"security\.protocol"):
         ops.assignments([topic], 1, kafka=kafka_bootstrap, kafka_config={"security.protocol": "x"})
-    ops.assignments(
-        [topic], 1, kafka=kafka_bootstrap, kafka_config={"security.protocol": "PLAINTEXT"}
-    )
+    # A fresh topic can take a moment to appear in a new client's metadata.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            ops.assignments(
+                [topic], 1, kafka=kafka_bootstrap, kafka_config={"security.protocol": "PLAINTEXT"}
+            )
+            break
+        except pillowtop_rs.KafkaError as e:
+            if "does not exist" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
