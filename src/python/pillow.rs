@@ -404,16 +404,11 @@ impl PyPillow {
         let sigint = SigintGuard::install(py)?;
         let lane_observer = &mut observer;
         let result = detached(py, move || -> PyResult<RunSummary> {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("pillowtop-io")
-                .enable_all()
-                .build()
-                .map_err(|e| {
-                    PyErr::from(crate::Error::from(ProcessError::Other(format!(
-                        "cannot start the async runtime: {e}"
-                    ))))
-                })?;
+            let runtime = built(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("pillowtop-io"),
+            )?;
             let outcome = runtime.block_on(drive(spec, hook, token, lane_observer));
             // Blocking librdkafka calls that a stop abandoned (metadata of an unreachable
             // broker) are not waited for long.
@@ -491,14 +486,7 @@ impl PyPillow {
         let errors = self.memory_errors.clone();
         let pillow = spec.build_in_memory(feed, checkpoints.clone(), errors.clone())?;
         let summary = detached(py, move || -> PyResult<RunSummary> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| {
-                    PyErr::from(crate::Error::from(ProcessError::Other(format!(
-                        "cannot start the async runtime: {e}"
-                    ))))
-                })?;
+            let runtime = built(&mut tokio::runtime::Builder::new_current_thread())?;
             let mut pillow = pillow;
             Ok(runtime.block_on(pillow.run(&CancellationToken::new()))?)
         })?;
@@ -529,9 +517,7 @@ impl PyPillow {
         let errors = self.memory_errors.clone();
         let name = self.config.name.clone();
         let rows = detached(py, move || -> PyResult<_> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .map_err(|e| PyErr::from(crate::Error::from(ProcessError::Other(e.to_string()))))?;
+            let runtime = built(&mut tokio::runtime::Builder::new_current_thread())?;
             Ok(runtime.block_on(errors.list(&name))?)
         })?;
         rows.iter()
@@ -543,6 +529,15 @@ impl PyPillow {
             })
             .collect()
     }
+}
+
+/// A runtime from `builder` (with its I/O and timers), or the error naming what failed.
+fn built(builder: &mut tokio::runtime::Builder) -> PyResult<tokio::runtime::Runtime> {
+    builder.enable_all().build().map_err(|e| {
+        PyErr::from(crate::Error::from(ProcessError::Other(format!(
+            "cannot start the async runtime: {e}"
+        ))))
+    })
 }
 
 /// What `Pillow.process_changes()` did: the run's summary and the checkpoint it wrote.
