@@ -328,6 +328,7 @@ class Pillow:
         log_output: str = "logging",
         max_checkpoint_delay: float | None = None,
         background_checkpoints: bool | None = None,
+        shared_runtime: bool = False,
     ) -> RunSummary:
         """Run until stopped, with the GIL released while waiting.
 

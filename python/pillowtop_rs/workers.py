@@ -4,7 +4,8 @@ CommCare (PR #36902, 2025) turns each OS process into ``W`` independent pillow i
 with its own consumer, partitions and checkpoint rows. Here each worker is its own
 :class:`~pillowtop_rs.Pillow` (built by ``make_pillow(process_num, num_processes)``, as
 CommCare's factory is called once per worker) run by its own thread: the Kafka and PostgreSQL
-I/O of all workers runs on the engine's runtime with the GIL released, and each worker calls its
+I/O of all workers runs on one runtime of the process (``Pillow.run(shared_runtime=True)``) with
+the GIL released, and each worker calls its
 Python processors once per chunk on its own thread, so I/O-bound processors of different workers
 overlap.
 
@@ -85,6 +86,7 @@ def run_virtual_workers(
             result.summary = pillow.run(
                 process_number=result.process_num,
                 num_processes=result.num_processes,
+                shared_runtime=True,
                 **run_options,
             )
         except BaseException as e:  # noqa: BLE001 - reported by the main thread

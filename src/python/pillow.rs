@@ -304,7 +304,7 @@ impl PyPillow {
         on_chunk = None, idle_timeout = 10.0, stall_timeout = Some(60.0), max_message_bytes = None,
         postgres_outage_budget = 300.0, kafka_setting = None, since = None, kafka_config = None,
         metrics_port = None, metrics_sink = None, log_output = "logging",
-        max_checkpoint_delay = None, background_checkpoints = None,
+        max_checkpoint_delay = None, background_checkpoints = None, shared_runtime = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -330,6 +330,7 @@ impl PyPillow {
         log_output: &str,
         max_checkpoint_delay: Option<f64>,
         background_checkpoints: Option<bool>,
+        shared_runtime: bool,
     ) -> PyResult<PyRunSummary> {
         crate::telemetry::init();
         warn_off_main_thread(py)?;
@@ -404,6 +405,14 @@ impl PyPillow {
         let sigint = SigintGuard::install(py)?;
         let lane_observer = &mut observer;
         let result = detached(py, move || -> PyResult<RunSummary> {
+            if shared_runtime {
+                // Virtual workers: every worker's I/O on the process's one runtime, each
+                // worker's loop driven by its own thread (its lane).
+                let runtime = shared()?;
+                return runtime
+                    .handle()
+                    .block_on(drive(spec, hook, token, lane_observer));
+            }
             let runtime = built(
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
@@ -529,6 +538,35 @@ impl PyPillow {
             })
             .collect()
     }
+}
+
+/// The process's runtime shared by `run(shared_runtime=True)` callers (virtual workers), made
+/// on first use and kept for the life of the process; a forked child makes its own (the
+/// parent's threads do not exist there, so its runtime is forgotten, never dropped).
+static SHARED: Mutex<Option<(u32, Arc<tokio::runtime::Runtime>)>> = Mutex::new(None);
+
+fn shared() -> PyResult<Arc<tokio::runtime::Runtime>> {
+    let pid = std::process::id();
+    let mut slot = SHARED.lock().map_err(|_| {
+        PyErr::from(crate::Error::from(ProcessError::Other(
+            "the shared runtime's lock is poisoned".to_owned(),
+        )))
+    })?;
+    if let Some((owner, rt)) = slot.as_ref() {
+        if *owner == pid {
+            return Ok(rt.clone());
+        }
+    }
+    if let Some((_, inherited)) = slot.take() {
+        std::mem::forget(inherited);
+    }
+    let rt = Arc::new(built(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pillowtop-io"),
+    )?);
+    *slot = Some((pid, rt.clone()));
+    Ok(rt)
 }
 
 /// A runtime from `builder` (with its I/O and timers), or the error naming what failed.

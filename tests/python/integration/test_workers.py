@@ -168,3 +168,79 @@ def test_sigterm_stops_every_worker_after_its_final_checkpoint(
     rss = int(out.split("rss_kb")[1].split()[0])
     print(f"peak RSS of 4 virtual workers in one process: {rss / 1024:.0f} MiB")
     assert rss > 0
+
+
+KILLABLE = textwrap.dedent(
+    """
+    import sys, time
+    from pillowtop_rs import Pillow
+    from pillowtop_rs.workers import run_virtual_workers
+    kafka, postgres, topic, name, out = sys.argv[1:6]
+    class Slow:
+        def __init__(self):
+            self.f = open(out, "a", buffering=1)
+        def process_change(self, change):
+            time.sleep(0.004)
+            self.f.write(change.id + "\\n")
+    layouts = [(w, 4) for w in range(4)]
+    run_virtual_workers(lambda p, n: Pillow(name, [topic], [Slow()], chunk_size=10,
+                                            checkpoint_frequency=20),
+                        layouts, kafka=kafka, postgres=postgres, idle_timeout=1.0)
+    """
+)
+
+
+def test_sigkill_of_the_workers_process_loses_nothing(
+    kafka_bootstrap: str,
+    postgres_url: str,
+    topic12: str,
+    unique_name: str,
+    publish: Publish,
+    kit: Any,
+    db: Conn,
+    tmp_path: Any,
+) -> None:
+    ids = [f"d{i}" for i in range(1200)]
+    publish(topic12, [(i, kit.change_message(i)) for i in ids])
+    out = tmp_path / "seen.txt"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILLABLE,
+            kafka_bootstrap,
+            postgres_url,
+            topic12,
+            unique_name,
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PILLOWTOP_LOG": "warn"},
+    )
+    deadline = time.monotonic() + 60
+    while not out.exists() or len(out.read_text().splitlines()) < 300:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no final checkpoint
+    proc.communicate(timeout=30)
+    before = set(out.read_text().split())
+    assert 0 < len(before) < len(ids), "killed mid-stream"
+
+    # The restart (one process this time) resumes from the workers' checkpoints.
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def process_change(self, change: Any) -> None:
+            self.seen.append(change.id)
+
+    rec = Recorder()
+    Pillow(unique_name, [topic12], [rec]).run(
+        kafka=kafka_bootstrap, postgres=postgres_url, until_idle=True, idle_timeout=1.0
+    )
+    assert before | set(rec.seen) == set(ids), "every change handled at least once"
+    assert len(rec.seen) < len(ids), "the restart resumed from checkpoints, not from the start"
+    offsets = kit.checkpoint_offsets(db, unique_name)
+    assert len(offsets) == 12 and sum(offsets.values()) == 1200
