@@ -140,60 +140,6 @@ pub trait ChangeFeed: Send {
     }
 }
 
-/// Reads every change from `start` up to (not including) `end`, per partition, with `feed`
-/// (the test harness's `capture_kafka_changes_context`). Invalid messages are counted, not
-/// returned. Fails when `timeout` passes before the positions reach `end`.
-pub async fn read_between<S: std::hash::BuildHasher>(
-    feed: &mut dyn ChangeFeed,
-    start: &[(TopicPartition, i64)],
-    end: &std::collections::HashMap<TopicPartition, i64, S>,
-    timeout: std::time::Duration,
-) -> Result<(Vec<Change>, u64)> {
-    let mut pending: std::collections::HashMap<TopicPartition, i64> = start
-        .iter()
-        .filter(|(tp, from)| end.get(tp).is_some_and(|to| to > from))
-        .cloned()
-        .collect();
-    let mut changes = Vec::new();
-    let mut invalid = 0;
-    if pending.is_empty() {
-        return Ok((changes, invalid));
-    }
-    let positions: Vec<_> = pending.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
-    feed.assign(&positions).await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !pending.is_empty() {
-        let item = tokio::time::timeout_at(deadline, feed.next())
-            .await
-            .map_err(|_| {
-                crate::error::KafkaError::Other(format!(
-                    "reading changes from {}: the end offsets were not reached within {timeout:?} (still reading {})",
-                    feed.source(),
-                    pending.keys().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                ))
-            })??;
-        let (tp, offset) = match item {
-            None => break,
-            Some(FeedItem::Tick | FeedItem::OffsetOutOfRange) => continue,
-            Some(FeedItem::Invalid(m)) => {
-                invalid += 1;
-                (TopicPartition::new(m.topic.clone(), m.partition), m.offset)
-            }
-            Some(FeedItem::Change(c)) => {
-                let at = (TopicPartition::new(c.topic.clone(), c.partition), c.offset);
-                if end.get(&at.0).is_some_and(|to| at.1 < *to) {
-                    changes.push(*c);
-                }
-                at
-            }
-        };
-        if end.get(&tp).is_some_and(|to| offset + 1 >= *to) {
-            pending.remove(&tp);
-        }
-    }
-    Ok((changes, invalid))
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -208,47 +154,5 @@ mod tests {
         );
         assert_eq!(super::excerpt(b"a\x7fb\x1b"), "a\\x7fb\\x1b");
         assert!(!super::excerpt(b"\x00\x00").contains('\0'));
-    }
-
-    #[tokio::test]
-    async fn read_between_reads_each_partition_from_start_to_end_only() {
-        use super::memory::MemoryFeed;
-        use super::{read_between, TopicPartition};
-        use crate::change::{Change, ChangeMeta, Document};
-        let mut feed = MemoryFeed::new(&["t"], 2);
-        for i in 0..6 {
-            feed.push_change("t", i % 2, &format!("d{i}"));
-        }
-        // A ready change (the Python harness's) lands at the partition's next offset.
-        let ready = Change {
-            id: "ready".into(),
-            topic: "t".into(),
-            partition: 1,
-            offset: -1,
-            deleted: false,
-            metadata: ChangeMeta::new("ready", "sql", "t"),
-            document: Document::Known(Some(serde_json::json!({"k": 1}))),
-            size: 0,
-        };
-        assert_eq!(feed.push_ready(ready), 3);
-        let p0 = TopicPartition::new("t", 0);
-        let p1 = TopicPartition::new("t", 1);
-        let end: std::collections::HashMap<_, _> =
-            [(p0.clone(), 3), (p1.clone(), 4)].into_iter().collect();
-        let (changes, invalid) = read_between(
-            &mut feed,
-            &[(p0, 1), (p1, 2)],
-            &end,
-            std::time::Duration::from_secs(5),
-        )
-        .await
-        .expect("read");
-        let ids: Vec<_> = changes.iter().map(|c| c.id.as_str()).collect();
-        assert_eq!(ids, ["d2", "d4", "d5", "ready"]);
-        assert_eq!(invalid, 0);
-        assert_eq!(
-            changes[3].document,
-            Document::Known(Some(serde_json::json!({"k": 1})))
-        );
     }
 }

@@ -222,9 +222,11 @@ async fn retention_of<'a>(
 
 /// The number of error rows of each pillow (CommCare's `record_pillow_error_queue_size`).
 pub async fn error_queue(pg: &std::sync::Arc<Pg>) -> Result<Vec<(String, i64)>> {
-    Ok(PostgresErrorStore::new(pg.clone())
-        .counts_by_pillow()
-        .await?)
+    let mut by_pillow: BTreeMap<String, i64> = BTreeMap::new();
+    for (pillow, _type, n) in PostgresErrorStore::new(pg.clone()).counts_by_type().await? {
+        *by_pillow.entry(pillow).or_default() += n;
+    }
+    Ok(by_pillow.into_iter().collect())
 }
 
 /// Records the error row counts as CommCare's `error_queue` gauge.

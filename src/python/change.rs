@@ -86,13 +86,21 @@ impl PyChange {
     /// The core change as it stands now (a copy), with any document set from Python.
     pub(crate) fn snapshot(&self, py: Python<'_>) -> PyResult<Change> {
         let mut change = self.inner.clone();
+        self.overlay(py, &mut change)?;
+        Ok(change)
+    }
+
+    /// Puts what Python changed (the metadata object's fields, a set document) onto `change`.
+    /// A set document that is not JSON-serialisable is an error, and `change` keeps its own.
+    fn overlay(&self, py: Python<'_>, change: &mut Change) -> PyResult<()> {
         if let Some(m) = &self.meta {
             change.metadata = m.borrow(py).inner.clone();
+            change.deleted = change.deleted || change.metadata.is_deletion;
         }
         if self.doc_set {
             change.document = Document::Known(self.doc_value(py)?);
         }
-        Ok(change)
+        Ok(())
     }
 
     /// A change from any object with CommCare's `Change` attributes (`id`, `sequence_id`,
@@ -157,24 +165,15 @@ impl PyChange {
         py: Python<'_>,
         keep: bool,
     ) -> (Change, Option<ProcessorFailure>) {
-        let mut failure = None;
         let mut change = if keep {
             self.inner.clone()
         } else {
             std::mem::replace(&mut self.inner, placeholder())
         };
-        if let Some(m) = &self.meta {
-            change.metadata = m.borrow(py).inner.clone();
-            change.deleted = change.deleted || change.metadata.is_deletion;
-        }
-        if self.doc_set {
-            match self.doc_value(py) {
-                Ok(doc) => change.document = Document::Known(doc),
-                Err(e) => {
-                    failure = Some(ProcessorFailure::new("builtins.TypeError", e.to_string()));
-                }
-            }
-        }
+        let failure = self
+            .overlay(py, &mut change)
+            .err()
+            .map(|e| ProcessorFailure::new("builtins.TypeError", e.to_string()));
         if !keep {
             self.doc = None;
             self.doc_set = false;

@@ -32,3 +32,15 @@ where
         }
     }
 }
+
+/// A tokio runtime from `builder` (with its I/O and timers), or a `PillowtopError` naming what
+/// failed: every runtime the Python front makes.
+pub(crate) fn runtime_from(
+    builder: &mut tokio::runtime::Builder,
+) -> PyResult<tokio::runtime::Runtime> {
+    builder.enable_all().build().map_err(|e| {
+        PyErr::from(crate::Error::from(crate::error::ProcessError::Other(
+            format!("cannot start the async runtime: {e}"),
+        )))
+    })
+}

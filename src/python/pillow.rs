@@ -25,7 +25,7 @@ use pyo3::types::PyDict;
 use tokio_util::sync::CancellationToken;
 
 use super::change::PyChange;
-use super::detach::detached;
+use super::detach::{detached, runtime_from};
 use super::errors::{ConfigurationError, ShutdownRequested};
 use super::processor::{
     check_processor, is_document_store, ErrorHook, Lane, PyDocumentStore, PyProcessor, PyStores,
@@ -413,7 +413,7 @@ impl PyPillow {
                     .handle()
                     .block_on(drive(spec, hook, token, lane_observer));
             }
-            let runtime = built(
+            let runtime = runtime_from(
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .thread_name("pillowtop-io"),
@@ -495,7 +495,7 @@ impl PyPillow {
         let errors = self.memory_errors.clone();
         let pillow = spec.build_in_memory(feed, checkpoints.clone(), errors.clone())?;
         let summary = detached(py, move || -> PyResult<RunSummary> {
-            let runtime = built(&mut tokio::runtime::Builder::new_current_thread())?;
+            let runtime = runtime_from(&mut tokio::runtime::Builder::new_current_thread())?;
             let mut pillow = pillow;
             Ok(runtime.block_on(pillow.run(&CancellationToken::new()))?)
         })?;
@@ -526,7 +526,7 @@ impl PyPillow {
         let errors = self.memory_errors.clone();
         let name = self.config.name.clone();
         let rows = detached(py, move || -> PyResult<_> {
-            let runtime = built(&mut tokio::runtime::Builder::new_current_thread())?;
+            let runtime = runtime_from(&mut tokio::runtime::Builder::new_current_thread())?;
             Ok(runtime.block_on(errors.list(&name))?)
         })?;
         rows.iter()
@@ -560,22 +560,13 @@ fn shared() -> PyResult<Arc<tokio::runtime::Runtime>> {
     if let Some((_, inherited)) = slot.take() {
         std::mem::forget(inherited);
     }
-    let rt = Arc::new(built(
+    let rt = Arc::new(runtime_from(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pillowtop-io"),
     )?);
     *slot = Some((pid, rt.clone()));
     Ok(rt)
-}
-
-/// A runtime from `builder` (with its I/O and timers), or the error naming what failed.
-fn built(builder: &mut tokio::runtime::Builder) -> PyResult<tokio::runtime::Runtime> {
-    builder.enable_all().build().map_err(|e| {
-        PyErr::from(crate::Error::from(ProcessError::Other(format!(
-            "cannot start the async runtime: {e}"
-        ))))
-    })
 }
 
 /// What `Pillow.process_changes()` did: the run's summary and the checkpoint it wrote.

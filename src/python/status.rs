@@ -3,7 +3,7 @@
 
 use pyo3::prelude::*;
 
-use super::detach::detached;
+use super::detach::{detached, runtime_from};
 use crate::error::ProcessError;
 use crate::ops::status::{self, RateHistory};
 
@@ -29,10 +29,7 @@ pub(crate) fn status_json(
 ) -> PyResult<String> {
     let names = names.unwrap_or_default();
     detached(py, move || -> PyResult<String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| PyErr::from(crate::Error::from(ProcessError::Other(e.to_string()))))?;
+        let runtime = runtime_from(&mut tokio::runtime::Builder::new_current_thread())?;
         let out: crate::Result<String> = runtime.block_on(async {
             let pg = std::sync::Arc::new(crate::pg::Pg::new(postgres_url));
             let kafka = crate::ops::kafka::KafkaInfo::new(&kafka_bootstrap)?;

@@ -1,33 +1,30 @@
 //! What `pillowtop_rs.testing` needs from the core against a real broker: the latest offsets of
 //! topics (`process_pillow_changes`, `capture_kafka_changes_context` record them on entry) and
 //! the changes published between two sets of offsets (what `capture_kafka_changes_context`
-//! returns), read with the pillow's own Kafka feed.
+//! returns), read with the operator commands' scan.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use tokio_util::sync::CancellationToken;
 
 use super::change::PyChange;
-use super::detach::detached;
-use crate::error::ProcessError;
+use super::detach::{detached, runtime_from};
+use crate::change::Change;
+use crate::feed::kafka::scan::{scan, ScanRequest};
 use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
-use crate::feed::{read_between, ChangeFeed};
+use crate::feed::ChangeFeed;
 use crate::partition::TopicPartition;
 
 type Offsets = HashMap<(String, i32), i64>;
 
 fn runtime() -> PyResult<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("pillowtop-test-io")
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            PyErr::from(crate::Error::from(ProcessError::Other(format!(
-                "cannot start the async runtime: {e}"
-            ))))
-        })
+    runtime_from(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pillowtop-test-io"),
+    )
 }
 
 fn feed(kafka: String, topics: &[String]) -> crate::Result<KafkaFeed> {
@@ -62,7 +59,8 @@ pub(crate) fn kafka_offsets(
 }
 
 /// The changes of `topics` from `start` up to `end` (offsets by (topic, partition); a partition
-/// missing from `start` is read from 0), in each partition's order.
+/// missing from `start` is read from 0), in each partition's order, read by the operator
+/// commands' scan ([`crate::feed::kafka::scan`]). Messages that are not changes are skipped.
 #[pyfunction]
 #[pyo3(signature = (kafka, topics, start, end, *, timeout = 30.0))]
 pub(crate) fn read_kafka_changes(
@@ -73,15 +71,15 @@ pub(crate) fn read_kafka_changes(
     end: Offsets,
     timeout: f64,
 ) -> PyResult<Vec<Py<PyChange>>> {
-    let changes = detached(py, move || -> PyResult<Vec<crate::change::Change>> {
+    let changes = detached(py, move || -> PyResult<Vec<Change>> {
         let rt = runtime()?;
-        let out: crate::Result<Vec<crate::change::Change>> = rt.block_on(async {
-            let mut feed = feed(kafka, &topics)?;
-            let end: HashMap<TopicPartition, i64> = end
+        let out: crate::Result<Vec<Change>> = rt.block_on(async {
+            let end: BTreeMap<TopicPartition, i64> = end
                 .into_iter()
+                .filter(|((t, _), _)| topics.contains(t))
                 .map(|((t, p), o)| (TopicPartition::new(t, p), o))
                 .collect();
-            let start: Vec<(TopicPartition, i64)> = end
+            let start = end
                 .keys()
                 .map(|tp| {
                     let from = start
@@ -91,14 +89,34 @@ pub(crate) fn read_kafka_changes(
                     (tp.clone(), from)
                 })
                 .collect();
-            read_between(
-                &mut feed,
-                &start,
-                &end,
-                Duration::from_secs_f64(timeout.max(0.0)),
+            let request = ScanRequest {
+                bootstrap_servers: kafka.clone(),
+                start,
+                end: Some(end),
+            };
+            let mut changes = Vec::new();
+            let wait = Duration::from_secs_f64(timeout.max(0.0));
+            let scanned = tokio::time::timeout(
+                wait,
+                scan(request, &CancellationToken::new(), |m| {
+                    if let Some(body) = &m.body {
+                        if let Ok(c) =
+                            Change::from_message(&m.tp.topic, m.tp.partition, m.offset, body)
+                        {
+                            changes.push(c);
+                        }
+                    }
+                    true
+                }),
             )
             .await
-            .map(|(changes, _invalid)| changes)
+            .map_err(|_| {
+                crate::error::KafkaError::Other(format!(
+                    "reading changes from {kafka}: the end offsets were not reached within {wait:?}"
+                ))
+            })?;
+            scanned?;
+            Ok(changes)
         });
         rt.shutdown_timeout(Duration::from_secs(1));
         Ok(out?)

@@ -31,7 +31,7 @@ impl PostgresErrorStore {
     }
 
     /// How many error rows each pillow has, by error type: `(pillow, error_type, rows)` (the
-    /// status page; CommCare's `error_queue` monitor counts them).
+    /// status page, and summed per pillow CommCare's `error_queue` gauge).
     pub async fn counts_by_type(&self) -> Result<Vec<(String, String, i64)>> {
         let ctx = "counting the error rows by pillow and type";
         self.pg
@@ -64,22 +64,6 @@ impl PostgresErrorStore {
     /// Inserts `rows` in one transaction. `Ok(Some((i, message)))`: row `i` was refused for its
     /// content (SQLSTATE class 22 or 54) and nothing was written; other failures are errors
     /// (retried by [`Pg::run`] while PostgreSQL is unreachable).
-    /// The number of rows of each pillow, by pillow name (CommCare's error queue size).
-    pub async fn counts_by_pillow(&self) -> Result<Vec<(String, i64)>> {
-        let rows = self
-            .pg
-            .run("counting the error rows", |c| async move {
-                c.query(
-                    "SELECT pillow, count(*) FROM pillow_retry_pillowerror GROUP BY pillow ORDER BY pillow",
-                    &[],
-                )
-                .await
-                .map_err(err("counting the error rows"))
-            })
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-
     async fn insert_all(&self, sql: &str, rows: &[ErrorRecord]) -> Result<Option<(usize, String)>> {
         self.pg
             .run("recording pillow errors", |c| async move {
