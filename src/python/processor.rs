@@ -52,28 +52,27 @@ impl Lane {
 /// returns to a processor (`"*"` names match every name of their type).
 #[derive(Default)]
 pub(crate) struct PyStores {
-    by_source: HashMap<(String, String), Py<PyAny>>,
+    /// By data source type, then name (looked up per change without allocating).
+    by_source: HashMap<String, HashMap<String, Py<PyAny>>>,
 }
 
 impl PyStores {
     pub(crate) fn new(stores: &[((String, String), Py<PyAny>)], py: Python<'_>) -> Self {
-        Self {
-            by_source: stores
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone_ref(py)))
-                .collect(),
+        let mut by_source: HashMap<String, HashMap<String, Py<PyAny>>> = HashMap::new();
+        for ((t, n), store) in stores {
+            by_source
+                .entry(t.clone())
+                .or_default()
+                .insert(n.clone(), store.clone_ref(py));
         }
+        Self { by_source }
     }
 
     pub(crate) fn for_change(&self, py: Python<'_>, change: &Change) -> Option<Py<PyAny>> {
-        if self.by_source.is_empty() {
-            return None;
-        }
-        let t = &change.metadata.data_source_type;
-        let n = &change.metadata.data_source_name;
-        self.by_source
-            .get(&(t.clone(), n.clone()))
-            .or_else(|| self.by_source.get(&(t.clone(), "*".to_owned())))
+        let names = self.by_source.get(&change.metadata.data_source_type)?;
+        names
+            .get(&change.metadata.data_source_name)
+            .or_else(|| names.get("*"))
             .map(|s| s.clone_ref(py))
     }
 }
