@@ -70,6 +70,19 @@ pub struct ChunkOutcome {
     pub errors: Vec<(usize, ProcessorFailure)>,
 }
 
+/// What a processor that writes after its calls return (a sink gathering across chunks, or with
+/// requests in flight) reports to the pillow: see [`Processor::settle`].
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// The newest chunk sequence number all of whose changes this processor has fully handled
+    /// (written, or returned in `failures` now or earlier). Never above the `seq` passed in;
+    /// never goes back.
+    pub written_through: u64,
+    /// Held changes that failed for good since the last call, each returned once, with the
+    /// change (its document may have been dropped) so the pillow records an error row for it.
+    pub failures: Vec<(Change, ProcessorFailure)>,
+}
+
 /// A processor. Methods take `&mut self`: a pillow owns its processors and calls them one at a
 /// time. The outer `Result` is fatal (stop the pillow); the inner one is the change's outcome.
 #[async_trait]
@@ -107,6 +120,25 @@ pub trait Processor: Send {
             }
         }
         Ok(Ok(outcome))
+    }
+
+    /// Sinks that hold changes after a call returns: the pillow numbers its chunks (1, 2, …);
+    /// after it has passed every change of chunk `seq` to this processor it calls
+    /// `settle(seq, flush)`. The processor answers the newest chunk whose changes are all
+    /// durable ([`Settled::written_through`]) and the held changes that failed for good. With
+    /// `flush` (an idle tick, a stop, a lost offset, before the stall probe) it writes everything
+    /// it holds first and answers `written_through == seq`. The pillow's checkpoint (and this
+    /// processor's own progress) only passes chunks at or below `written_through`: a sink may
+    /// gather across chunks up to its own bounds (bytes, count, age) and never loses a change.
+    ///
+    /// The default, for processors whose writes are done when their calls return: everything
+    /// passed is settled.
+    async fn settle(&mut self, seq: u64, flush: bool) -> Result<Settled> {
+        let _ = flush;
+        Ok(Settled {
+            written_through: seq,
+            failures: Vec::new(),
+        })
     }
 
     /// Called after each successful checkpoint write.
