@@ -17,6 +17,31 @@ use chrono::{DateTime, Utc};
 use crate::error::Result;
 use crate::partition::TopicPartition;
 
+/// The longest checkpoint id CommCare's column takes.
+pub const MAX_CHECKPOINT_ID_LEN: usize = 126;
+
+/// The checkpoint id under which one processor of a pillow records its own progress:
+/// `{pillow checkpoint id}/processor/{processor name}`. Stable (it depends only on the two
+/// names) and at most [`MAX_CHECKPOINT_ID_LEN`] characters: a longer id keeps its start and ends
+/// with a hash of the whole (FNV-1a, 16 hex digits) so two long names never collide.
+pub fn processor_checkpoint_id(pillow_checkpoint_id: &str, processor: &str) -> String {
+    let full = format!("{pillow_checkpoint_id}/processor/{processor}");
+    if full.len() <= MAX_CHECKPOINT_ID_LEN {
+        return full;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in full.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let suffix = format!("~{hash:016x}");
+    let mut cut = MAX_CHECKPOINT_ID_LEN - suffix.len();
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &full[..cut])
+}
+
 /// One stored row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRow {
@@ -64,4 +89,25 @@ pub trait CheckpointStore: Send + Sync {
         partitions: &[TopicPartition],
         offset: i64,
     ) -> Result<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processor_ids_are_stable_unique_and_bounded() {
+        assert_eq!(
+            processor_checkpoint_id("xform-pillow", "FormMetaProcessor"),
+            "xform-pillow/processor/FormMetaProcessor"
+        );
+        let long = "p".repeat(120);
+        let a = processor_checkpoint_id(&long, "first-processor");
+        let b = processor_checkpoint_id(&long, "second-processor");
+        assert_ne!(a, b);
+        assert!(a.len() <= MAX_CHECKPOINT_ID_LEN && b.len() <= MAX_CHECKPOINT_ID_LEN);
+        assert_eq!(a, processor_checkpoint_id(&long, "first-processor"));
+        let wide = "é".repeat(70);
+        assert!(processor_checkpoint_id(&wide, "x").len() <= MAX_CHECKPOINT_ID_LEN);
+    }
 }
