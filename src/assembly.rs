@@ -21,7 +21,8 @@ use crate::docstore::{DocumentStore, DocumentStores, PostgresDocumentStore};
 use crate::error::{ConfigError, Result};
 use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
 use crate::pg::Pg;
-use crate::pillow::{Pillow, PillowConfig, RunSummary, StopReason};
+use crate::pillow::independent::IndependentPillow;
+use crate::pillow::{Pillow, PillowConfig, ProcessorCheckpoints, RunSummary, StopReason};
 use crate::processor::elasticsearch::{DocTransform, ElasticsearchConfig, ElasticsearchProcessor};
 use crate::processor::memory::NoopProcessor;
 use crate::processor::postgres::{
@@ -77,6 +78,7 @@ impl std::fmt::Debug for ProcessorSpec {
 
 /// Where the documents of one `(data_source_type, data_source_name)` come from, for changes
 /// that do not embed theirs.
+#[derive(Clone)]
 pub enum DocumentSource {
     /// A table with an id column and a JSON document column.
     Postgres {
@@ -89,6 +91,7 @@ pub enum DocumentSource {
 }
 
 /// A document store of a definition; `data_source_name` `"*"` matches every name of the type.
+#[derive(Clone)]
 pub struct DocumentStoreSpec {
     pub data_source_type: String,
     pub data_source_name: String,
@@ -295,12 +298,28 @@ impl PillowSpec {
     /// Builds the pillow, lets the front add what it brings (metrics, a hook) and runs it
     /// until it stops. A stop request that ends a start-up wait (PostgreSQL unreachable while
     /// the tables are created) is a stop, not a failure: an empty `Shutdown` summary.
+    ///
+    /// With `processor_checkpoints = "independent"` and several processors, each processor
+    /// runs as its own lane ([`crate::pillow::independent`]); `customize` is applied to each
+    /// lane and the summary combines theirs.
     pub async fn run(
         self,
         stop: &CancellationToken,
-        customize: impl FnOnce(Pillow) -> Pillow,
+        mut customize: impl FnMut(Pillow) -> Pillow,
     ) -> Result<RunSummary> {
         let name = self.config.name.clone();
+        if self.config.processor_checkpoints == ProcessorCheckpoints::Independent
+            && self.processors.len() > 1
+        {
+            return match self.build_independent(stop, &mut customize).await {
+                Ok(mut p) => p.run(stop).await.map(|s| s.combined()),
+                Err(e) if stop.is_cancelled() && e.is_stop_request() => {
+                    tracing::warn!(pillow = %name, error = %e, "stopped on request during the start-up");
+                    Ok(RunSummary::nothing(StopReason::Shutdown))
+                }
+                Err(e) => Err(e),
+            };
+        }
         let pillow = match self.build(stop).await {
             Ok(p) => p,
             Err(e) if stop.is_cancelled() && e.is_stop_request() => {
@@ -310,6 +329,58 @@ impl PillowSpec {
             Err(e) => return Err(e),
         };
         customize(pillow).run(stop).await
+    }
+}
+
+impl PillowSpec {
+    /// One definition per processor, with the pillow's settings: the lanes of an independent
+    /// pillow.
+    fn into_lanes(self) -> Vec<PillowSpec> {
+        let Self {
+            config,
+            topics,
+            feed,
+            postgres_url,
+            postgres_outage_budget,
+            processors,
+            document_stores,
+        } = self;
+        processors
+            .into_iter()
+            .map(|p| PillowSpec {
+                config: config.clone(),
+                topics: topics.clone(),
+                feed: feed.clone(),
+                postgres_url: postgres_url.clone(),
+                postgres_outage_budget,
+                processors: vec![p],
+                document_stores: document_stores.clone(),
+            })
+            .collect()
+    }
+
+    /// Connects and assembles an independent pillow: one lane per processor, each built as a
+    /// pillow of its own (its own feed and connections), and the coordinator's checkpoint store.
+    pub async fn build_independent(
+        self,
+        stop: &CancellationToken,
+        customize: &mut impl FnMut(Pillow) -> Pillow,
+    ) -> Result<IndependentPillow> {
+        self.validate()?;
+        let backoff = crate::backoff::Backoff {
+            max_elapsed: self.postgres_outage_budget,
+            ..crate::backoff::Backoff::default()
+        };
+        let pg = Arc::new(
+            Pg::new(&self.postgres_url)
+                .with_backoff(backoff)
+                .with_stop(stop.clone()),
+        );
+        let mut lanes = Vec::with_capacity(self.processors.len());
+        for spec in self.into_lanes() {
+            lanes.push(customize(spec.build(stop).await?));
+        }
+        IndependentPillow::new(Arc::new(PostgresCheckpointStore::new(pg)), lanes)
     }
 }
 

@@ -175,6 +175,11 @@ pub struct PillowFile {
     /// writes each at CommCare's exact points. Exactly-once pillows always write in line.
     #[serde(default = "default_true")]
     pub background_checkpoints: bool,
+    /// `shared` (default, CommCare's: one checkpoint, the slowest processor sets the pace) or
+    /// `independent` (each processor runs as its own lane with its own checkpoint rows; the
+    /// pillow's rows are the minimum over them).
+    #[serde(default)]
+    pub processor_checkpoints: crate::pillow::ProcessorCheckpoints,
 }
 
 /// Command-line overrides of a file's settings.
@@ -233,6 +238,7 @@ impl PillowFile {
         c.stall_timeout =
             (self.stall_timeout_secs > 0).then(|| Duration::from_secs(self.stall_timeout_secs));
         c.background_checkpoints = self.background_checkpoints;
+        c.processor_checkpoints = self.processor_checkpoints;
         c
     }
 

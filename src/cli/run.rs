@@ -179,7 +179,7 @@ async fn run_all(
 ) -> crate::Result<crate::pillow::RunSummary> {
     if specs.len() == 1 {
         let spec = specs.into_iter().next().expect("one spec");
-        return spec.run(token, |p| p.with_metrics(recorder)).await;
+        return spec.run(token, |p| p.with_metrics(recorder.clone())).await;
     }
     ui.err(&format!(
         "{} virtual workers: {}",
@@ -198,7 +198,7 @@ async fn run_all(
         let layout = spec.config.layout;
         let (token, recorder) = (token.clone(), recorder.clone());
         tasks.spawn(async move {
-            let outcome = spec.run(&token, |p| p.with_metrics(recorder)).await;
+            let outcome = spec.run(&token, |p| p.with_metrics(recorder.clone())).await;
             if outcome.is_err() {
                 token.cancel();
             }

@@ -31,6 +31,7 @@ pub mod checkpoint_policy;
 mod checkpointing;
 pub mod chunk;
 mod flush;
+pub mod independent;
 mod migration;
 mod run;
 pub mod stall;
@@ -68,6 +69,18 @@ pub enum StartPolicy {
     Latest,
     /// Refuse to start, naming the partition.
     Error,
+}
+
+/// Where a pillow's processors record their progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessorCheckpoints {
+    /// One checkpoint for all processors (CommCare's model): the slowest sets the pace.
+    #[default]
+    Shared,
+    /// Each processor runs as its own lane with its own checkpoint rows; the pillow's rows are
+    /// the minimum over them ([`independent`]).
+    Independent,
 }
 
 /// A pillow's settings.
@@ -111,6 +124,8 @@ pub struct PillowConfig {
     /// checkpoint is then written from them as usual. The test harness's
     /// `process_pillow_changes` uses it.
     pub since: Option<Vec<(TopicPartition, i64)>>,
+    /// One checkpoint for all processors (default, CommCare's) or one per processor.
+    pub processor_checkpoints: ProcessorCheckpoints,
 }
 
 impl PillowConfig {
@@ -133,6 +148,7 @@ impl PillowConfig {
             stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
             max_stall_reconnects: stall::DEFAULT_MAX_RECONNECTS,
             since: None,
+            processor_checkpoints: ProcessorCheckpoints::Shared,
         }
     }
 

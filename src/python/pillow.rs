@@ -719,12 +719,16 @@ async fn drive(
     }
     // The endpoint lives as long as the run; `run` below ends on the same token otherwise.
     let _endpoint = EndpointGuard(token.clone());
+    // With independent processors the closure is applied to each lane: each gets the metrics;
+    // the hook (Django's connection cleanup, per thread: every lane runs on this one) goes to
+    // the first.
+    let mut hook = hook;
     let run = spec.run(&token, |p| {
-        let p = match recorder {
-            Some(r) => p.with_metrics(r),
+        let p = match &recorder {
+            Some(r) => p.with_metrics(r.clone()),
             None => p,
         };
-        match hook {
+        match hook.take() {
             Some(h) => p.with_hook(h),
             None => p,
         }

@@ -1,0 +1,581 @@
+//! Independent processors (`processor_checkpoints = "independent"`): each processor of a pillow
+//! runs as its own lane, a loop with its own feed and its own checkpoint rows
+//! ([`processor_checkpoint_id`]), so a slow processor never holds the others back. The pillow's
+//! own rows stay the minimum over its processors (written by a coordinator about every second and
+//! at the end), so CommCare's tools (`split_pillow_checkpoints`, lag, reset) keep their meaning.
+//!
+//! * A lane without rows starts from the pillow's rows (switching an existing pillow to this
+//!   mode replays nothing).
+//! * An operator's change of the pillow's rows (a reset, `split`) is handed to every lane: the
+//!   coordinator writes it into the lanes' rows, whose next write then reloads from them
+//!   (the loop's reset rule), so the pillow moves as a whole, as in CommCare.
+//! * All lanes run on the task that drives the pillow (Python processors stay on their thread);
+//!   a fatal error in one lane stops the others gracefully (final checkpoints) and is returned.
+//!
+//! Kafka is read once per lane: a lane costs one consumer (measured: raw consumption plus parsing
+//! is about 0.8 CPU-s per million changes). Reading once with bounded lead between lanes is the
+//! next step (issue 14, item 2).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{CheckpointError, ConfigError, Error, Result};
+use crate::partition::TopicPartition;
+use crate::store::checkpoints::{processor_checkpoint_id, CheckpointStore, CheckpointUpdate};
+
+use super::{Pillow, RunSummary};
+
+/// How often the coordinator brings the pillow's rows to the minimum of its lanes.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A pillow whose processors progress independently.
+pub struct IndependentPillow {
+    name: String,
+    checkpoint_id: String,
+    store: Arc<dyn CheckpointStore>,
+    lanes: Vec<Pillow>,
+    sync_interval: Duration,
+}
+
+/// What a run of an [`IndependentPillow`] did: each lane's summary, by processor name.
+#[derive(Debug, Clone)]
+pub struct LaneSummaries {
+    pub lanes: Vec<(String, RunSummary)>,
+    /// How many times the coordinator wrote the pillow's rows.
+    pub pillow_checkpoints: u64,
+}
+
+impl LaneSummaries {
+    /// One summary for the pillow: the first lane's stop reason and partitions, the largest
+    /// lane's change count (every lane sees every change), all failures and checkpoints.
+    pub fn combined(&self) -> RunSummary {
+        let mut out = self.lanes.first().map_or_else(
+            || RunSummary::nothing(super::StopReason::Shutdown),
+            |l| l.1.clone(),
+        );
+        for (_, s) in self.lanes.iter().skip(1) {
+            out.changes = out.changes.max(s.changes);
+            out.invalid = out.invalid.max(s.invalid);
+            out.failed += s.failed;
+            out.checkpoints += s.checkpoints;
+        }
+        out.checkpoints += self.pillow_checkpoints;
+        out
+    }
+}
+
+impl IndependentPillow {
+    /// `lanes` are pillows of one processor each, built with the pillow's settings; each is
+    /// given its processor's checkpoint id here. Processor names must be unique.
+    pub fn new(store: Arc<dyn CheckpointStore>, mut lanes: Vec<Pillow>) -> Result<Self> {
+        let Some(first) = lanes.first() else {
+            return Err(
+                ConfigError::Invalid("an independent pillow needs processors".into()).into(),
+            );
+        };
+        let name = first.config.name.clone();
+        let checkpoint_id = first.config.checkpoint_id.clone();
+        let mut seen = std::collections::BTreeSet::new();
+        for lane in &mut lanes {
+            let [p] = lane.processors.as_slice() else {
+                return Err(ConfigError::Invalid(format!(
+                    "pillow {name}: each lane of an independent pillow runs exactly one processor"
+                ))
+                .into());
+            };
+            let processor = p.name().to_owned();
+            if !seen.insert(processor.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "pillow {name}: two processors are named {processor}; with processor_checkpoints = \"independent\" each processor's name is its checkpoint's name and must be unique"
+                ))
+                .into());
+            }
+            lane.config.checkpoint_id = processor_checkpoint_id(&checkpoint_id, &processor);
+        }
+        // One liveness row per pillow process, not per lane; the daily history snapshot is
+        // of the pillow's own rows, which no lane writes.
+        for lane in lanes.iter_mut().skip(1) {
+            lane.liveness = None;
+        }
+        for lane in &mut lanes {
+            lane.history = None;
+        }
+        Ok(Self {
+            name,
+            checkpoint_id,
+            store,
+            lanes,
+            sync_interval: DEFAULT_SYNC_INTERVAL,
+        })
+    }
+
+    #[must_use]
+    pub fn with_sync_interval(mut self, every: Duration) -> Self {
+        self.sync_interval = every;
+        self
+    }
+
+    /// The checkpoint ids of the lanes, by processor name.
+    pub fn lane_checkpoint_ids(&self) -> Vec<(String, String)> {
+        self.lanes
+            .iter()
+            .map(|l| {
+                (
+                    l.processors[0].name().to_owned(),
+                    l.config.checkpoint_id.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs every lane until it stops (see the module docs).
+    pub async fn run(&mut self, stop: &CancellationToken) -> Result<LaneSummaries> {
+        let own = self.own_partitions(stop).await?;
+        let ids: Vec<String> = self
+            .lanes
+            .iter()
+            .map(|l| l.config.checkpoint_id.clone())
+            .collect();
+        seed_lanes(&*self.store, &self.name, &self.checkpoint_id, &ids).await?;
+        let lanes_stop = stop.child_token();
+        let coordinator_stop = CancellationToken::new();
+        let lane_ids: Vec<String> = self
+            .lanes
+            .iter()
+            .map(|l| l.config.checkpoint_id.clone())
+            .collect();
+        let mut sync = Sync {
+            store: self.store.clone(),
+            checkpoint_id: self.checkpoint_id.clone(),
+            lane_ids,
+            own,
+            last_written: None,
+            marker_id: processor_checkpoint_id(&self.checkpoint_id, ""),
+            marker: BTreeMap::new(),
+            writes: 0,
+        };
+        sync.round().await?;
+        let lanes = futures::future::join_all(self.lanes.iter_mut().map(|lane| {
+            let lanes_stop = lanes_stop.clone();
+            async move {
+                let r = lane.run(&lanes_stop).await;
+                if r.is_err() {
+                    lanes_stop.cancel();
+                }
+                (lane.processors[0].name().to_owned(), r)
+            }
+        }));
+        let lanes = async {
+            let r = lanes.await;
+            coordinator_stop.cancel();
+            r
+        };
+        let every = self.sync_interval;
+        let name = self.name.clone();
+        let coordinator = async {
+            loop {
+                tokio::select! {
+                    () = coordinator_stop.cancelled() => break,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = sync.round().await {
+                    tracing::warn!(pillow = %name, error = %e, "could not bring the pillow's checkpoint to the minimum of its processors; trying again");
+                }
+            }
+        };
+        let (results, ()) = tokio::join!(lanes, coordinator);
+        // The last round, after every lane's final checkpoint.
+        let last = sync.round().await;
+        let mut summaries = Vec::with_capacity(results.len());
+        let mut first_error = None;
+        for (processor, r) in results {
+            match r {
+                Ok(s) => summaries.push((processor, s)),
+                Err(e) => {
+                    tracing::error!(pillow = %self.name, processor = %processor, error = %e, "a processor's lane stopped the pillow");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        last?;
+        Ok(LaneSummaries {
+            lanes: summaries,
+            pillow_checkpoints: sync.writes,
+        })
+    }
+
+    async fn own_partitions(&mut self, stop: &CancellationToken) -> Result<Vec<TopicPartition>> {
+        let lane = &mut self.lanes[0];
+        let all = super::run::unless_stopped(
+            stop,
+            "reading the partitions of the pillow's topics",
+            lane.feed.partitions(),
+        )
+        .await?;
+        lane.config.layout.assign(&all)
+    }
+}
+
+/// A lane without rows starts from the pillow's rows.
+async fn seed_lanes(
+    store: &dyn CheckpointStore,
+    name: &str,
+    checkpoint_id: &str,
+    ids: &[String],
+) -> Result<()> {
+    {
+        let pillow_rows = store.load(checkpoint_id).await?;
+        if pillow_rows.is_empty() {
+            return Ok(());
+        }
+        for id in ids {
+            let have: BTreeMap<TopicPartition, i64> = store
+                .load(id)
+                .await?
+                .into_iter()
+                .map(|r| (r.tp, r.offset))
+                .collect();
+            let updates: Vec<CheckpointUpdate> = pillow_rows
+                .iter()
+                .filter(|r| !have.contains_key(&r.tp))
+                .map(|r| CheckpointUpdate {
+                    tp: r.tp.clone(),
+                    offset: r.offset,
+                    expected: None,
+                })
+                .collect();
+            if updates.is_empty() {
+                continue;
+            }
+            match store.write(id, &updates).await {
+                // Another process of the pillow seeded them first.
+                Ok(()) | Err(Error::Checkpoint(CheckpointError::Reset { .. })) => {}
+                Err(e) => return Err(e),
+            }
+            tracing::info!(pillow = %name, checkpoint_id = %id, partitions = updates.len(),
+                "a processor's checkpoint starts from the pillow's");
+        }
+        Ok(())
+    }
+}
+
+/// The coordinator's state: keeps the pillow's own rows at the minimum over its lanes, and
+/// hands an operator's change of them to the lanes.
+struct Sync {
+    store: Arc<dyn CheckpointStore>,
+    checkpoint_id: String,
+    lane_ids: Vec<String>,
+    own: Vec<TopicPartition>,
+    /// What this coordinator last saw or wrote in the pillow's rows (own partitions).
+    last_written: Option<BTreeMap<TopicPartition, i64>>,
+    /// Where the coordinator records what it wrote into the pillow's rows
+    /// (`{checkpoint id}/processor/`), so that a change made while the pillow was stopped (an
+    /// operator's reset) is told apart from the coordinator's own writes at the next start.
+    marker_id: String,
+    marker: BTreeMap<TopicPartition, i64>,
+    writes: u64,
+}
+
+impl Sync {
+    async fn rows(&self, id: &str) -> Result<BTreeMap<TopicPartition, i64>> {
+        Ok(self
+            .store
+            .load(id)
+            .await?
+            .into_iter()
+            .filter(|r| self.own.contains(&r.tp))
+            .map(|r| (r.tp, r.offset))
+            .collect())
+    }
+
+    async fn round(&mut self) -> Result<()> {
+        let pillow = self.rows(&self.checkpoint_id).await?;
+        let mut lanes = Vec::with_capacity(self.lane_ids.len());
+        for id in &self.lane_ids {
+            lanes.push(self.rows(id).await?);
+        }
+        if self.last_written.is_none() {
+            // Before the lanes start: the pillow's rows should be what the coordinator last
+            // wrote. Where they differ, an operator moved them while the pillow was stopped (or
+            // a crash came between the two writes): the pillow's row wins, through the same rule
+            // as a move while running (at worst changes are handled again). A first start in
+            // this mode has no record: the rows are taken as they are.
+            self.marker = self.rows(&self.marker_id).await?;
+            self.last_written = Some(if self.marker.is_empty() {
+                pillow.clone()
+            } else {
+                self.marker.clone()
+            });
+        }
+        // An operator changed the pillow's rows since the last round: move every lane there.
+        if let Some(last) = &self.last_written {
+            let moved: Vec<(TopicPartition, i64)> = pillow
+                .iter()
+                .filter(|(tp, o)| last.get(*tp).is_some_and(|l| l != *o))
+                .map(|(tp, o)| (tp.clone(), *o))
+                .collect();
+            if !moved.is_empty() {
+                tracing::warn!(checkpoint_id = %self.checkpoint_id, partitions = moved.len(),
+                    "the pillow's checkpoint was changed externally; moving every processor's checkpoint to it");
+                for (id, rows) in self.lane_ids.iter().zip(&lanes) {
+                    let updates: Vec<CheckpointUpdate> = moved
+                        .iter()
+                        .map(|(tp, o)| CheckpointUpdate {
+                            tp: tp.clone(),
+                            offset: *o,
+                            expected: rows.get(tp).copied(),
+                        })
+                        .collect();
+                    self.store.write(id, &updates).await?;
+                }
+                self.record(&pillow).await?;
+                self.last_written = Some(pillow);
+                return Ok(());
+            }
+        }
+        let updates: Vec<CheckpointUpdate> = minimum(&self.own, &lanes)
+            .into_iter()
+            .filter(|(tp, min)| pillow.get(tp) != Some(min))
+            .map(|(tp, min)| CheckpointUpdate {
+                expected: pillow.get(&tp).copied(),
+                tp,
+                offset: min,
+            })
+            .collect();
+        let mut now = pillow;
+        if !updates.is_empty() {
+            match self.store.write(&self.checkpoint_id, &updates).await {
+                Ok(()) => {
+                    self.writes += 1;
+                    for u in &updates {
+                        now.insert(u.tp.clone(), u.offset);
+                    }
+                }
+                // Changed between our read and our write: the next round sees it.
+                Err(Error::Checkpoint(CheckpointError::Reset { .. })) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.record(&now).await?;
+        self.last_written = Some(now);
+        Ok(())
+    }
+
+    /// Records `rows` (the pillow's rows as the coordinator accepts them) in the marker.
+    async fn record(&mut self, rows: &BTreeMap<TopicPartition, i64>) -> Result<()> {
+        let updates: Vec<CheckpointUpdate> = rows
+            .iter()
+            .filter(|(tp, o)| self.marker.get(*tp) != Some(*o))
+            .map(|(tp, o)| CheckpointUpdate {
+                tp: tp.clone(),
+                offset: *o,
+                expected: self.marker.get(tp).copied(),
+            })
+            .collect();
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.store.write(&self.marker_id, &updates).await?;
+        for u in updates {
+            self.marker.insert(u.tp, u.offset);
+        }
+        Ok(())
+    }
+}
+
+/// Per own partition that every lane has a row for, the smallest of their offsets.
+fn minimum(
+    own: &[TopicPartition],
+    lanes: &[BTreeMap<TopicPartition, i64>],
+) -> BTreeMap<TopicPartition, i64> {
+    own.iter()
+        .filter_map(|tp| {
+            let mut min: Option<i64> = None;
+            for rows in lanes {
+                let o = *rows.get(tp)?;
+                min = Some(min.map_or(o, |m| m.min(o)));
+            }
+            min.map(|m| (tp.clone(), m))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Change;
+    use crate::feed::memory::MemoryFeed;
+    use crate::pillow::PillowConfig;
+    use crate::processor::memory::RecordingProcessor;
+    use crate::processor::{Processor, ProcessorFailure};
+    use crate::store::checkpoints::memory::MemoryCheckpointStore;
+    use crate::store::errors::memory::MemoryErrorStore;
+
+    /// Waits for its gate before each change.
+    struct Gated {
+        gate: Arc<tokio::sync::Semaphore>,
+        seen: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl Processor for Gated {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        async fn process_change(
+            &mut self,
+            _change: &mut Change,
+        ) -> Result<std::result::Result<(), ProcessorFailure>> {
+            self.gate.acquire().await.expect("gate").forget();
+            self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Ok(()))
+        }
+    }
+
+    fn lane(
+        store: &Arc<MemoryCheckpointStore>,
+        changes: usize,
+        processor: Box<dyn Processor>,
+    ) -> Pillow {
+        let mut feed = MemoryFeed::new(&["t"], 1);
+        for i in 0..changes {
+            feed.push_change("t", 0, &format!("d{i}"));
+        }
+        let mut config = PillowConfig::new("two-speed", "two-speed-cp");
+        config.chunk_size = 5;
+        config.checkpoint_frequency = 1;
+        config.background_checkpoints = false;
+        Pillow::new(
+            config,
+            Box::new(feed),
+            vec![processor],
+            store.clone(),
+            Arc::new(MemoryErrorStore::new()),
+        )
+    }
+
+    async fn offset(store: &MemoryCheckpointStore, id: &str) -> Option<i64> {
+        store
+            .load(id)
+            .await
+            .expect("load")
+            .first()
+            .map(|r| r.offset)
+    }
+
+    #[tokio::test]
+    async fn a_slow_processor_never_holds_the_fast_one_back_and_the_pillow_stays_at_the_minimum() {
+        let store = Arc::new(MemoryCheckpointStore::default());
+        let fast = RecordingProcessor::new("fast", true);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let slow = Gated {
+            gate: gate.clone(),
+            seen: seen.clone(),
+        };
+        let mut pillow = IndependentPillow::new(
+            store.clone(),
+            vec![
+                lane(&store, 50, Box::new(fast.clone())),
+                lane(&store, 50, Box::new(slow)),
+            ],
+        )
+        .expect("lanes")
+        .with_sync_interval(Duration::from_millis(10));
+        let ids = pillow.lane_checkpoint_ids();
+        assert_eq!(
+            ids,
+            [
+                ("fast".to_owned(), "two-speed-cp/processor/fast".to_owned()),
+                ("slow".to_owned(), "two-speed-cp/processor/slow".to_owned())
+            ]
+        );
+        let run = tokio::spawn(async move {
+            let s = pillow.run(&CancellationToken::new()).await;
+            (pillow, s)
+        });
+        // Let the slow lane through its first chunk only.
+        gate.add_permits(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while offset(&store, "two-speed-cp/processor/fast").await != Some(50)
+            || offset(&store, "two-speed-cp").await != Some(5)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the fast lane did not finish alone"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(fast.recorded.lock().expect("lock").processed.len(), 50);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert_eq!(offset(&store, "two-speed-cp/processor/slow").await, Some(5));
+        // The pillow's own row is the minimum: never past what the slow processor handled.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(offset(&store, "two-speed-cp").await, Some(5));
+        gate.add_permits(1000);
+        let (_, summary) = run.await.expect("joins");
+        let summary = summary.expect("runs");
+        assert_eq!(summary.lanes.len(), 2);
+        assert_eq!(summary.combined().changes, 50);
+        for id in [
+            "two-speed-cp",
+            "two-speed-cp/processor/fast",
+            "two-speed-cp/processor/slow",
+        ] {
+            assert_eq!(offset(&store, id).await, Some(50), "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn lanes_start_from_the_pillows_rows_and_an_operators_move_wins() {
+        let store = Arc::new(MemoryCheckpointStore::default());
+        // The pillow ran with one shared checkpoint up to 20.
+        store.set("two-speed-cp", TopicPartition::new("t", 0), 20);
+        // The slow lane has rows from an earlier run at 30 and the coordinator recorded writing
+        // 30 into the pillow's row, which says 20: an operator reset it while the pillow was
+        // stopped, and that wins.
+        let t0 = || TopicPartition::new("t", 0);
+        store.set("two-speed-cp/processor/slow", t0(), 30);
+        store.set("two-speed-cp/processor/", t0(), 30);
+        let fast = RecordingProcessor::new("fast", true);
+        let slow = RecordingProcessor::new("slow", true);
+        let mut pillow = IndependentPillow::new(
+            store.clone(),
+            vec![
+                lane(&store, 40, Box::new(fast.clone())),
+                lane(&store, 40, Box::new(slow.clone())),
+            ],
+        )
+        .expect("lanes")
+        .with_sync_interval(Duration::from_millis(1));
+        pillow.run(&CancellationToken::new()).await.expect("runs");
+        let offsets = |p: &RecordingProcessor| -> Vec<i64> {
+            p.recorded
+                .lock()
+                .expect("lock")
+                .processed
+                .iter()
+                .map(|r| r.3)
+                .collect()
+        };
+        // The fast lane had no rows: it started at the pillow's 20 (nothing replayed before).
+        assert_eq!(offsets(&fast).first(), Some(&20));
+        assert_eq!(offsets(&fast).len(), 20);
+        assert_eq!(
+            offsets(&slow).first(),
+            Some(&20),
+            "moved back to the pillow's row"
+        );
+        assert_eq!(
+            offset(&store, "two-speed-cp/processor/slow").await,
+            Some(40)
+        );
+        assert_eq!(offset(&store, "two-speed-cp").await, Some(40));
+    }
+}
