@@ -16,6 +16,7 @@ mod elasticsearch;
 mod es_processor;
 mod fault_proxy;
 mod kafka;
+mod lanes;
 mod ops;
 mod outage;
 mod pg_processor;

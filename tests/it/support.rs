@@ -138,7 +138,7 @@ impl Drop for TestDb {
                 for id in ids {
                     let _ = c
                         .execute(
-                            "DELETE FROM pillowtop_kafkacheckpoint WHERE checkpoint_id = $1",
+                            "DELETE FROM pillowtop_kafkacheckpoint WHERE checkpoint_id = $1 OR left(checkpoint_id, length($1) + 11) = $1 || '/processor/'",
                             &[&id],
                         )
                         .await;

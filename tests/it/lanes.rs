@@ -1,0 +1,147 @@
+//! Independent processors against the real services (issue 14, item 1): a slow processor never
+//! holds a fast one back; the pillow's rows stay the minimum of its processors'.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pillowtop::assembly::{PillowSpec, ProcessorSpec};
+use pillowtop::change::{Change, ChangeMeta};
+use pillowtop::feed::kafka::{ChangeProducer, KafkaFeed, KafkaFeedOptions};
+use pillowtop::feed::{ChangeFeed, TopicPartition};
+use pillowtop::pillow::{PillowConfig, ProcessorCheckpoints};
+use pillowtop::processor::memory::RecordingProcessor;
+use pillowtop::processor::{ChunkOutcome, Processor, ProcessorFailure};
+use pillowtop::store::checkpoints::postgres::PostgresCheckpointStore;
+use pillowtop::store::checkpoints::{processor_checkpoint_id, CheckpointStore};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{require, TestDb, TestTopic};
+
+/// Takes 20 ms per chunk of 10 (a fast processor takes well under 1 ms).
+struct Slow {
+    seen: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Processor for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn supports_batch_processing(&self) -> bool {
+        true
+    }
+    async fn process_change(
+        &mut self,
+        _c: &mut Change,
+    ) -> pillowtop::Result<Result<(), ProcessorFailure>> {
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        Ok(Ok(()))
+    }
+    async fn process_changes_chunk(
+        &mut self,
+        changes: &mut [Change],
+    ) -> pillowtop::Result<Result<ChunkOutcome, ProcessorFailure>> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.seen.fetch_add(changes.len(), Ordering::SeqCst);
+        Ok(Ok(ChunkOutcome::default()))
+    }
+}
+
+async fn rows(store: &PostgresCheckpointStore, id: &str) -> BTreeMap<TopicPartition, i64> {
+    store
+        .load(id)
+        .await
+        .expect("load")
+        .into_iter()
+        .map(|r| (r.tp, r.offset))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_minimum() {
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let db = TestDb::new(&require!("TEST_POSTGRES_URL")).await;
+    let topic = TestTopic::new(&bootstrap, "lanes", 2).await;
+    let id = db.id("lanes");
+    let total = 1500;
+    ChangeProducer::new(&bootstrap)
+        .expect("producer")
+        .send_changes(
+            &topic.name,
+            (0..total).map(|i| ChangeMeta::new(format!("d{i}"), "sql", "form-sql")),
+        )
+        .await
+        .expect("publish");
+    let mut hwm = BTreeMap::new();
+    {
+        let mut f = KafkaFeed::new(
+            std::slice::from_ref(&topic.name),
+            KafkaFeedOptions::new(&bootstrap, "lanes-hwm"),
+        )
+        .expect("feed");
+        let parts = f.partitions().await.expect("partitions");
+        for (tp, _, hi) in f.watermarks(&parts).await.expect("watermarks") {
+            hwm.insert(tp, hi);
+        }
+    }
+
+    let fast = RecordingProcessor::new("fast", true);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut config = PillowConfig::new(&id, &id);
+    config.chunk_size = 10;
+    config.checkpoint_frequency = 10;
+    config.until_idle = true;
+    config.processor_checkpoints = ProcessorCheckpoints::Independent;
+    let mut feed = KafkaFeedOptions::new(&bootstrap, &id);
+    feed.idle_timeout = Duration::from_millis(500);
+    let spec = PillowSpec {
+        config,
+        topics: vec![topic.name.clone()],
+        feed,
+        postgres_url: db.url.clone(),
+        postgres_outage_budget: pillowtop::assembly::DEFAULT_POSTGRES_OUTAGE_BUDGET,
+        processors: vec![
+            ProcessorSpec::Ready(Box::new(fast.clone())),
+            ProcessorSpec::Ready(Box::new(Slow { seen: seen.clone() })),
+        ],
+        document_stores: Vec::new(),
+    };
+    let run = tokio::spawn(async move { spec.run(&CancellationToken::new(), |p| p).await });
+
+    let store = PostgresCheckpointStore::new(db.pg.clone());
+    let fast_id = processor_checkpoint_id(&id, "fast");
+    let slow_id = processor_checkpoint_id(&id, "slow");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // The fast processor reaches the end of the topic on its own (1,500 changes at 20 ms per
+    // chunk of 10 take the slow one about 3 s).
+    while rows(&store, &fast_id).await != hwm {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fast processor never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let slow_seen = seen.load(Ordering::SeqCst);
+    assert!(
+        slow_seen < total / 2,
+        "the slow processor had seen {slow_seen} of {total} when the fast one was done: it was not held back alone"
+    );
+    // The pillow's own rows never pass the slow processor's.
+    let (pillow, slow) = (rows(&store, &id).await, rows(&store, &slow_id).await);
+    for (tp, o) in &pillow {
+        assert!(
+            slow.get(tp).is_some_and(|s| o <= s),
+            "pillow {tp} at {o} passed the slow processor's {slow:?}"
+        );
+    }
+    let summary = run.await.expect("joins").expect("runs");
+    assert_eq!(summary.changes, total as u64);
+    assert_eq!(seen.load(Ordering::SeqCst), total);
+    assert_eq!(fast.recorded.lock().expect("lock").processed.len(), total);
+    for cp in [&id, &fast_id, &slow_id] {
+        assert_eq!(rows(&store, cp).await, hwm, "{cp}");
+    }
+}
