@@ -33,7 +33,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::bulk::{parse_response, BulkBody, BULK_FILTER_PATH};
-use super::config::ElasticsearchConfig;
+use super::config::{ElasticsearchConfig, MIN_ACTIONS_PER_GROUP};
 use super::outage::{Policy, Wait};
 use super::retry::{classify_item, classify_status, classify_transport, Failure, ItemOutcome};
 use crate::change::{Change, Document};
@@ -385,6 +385,11 @@ impl ElasticsearchProcessor {
         Ok(Ok(failures))
     }
 
+    /// How many groups a chunk of `changes` changes is split into (see `max_in_flight`).
+    fn groups(&self, changes: usize) -> usize {
+        (changes / MIN_ACTIONS_PER_GROUP).clamp(1, self.config.max_in_flight.max(1))
+    }
+
     fn fatal_context(&self, actions: usize, attempt: u32) -> String {
         format!(
             "sending {actions} bulk actions to index {} (after {attempt} retries)",
@@ -586,6 +591,22 @@ impl ElasticsearchProcessor {
     }
 }
 
+/// The group (of `groups`) whose requests carry the actions of document `id`: one document's
+/// actions are always in one group, in chunk order.
+fn group_of(id: &str, groups: usize) -> usize {
+    if groups <= 1 {
+        return 0;
+    }
+    let h = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = rustc_hash::FxBuildHasher.build_hasher();
+        h.write(id.as_bytes());
+        h.finish()
+    };
+    // The high bits: FxHash mixes them best.
+    usize::try_from((h >> 32) % groups as u64).unwrap_or(0)
+}
+
 fn excerpt(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]);
     s.into_owned()
@@ -634,8 +655,11 @@ impl Processor for ElasticsearchProcessor {
     ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
         let started = Instant::now();
         let mut outcome = ChunkOutcome::default();
-        let mut body =
-            BulkBody::with_capacity(changes.iter().map(|c| c.size + 64).sum(), changes.len());
+        let bytes: usize = changes.iter().map(|c| c.size + 64).sum();
+        let groups = self.groups(changes.len());
+        let mut bodies: Vec<BulkBody> = (0..groups)
+            .map(|_| BulkBody::with_capacity(bytes / groups, changes.len() / groups + 1))
+            .collect();
         for (i, change) in changes.iter().enumerate() {
             match self.plan(change) {
                 Plan::Index {
@@ -643,6 +667,7 @@ impl Processor for ElasticsearchProcessor {
                     version,
                     source,
                 } => {
+                    let body = &mut bodies[group_of(&id, groups)];
                     if let Err(e) = body.push_index(i, &id, version, &source) {
                         outcome.errors.push((
                             i,
@@ -654,20 +679,39 @@ impl Processor for ElasticsearchProcessor {
                         ));
                     }
                 }
-                Plan::Delete { id, version } => body.push_delete(i, &id, version),
+                Plan::Delete { id, version } => {
+                    bodies[group_of(&id, groups)].push_delete(i, &id, version);
+                }
                 Plan::Skip => {}
                 Plan::Retry => outcome.retry.push(i),
                 Plan::Fail(f) => outcome.errors.push((i, f)),
             }
         }
-        if !body.is_empty() {
-            match self.send(&body).await? {
+        let this = &*self;
+        let sent = futures::future::join_all(
+            bodies
+                .iter()
+                .filter(|b| !b.is_empty())
+                .map(|b| this.send(b)),
+        )
+        .await;
+        // Every group has been sent to its end before the chunk's answer: a whole-request
+        // rejection of one group fails the chunk, whatever the others did (they are written
+        // again when the chunk's changes are retried, which is harmless for index and delete).
+        let mut whole = None;
+        for r in sent {
+            match r? {
                 Ok(failed) => outcome.errors.extend(failed),
-                Err(whole) => return Ok(Err(whole)),
+                Err(w) => whole = whole.or(Some(w)),
             }
         }
+        if let Some(w) = whole {
+            return Ok(Err(w));
+        }
         outcome.errors.sort_by_key(|(i, _)| *i);
-        tracing::debug!(processor = %self.name, changes = changes.len(), actions = body.len(), bytes = body.bytes().len(),
+        let actions: usize = bodies.iter().map(BulkBody::len).sum();
+        let bytes: usize = bodies.iter().map(|b| b.bytes().len()).sum();
+        tracing::debug!(processor = %self.name, changes = changes.len(), actions, bytes, groups,
             failed = outcome.errors.len(), retry = outcome.retry.len(), elapsed_ms = started.elapsed().as_millis(), "bulk chunk done");
         Ok(Ok(outcome))
     }
@@ -731,6 +775,26 @@ mod tests {
             meta.extra.insert("document".into(), d);
         }
         Change::from_message("t", 0, 0, meta.to_json().as_bytes()).expect("change")
+    }
+
+    #[test]
+    fn chunks_split_into_groups_by_document_id() {
+        let mut config = ElasticsearchConfig::new("http://127.0.0.1:1", "forms");
+        config.max_in_flight = 4;
+        let p = processor(config);
+        assert_eq!(
+            [10, 199, 200, 399, 1000, 100_000].map(|n| p.groups(n)),
+            [1, 1, 2, 3, 4, 4]
+        );
+        assert_eq!(group_of("abc", 1), 0);
+        let mut counts = [0usize; 4];
+        for n in 0..4000 {
+            let id = format!("{n:08x}-form");
+            let g = group_of(&id, 4);
+            assert_eq!(g, group_of(&id, 4), "the same document, the same group");
+            counts[g] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "balanced: {counts:?}");
     }
 
     #[test]
