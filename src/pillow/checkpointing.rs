@@ -41,6 +41,7 @@ impl Pillow {
         // the stored offsets.
         run.buffer.clear();
         run.invalid.clear();
+        run.unsettled.clear();
         let own = run.summary.partitions.clone();
         run.tracker = self.start_positions(&own, None).await?;
         run.policy = CheckpointPolicy::new(

@@ -90,13 +90,74 @@ impl Pillow {
                 .counter(metrics::PROCESSING_TIME_COUNT, tags, n as f64);
         }
         self.record_lag(lag);
-        for (tp, offset) in &handled {
-            run.tracker.mark_handled(tp, *offset);
-        }
         run.policy.saw(n);
         run.summary.changes += n;
         run.summary.invalid += invalid.len() as u64;
         run.summary.failed += failures.len() as u64;
+        run.seq += 1;
+        run.unsettled.push_back((run.seq, handled));
+        self.settle(run, false).await
+    }
+
+    /// [`flush`](Self::flush), then every processor writes what it still holds: after this,
+    /// every change handed out is fully handled (an idle tick, a stop, a lost offset, the stall
+    /// probe rely on it).
+    pub(super) async fn flush_all(&mut self, run: &mut Run) -> Result<()> {
+        self.flush(run).await?;
+        self.settle(run, true).await?;
+        if let Some((seq, _)) = run.unsettled.front() {
+            let behind: Vec<&str> = self
+                .processors
+                .iter()
+                .zip(&run.written_through)
+                .filter(|(_, w)| *w < seq)
+                .map(|(p, _)| p.name())
+                .collect();
+            tracing::warn!(pillow = %self.config.name, processors = %behind.join(", "), chunk = seq,
+                "processors asked to write everything they hold did not: the checkpoint stays behind their changes");
+        }
+        Ok(())
+    }
+
+    /// Asks each processor what it has written ([`Processor::settle`]), records the held changes
+    /// that failed, and hands the offset tracker (hence the checkpoint) every chunk that all
+    /// processors have settled: the checkpoint never passes a change a sink still holds. With
+    /// `flush`, the processors write everything they hold first.
+    pub(super) async fn settle(&mut self, run: &mut Run, flush: bool) -> Result<()> {
+        if run.unsettled.is_empty() {
+            return Ok(());
+        }
+        let seq = run.seq;
+        let mut held_failures: Vec<(Change, ProcessorFailure)> = Vec::new();
+        for (p, written) in self
+            .processors
+            .iter_mut()
+            .zip(run.written_through.iter_mut())
+        {
+            if *written >= seq {
+                continue;
+            }
+            let settled = p.settle(seq, flush).await?;
+            *written = (*written).max(settled.written_through.min(seq));
+            held_failures.extend(settled.failures);
+        }
+        if !held_failures.is_empty() {
+            let (mut changes, failures): (Vec<Change>, Vec<ProcessorFailure>) =
+                held_failures.into_iter().unzip();
+            let failures: std::collections::BTreeMap<usize, ProcessorFailure> =
+                failures.into_iter().enumerate().collect();
+            self.record_failures(&mut changes, &failures, Vec::new())
+                .await?;
+            run.summary.failed += failures.len() as u64;
+        }
+        let settled = run.written_through.iter().copied().min().unwrap_or(seq);
+        while run.unsettled.front().is_some_and(|(s, _)| *s <= settled) {
+            if let Some((_, handled)) = run.unsettled.pop_front() {
+                for (tp, offset) in &handled {
+                    run.tracker.mark_handled(tp, *offset);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -16,6 +16,11 @@
 //! * the checkpoint stores, per own partition, `last handled + 1`, or the untouched start offset
 //!   for a partition that handled nothing: it never passes a change that was not fully handled
 //!   (processed, or its error recorded);
+//! * a sink may hold changes after its calls return (gathering across chunks, requests in
+//!   flight): after each chunk the loop asks every processor what it has written
+//!   ([`Processor::settle`]) and the offset tracker only takes chunks every processor has
+//!   settled; an idle tick, a stop, a lost offset and the stall probe first make every sink write
+//!   what it holds. Held changes that fail later become error rows like any other;
 //! * a change that fails is recorded in `pillow_retry_pillowerror` and the pillow goes on; if
 //!   recording fails the pillow stops without checkpointing past it (crash-only: a restart
 //!   resumes from the last checkpoint);
@@ -242,6 +247,14 @@ struct Run {
     /// The background checkpoint write, if one is running (at most one).
     in_flight: Option<InFlight>,
     tracker: OffsetTracker,
+    /// The sequence number of the last chunk passed to the processors (chunks count from 1).
+    seq: u64,
+    /// Chunks passed to every processor that some processor still holds (see
+    /// [`Processor::settle`]): their highest offset per partition, taken by the tracker once
+    /// every processor's `written_through` reaches them.
+    unsettled: std::collections::VecDeque<(u64, Vec<(TopicPartition, i64)>)>,
+    /// Per processor (in order), the newest chunk it has fully handled.
+    written_through: Vec<u64>,
     policy: CheckpointPolicy,
     buffer: Vec<Change>,
     invalid: Vec<InvalidMessage>,

@@ -92,6 +92,9 @@ impl Pillow {
         let run = Run {
             in_flight: None,
             tracker,
+            seq: 0,
+            unsettled: std::collections::VecDeque::new(),
+            written_through: vec![0; self.processors.len()],
             policy: CheckpointPolicy::new(
                 self.config.checkpoint_frequency,
                 self.config.max_checkpoint_delay,
@@ -139,7 +142,7 @@ impl Pillow {
         let result = match result {
             Ok(reason) => {
                 // Graceful stop: flush what is buffered, then checkpoint.
-                match self.flush(&mut run).await {
+                match self.flush_all(&mut run).await {
                     Ok(()) => self.checkpoint(&mut run).await.map(|_| reason),
                     Err(e) => Err(e),
                 }
@@ -242,7 +245,7 @@ impl Pillow {
             Some(FeedItem::Tick) => {
                 self.metrics
                     .counter(metrics::FEED_TIMEOUT, self.tags(), 1.0);
-                self.flush(run).await?;
+                self.flush_all(run).await?;
                 // The idle rule: write own partitions that moved, whatever the counters say.
                 self.checkpoint_or_reload(run).await?;
                 self.heartbeat(run, true).await;
@@ -253,7 +256,7 @@ impl Pillow {
                 }
             }
             Some(FeedItem::OffsetOutOfRange) => {
-                self.flush(run).await?;
+                self.flush_all(run).await?;
                 self.checkpoint_or_reload(run).await?;
                 let own = run.summary.partitions.clone();
                 let resume: Vec<(TopicPartition, i64)> = run

@@ -1050,3 +1050,156 @@ async fn a_running_pillow_records_one_history_snapshot_a_day() {
          the later checkpoint (offset 2) does not replace it"
     );
 }
+
+// --- Sinks that hold changes across chunks (`Processor::settle`) ---
+
+use crate::processor::memory::HoldingProcessor;
+
+impl Harness {
+    async fn run_boxed(
+        &self,
+        config: PillowConfig,
+        feed: MemoryFeed,
+        processors: Vec<Box<dyn Processor>>,
+    ) -> Result<RunSummary> {
+        let mut pillow = Pillow::new(
+            config,
+            Box::new(feed),
+            processors,
+            self.checkpoints.clone(),
+            self.errors.clone(),
+        )
+        .with_metrics(self.metrics.clone());
+        pillow.run(&CancellationToken::new()).await
+    }
+}
+
+fn written(p: &HoldingProcessor) -> Vec<i64> {
+    p.written
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|w| w.1)
+        .collect()
+}
+
+fn in_line(chunk_size: usize) -> PillowConfig {
+    let mut c = config(chunk_size);
+    c.background_checkpoints = false;
+    c
+}
+
+#[tokio::test]
+async fn the_checkpoint_follows_what_a_holding_sink_has_written() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..6 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    let sink = HoldingProcessor::new("sink", 2);
+    let other = RecordingProcessor::new("fast", true);
+    let s = h
+        .run_boxed(
+            in_line(2),
+            feed,
+            vec![Box::new(other.clone()), Box::new(sink.clone())],
+        )
+        .await
+        .expect("runs");
+    // Chunk 1 (offsets 0-1) is held; chunk 2 makes the sink write both: checkpoint 4. Chunk 3
+    // is held until the feed ends, when the final flush writes it: checkpoint 6. A checkpoint
+    // after chunk 1 or chunk 3 alone would have passed changes the sink had not written.
+    assert_eq!(
+        h.writes(),
+        [vec![("t,0".to_owned(), 4)], vec![("t,0".to_owned(), 6)]]
+    );
+    assert_eq!(written(&sink), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(processed(&other).len(), 6);
+    assert_eq!((s.changes, s.failed), (6, 0));
+}
+
+#[tokio::test]
+async fn held_changes_that_fail_to_write_become_error_rows() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..4 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    let sink = HoldingProcessor::new("sink", 3);
+    sink.fail_ids.lock().expect("lock").insert("d1".into());
+    let s = h
+        .run_boxed(in_line(1), feed, vec![Box::new(sink.clone())])
+        .await
+        .expect("runs");
+    let rows = h.errors.list("test-pillow").await.expect("rows");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].doc_id, "d1");
+    assert_eq!(rows[0].error_type.as_deref(), Some("tests.WriteError"));
+    assert!(rows[0]
+        .error_traceback
+        .as_deref()
+        .is_some_and(|t| t.contains("sink could not write d1")));
+    assert_eq!(s.failed, 1);
+    assert_eq!(written(&sink), [0, 2, 3]);
+    assert_eq!(
+        h.writes().last().cloned(),
+        Some(vec![("t,0".to_owned(), 4)]),
+        "the failed change is handled (its error row recorded): the checkpoint passes it"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_tick_makes_sinks_write_what_they_hold() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..3 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    feed.push_tick();
+    feed.push_change("t", 0, "late");
+    let sink = HoldingProcessor::new("sink", 100);
+    let mut c = in_line(1);
+    c.until_idle = true;
+    let s = h
+        .run_boxed(c, feed, vec![Box::new(sink.clone())])
+        .await
+        .expect("runs");
+    assert_eq!(s.stop_reason, StopReason::Idle);
+    assert_eq!(written(&sink), [0, 1, 2]);
+    assert_eq!(
+        h.writes().last().cloned(),
+        Some(vec![("t,0".to_owned(), 3)])
+    );
+}
+
+#[tokio::test]
+async fn a_fatal_error_never_checkpoints_what_a_sink_still_holds() {
+    let h = Harness::new();
+    let mut feed = MemoryFeed::new(&["t"], 1);
+    for i in 0..5 {
+        feed.push_change("t", 0, &format!("d{i}"));
+    }
+    feed.push_change("t", 0, "boom");
+    let sink = HoldingProcessor::new("sink", 2);
+    let failing = RecordingProcessor::new("p", true);
+    failing.fail_ids.lock().expect("lock").insert("boom".into());
+    // The error store refuses: recording boom's failure is fatal (crash-only).
+    h.errors.fail.store(true, Ordering::SeqCst);
+    let err = h
+        .run_boxed(
+            in_line(1),
+            feed,
+            vec![Box::new(failing), Box::new(sink.clone())],
+        )
+        .await
+        .expect_err("crash-only");
+    assert!(err.to_string().contains("boom"), "{err}");
+    // d0..d3 were written (two writes of two chunks); d4 was held when boom stopped the pillow.
+    assert_eq!(written(&sink), [0, 1, 2, 3]);
+    let last = h.writes().last().cloned();
+    assert_eq!(
+        last,
+        Some(vec![("t,0".to_owned(), 4)]),
+        "never past the held d4"
+    );
+}

@@ -165,3 +165,97 @@ impl Processor for NoopProcessor {
         Ok(Ok(ChunkOutcome::default()))
     }
 }
+
+/// A sink that holds changes across chunks (the [`Processor::settle`] contract), for tests: it
+/// "writes" what it holds once it holds `hold_chunks` chunks, or when asked to flush. Changes
+/// whose ids are in `fail_ids` fail at write time: they come back as held failures.
+#[derive(Debug, Clone)]
+pub struct HoldingProcessor {
+    name: String,
+    /// Chunks held before a write.
+    pub hold_chunks: usize,
+    /// (document id, offset) of every change written, in order.
+    pub written: Arc<Mutex<Vec<(String, i64)>>>,
+    pub fail_ids: Arc<Mutex<HashSet<String>>>,
+    /// Changes received since the last `settle`.
+    open: Vec<Change>,
+    /// Held chunks: (seq, changes).
+    held: Vec<(u64, Vec<Change>)>,
+    written_through: u64,
+}
+
+impl HoldingProcessor {
+    pub fn new(name: &str, hold_chunks: usize) -> Self {
+        Self {
+            name: name.to_owned(),
+            hold_chunks,
+            written: Arc::default(),
+            fail_ids: Arc::default(),
+            open: Vec::new(),
+            held: Vec::new(),
+            written_through: 0,
+        }
+    }
+
+    fn write_held(&mut self) -> Vec<(Change, ProcessorFailure)> {
+        let fail_ids = self.fail_ids.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut failures = Vec::new();
+        for (seq, changes) in std::mem::take(&mut self.held) {
+            for c in changes {
+                if fail_ids.contains(&c.id) {
+                    let f = ProcessorFailure::new(
+                        "tests.WriteError",
+                        format!("{} could not write {}", self.name, c.id),
+                    );
+                    failures.push((c, f));
+                } else if let Ok(mut w) = self.written.lock() {
+                    w.push((c.id.clone(), c.offset));
+                }
+            }
+            self.written_through = seq;
+        }
+        failures
+    }
+}
+
+#[async_trait]
+impl Processor for HoldingProcessor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn supports_batch_processing(&self) -> bool {
+        true
+    }
+
+    async fn process_change(
+        &mut self,
+        change: &mut Change,
+    ) -> Result<Result<(), ProcessorFailure>> {
+        self.open.push(change.clone());
+        Ok(Ok(()))
+    }
+
+    async fn process_changes_chunk(
+        &mut self,
+        changes: &mut [Change],
+    ) -> Result<Result<ChunkOutcome, ProcessorFailure>> {
+        self.open.extend(changes.iter().cloned());
+        Ok(Ok(ChunkOutcome::default()))
+    }
+
+    async fn settle(&mut self, seq: u64, flush: bool) -> Result<super::Settled> {
+        if seq > self.written_through && self.held.last().is_none_or(|(s, _)| *s < seq) {
+            self.held.push((seq, std::mem::take(&mut self.open)));
+        }
+        let failures = if flush || self.held.len() >= self.hold_chunks.max(1) {
+            self.write_held()
+        } else {
+            Vec::new()
+        };
+        Ok(super::Settled {
+            written_through: self.written_through,
+            failures,
+        })
+    }
+}
