@@ -785,3 +785,31 @@ async fn concurrent_bulk_groups_keep_each_documents_writes_in_order() {
     assert!(sizes[0] >= 200, "the groups are balanced: {sizes:?}");
     assert_exactly(&client, &index.name, &expected).await;
 }
+
+/// Gathering across chunks (`flush_max_changes`): a chunk-10 pillow writes 300 changes in a few
+/// large bulk requests, loses nothing and checkpoints the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn gathering_across_chunk_10_writes_large_bulks_and_checkpoints_the_end() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_gather");
+    let client = es(&url);
+    let proxy = FaultProxy::start(&url).await;
+    let (feed, expected) = versioned_feed(300, 1);
+    let mut c = config(&proxy.url, &index.name);
+    c.flush_max_changes = 100;
+    c.flush_max_delay_ms = 60_000;
+    let p = ElasticsearchProcessor::new(c).expect("processor");
+    let (summary, rows, offsets) = run_checkpointed(feed, p, 10).await;
+    assert_eq!(summary.expect("run").failed, 0);
+    assert!(rows.is_empty(), "{rows:?}");
+    let sizes = proxy.bulk_actions();
+    assert!(
+        sizes.len() <= 4 && sizes.iter().sum::<usize>() == 300,
+        "{sizes:?}"
+    );
+    assert_exactly(&client, &index.name, &expected).await;
+    assert_eq!(
+        offsets, 300,
+        "the checkpoint is at the end (next offset 300)"
+    );
+}

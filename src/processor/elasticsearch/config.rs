@@ -23,6 +23,9 @@ use crate::error::{ConfigError, Result};
 ///   "max_actions_per_request": 1000,
 ///   "max_bytes_per_request": 10485760,
 ///   "max_in_flight": 4,
+///   "flush_max_changes": 0,
+///   "flush_max_bytes": 8388608,
+///   "flush_max_delay_ms": 100,
 ///   "max_retries": 4,
 ///   "outage_budget_secs": 300,
 ///   "base_backoff_ms": 1000,
@@ -70,6 +73,25 @@ pub struct ElasticsearchConfig {
     /// use its other threads. 1 sends the chunk's requests one after the other (CommCare's way).
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
+    /// Gathering across chunks: the actions of successive chunks are held and written together
+    /// once at least this many are held (or `flush_max_bytes`, or `flush_max_delay_ms` after the
+    /// first), so small chunks (CommCare's default chunk size is 10) still make large bulk
+    /// requests. The checkpoint follows what was written (see
+    /// [`Processor::settle`](crate::processor::Processor::settle)): it never passes a held change;
+    /// an idle feed, a stop or a lost partition write everything held first. A whole bulk request
+    /// rejected after gathering fails the changes of that request (error rows), with no
+    /// change-by-change fallback. 0 turns gathering off: every chunk is written before its call
+    /// returns, as in CommCare (the default: gathering is new and not yet covered by tests
+    /// through a pillow).
+    #[serde(default = "defaults::flush_max_changes")]
+    pub flush_max_changes: usize,
+    /// Gathering across chunks: write once the held actions reach this many bytes.
+    #[serde(default = "defaults::flush_max_bytes")]
+    pub flush_max_bytes: usize,
+    /// Gathering across chunks: write once the oldest held action is this old (checked after each
+    /// chunk; an idle feed writes at its idle tick).
+    #[serde(default = "defaults::flush_max_delay_ms")]
+    pub flush_max_delay_ms: u64,
     /// Retries, after the first attempt, of transient failures that are not an outage: a
     /// request or an item answered 500 or another 5xx that does not say the cluster is
     /// unavailable. A request still failing stops the pillow; an item still failing becomes its
@@ -120,6 +142,15 @@ mod defaults {
     pub(super) fn max_in_flight() -> usize {
         4
     }
+    pub(super) fn flush_max_changes() -> usize {
+        0
+    }
+    pub(super) fn flush_max_bytes() -> usize {
+        8 * 1024 * 1024
+    }
+    pub(super) fn flush_max_delay_ms() -> u64 {
+        100
+    }
     pub(super) fn max_retries() -> u32 {
         4
     }
@@ -166,6 +197,9 @@ impl ElasticsearchConfig {
             max_actions_per_request: defaults::max_actions(),
             max_bytes_per_request: defaults::max_bytes(),
             max_in_flight: defaults::max_in_flight(),
+            flush_max_changes: defaults::flush_max_changes(),
+            flush_max_bytes: defaults::flush_max_bytes(),
+            flush_max_delay_ms: defaults::flush_max_delay_ms(),
             max_retries: defaults::max_retries(),
             outage_budget_secs: defaults::outage_budget_secs(),
             base_backoff_ms: defaults::base_backoff_ms(),

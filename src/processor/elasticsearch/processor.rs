@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -40,7 +40,7 @@ use crate::change::{Change, Document};
 use crate::docstore::DocumentStores;
 use crate::error::{ConfigError, ElasticsearchError, Error, Result};
 use crate::path::lookup;
-use crate::processor::{ChunkOutcome, Processor, ProcessorFailure};
+use crate::processor::{ChunkOutcome, Processor, ProcessorFailure, Settled};
 
 /// A document transform: the document as fetched → the source to index. `Ok(None)` skips the
 /// change (nothing is written or deleted, like CommCare's `doc_filter_fn`); `Err(message)`
@@ -117,6 +117,24 @@ pub struct ElasticsearchProcessor {
     transform: Option<DocTransform>,
     docstores: DocumentStores,
     policy: Policy,
+    held: Held,
+}
+
+/// Actions gathered across chunks (`flush_max_changes` > 0), written by
+/// [`Processor::settle`].
+#[derive(Default)]
+struct Held {
+    /// The held actions; their `change` indexes `changes`.
+    body: BulkBody,
+    /// The changes of the held actions, without their documents (for error rows).
+    changes: Vec<Change>,
+    /// When the oldest held action was added.
+    since: Option<Instant>,
+    /// Failures of held actions written outside `settle` (before a serial write), returned by the
+    /// next `settle`.
+    failures: Vec<(Change, ProcessorFailure)>,
+    /// The newest chunk all of whose actions are written.
+    written_through: u64,
 }
 
 impl std::fmt::Debug for ElasticsearchProcessor {
@@ -199,6 +217,7 @@ impl ElasticsearchProcessor {
             client: Elasticsearch::new(transport),
             transform,
             docstores: DocumentStores::new(),
+            held: Held::default(),
             config,
         })
     }
@@ -548,108 +567,8 @@ impl ElasticsearchProcessor {
         retry
     }
 
-    /// Runs `f` until it answers with a 2xx or a rejection (returned as they are), waiting out
-    /// outages and retrying transient failures like a bulk request.
-    async fn request_with_retries<F, Fut>(&self, what: &str, mut f: F) -> Result<(u16, String)>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<(u16, String), elasticsearch::Error>>,
-    {
-        let mut wait = self.policy.wait(&self.name, what.to_owned());
-        loop {
-            match wait.request(f()).await? {
-                Ok((s, body)) => {
-                    let failure = (!(200..300).contains(&s)).then(|| classify_status(s, &body));
-                    let reason = || format!("status {s}: {body}");
-                    match failure {
-                        Some(Failure::Outage) => wait.outage(&reason()).await?,
-                        Some(Failure::Transient) if wait.transient(&reason()).await? => {}
-                        Some(Failure::Transient) => {
-                            return Err(Error::Elasticsearch(ElasticsearchError::Status {
-                                context: format!("{what} (after {} retries)", wait.retries()),
-                                status: s,
-                                body,
-                            }))
-                        }
-                        None | Some(Failure::Rejected) => {
-                            wait.progressed();
-                            return Ok((s, body));
-                        }
-                    }
-                }
-                Err(e) if classify_transport(&e) == Failure::Outage => {
-                    wait.outage(&self.policy.describe(&e)).await?;
-                }
-                Err(e) => {
-                    return Err(Error::Elasticsearch(ElasticsearchError::Transport {
-                        context: wait.what().to_owned(),
-                        source: e,
-                    }))
-                }
-            }
-        }
-    }
-}
-
-/// The group (of `groups`) whose requests carry the actions of document `id`: one document's
-/// actions are always in one group, in chunk order.
-fn group_of(id: &str, groups: usize) -> usize {
-    if groups <= 1 {
-        return 0;
-    }
-    let h = {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = rustc_hash::FxBuildHasher.build_hasher();
-        h.write(id.as_bytes());
-        h.finish()
-    };
-    // The high bits: FxHash mixes them best.
-    usize::try_from((h >> 32) % groups as u64).unwrap_or(0)
-}
-
-fn excerpt(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]);
-    s.into_owned()
-}
-
-#[async_trait]
-impl Processor for ElasticsearchProcessor {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn supports_batch_processing(&self) -> bool {
-        true
-    }
-
-    fn needs_documents(&self) -> bool {
-        true
-    }
-
-    async fn process_change(
-        &mut self,
-        change: &mut Change,
-    ) -> Result<std::result::Result<(), ProcessorFailure>> {
-        if !change.deleted && change.document().is_none() && !self.docstores.is_empty() {
-            change.document = Document::Unfetched;
-            self.docstores
-                .fetch_missing(std::slice::from_mut(change))
-                .await?;
-        }
-        let outcome = self
-            .process_changes_chunk(std::slice::from_mut(change))
-            .await?;
-        Ok(match outcome {
-            Err(f) => Err(f),
-            Ok(o) => match o.errors.into_iter().next() {
-                Some((_, f)) => Err(f),
-                None if !o.retry.is_empty() => Err(ProcessorFailure::document_missing(&change.id)),
-                None => Ok(()),
-            },
-        })
-    }
-
-    async fn process_changes_chunk(
+    /// Writes one chunk before returning (gathering off, and the serial path).
+    async fn write_chunk(
         &mut self,
         changes: &mut [Change],
     ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
@@ -714,6 +633,238 @@ impl Processor for ElasticsearchProcessor {
         tracing::debug!(processor = %self.name, changes = changes.len(), actions, bytes, groups,
             failed = outcome.errors.len(), retry = outcome.retry.len(), elapsed_ms = started.elapsed().as_millis(), "bulk chunk done");
         Ok(Ok(outcome))
+    }
+
+    /// Plans and encodes a chunk's actions into the held body (gathering on); nothing is sent.
+    fn hold_chunk(&mut self, changes: &[Change]) -> ChunkOutcome {
+        let mut outcome = ChunkOutcome::default();
+        let mut held = std::mem::take(&mut self.held);
+        for (i, change) in changes.iter().enumerate() {
+            let at = held.changes.len();
+            let pushed = match self.plan(change) {
+                Plan::Index {
+                    id,
+                    version,
+                    source,
+                } => match held.body.push_index(at, &id, version, &source) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        outcome.errors.push((
+                            i,
+                            self.failure(
+                                TRANSFORM_ERROR_TYPE,
+                                &id,
+                                &format!("cannot encode the document: {e}"),
+                            ),
+                        ));
+                        false
+                    }
+                },
+                Plan::Delete { id, version } => {
+                    held.body.push_delete(at, &id, version);
+                    true
+                }
+                Plan::Skip => false,
+                Plan::Retry => {
+                    outcome.retry.push(i);
+                    false
+                }
+                Plan::Fail(f) => {
+                    outcome.errors.push((i, f));
+                    false
+                }
+            };
+            if pushed {
+                held.changes.push(without_document(change));
+                held.since.get_or_insert_with(Instant::now);
+            }
+        }
+        self.held = held;
+        outcome
+    }
+
+    /// Writes every held action (by concurrent groups); their failures are kept for the next
+    /// `settle`.
+    async fn write_held(&mut self) -> Result<()> {
+        if self.held.body.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let body = std::mem::take(&mut self.held.body);
+        let mut changes: Vec<Option<Change>> = std::mem::take(&mut self.held.changes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.held.since = None;
+        let groups = self.groups(body.len());
+        let bodies = if groups > 1 {
+            body.split(groups, |item| group_of(&item.doc_id, groups))
+        } else {
+            vec![body]
+        };
+        let this = &*self;
+        let sent = futures::future::join_all(bodies.iter().map(|b| this.send(b))).await;
+        let mut failures = Vec::new();
+        for (r, b) in sent.into_iter().zip(&bodies) {
+            match r? {
+                Ok(failed) => failures.extend(failed),
+                Err(whole) => {
+                    failures.extend(b.items().iter().map(|it| (it.change, whole.clone())));
+                }
+            }
+        }
+        let failed = failures.len();
+        for (i, f) in failures {
+            if let Some(c) = changes.get_mut(i).and_then(Option::take) {
+                self.held.failures.push((c, f));
+            }
+        }
+        tracing::debug!(processor = %self.name, actions = changes.len(), groups, failed,
+            elapsed_ms = started.elapsed().as_millis(), "bulk of held chunks done");
+        Ok(())
+    }
+
+    /// Runs `f` until it answers with a 2xx or a rejection (returned as they are), waiting out
+    /// outages and retrying transient failures like a bulk request.
+    async fn request_with_retries<F, Fut>(&self, what: &str, mut f: F) -> Result<(u16, String)>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<(u16, String), elasticsearch::Error>>,
+    {
+        let mut wait = self.policy.wait(&self.name, what.to_owned());
+        loop {
+            match wait.request(f()).await? {
+                Ok((s, body)) => {
+                    let failure = (!(200..300).contains(&s)).then(|| classify_status(s, &body));
+                    let reason = || format!("status {s}: {body}");
+                    match failure {
+                        Some(Failure::Outage) => wait.outage(&reason()).await?,
+                        Some(Failure::Transient) if wait.transient(&reason()).await? => {}
+                        Some(Failure::Transient) => {
+                            return Err(Error::Elasticsearch(ElasticsearchError::Status {
+                                context: format!("{what} (after {} retries)", wait.retries()),
+                                status: s,
+                                body,
+                            }))
+                        }
+                        None | Some(Failure::Rejected) => {
+                            wait.progressed();
+                            return Ok((s, body));
+                        }
+                    }
+                }
+                Err(e) if classify_transport(&e) == Failure::Outage => {
+                    wait.outage(&self.policy.describe(&e)).await?;
+                }
+                Err(e) => {
+                    return Err(Error::Elasticsearch(ElasticsearchError::Transport {
+                        context: wait.what().to_owned(),
+                        source: e,
+                    }))
+                }
+            }
+        }
+    }
+}
+
+/// The group (of `groups`) whose requests carry the actions of document `id`: one document's
+/// actions are always in one group, in chunk order.
+fn group_of(id: &str, groups: usize) -> usize {
+    if groups <= 1 {
+        return 0;
+    }
+    let h = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = rustc_hash::FxBuildHasher.build_hasher();
+        h.write(id.as_bytes());
+        h.finish()
+    };
+    // The high bits: FxHash mixes them best.
+    usize::try_from((h >> 32) % groups as u64).unwrap_or(0)
+}
+
+/// A change without its document (kept for the error row of a held action).
+fn without_document(change: &Change) -> Change {
+    Change {
+        id: change.id.clone(),
+        topic: change.topic.clone(),
+        partition: change.partition,
+        offset: change.offset,
+        deleted: change.deleted,
+        metadata: change.metadata.clone(),
+        document: Document::Known(None),
+        size: change.size,
+    }
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]);
+    s.into_owned()
+}
+
+#[async_trait]
+impl Processor for ElasticsearchProcessor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn supports_batch_processing(&self) -> bool {
+        true
+    }
+
+    fn needs_documents(&self) -> bool {
+        true
+    }
+
+    async fn process_change(
+        &mut self,
+        change: &mut Change,
+    ) -> Result<std::result::Result<(), ProcessorFailure>> {
+        if !change.deleted && change.document().is_none() && !self.docstores.is_empty() {
+            change.document = Document::Unfetched;
+            self.docstores
+                .fetch_missing(std::slice::from_mut(change))
+                .await?;
+        }
+        // Held actions go first, so that a document's writes stay in order.
+        self.write_held().await?;
+        let outcome = self.write_chunk(std::slice::from_mut(change)).await?;
+        Ok(match outcome {
+            Err(f) => Err(f),
+            Ok(o) => match o.errors.into_iter().next() {
+                Some((_, f)) => Err(f),
+                None if !o.retry.is_empty() => Err(ProcessorFailure::document_missing(&change.id)),
+                None => Ok(()),
+            },
+        })
+    }
+
+    async fn process_changes_chunk(
+        &mut self,
+        changes: &mut [Change],
+    ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
+        if self.config.flush_max_changes > 0 {
+            return Ok(Ok(self.hold_chunk(changes)));
+        }
+        self.write_chunk(changes).await
+    }
+
+    async fn settle(&mut self, seq: u64, flush: bool) -> Result<Settled> {
+        let held = &self.held;
+        let due = flush
+            || held.body.len() >= self.config.flush_max_changes
+            || held.body.bytes().len() >= self.config.flush_max_bytes
+            || held.since.is_some_and(|t| {
+                t.elapsed() >= Duration::from_millis(self.config.flush_max_delay_ms)
+            });
+        if held.body.is_empty() || due {
+            self.write_held().await?;
+            self.held.written_through = self.held.written_through.max(seq);
+        }
+        Ok(Settled {
+            written_through: self.held.written_through.min(seq),
+            failures: std::mem::take(&mut self.held.failures),
+        })
     }
 
     /// Creates the index with its settings, mappings and alias when it does not exist. One
