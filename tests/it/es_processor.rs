@@ -740,3 +740,76 @@ async fn a_stop_request_ends_the_wait_for_the_node_at_once() {
         assert!(msg.contains(&what), "{what:?} in {msg}");
     }
 }
+
+/// `max_in_flight`: a chunk of 1200 actions goes out as 4 concurrent groups split by document
+/// id, and the writes of one document never overtake each other: every document is written
+/// three times in the chunk without external versions (index v1, delete, index v3, or index v1,
+/// v2, then delete), so any reordering leaves a wrong version or a wrong presence. (The pillow
+/// keeps only a document's last change of a chunk, so the processor is driven directly.)
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_bulk_groups_keep_each_documents_writes_in_order() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_in_flight");
+    let client = es(&url);
+    let proxy = FaultProxy::start(&url).await;
+    let docs = 400;
+    let mut changes = Vec::new();
+    for round in 1..=3u64 {
+        for n in 0..docs {
+            let id = format!("doc{n}");
+            let deleted = (n % 2 == 0 && round == 2) || (n % 2 == 1 && round == 3);
+            let doc = (!deleted).then(|| form(&id, round));
+            let m = message(&id, deleted, doc);
+            changes.push(Change::from_message(TOPIC, 0, 0, m.as_bytes()).expect("change"));
+        }
+    }
+    let expected: Vec<(String, u64)> = (0..docs)
+        .step_by(2)
+        .map(|n| (format!("doc{n}"), 3))
+        .collect();
+    let mut c = config(&proxy.url, &index.name);
+    c.max_in_flight = 4;
+    let mut p = ElasticsearchProcessor::new(c).expect("processor");
+    p.bootstrap_if_needed().await.expect("index");
+    let outcome = p
+        .process_changes_chunk(&mut changes)
+        .await
+        .expect("written")
+        .expect("no whole-chunk failure");
+    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+    assert!(outcome.retry.is_empty());
+    let mut sizes = proxy.bulk_actions();
+    sizes.sort_unstable();
+    assert_eq!(sizes.len(), 4, "one request per group: {sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 1200);
+    assert!(sizes[0] >= 200, "the groups are balanced: {sizes:?}");
+    assert_exactly(&client, &index.name, &expected).await;
+}
+
+/// Gathering across chunks (`flush_max_changes`): a chunk-10 pillow writes 300 changes in a few
+/// large bulk requests, loses nothing and checkpoints the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn gathering_across_chunk_10_writes_large_bulks_and_checkpoints_the_end() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_gather");
+    let client = es(&url);
+    let proxy = FaultProxy::start(&url).await;
+    let (feed, expected) = versioned_feed(300, 1);
+    let mut c = config(&proxy.url, &index.name);
+    c.flush_max_changes = 100;
+    c.flush_max_delay_ms = 60_000;
+    let p = ElasticsearchProcessor::new(c).expect("processor");
+    let (summary, rows, offsets) = run_checkpointed(feed, p, 10).await;
+    assert_eq!(summary.expect("run").failed, 0);
+    assert!(rows.is_empty(), "{rows:?}");
+    let sizes = proxy.bulk_actions();
+    assert!(
+        sizes.len() <= 4 && sizes.iter().sum::<usize>() == 300,
+        "{sizes:?}"
+    );
+    assert_exactly(&client, &index.name, &expected).await;
+    assert_eq!(
+        offsets, 300,
+        "the checkpoint is at the end (next offset 300)"
+    );
+}

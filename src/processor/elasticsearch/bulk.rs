@@ -160,6 +160,27 @@ impl BulkBody {
         out
     }
 
+    /// Moves every item into one of `n` bodies by `group` (a copy of their lines), keeping
+    /// their order within each body.
+    pub fn split(&self, n: usize, group: impl Fn(&BulkItem) -> usize) -> Vec<BulkBody> {
+        let n = n.max(1);
+        let mut out: Vec<BulkBody> = (0..n)
+            .map(|_| BulkBody::with_capacity(self.buf.len() / n, self.items.len() / n + 1))
+            .collect();
+        for item in &self.items {
+            let body = &mut out[group(item).min(n - 1)];
+            let start = body.buf.len();
+            body.buf.extend_from_slice(&self.buf[item.span.clone()]);
+            body.items.push(BulkItem {
+                change: item.change,
+                op: item.op,
+                doc_id: item.doc_id.clone(),
+                span: start..body.buf.len(),
+            });
+        }
+        out
+    }
+
     /// The body of consecutive items (no copy).
     pub fn slice(&self, items: Range<usize>) -> &[u8] {
         match (

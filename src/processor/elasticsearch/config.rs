@@ -22,6 +22,10 @@ use crate::error::{ConfigError, Result};
 ///   "id_field": null,
 ///   "max_actions_per_request": 1000,
 ///   "max_bytes_per_request": 10485760,
+///   "max_in_flight": 4,
+///   "flush_max_changes": 0,
+///   "flush_max_bytes": 8388608,
+///   "flush_max_delay_ms": 100,
 ///   "max_retries": 4,
 ///   "outage_budget_secs": 300,
 ///   "base_backoff_ms": 1000,
@@ -61,6 +65,33 @@ pub struct ElasticsearchConfig {
     /// At most this many body bytes per `_bulk` request (a single larger action goes alone).
     #[serde(default = "defaults::max_bytes")]
     pub max_bytes_per_request: usize,
+    /// At most this many `_bulk` requests of one chunk in flight at once. A chunk of at least
+    /// [`MIN_ACTIONS_PER_GROUP`] × 2 actions is split into up to this many groups by a hash of
+    /// the document `_id`, and the groups are sent concurrently (each group's requests one after
+    /// the other), so the writes of one document stay in order and never overtake each other.
+    /// One node indexes a single bulk request on one write thread per shard; several in flight
+    /// use its other threads. 1 sends the chunk's requests one after the other (CommCare's way).
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    /// Gathering across chunks: the actions of successive chunks are held and written together
+    /// once at least this many are held (or `flush_max_bytes`, or `flush_max_delay_ms` after the
+    /// first), so small chunks (CommCare's default chunk size is 10) still make large bulk
+    /// requests. The checkpoint follows what was written (see
+    /// [`Processor::settle`](crate::processor::Processor::settle)): it never passes a held change;
+    /// an idle feed, a stop or a lost partition write everything held first. A whole bulk request
+    /// rejected after gathering fails the changes of that request (error rows), with no
+    /// change-by-change fallback. 0 turns gathering off: every chunk is written before its call
+    /// returns, as in CommCare (the default: gathering is new and not yet covered by tests
+    /// through a pillow).
+    #[serde(default = "defaults::flush_max_changes")]
+    pub flush_max_changes: usize,
+    /// Gathering across chunks: write once the held actions reach this many bytes.
+    #[serde(default = "defaults::flush_max_bytes")]
+    pub flush_max_bytes: usize,
+    /// Gathering across chunks: write once the oldest held action is this old (checked after each
+    /// chunk; an idle feed writes at its idle tick).
+    #[serde(default = "defaults::flush_max_delay_ms")]
+    pub flush_max_delay_ms: u64,
     /// Retries, after the first attempt, of transient failures that are not an outage: a
     /// request or an item answered 500 or another 5xx that does not say the cluster is
     /// unavailable. A request still failing stops the pillow; an item still failing becomes its
@@ -97,12 +128,28 @@ pub struct ElasticsearchConfig {
     pub transform: String,
 }
 
+/// A chunk is split into concurrent groups only so that each group keeps at least this many
+/// actions (smaller bulk requests cost the node more per document than they gain).
+pub const MIN_ACTIONS_PER_GROUP: usize = 100;
+
 mod defaults {
     pub(super) fn max_actions() -> usize {
         1000
     }
     pub(super) fn max_bytes() -> usize {
         10 * 1024 * 1024
+    }
+    pub(super) fn max_in_flight() -> usize {
+        4
+    }
+    pub(super) fn flush_max_changes() -> usize {
+        0
+    }
+    pub(super) fn flush_max_bytes() -> usize {
+        8 * 1024 * 1024
+    }
+    pub(super) fn flush_max_delay_ms() -> u64 {
+        100
     }
     pub(super) fn max_retries() -> u32 {
         4
@@ -149,6 +196,10 @@ impl ElasticsearchConfig {
             id_field: None,
             max_actions_per_request: defaults::max_actions(),
             max_bytes_per_request: defaults::max_bytes(),
+            max_in_flight: defaults::max_in_flight(),
+            flush_max_changes: defaults::flush_max_changes(),
+            flush_max_bytes: defaults::flush_max_bytes(),
+            flush_max_delay_ms: defaults::flush_max_delay_ms(),
             max_retries: defaults::max_retries(),
             outage_budget_secs: defaults::outage_budget_secs(),
             base_backoff_ms: defaults::base_backoff_ms(),
@@ -216,6 +267,12 @@ impl ElasticsearchConfig {
         }
         if self.max_actions_per_request == 0 || self.max_bytes_per_request == 0 {
             return invalid("the bulk limits must be positive".into());
+        }
+        if !(1..=64).contains(&self.max_in_flight) {
+            return invalid(format!(
+                "max_in_flight must be between 1 and 64, not {}",
+                self.max_in_flight
+            ));
         }
         if self.request_timeout_ms == 0 {
             return invalid("the request timeout must be positive".into());
@@ -286,6 +343,10 @@ mod tests {
             (
                 r#"{"urls": ["http://a:9200"], "index": "x", "max_actions_per_request": 0}"#,
                 "bulk limits",
+            ),
+            (
+                r#"{"urls": ["http://a:9200"], "index": "x", "max_in_flight": 0}"#,
+                "max_in_flight must be between 1 and 64, not 0",
             ),
             (
                 r#"{"urls": ["http://a:9200"], "index": "x", "mappings": [1]}"#,

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -33,14 +33,14 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::bulk::{parse_response, BulkBody, BULK_FILTER_PATH};
-use super::config::ElasticsearchConfig;
+use super::config::{ElasticsearchConfig, MIN_ACTIONS_PER_GROUP};
 use super::outage::{Policy, Wait};
 use super::retry::{classify_item, classify_status, classify_transport, Failure, ItemOutcome};
 use crate::change::{Change, Document};
 use crate::docstore::DocumentStores;
 use crate::error::{ConfigError, ElasticsearchError, Error, Result};
 use crate::path::lookup;
-use crate::processor::{ChunkOutcome, Processor, ProcessorFailure};
+use crate::processor::{ChunkOutcome, Processor, ProcessorFailure, Settled};
 
 /// A document transform: the document as fetched → the source to index. `Ok(None)` skips the
 /// change (nothing is written or deleted, like CommCare's `doc_filter_fn`); `Err(message)`
@@ -117,6 +117,24 @@ pub struct ElasticsearchProcessor {
     transform: Option<DocTransform>,
     docstores: DocumentStores,
     policy: Policy,
+    held: Held,
+}
+
+/// Actions gathered across chunks (`flush_max_changes` > 0), written by
+/// [`Processor::settle`].
+#[derive(Default)]
+struct Held {
+    /// The held actions; their `change` indexes `changes`.
+    body: BulkBody,
+    /// The changes of the held actions, without their documents (for error rows).
+    changes: Vec<Change>,
+    /// When the oldest held action was added.
+    since: Option<Instant>,
+    /// Failures of held actions written outside `settle` (before a serial write), returned by the
+    /// next `settle`.
+    failures: Vec<(Change, ProcessorFailure)>,
+    /// The newest chunk all of whose actions are written.
+    written_through: u64,
 }
 
 impl std::fmt::Debug for ElasticsearchProcessor {
@@ -199,6 +217,7 @@ impl ElasticsearchProcessor {
             client: Elasticsearch::new(transport),
             transform,
             docstores: DocumentStores::new(),
+            held: Held::default(),
             config,
         })
     }
@@ -385,6 +404,11 @@ impl ElasticsearchProcessor {
         Ok(Ok(failures))
     }
 
+    /// How many groups a chunk of `changes` changes is split into (see `max_in_flight`).
+    fn groups(&self, changes: usize) -> usize {
+        (changes / MIN_ACTIONS_PER_GROUP).clamp(1, self.config.max_in_flight.max(1))
+    }
+
     fn fatal_context(&self, actions: usize, attempt: u32) -> String {
         format!(
             "sending {actions} bulk actions to index {} (after {attempt} retries)",
@@ -543,6 +567,163 @@ impl ElasticsearchProcessor {
         retry
     }
 
+    /// Writes one chunk before returning (gathering off, and the serial path).
+    async fn write_chunk(
+        &mut self,
+        changes: &mut [Change],
+    ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
+        let started = Instant::now();
+        let mut outcome = ChunkOutcome::default();
+        let bytes: usize = changes.iter().map(|c| c.size + 64).sum();
+        let groups = self.groups(changes.len());
+        let mut bodies: Vec<BulkBody> = (0..groups)
+            .map(|_| BulkBody::with_capacity(bytes / groups, changes.len() / groups + 1))
+            .collect();
+        for (i, change) in changes.iter().enumerate() {
+            match self.plan(change) {
+                Plan::Index {
+                    id,
+                    version,
+                    source,
+                } => {
+                    let body = &mut bodies[group_of(&id, groups)];
+                    if let Err(e) = body.push_index(i, &id, version, &source) {
+                        outcome.errors.push((
+                            i,
+                            self.failure(
+                                TRANSFORM_ERROR_TYPE,
+                                &id,
+                                &format!("cannot encode the document: {e}"),
+                            ),
+                        ));
+                    }
+                }
+                Plan::Delete { id, version } => {
+                    bodies[group_of(&id, groups)].push_delete(i, &id, version);
+                }
+                Plan::Skip => {}
+                Plan::Retry => outcome.retry.push(i),
+                Plan::Fail(f) => outcome.errors.push((i, f)),
+            }
+        }
+        let this = &*self;
+        let sent = futures::future::join_all(
+            bodies
+                .iter()
+                .filter(|b| !b.is_empty())
+                .map(|b| this.send(b)),
+        )
+        .await;
+        // Every group has been sent to its end before the chunk's answer: a whole-request
+        // rejection of one group fails the chunk, whatever the others did (they are written
+        // again when the chunk's changes are retried, which is harmless for index and delete).
+        let mut whole = None;
+        for r in sent {
+            match r? {
+                Ok(failed) => outcome.errors.extend(failed),
+                Err(w) => whole = whole.or(Some(w)),
+            }
+        }
+        if let Some(w) = whole {
+            return Ok(Err(w));
+        }
+        outcome.errors.sort_by_key(|(i, _)| *i);
+        let actions: usize = bodies.iter().map(BulkBody::len).sum();
+        let bytes: usize = bodies.iter().map(|b| b.bytes().len()).sum();
+        tracing::debug!(processor = %self.name, changes = changes.len(), actions, bytes, groups,
+            failed = outcome.errors.len(), retry = outcome.retry.len(), elapsed_ms = started.elapsed().as_millis(), "bulk chunk done");
+        Ok(Ok(outcome))
+    }
+
+    /// Plans and encodes a chunk's actions into the held body (gathering on); nothing is sent.
+    fn hold_chunk(&mut self, changes: &[Change]) -> ChunkOutcome {
+        let mut outcome = ChunkOutcome::default();
+        let mut held = std::mem::take(&mut self.held);
+        for (i, change) in changes.iter().enumerate() {
+            let at = held.changes.len();
+            let pushed = match self.plan(change) {
+                Plan::Index {
+                    id,
+                    version,
+                    source,
+                } => match held.body.push_index(at, &id, version, &source) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        outcome.errors.push((
+                            i,
+                            self.failure(
+                                TRANSFORM_ERROR_TYPE,
+                                &id,
+                                &format!("cannot encode the document: {e}"),
+                            ),
+                        ));
+                        false
+                    }
+                },
+                Plan::Delete { id, version } => {
+                    held.body.push_delete(at, &id, version);
+                    true
+                }
+                Plan::Skip => false,
+                Plan::Retry => {
+                    outcome.retry.push(i);
+                    false
+                }
+                Plan::Fail(f) => {
+                    outcome.errors.push((i, f));
+                    false
+                }
+            };
+            if pushed {
+                held.changes.push(without_document(change));
+                held.since.get_or_insert_with(Instant::now);
+            }
+        }
+        self.held = held;
+        outcome
+    }
+
+    /// Writes every held action (by concurrent groups); their failures are kept for the next
+    /// `settle`.
+    async fn write_held(&mut self) -> Result<()> {
+        if self.held.body.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let body = std::mem::take(&mut self.held.body);
+        let mut changes: Vec<Option<Change>> = std::mem::take(&mut self.held.changes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.held.since = None;
+        let groups = self.groups(body.len());
+        let bodies = if groups > 1 {
+            body.split(groups, |item| group_of(&item.doc_id, groups))
+        } else {
+            vec![body]
+        };
+        let this = &*self;
+        let sent = futures::future::join_all(bodies.iter().map(|b| this.send(b))).await;
+        let mut failures = Vec::new();
+        for (r, b) in sent.into_iter().zip(&bodies) {
+            match r? {
+                Ok(failed) => failures.extend(failed),
+                Err(whole) => {
+                    failures.extend(b.items().iter().map(|it| (it.change, whole.clone())));
+                }
+            }
+        }
+        let failed = failures.len();
+        for (i, f) in failures {
+            if let Some(c) = changes.get_mut(i).and_then(Option::take) {
+                self.held.failures.push((c, f));
+            }
+        }
+        tracing::debug!(processor = %self.name, actions = changes.len(), groups, failed,
+            elapsed_ms = started.elapsed().as_millis(), "bulk of held chunks done");
+        Ok(())
+    }
+
     /// Runs `f` until it answers with a 2xx or a rejection (returned as they are), waiting out
     /// outages and retrying transient failures like a bulk request.
     async fn request_with_retries<F, Fut>(&self, what: &str, mut f: F) -> Result<(u16, String)>
@@ -586,6 +767,36 @@ impl ElasticsearchProcessor {
     }
 }
 
+/// The group (of `groups`) whose requests carry the actions of document `id`: one document's
+/// actions are always in one group, in chunk order.
+fn group_of(id: &str, groups: usize) -> usize {
+    if groups <= 1 {
+        return 0;
+    }
+    let h = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = rustc_hash::FxBuildHasher.build_hasher();
+        h.write(id.as_bytes());
+        h.finish()
+    };
+    // The high bits: FxHash mixes them best.
+    usize::try_from((h >> 32) % groups as u64).unwrap_or(0)
+}
+
+/// A change without its document (kept for the error row of a held action).
+fn without_document(change: &Change) -> Change {
+    Change {
+        id: change.id.clone(),
+        topic: change.topic.clone(),
+        partition: change.partition,
+        offset: change.offset,
+        deleted: change.deleted,
+        metadata: change.metadata.clone(),
+        document: Document::Known(None),
+        size: change.size,
+    }
+}
+
 fn excerpt(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]);
     s.into_owned()
@@ -615,9 +826,9 @@ impl Processor for ElasticsearchProcessor {
                 .fetch_missing(std::slice::from_mut(change))
                 .await?;
         }
-        let outcome = self
-            .process_changes_chunk(std::slice::from_mut(change))
-            .await?;
+        // Held actions go first, so that a document's writes stay in order.
+        self.write_held().await?;
+        let outcome = self.write_chunk(std::slice::from_mut(change)).await?;
         Ok(match outcome {
             Err(f) => Err(f),
             Ok(o) => match o.errors.into_iter().next() {
@@ -632,44 +843,28 @@ impl Processor for ElasticsearchProcessor {
         &mut self,
         changes: &mut [Change],
     ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
-        let started = Instant::now();
-        let mut outcome = ChunkOutcome::default();
-        let mut body =
-            BulkBody::with_capacity(changes.iter().map(|c| c.size + 64).sum(), changes.len());
-        for (i, change) in changes.iter().enumerate() {
-            match self.plan(change) {
-                Plan::Index {
-                    id,
-                    version,
-                    source,
-                } => {
-                    if let Err(e) = body.push_index(i, &id, version, &source) {
-                        outcome.errors.push((
-                            i,
-                            self.failure(
-                                TRANSFORM_ERROR_TYPE,
-                                &id,
-                                &format!("cannot encode the document: {e}"),
-                            ),
-                        ));
-                    }
-                }
-                Plan::Delete { id, version } => body.push_delete(i, &id, version),
-                Plan::Skip => {}
-                Plan::Retry => outcome.retry.push(i),
-                Plan::Fail(f) => outcome.errors.push((i, f)),
-            }
+        if self.config.flush_max_changes > 0 {
+            return Ok(Ok(self.hold_chunk(changes)));
         }
-        if !body.is_empty() {
-            match self.send(&body).await? {
-                Ok(failed) => outcome.errors.extend(failed),
-                Err(whole) => return Ok(Err(whole)),
-            }
+        self.write_chunk(changes).await
+    }
+
+    async fn settle(&mut self, seq: u64, flush: bool) -> Result<Settled> {
+        let held = &self.held;
+        let due = flush
+            || held.body.len() >= self.config.flush_max_changes
+            || held.body.bytes().len() >= self.config.flush_max_bytes
+            || held.since.is_some_and(|t| {
+                t.elapsed() >= Duration::from_millis(self.config.flush_max_delay_ms)
+            });
+        if held.body.is_empty() || due {
+            self.write_held().await?;
+            self.held.written_through = self.held.written_through.max(seq);
         }
-        outcome.errors.sort_by_key(|(i, _)| *i);
-        tracing::debug!(processor = %self.name, changes = changes.len(), actions = body.len(), bytes = body.bytes().len(),
-            failed = outcome.errors.len(), retry = outcome.retry.len(), elapsed_ms = started.elapsed().as_millis(), "bulk chunk done");
-        Ok(Ok(outcome))
+        Ok(Settled {
+            written_through: self.held.written_through.min(seq),
+            failures: std::mem::take(&mut self.held.failures),
+        })
     }
 
     /// Creates the index with its settings, mappings and alias when it does not exist. One
@@ -731,6 +926,26 @@ mod tests {
             meta.extra.insert("document".into(), d);
         }
         Change::from_message("t", 0, 0, meta.to_json().as_bytes()).expect("change")
+    }
+
+    #[test]
+    fn chunks_split_into_groups_by_document_id() {
+        let mut config = ElasticsearchConfig::new("http://127.0.0.1:1", "forms");
+        config.max_in_flight = 4;
+        let p = processor(config);
+        assert_eq!(
+            [10, 199, 200, 399, 1000, 100_000].map(|n| p.groups(n)),
+            [1, 1, 2, 3, 4, 4]
+        );
+        assert_eq!(group_of("abc", 1), 0);
+        let mut counts = [0usize; 4];
+        for n in 0..4000 {
+            let id = format!("{n:08x}-form");
+            let g = group_of(&id, 4);
+            assert_eq!(g, group_of(&id, 4), "the same document, the same group");
+            counts[g] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "balanced: {counts:?}");
     }
 
     #[test]
