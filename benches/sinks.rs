@@ -407,12 +407,21 @@ async fn run(pg_url: &str, kafka: &str, es_url: &str, n: usize) -> anyhow::Resul
         println!("published {n} changes in {:.2}s", t.elapsed().as_secs_f64());
 
         // Elasticsearch through the pillow.
-        for (in_flight, chunk) in [(1, 1000), (4, 1000), (4, 100), (4, 10)] {
-            let changes = if chunk == 10 { n / 10 } else { n };
+        // (max_in_flight, chunk size, flush_max_changes: 0 = no gathering across chunks).
+        for (in_flight, chunk, gather) in [
+            (1, 1000, 0),
+            (4, 1000, 0),
+            (4, 1000, 5000),
+            (4, 100, 0),
+            (4, 100, 5000),
+            (4, 10, 0),
+            (4, 10, 5000),
+        ] {
+            let changes = if chunk == 10 && gather == 0 { n / 10 } else { n };
             let id = unique_name("bench_sinks_es");
             let index = unique_name("bench_sinks_es");
             let processor = format!(
-                "type = \"elasticsearch\"\nurls = [\"{es_url}\"]\nindex = \"{index}\"\nmax_in_flight = {in_flight}\nsettings = {}\n",
+                "type = \"elasticsearch\"\nurls = [\"{es_url}\"]\nindex = \"{index}\"\nmax_in_flight = {in_flight}\nflush_max_changes = {gather}\nsettings = {}\n",
                 ES_SETTINGS.replace(':', " =")
             );
             let text = pillow_toml(&id, &topic, chunk, kafka, pg_url, &processor);
@@ -422,7 +431,11 @@ async fn run(pg_url: &str, kafka: &str, es_url: &str, n: usize) -> anyhow::Resul
             forget_pillow(&pg, &id).await?;
             rows.push(Row {
                 sink: "elasticsearch",
-                label: format!("pillow, chunk {chunk}, max_in_flight {in_flight}"),
+                label: if gather == 0 {
+                    format!("pillow, chunk {chunk}, max_in_flight {in_flight}, no gathering")
+                } else {
+                    format!("pillow, chunk {chunk}, max_in_flight {in_flight}, gathering {gather}")
+                },
                 changes,
                 time,
                 cpu,

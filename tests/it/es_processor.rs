@@ -81,6 +81,10 @@ fn config(url: &str, index: &str) -> ElasticsearchConfig {
     c.max_backoff_ms = 200;
     c.max_retries = 5;
     c.request_timeout_ms = 10_000;
+    // These tests look at the requests of each chunk (and some call the processor directly,
+    // outside a pillow): every chunk is written before its call returns. Gathering across
+    // chunks, the default, has its own tests below.
+    c.flush_max_changes = 0;
     c
 }
 
@@ -812,4 +816,106 @@ async fn gathering_across_chunk_10_writes_large_bulks_and_checkpoints_the_end() 
         offsets, 300,
         "the checkpoint is at the end (next offset 300)"
     );
+}
+
+/// A checkpoint store that checks, at every write, that every change below the offset written
+/// is in the index (one partition: offset `o` ↔ `doc-{o:03}`).
+struct CheckingStore {
+    inner: MemoryCheckpointStore,
+    client: Elasticsearch,
+    index: String,
+    violations: std::sync::Mutex<Vec<String>>,
+    checked: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl pillowtop::store::checkpoints::CheckpointStore for CheckingStore {
+    async fn load(
+        &self,
+        id: &str,
+    ) -> pillowtop::Result<Vec<pillowtop::store::checkpoints::CheckpointRow>> {
+        self.inner.load(id).await
+    }
+    async fn write(
+        &self,
+        id: &str,
+        updates: &[pillowtop::store::checkpoints::CheckpointUpdate],
+    ) -> pillowtop::Result<()> {
+        for u in updates {
+            for o in 0..u.offset {
+                let doc = format!("doc-{o:03}");
+                if get(&self.client, &self.index, &doc).await.is_none() {
+                    self.violations.lock().expect("lock").push(format!(
+                        "checkpoint {} written while {doc} was not in the index",
+                        u.offset
+                    ));
+                }
+            }
+            self.checked.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.write(id, updates).await
+    }
+    async fn create_rows(
+        &self,
+        id: &str,
+        partitions: &[pillowtop::feed::TopicPartition],
+        offset: i64,
+    ) -> pillowtop::Result<u64> {
+        self.inner.create_rows(id, partitions, offset).await
+    }
+}
+
+/// Gathering across chunks (the default) with CommCare's chunk size 10 and slow bulk responses:
+/// every checkpoint the pillow writes covers only changes already in the index, and at the end
+/// every change is there once.
+#[tokio::test(flavor = "multi_thread")]
+async fn gathering_never_checkpoints_a_change_that_is_not_in_the_index() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_gather_cp");
+    let client = es(&url);
+    let proxy = FaultProxy::start(&url).await;
+    proxy.faults.delay_bulk.store(usize::MAX, Ordering::SeqCst);
+    proxy.faults.delay_ms.store(150, Ordering::SeqCst);
+    let (feed, expected) = versioned_feed(200, 1);
+    let mut c = config(&proxy.url, &index.name);
+    c.flush_max_changes = 45;
+    let name = unique_name("es_gather_cp");
+    let mut pc = PillowConfig::new(&name, &name);
+    pc.chunk_size = 10;
+    pc.checkpoint_frequency = 10;
+    let store = Arc::new(CheckingStore {
+        inner: MemoryCheckpointStore::new(),
+        client: es(&url),
+        index: index.name.clone(),
+        violations: std::sync::Mutex::default(),
+        checked: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let mut pillow = Pillow::new(
+        pc,
+        Box::new(feed),
+        vec![Box::new(ElasticsearchProcessor::new(c).expect("processor"))],
+        store.clone(),
+        Arc::new(MemoryErrorStore::new()),
+    );
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        pillow.run(&CancellationToken::new()),
+    )
+    .await
+    .expect("in time")
+    .expect("runs");
+    assert_eq!((summary.changes, summary.failed), (200, 0));
+    let violations = store.violations.lock().expect("lock").clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(
+        store.checked.load(Ordering::SeqCst) >= 4,
+        "several checkpoints were written and checked"
+    );
+    let bulks = proxy.bulk_actions();
+    assert!(
+        bulks.len() <= 12 && bulks.iter().any(|n| *n >= 40),
+        "chunks of 10 gathered into large bulks: {bulks:?}"
+    );
+    assert_eq!(checkpointed(&store.inner, &name).await, 200);
+    assert_exactly(&client, &index.name, &expected).await;
 }

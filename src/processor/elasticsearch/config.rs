@@ -23,7 +23,7 @@ use crate::error::{ConfigError, Result};
 ///   "max_actions_per_request": 1000,
 ///   "max_bytes_per_request": 10485760,
 ///   "max_in_flight": 4,
-///   "flush_max_changes": 0,
+///   "flush_max_changes": 5000,
 ///   "flush_max_bytes": 8388608,
 ///   "flush_max_delay_ms": 100,
 ///   "max_retries": 4,
@@ -80,9 +80,9 @@ pub struct ElasticsearchConfig {
     /// [`Processor::settle`](crate::processor::Processor::settle)): it never passes a held change;
     /// an idle feed, a stop or a lost partition write everything held first. A whole bulk request
     /// rejected after gathering fails the changes of that request (error rows), with no
-    /// change-by-change fallback. 0 turns gathering off: every chunk is written before its call
-    /// returns, as in CommCare (the default: gathering is new and not yet covered by tests
-    /// through a pillow).
+    /// change-by-change fallback. The default, 5,000, makes CommCare's default chunk size 10 as
+    /// fast as large chunks; 0 turns gathering off: every chunk is written before its call
+    /// returns, as in CommCare.
     #[serde(default = "defaults::flush_max_changes")]
     pub flush_max_changes: usize,
     /// Gathering across chunks: write once the held actions reach this many bytes.
@@ -143,7 +143,7 @@ mod defaults {
         4
     }
     pub(super) fn flush_max_changes() -> usize {
-        0
+        5000
     }
     pub(super) fn flush_max_bytes() -> usize {
         8 * 1024 * 1024
