@@ -919,3 +919,57 @@ async fn gathering_never_checkpoints_a_change_that_is_not_in_the_index() {
     assert_eq!(checkpointed(&store.inner, &name).await, 200);
     assert_exactly(&client, &index.name, &expected).await;
 }
+
+/// A 429 from the node halves the actions per bulk request; answers without one grow it back
+/// to `max_actions_per_request`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_halves_the_bulk_size_and_answers_without_one_grow_it_back() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_429_adapt");
+    let client = es(&url);
+    let proxy = FaultProxy::start(&url).await;
+    // The first bulk answer: every item rejected with 429.
+    proxy.faults.rewrite_bulk.store(1, Ordering::SeqCst);
+    proxy.faults.rewrite_every.store(1, Ordering::SeqCst);
+    let (feed, expected) = versioned_feed(600, 1);
+    let mut c = config(&proxy.url, &index.name);
+    c.max_actions_per_request = 100;
+    c.max_in_flight = 1;
+    let p = ElasticsearchProcessor::new(c).expect("processor");
+    let (summary, rows) = run_memory(feed, p, 100).await;
+    assert_eq!(summary.expect("run").failed, 0);
+    assert!(rows.is_empty(), "{rows:?}");
+    let bulks = proxy.bulk_actions();
+    // Chunk 1: 100 actions, all 429 (limit 100 → 50), re-sent whole and accepted (→ 63);
+    // chunk 2 goes out as 63 + 37 (→ 79 → 99), then 99 + 1 (→ 100), then whole requests.
+    assert_eq!(&bulks[..6], &[100, 100, 63, 37, 99, 1], "{bulks:?}");
+    assert!(
+        bulks[6..].iter().all(|n| *n == 100),
+        "grown back: {bulks:?}"
+    );
+    assert_exactly(&client, &index.name, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rate_ceiling_holds_the_processor_below_max_docs_per_second() {
+    let url = require!("TEST_ELASTICSEARCH_URL");
+    let index = TestIndex::new(&url, "es_rate_ceiling");
+    let client = es(&url);
+    // 3,000 changes at a ceiling of 2,000/s: the first second's credit plus one request go at
+    // once, the rest at the ceiling: at least (3000 - 2000 - 100) / 2000 s after the first.
+    let (feed, expected) = versioned_feed(3000, 1);
+    let mut c = config(&url, &index.name);
+    c.max_actions_per_request = 100;
+    c.max_docs_per_second = 2000;
+    let p = ElasticsearchProcessor::new(c).expect("processor");
+    let started = std::time::Instant::now();
+    let (summary, rows) = run_memory(feed, p, 100).await;
+    let took = started.elapsed();
+    assert_eq!(summary.expect("run").failed, 0);
+    assert!(rows.is_empty(), "{rows:?}");
+    assert!(
+        took >= Duration::from_millis(450),
+        "3,000 changes at 2,000/s took only {took:?}"
+    );
+    assert_exactly(&client, &index.name, &expected).await;
+}

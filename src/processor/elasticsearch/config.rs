@@ -26,6 +26,7 @@ use crate::error::{ConfigError, Result};
 ///   "flush_max_changes": 5000,
 ///   "flush_max_bytes": 8388608,
 ///   "flush_max_delay_ms": 100,
+///   "max_docs_per_second": 0,
 ///   "max_retries": 4,
 ///   "outage_budget_secs": 300,
 ///   "base_backoff_ms": 1000,
@@ -92,6 +93,13 @@ pub struct ElasticsearchConfig {
     /// chunk; an idle feed writes at its idle tick).
     #[serde(default = "defaults::flush_max_delay_ms")]
     pub flush_max_delay_ms: u64,
+    /// A rate ceiling for shared clusters: at most this many actions per second are sent, over
+    /// all the processor's requests in flight (a request waits until its actions fit; its
+    /// changes are not checkpointed before it is written). 0 (the default): no ceiling. Each
+    /// process of a pillow has its own ceiling: a pillow run as N processes sends up to N ×
+    /// this.
+    #[serde(default)]
+    pub max_docs_per_second: u64,
     /// Retries, after the first attempt, of transient failures that are not an outage: a
     /// request or an item answered 500 or another 5xx that does not say the cluster is
     /// unavailable. A request still failing stops the pillow; an item still failing becomes its
@@ -200,6 +208,7 @@ impl ElasticsearchConfig {
             flush_max_changes: defaults::flush_max_changes(),
             flush_max_bytes: defaults::flush_max_bytes(),
             flush_max_delay_ms: defaults::flush_max_delay_ms(),
+            max_docs_per_second: 0,
             max_retries: defaults::max_retries(),
             outage_budget_secs: defaults::outage_budget_secs(),
             base_backoff_ms: defaults::base_backoff_ms(),

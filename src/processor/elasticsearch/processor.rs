@@ -118,6 +118,43 @@ pub struct ElasticsearchProcessor {
     docstores: DocumentStores,
     policy: Policy,
     held: Held,
+    /// The actions per bulk request now: `max_actions_per_request`, halved on each 429 from the
+    /// node and grown back by a quarter after each request without one.
+    batch_limit: std::sync::atomic::AtomicUsize,
+    /// The rate ceiling (`max_docs_per_second`), if any.
+    rate: Option<RateCeiling>,
+}
+
+/// A rate ceiling over all the requests of a processor: each request reserves the time its
+/// actions take at the ceiling's rate, after the reservations before it, and waits for its
+/// start (a virtual schedule; an idle period earns no credit beyond one second's worth).
+struct RateCeiling {
+    per_second: f64,
+    next_free: std::sync::Mutex<std::time::Instant>,
+}
+
+impl RateCeiling {
+    fn new(per_second: u64) -> Option<Self> {
+        (per_second > 0).then(|| Self {
+            per_second: per_second as f64,
+            next_free: std::sync::Mutex::new(std::time::Instant::now()),
+        })
+    }
+
+    /// When `actions` actions may be sent: reserves their share of the schedule.
+    fn reserve(&self, actions: usize, now: std::time::Instant) -> std::time::Instant {
+        let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+        // an idle spell earns at most one second's worth of credit (a burst of `per_second`)
+        let earliest = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        let start = (*next).max(earliest);
+        *next = start + Duration::from_secs_f64(actions as f64 / self.per_second);
+        start.max(now)
+    }
+
+    async fn wait(&self, actions: usize) {
+        let at = self.reserve(actions, std::time::Instant::now());
+        tokio::time::sleep_until(at.into()).await;
+    }
 }
 
 /// Actions gathered across chunks (`flush_max_changes` > 0), written by
@@ -218,6 +255,8 @@ impl ElasticsearchProcessor {
             transform,
             docstores: DocumentStores::new(),
             held: Held::default(),
+            batch_limit: std::sync::atomic::AtomicUsize::new(config.max_actions_per_request.max(1)),
+            rate: RateCeiling::new(config.max_docs_per_second),
             config,
         })
     }
@@ -393,15 +432,32 @@ impl ElasticsearchProcessor {
         body: &BulkBody,
     ) -> Result<std::result::Result<Vec<(usize, ProcessorFailure)>, ProcessorFailure>> {
         let mut failures = Vec::new();
-        for batch in body.batches(
-            self.config.max_actions_per_request,
-            self.config.max_bytes_per_request,
-        ) {
+        let limit = self
+            .batch_limit
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        for batch in body.batches(limit, self.config.max_bytes_per_request) {
             if let Err(whole) = self.send_batch(body, batch, &mut failures).await? {
                 return Ok(Err(whole));
             }
         }
         Ok(Ok(failures))
+    }
+
+    /// Adapts the actions per request to the node's answer: halved on a 429 (the node's queue
+    /// is full), grown back by a quarter after an answer without one.
+    fn adapt(&self, throttled: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = self.config.max_actions_per_request.max(1);
+        let now = self.batch_limit.load(Relaxed);
+        let next = next_batch_limit(now, max, throttled);
+        if next != now {
+            self.batch_limit.store(next, Relaxed);
+            if throttled {
+                tracing::info!(processor = %self.name, index = %self.config.index, from = now, to = next,
+                    "elasticsearch answered 429 (too many requests): fewer actions per bulk request");
+            }
+        }
     }
 
     /// How many groups a chunk of `changes` changes is split into (see `max_in_flight`).
@@ -440,6 +496,9 @@ impl ElasticsearchProcessor {
                 gathered = body.gather(&pending);
                 &gathered
             };
+            if let Some(rate) = &self.rate {
+                rate.wait(pending.len()).await;
+            }
             let reply = match wait.request(self.bulk_request(bytes)).await? {
                 Ok(r) => r,
                 Err(e) if classify_transport(&e) == Failure::Outage => {
@@ -456,6 +515,7 @@ impl ElasticsearchProcessor {
             let results = match reply {
                 Reply::Items(None) => {
                     wait.progressed();
+                    self.adapt(false);
                     return Ok(Ok(())); // no item failed
                 }
                 Reply::Items(Some(r)) if r.len() == pending.len() => r,
@@ -471,6 +531,7 @@ impl ElasticsearchProcessor {
                     )))
                 }
                 Reply::Status(s, text) => {
+                    self.adapt(s == 429);
                     match self.on_status(&mut wait, pending.len(), s, text).await? {
                         None => continue,
                         Some(whole) => return Ok(Err(whole)),
@@ -478,6 +539,11 @@ impl ElasticsearchProcessor {
                 }
             };
             let retry = self.classify(body, &pending, &results, failures);
+            self.adapt(
+                retry
+                    .iter()
+                    .any(|(_, _, reason)| reason.starts_with("status 429")),
+            );
             if retry.len() < pending.len() {
                 wait.progressed();
             }
@@ -767,6 +833,19 @@ impl ElasticsearchProcessor {
     }
 }
 
+/// The smallest batch a 429 halves the actions per request to.
+const MIN_BATCH_LIMIT: usize = 16;
+
+/// The actions per request after an answer: halved on a 429 (not below [`MIN_BATCH_LIMIT`] or
+/// `max`), otherwise grown by a quarter up to `max`.
+fn next_batch_limit(now: usize, max: usize, throttled: bool) -> usize {
+    if throttled {
+        (now / 2).max(MIN_BATCH_LIMIT.min(max))
+    } else {
+        (now + now / 4 + 1).min(max)
+    }
+}
+
 /// The group (of `groups`) whose requests carry the actions of document `id`: one document's
 /// actions are always in one group, in chunk order.
 fn group_of(id: &str, groups: usize) -> usize {
@@ -926,6 +1005,39 @@ mod tests {
             meta.extra.insert("document".into(), d);
         }
         Change::from_message("t", 0, 0, meta.to_json().as_bytes()).expect("change")
+    }
+
+    #[test]
+    fn the_rate_ceiling_spaces_requests_by_their_actions() {
+        let rate = RateCeiling::new(1000).expect("a ceiling");
+        let t0 = std::time::Instant::now() + Duration::from_secs(10);
+        *rate.next_free.lock().unwrap() = t0;
+        assert_eq!(rate.reserve(500, t0), t0, "the first goes at once");
+        assert_eq!(rate.reserve(500, t0), t0 + Duration::from_millis(500));
+        assert_eq!(rate.reserve(100, t0), t0 + Duration::from_millis(1000));
+        // after a long idle spell, one second's credit: the second 1000 start at once too
+        // (their own time is reserved after them), the next wait
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(rate.reserve(1000, later), later);
+        assert_eq!(rate.reserve(1000, later), later);
+        assert_eq!(rate.reserve(10, later), later + Duration::from_secs(1));
+        assert!(RateCeiling::new(0).is_none(), "0 means no ceiling");
+    }
+
+    #[test]
+    fn a_429_halves_the_batch_and_answers_without_one_grow_it_back() {
+        assert_eq!(next_batch_limit(1000, 1000, true), 500);
+        assert_eq!(next_batch_limit(20, 1000, true), 16, "a floor");
+        assert_eq!(next_batch_limit(10, 10, true), 10, "never above max");
+        assert_eq!(next_batch_limit(500, 1000, false), 626);
+        assert_eq!(next_batch_limit(900, 1000, false), 1000);
+        let mut n = 16;
+        let mut steps = 0;
+        while n < 1000 {
+            n = next_batch_limit(n, 1000, false);
+            steps += 1;
+        }
+        assert!(steps <= 20, "back to the maximum within {steps} answers");
     }
 
     #[test]
