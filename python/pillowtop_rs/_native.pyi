@@ -16,7 +16,9 @@ __all__ = [
     "RunSummary",
     "kafka_offsets",
     "read_kafka_changes",
+    "processed",
     "status_json",
+    "wait_processed",
     "status_page",
     "RustProcessor",
     "SqlDocumentStore",
@@ -199,6 +201,30 @@ def status_json(
     postgres_url: str, kafka_bootstrap: str, names: Mapping[str, str] | None = None
 ) -> str:
     """Return every pillow's status as JSON (``pillowtop serve``'s ``/api/pillows``)."""
+
+def processed(
+    checkpoint_id: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    *,
+    postgres_url: str,
+    processor: str | None = None,
+) -> bool:
+    """Return whether the pillow (or its ``processor``) has handled the change at ``offset``."""
+
+def wait_processed(
+    checkpoint_id: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    *,
+    postgres_url: str,
+    processor: str | None = None,
+    timeout: float = 30.0,
+    poll: float = 0.05,
+) -> bool:
+    """Wait until the change at ``offset`` is handled; ``False`` when ``timeout`` is up."""
 
 def kafka_offsets(kafka: str, topics: list[str]) -> dict[tuple[str, int], int]:
     """Return the high-water mark of every partition of ``topics``."""

@@ -41,11 +41,14 @@ __all__ = [
     "lag",
     "list_kafka_topics",
     "merge_checkpoints",
+    "processed",
     "reset_checkpoint",
     "search_kafka_changes",
     "split_checkpoints",
     "tail_kafka",
     "validate",
+    "wait_delivered",
+    "wait_processed",
 ]
 
 
@@ -242,6 +245,75 @@ def lag(
         metrics_port=metrics_port,
         rounds=rounds,
         topics={k: list(v) for k, v in (topics or {}).items()},
+    )
+
+
+def processed(
+    checkpoint_id: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    *,
+    postgres_url: str,
+    processor: str | None = None,
+) -> bool:
+    """Return whether the pillow of ``checkpoint_id`` has handled the change at ``offset``.
+
+    A checkpoint row holds the next offset to read, so the change is handled once the row of
+    its partition is past it. With ``processor`` (a processor's name), once that processor has:
+    its own row (independent processors) or the pillow's row (the minimum over its processors)
+    is past it. A change that failed and has an error row counts as handled.
+    """
+    return _native.processed(
+        checkpoint_id, topic, partition, offset, postgres_url=postgres_url, processor=processor
+    )
+
+
+def wait_processed(
+    checkpoint_id: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    *,
+    postgres_url: str,
+    processor: str | None = None,
+    timeout: float = 30.0,
+    poll: float = 0.05,
+) -> bool:
+    """Wait until :func:`processed` is true, at most ``timeout`` seconds: ``False`` if it is not.
+
+    Web code that just published a change waits for "this form is in the case-search index"
+    instead of writing to Elasticsearch synchronously or sleeping. Ctrl-C interrupts the wait.
+    """
+    return _native.wait_processed(
+        checkpoint_id,
+        topic,
+        partition,
+        offset,
+        postgres_url=postgres_url,
+        processor=processor,
+        timeout=timeout,
+        poll=poll,
+    )
+
+
+def wait_delivered(
+    checkpoint_id: str,
+    delivery: Any,
+    *,
+    postgres_url: str,
+    processor: str | None = None,
+    timeout: float = 30.0,
+) -> bool:
+    """:func:`wait_processed` for what ``send_change`` returned (its topic, partition, offset)."""
+    return wait_processed(
+        checkpoint_id,
+        delivery.topic,
+        delivery.partition,
+        delivery.offset,
+        postgres_url=postgres_url,
+        processor=processor,
+        timeout=timeout,
     )
 
 

@@ -19,6 +19,7 @@
 pub mod add_partitions;
 pub mod assignments;
 pub mod fix;
+pub mod freshness;
 pub mod history;
 pub mod http;
 pub mod inspect;

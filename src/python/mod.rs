@@ -11,6 +11,7 @@ mod change_meta;
 mod cli;
 mod detach;
 mod errors;
+mod freshness;
 mod observe;
 mod ops;
 mod pillow;
@@ -38,6 +39,8 @@ mod native {
     use super::change_meta::PyChangeMeta;
     #[pymodule_export]
     use super::cli::run_cli;
+    #[pymodule_export]
+    use super::freshness::{processed, wait_processed};
     #[pymodule_export]
     use super::ops::{
         create_kafka_topics, dump_remaining_changes, fix_checkpoint_after_rewind,

@@ -11,6 +11,7 @@ use pillowtop::assembly::{PillowSpec, ProcessorSpec};
 use pillowtop::change::{Change, ChangeMeta};
 use pillowtop::feed::kafka::{ChangeProducer, KafkaFeed, KafkaFeedOptions};
 use pillowtop::feed::{ChangeFeed, TopicPartition};
+use pillowtop::ops::freshness::{self, Position};
 use pillowtop::pillow::{PillowConfig, ProcessorCheckpoints};
 use pillowtop::processor::memory::RecordingProcessor;
 use pillowtop::processor::{ChunkOutcome, Processor, ProcessorFailure};
@@ -125,6 +126,28 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let slow_seen = seen.load(Ordering::SeqCst);
+    // The freshness API answers per processor: the last change is in the fast one, not yet in
+    // the slow one nor (so) in the pillow.
+    let (last_tp, last_hwm) = hwm
+        .iter()
+        .next()
+        .map(|(tp, o)| (tp.clone(), *o))
+        .expect("a partition");
+    let last = |processor: Option<&str>| Position {
+        checkpoint_id: id.clone(),
+        tp: last_tp.clone(),
+        offset: last_hwm - 1,
+        processor: processor.map(str::to_owned),
+    };
+    assert!(freshness::processed(&db.pg, &last(Some("fast")))
+        .await
+        .expect("processed"));
+    assert!(!freshness::processed(&db.pg, &last(Some("slow")))
+        .await
+        .expect("processed"));
+    assert!(!freshness::processed(&db.pg, &last(None))
+        .await
+        .expect("processed"));
     assert!(
         slow_seen < total / 2,
         "the slow processor had seen {slow_seen} of {total} when the fast one was done: it was not held back alone"
@@ -137,7 +160,32 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
             "pillow {tp} at {o} passed the slow processor's {slow:?}"
         );
     }
+    // The slow processor gets there: waiting for it returns once it has.
+    assert!(freshness::wait_processed(
+        &db.pg,
+        &last(Some("slow")),
+        Duration::from_secs(60),
+        Duration::from_millis(50)
+    )
+    .await
+    .expect("waits"));
     let summary = run.await.expect("joins").expect("runs");
+    assert!(freshness::processed(&db.pg, &last(None))
+        .await
+        .expect("processed"));
+    // A change not yet published: the wait ends with false when the time is up.
+    let mut beyond = last(None);
+    beyond.offset = last_hwm;
+    let started = std::time::Instant::now();
+    assert!(!freshness::wait_processed(
+        &db.pg,
+        &beyond,
+        Duration::from_millis(300),
+        Duration::from_millis(50)
+    )
+    .await
+    .expect("waits"));
+    assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(summary.changes, total as u64);
     assert_eq!(seen.load(Ordering::SeqCst), total);
     assert_eq!(fast.recorded.lock().expect("lock").processed.len(), total);

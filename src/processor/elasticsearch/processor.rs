@@ -143,7 +143,10 @@ impl RateCeiling {
 
     /// When `actions` actions may be sent: reserves their share of the schedule.
     fn reserve(&self, actions: usize, now: std::time::Instant) -> std::time::Instant {
-        let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = self
+            .next_free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // an idle spell earns at most one second's worth of credit (a burst of `per_second`)
         let earliest = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
         let start = (*next).max(earliest);
@@ -1011,7 +1014,7 @@ mod tests {
     fn the_rate_ceiling_spaces_requests_by_their_actions() {
         let rate = RateCeiling::new(1000).expect("a ceiling");
         let t0 = std::time::Instant::now() + Duration::from_secs(10);
-        *rate.next_free.lock().unwrap() = t0;
+        *rate.next_free.lock().expect("lock") = t0;
         assert_eq!(rate.reserve(500, t0), t0, "the first goes at once");
         assert_eq!(rate.reserve(500, t0), t0 + Duration::from_millis(500));
         assert_eq!(rate.reserve(100, t0), t0 + Duration::from_millis(1000));

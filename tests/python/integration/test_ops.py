@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -163,3 +164,44 @@ def test_a_ui_object_receives_every_line_and_question_and_typed_errors_come_back
         ops.split_checkpoints(unique_name + "_never", [target], postgres_url=postgres_url, ui=ui)
     with pytest.raises(ConfigurationError, match="no target checkpoints given"):
         ops.split_checkpoints(source, [], postgres_url=postgres_url, ui=ui)
+
+
+def test_wait_delivered_returns_once_the_pillow_has_handled_the_change(
+    kafka_bootstrap: str, postgres_url: str, topic: str, unique_name: str
+) -> None:
+    from pillowtop_rs.producer import ChangeProducer
+
+    producer = ChangeProducer(bootstrap=kafka_bootstrap)
+    change = {"document_id": "fresh-1", "data_source_type": "sql", "data_source_name": "form-sql"}
+    delivery = producer.send_change(topic, change)
+    assert delivery is not None
+    # Not yet: no pillow has run; the wait ends with False when its time is up.
+    started = time.monotonic()
+    assert not ops.wait_delivered(unique_name, delivery, postgres_url=postgres_url, timeout=0.3)
+    assert time.monotonic() - started >= 0.3
+    assert not ops.processed(
+        unique_name, delivery.topic, delivery.partition, delivery.offset, postgres_url=postgres_url
+    )
+    # A pillow handles it: both answers turn true, for the pillow and for its processor.
+    Pillow(unique_name, [topic], [Nothing()]).run(
+        kafka=kafka_bootstrap, postgres=postgres_url, until_idle=True, idle_timeout=1.0
+    )
+    assert ops.wait_delivered(unique_name, delivery, postgres_url=postgres_url, timeout=10)
+    assert ops.processed(
+        unique_name,
+        delivery.topic,
+        delivery.partition,
+        delivery.offset,
+        postgres_url=postgres_url,
+        processor="Nothing",
+    )
+    # The next offset of the partition has not been published, so it is not handled.
+    assert not ops.processed(
+        unique_name,
+        delivery.topic,
+        delivery.partition,
+        delivery.offset + 1,
+        postgres_url=postgres_url,
+    )
+    with pytest.raises(ConfigurationError, match="timeout"):
+        ops.wait_delivered(unique_name, delivery, postgres_url=postgres_url, timeout=-1)
