@@ -907,9 +907,13 @@ async fn gathering_never_checkpoints_a_change_that_is_not_in_the_index() {
     assert_eq!((summary.changes, summary.failed), (200, 0));
     let violations = store.violations.lock().expect("lock").clone();
     assert!(violations.is_empty(), "{violations:#?}");
+    // At least one checkpoint before the final one (chunk 10 × frequency 10 makes one due
+    // after 100 changes; how many more depends on how the slow bulks and the chunks interleave
+    // on a loaded machine).
+    let checked = store.checked.load(Ordering::SeqCst);
     assert!(
-        store.checked.load(Ordering::SeqCst) >= 4,
-        "several checkpoints were written and checked"
+        checked >= 2,
+        "several checkpoints were written and checked: {checked}"
     );
     let bulks = proxy.bulk_actions();
     assert!(
