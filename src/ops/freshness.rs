@@ -68,17 +68,18 @@ pub async fn wait_processed(
     timeout: Duration,
     poll: Duration,
 ) -> Result<bool> {
-    let deadline = Instant::now() + timeout;
+    // A timeout too large for the clock waits without a deadline.
+    let deadline = Instant::now().checked_add(timeout);
     let poll = poll.clamp(Duration::from_millis(1), Duration::from_secs(1));
     loop {
         if processed(pg, position).await? {
             return Ok(true);
         }
-        let now = Instant::now();
-        if now >= deadline {
+        let left = deadline.map_or(poll, |d| d.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
             return Ok(false);
         }
-        tokio::time::sleep(poll.min(deadline - now)).await;
+        tokio::time::sleep(poll.min(left)).await;
     }
 }
 

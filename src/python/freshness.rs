@@ -75,10 +75,13 @@ pub(crate) fn wait_processed(
     let (timeout, poll) = (duration("timeout", timeout)?, duration("poll", poll)?);
     let runtime = runtime_from(&mut tokio::runtime::Builder::new_current_thread())?;
     let pg = Arc::new(Pg::new(postgres_url));
-    let deadline = Instant::now() + timeout;
+    // A timeout too large for the clock waits without a deadline.
+    let deadline = Instant::now().checked_add(timeout);
     // Slices of at most half a second with the GIL released, then a signal check.
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         let slice = left.min(Duration::from_millis(500));
         let done = detached(py, || -> PyResult<bool> {
             Ok(runtime.block_on(freshness::wait_processed(&pg, &at, slice, poll))?)
@@ -86,7 +89,7 @@ pub(crate) fn wait_processed(
         if done {
             return Ok(true);
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(false);
         }
         py.check_signals()?;

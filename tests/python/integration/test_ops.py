@@ -187,6 +187,8 @@ def test_wait_delivered_returns_once_the_pillow_has_handled_the_change(
         kafka=kafka_bootstrap, postgres=postgres_url, until_idle=True, idle_timeout=1.0
     )
     assert ops.wait_delivered(unique_name, delivery, postgres_url=postgres_url, timeout=10)
+    # A timeout too large for the clock is no deadline (not an overflow).
+    assert ops.wait_delivered(unique_name, delivery, postgres_url=postgres_url, timeout=1e300)
     assert ops.processed(
         unique_name,
         delivery.topic,
