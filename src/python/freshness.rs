@@ -65,12 +65,14 @@ pub(crate) fn wait_processed(
     poll: f64,
 ) -> PyResult<bool> {
     let at = position(checkpoint_id, topic, partition, offset, processor);
+    // Negative or NaN is an error; a number of seconds too large for a `Duration` is "forever".
     let duration = |what: &str, s: f64| {
-        Duration::try_from_secs_f64(s).map_err(|_| {
-            super::errors::ConfigurationError::new_err(format!(
+        if s.is_nan() || s < 0.0 {
+            return Err(super::errors::ConfigurationError::new_err(format!(
                 "{what} must be a non-negative number of seconds, not {s}"
-            ))
-        })
+            )));
+        }
+        Ok(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
     };
     let (timeout, poll) = (duration("timeout", timeout)?, duration("poll", poll)?);
     let runtime = runtime_from(&mut tokio::runtime::Builder::new_current_thread())?;
