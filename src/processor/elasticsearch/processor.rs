@@ -130,19 +130,19 @@ pub struct ElasticsearchProcessor {
 /// start (a virtual schedule; an idle period earns no credit beyond one second's worth).
 struct RateCeiling {
     per_second: f64,
-    next_free: std::sync::Mutex<std::time::Instant>,
+    next_free: std::sync::Mutex<Instant>,
 }
 
 impl RateCeiling {
     fn new(per_second: u64) -> Option<Self> {
         (per_second > 0).then(|| Self {
             per_second: per_second as f64,
-            next_free: std::sync::Mutex::new(std::time::Instant::now()),
+            next_free: std::sync::Mutex::new(Instant::now()),
         })
     }
 
     /// When `actions` actions may be sent: reserves their share of the schedule.
-    fn reserve(&self, actions: usize, now: std::time::Instant) -> std::time::Instant {
+    fn reserve(&self, actions: usize, now: Instant) -> Instant {
         let mut next = self
             .next_free
             .lock()
@@ -155,7 +155,7 @@ impl RateCeiling {
     }
 
     async fn wait(&self, actions: usize) {
-        let at = self.reserve(actions, std::time::Instant::now());
+        let at = self.reserve(actions, Instant::now());
         tokio::time::sleep_until(at.into()).await;
     }
 }
@@ -541,12 +541,8 @@ impl ElasticsearchProcessor {
                     }
                 }
             };
+            self.adapt(results.iter().any(|r| r.status == 429));
             let retry = self.classify(body, &pending, &results, failures);
-            self.adapt(
-                retry
-                    .iter()
-                    .any(|(_, _, reason)| reason.starts_with("status 429")),
-            );
             if retry.len() < pending.len() {
                 wait.progressed();
             }
@@ -1013,7 +1009,7 @@ mod tests {
     #[test]
     fn the_rate_ceiling_spaces_requests_by_their_actions() {
         let rate = RateCeiling::new(1000).expect("a ceiling");
-        let t0 = std::time::Instant::now() + Duration::from_secs(10);
+        let t0 = Instant::now() + Duration::from_secs(10);
         *rate.next_free.lock().expect("lock") = t0;
         assert_eq!(rate.reserve(500, t0), t0, "the first goes at once");
         assert_eq!(rate.reserve(500, t0), t0 + Duration::from_millis(500));
