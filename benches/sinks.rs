@@ -11,7 +11,10 @@
 //!   1000 rows per transaction) into an empty table, and a direct prepared
 //!   `INSERT … ON CONFLICT DO UPDATE` (1000 rows per statement) of the same rows over them;
 //! * **PostgreSQL through the pillow**: new rows (`copy_first`), the same topic again over the
-//!   rows (upserts), and exactly-once new rows.
+//!   rows (upserts), written in line per chunk (CommCare's way) or gathered across chunks on 1
+//!   or 2 connections (the default), at chunk 1000 and at CommCare's chunk 10 (N/10 changes in line, N/2
+//!   gathered);
+//!   exactly-once new rows.
 //!
 //! Every pillow phase is verified: N changes handled, none failed, N documents / rows.
 //!
@@ -19,6 +22,7 @@
 //! source .services/env   # TEST_KAFKA_BOOTSTRAP, TEST_POSTGRES_URL, TEST_ELASTICSEARCH_URL
 //! cargo bench --profile ci --features testing --bench sinks
 //! PILLOWTOP_BENCH_CHANGES=20000 cargo bench --features testing --bench sinks   # smoke
+//! PILLOWTOP_BENCH_SINKS=postgres cargo bench --profile ci --features testing --bench sinks  # one sink
 //! ```
 #![allow(
     clippy::print_stdout,
@@ -64,10 +68,29 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     };
     let n: usize = env_or("PILLOWTOP_BENCH_CHANGES", "100000").parse()?;
+    let sinks = env_or("PILLOWTOP_BENCH_SINKS", "elasticsearch,postgres");
+    let only: Vec<&str> = sinks.split(',').map(str::trim).collect();
+    for s in &only {
+        anyhow::ensure!(
+            ["elasticsearch", "postgres"].contains(s),
+            "PILLOWTOP_BENCH_SINKS: unknown sink {s:?} (elasticsearch, postgres)"
+        );
+    }
+    let wanted = Wanted {
+        elasticsearch: only.contains(&"elasticsearch"),
+        postgres: only.contains(&"postgres"),
+    };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(&pg, &kafka, &es, n))
+        .block_on(run(&pg, &kafka, &es, n, wanted))
+}
+
+/// Which sinks to measure (`PILLOWTOP_BENCH_SINKS`).
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    elasticsearch: bool,
+    postgres: bool,
 }
 
 fn document(i: usize, version: usize) -> Value {
@@ -96,6 +119,35 @@ fn meta(i: usize, version: usize) -> ChangeMeta {
     m.extra.insert("document".into(), document(i, version));
     m
 }
+
+/// The Elasticsearch pillow phases: (max_in_flight, chunk size, flush_max_changes: 0 = no
+/// gathering across chunks).
+const ES_PHASES: [(usize, usize, usize); 7] = [
+    (1, 1000, 0),
+    (4, 1000, 0),
+    (4, 1000, 5000),
+    (4, 100, 0),
+    (4, 100, 5000),
+    (4, 10, 0),
+    (4, 10, 5000),
+];
+
+/// The PostgreSQL pillow phases (all `copy_first`): (label, chunk size, extra table keys,
+/// exactly-once, also an upsert pass over the rows).
+const PG_PHASES: [(&str, usize, &str, bool, bool); 6] = [
+    ("in line per chunk", 1000, "flush_max_rows = 0", false, true),
+    (
+        "gathered, 1 connection",
+        1000,
+        "connections = 1",
+        false,
+        true,
+    ),
+    ("gathered, 2 connections (default)", 1000, "", false, true),
+    ("in line per chunk", 10, "flush_max_rows = 0", false, false),
+    ("gathered, 2 connections (default)", 10, "", false, false),
+    ("exactly-once", 1000, "", true, false),
+];
 
 const ES_SETTINGS: &str = r#"{"number_of_shards": 1, "number_of_replicas": 0}"#;
 
@@ -147,7 +199,11 @@ where
     quiesce(probe).await;
     let (c0, t0) = (probe.sample(), Instant::now());
     f().await?;
-    Ok((t0.elapsed(), probe.sample() - c0))
+    let time = t0.elapsed();
+    // The phase's connections close as it ends: their backends' CPU is counted once they have
+    // exited and the postmaster has reaped them (a backend caught exiting shows no times).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok((time, probe.sample() - c0))
 }
 
 /// Waits (up to 15 s) until the servers are nearly idle (< 10% of a core over 0.5 s), so a phase
@@ -337,7 +393,13 @@ async fn forget_pillow(pg: &Pg, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(pg_url: &str, kafka: &str, es_url: &str, n: usize) -> anyhow::Result<()> {
+async fn run(
+    pg_url: &str,
+    kafka: &str,
+    es_url: &str,
+    n: usize,
+    wanted: Wanted,
+) -> anyhow::Result<()> {
     let probe = cpu::Probe::new();
     let pg = Arc::new(Pg::new(pg_url));
     pillowtop::store::schema::ensure_schema(&pg).await?;
@@ -373,7 +435,12 @@ async fn run(pg_url: &str, kafka: &str, es_url: &str, n: usize) -> anyhow::Resul
             })
             .collect(),
     );
-    for clients in [1, 2, 4] {
+    let es_clients: &[usize] = if wanted.elasticsearch {
+        &[1, 2, 4]
+    } else {
+        &[]
+    };
+    for &clients in es_clients {
         let index = unique_name("bench_sinks_direct");
         create_index(&es, &index).await?;
         let (time, cpu) = measure(&probe, || direct_bulk(&es, &index, &bodies, clients)).await?;
@@ -407,16 +474,8 @@ async fn run(pg_url: &str, kafka: &str, es_url: &str, n: usize) -> anyhow::Resul
         println!("published {n} changes in {:.2}s", t.elapsed().as_secs_f64());
 
         // Elasticsearch through the pillow.
-        // (max_in_flight, chunk size, flush_max_changes: 0 = no gathering across chunks).
-        for (in_flight, chunk, gather) in [
-            (1, 1000, 0),
-            (4, 1000, 0),
-            (4, 1000, 5000),
-            (4, 100, 0),
-            (4, 100, 5000),
-            (4, 10, 0),
-            (4, 10, 5000),
-        ] {
+        let es_phases: &[(usize, usize, usize)] = if wanted.elasticsearch { &ES_PHASES } else { &[] };
+        for &(in_flight, chunk, gather) in es_phases {
             let changes = if chunk == 10 && gather == 0 { n / 10 } else { n };
             let id = unique_name("bench_sinks_es");
             let index = unique_name("bench_sinks_es");
@@ -443,6 +502,9 @@ async fn run(pg_url: &str, kafka: &str, es_url: &str, n: usize) -> anyhow::Resul
             });
         }
 
+        if !wanted.postgres {
+            return anyhow::Ok(());
+        }
         // PostgreSQL ceilings: direct COPY of new rows, then direct upserts of the same rows.
         let table = unique_name("bench_sinks_direct");
         let def: TableDefinition = toml::from_str(&table_toml(&table, false))?;
@@ -493,22 +555,30 @@ async fn run(pg_url: &str, kafka: &str, es_url: &str, n: usize) -> anyhow::Resul
         c.batch_execute(&format!("DROP TABLE \"{table}\"")).await?;
         rows.push(Row { sink: "postgres", label: "direct `INSERT … ON CONFLICT`, existing rows".into(), changes: n, time, cpu, ceiling: None });
 
-        // PostgreSQL through the pillow: new rows, the same rows again (upserts), exactly-once.
-        for exactly_once in [false, true] {
+        // PostgreSQL through the pillow: new rows, the same rows again (upserts), by how the
+        // rows are written (in line per chunk as CommCare, or gathered on 1 or 2 connections:
+        // the default), at chunk 1000 and CommCare's chunk 10; exactly-once new rows.
+        for &(label, chunk, extra, exactly_once, upserts) in &PG_PHASES {
+            // In line at chunk 10 is CommCare's way, and slow: a tenth of the changes.
+            let changes = match (chunk, extra) {
+                (10, "flush_max_rows = 0") => n / 10,
+                (10, _) => n / 2,
+                _ => n,
+            };
             let table = unique_name("bench_sinks_table");
-            let processor = format!("type = \"postgres_table\"\n{}", table_toml(&table, exactly_once));
-            let passes: &[&str] = if exactly_once { &["new rows"] } else { &["new rows", "upserts over existing rows"] };
+            let processor = format!("type = \"postgres_table\"\n{}{extra}\n", table_toml(&table, exactly_once));
+            let passes: &[&str] = if upserts { &["new rows", "upserts over existing rows"] } else { &["new rows"] };
             for (k, what) in passes.iter().enumerate() {
                 let id = unique_name("bench_sinks_pg");
-                let text = pillow_toml(&id, &topic, 1000, kafka, pg_url, &processor);
-                let (time, cpu) = measure(&probe, || run_pillow(&text, n)).await?;
+                let text = pillow_toml(&id, &topic, chunk, kafka, pg_url, &processor);
+                let (time, cpu) = measure(&probe, || run_pillow(&text, changes)).await?;
                 forget_pillow(&pg, &id).await?;
                 let count: i64 = c.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await?.get(0);
-                anyhow::ensure!(count == i64::try_from(n)?, "table {table} has {count} rows, expected {n}");
+                anyhow::ensure!(count == i64::try_from(changes)?, "table {table} has {count} rows, expected {changes}");
                 rows.push(Row {
                     sink: "postgres",
-                    label: format!("pillow `copy_first`, chunk 1000, {what}{}", if exactly_once { ", exactly-once" } else { "" }),
-                    changes: n,
+                    label: format!("pillow, chunk {chunk}, {label}, {what}"),
+                    changes,
                     time,
                     cpu,
                     ceiling: Some(if k == 0 { "direct binary `COPY`, new rows".into() } else { "direct `INSERT … ON CONFLICT`, existing rows".into() }),

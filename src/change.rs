@@ -326,6 +326,22 @@ pub struct Change {
 }
 
 impl Change {
+    /// A copy without its document (`Known(None)`): what a sink keeps of a change it holds, for
+    /// the error row should its write fail later.
+    #[must_use]
+    pub fn without_document(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            deleted: self.deleted,
+            metadata: self.metadata.clone(),
+            document: Document::Known(None),
+            size: self.size,
+        }
+    }
+
     /// Builds a change from a message body read at `topic`/`partition`/`offset`.
     pub fn from_message(
         topic: &str,

@@ -6,6 +6,7 @@
 // Short names (p processor, c client, r row, f failure) keep the round-trip scenarios readable.
 #![allow(clippy::many_single_char_names)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pillowtop::change::{Change, ChangeMeta};
@@ -20,6 +21,11 @@ use pillowtop::store::checkpoints::{CheckpointStore, CheckpointUpdate};
 use serde_json::{json, Value};
 
 use crate::support::{require, TestDb};
+
+/// These tests drive one chunk's write directly: written before the call returns, as
+/// CommCare does (the gathered, pipelined writes are tested at the end of this file and through
+/// pillows).
+const INLINE: &str = "flush_max_rows = 0";
 
 pub fn definition(table: &str, extra: &str) -> TableDefinition {
     toml::from_str(&format!(
@@ -99,7 +105,7 @@ async fn upsert_update_delete_filter_and_type_errors_for_every_write_method() {
         WriteMethod::InsertValues,
     ] {
         let table = db.id("pgt_roundtrip");
-        let mut p = PgTableProcessor::new(definition(&table, ""), db.pg.clone())
+        let mut p = PgTableProcessor::new(definition(&table, INLINE), db.pg.clone())
             .expect("processor")
             .with_write_method(method);
         p.bootstrap_if_needed().await.expect("bootstrap");
@@ -222,7 +228,7 @@ async fn large_chunks_split_below_the_parameter_limit_and_methods_agree() {
         WriteMethod::Unnest,
     ] {
         let table = db.id("pgt_large");
-        let mut p = PgTableProcessor::new(definition(&table, ""), db.pg.clone())
+        let mut p = PgTableProcessor::new(definition(&table, INLINE), db.pg.clone())
             .expect("processor")
             .with_write_method(method);
         p.bootstrap_if_needed().await.expect("bootstrap");
@@ -254,7 +260,8 @@ async fn bootstrap_creates_the_table_and_adds_new_columns_without_dropping() {
     let url = require!("TEST_POSTGRES_URL");
     let db = TestDb::new(&url).await;
     let table = db.id("pgt_bootstrap");
-    let mut p = PgTableProcessor::new(definition(&table, ""), db.pg.clone()).expect("processor");
+    let mut p =
+        PgTableProcessor::new(definition(&table, INLINE), db.pg.clone()).expect("processor");
     p.bootstrap_if_needed().await.expect("create");
     let mut chunk = vec![change("a", 0, Some(form(1, "demo", &json!(3))), false)];
     p.process_changes_chunk(&mut chunk)
@@ -263,7 +270,7 @@ async fn bootstrap_creates_the_table_and_adds_new_columns_without_dropping() {
         .expect("ok");
 
     // The definition gains a column and loses one: the new one is added, the old one stays.
-    let mut def = definition(&table, "");
+    let mut def = definition(&table, INLINE);
     def.columns.retain(|c| c.name != "consent");
     def.columns
         .push(pillowtop::processor::postgres::ColumnDefinition::path(
@@ -314,7 +321,7 @@ async fn bootstrap_creates_the_table_and_adds_new_columns_without_dropping() {
 
     // Identifiers are quoted: a table name with a quote and a space works.
     let odd = format!("{table} \"odd\"");
-    let mut odd_def = definition(&table, "");
+    let mut odd_def = definition(&table, INLINE);
     odd_def.table.clone_from(&odd);
     let mut p3 = PgTableProcessor::new(odd_def, db.pg.clone()).expect("processor");
     p3.bootstrap_if_needed().await.expect("odd name");
@@ -524,13 +531,14 @@ async fn copy_first_copies_new_rows_and_falls_back_to_the_merge_on_conflicts() {
     let merged = db.id("pgt_copy_merge");
     let log = db.id("pgt_copy_first_log");
     let function = db.id("pgt_copy_first_fn");
-    let mut p = PgTableProcessor::new(definition(&first, ""), db.pg.clone()).expect("processor");
+    let mut p =
+        PgTableProcessor::new(definition(&first, INLINE), db.pg.clone()).expect("processor");
     assert_eq!(
         p.definition().write_method,
         WriteMethod::CopyFirst,
         "the default"
     );
-    let mut q = PgTableProcessor::new(definition(&merged, ""), db.pg.clone())
+    let mut q = PgTableProcessor::new(definition(&merged, INLINE), db.pg.clone())
         .expect("processor")
         .with_write_method(WriteMethod::CopyMerge);
     p.bootstrap_if_needed().await.expect("bootstrap");
@@ -744,7 +752,8 @@ async fn copy_first_never_copies_into_a_table_without_a_unique_key() {
     ))
     .await
     .expect("create");
-    let mut p = PgTableProcessor::new(definition(&table, ""), db.pg.clone()).expect("processor");
+    let mut p =
+        PgTableProcessor::new(definition(&table, INLINE), db.pg.clone()).expect("processor");
     assert_eq!(p.definition().write_method, WriteMethod::CopyFirst);
     for round in 0..2 {
         let mut chunk = vec![
@@ -773,4 +782,165 @@ async fn copy_first_never_copies_into_a_table_without_a_unique_key() {
         .expect("count")
         .get(0);
     assert_eq!(n, 0, "nothing was copied in");
+}
+
+/// `(doc_id, age, applied)` of every row, by id.
+async fn ages(pg: &Arc<Pg>, table: &str) -> BTreeMap<String, (Option<i32>, i64)> {
+    rows(pg, table)
+        .await
+        .into_iter()
+        .map(|(id, age, applied, _)| (id, (age, applied)))
+        .collect()
+}
+
+/// Gathering (the default at-least-once mode) on two connections: rows wait until a bound is
+/// reached, `settle` never answers a chunk whose rows are not committed, the last change per key
+/// wins across chunks, and a flush writes everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn gathered_rows_are_written_in_the_background_and_settle_answers_only_committed_chunks() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let table = db.id("pgt_gather");
+    let mut p = PgTableProcessor::new(
+        definition(
+            &table,
+            "flush_max_rows = 250\nflush_max_delay_ms = 60000\nconnections = 2",
+        ),
+        db.pg.clone(),
+    )
+    .expect("processor");
+    p.bootstrap_if_needed().await.expect("bootstrap");
+    // A slow table: every statement waits 50 ms, so the writes are still running when the next
+    // chunks arrive.
+    let c = db.pg.fresh_client().await.expect("client");
+    c.batch_execute(&format!(
+        "CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$;
+         CREATE TRIGGER slow AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {table}_slow()"
+    ))
+    .await
+    .expect("trigger");
+    // Chunk k (1..=6) has 100 changes at offsets 100(k-1)..; chunk 2 updates the ids of chunk 1
+    // (same batch: applied once), chunk 5 updates ids of chunk 1 again (a later batch: applied
+    // twice) and chunk 6 deletes the ids of chunk 3.
+    let id_of = |k: usize, i: usize| match k {
+        2 | 5 => format!("doc-1-{i:03}"),
+        6 => format!("doc-3-{i:03}"),
+        _ => format!("doc-{k}-{i:03}"),
+    };
+    let mut expected: BTreeMap<String, (Option<i32>, i64)> = BTreeMap::new();
+    let mut answers = Vec::new();
+    for k in 1..=6usize {
+        let mut chunk: Vec<Change> = (0..100)
+            .map(|i| {
+                let id = id_of(k, i);
+                let offset = i64::try_from(100 * (k - 1) + i).expect("offset");
+                if k == 6 {
+                    change(&id, offset, None, true)
+                } else {
+                    change(&id, offset, Some(form(i, "demo", &json!(k))), false)
+                }
+            })
+            .collect();
+        let outcome = p
+            .process_changes_chunk(&mut chunk)
+            .await
+            .expect("not fatal")
+            .expect("gathered");
+        assert_eq!(outcome, ChunkOutcome::default());
+        let settled = p.settle(k as u64, false).await.expect("settle");
+        assert!(settled.failures.is_empty(), "{:?}", settled.failures);
+        // Whatever `settle` answers is in the table already: every id of chunks 1..=5 at or
+        // below the answer is there, with an age no older than that chunk's (ages only grow).
+        let now = ages(&db.pg, &table).await;
+        for j in 1..=settled.written_through.min(5) {
+            let j = usize::try_from(j).expect("chunk");
+            for i in 0..100 {
+                let id = id_of(j, i);
+                let age = now.get(&id).and_then(|(age, _)| *age);
+                assert!(
+                    age.is_some_and(|a| a >= i32::try_from(j).expect("j")),
+                    "{id} of chunk {j} after written_through {}: {age:?}",
+                    settled.written_through
+                );
+            }
+        }
+        answers.push(settled.written_through);
+        for i in 0..100 {
+            let id = id_of(k, i);
+            if k == 6 {
+                expected.remove(&id);
+            } else {
+                let applied = expected
+                    .get(&id)
+                    .map_or(1, |(_, a)| if k == 5 { a + 1 } else { *a });
+                expected.insert(id, (Some(i32::try_from(k).expect("k")), applied));
+            }
+        }
+    }
+    assert_eq!(
+        answers[..2],
+        [0, 0],
+        "nothing is written below the bounds: {answers:?}"
+    );
+    assert!(
+        answers.windows(2).all(|w| w[0] <= w[1]),
+        "never goes back: {answers:?}"
+    );
+    let settled = p.settle(6, true).await.expect("flush");
+    assert_eq!(settled.written_through, 6);
+    assert_eq!(ages(&db.pg, &table).await, expected);
+}
+
+/// A row the table refuses (a constraint the definition does not know about) fails alone in a
+/// gathered batch: the other rows are written and the failure names the table, the document
+/// and PostgreSQL's reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_the_table_refuses_fails_alone_in_a_gathered_batch() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let table = db.id("pgt_gather_bad");
+    let mut p = PgTableProcessor::new(definition(&table, "connections = 1"), db.pg.clone())
+        .expect("processor");
+    p.bootstrap_if_needed().await.expect("bootstrap");
+    let c = db.pg.fresh_client().await.expect("client");
+    c.batch_execute(&format!(
+        "ALTER TABLE {table} ADD CONSTRAINT {table}_age CHECK (age < 150)"
+    ))
+    .await
+    .expect("constraint");
+    let mut chunk: Vec<Change> = (0..50)
+        .map(|i| {
+            let age = if i == 17 { 200 } else { i };
+            change(
+                &format!("doc-{i:02}"),
+                i64::from(i),
+                Some(form(usize::try_from(i).expect("i"), "demo", &json!(age))),
+                false,
+            )
+        })
+        .collect();
+    let outcome = p
+        .process_changes_chunk(&mut chunk)
+        .await
+        .expect("not fatal")
+        .expect("gathered");
+    assert_eq!(outcome, ChunkOutcome::default(), "nothing is written yet");
+    let settled = p.settle(1, true).await.expect("flush");
+    assert_eq!(settled.written_through, 1);
+    let failed: Vec<(String, String)> = settled
+        .failures
+        .iter()
+        .map(|(c, f)| (c.id.clone(), f.message.clone()))
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "doc-17");
+    let message = &failed[0].1;
+    assert!(
+        message.contains(&format!("table {table}, document doc-17"))
+            && message.contains(&format!("{table}_age")),
+        "{message}"
+    );
+    let now = ages(&db.pg, &table).await;
+    assert_eq!(now.len(), 49);
+    assert!(!now.contains_key("doc-17"));
 }

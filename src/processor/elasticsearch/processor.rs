@@ -740,7 +740,7 @@ impl ElasticsearchProcessor {
                 }
             };
             if pushed {
-                held.changes.push(without_document(change));
+                held.changes.push(change.without_document());
                 held.since.get_or_insert_with(Instant::now);
             }
         }
@@ -859,20 +859,6 @@ fn group_of(id: &str, groups: usize) -> usize {
     };
     // The high bits: FxHash mixes them best.
     usize::try_from((h >> 32) % groups as u64).unwrap_or(0)
-}
-
-/// A change without its document (kept for the error row of a held action).
-fn without_document(change: &Change) -> Change {
-    Change {
-        id: change.id.clone(),
-        topic: change.topic.clone(),
-        partition: change.partition,
-        offset: change.offset,
-        deleted: change.deleted,
-        metadata: change.metadata.clone(),
-        document: Document::Known(None),
-        size: change.size,
-    }
 }
 
 fn excerpt(bytes: &[u8]) -> String {

@@ -191,7 +191,45 @@ pub struct TableDefinition {
     /// pillow's checkpoint store.
     #[serde(default)]
     pub exactly_once: bool,
+    /// At-least-once mode: rows of successive chunks are gathered (the last change per primary
+    /// key wins) and written together once this many are held, or [`Self::flush_max_bytes`],
+    /// or [`Self::flush_max_delay_ms`] after the oldest; the writes go on in the background while
+    /// the pillow reads on, and the checkpoint follows what was committed
+    /// (`Processor::settle`). 0 writes each chunk before its call returns, as CommCare does.
+    /// Exactly-once mode always writes in line (its offsets commit with the rows).
+    #[serde(default = "default_flush_max_rows")]
+    pub flush_max_rows: usize,
+    /// See [`Self::flush_max_rows`]: the bound on the held changes' message bytes.
+    #[serde(default = "default_flush_max_bytes")]
+    pub flush_max_bytes: usize,
+    /// See [`Self::flush_max_rows`]: the bound on the age of the oldest held row.
+    #[serde(default = "default_flush_max_delay_ms")]
+    pub flush_max_delay_ms: u64,
+    /// At-least-once mode with gathering: how many connections write concurrently. Rows are
+    /// grouped by a hash of their primary key, so one row's writes always go through one
+    /// connection, in order.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
 }
+
+fn default_flush_max_rows() -> usize {
+    5000
+}
+
+fn default_flush_max_bytes() -> usize {
+    8 << 20
+}
+
+fn default_flush_max_delay_ms() -> u64 {
+    100
+}
+
+fn default_connections() -> usize {
+    2
+}
+
+/// The most connections one table processor opens.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// PostgreSQL truncates longer identifiers silently; we refuse them instead.
 const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -313,6 +351,18 @@ impl TableDefinition {
             if path_segments(p).is_empty() {
                 return Err(invalid(format!("filter path {p:?} of table {t} is empty")));
             }
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(invalid(format!(
+                "table {t}: `connections` is {}, it must be 1 to {MAX_CONNECTIONS}",
+                self.connections
+            )));
+        }
+        if self.flush_max_rows > 0 && (self.flush_max_bytes == 0 || self.flush_max_delay_ms == 0) {
+            return Err(invalid(format!(
+                "table {t}: `flush_max_bytes` and `flush_max_delay_ms` must be above 0 when rows are gathered \
+                 (`flush_max_rows = 0` turns gathering off)"
+            )));
         }
         Ok(())
     }

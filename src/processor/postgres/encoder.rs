@@ -349,6 +349,18 @@ impl Encoder {
         Ok(())
     }
 
+    /// The primary key of a row action in an unambiguous text form (for de-duplication across
+    /// changes); `None` for [`Action::Missing`].
+    pub fn key(&self, action: &Action) -> Option<String> {
+        let mut key = String::new();
+        match action {
+            Action::Missing => return None,
+            Action::Upsert(row) => self.pk.iter().for_each(|&k| row[k].push_key(&mut key)),
+            Action::Delete(values) => values.iter().for_each(|v| v.push_key(&mut key)),
+        }
+        Some(key)
+    }
+
     /// Encodes a de-duplicated chunk: one row action per primary key (the last change wins).
     pub fn encode_chunk(&self, changes: &[Change]) -> EncodedChunk {
         let mut out = EncodedChunk::default();
@@ -364,18 +376,11 @@ impl Encoder {
                     continue;
                 }
             };
-            let (is_upsert, key_values) = match &action {
-                Action::Missing => {
-                    out.missing.push(i);
-                    continue;
-                }
-                Action::Upsert(row) => (true, self.pk.iter().map(|&k| &row[k]).collect::<Vec<_>>()),
-                Action::Delete(key) => (false, key.iter().collect()),
+            let Some(key) = self.key(&action) else {
+                out.missing.push(i);
+                continue;
             };
-            let mut key = String::new();
-            for v in key_values {
-                v.push_key(&mut key);
-            }
+            let is_upsert = matches!(action, Action::Upsert(_));
             let slot = if is_upsert {
                 out.upserts.len()
             } else {
@@ -670,6 +675,10 @@ mod tests {
             write_method: super::super::config::WriteMethod::default(),
             apply_count_column: None,
             exactly_once: false,
+            flush_max_rows: 0,
+            flush_max_bytes: 1,
+            flush_max_delay_ms: 1,
+            connections: 1,
         }
     }
 

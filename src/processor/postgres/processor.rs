@@ -24,11 +24,12 @@ use tokio_postgres::Client;
 use super::config::{quote_ident, ColumnType, TableDefinition, WriteMethod};
 use super::encoder::{Action, EncodedChunk, Encoder, SqlValue, POSTGRES_ERROR};
 use super::exactly_once::{client, ExactlyOnceSession};
+use super::pipeline::Pipeline;
 use crate::change::Change;
 use crate::error::{PostgresError, Result};
 use crate::partition::TopicPartition;
 use crate::pg::{err, is_retriable, Pg};
-use crate::processor::{ChunkOutcome, Processor, ProcessorFailure};
+use crate::processor::{ChunkOutcome, Processor, ProcessorFailure, Settled};
 
 /// PostgreSQL's limit on bind parameters per statement.
 pub const MAX_PARAMETERS: usize = 65_535;
@@ -417,22 +418,36 @@ enum Target {
     ExactlyOnce(Arc<ExactlyOnceSession>),
 }
 
+/// One table's writes through one target: what the processor writes in line, and what each
+/// pipelined connection writes (see [`super::pipeline`]).
+#[derive(Debug)]
+pub(crate) struct TableSink {
+    writer: Writer,
+    /// The quoted table name and its primary-key columns, sorted (for the unique-key check).
+    table: String,
+    keys: Vec<String>,
+    target: Target,
+    /// Whether the table has a unique index on exactly its primary-key columns, checked once
+    /// before the first `copy_first` COPY (shared by the connections of one processor): without
+    /// one a COPY would add duplicate rows where the merge's `ON CONFLICT` fails with
+    /// PostgreSQL's message (a table made by hand).
+    unique_key: Arc<tokio::sync::OnceCell<bool>>,
+}
+
 /// The PostgreSQL reporting-table processor.
 #[derive(Debug)]
 pub struct PgTableProcessor {
     name: String,
     def: TableDefinition,
     encoder: Encoder,
-    writer: Writer,
-    target: Target,
-    /// Whether the table has a unique index on exactly its primary-key columns, checked once
-    /// before the first `copy_first` COPY: without one a COPY would add duplicate rows where
-    /// the merge's `ON CONFLICT` fails with PostgreSQL's message (a table made by hand).
-    unique_key: tokio::sync::OnceCell<bool>,
+    sink: TableSink,
+    /// Gathering and background writes (at-least-once with `flush_max_rows` > 0).
+    pipeline: Option<Pipeline>,
 }
 
 impl PgTableProcessor {
-    /// An at-least-once processor writing through `pg` (a transaction per chunk).
+    /// An at-least-once processor writing through `pg` (a transaction per chunk, or per
+    /// gathered batch on its own connections: see [`TableDefinition::flush_max_rows`]).
     pub fn new(def: TableDefinition, pg: Arc<Pg>) -> Result<Self> {
         Self::build(def, Target::Shared(pg))
     }
@@ -447,13 +462,24 @@ impl PgTableProcessor {
         def.validate()?;
         let encoder = Encoder::new(&def);
         let writer = Writer::new(&def, encoder.primary_key());
+        let mut keys = def.primary_key.clone();
+        keys.sort();
+        let pipeline = match &target {
+            Target::Shared(_) if def.flush_max_rows > 0 => Some(Pipeline::new(&def)),
+            _ => None,
+        };
         Ok(Self {
             name: format!("postgres-table:{}", def.label()),
+            sink: TableSink {
+                writer,
+                table: def.qualified_name(),
+                keys,
+                target,
+                unique_key: Arc::default(),
+            },
             encoder,
-            writer,
             def,
-            target,
-            unique_key: tokio::sync::OnceCell::new(),
+            pipeline,
         })
     }
 
@@ -461,7 +487,10 @@ impl PgTableProcessor {
     #[must_use]
     pub fn with_write_method(mut self, method: WriteMethod) -> Self {
         self.def.write_method = method;
-        self.writer = Writer::new(&self.def, self.encoder.primary_key());
+        self.sink.writer = Writer::new(&self.def, self.encoder.primary_key());
+        if self.pipeline.is_some() {
+            self.pipeline = Some(Pipeline::new(&self.def));
+        }
         self
     }
 
@@ -469,9 +498,53 @@ impl PgTableProcessor {
         &self.def
     }
 
+    /// Writes everything gathered and waits for every background write (before a write in line,
+    /// so that a row's writes stay in order).
+    async fn drain(&mut self) -> Result<()> {
+        if let Some(p) = &mut self.pipeline {
+            p.dispatch(&self.sink).await?;
+            p.wait_idle().await?;
+        }
+        Ok(())
+    }
+
+    fn offsets(changes: &[Change]) -> Vec<(TopicPartition, i64)> {
+        let mut out: Vec<(TopicPartition, i64)> = Vec::new();
+        for c in changes {
+            match out
+                .iter_mut()
+                .find(|(tp, _)| tp.partition == c.partition && tp.topic == c.topic)
+            {
+                Some((_, o)) => *o = (*o).max(c.offset),
+                None => out.push((TopicPartition::new(c.topic.as_str(), c.partition), c.offset)),
+            }
+        }
+        out
+    }
+}
+
+impl TableSink {
+    /// The same table through a connection of its own (a pipelined writer).
+    pub(crate) fn sibling(&self) -> Option<Self> {
+        match &self.target {
+            Target::Shared(pg) => Some(Self {
+                writer: self.writer.clone(),
+                table: self.table.clone(),
+                keys: self.keys.clone(),
+                target: Target::Shared(Arc::new(pg.sibling())),
+                unique_key: Arc::clone(&self.unique_key),
+            }),
+            Target::ExactlyOnce(_) => None,
+        }
+    }
+
+    pub(crate) fn label(&self) -> &str {
+        &self.writer.label
+    }
+
     /// Writes an encoded chunk. `Ok(Err(message))`: the statement failed on the data (the
     /// chunk was rolled back); `Err`: fatal (connection lost beyond retries).
-    async fn write(
+    pub(crate) async fn write(
         &self,
         chunk: &EncodedChunk,
         offsets: Vec<(TopicPartition, i64)>,
@@ -504,12 +577,10 @@ impl PgTableProcessor {
                     Target::Shared(pg) => Arc::clone(pg),
                     Target::ExactlyOnce(s) => Arc::new(Pg::new(s.url())),
                 };
-                let table = self.def.qualified_name();
-                let mut keys = self.def.primary_key.clone();
-                keys.sort();
+                let (table, keys) = (&self.table, &self.keys);
                 let what = format!("reading the unique indexes of table {}", self.writer.label);
                 pg.run(&what, |c| {
-                    let (what, table, keys) = (what.clone(), &table, &keys);
+                    let what = what.clone();
                     async move {
                         c.query_one(
                             "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1::text::regclass \
@@ -635,21 +706,9 @@ impl PgTableProcessor {
             }
         }
     }
+}
 
-    fn offsets(changes: &[Change]) -> Vec<(TopicPartition, i64)> {
-        let mut out: Vec<(TopicPartition, i64)> = Vec::new();
-        for c in changes {
-            match out
-                .iter_mut()
-                .find(|(tp, _)| tp.partition == c.partition && tp.topic == c.topic)
-            {
-                Some((_, o)) => *o = (*o).max(c.offset),
-                None => out.push((TopicPartition::new(c.topic.as_str(), c.partition), c.offset)),
-            }
-        }
-        out
-    }
-
+impl PgTableProcessor {
     /// Creates the table when it is missing, then adds the columns the definition gained
     /// (`ALTER TABLE … ADD COLUMN`); never drops or retypes a column (a type that differs is
     /// logged). Serialised between processes by an advisory lock per table.
@@ -755,6 +814,14 @@ fn same_type(existing: &str, defined: ColumnType) -> bool {
             && (existing.starts_with("character varying") || existing == "character"))
 }
 
+/// A row that failed alone: the error names the table, the document and PostgreSQL's cause.
+pub(crate) fn row_failure(table: &str, doc_id: &str, why: &str) -> ProcessorFailure {
+    ProcessorFailure::new(
+        POSTGRES_ERROR,
+        format!("table {table}, document {doc_id}: {why}"),
+    )
+}
+
 #[async_trait]
 impl Processor for PgTableProcessor {
     fn name(&self) -> &str {
@@ -780,22 +847,26 @@ impl Processor for PgTableProcessor {
             Ok(Action::Upsert(row)) => chunk.upserts.push(row),
             Ok(Action::Delete(key)) => chunk.deletes.push(key),
         }
+        // Gathered rows go first, so that a row's writes stay in order.
+        self.drain().await?;
         let offsets = Self::offsets(std::slice::from_ref(change));
-        Ok(self.write(&chunk, offsets).await?.map_err(|why| {
-            ProcessorFailure::new(
-                POSTGRES_ERROR,
-                format!("table {}, document {}: {why}", self.writer.label, change.id),
-            )
-        }))
+        Ok(self
+            .sink
+            .write(&chunk, offsets)
+            .await?
+            .map_err(|why| row_failure(self.sink.label(), &change.id, &why)))
     }
 
     async fn process_changes_chunk(
         &mut self,
         changes: &mut [Change],
     ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
+        if let Some(p) = &mut self.pipeline {
+            return Ok(Ok(p.gather(&self.encoder, changes)));
+        }
         let chunk = self.encoder.encode_chunk(changes);
         let rows = chunk.upserts.len() + chunk.deletes.len();
-        match self.write(&chunk, Self::offsets(changes)).await? {
+        match self.sink.write(&chunk, Self::offsets(changes)).await? {
             Ok(()) => Ok(Ok(ChunkOutcome {
                 retry: chunk.missing,
                 errors: chunk.errors,
@@ -804,14 +875,24 @@ impl Processor for PgTableProcessor {
                 POSTGRES_ERROR,
                 format!(
                     "table {}: writing {rows} rows failed: {why}",
-                    self.writer.label
+                    self.sink.label()
                 ),
             ))),
         }
     }
 
+    async fn settle(&mut self, seq: u64, flush: bool) -> Result<Settled> {
+        match &mut self.pipeline {
+            Some(p) => p.settle(&self.sink, seq, flush).await,
+            None => Ok(Settled {
+                written_through: seq,
+                failures: Vec::new(),
+            }),
+        }
+    }
+
     async fn bootstrap_if_needed(&mut self) -> Result<()> {
-        match &self.target {
+        match &self.sink.target {
             Target::Shared(pg) => {
                 let pg = pg.clone();
                 self.bootstrap(&pg).await
