@@ -38,7 +38,7 @@ use super::outage::{Policy, Wait};
 use super::retry::{classify_item, classify_status, classify_transport, Failure, ItemOutcome};
 use crate::change::{Change, Document};
 use crate::docstore::DocumentStores;
-use crate::error::{ConfigError, ElasticsearchError, Error, Result};
+use crate::error::{ConfigError, ElasticsearchError, Error, ProcessError, Result};
 use crate::path::lookup;
 use crate::processor::{ChunkOutcome, Processor, ProcessorFailure, Settled};
 
@@ -109,20 +109,28 @@ impl Transforms {
 
 /// Indexes and deletes changes' documents in one Elasticsearch index. See the module docs.
 pub struct ElasticsearchProcessor {
-    name: String,
-    config: ElasticsearchConfig,
-    client: Elasticsearch,
-    bulk_path: String,
+    /// What sends bulk requests (cloned into the background writes).
+    sender: Sender,
     /// `None`: identity, without copying the document.
     transform: Option<DocTransform>,
     docstores: DocumentStores,
-    policy: Policy,
     held: Held,
+}
+
+/// What sends bulk requests to the index: the processor's in-line writes and its background
+/// writes (a clone per wave: the counters are shared).
+#[derive(Clone)]
+struct Sender {
+    name: String,
+    config: Arc<ElasticsearchConfig>,
+    client: Elasticsearch,
+    bulk_path: String,
+    policy: Policy,
     /// The actions per bulk request now: `max_actions_per_request`, halved on each 429 from the
     /// node and grown back by a quarter after each request without one.
-    batch_limit: std::sync::atomic::AtomicUsize,
+    batch_limit: Arc<std::sync::atomic::AtomicUsize>,
     /// The rate ceiling (`max_docs_per_second`), if any.
-    rate: Option<RateCeiling>,
+    rate: Option<Arc<RateCeiling>>,
 }
 
 /// A rate ceiling over all the requests of a processor: each request reserves the time its
@@ -175,13 +183,22 @@ struct Held {
     failures: Vec<(Change, ProcessorFailure)>,
     /// The newest chunk all of whose actions are written.
     written_through: u64,
+    /// The held actions being written in the background, if any.
+    wave: Option<Wave>,
+}
+
+/// Held actions written in the background (see [`Processor::settle`]).
+struct Wave {
+    /// The newest chunk whose actions are all in this wave or written before it.
+    through: u64,
+    task: tokio::task::JoinHandle<Result<Vec<(Change, ProcessorFailure)>>>,
 }
 
 impl std::fmt::Debug for ElasticsearchProcessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ElasticsearchProcessor")
-            .field("name", &self.name)
-            .field("config", &self.config)
+            .field("name", &self.sender.name)
+            .field("config", &self.sender.config)
             .finish_non_exhaustive()
     }
 }
@@ -251,16 +268,20 @@ impl ElasticsearchProcessor {
                 ))
             })?;
         Ok(Self {
-            name: format!("ElasticsearchProcessor({})", config.index),
-            bulk_path: format!("/{}/_bulk", config.index),
-            policy: Policy::new(&config),
-            client: Elasticsearch::new(transport),
+            sender: Sender {
+                name: format!("ElasticsearchProcessor({})", config.index),
+                bulk_path: format!("/{}/_bulk", config.index),
+                policy: Policy::new(&config),
+                client: Elasticsearch::new(transport),
+                batch_limit: Arc::new(std::sync::atomic::AtomicUsize::new(
+                    config.max_actions_per_request.max(1),
+                )),
+                rate: RateCeiling::new(config.max_docs_per_second).map(Arc::new),
+                config: Arc::new(config),
+            },
             transform,
             docstores: DocumentStores::new(),
             held: Held::default(),
-            batch_limit: std::sync::atomic::AtomicUsize::new(config.max_actions_per_request.max(1)),
-            rate: RateCeiling::new(config.max_docs_per_second),
-            config,
         })
     }
 
@@ -283,33 +304,23 @@ impl ElasticsearchProcessor {
     /// [`Error::ShutdownRequested`]. Without it, waits end only with their budget.
     #[must_use]
     pub fn with_stop(mut self, stop: CancellationToken) -> Self {
-        self.policy.stop = stop;
+        self.sender.policy.stop = stop;
         self
     }
 
     /// Overrides the name used in logs, metrics and error messages.
     #[must_use]
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.sender.name = name.into();
         self
     }
 
     pub fn config(&self) -> &ElasticsearchConfig {
-        &self.config
+        &self.sender.config
     }
 
     pub fn client(&self) -> &Elasticsearch {
-        &self.client
-    }
-
-    fn failure(&self, error_type: &str, doc_id: &str, reason: &str) -> ProcessorFailure {
-        ProcessorFailure::new(
-            error_type,
-            format!(
-                "elasticsearch index {} document {doc_id}: {reason}",
-                self.config.index
-            ),
-        )
+        &self.sender.client
     }
 
     fn plan<'a>(&self, change: &'a Change) -> Plan<'a> {
@@ -341,20 +352,20 @@ impl ElasticsearchProcessor {
                 Ok(Some(v)) => Cow::Owned(v),
                 Ok(None) => return Plan::Skip,
                 Err(m) => {
-                    return Plan::Fail(self.failure(
+                    return Plan::Fail(self.sender.failure(
                         TRANSFORM_ERROR_TYPE,
                         &change.id,
-                        &format!("transform {:?} failed: {m}", self.config.transform),
+                        &format!("transform {:?} failed: {m}", self.sender.config.transform),
                     ))
                 }
             },
         };
-        let id = match &self.config.id_field {
+        let id = match &self.sender.config.id_field {
             None => Cow::Borrowed(change.id.as_str()),
             Some(f) => match self.id_from_field(&source) {
                 Some(id) => Cow::Owned(id.into_owned()),
                 None => {
-                    return Plan::Fail(self.failure(
+                    return Plan::Fail(self.sender.failure(
                         TRANSFORM_ERROR_TYPE,
                         &change.id,
                         &format!("id field {f:?} is missing or not a string or a number"),
@@ -364,7 +375,7 @@ impl ElasticsearchProcessor {
         };
         let version = match self.version(&source) {
             Ok(v) => v,
-            Err(m) => return Plan::Fail(self.failure(TRANSFORM_ERROR_TYPE, &change.id, &m)),
+            Err(m) => return Plan::Fail(self.sender.failure(TRANSFORM_ERROR_TYPE, &change.id, &m)),
         };
         Plan::Index {
             id,
@@ -374,7 +385,7 @@ impl ElasticsearchProcessor {
     }
 
     fn id_from_field<'a>(&self, doc: &'a Value) -> Option<Cow<'a, str>> {
-        match lookup(doc, self.config.id_field.as_deref()?)? {
+        match lookup(doc, self.sender.config.id_field.as_deref()?)? {
             Value::String(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
             Value::Number(n) => Some(Cow::Owned(n.to_string())),
             _ => None,
@@ -383,7 +394,7 @@ impl ElasticsearchProcessor {
 
     /// The external version, when configured: `Ok(None)` without versioning.
     fn version(&self, doc: &Value) -> std::result::Result<Option<u64>, String> {
-        let Some(field) = self.config.external_version_field.as_deref() else {
+        let Some(field) = self.sender.config.external_version_field.as_deref() else {
             return Ok(None);
         };
         match lookup(doc, field) {
@@ -394,6 +405,228 @@ impl ElasticsearchProcessor {
                 other.map_or_else(|| "nothing".to_owned(), ToString::to_string)
             )),
         }
+    }
+
+    /// How many groups a chunk of `changes` changes is split into (see `max_in_flight`).
+    fn groups(&self, changes: usize) -> usize {
+        (changes / MIN_ACTIONS_PER_GROUP).clamp(1, self.sender.config.max_in_flight.max(1))
+    }
+
+    /// Writes one chunk before returning (gathering off, and the serial path).
+    async fn write_chunk(
+        &mut self,
+        changes: &mut [Change],
+    ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
+        let started = Instant::now();
+        let mut outcome = ChunkOutcome::default();
+        let bytes: usize = changes.iter().map(|c| c.size + 64).sum();
+        let groups = self.groups(changes.len());
+        let mut bodies: Vec<BulkBody> = (0..groups)
+            .map(|_| BulkBody::with_capacity(bytes / groups, changes.len() / groups + 1))
+            .collect();
+        for (i, change) in changes.iter().enumerate() {
+            match self.plan(change) {
+                Plan::Index {
+                    id,
+                    version,
+                    source,
+                } => {
+                    let body = &mut bodies[group_of(&id, groups)];
+                    if let Err(e) = body.push_index(i, &id, version, &source) {
+                        outcome.errors.push((
+                            i,
+                            self.sender.failure(
+                                TRANSFORM_ERROR_TYPE,
+                                &id,
+                                &format!("cannot encode the document: {e}"),
+                            ),
+                        ));
+                    }
+                }
+                Plan::Delete { id, version } => {
+                    bodies[group_of(&id, groups)].push_delete(i, &id, version);
+                }
+                Plan::Skip => {}
+                Plan::Retry => outcome.retry.push(i),
+                Plan::Fail(f) => outcome.errors.push((i, f)),
+            }
+        }
+        let this = &*self;
+        let sent = futures::future::join_all(
+            bodies
+                .iter()
+                .filter(|b| !b.is_empty())
+                .map(|b| this.sender.send(b)),
+        )
+        .await;
+        // Every group has been sent to its end before the chunk's answer: a whole-request
+        // rejection of one group fails the chunk, whatever the others did (they are written
+        // again when the chunk's changes are retried, which is harmless for index and delete).
+        let mut whole = None;
+        for r in sent {
+            match r? {
+                Ok(failed) => outcome.errors.extend(failed),
+                Err(w) => whole = whole.or(Some(w)),
+            }
+        }
+        if let Some(w) = whole {
+            return Ok(Err(w));
+        }
+        outcome.errors.sort_by_key(|(i, _)| *i);
+        let actions: usize = bodies.iter().map(BulkBody::len).sum();
+        let bytes: usize = bodies.iter().map(|b| b.bytes().len()).sum();
+        tracing::debug!(processor = %self.sender.name, changes = changes.len(), actions, bytes, groups,
+            failed = outcome.errors.len(), retry = outcome.retry.len(), elapsed_ms = started.elapsed().as_millis(), "bulk chunk done");
+        Ok(Ok(outcome))
+    }
+
+    /// Plans and encodes a chunk's actions into the held body (gathering on); nothing is sent.
+    fn hold_chunk(&mut self, changes: &[Change]) -> ChunkOutcome {
+        let mut outcome = ChunkOutcome::default();
+        let mut held = std::mem::take(&mut self.held);
+        for (i, change) in changes.iter().enumerate() {
+            let at = held.changes.len();
+            let pushed = match self.plan(change) {
+                Plan::Index {
+                    id,
+                    version,
+                    source,
+                } => match held.body.push_index(at, &id, version, &source) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        outcome.errors.push((
+                            i,
+                            self.sender.failure(
+                                TRANSFORM_ERROR_TYPE,
+                                &id,
+                                &format!("cannot encode the document: {e}"),
+                            ),
+                        ));
+                        false
+                    }
+                },
+                Plan::Delete { id, version } => {
+                    held.body.push_delete(at, &id, version);
+                    true
+                }
+                Plan::Skip => false,
+                Plan::Retry => {
+                    outcome.retry.push(i);
+                    false
+                }
+                Plan::Fail(f) => {
+                    outcome.errors.push((i, f));
+                    false
+                }
+            };
+            if pushed {
+                held.changes.push(change.without_document());
+                held.since.get_or_insert_with(Instant::now);
+            }
+        }
+        self.held = held;
+        outcome
+    }
+
+    /// Takes the held actions for a write (and the changes they came from).
+    fn take_held(&mut self) -> (BulkBody, Vec<Change>, usize) {
+        let body = std::mem::take(&mut self.held.body);
+        let changes = std::mem::take(&mut self.held.changes);
+        self.held.since = None;
+        let groups = self.groups(body.len());
+        (body, changes, groups)
+    }
+
+    /// Writes every held action now (by concurrent groups), after the wave in flight; their
+    /// failures are kept for the next `settle`. The serial path's first step.
+    async fn write_held(&mut self) -> Result<()> {
+        self.finish_wave().await?;
+        if self.held.body.is_empty() {
+            return Ok(());
+        }
+        let (body, changes, groups) = self.take_held();
+        let failures = write_body(&self.sender, body, changes, groups).await?;
+        self.held.failures.extend(failures);
+        Ok(())
+    }
+
+    /// Starts writing every held action in the background (a *wave*, after the previous one
+    /// has finished: a document's writes never overtake each other), covering the chunks up to
+    /// `through`.
+    async fn start_wave(&mut self, through: u64) -> Result<()> {
+        self.finish_wave().await?;
+        let (body, changes, groups) = self.take_held();
+        let sender = self.sender.clone();
+        self.held.wave = Some(Wave {
+            through,
+            task: tokio::spawn(async move { write_body(&sender, body, changes, groups).await }),
+        });
+        Ok(())
+    }
+
+    /// Waits for the wave in flight, if any: its failures are kept for the next `settle`, a
+    /// fatal error is returned.
+    async fn finish_wave(&mut self) -> Result<()> {
+        let Some(wave) = self.held.wave.take() else {
+            return Ok(());
+        };
+        let failures = wave.task.await.map_err(|e| {
+            Error::Process(ProcessError::Other(format!(
+                "the background bulk writes to index {} ended without an answer: {e}",
+                self.sender.config.index
+            )))
+        })??;
+        self.held.failures.extend(failures);
+        self.held.written_through = self.held.written_through.max(wave.through);
+        Ok(())
+    }
+}
+
+/// Writes a body of held actions by concurrent groups; returns the changes that failed for good.
+async fn write_body(
+    sender: &Sender,
+    body: BulkBody,
+    changes: Vec<Change>,
+    groups: usize,
+) -> Result<Vec<(Change, ProcessorFailure)>> {
+    let started = Instant::now();
+    let mut changes: Vec<Option<Change>> = changes.into_iter().map(Some).collect();
+    let bodies = if groups > 1 {
+        body.split(groups, |item| group_of(&item.doc_id, groups))
+    } else {
+        vec![body]
+    };
+    let sent = futures::future::join_all(bodies.iter().map(|b| sender.send(b))).await;
+    let mut failures = Vec::new();
+    for (r, b) in sent.into_iter().zip(&bodies) {
+        match r? {
+            Ok(failed) => failures.extend(failed),
+            Err(whole) => {
+                failures.extend(b.items().iter().map(|it| (it.change, whole.clone())));
+            }
+        }
+    }
+    let failed = failures.len();
+    let mut out = Vec::with_capacity(failed);
+    for (i, f) in failures {
+        if let Some(c) = changes.get_mut(i).and_then(Option::take) {
+            out.push((c, f));
+        }
+    }
+    tracing::debug!(processor = %sender.name, actions = changes.len(), groups, failed,
+        elapsed_ms = started.elapsed().as_millis(), "bulk of held chunks done");
+    Ok(out)
+}
+
+impl Sender {
+    fn failure(&self, error_type: &str, doc_id: &str, reason: &str) -> ProcessorFailure {
+        ProcessorFailure::new(
+            error_type,
+            format!(
+                "elasticsearch index {} document {doc_id}: {reason}",
+                self.config.index
+            ),
+        )
     }
 
     async fn bulk_request(&self, body: &[u8]) -> std::result::Result<Reply, elasticsearch::Error> {
@@ -461,11 +694,6 @@ impl ElasticsearchProcessor {
                     "elasticsearch answered 429 (too many requests): fewer actions per bulk request");
             }
         }
-    }
-
-    /// How many groups a chunk of `changes` changes is split into (see `max_in_flight`).
-    fn groups(&self, changes: usize) -> usize {
-        (changes / MIN_ACTIONS_PER_GROUP).clamp(1, self.config.max_in_flight.max(1))
     }
 
     fn fatal_context(&self, actions: usize, attempt: u32) -> String {
@@ -632,163 +860,6 @@ impl ElasticsearchProcessor {
         retry
     }
 
-    /// Writes one chunk before returning (gathering off, and the serial path).
-    async fn write_chunk(
-        &mut self,
-        changes: &mut [Change],
-    ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
-        let started = Instant::now();
-        let mut outcome = ChunkOutcome::default();
-        let bytes: usize = changes.iter().map(|c| c.size + 64).sum();
-        let groups = self.groups(changes.len());
-        let mut bodies: Vec<BulkBody> = (0..groups)
-            .map(|_| BulkBody::with_capacity(bytes / groups, changes.len() / groups + 1))
-            .collect();
-        for (i, change) in changes.iter().enumerate() {
-            match self.plan(change) {
-                Plan::Index {
-                    id,
-                    version,
-                    source,
-                } => {
-                    let body = &mut bodies[group_of(&id, groups)];
-                    if let Err(e) = body.push_index(i, &id, version, &source) {
-                        outcome.errors.push((
-                            i,
-                            self.failure(
-                                TRANSFORM_ERROR_TYPE,
-                                &id,
-                                &format!("cannot encode the document: {e}"),
-                            ),
-                        ));
-                    }
-                }
-                Plan::Delete { id, version } => {
-                    bodies[group_of(&id, groups)].push_delete(i, &id, version);
-                }
-                Plan::Skip => {}
-                Plan::Retry => outcome.retry.push(i),
-                Plan::Fail(f) => outcome.errors.push((i, f)),
-            }
-        }
-        let this = &*self;
-        let sent = futures::future::join_all(
-            bodies
-                .iter()
-                .filter(|b| !b.is_empty())
-                .map(|b| this.send(b)),
-        )
-        .await;
-        // Every group has been sent to its end before the chunk's answer: a whole-request
-        // rejection of one group fails the chunk, whatever the others did (they are written
-        // again when the chunk's changes are retried, which is harmless for index and delete).
-        let mut whole = None;
-        for r in sent {
-            match r? {
-                Ok(failed) => outcome.errors.extend(failed),
-                Err(w) => whole = whole.or(Some(w)),
-            }
-        }
-        if let Some(w) = whole {
-            return Ok(Err(w));
-        }
-        outcome.errors.sort_by_key(|(i, _)| *i);
-        let actions: usize = bodies.iter().map(BulkBody::len).sum();
-        let bytes: usize = bodies.iter().map(|b| b.bytes().len()).sum();
-        tracing::debug!(processor = %self.name, changes = changes.len(), actions, bytes, groups,
-            failed = outcome.errors.len(), retry = outcome.retry.len(), elapsed_ms = started.elapsed().as_millis(), "bulk chunk done");
-        Ok(Ok(outcome))
-    }
-
-    /// Plans and encodes a chunk's actions into the held body (gathering on); nothing is sent.
-    fn hold_chunk(&mut self, changes: &[Change]) -> ChunkOutcome {
-        let mut outcome = ChunkOutcome::default();
-        let mut held = std::mem::take(&mut self.held);
-        for (i, change) in changes.iter().enumerate() {
-            let at = held.changes.len();
-            let pushed = match self.plan(change) {
-                Plan::Index {
-                    id,
-                    version,
-                    source,
-                } => match held.body.push_index(at, &id, version, &source) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        outcome.errors.push((
-                            i,
-                            self.failure(
-                                TRANSFORM_ERROR_TYPE,
-                                &id,
-                                &format!("cannot encode the document: {e}"),
-                            ),
-                        ));
-                        false
-                    }
-                },
-                Plan::Delete { id, version } => {
-                    held.body.push_delete(at, &id, version);
-                    true
-                }
-                Plan::Skip => false,
-                Plan::Retry => {
-                    outcome.retry.push(i);
-                    false
-                }
-                Plan::Fail(f) => {
-                    outcome.errors.push((i, f));
-                    false
-                }
-            };
-            if pushed {
-                held.changes.push(change.without_document());
-                held.since.get_or_insert_with(Instant::now);
-            }
-        }
-        self.held = held;
-        outcome
-    }
-
-    /// Writes every held action (by concurrent groups); their failures are kept for the next
-    /// `settle`.
-    async fn write_held(&mut self) -> Result<()> {
-        if self.held.body.is_empty() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let body = std::mem::take(&mut self.held.body);
-        let mut changes: Vec<Option<Change>> = std::mem::take(&mut self.held.changes)
-            .into_iter()
-            .map(Some)
-            .collect();
-        self.held.since = None;
-        let groups = self.groups(body.len());
-        let bodies = if groups > 1 {
-            body.split(groups, |item| group_of(&item.doc_id, groups))
-        } else {
-            vec![body]
-        };
-        let this = &*self;
-        let sent = futures::future::join_all(bodies.iter().map(|b| this.send(b))).await;
-        let mut failures = Vec::new();
-        for (r, b) in sent.into_iter().zip(&bodies) {
-            match r? {
-                Ok(failed) => failures.extend(failed),
-                Err(whole) => {
-                    failures.extend(b.items().iter().map(|it| (it.change, whole.clone())));
-                }
-            }
-        }
-        let failed = failures.len();
-        for (i, f) in failures {
-            if let Some(c) = changes.get_mut(i).and_then(Option::take) {
-                self.held.failures.push((c, f));
-            }
-        }
-        tracing::debug!(processor = %self.name, actions = changes.len(), groups, failed,
-            elapsed_ms = started.elapsed().as_millis(), "bulk of held chunks done");
-        Ok(())
-    }
-
     /// Runs `f` until it answers with a 2xx or a rejection (returned as they are), waiting out
     /// outages and retrying transient failures like a bulk request.
     async fn request_with_retries<F, Fut>(&self, what: &str, mut f: F) -> Result<(u16, String)>
@@ -869,7 +940,7 @@ fn excerpt(bytes: &[u8]) -> String {
 #[async_trait]
 impl Processor for ElasticsearchProcessor {
     fn name(&self) -> &str {
-        &self.name
+        &self.sender.name
     }
 
     fn supports_batch_processing(&self) -> bool {
@@ -907,23 +978,42 @@ impl Processor for ElasticsearchProcessor {
         &mut self,
         changes: &mut [Change],
     ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
-        if self.config.flush_max_changes > 0 {
+        if self.sender.config.flush_max_changes > 0 {
             return Ok(Ok(self.hold_chunk(changes)));
         }
         self.write_chunk(changes).await
     }
 
+    /// Gathering: the held actions go out in the background once a bound is reached (one wave
+    /// at a time, up to `max_in_flight` requests each), while the pillow reads on; the answer is
+    /// the newest chunk whose actions are all written.
     async fn settle(&mut self, seq: u64, flush: bool) -> Result<Settled> {
+        if self
+            .held
+            .wave
+            .as_ref()
+            .is_some_and(|w| w.task.is_finished())
+        {
+            self.finish_wave().await?;
+        }
         let held = &self.held;
         let due = flush
-            || held.body.len() >= self.config.flush_max_changes
-            || held.body.bytes().len() >= self.config.flush_max_bytes
+            || held.body.len() >= self.sender.config.flush_max_changes
+            || held.body.bytes().len() >= self.sender.config.flush_max_bytes
             || held.since.is_some_and(|t| {
-                t.elapsed() >= Duration::from_millis(self.config.flush_max_delay_ms)
+                t.elapsed() >= Duration::from_millis(self.sender.config.flush_max_delay_ms)
             });
-        if held.body.is_empty() || due {
-            self.write_held().await?;
-            self.held.written_through = self.held.written_through.max(seq);
+        if held.body.is_empty() {
+            // Nothing held: the chunks up to `seq` are written once the wave in flight is.
+            match &mut self.held.wave {
+                Some(w) => w.through = w.through.max(seq),
+                None => self.held.written_through = self.held.written_through.max(seq),
+            }
+        } else if due {
+            self.start_wave(seq).await?;
+        }
+        if flush {
+            self.finish_wave().await?;
         }
         Ok(Settled {
             written_through: self.held.written_through.min(seq),
@@ -935,23 +1025,25 @@ impl Processor for ElasticsearchProcessor {
     /// request; an existing index (`resource_already_exists_exception`) is left as it is.
     async fn bootstrap_if_needed(&mut self) -> Result<()> {
         let mut body = serde_json::Map::new();
-        if let Some(s) = &self.config.settings {
+        if let Some(s) = &self.sender.config.settings {
             body.insert("settings".into(), s.clone());
         }
-        if let Some(m) = &self.config.mappings {
+        if let Some(m) = &self.sender.config.mappings {
             body.insert("mappings".into(), m.clone());
         }
-        if let Some(a) = &self.config.alias {
+        if let Some(a) = &self.sender.config.alias {
             body.insert("aliases".into(), serde_json::json!({ a: {} }));
         }
         let body = Value::Object(body);
-        let what = format!("creating index {}", self.config.index);
+        let what = format!("creating index {}", self.sender.config.index);
         let (status, text) = self
+            .sender
             .request_with_retries(&what, || async {
                 let r = self
+                    .sender
                     .client
                     .indices()
-                    .create(IndicesCreateParts::Index(&self.config.index))
+                    .create(IndicesCreateParts::Index(&self.sender.config.index))
                     .body(body.clone())
                     .send()
                     .await?;
@@ -960,7 +1052,7 @@ impl Processor for ElasticsearchProcessor {
             })
             .await?;
         if (200..300).contains(&status) {
-            tracing::info!(processor = %self.name, index = %self.config.index, alias = ?self.config.alias, "created the elasticsearch index");
+            tracing::info!(processor = %self.sender.name, index = %self.sender.config.index, alias = ?self.sender.config.alias, "created the elasticsearch index");
             return Ok(());
         }
         if status == 400 && text.contains("resource_already_exists_exception") {
