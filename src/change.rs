@@ -273,6 +273,11 @@ impl EmbeddedDocument {
         self.raw.get()
     }
 
+    /// Whether the document has been parsed into a `Value` already.
+    pub fn is_parsed(&self) -> bool {
+        self.parsed.get().is_some()
+    }
+
     /// The parsed document (parsed once, on the first call).
     pub fn value(&self) -> &Value {
         // `RawValue` holds validated JSON, so parsing it again cannot fail.

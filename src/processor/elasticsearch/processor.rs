@@ -32,14 +32,14 @@ use elasticsearch::Elasticsearch;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::bulk::{parse_response, BulkBody, BULK_FILTER_PATH};
+use super::bulk::{parse_response, BulkBody, Source, BULK_FILTER_PATH};
 use super::config::{ElasticsearchConfig, MIN_ACTIONS_PER_GROUP};
 use super::outage::{Policy, Wait};
 use super::retry::{classify_item, classify_status, classify_transport, Failure, ItemOutcome};
 use crate::change::{Change, Document};
 use crate::docstore::DocumentStores;
 use crate::error::{ConfigError, ElasticsearchError, Error, ProcessError, Result};
-use crate::path::lookup;
+use crate::path::{lookup, Projection};
 use crate::processor::{ChunkOutcome, Processor, ProcessorFailure, Settled};
 
 /// A document transform: the document as fetched → the source to index. `Ok(None)` skips the
@@ -113,6 +113,10 @@ pub struct ElasticsearchProcessor {
     sender: Sender,
     /// `None`: identity, without copying the document.
     transform: Option<DocTransform>,
+    /// With the identity transform: the fields a plan reads (`doc_type`, the id and version
+    /// fields), read from an embedded document's text without parsing the rest, which is copied
+    /// into the bulk body as it is.
+    head: Option<Projection>,
     docstores: DocumentStores,
     held: Held,
 }
@@ -208,7 +212,7 @@ enum Plan<'a> {
     Index {
         id: Cow<'a, str>,
         version: Option<u64>,
-        source: Cow<'a, Value>,
+        source: Source<'a>,
     },
     Delete {
         id: Cow<'a, str>,
@@ -267,7 +271,9 @@ impl ElasticsearchProcessor {
                     config.index
                 ))
             })?;
+        let head = transform.is_none().then(|| head_projection(&config));
         Ok(Self {
+            head,
             sender: Sender {
                 name: format!("ElasticsearchProcessor({})", config.index),
                 bulk_path: format!("/{}/_bulk", config.index),
@@ -289,6 +295,7 @@ impl ElasticsearchProcessor {
     #[must_use]
     pub fn with_transform(mut self, transform: DocTransform) -> Self {
         self.transform = Some(transform);
+        self.head = None;
         self
     }
 
@@ -324,6 +331,13 @@ impl ElasticsearchProcessor {
     }
 
     fn plan<'a>(&self, change: &'a Change) -> Plan<'a> {
+        if let (Some(head), Document::Embedded(e), false) =
+            (&self.head, &change.document, change.deleted)
+        {
+            if let Some(plan) = self.plan_embedded(change, e.raw(), &e.project(head)) {
+                return plan;
+            }
+        }
         let doc = change.document();
         if change.deleted {
             return Plan::Delete {
@@ -380,8 +394,37 @@ impl ElasticsearchProcessor {
         Plan::Index {
             id,
             version,
-            source,
+            source: Source::Value(source),
         }
+    }
+
+    /// The plan of an embedded document indexed as it is (identity transform), from its `head`
+    /// (the fields a plan reads); `None` when the general path must decide (not an object, a
+    /// deletion by `doc_type`, a missing id or a bad version: it says why).
+    fn plan_embedded<'a>(
+        &self,
+        change: &'a Change,
+        raw: &'a str,
+        head: &Value,
+    ) -> Option<Plan<'a>> {
+        if !head.is_object()
+            || head
+                .get("doc_type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("-Deleted"))
+        {
+            return None;
+        }
+        let id = match &self.sender.config.id_field {
+            None => Cow::Borrowed(change.id.as_str()),
+            Some(_) => Cow::Owned(self.id_from_field(head)?.into_owned()),
+        };
+        let version = self.version(head).ok()?;
+        Some(Plan::Index {
+            id,
+            version,
+            source: Source::Raw(raw),
+        })
     }
 
     fn id_from_field<'a>(&self, doc: &'a Value) -> Option<Cow<'a, str>> {
@@ -432,7 +475,7 @@ impl ElasticsearchProcessor {
                     source,
                 } => {
                     let body = &mut bodies[group_of(&id, groups)];
-                    if let Err(e) = body.push_index(i, &id, version, &source) {
+                    if let Err(e) = body.push_source(i, &id, version, &source) {
                         outcome.errors.push((
                             i,
                             self.sender.failure(
@@ -491,7 +534,7 @@ impl ElasticsearchProcessor {
                     id,
                     version,
                     source,
-                } => match held.body.push_index(at, &id, version, &source) {
+                } => match held.body.push_source(at, &id, version, &source) {
                     Ok(()) => true,
                     Err(e) => {
                         outcome.errors.push((
@@ -903,6 +946,15 @@ impl Sender {
     }
 }
 
+/// The fields a plan reads from a document: `doc_type`, and the id and version fields when set.
+fn head_projection(config: &ElasticsearchConfig) -> Projection {
+    Projection::new(
+        std::iter::once("doc_type")
+            .chain(config.id_field.as_deref())
+            .chain(config.external_version_field.as_deref()),
+    )
+}
+
 /// The smallest batch a 429 halves the actions per request to.
 const MIN_BATCH_LIMIT: usize = 16;
 
@@ -1135,6 +1187,60 @@ mod tests {
             counts[g] += 1;
         }
         assert!(counts.iter().all(|&c| c > 800), "balanced: {counts:?}");
+    }
+
+    #[test]
+    fn an_embedded_document_is_indexed_from_its_text_with_the_identity_transform() {
+        let mut config = ElasticsearchConfig::new("http://127.0.0.1:1", "forms");
+        config.external_version_field = Some("meta.version".into());
+        let p = processor(config);
+        let c = change(
+            "a",
+            false,
+            Some(json!({"_id": "a", "meta": {"version": 7}, "n": 1})),
+        );
+        match p.plan(&c) {
+            Plan::Index {
+                id,
+                version,
+                source: Source::Raw(raw),
+            } => {
+                assert_eq!((id.as_ref(), version), ("a", Some(7)));
+                assert!(raw.contains("\"n\""), "{raw}");
+            }
+            other => panic!("expected a raw index plan, got {}", describe(&other)),
+        }
+        assert!(
+            matches!(&c.document, Document::Embedded(e) if !e.is_parsed()),
+            "the document was not parsed"
+        );
+        // A known document, or a deletion by doc_type, takes the general path.
+        let mut known = c.clone();
+        known.set_document(Some(json!({"meta": {"version": 8}})));
+        assert!(matches!(
+            p.plan(&known),
+            Plan::Index {
+                source: Source::Value(_),
+                version: Some(8),
+                ..
+            }
+        ));
+        let deleted = change(
+            "a",
+            false,
+            Some(json!({"doc_type": "XFormInstance-Deleted"})),
+        );
+        assert!(matches!(p.plan(&deleted), Plan::Delete { .. }));
+    }
+
+    fn describe(p: &Plan<'_>) -> String {
+        match p {
+            Plan::Index { id, source, .. } => format!("index {id} {source}"),
+            Plan::Delete { id, .. } => format!("delete {id}"),
+            Plan::Skip => "skip".into(),
+            Plan::Retry => "retry".into(),
+            Plan::Fail(f) => format!("fail {}", f.message),
+        }
     }
 
     #[test]
