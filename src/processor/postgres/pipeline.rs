@@ -159,7 +159,7 @@ impl Gathered {
 /// A writer's answer to one batch, in order.
 struct Reply {
     writer: usize,
-    result: Result<Vec<(Change, ProcessorFailure)>>,
+    result: Result<Written>,
 }
 
 /// One connection's writer task.
@@ -336,7 +336,12 @@ impl Pipeline {
         if let Some(w) = self.writers.get_mut(reply.writer) {
             w.pending.pop_front();
         }
-        self.failures.extend(reply.result?);
+        let written = reply.result?;
+        self.failures.extend(written.failures);
+        // The rows are freed here, on the pillow's thread that allocated them (perf, gathered
+        // phase of the sinks bench: `mi_free` fell from 7.7% to 3.4% of the samples; CPU per
+        // change moved within the run-to-run noise).
+        drop(written.spent);
         Ok(())
     }
 
@@ -369,9 +374,16 @@ impl Pipeline {
     }
 }
 
+/// A writer's answer to one batch: the rows that failed alone, and the rows written (handed back
+/// to be freed by the thread that made them).
+struct Written {
+    failures: Vec<(Change, ProcessorFailure)>,
+    spent: Option<(EncodedChunk, Vec<Change>, Vec<Change>)>,
+}
+
 /// Writes one group's rows in one transaction; when that fails on the data, row by row, so the
 /// culprits fail alone.
-async fn write_group(sink: &TableSink, rows: GroupRows) -> Result<Vec<(Change, ProcessorFailure)>> {
+async fn write_group(sink: &TableSink, rows: GroupRows) -> Result<Written> {
     let started = Instant::now();
     let n = rows.len();
     let GroupRows {
@@ -389,7 +401,10 @@ async fn write_group(sink: &TableSink, rows: GroupRows) -> Result<Vec<(Change, P
     let why = match sink.write(&chunk, Vec::new()).await? {
         Ok(()) => {
             tracing::debug!(table = %sink.label(), rows = n, elapsed_ms = started.elapsed().as_millis(), "gathered rows written");
-            return Ok(Vec::new());
+            return Ok(Written {
+                failures: Vec::new(),
+                spent: Some((chunk, upsert_changes, delete_changes)),
+            });
         }
         Err(why) => why,
     };
@@ -422,7 +437,10 @@ async fn write_group(sink: &TableSink, rows: GroupRows) -> Result<Vec<(Change, P
             failures.push((change, f));
         }
     }
-    Ok(failures)
+    Ok(Written {
+        failures,
+        spent: None,
+    })
 }
 
 #[cfg(test)]
