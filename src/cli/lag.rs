@@ -153,6 +153,7 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
                 id.clone(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
                 "no checkpoint yet".into(),
                 "-".into(),
                 "-".into(),
@@ -164,6 +165,7 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
         for (tp, high) in tps {
             table.push(vec![
                 id.clone(),
+                "-".into(),
                 tp.topic.clone(),
                 tp.partition.to_string(),
                 "no checkpoint yet".into(),
@@ -179,6 +181,7 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
         ui,
         &[
             "checkpoint",
+            "processor",
             "topic",
             "partition",
             "offset",
@@ -195,6 +198,7 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
 fn row_cells(r: &LagRow) -> Vec<String> {
     vec![
         r.checkpoint_id.clone(),
+        r.processor.clone().unwrap_or_else(|| "(all)".into()),
         r.topic.clone(),
         r.partition.to_string(),
         r.offset.to_string(),

@@ -14,7 +14,7 @@ use crate::feed::TopicPartition;
 use crate::metrics::Recorder;
 use crate::pg::Pg;
 use crate::store::checkpoints::postgres::PostgresCheckpointStore;
-use crate::store::checkpoints::RowsById;
+use crate::store::checkpoints::{split_processor_checkpoint_id, RowsById};
 use crate::store::errors::postgres::PostgresErrorStore;
 use crate::store::liveness::postgres::PostgresLivenessStore;
 use crate::store::liveness::{LivenessStore, ProcessRow};
@@ -45,12 +45,24 @@ pub const TIME_LAG_SECONDS: &str = "pillowtop.checkpoint_time_lag_seconds";
 /// account. Tags as [`NEED_PROCESSING`].
 pub const RETENTION_REMAINING_SECONDS: &str = "pillowtop.checkpoint_retention_remaining_seconds";
 
+/// Ours: a processor's own lag in changes (independent processors,
+/// `processor_checkpoints = "independent"`): its high-water mark − its own checkpoint. Tags
+/// `pillow_name`, `processor`, `topic="<topic>-<partition>"`.
+pub const PROCESSOR_NEED_PROCESSING: &str = "pillowtop.processor.need_processing";
+/// Ours: a processor's own time lag (see [`TIME_LAG_SECONDS`]). Tags as
+/// [`PROCESSOR_NEED_PROCESSING`].
+pub const PROCESSOR_TIME_LAG_SECONDS: &str = "pillowtop.processor.time_lag_seconds";
+
 /// One partition of one checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LagRow {
     pub checkpoint_id: String,
-    /// The pillow name of a process using this checkpoint, else the checkpoint id.
+    /// The pillow name of a process using this checkpoint (or, for a processor's own rows, the
+    /// pillow's), else the checkpoint id.
     pub pillow_name: String,
+    /// For a processor's own rows (`{checkpoint}/processor/{name}`, independent processors): the
+    /// processor's name; `None` for the pillow's rows, which are the minimum over its processors.
+    pub processor: Option<String>,
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
@@ -81,15 +93,19 @@ pub fn compute(
 ) -> Vec<LagRow> {
     let mut out = Vec::new();
     for (id, rs) in rows {
+        let (parent, processor) = match split_processor_checkpoint_id(id) {
+            Some((parent, name)) => (parent, Some(name.to_owned())),
+            None => (id.as_str(), None),
+        };
         let pillow_name = processes
             .iter()
-            .find(|p| p.checkpoint_id == *id)
-            .map_or_else(|| id.clone(), |p| p.pillow_name.clone());
+            .find(|p| p.checkpoint_id == parent)
+            .map_or_else(|| parent.to_owned(), |p| p.pillow_name.clone());
         for r in rs {
             let w = watermarks.get(&r.tp);
             let owner = processes
                 .iter()
-                .find(|p| p.alive && p.checkpoint_id == *id && p.partitions.contains(&r.tp))
+                .find(|p| p.alive && p.checkpoint_id == parent && p.partitions.contains(&r.tp))
                 .map(|p| {
                     format!(
                         "{} pid {} (process {}/{})",
@@ -99,6 +115,7 @@ pub fn compute(
             out.push(LagRow {
                 checkpoint_id: id.clone(),
                 pillow_name: pillow_name.clone(),
+                processor: processor.clone(),
                 topic: r.tp.topic.clone(),
                 partition: r.tp.partition,
                 offset: r.offset,
@@ -135,9 +152,11 @@ pub async fn collect(
     kafka: &KafkaInfo,
     ids: Option<&[String]>,
 ) -> Result<Vec<LagRow>> {
-    let rows = PostgresCheckpointStore::new(pg.clone())
-        .load_selected(ids)
-        .await?;
+    let store = PostgresCheckpointStore::new(pg.clone());
+    let rows = match ids {
+        Some(ids) => store.load_with_processors(ids).await?,
+        None => store.load_selected(None).await?,
+    };
     let wanted: Vec<TopicPartition> = rows
         .values()
         .flatten()
@@ -244,6 +263,26 @@ pub fn record_error_queue(counts: &[(String, i64)], recorder: &dyn Recorder) {
 pub fn record(rows: &[LagRow], recorder: &dyn Recorder) {
     let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
     for r in rows {
+        if let Some(processor) = &r.processor {
+            // A processor's own rows: our gauges only (CommCare's are the pillow's).
+            let Some(high) = r.high else { continue };
+            let tags = || {
+                vec![
+                    ("pillow_name", r.pillow_name.clone()),
+                    ("processor", processor.clone()),
+                    ("topic", format!("{}-{}", r.topic, r.partition)),
+                ]
+            };
+            recorder.gauge(
+                PROCESSOR_NEED_PROCESSING,
+                tags(),
+                (high - r.offset).max(0) as f64,
+            );
+            if let Some(t) = r.time_lag_seconds {
+                recorder.gauge(PROCESSOR_TIME_LAG_SECONDS, tags(), t as f64);
+            }
+            continue;
+        }
         let e = newest
             .entry(r.pillow_name.as_str())
             .or_insert(r.seconds_since_checkpoint);
@@ -283,6 +322,71 @@ mod tests {
     use super::super::test_rows::{at, process, rows};
     use super::*;
     use crate::metrics::MemoryRecorder;
+
+    type Seen<'a> = (&'a str, &'a str, Option<&'a str>, Option<i64>, bool);
+
+    #[test]
+    fn a_processors_own_rows_name_it_and_get_our_gauges_not_commcares() {
+        let own = crate::store::checkpoints::processor_checkpoint_id("c", "slow-es");
+        let data: RowsById = [
+            ("c".to_owned(), rows(&[("t", 0, 5)])),
+            (own.clone(), rows(&[("t", 0, 2)])),
+        ]
+        .into();
+        let w: BTreeMap<TopicPartition, Watermarks> =
+            [(TopicPartition::new("t", 0), Watermarks { low: 0, high: 15 })].into();
+        let mut p = process("case-pillow", "c", true);
+        p.partitions = vec![TopicPartition::new("t", 0)];
+        let out = compute(&data, &w, &BTreeMap::new(), &BTreeMap::new(), &[p], at(100));
+        let got: Vec<Seen> = out
+            .iter()
+            .map(|r| {
+                (
+                    r.checkpoint_id.as_str(),
+                    r.pillow_name.as_str(),
+                    r.processor.as_deref(),
+                    r.lag,
+                    r.owner.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("c", "case-pillow", None, Some(10), true),
+                (own.as_str(), "case-pillow", Some("slow-es"), Some(13), true)
+            ],
+            "the processor's rows take the pillow's name and owner"
+        );
+        let rec = MemoryRecorder::new();
+        record(&out, &rec);
+        let snap = rec.snapshot();
+        let gauge = |name: &str| -> Vec<(String, f64)> {
+            snap.iter()
+                .filter(|(n, _, _)| *n == name)
+                .map(|(_, tags, v)| (format!("{tags:?}"), *v))
+                .collect()
+        };
+        assert_eq!(
+            gauge(NEED_PROCESSING).len(),
+            1,
+            "CommCare's gauge: the pillow's row only"
+        );
+        let own_lag = gauge(PROCESSOR_NEED_PROCESSING);
+        assert_eq!(own_lag.len(), 1);
+        assert!(
+            own_lag[0].0.contains("slow-es") && (own_lag[0].1 - 13.0).abs() < f64::EPSILON,
+            "{own_lag:?}"
+        );
+        assert_eq!(
+            crate::store::checkpoints::split_processor_checkpoint_id(&own),
+            Some(("c", "slow-es"))
+        );
+        assert_eq!(
+            crate::store::checkpoints::split_processor_checkpoint_id("c"),
+            None
+        );
+    }
 
     #[test]
     fn lag_owner_and_gauges() {

@@ -252,6 +252,7 @@ mod tests {
         LagRow {
             checkpoint_id: id.into(),
             pillow_name: "xform-pillow".into(),
+            processor: None,
             topic: "form-sql".into(),
             partition,
             offset,

@@ -148,6 +148,44 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
     assert!(!freshness::processed(&db.pg, &last(None))
         .await
         .expect("processed"));
+    // `pillowtop lag ID` shows each processor's own lag beside the pillow's: the fast one is
+    // caught up, the slow one is behind, and the pillow (their minimum) at least as far.
+    let kafka = pillowtop::ops::kafka::KafkaInfo::new(&bootstrap).expect("kafka");
+    let lag = pillowtop::ops::lag::collect(&db.pg, &kafka, Some(std::slice::from_ref(&id)))
+        .await
+        .expect("lag");
+    let lag_of = |p: Option<&str>| -> i64 {
+        lag.iter()
+            .filter(|r| r.processor.as_deref() == p)
+            .map(|r| r.lag.expect("a partition Kafka has"))
+            .sum()
+    };
+    assert!(
+        lag.iter().all(|r| r.pillow_name == lag[0].pillow_name),
+        "one pillow: {lag:#?}"
+    );
+    let rows_of = |p: Option<&str>| -> BTreeMap<i32, i64> {
+        lag.iter()
+            .filter(|r| r.processor.as_deref() == p)
+            .map(|r| (r.partition, r.offset))
+            .collect()
+    };
+    assert_eq!(lag_of(Some("fast")), 0, "{lag:#?}");
+    assert_eq!(rows_of(Some("fast")).len(), hwm.len(), "{lag:#?}");
+    // The slow one is behind: some lag on the partitions it has rows for, or partitions it has
+    // not reached yet (no row: neither has the pillow).
+    assert!(
+        lag_of(Some("slow")) > 0 || rows_of(Some("slow")).len() < hwm.len(),
+        "{lag:#?}"
+    );
+    let slow_rows = rows_of(Some("slow"));
+    for (partition, offset) in rows_of(None) {
+        let slow = slow_rows.get(&partition).copied();
+        assert!(
+            slow.is_some_and(|s| offset <= s),
+            "partition {partition}: the pillow's row {offset} passes the slow processor's {slow:?}"
+        );
+    }
     assert!(
         slow_seen < total / 2,
         "the slow processor had seen {slow_seen} of {total} when the fast one was done: it was not held back alone"

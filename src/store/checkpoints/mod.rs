@@ -42,6 +42,13 @@ pub fn processor_checkpoint_id(pillow_checkpoint_id: &str, processor: &str) -> S
     format!("{}{suffix}", &full[..cut])
 }
 
+/// The pillow's checkpoint id and the processor's name of a [`processor_checkpoint_id`] (an id
+/// that was shortened ends its name with the hash); `None` for a pillow's own id.
+pub fn split_processor_checkpoint_id(id: &str) -> Option<(&str, &str)> {
+    id.rsplit_once("/processor/")
+        .filter(|(parent, name)| !parent.is_empty() && !name.is_empty())
+}
+
 /// One stored row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRow {

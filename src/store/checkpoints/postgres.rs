@@ -70,6 +70,28 @@ impl PostgresCheckpointStore {
         Ok(group_rows(ids, &rows))
     }
 
+    /// The rows of `ids` and of their processors' own checkpoints (`{id}/processor/{name}`,
+    /// independent processors).
+    pub async fn load_with_processors(&self, ids: &[String]) -> Result<RowsById> {
+        let rows = self
+            .pg
+            .run("reading checkpoints", |c| async move {
+                c.query(
+                    r#"SELECT checkpoint_id, topic, "partition", "offset", last_modified::timestamptz
+                       FROM pillowtop_kafkacheckpoint
+                       WHERE checkpoint_id = ANY($1)
+                          OR EXISTS (SELECT 1 FROM unnest($1::text[]) AS p(id)
+                                     WHERE left(checkpoint_id, length(p.id) + 11) = p.id || '/processor/')
+                       ORDER BY checkpoint_id, topic, "partition""#,
+                    &[&ids],
+                )
+                .await
+                .map_err(err(format!("reading checkpoints {ids:?} and their processors'")))
+            })
+            .await?;
+        Ok(group_rows(ids, &rows))
+    }
+
     /// Every row of every checkpoint id that has a row on `topic` (of all ids when `None`).
     pub async fn load_on_topic(&self, topic: Option<&str>) -> Result<RowsById> {
         let rows = self
