@@ -30,6 +30,7 @@ __all__ = [
     "add_partitions",
     "lag",
     "assignments",
+    "doctor",
     "validate",
     "fix_checkpoint_after_rewind",
     "fix_checkpoints_from_date",
@@ -537,6 +538,21 @@ def assignments(
     json: bool = False,
 ) -> None:
     """``pillowtop assignments``: prints which process (and worker) reads which partitions."""
+
+def doctor(
+    ui: _Ui,
+    checkpoint_ids: list[str],
+    *,
+    postgres_url: str,
+    kafka_bootstrap: str,
+    kafka_config: Mapping[str, str] | None = None,
+    interval: float = 15.0,
+    max_time_lag: int = 60,
+    json: bool = False,
+    django: bool = False,
+    names: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """``pillowtop doctor``: prints and returns which processor holds each pillow back."""
 
 def validate(
     ui: _Ui,

@@ -33,6 +33,7 @@ __all__ = [
     "add_partitions",
     "assignments",
     "create_kafka_topics",
+    "doctor",
     "dump_remaining_changes",
     "fix_checkpoint_after_rewind",
     "fix_checkpoints",
@@ -342,6 +343,43 @@ def validate(
         json=json,
     )
     return problems
+
+
+def doctor(
+    checkpoint_ids: Sequence[str],
+    *,
+    postgres_url: str,
+    kafka: str,
+    kafka_config: Mapping[str, str] | None = None,
+    interval: float = 15.0,
+    max_time_lag: int = 60,
+    json: bool = False,
+    django: bool = False,
+    names: Mapping[str, str] | None = None,
+    ui: Ui | None = None,
+) -> list[dict[str, Any]]:
+    """Say which processor holds each pillow back and what a split gives (``pillowtop doctor``).
+
+    Samples every checkpoint twice, ``interval`` seconds apart (the processes report each
+    processor's cost with their heartbeats, every 5 s), prints the diagnosis (JSON with
+    ``json``) and returns it: per pillow its ``verdict`` (``keeping_up``, ``catching_up``,
+    ``falling_behind``, ``stalled``, ``never_run``), rates, backlog, catch-up time, a report per
+    processor, the ``holder`` and a ``split`` with its estimates and commands. ``names`` maps a
+    checkpoint id to its pillow's name; ``django`` spells the commands for ``manage.py``.
+    """
+    found: list[dict[str, Any]] = _native.doctor(
+        ui or StdioUi(),
+        list(checkpoint_ids),
+        postgres_url=postgres_url,
+        kafka_bootstrap=kafka,
+        kafka_config=kafka_config,
+        interval=float(interval),
+        max_time_lag=max_time_lag,
+        json=json,
+        django=django,
+        names=dict(names or {}),
+    )
+    return found
 
 
 def assignments(

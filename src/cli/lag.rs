@@ -153,7 +153,7 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
                 id.clone(),
                 "-".into(),
                 "-".into(),
-                "-".into(),
+                "(all)".into(),
                 "no checkpoint yet".into(),
                 "-".into(),
                 "-".into(),
@@ -165,9 +165,9 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
         for (tp, high) in tps {
             table.push(vec![
                 id.clone(),
-                "-".into(),
                 tp.topic.clone(),
                 tp.partition.to_string(),
+                "(all)".into(),
                 "no checkpoint yet".into(),
                 high.map_or_else(|| "(no partition)".into(), |h| h.to_string()),
                 "-".into(),
@@ -181,9 +181,9 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
         ui,
         &[
             "checkpoint",
-            "processor",
             "topic",
             "partition",
+            "processor",
             "offset",
             "high-water mark",
             "lag",
@@ -198,9 +198,9 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
 fn row_cells(r: &LagRow) -> Vec<String> {
     vec![
         r.checkpoint_id.clone(),
-        r.processor.clone().unwrap_or_else(|| "(all)".into()),
         r.topic.clone(),
         r.partition.to_string(),
+        r.processor.clone().unwrap_or_else(|| "(all)".into()),
         r.offset.to_string(),
         r.high
             .map_or_else(|| "(no partition)".into(), |h| h.to_string()),

@@ -10,11 +10,13 @@
 //! Exit codes (CommCare's for the checkpoint commands): 0 success; 1 an operator declined a
 //! prompt; 2 invalid usage, or merge sources whose partitions disagree; 3 the merge's
 //! reprocessing was declined; 4 any other failure (a service failed, a refusal such as a running
-//! pillow without `--force`, a source without rows); 5 `validate` found invalid checkpoints.
+//! pillow without `--force`, a source without rows); 5 `validate` found invalid checkpoints;
+//! 6 `doctor` found a pillow that falls behind, catches up or is stalled.
 
 pub mod add_partitions;
 pub mod assignments;
 pub mod conn;
+pub mod doctor;
 pub mod fix;
 pub mod history;
 pub mod kafka;
@@ -46,9 +48,11 @@ pub const REPROCESSING_DECLINED: u8 = 3;
 pub const FAILED: u8 = 4;
 /// Exit status of `validate` when a checkpoint is invalid.
 pub const INVALID: u8 = 5;
+/// Exit status of `doctor` when a pillow falls behind, catches up or is stalled.
+pub const FINDING: u8 = 6;
 
 /// The text after `--help` of the program.
-pub const EXIT_STATUS_HELP: &str = "Exit status: 0 success; 1 a question was declined; 2 invalid usage, or merge sources whose partitions disagree; 3 the merge's reprocessing was declined; 4 any other failure; 5 validate found invalid checkpoints";
+pub const EXIT_STATUS_HELP: &str = "Exit status: 0 success; 1 a question was declined; 2 invalid usage, or merge sources whose partitions disagree; 3 the merge's reprocessing was declined; 4 any other failure; 5 validate found invalid checkpoints; 6 doctor found a pillow behind";
 
 /// The command line without the binary-only `demo` (what `run_cli` parses).
 #[derive(Parser, Debug)]
@@ -124,6 +128,14 @@ pub enum Command {
     /// lag gauges in Prometheus format and refreshes them every --interval seconds.
     #[command(visible_alias = "status")]
     Lag(lag::Args),
+    /// Which processor holds a pillow back: samples it twice (--interval seconds apart) and
+    /// prints its input and processing rates, backlog and catch-up time, each processor's time
+    /// per change and share (or own backlog and rate with independent processors), the processor
+    /// that holds it back, the catch-up times with it split out, and the split's commands.
+    #[command(
+        after_help = "Exit status: 0 every pillow keeps up (or never ran); 6 a pillow falls behind, catches up or is stalled; 4 failed"
+    )]
+    Doctor(doctor::Args),
     /// Which process (and virtual worker) reads which partitions (CommCare's
     /// pillow_topic_assignments, with the dedicated migration process).
     Assignments(assignments::Args),
@@ -191,6 +203,7 @@ impl Command {
             Self::AddPartitions(a) => add_partitions::exec(a, ui).await,
             Self::Validate(a) => validate::exec(a, ui).await,
             Self::Lag(a) => lag::exec(a, ui).await,
+            Self::Doctor(a) => doctor::exec(a, ui).await,
             Self::Assignments(a) => assignments::exec(a, ui).await,
             Self::Serve(a) => serve::exec(a, ui).await,
             Self::FixCheckpointAfterRewind(a) => fix::exec_after_rewind(a, ui).await,

@@ -14,7 +14,7 @@ use crate::feed::TopicPartition;
 use crate::metrics::Recorder;
 use crate::pg::Pg;
 use crate::store::checkpoints::postgres::PostgresCheckpointStore;
-use crate::store::checkpoints::{split_processor_checkpoint_id, RowsById};
+use crate::store::checkpoints::{is_processor_marker_id, split_processor_checkpoint_id, RowsById};
 use crate::store::errors::postgres::PostgresErrorStore;
 use crate::store::liveness::postgres::PostgresLivenessStore;
 use crate::store::liveness::{LivenessStore, ProcessRow};
@@ -92,7 +92,7 @@ pub fn compute(
     now: DateTime<Utc>,
 ) -> Vec<LagRow> {
     let mut out = Vec::new();
-    for (id, rs) in rows {
+    for (id, rs) in rows.iter().filter(|(id, _)| !is_processor_marker_id(id)) {
         let (parent, processor) = match split_processor_checkpoint_id(id) {
             Some((parent, name)) => (parent, Some(name.to_owned())),
             None => (id.as_str(), None),
@@ -331,6 +331,7 @@ mod tests {
         let data: RowsById = [
             ("c".to_owned(), rows(&[("t", 0, 5)])),
             (own.clone(), rows(&[("t", 0, 2)])),
+            ("c/processor/".to_owned(), rows(&[("t", 0, 5)])),
         ]
         .into();
         let w: BTreeMap<TopicPartition, Watermarks> =

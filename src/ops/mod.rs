@@ -18,6 +18,7 @@
 
 pub mod add_partitions;
 pub mod assignments;
+pub mod doctor;
 pub mod fix;
 pub mod freshness;
 pub mod history;
@@ -395,6 +396,7 @@ pub(crate) mod test_rows {
             started_at: at(0),
             heartbeat_at: at(10),
             alive,
+            processor_stats: crate::store::liveness::ProcessorStats::new(),
         }
     }
 }

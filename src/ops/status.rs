@@ -285,6 +285,7 @@ mod tests {
             started_at: now,
             heartbeat_at: now - chrono::Duration::seconds(3),
             alive: true,
+            processor_stats: crate::store::liveness::ProcessorStats::new(),
         };
         let errors = vec![
             (

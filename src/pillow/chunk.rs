@@ -53,6 +53,64 @@ pub fn deduplicate(changes: Vec<Change>) -> Vec<Change> {
         .collect()
 }
 
+/// What each processor of a pillow has cost so far (by index, as the pillow's processors):
+/// seconds in its calls and changes given to it. The heartbeat publishes it
+/// ([`crate::store::liveness::ProcessorStat`]).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorTimes {
+    seconds: Vec<f64>,
+    changes: Vec<u64>,
+}
+
+impl ProcessorTimes {
+    /// Adds one chunk of `changes` changes that cost each processor `spent`.
+    pub fn add(&mut self, spent: &[Duration], changes: usize) {
+        self.add_seconds(spent);
+        if self.changes.len() < spent.len() {
+            self.changes.resize(spent.len(), 0);
+        }
+        for c in &mut self.changes[..spent.len()] {
+            *c += changes as u64;
+        }
+    }
+
+    /// Adds time without changes (a sink's wait for its background writes).
+    pub fn add_wait(&mut self, j: usize, d: Duration) {
+        if self.seconds.len() <= j {
+            self.seconds.resize(j + 1, 0.0);
+        }
+        self.seconds[j] += d.as_secs_f64();
+    }
+
+    fn add_seconds(&mut self, spent: &[Duration]) {
+        if self.seconds.len() < spent.len() {
+            self.seconds.resize(spent.len(), 0.0);
+        }
+        for (s, d) in self.seconds.iter_mut().zip(spent) {
+            *s += d.as_secs_f64();
+        }
+    }
+
+    /// By processor name (`names` in the pillow's order).
+    pub fn stats<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+    ) -> crate::store::liveness::ProcessorStats {
+        names
+            .enumerate()
+            .map(|(j, n)| {
+                (
+                    n.to_owned(),
+                    crate::store::liveness::ProcessorStat {
+                        seconds: self.seconds.get(j).copied().unwrap_or(0.0),
+                        changes: self.changes.get(j).copied().unwrap_or(0),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
 /// The failures of one pass: index into the de-duplicated chunk → first failure.
 pub type Failures = BTreeMap<usize, ProcessorFailure>;
 
@@ -69,25 +127,22 @@ pub async fn process_chunk(
     docstores: &DocumentStores,
     pillow: &str,
     metrics: &dyn Recorder,
+    times: &mut ProcessorTimes,
 ) -> Result<Failures> {
     let mut failures = Failures::new();
     if processors.iter().any(|p| p.needs_documents()) {
         docstores.fetch_missing(changes).await?;
     }
-    // Each processor's time on this chunk (CommCare's processor timing), only when something
-    // records it: one clock read per processor call.
-    let mut spent = if metrics.is_active() {
-        vec![Duration::ZERO; processors.len()]
-    } else {
-        Vec::new()
-    };
+    // Each processor's time on this chunk (CommCare's processor timing, and the cost `pillowtop
+    // doctor` reads from the liveness row): one clock read per processor call.
+    let mut spent = vec![Duration::ZERO; processors.len()];
     if batch {
         for (j, p) in processors
             .iter_mut()
             .enumerate()
             .filter(|(_, p)| p.supports_batch_processing())
         {
-            let started = (!spent.is_empty()).then(Instant::now);
+            let started = Instant::now();
             match p.process_changes_chunk(changes).await? {
                 Ok(outcome) => {
                     for (i, f) in outcome.errors {
@@ -120,24 +175,20 @@ pub async fn process_chunk(
                     }
                 }
             }
-            if let Some(t) = started {
-                spent[j] += t.elapsed();
-            }
+            spent[j] += started.elapsed();
         }
     }
     let serial: Vec<usize> = (0..processors.len())
         .filter(|j| !(batch && processors[*j].supports_batch_processing()))
         .collect();
     if !serial.is_empty() {
-        let mut clock = (!spent.is_empty()).then(Instant::now);
+        let mut clock = Instant::now();
         for (i, change) in changes.iter_mut().enumerate() {
             for &j in &serial {
                 let outcome = processors[j].process_change(change).await?;
-                if let Some(t) = clock.as_mut() {
-                    let now = Instant::now();
-                    spent[j] += now - *t;
-                    *t = now;
-                }
+                let now = Instant::now();
+                spent[j] += now - clock;
+                clock = now;
                 if let Err(f) = outcome {
                     fail(&mut failures, i, f);
                     break;
@@ -145,7 +196,12 @@ pub async fn process_chunk(
             }
         }
     }
-    for (p, d) in processors.iter().zip(&spent) {
+    times.add(&spent, changes.len());
+    for (p, d) in processors
+        .iter()
+        .zip(&spent)
+        .filter(|_| metrics.is_active())
+    {
         metrics.histogram(
             metrics::PROCESSOR_TIMING,
             vec![
@@ -216,6 +272,7 @@ mod tests {
             &DocumentStores::new(),
             "p",
             &NoopRecorder,
+            &mut ProcessorTimes::default(),
         )
         .await
         .expect("ok");
@@ -242,6 +299,7 @@ mod tests {
                 &DocumentStores::new(),
                 "p",
                 &m,
+                &mut ProcessorTimes::default(),
             )
             .await
             .expect("ok");

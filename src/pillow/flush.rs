@@ -71,6 +71,7 @@ impl Pillow {
             &self.docstores,
             &self.config.name,
             self.metrics.as_ref(),
+            &mut self.times,
         )
         .await?;
         self.record_failures(&mut changes, &failures, records)
@@ -129,15 +130,18 @@ impl Pillow {
         }
         let seq = run.seq;
         let mut held_failures: Vec<(Change, ProcessorFailure)> = Vec::new();
-        for (p, written) in self
+        for (j, (p, written)) in self
             .processors
             .iter_mut()
             .zip(run.written_through.iter_mut())
+            .enumerate()
         {
             if *written >= seq {
                 continue;
             }
+            let waited = Instant::now();
             let settled = p.settle(seq, flush).await?;
+            self.times.add_wait(j, waited.elapsed());
             *written = (*written).max(settled.written_through.min(seq));
             held_failures.extend(settled.failures);
         }

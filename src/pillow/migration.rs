@@ -30,7 +30,14 @@ impl Pillow {
                     p.bootstrap_if_needed().await?;
                 }
                 if let Some(l) = &self.liveness {
-                    if let Err(e) = l.heartbeat(&self.config.name, 0).await {
+                    if let Err(e) = l
+                        .heartbeat(
+                            &self.config.name,
+                            0,
+                            &crate::store::liveness::ProcessorStats::new(),
+                        )
+                        .await
+                    {
                         tracing::warn!(error = %e, "could not refresh the heartbeat");
                     }
                 }

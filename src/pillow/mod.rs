@@ -222,6 +222,8 @@ pub struct Pillow {
     liveness: Option<Arc<dyn LivenessStore>>,
     history: Option<Arc<dyn HistoryStore>>,
     hook: Option<Box<dyn LoopHook>>,
+    /// Each processor's cost so far, published with the heartbeat.
+    times: chunk::ProcessorTimes,
 }
 
 /// Where the loop calls its [`LoopHook`].
@@ -305,6 +307,7 @@ impl Pillow {
             liveness: None,
             history: None,
             hook: None,
+            times: chunk::ProcessorTimes::default(),
         }
     }
 

@@ -364,8 +364,9 @@ impl Pillow {
         }
         run.last_heartbeat = Instant::now();
         if let Some(l) = &self.liveness {
+            let stats = self.times.stats(self.processors.iter().map(|p| p.name()));
             if let Err(e) = l
-                .heartbeat(&self.config.name, self.config.layout.process_num)
+                .heartbeat(&self.config.name, self.config.layout.process_num, &stats)
                 .await
             {
                 tracing::warn!(pillow = %self.config.name, error = %e, "could not refresh the heartbeat");

@@ -876,9 +876,14 @@ impl LivenessStore for CheckpointsAtEachCall {
             .await
     }
 
-    async fn heartbeat(&self, pillow: &str, process_num: u32) -> Result<()> {
+    async fn heartbeat(
+        &self,
+        pillow: &str,
+        process_num: u32,
+        stats: &crate::store::liveness::ProcessorStats,
+    ) -> Result<()> {
         self.note();
-        self.inner.heartbeat(pillow, process_num).await
+        self.inner.heartbeat(pillow, process_num, stats).await
     }
 
     async fn unregister(&self, pillow: &str, process_num: u32) -> Result<()> {

@@ -21,7 +21,7 @@ use super::errors::{ConfigurationError, OperationAborted, OperationRefused, Pill
 use crate::cli::conn::{Confirm, Conn, KafkaConn};
 use crate::cli::ui::{Outcome, Report, Ui};
 use crate::cli::{
-    add_partitions, assignments, fix, kafka, lag, merge, reset, split, topics, validate,
+    add_partitions, assignments, doctor, fix, kafka, lag, merge, reset, split, topics, validate,
 };
 use crate::ops::OpsError;
 use tokio_util::sync::CancellationToken;
@@ -402,6 +402,39 @@ pub(crate) fn py_validate(
     };
     let problems = run(py, ui, async |ui| validate::check(args, ui).await)?;
     Ok(pythonize::pythonize(py, &problems)?.unbind())
+}
+
+/// `pillowtop doctor`: samples each pillow twice, `interval` seconds apart, prints (or prints as
+/// JSON) which processor holds it back and the split's commands, and returns the diagnoses.
+/// `names` maps a checkpoint id to its pillow's name; `django` spells the commands for Django.
+#[pyfunction]
+#[pyo3(name = "doctor", signature = (ui, checkpoint_ids, *, postgres_url, kafka_bootstrap, kafka_config=None, interval=15.0, max_time_lag=60, json=false, django=false, names=None))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn py_doctor(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    checkpoint_ids: Vec<String>,
+    postgres_url: String,
+    kafka_bootstrap: String,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
+    interval: f64,
+    max_time_lag: u64,
+    json: bool,
+    django: bool,
+    names: Option<std::collections::BTreeMap<String, String>>,
+) -> PyResult<Py<PyAny>> {
+    let args = doctor::Args {
+        ids: checkpoint_ids,
+        interval,
+        max_time_lag,
+        json,
+        django,
+        names: names.unwrap_or_default(),
+        conn: pg(postgres_url),
+        kafka: kafka(Some(kafka_bootstrap), kafka_config),
+    };
+    let found = run(py, ui, async |ui| doctor::examine(&args, ui).await)?;
+    Ok(pythonize::pythonize(py, &found)?.unbind())
 }
 
 /// Runs a reading command that stops on Ctrl-C: every 100 ms the calling (main) thread runs

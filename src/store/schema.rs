@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS pillowtop_rs_process (
     heartbeat_at timestamp with time zone NOT NULL,
     PRIMARY KEY (pillow_name, process_num)
 );
+-- Ours, 2026-12: each processor's cost since the process started (pillowtop doctor).
+ALTER TABLE pillowtop_rs_process ADD COLUMN IF NOT EXISTS processor_stats jsonb NOT NULL DEFAULT '{}';
 
 -- Ours: daily snapshots of every checkpoint row (CommCare's HistoricalPillowCheckpoint), kept
 -- 30 days; written by `pillowtop history snapshot` (src/store/history/postgres.rs).

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{require, TestDb, TestTopic};
 
 /// Takes 20 ms per chunk of 10 (a fast processor takes well under 1 ms).
-struct Slow {
-    seen: Arc<AtomicUsize>,
+pub(crate) struct Slow {
+    pub(crate) seen: Arc<AtomicUsize>,
 }
 
 #[async_trait]
@@ -186,6 +186,39 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
             "partition {partition}: the pillow's row {offset} passes the slow processor's {slow:?}"
         );
     }
+    // The doctor names the slow processor (its own backlog is the largest) while it catches up.
+    let (first, second, dt) =
+        pillowtop::ops::doctor::sample_twice(&db.pg, &kafka, &id, Duration::from_millis(300))
+            .await
+            .expect("doctor's samples");
+    let options = pillowtop::ops::doctor::Options {
+        max_time_lag: Duration::ZERO,
+        ..Default::default()
+    };
+    let diag = pillowtop::ops::doctor::diagnose(&id, &first, &second, dt, options, None);
+    let seen_rows =
+        |s: &pillowtop::ops::doctor::Sample| -> Vec<(Option<String>, i32, i64, Option<i64>)> {
+            s.rows
+                .iter()
+                .map(|r| (r.processor.clone(), r.partition, r.offset, r.high))
+                .collect()
+        };
+    let ctx = format!(
+        "{diag:#?}\nfirst {:?}\nsecond {:?}",
+        seen_rows(&first),
+        seen_rows(&second)
+    );
+    assert_eq!(diag.mode, "independent", "{ctx}");
+    assert!(diag.verdict.is_finding(), "{ctx}");
+    assert_eq!(diag.holder.as_deref(), Some("slow"), "{ctx}");
+    let split = diag.split.as_ref().expect("split advice");
+    assert!(
+        split
+            .commands
+            .iter()
+            .any(|c| *c == format!("pillowtop split {id} {id}-slow")),
+        "{split:#?}"
+    );
     assert!(
         slow_seen < total / 2,
         "the slow processor had seen {slow_seen} of {total} when the fast one was done: it was not held back alone"

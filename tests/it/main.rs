@@ -12,6 +12,7 @@
 mod commands;
 mod demo;
 mod deploy;
+mod doctor;
 mod elasticsearch;
 mod es_processor;
 mod fault_proxy;

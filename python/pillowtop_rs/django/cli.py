@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 FAILED = 4
 #: The exit status of ``validate_kafka_pillow_checkpoints`` when a checkpoint is invalid (5).
 INVALID = 5
+#: The exit status of ``pillow_doctor`` when a pillow falls behind, catches up or is stalled (6).
+FINDING = 6
 
 
 class CommandUi:

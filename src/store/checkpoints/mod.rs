@@ -49,6 +49,12 @@ pub fn split_processor_checkpoint_id(id: &str) -> Option<(&str, &str)> {
         .filter(|(parent, name)| !parent.is_empty() && !name.is_empty())
 }
 
+/// Whether `id` is the marker an independent pillow's coordinator keeps of what it wrote into
+/// the pillow's rows (`{checkpoint id}/processor/`, an internal row: not a checkpoint to show).
+pub fn is_processor_marker_id(id: &str) -> bool {
+    id.ends_with("/processor/")
+}
+
 /// One stored row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRow {

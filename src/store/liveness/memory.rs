@@ -84,6 +84,7 @@ impl LivenessStore for MemoryLivenessStore {
             partitions: partitions.to_vec(),
             started_at: now,
             heartbeat_at: now,
+            processor_stats: super::ProcessorStats::new(),
             alive: true,
         };
         self.rows
@@ -97,10 +98,17 @@ impl LivenessStore for MemoryLivenessStore {
         })
     }
 
-    async fn heartbeat(&self, pillow: &str, process_num: u32) -> Result<()> {
+    async fn heartbeat(
+        &self,
+        pillow: &str,
+        process_num: u32,
+        stats: &super::ProcessorStats,
+    ) -> Result<()> {
         let key = (pillow.to_owned(), column_int(process_num));
         if let Some(row) = self.rows.lock().map_err(|_| poisoned())?.get_mut(&key) {
             row.heartbeat_at = Utc::now();
+            row.processor_stats
+                .extend(stats.iter().map(|(k, v)| (k.clone(), *v)));
         }
         self.log(LivenessCall::Heartbeat {
             pillow: pillow.to_owned(),
@@ -156,7 +164,15 @@ mod tests {
             .register("p", "p-id", &layout(1), std::slice::from_ref(&tp))
             .await
             .expect("register");
-        store.heartbeat("p", 1).await.expect("heartbeat");
+        let stats: super::super::ProcessorStats = [(
+            "es".to_owned(),
+            super::super::ProcessorStat {
+                seconds: 1.5,
+                changes: 10,
+            },
+        )]
+        .into();
+        store.heartbeat("p", 1, &stats).await.expect("heartbeat");
         let rows = store.list(Some("p")).await.expect("list");
         assert_eq!(rows.len(), 1);
         assert_eq!(
@@ -166,6 +182,10 @@ mod tests {
         );
         assert!(rows[0].alive);
         assert_eq!(rows[0].partitions, [tp]);
+        assert_eq!(
+            rows[0].processor_stats, stats,
+            "the heartbeat records the costs"
+        );
         assert!(store.list(Some("other")).await.expect("list").is_empty());
         let mut old = rows[0].clone();
         old.process_num = 0;

@@ -9,9 +9,11 @@
 pub mod memory;
 pub mod postgres;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::feed::assignment::Layout;
@@ -19,6 +21,18 @@ use crate::partition::TopicPartition;
 
 /// A heartbeat older than this means the process is gone.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// What one processor of a process has cost since the process started (ours, for
+/// `pillowtop doctor`): the seconds spent in its calls (processing and, for sinks that write in
+/// the background, waiting for their writes) and the changes it was given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessorStat {
+    pub seconds: f64,
+    pub changes: u64,
+}
+
+/// [`ProcessorStat`] by processor name.
+pub type ProcessorStats = BTreeMap<String, ProcessorStat>;
 
 /// One process's liveness row.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +49,8 @@ pub struct ProcessRow {
     pub heartbeat_at: chrono::DateTime<chrono::Utc>,
     /// Heartbeat within [`STALE_AFTER`].
     pub alive: bool,
+    /// Each processor's cost since the process started, as of its last heartbeat.
+    pub processor_stats: ProcessorStats,
 }
 
 /// Where liveness rows live. The row of this process is keyed by (pillow, process number) and
@@ -50,8 +66,10 @@ pub trait LivenessStore: Send + Sync {
         partitions: &[TopicPartition],
     ) -> Result<()>;
 
-    /// Refreshes the heartbeat.
-    async fn heartbeat(&self, pillow: &str, process_num: u32) -> Result<()>;
+    /// Refreshes the heartbeat and records each processor's cost so far (`stats` are merged
+    /// into the row's by processor name).
+    async fn heartbeat(&self, pillow: &str, process_num: u32, stats: &ProcessorStats)
+        -> Result<()>;
 
     /// Removes the row on a clean stop (only when this process still owns it).
     async fn unregister(&self, pillow: &str, process_num: u32) -> Result<()>;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{column_int, hostname, pid, LivenessStore, ProcessRow, STALE_AFTER};
+use super::{column_int, hostname, pid, LivenessStore, ProcessRow, ProcessorStats, STALE_AFTER};
 use crate::error::Result;
 use crate::feed::assignment::Layout;
 use crate::partition::TopicPartition;
@@ -64,7 +64,7 @@ impl LivenessStore for PostgresLivenessStore {
                          ON CONFLICT (pillow_name, process_num) DO UPDATE SET num_processes = EXCLUDED.num_processes, \
                          dedicated_migration_process = EXCLUDED.dedicated_migration_process, checkpoint_id = EXCLUDED.checkpoint_id, \
                          hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, partitions = EXCLUDED.partitions, \
-                         started_at = now(), heartbeat_at = now()",
+                         started_at = now(), heartbeat_at = now(), processor_stats = '{}'",
                         &[&pillow, &k, &n, &dedicated, &checkpoint_id, &host, &pid, &parts],
                     )
                     .await
@@ -75,13 +75,26 @@ impl LivenessStore for PostgresLivenessStore {
         Ok(())
     }
 
-    async fn heartbeat(&self, pillow: &str, process_num: u32) -> Result<()> {
+    async fn heartbeat(
+        &self,
+        pillow: &str,
+        process_num: u32,
+        stats: &ProcessorStats,
+    ) -> Result<()> {
         let k = column_int(process_num);
+        let stats = serde_json::to_string(stats).unwrap_or_else(|_| "{}".into());
         self.pg
-            .run("refreshing the pillow heartbeat", |c| async move {
-                c.execute("UPDATE pillowtop_rs_process SET heartbeat_at = now() WHERE pillow_name = $1 AND process_num = $2", &[&pillow, &k])
+            .run("refreshing the pillow heartbeat", |c| {
+                let stats = stats.clone();
+                async move {
+                    c.execute(
+                        "UPDATE pillowtop_rs_process SET heartbeat_at = now(), processor_stats = processor_stats || $3::text::jsonb \
+                         WHERE pillow_name = $1 AND process_num = $2",
+                        &[&pillow, &k, &stats],
+                    )
                     .await
                     .map_err(err("refreshing the pillow heartbeat"))
+                }
             })
             .await?;
         Ok(())
@@ -107,7 +120,7 @@ impl LivenessStore for PostgresLivenessStore {
                 let rows = c
                     .query(
                         "SELECT pillow_name, process_num, num_processes, dedicated_migration_process, checkpoint_id, hostname, pid, \
-                         partitions::text, started_at, heartbeat_at, heartbeat_at > now() - make_interval(secs => $2) \
+                         partitions::text, started_at, heartbeat_at, heartbeat_at > now() - make_interval(secs => $2), processor_stats::text \
                          FROM pillowtop_rs_process WHERE $1::text IS NULL OR pillow_name = $1 ORDER BY pillow_name, process_num",
                         &[&pillow, &(stale as f64)],
                     )
@@ -127,6 +140,7 @@ impl LivenessStore for PostgresLivenessStore {
                         started_at: r.get(8),
                         heartbeat_at: r.get(9),
                         alive: r.get(10),
+                        processor_stats: serde_json::from_str(&r.get::<_, String>(11)).unwrap_or_default(),
                     })
                     .collect())
             })

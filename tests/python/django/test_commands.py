@@ -290,6 +290,20 @@ def test_checkpoint_commands_exit_statuses(project: Project, native: None) -> No
     lag = project.manage("pillow_lag", "xform-pillow")
     ok(lag)
     assert project.checkpoint_id("xform-pillow") in lag.stdout
+    # The doctor: caught up is exit 0; a backlog nobody reads is a finding (exit 6) that says
+    # no process is alive.
+    doctor = project.manage("pillow_doctor", "xform-pillow", "--interval", "0.5", "--json")
+    ok(doctor)
+    [found] = json.loads(doctor.stdout)
+    assert (found["pillow_name"], found["verdict"], found["backlog"]) == (
+        "xform-pillow",
+        "keeping_up",
+        0,
+    ), found
+    project.produce(["x-2"])
+    behind = project.manage("pillow_doctor", "xform-pillow", "--interval", "0.5")
+    assert behind.returncode == 6, behind
+    assert "stalled" in behind.stdout and "no process of it is alive" in behind.stdout, behind
     assignments = project.manage("pillow_topic_assignments", "xform-pillow", "2", "--csv")
     ok(assignments)
     assert assignments.stdout.splitlines() == [
