@@ -13,6 +13,7 @@ The wheel is the one ``tests/run`` built (``target/wheels``), or ``PILLOWTOP_WHE
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -37,6 +38,7 @@ MARKER = re.compile(
 COMMANDS = [
     "run_ptop",
     "pillow_lag",
+    "pillow_doctor",
     "split_pillow_checkpoints",
     "merge_pillow_checkpoints",
     "ptop_reset_checkpoint",
@@ -195,6 +197,10 @@ def test_the_readme_django_section_runs_as_written_from_a_fresh_venv(
     retry = run("python manage.py run_pillow_retry_queue --once", home, env)
     assert "0 due" in retry.stdout, retry.stdout
     run("python manage.py pillow_lag", home, env)
+    # The README's pillows have handled all 30 forms and stopped: each keeps up (exit 0).
+    doctor_run = run("python manage.py pillow_doctor --interval 0.5 --json", home, env)
+    doctor = json.loads(doctor_run.stdout)
+    assert doctor and {p["verdict"] for p in doctor} == {"keeping_up"}, doctor
     run("python manage.py validate_kafka_pillow_checkpoints", home, env)
     run(
         "python manage.py merge_pillow_checkpoints xform-pillow form-meta-pillow --dry-run",
