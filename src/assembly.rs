@@ -148,6 +148,20 @@ impl PillowSpec {
                 ProcessorSpec::Noop { .. } | ProcessorSpec::Ready(_) => {}
             }
         }
+        if self.config.processor_checkpoints == ProcessorCheckpoints::Independent {
+            // Names known before the build (the lanes check the rest when they are built).
+            let mut seen = std::collections::BTreeSet::new();
+            for p in &self.processors {
+                if let ProcessorSpec::Ready(p) = p {
+                    if !seen.insert(p.name()) {
+                        return Err(invalid(format!(
+                            "pillow {name}: two processors are named {}; with processor_checkpoints = \"independent\" each processor's name is its checkpoint's name and must be unique (a Python processor's name is its class's, or its processor_name attribute)",
+                            p.name()
+                        )));
+                    }
+                }
+            }
+        }
         if exactly_once.len() > 1 {
             return Err(invalid(format!(
                 "pillow {name} has {} exactly-once processors ({}); at most one can commit with the checkpoint",

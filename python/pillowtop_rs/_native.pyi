@@ -2,7 +2,7 @@
 
 import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, final
+from typing import Any, Literal, Protocol, final
 
 from pillowtop_rs.metrics import MetricsSink
 from pillowtop_rs.processors import DocumentStore
@@ -321,6 +321,7 @@ class Pillow:
         | None = None,
         background_checkpoints: bool = True,
         on_processor_error: Callable[[str, Change, BaseException], object] | None = None,
+        processor_checkpoints: Literal["shared", "independent"] = "shared",
     ) -> Pillow: ...
     @property
     def name(self) -> str: ...
@@ -330,6 +331,8 @@ class Pillow:
     def topics(self) -> list[str]: ...
     @property
     def chunk_size(self) -> int: ...
+    @property
+    def processor_checkpoints(self) -> Literal["shared", "independent"]: ...
     @property
     def processors(self) -> list[Any]: ...
     def run(

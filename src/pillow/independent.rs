@@ -89,7 +89,7 @@ impl IndependentPillow {
             let processor = p.name().to_owned();
             if !seen.insert(processor.clone()) {
                 return Err(ConfigError::Invalid(format!(
-                    "pillow {name}: two processors are named {processor}; with processor_checkpoints = \"independent\" each processor's name is its checkpoint's name and must be unique"
+                    "pillow {name}: two processors are named {processor}; with processor_checkpoints = \"independent\" each processor's name is its checkpoint's name and must be unique (a Python processor's name is its class's, or its processor_name attribute)"
                 ))
                 .into());
             }

@@ -38,7 +38,9 @@ use crate::feed::assignment::Layout;
 use crate::feed::kafka::KafkaFeedOptions;
 use crate::feed::memory::MemoryFeed;
 use crate::partition::TopicPartition;
-use crate::pillow::{HookPoint, LoopHook, PillowConfig, RunSummary, StartPolicy, StopReason};
+use crate::pillow::{
+    HookPoint, LoopHook, PillowConfig, ProcessorCheckpoints, RunSummary, StartPolicy, StopReason,
+};
 use crate::store::checkpoints::memory::MemoryCheckpointStore;
 use crate::store::errors::memory::MemoryErrorStore;
 use crate::store::errors::ErrorStore;
@@ -148,13 +150,13 @@ fn config_error(message: String) -> PyErr {
 impl PyPillow {
     #[new]
     #[pyo3(
-        text_signature = "(name, topics, processors, *, checkpoint_id=None, chunk_size=10, checkpoint_frequency=100, max_checkpoint_delay=300.0, start_policy='earliest', strict=False, retry_errors=True, document_stores=None, background_checkpoints=True, on_processor_error=None)"
+        text_signature = "(name, topics, processors, *, checkpoint_id=None, chunk_size=10, checkpoint_frequency=100, max_checkpoint_delay=300.0, start_policy='earliest', strict=False, retry_errors=True, document_stores=None, background_checkpoints=True, on_processor_error=None, processor_checkpoints='shared')"
     )]
     #[pyo3(signature = (
         name, topics, processors, *, checkpoint_id = None, chunk_size = 10,
         checkpoint_frequency = 100, max_checkpoint_delay = Some(300.0),
         start_policy = "earliest", strict = false, retry_errors = true, document_stores = None,
-        background_checkpoints = true, on_processor_error = None,
+        background_checkpoints = true, on_processor_error = None, processor_checkpoints = "shared",
     ))]
     #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)]
     fn new(
@@ -172,6 +174,7 @@ impl PyPillow {
         document_stores: Option<Bound<'_, PyDict>>,
         background_checkpoints: bool,
         on_processor_error: Option<Bound<'_, PyAny>>,
+        processor_checkpoints: &str,
     ) -> PyResult<Self> {
         let topics = super::topics::topic_names(&format!("Pillow {name:?}: topics"), &topics)?;
         let checkpoint_id = checkpoint_id.unwrap_or_else(|| name.clone());
@@ -210,6 +213,15 @@ impl PyPillow {
         };
         config.strict = strict;
         config.retry_errors = retry_errors;
+        config.processor_checkpoints = match processor_checkpoints {
+            "shared" => ProcessorCheckpoints::Shared,
+            "independent" => ProcessorCheckpoints::Independent,
+            other => {
+                return Err(config_error(format!(
+                    "pillow {name}: processor_checkpoints must be 'shared' (one checkpoint for all processors, CommCare's model) or 'independent' (each processor its own), not {other:?}"
+                )))
+            }
+        };
         for p in &processors {
             if !p.is_instance_of::<PyRustProcessor>() {
                 check_processor(&name, p)?;
@@ -274,6 +286,15 @@ impl PyPillow {
     #[getter]
     fn topics(&self) -> Vec<String> {
         self.topics.clone()
+    }
+
+    /// `"shared"` (CommCare's model) or `"independent"` (each processor its own checkpoint).
+    #[getter]
+    fn processor_checkpoints(&self) -> &'static str {
+        match self.config.processor_checkpoints {
+            ProcessorCheckpoints::Shared => "shared",
+            ProcessorCheckpoints::Independent => "independent",
+        }
     }
 
     #[getter]

@@ -184,7 +184,17 @@ impl PyProcessor {
         stores: Arc<PyStores>,
         hook: Option<Arc<ErrorHook>>,
     ) -> PyResult<Self> {
-        let name = obj.get_type().qualname()?.to_string();
+        // Its class's qualified name, or its own `processor_name` (ours: two instances of one
+        // class in a pillow with independent processors need names of their own).
+        let name = match obj.getattr_opt("processor_name")? {
+            Some(n) if !n.is_none() => n.extract::<String>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err(format!(
+                    "{}: processor_name must be a str",
+                    obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())
+                ))
+            })?,
+            _ => obj.get_type().qualname()?.to_string(),
+        };
         let batch = obj
             .getattr("supports_batch_processing")
             .and_then(|v| v.is_truthy())

@@ -19,7 +19,7 @@ from typing import Any
 import pillowtop_rs
 import psycopg
 import pytest
-from pillowtop_rs import BulkPillowProcessor, Change, Pillow, PillowProcessor
+from pillowtop_rs import BulkPillowProcessor, Change, Pillow, PillowProcessor, ops
 
 Publish = Callable[..., list[str]]
 Conn = psycopg.Connection[Any]
@@ -424,3 +424,67 @@ def test_shutdown_requested_from_a_signal_handler_stops_at_once_without_a_final_
     # final checkpoint that a graceful stop writes. Delivery stays at-least-once.
     assert sorted(rec.seen) == sorted(f"doc-{i}" for i in range(40))
     assert sum(kit.checkpoint_offsets(db, unique_name).values()) < 40
+
+
+def test_independent_processors_keep_their_own_checkpoints_from_python(
+    kafka_bootstrap: str,
+    postgres_url: str,
+    topic: str,
+    publish: Publish,
+    db: Conn,
+    kit: Any,
+    unique_name: str,
+) -> None:
+    publish(topic, messages(kit, 40))
+
+    class Named(Recorder):
+        def __init__(self, name: str, fail_on: str | None = None) -> None:
+            super().__init__()
+            self.processor_name = name
+            self.fail_on = fail_on
+
+        def process_changes_chunk(
+            self, changes_chunk: list[Change]
+        ) -> tuple[list[Change], list[tuple[Change, BaseException]]]:
+            super().process_changes_chunk(changes_chunk)
+            bad = [c for c in changes_chunk if c.id == self.fail_on]
+            return [], [(c, ValueError(f"{self.processor_name} refuses {c.id}")) for c in bad]
+
+    # Two instances of one class need names of their own: the definition says so.
+    with pytest.raises(pillowtop_rs.ConfigurationError, match="two processors are named twin"):
+        Pillow(
+            unique_name,
+            [topic],
+            [Named("twin"), Named("twin")],
+            processor_checkpoints="independent",
+        )
+    with pytest.raises(pillowtop_rs.ConfigurationError, match="processor_checkpoints must be"):
+        Pillow(unique_name, [topic], [Named("a")], processor_checkpoints="per-processor")
+
+    a, b = Named("a", fail_on="doc-7"), Named("b")
+    pillow = Pillow(
+        unique_name, [topic], [a, b], chunk_size=10, processor_checkpoints="independent"
+    )
+    assert pillow.processor_checkpoints == "independent"
+    summary = run(pillow, kafka_bootstrap, postgres_url)
+    assert summary.failed == 1
+    # Each processor saw every change once, on this thread.
+    for p in (a, b):
+        assert sorted(p.seen) == sorted(f"doc-{i}" for i in range(40)), p.processor_name
+        assert p.threads == {threading.get_ident()}
+    # Each has its own rows at the end of every partition; the pillow's are their minimum.
+    ends = kit.checkpoint_offsets(db, f"{unique_name}/processor/a")
+    assert sum(ends.values()) == 40 and len(ends) == 3
+    assert kit.checkpoint_offsets(db, f"{unique_name}/processor/b") == ends
+    assert kit.checkpoint_offsets(db, unique_name) == ends
+    # The failure is an error row of the pillow (CommCare's per-pillow granularity).
+    rows = {r[0]: r for r in kit.error_rows(db, unique_name)}
+    assert set(rows) == {"doc-7"} and "a refuses doc-7" in rows["doc-7"][2]
+    # The freshness API answers per processor.
+    partition = max(ends, key=lambda p: ends[p])
+    assert ops.processed(
+        unique_name, topic, partition, ends[partition] - 1, postgres_url=postgres_url, processor="b"
+    )
+    assert not ops.processed(
+        unique_name, topic, partition, ends[partition], postgres_url=postgres_url, processor="a"
+    )
