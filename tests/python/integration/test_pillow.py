@@ -459,7 +459,7 @@ def test_independent_processors_keep_their_own_checkpoints_from_python(
             processor_checkpoints="independent",
         )
     with pytest.raises(pillowtop_rs.ConfigurationError, match="processor_checkpoints must be"):
-        Pillow(unique_name, [topic], [Named("a")], processor_checkpoints="per-processor")
+        Pillow(unique_name, [topic], [Named("a")], processor_checkpoints="per-processor")  # type: ignore[arg-type]
 
     a, b = Named("a", fail_on="doc-7"), Named("b")
     pillow = Pillow(
