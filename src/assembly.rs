@@ -394,7 +394,10 @@ impl PillowSpec {
         for spec in self.into_lanes() {
             lanes.push(customize(spec.build(stop).await?));
         }
-        IndependentPillow::new(Arc::new(PostgresCheckpointStore::new(pg)), lanes)
+        Ok(
+            IndependentPillow::new(Arc::new(PostgresCheckpointStore::new(pg.clone())), lanes)?
+                .with_handovers(pg),
+        )
     }
 }
 

@@ -88,6 +88,9 @@ def split_checkpoints(
     *,
     postgres_url: str,
     target_topics: Mapping[str, Sequence[str]] | None = None,
+    processor: str | None = None,
+    online: bool = False,
+    timeout: int = 60,
     noinput: bool = False,
     dry_run: bool = False,
     force: bool = False,
@@ -97,6 +100,12 @@ def split_checkpoints(
     """Copy every checkpoint row of ``source`` to each of ``targets`` (CommCare's split).
 
     ``target_topics`` maps a target to the topics its pillow reads, to report mismatches.
+
+    With ``processor`` (ours), only that processor moves, to the one target, with its own
+    position: the target starts exactly where the processor stopped and the source skips it
+    from then on. ``online=True`` does it while the source runs (with
+    ``processor_checkpoints="independent"``), waiting up to ``timeout`` seconds for its live
+    processes to hand the processor over; without it the source must be stopped.
     """
     specs = [f"{t}={','.join(topics)}" for t, topics in (target_topics or {}).items()]
     return _native.split_checkpoints(
@@ -105,6 +114,9 @@ def split_checkpoints(
         list(targets),
         postgres_url=postgres_url,
         target_topics=specs,
+        processor=processor,
+        online=online,
+        timeout=timeout,
         noinput=noinput,
         dry_run=dry_run,
         force=force,

@@ -10,6 +10,7 @@ use super::conn::{Confirm, Conn};
 use super::ui::{
     self, confirm_and_apply, print_table, py_list, time, Confirmation, Report, Say, Ui,
 };
+use crate::ops::handover::{self, ProcessorSplitPlan};
 use crate::ops::split::{self as core, SplitPlan, SplitTarget};
 use crate::pg::Pg;
 
@@ -24,6 +25,17 @@ pub struct Args {
     /// `topic1,topic2` for every target. Repeatable.
     #[arg(long = "target-topics", value_name = "[TARGET=]TOPICS")]
     pub target_topics: Vec<String>,
+    /// Split out this processor only, with its own position (ours): the one TARGET starts
+    /// exactly where the processor stopped, and the source no longer runs it.
+    #[arg(long, value_name = "NAME", conflicts_with = "target_topics")]
+    pub processor: Option<String>,
+    /// With --processor: hand it over while the source runs (with processor_checkpoints =
+    /// "independent"); the source's other processors never stop.
+    #[arg(long, requires = "processor")]
+    pub online: bool,
+    /// With --online: seconds to wait for the live processes to hand over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
     #[command(flatten)]
     pub confirm: Confirm,
     #[command(flatten)]
@@ -50,6 +62,9 @@ pub async fn apply(args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Split>> {
 }
 
 async fn split(pg: &Arc<Pg>, args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Split>> {
+    if let Some(processor) = &args.processor {
+        return split_processor(pg, args, processor, ui).await;
+    }
     let c = &args.confirm;
     let targets = parse_target_topics(&args.targets, &args.target_topics)?;
     let (plan, forced) =
@@ -194,5 +209,135 @@ pub fn print_plan(ui: &dyn Ui, plan: &SplitPlan) {
                 })
                 .collect(),
         );
+    }
+}
+
+/// `--processor NAME [--online]`: one processor out, with its own position
+/// ([`crate::ops::handover`]).
+async fn split_processor(
+    pg: &Arc<Pg>,
+    args: &Args,
+    processor: &str,
+    ui: &dyn Ui,
+) -> anyhow::Result<Report<Split>> {
+    let c = &args.confirm;
+    let [target] = args.targets.as_slice() else {
+        bail!(
+            "--processor moves one processor to one target pillow, not {}",
+            args.targets.len()
+        );
+    };
+    let plan = handover::prepare(
+        pg,
+        &args.source,
+        processor,
+        target,
+        args.online,
+        c.force || c.dry_run,
+    )
+    .await?;
+    let mut notes = Vec::new();
+    if !plan.live.is_empty() && !args.online && c.dry_run {
+        notes.push(format!(
+            "note: {} has {} live processes: applying this would be refused (stop it first, or add --online)",
+            plan.source,
+            plan.live.len()
+        ));
+    }
+    let steps = if plan.existing.is_empty() {
+        Vec::new()
+    } else {
+        let header = format!("{target} already has rows:");
+        ui::overwrite_steps(header, &plan.existing)
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    confirm_and_apply(
+        ui,
+        c,
+        Confirmation {
+            plan: &plan,
+            forced: &[],
+            text: &print_processor_plan,
+            notes,
+            nothing_to_do: None,
+            steps,
+        },
+        || async {
+            let say = Say::new(ui, c.json);
+            let mut last = usize::MAX;
+            let done = handover::apply(pg, &plan, timeout, |h, wanted| {
+                if h.done.len() != last {
+                    last = h.done.len();
+                    say.say(&format!(
+                        "handed over {} of {wanted} partitions",
+                        h.done.len()
+                    ));
+                }
+            })
+            .await?;
+            say.say(&format!(
+                "processor {processor} of {} now belongs to {target}: {} partitions handed over with their offsets; start {target} with this processor, and remove it from {}'s definition at its next deploy (until then it skips it)",
+                plan.source,
+                done.done.len(),
+                plan.source
+            ));
+            Ok(Split {
+                rows_copied: done.done.len(),
+                rows_written: u64::try_from(done.done.len()).unwrap_or(u64::MAX),
+            })
+        },
+    )
+    .await
+}
+
+/// The processor split's plan as text.
+pub fn print_processor_plan(ui: &dyn Ui, plan: &ProcessorSplitPlan) {
+    let how = if plan.live.is_empty() {
+        format!("{} is stopped: its rows are handed over now", plan.source)
+    } else {
+        format!(
+            "{} runs ({} live processes): each stops this processor after its current chunk and hands its partitions over; the other processors go on",
+            plan.source,
+            plan.live.len()
+        )
+    };
+    ui.out(&format!(
+        "split processor {} out of {} into {}: {how}",
+        plan.processor, plan.source, plan.target
+    ));
+    if let Some(h) = &plan.pending {
+        ui.out(&format!(
+            "a request of {} is pending: {} partitions handed over so far",
+            time(&h.requested_at),
+            h.done.len()
+        ));
+    }
+    ui.out("the processor's position now (next offset to read; its own rows, else the pillow's):");
+    print_table(
+        ui,
+        &["topic", "partition", "offset", "from"],
+        plan.position
+            .iter()
+            .map(|r| {
+                vec![
+                    r.topic.clone(),
+                    r.partition.to_string(),
+                    r.offset.to_string(),
+                    r.checkpoint_id.clone(),
+                ]
+            })
+            .collect(),
+    );
+    if plan.existing.is_empty() {
+        ui.out(&format!(
+            "{} has no rows: nothing is overwritten",
+            plan.target
+        ));
+    } else {
+        ui.out(&format!(
+            "{} rows of {} are overwritten",
+            plan.existing.len(),
+            plan.target
+        ));
     }
 }

@@ -21,6 +21,7 @@ pub mod assignments;
 pub mod doctor;
 pub mod fix;
 pub mod freshness;
+pub mod handover;
 pub mod history;
 pub mod http;
 pub mod inspect;
@@ -109,6 +110,15 @@ pub enum OpsError {
     #[error("checkpoint {checkpoint_id} cannot be fixed from its history: {detail}")]
     NoHistory {
         checkpoint_id: String,
+        detail: String,
+    },
+    /// An online split's hand-over did not complete (no live process of the source took it up,
+    /// or not every partition was handed over in time).
+    #[error("processor {processor} of {source_id} was not handed over to {target}: {detail}")]
+    NotHandedOver {
+        source_id: String,
+        processor: String,
+        target: String,
         detail: String,
     },
     /// A service or core failure.

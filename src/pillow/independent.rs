@@ -16,15 +16,20 @@
 //! is about 0.8 CPU-s per million changes). Reading once with bounded lead between lanes is the
 //! next step (issue 14, item 2).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{CheckpointError, ConfigError, Error, Result};
+use crate::feed::assignment::Layout;
 use crate::partition::TopicPartition;
+use crate::pg::Pg;
 use crate::store::checkpoints::{processor_checkpoint_id, CheckpointStore, CheckpointUpdate};
+use crate::store::handover::{self, Handover};
+use crate::store::liveness::{LivenessStore, ProcessRow, ProcessorStats};
 
 use super::{Pillow, RunSummary};
 
@@ -38,6 +43,8 @@ pub struct IndependentPillow {
     store: Arc<dyn CheckpointStore>,
     lanes: Vec<Pillow>,
     sync_interval: Duration,
+    /// Where hand-over requests are read and recorded (online split); none: not watched.
+    handovers: Option<Arc<Pg>>,
 }
 
 /// What a run of an [`IndependentPillow`] did: each lane's summary, by processor name.
@@ -95,10 +102,22 @@ impl IndependentPillow {
             }
             lane.config.checkpoint_id = processor_checkpoint_id(&checkpoint_id, &processor);
         }
-        // One liveness row per pillow process, not per lane; the daily history snapshot is
-        // of the pillow's own rows, which no lane writes.
-        for lane in lanes.iter_mut().skip(1) {
-            lane.liveness = None;
+        // One liveness row per pillow process, shared by the lanes: registered by the first,
+        // removed when the last stops (a lane handed over to another pillow stops early), and
+        // each lane's heartbeat merges its processor's stats into it. The daily history
+        // snapshot is of the pillow's own rows, which no lane writes.
+        if let Some(l) = lanes[0].liveness.take() {
+            let shared: Arc<dyn LivenessStore> = Arc::new(SharedLiveness {
+                inner: l,
+                users: std::sync::Mutex::new(0),
+            });
+            for lane in &mut lanes {
+                lane.liveness = Some(shared.clone());
+            }
+        } else {
+            for lane in &mut lanes {
+                lane.liveness = None;
+            }
         }
         for lane in &mut lanes {
             lane.history = None;
@@ -109,7 +128,17 @@ impl IndependentPillow {
             store,
             lanes,
             sync_interval: DEFAULT_SYNC_INTERVAL,
+            handovers: None,
         })
+    }
+
+    /// Watches `pillowtop_rs_handover` in `pg`: a processor handed over to another pillow is
+    /// not run, and a request made while the pillow runs stops that processor's lane after its
+    /// final checkpoint and hands its position over ([`crate::store::handover`]).
+    #[must_use]
+    pub fn with_handovers(mut self, pg: Arc<Pg>) -> Self {
+        self.handovers = Some(pg);
+        self
     }
 
     #[must_use]
@@ -134,6 +163,7 @@ impl IndependentPillow {
     /// Runs every lane until it stops (see the module docs).
     pub async fn run(&mut self, stop: &CancellationToken) -> Result<LaneSummaries> {
         let own = self.own_partitions(stop).await?;
+        self.skip_handed_over(&own).await?;
         let ids: Vec<String> = self
             .lanes
             .iter()
@@ -142,32 +172,54 @@ impl IndependentPillow {
         seed_lanes(&*self.store, &self.name, &self.checkpoint_id, &ids).await?;
         let lanes_stop = stop.child_token();
         let coordinator_stop = CancellationToken::new();
-        let lane_ids: Vec<String> = self
-            .lanes
-            .iter()
-            .map(|l| l.config.checkpoint_id.clone())
-            .collect();
+        let removed: Arc<std::sync::Mutex<BTreeSet<String>>> = Arc::default();
         let mut sync = Sync {
             store: self.store.clone(),
             checkpoint_id: self.checkpoint_id.clone(),
-            lane_ids,
-            own,
+            lane_ids: ids,
+            removed: removed.clone(),
+            own: own.clone(),
             last_written: None,
             marker_id: processor_checkpoint_id(&self.checkpoint_id, ""),
             marker: BTreeMap::new(),
             writes: 0,
         };
         sync.round().await?;
-        let lanes = futures::future::join_all(self.lanes.iter_mut().map(|lane| {
-            let lanes_stop = lanes_stop.clone();
-            async move {
-                let r = lane.run(&lanes_stop).await;
-                if r.is_err() {
-                    lanes_stop.cancel();
+        // Each lane stops on the pillow's stop, or alone when it is handed over.
+        let watch: Vec<LaneWatch> = self
+            .lanes
+            .iter()
+            .map(|l| LaneWatch {
+                processor: l.processors[0].name().to_owned(),
+                stop: lanes_stop.child_token(),
+                handover: Arc::default(),
+            })
+            .collect();
+        let handovers = self.handovers.clone();
+        let lanes =
+            futures::future::join_all(self.lanes.iter_mut().zip(&watch).map(|(lane, w)| {
+                let (lanes_stop, handovers, removed, own) = (
+                    lanes_stop.clone(),
+                    handovers.clone(),
+                    removed.clone(),
+                    own.clone(),
+                );
+                async move {
+                    let mut r = lane.run(&w.stop).await;
+                    if r.is_ok() {
+                        if let Some(pg) = &handovers {
+                            let ids = (lane.config.name.clone(), lane.config.checkpoint_id.clone());
+                            if let Err(e) = finish_handover(pg, ids, w, &removed, &own).await {
+                                r = Err(e);
+                            }
+                        }
+                    }
+                    if r.is_err() {
+                        lanes_stop.cancel();
+                    }
+                    (lane.processors[0].name().to_owned(), r)
                 }
-                (lane.processors[0].name().to_owned(), r)
-            }
-        }));
+            }));
         let lanes = async {
             let r = lanes.await;
             coordinator_stop.cancel();
@@ -184,30 +236,49 @@ impl IndependentPillow {
                 if let Err(e) = sync.round().await {
                     tracing::warn!(pillow = %name, error = %e, "could not bring the pillow's checkpoint to the minimum of its processors; trying again");
                 }
+                if let Some(pg) = &handovers {
+                    watch_handovers(pg, &sync.checkpoint_id, &watch, &name).await;
+                }
             }
         };
         let (results, ()) = tokio::join!(lanes, coordinator);
         // The last round, after every lane's final checkpoint.
         let last = sync.round().await;
-        let mut summaries = Vec::with_capacity(results.len());
-        let mut first_error = None;
-        for (processor, r) in results {
-            match r {
-                Ok(s) => summaries.push((processor, s)),
-                Err(e) => {
-                    tracing::error!(pillow = %self.name, processor = %processor, error = %e, "a processor's lane stopped the pillow");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        let lanes = first_lane_error(&self.name, results)?;
         last?;
         Ok(LaneSummaries {
-            lanes: summaries,
+            lanes,
             pillow_checkpoints: sync.writes,
         })
+    }
+
+    /// A processor split out of this pillow is not run here: this process hands over its own
+    /// partitions first (a request made while it was stopped, or before a crash).
+    async fn skip_handed_over(&mut self, own: &[TopicPartition]) -> Result<()> {
+        if let Some(pg) = &self.handovers {
+            for h in handover::load(pg, Some(&self.checkpoint_id)).await? {
+                let Some(i) = self
+                    .lanes
+                    .iter()
+                    .position(|l| l.processors[0].name() == h.processor)
+                else {
+                    continue;
+                };
+                let handed = handover::hand_over(pg, &h, Some(own)).await?;
+                tracing::warn!(pillow = %self.name, processor = %h.processor, target = %h.target,
+                    handed_over = handed.len(), requested_at = %h.requested_at,
+                    "this processor was split out of the pillow: not running it here (remove it from the pillow's definition; to run it here again, delete its row of pillowtop_rs_handover)");
+                self.lanes.remove(i);
+            }
+            if self.lanes.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "pillow {}: every processor has been split out to another pillow; nothing to run",
+                    self.name
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
 
     async fn own_partitions(&mut self, stop: &CancellationToken) -> Result<Vec<TopicPartition>> {
@@ -219,6 +290,122 @@ impl IndependentPillow {
         )
         .await?;
         lane.config.layout.assign(&all)
+    }
+}
+
+/// After a lane stopped on a hand-over request (after its final checkpoint, so its rows are
+/// exactly what it handled): hands this process's partitions over and leaves the lane out of
+/// the pillow's minimum.
+async fn finish_handover(
+    pg: &Pg,
+    (pillow, lane_id): (String, String),
+    w: &LaneWatch,
+    removed: &std::sync::Mutex<BTreeSet<String>>,
+    own: &[TopicPartition],
+) -> Result<()> {
+    let requested = w.handover.lock().map(|h| h.clone()).unwrap_or_default();
+    let Some(h) = requested else {
+        return Ok(());
+    };
+    let handed = handover::hand_over(pg, &h, Some(own)).await?;
+    if let Ok(mut set) = removed.lock() {
+        set.insert(lane_id);
+    }
+    tracing::warn!(pillow = %pillow, processor = %h.processor, target = %h.target,
+        partitions = handed.len(), "processor handed over to another pillow (online split): its lane has stopped here");
+    Ok(())
+}
+
+/// Stops the lane of each processor with a hand-over request (once), remembering the request.
+async fn watch_handovers(pg: &Pg, checkpoint_id: &str, watch: &[LaneWatch], name: &str) {
+    let requests = match handover::load(pg, Some(checkpoint_id)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(pillow = %name, error = %e, "could not read the hand-over requests; trying again");
+            return;
+        }
+    };
+    for h in requests {
+        for w in watch.iter().filter(|w| w.processor == h.processor) {
+            let mut slot = w
+                .handover
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.is_none() {
+                tracing::info!(pillow = %name, processor = %h.processor, target = %h.target,
+                    "hand-over requested: stopping this processor's lane after its current chunk");
+                *slot = Some(h.clone());
+                w.stop.cancel();
+            }
+        }
+    }
+}
+
+/// A running lane's own stop and the hand-over that stopped it.
+struct LaneWatch {
+    processor: String,
+    stop: CancellationToken,
+    handover: Arc<std::sync::Mutex<Option<Handover>>>,
+}
+
+/// The process's liveness row shared by its lanes: registered by the first lane to register,
+/// removed when the last one unregisters; heartbeats pass through (stats merge by processor).
+struct SharedLiveness {
+    inner: Arc<dyn LivenessStore>,
+    users: std::sync::Mutex<usize>,
+}
+
+#[async_trait]
+impl LivenessStore for SharedLiveness {
+    async fn register(
+        &self,
+        pillow: &str,
+        checkpoint_id: &str,
+        layout: &Layout,
+        partitions: &[TopicPartition],
+    ) -> Result<()> {
+        let first = {
+            let mut n = self
+                .users
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            self.inner
+                .register(pillow, checkpoint_id, layout, partitions)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        pillow: &str,
+        process_num: u32,
+        stats: &ProcessorStats,
+    ) -> Result<()> {
+        self.inner.heartbeat(pillow, process_num, stats).await
+    }
+
+    async fn unregister(&self, pillow: &str, process_num: u32) -> Result<()> {
+        let last = {
+            let mut n = self
+                .users
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *n = n.saturating_sub(1);
+            *n == 0
+        };
+        if last {
+            self.inner.unregister(pillow, process_num).await?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self, pillow: Option<&str>) -> Result<Vec<ProcessRow>> {
+        self.inner.list(pillow).await
     }
 }
 
@@ -271,6 +458,8 @@ struct Sync {
     store: Arc<dyn CheckpointStore>,
     checkpoint_id: String,
     lane_ids: Vec<String>,
+    /// Lanes handed over to another pillow: no longer part of the minimum.
+    removed: Arc<std::sync::Mutex<BTreeSet<String>>>,
     own: Vec<TopicPartition>,
     /// What this coordinator last saw or wrote in the pillow's rows (own partitions).
     last_written: Option<BTreeMap<TopicPartition, i64>>,
@@ -296,8 +485,15 @@ impl Sync {
 
     async fn round(&mut self) -> Result<()> {
         let pillow = self.rows(&self.checkpoint_id).await?;
-        let mut lanes = Vec::with_capacity(self.lane_ids.len());
-        for id in &self.lane_ids {
+        let removed = self.removed.lock().map(|r| r.clone()).unwrap_or_default();
+        let active: Vec<String> = self
+            .lane_ids
+            .iter()
+            .filter(|id| !removed.contains(*id))
+            .cloned()
+            .collect();
+        let mut lanes = Vec::with_capacity(active.len());
+        for id in &active {
             lanes.push(self.rows(id).await?);
         }
         if self.last_written.is_none() {
@@ -323,7 +519,7 @@ impl Sync {
             if !moved.is_empty() {
                 tracing::warn!(checkpoint_id = %self.checkpoint_id, partitions = moved.len(),
                     "the pillow's checkpoint was changed externally; moving every processor's checkpoint to it");
-                for (id, rows) in self.lane_ids.iter().zip(&lanes) {
+                for (id, rows) in active.iter().zip(&lanes) {
                     let updates: Vec<CheckpointUpdate> = moved
                         .iter()
                         .map(|(tp, o)| CheckpointUpdate {
@@ -404,6 +600,25 @@ fn minimum(
             min.map(|m| (tp.clone(), m))
         })
         .collect()
+}
+
+/// The lanes' summaries, or the first lane's error (every lane's error is logged).
+fn first_lane_error(
+    pillow: &str,
+    results: Vec<(String, Result<RunSummary>)>,
+) -> Result<Vec<(String, RunSummary)>> {
+    let mut summaries = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for (processor, r) in results {
+        match r {
+            Ok(s) => summaries.push((processor, s)),
+            Err(e) => {
+                tracing::error!(pillow = %pillow, processor = %processor, error = %e, "a processor's lane stopped the pillow");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(summaries), Err)
 }
 
 #[cfg(test)]

@@ -112,7 +112,8 @@ fn ops_to_py(e: OpsError) -> PyErr {
         | OpsError::Stale { .. }
         | OpsError::OutOfRange { .. }
         | OpsError::NoSnapshot { .. }
-        | OpsError::NoHistory { .. } => OperationRefused::new_err(message),
+        | OpsError::NoHistory { .. }
+        | OpsError::NotHandedOver { .. } => OperationRefused::new_err(message),
         OpsError::Core(core) => PyErr::from(core),
     }
 }
@@ -191,9 +192,11 @@ fn kafka(
     }
 }
 
-/// `pillowtop split`: copies every checkpoint row of `source` to each of `targets`.
+/// `pillowtop split`: copies every checkpoint row of `source` to each of `targets`; with
+/// `processor`, hands that processor's own position over to the one target (`online`: while
+/// the source runs, waiting up to `timeout` seconds).
 #[pyfunction]
-#[pyo3(signature = (ui, source, targets, *, postgres_url, target_topics=Vec::new(), noinput=false, dry_run=false, force=false, json=false))]
+#[pyo3(signature = (ui, source, targets, *, postgres_url, target_topics=Vec::new(), processor=None, online=false, timeout=60, noinput=false, dry_run=false, force=false, json=false))]
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub(crate) fn split_checkpoints(
     py: Python<'_>,
@@ -202,6 +205,9 @@ pub(crate) fn split_checkpoints(
     targets: Vec<String>,
     postgres_url: String,
     target_topics: Vec<String>,
+    processor: Option<String>,
+    online: bool,
+    timeout: u64,
     noinput: bool,
     dry_run: bool,
     force: bool,
@@ -211,6 +217,9 @@ pub(crate) fn split_checkpoints(
         source,
         targets,
         target_topics,
+        processor,
+        online,
+        timeout,
         confirm: confirm(noinput, dry_run, force, json),
         conn: pg(postgres_url),
     };

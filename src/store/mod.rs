@@ -15,6 +15,7 @@
 
 pub mod checkpoints;
 pub mod errors;
+pub mod handover;
 pub mod history;
 pub mod liveness;
 pub mod schema;

@@ -84,6 +84,17 @@ CREATE TABLE IF NOT EXISTS pillowtop_rs_checkpoint_history (
 );
 CREATE INDEX IF NOT EXISTS pillowtop_rs_checkpoint_history_checkpoint_id_idx
     ON pillowtop_rs_checkpoint_history (checkpoint_id, date_updated);
+
+-- Ours, 2026-12: a processor handed over from one pillow to another while it runs (online split,
+-- src/store/handover.rs). `done`: the partitions handed over so far, with their offsets.
+CREATE TABLE IF NOT EXISTS pillowtop_rs_handover (
+    checkpoint_id varchar(126) NOT NULL,
+    processor varchar(255) NOT NULL,
+    target_checkpoint_id varchar(126) NOT NULL,
+    requested_at timestamp with time zone NOT NULL,
+    done jsonb NOT NULL DEFAULT '[]',
+    PRIMARY KEY (checkpoint_id, processor)
+);
 "#;
 
 /// Creates every table and index that is missing. Safe to run concurrently and repeatedly.

@@ -264,3 +264,239 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
         assert_eq!(rows(&store, cp).await, hwm, "{cp}");
     }
 }
+
+/// Records the ids it handles, 5 ms per chunk.
+struct SlowRecorder {
+    ids: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Processor for SlowRecorder {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn supports_batch_processing(&self) -> bool {
+        true
+    }
+    async fn process_change(
+        &mut self,
+        c: &mut Change,
+    ) -> pillowtop::Result<Result<(), ProcessorFailure>> {
+        self.ids.lock().expect("ids").push(c.id.clone());
+        Ok(Ok(()))
+    }
+    async fn process_changes_chunk(
+        &mut self,
+        changes: &mut [Change],
+    ) -> pillowtop::Result<Result<ChunkOutcome, ProcessorFailure>> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.ids
+            .lock()
+            .expect("ids")
+            .extend(changes.iter().map(|c| c.id.clone()));
+        Ok(Ok(ChunkOutcome::default()))
+    }
+}
+
+fn spec(
+    db: &TestDb,
+    bootstrap: &str,
+    topic: &str,
+    id: &str,
+    processors: Vec<ProcessorSpec>,
+    until_idle: bool,
+) -> PillowSpec {
+    let mut config = PillowConfig::new(id, id);
+    config.chunk_size = 10;
+    config.checkpoint_frequency = 10;
+    config.until_idle = until_idle;
+    config.processor_checkpoints = ProcessorCheckpoints::Independent;
+    let mut feed = KafkaFeedOptions::new(bootstrap, id);
+    feed.idle_timeout = Duration::from_millis(500);
+    PillowSpec {
+        config,
+        topics: vec![topic.to_owned()],
+        feed,
+        postgres_url: db.url.clone(),
+        postgres_outage_budget: pillowtop::assembly::DEFAULT_POSTGRES_OUTAGE_BUDGET,
+        processors,
+        document_stores: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn online_split_hands_a_processor_over_while_producing_with_nothing_lost_or_repeated() {
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let db = TestDb::new(&require!("TEST_POSTGRES_URL")).await;
+    let topic = TestTopic::new(&bootstrap, "handover", 2).await;
+    let id = db.id("handover");
+    let target = db.id("handover-target");
+    let producer = ChangeProducer::new(&bootstrap).expect("producer");
+    let (batches, per_batch) = (40, 50);
+    let publishing = {
+        let (producer, topic) = (producer.clone(), topic.name.clone());
+        tokio::spawn(async move {
+            for b in 0..batches {
+                producer
+                    .send_changes(
+                        &topic,
+                        (0..per_batch)
+                            .map(|i| ChangeMeta::new(format!("d{b}-{i}"), "sql", "form-sql")),
+                    )
+                    .await
+                    .expect("publish");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let fast = RecordingProcessor::new("fast", true);
+    let source_slow = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let source = spec(
+        &db,
+        &bootstrap,
+        &topic.name,
+        &id,
+        vec![
+            ProcessorSpec::Ready(Box::new(fast.clone())),
+            ProcessorSpec::Ready(Box::new(SlowRecorder {
+                ids: source_slow.clone(),
+            })),
+        ],
+        false,
+    );
+    let running = {
+        let stop = stop.clone();
+        tokio::spawn(async move { source.run(&stop, |p| p).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while source_slow.lock().expect("ids").len() < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow processor never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Split it out while the source runs and the producer publishes.
+    let plan = pillowtop::ops::handover::prepare(&db.pg, &id, "slow", &target, true, false)
+        .await
+        .expect("plan");
+    assert_eq!(plan.live_processes, 1, "{plan:#?}");
+    // Without --online a running source is refused, naming it.
+    let refused = pillowtop::ops::handover::prepare(&db.pg, &id, "slow", &target, false, false)
+        .await
+        .expect_err("a running source needs --online");
+    assert!(refused.to_string().contains(&id), "{refused}");
+    let done = pillowtop::ops::handover::apply(&db.pg, &plan, Duration::from_secs(30), |_, _| {})
+        .await
+        .expect("handed over");
+    assert_eq!(done.target, target);
+    let handed_at = source_slow.lock().expect("ids").len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        source_slow.lock().expect("ids").len(),
+        handed_at,
+        "the source went on running the processor after handing it over"
+    );
+    // The target's rows are the handed-over positions; the processor's own rows are gone.
+    let store = PostgresCheckpointStore::new(db.pg.clone());
+    let target_rows = rows(&store, &target).await;
+    assert_eq!(target_rows, done.done, "{done:#?}");
+    assert!(rows(&store, &processor_checkpoint_id(&id, "slow"))
+        .await
+        .is_empty());
+
+    // The source's other processor never stopped: it reaches the end of the topic.
+    publishing.await.expect("publisher");
+    let total = batches * per_batch;
+    let mut hwm = BTreeMap::new();
+    {
+        let mut f = KafkaFeed::new(
+            std::slice::from_ref(&topic.name),
+            KafkaFeedOptions::new(&bootstrap, "handover-hwm"),
+        )
+        .expect("feed");
+        let parts = f.partitions().await.expect("partitions");
+        for (tp, _, hi) in f.watermarks(&parts).await.expect("watermarks") {
+            hwm.insert(tp, hi);
+        }
+    }
+    assert_eq!(hwm.values().sum::<i64>(), i64::from(total));
+    let fast_id = processor_checkpoint_id(&id, "fast");
+    while rows(&store, &fast_id).await != hwm {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fast processor stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The pillow's rows follow the remaining processor once the slow one is gone.
+    while rows(&store, &id).await != hwm {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pillow's rows stay behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    running.await.expect("joins").expect("the source ran");
+
+    // The target runs the processor from the handed-over position.
+    let target_slow = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut target_spec = spec(
+        &db,
+        &bootstrap,
+        &topic.name,
+        &target,
+        vec![ProcessorSpec::Ready(Box::new(SlowRecorder {
+            ids: target_slow.clone(),
+        }))],
+        true,
+    );
+    target_spec.config.processor_checkpoints = ProcessorCheckpoints::Shared;
+    target_spec
+        .run(&CancellationToken::new(), |p| p)
+        .await
+        .expect("the target ran");
+    let before: Vec<String> = source_slow.lock().expect("ids").clone();
+    let after: Vec<String> = target_slow.lock().expect("ids").clone();
+    let mut all: Vec<String> = before.iter().chain(&after).cloned().collect();
+    all.sort();
+    let unique: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(
+        unique.len(),
+        usize::try_from(total).expect("size"),
+        "every change reached the processor"
+    );
+    assert_eq!(
+        all.len(),
+        unique.len(),
+        "{} changes were handled twice across the hand-over",
+        all.len() - unique.len()
+    );
+
+    // Restarted with the processor still in its definition, the source skips it.
+    let skipped = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let again = spec(
+        &db,
+        &bootstrap,
+        &topic.name,
+        &id,
+        vec![
+            ProcessorSpec::Ready(Box::new(RecordingProcessor::new("fast", true))),
+            ProcessorSpec::Ready(Box::new(SlowRecorder {
+                ids: skipped.clone(),
+            })),
+        ],
+        true,
+    );
+    again
+        .run(&CancellationToken::new(), |p| p)
+        .await
+        .expect("the source restarts");
+    assert!(skipped.lock().expect("ids").is_empty());
+    assert!(rows(&store, &processor_checkpoint_id(&id, "slow"))
+        .await
+        .is_empty());
+}

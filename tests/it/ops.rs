@@ -1007,6 +1007,132 @@ async fn cli_split_prompts_and_exit_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cli_split_of_one_processor_hands_its_own_position_over() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let (a, b) = (db.id("clip_a"), db.id("clip_b"));
+    let lane = pillowtop::store::checkpoints::processor_checkpoint_id(&a, "slow");
+    // The pillow's rows are the minimum of its processors'; "slow" has its own row for
+    // partition 0 only (its partition 1 comes from the pillow's).
+    put(&db.pg, &a, &[("form", 0, 5), ("form", 1, 9)]).await;
+    put(&db.pg, &lane, &[("form", 0, 6)]).await;
+
+    let (code, _, err) = cli(&url, &["split", &a, &b, "--online"], "");
+    assert_eq!(code, 2, "--online needs --processor: {err}");
+    assert!(err.contains("--processor"), "{err}");
+
+    let (code, out, err) = cli(
+        &url,
+        &["split", &a, &b, "--processor", "slow", "--dry-run"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "split processor slow out of {a} into {b}: {a} is stopped"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("dry run: nothing was written"), "{out}");
+    assert!(
+        rows_of(&db.pg, &b).await.is_empty(),
+        "the dry run wrote nothing"
+    );
+
+    // A live process that never takes the request up (not a pillow): --online times out,
+    // withdraws its request and changes nothing.
+    let live = PostgresLivenessStore::new(db.pg.clone());
+    live.register(&a, &a, &Layout::single(), &[])
+        .await
+        .expect("register");
+    let (code, _, err) = cli(
+        &url,
+        &["split", &a, &b, "--processor", "slow", "--noinput"],
+        "",
+    );
+    assert_eq!(code, 4, "offline with a live source: refused: {err}");
+    assert!(err.contains("is running"), "{err}");
+    let (code, _, err) = cli(
+        &url,
+        &[
+            "split",
+            &a,
+            &b,
+            "--processor",
+            "slow",
+            "--online",
+            "--timeout",
+            "1",
+            "--noinput",
+        ],
+        "",
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains(&format!(
+            "processor slow of {a} was not handed over to {b}: no live process of {a} took the request up within 1 s"
+        )),
+        "{err}"
+    );
+    assert!(rows_of(&db.pg, &b).await.is_empty());
+    assert!(
+        pillowtop::store::handover::load(&db.pg, Some(&a))
+            .await
+            .expect("load")
+            .is_empty(),
+        "the request was withdrawn"
+    );
+    live.unregister(&a, 0).await.expect("unregister");
+
+    // Stopped: handed over directly, the processor's own row winning over the pillow's.
+    let (code, out, err) = cli(
+        &url,
+        &[
+            "split",
+            &a,
+            &b,
+            "--processor",
+            "slow",
+            "--noinput",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("stdout is one JSON plan");
+    assert_eq!(plan["processor"], "slow", "{out}");
+    assert_eq!(plan["position"].as_array().map(Vec::len), Some(2), "{out}");
+    assert!(
+        err.contains(&format!(
+            "processor slow of {a} now belongs to {b}: 2 partitions handed over"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        rows_of(&db.pg, &b).await,
+        m(&[("form", 0, 6), ("form", 1, 9)])
+    );
+    assert!(
+        rows_of(&db.pg, &lane).await.is_empty(),
+        "the lane's rows moved"
+    );
+    assert_eq!(
+        rows_of(&db.pg, &a).await,
+        m(&[("form", 0, 5), ("form", 1, 9)]),
+        "the pillow's rows are untouched"
+    );
+    let h = pillowtop::store::handover::load(&db.pg, Some(&a))
+        .await
+        .expect("load");
+    assert_eq!(h.len(), 1, "the source remembers to skip the processor");
+    assert_eq!(
+        (h[0].processor.as_str(), h[0].target.as_str()),
+        ("slow", b.as_str())
+    );
+    assert_eq!(h[0].done.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn cli_merge_prompts_and_exit_codes() {
     let url = require!("TEST_POSTGRES_URL");
     let db = TestDb::new(&url).await;

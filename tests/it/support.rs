@@ -156,6 +156,12 @@ impl Drop for TestDb {
                         .await;
                     let _ = c
                         .execute(
+                            "DELETE FROM pillowtop_rs_handover WHERE checkpoint_id = $1",
+                            &[&id],
+                        )
+                        .await;
+                    let _ = c
+                        .execute(
                             "DELETE FROM pillowtop_rs_checkpoint_history WHERE checkpoint_id = $1",
                             &[&id],
                         )

@@ -128,6 +128,47 @@ def test_split_answered_yes_twice_overwrites_the_target(
     assert offsets(target) == {0: 7, 1: 9}
 
 
+def test_split_of_one_processor_hands_its_own_position_to_the_target(
+    app: Project, native: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import connection
+
+    source, target = checkpoint_id(XFORM), checkpoint_id(META)
+    lane = f"{source}/processor/form_meta"
+    put(source, app.topic, {0: 7, 1: 9})
+    put(lane, app.topic, {0: 8})  # ahead of the pillow's minimum on partition 0
+    with pytest.raises(CommandError, match="--online needs --processor"):
+        call_command("split_pillow_checkpoints", XFORM, META, "--online", stdout=StringIO())
+    answers(monkeypatch)
+    out = StringIO()
+    try:
+        call_command(
+            "split_pillow_checkpoints",
+            XFORM,
+            META,
+            "--processor",
+            "form_meta",
+            "--noinput",
+            stdout=out,
+        )
+        text = out.getvalue()
+        assert f"split processor form_meta out of {source} into {target}" in text
+        assert f"processor form_meta of {source} now belongs to {target}" in text
+        assert offsets(target) == {0: 8, 1: 9}, "the processor's own row wins"
+        assert offsets(lane) == {}
+        assert offsets(source) == {0: 7, 1: 9}
+        with connection.cursor() as c:
+            c.execute(
+                "SELECT processor, target_checkpoint_id FROM pillowtop_rs_handover"
+                " WHERE checkpoint_id = %s",
+                [source],
+            )
+            assert c.fetchall() == [("form_meta", target)]
+    finally:
+        with connection.cursor() as c:
+            c.execute("DELETE FROM pillowtop_rs_handover WHERE checkpoint_id = %s", [source])
+
+
 def test_reset_checkpoint_asks_for_yes_then_moves_to_the_earliest_offset(
     app: Project, native: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

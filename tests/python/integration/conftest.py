@@ -108,6 +108,7 @@ def db(postgres_url: str, unique_name: str) -> Iterator[psycopg.Connection[Any]]
         ("pillowtop_kafkacheckpoint", "checkpoint_id"),
         ("pillow_retry_pillowerror", "pillow"),
         ("pillowtop_rs_process", "pillow_name"),
+        ("pillowtop_rs_handover", "checkpoint_id"),
     ]:
         try:
             conn.execute(f"DELETE FROM {table} WHERE {column} LIKE %s", (like,))  # noqa: S608

@@ -488,3 +488,80 @@ def test_independent_processors_keep_their_own_checkpoints_from_python(
     assert not ops.processed(
         unique_name, topic, partition, ends[partition], postgres_url=postgres_url, processor="a"
     )
+
+
+def test_online_split_moves_a_processor_out_of_a_running_pillow_from_python(
+    kafka_bootstrap: str,
+    postgres_url: str,
+    topic: str,
+    publish: Publish,
+    db: Conn,
+    kit: Any,
+    unique_name: str,
+) -> None:
+    """``ops.split_checkpoints(..., processor=, online=True)`` while the pillow runs here: the
+    processor stops at a chunk boundary, its exact position moves to the target, the other
+    processor never stops, and nothing is handled twice or lost."""
+    publish(topic, messages(kit, 30))
+
+    class Positions(Recorder):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.processor_name = name
+            self.at: list[tuple[int, int]] = []
+
+        def process_changes_chunk(
+            self, changes_chunk: list[Change]
+        ) -> tuple[list[Change], list[tuple[Change, BaseException]]]:
+            self.at.extend((c.partition or 0, c.offset) for c in changes_chunk)
+            return super().process_changes_chunk(changes_chunk)
+
+    fast, slow = Positions("fast"), Positions("slow")
+    pillow = Pillow(
+        unique_name, [topic], [fast, slow], chunk_size=5, processor_checkpoints="independent"
+    )
+    target = f"{unique_name}-slow"
+    outcome: dict[str, Any] = {}
+
+    def operator() -> None:
+        deadline = time.monotonic() + 60
+        try:
+            while len(slow.seen) < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            outcome["split"] = ops.split_checkpoints(
+                unique_name,
+                [target],
+                postgres_url=postgres_url,
+                processor="slow",
+                online=True,
+                timeout=30,
+                noinput=True,
+            )
+            publish(topic, messages(kit, 20, prefix="late"))
+            while len(fast.seen) < 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except BaseException as e:  # noqa: BLE001 - handed to the test's thread
+            outcome["error"] = e
+        finally:
+            pillowtop_rs.request_shutdown()
+
+    t = threading.Thread(target=operator)
+    t.start()
+    try:
+        run(pillow, kafka_bootstrap, postgres_url, until_idle=False)
+    finally:
+        t.join()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["split"]["outcome"] == "applied"
+    # The fast processor never stopped: it saw all 50, the late ones too, once each.
+    assert sorted(fast.seen) == sorted(
+        [f"doc-{i}" for i in range(30)] + [f"late-{i}" for i in range(20)]
+    )
+    # The slow one saw exactly the offsets below the position the target got, once each.
+    handed = kit.checkpoint_offsets(db, target)
+    assert handed, "the target has the processor's rows"
+    assert sorted(slow.at) == sorted((p, o) for p, end in handed.items() for o in range(end))
+    assert not [i for i in slow.seen if i.startswith("late-")], "split before they were published"
+    # Its lane rows moved; the pillow's rows follow the fast processor alone now.
+    assert kit.checkpoint_offsets(db, f"{unique_name}/processor/slow") == {}
+    assert sum(kit.checkpoint_offsets(db, unique_name).values()) == 50
