@@ -24,6 +24,12 @@ pub const FEED_TIMEOUT: &str = "commcare.change_feed.timeout";
 pub const PROCESSOR_TIMING: &str = "commcare.change_feed.processor.timing";
 /// CommCare's buckets for [`PROCESSOR_TIMING`] (seconds).
 pub const TIMING_BUCKETS: [f64; 6] = [0.03, 0.1, 0.3, 1.0, 3.0, 10.0];
+/// Ours: each processor's time per change (seconds), a mean over about its last
+/// [`TIME_PER_CHANGE_WINDOW`] changes, updated once per chunk. Tags: `pillow_name`,
+/// `processor`. With `pillowtop.processor.need_processing` it says how long a backlog takes.
+pub const PROCESSOR_TIME_PER_CHANGE: &str = "pillowtop.processor.time_per_change_seconds";
+/// The number of recent changes [`PROCESSOR_TIME_PER_CHANGE`] averages over.
+pub const TIME_PER_CHANGE_WINDOW: f64 = 1000.0;
 /// Ours: an own partition started at the earliest offset because its checkpoint had expired
 /// (non-strict mode), or because it had no checkpoint. Tags: `pillow_name`, `topic`, `reason`.
 pub const OFFSET_RESET: &str = "pillowtop.offset_reset";

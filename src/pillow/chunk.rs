@@ -60,6 +60,9 @@ pub fn deduplicate(changes: Vec<Change>) -> Vec<Change> {
 pub struct ProcessorTimes {
     seconds: Vec<f64>,
     changes: Vec<u64>,
+    /// Each processor's recent time per change: a mean weighted by changes over about the last
+    /// [`metrics::TIME_PER_CHANGE_WINDOW`] changes (`None` before its first chunk).
+    recent: Vec<Option<f64>>,
 }
 
 impl ProcessorTimes {
@@ -72,6 +75,24 @@ impl ProcessorTimes {
         for c in &mut self.changes[..spent.len()] {
             *c += changes as u64;
         }
+        if changes == 0 {
+            return;
+        }
+        if self.recent.len() < spent.len() {
+            self.recent.resize(spent.len(), None);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let n = changes as f64;
+        let weight = (n / metrics::TIME_PER_CHANGE_WINDOW).min(1.0);
+        for (r, d) in self.recent.iter_mut().zip(spent) {
+            let sample = d.as_secs_f64() / n;
+            *r = Some(r.map_or(sample, |old| old + (sample - old) * weight));
+        }
+    }
+
+    /// Processor `j`'s recent time per change, seconds.
+    pub fn recent_per_change(&self, j: usize) -> Option<f64> {
+        self.recent.get(j).copied().flatten()
     }
 
     /// Adds time without changes (a sink's wait for its background writes).
@@ -197,9 +218,10 @@ pub async fn process_chunk(
         }
     }
     times.add(&spent, changes.len());
-    for (p, d) in processors
+    for (j, (p, d)) in processors
         .iter()
         .zip(&spent)
+        .enumerate()
         .filter(|_| metrics.is_active())
     {
         metrics.histogram(
@@ -211,6 +233,16 @@ pub async fn process_chunk(
             ],
             d.as_secs_f64(),
         );
+        if let Some(per_change) = times.recent_per_change(j) {
+            metrics.gauge(
+                metrics::PROCESSOR_TIME_PER_CHANGE,
+                vec![
+                    ("pillow_name", pillow.to_owned()),
+                    ("processor", p.name().to_owned()),
+                ],
+                per_change,
+            );
+        }
     }
     Ok(failures)
 }
@@ -320,6 +352,39 @@ mod tests {
                 (metrics::PROCESSOR_TIMING, "serial".to_owned(), 2)
             ]
         );
+        let gauges: Vec<String> = m
+            .snapshot()
+            .into_iter()
+            .filter(|(n, _, v)| *n == metrics::PROCESSOR_TIME_PER_CHANGE && *v >= 0.0)
+            .map(|(_, t, _)| {
+                t.iter()
+                    .find(|(k, _)| *k == "processor")
+                    .expect("tag")
+                    .1
+                    .clone()
+            })
+            .collect();
+        assert_eq!(gauges, ["bulk", "serial"]);
+    }
+
+    #[test]
+    fn time_per_change_is_a_recent_mean_weighted_by_changes() {
+        let mut t = ProcessorTimes::default();
+        assert_eq!(t.recent_per_change(0), None);
+        // 100 changes at 1 ms each: the first sample is taken whole.
+        t.add(&[Duration::from_millis(100)], 100);
+        assert!((t.recent_per_change(0).expect("set") - 0.001).abs() < 1e-12);
+        // A chunk of 100 at 11 ms each moves the mean a tenth of the way (100 of 1,000).
+        t.add(&[Duration::from_millis(1100)], 100);
+        assert!((t.recent_per_change(0).expect("set") - 0.002).abs() < 1e-9);
+        // A chunk as large as the window replaces it; an empty chunk changes nothing.
+        t.add(&[Duration::from_millis(5000)], 1000);
+        assert!((t.recent_per_change(0).expect("set") - 0.005).abs() < 1e-9);
+        t.add(&[Duration::from_millis(7)], 0);
+        assert!((t.recent_per_change(0).expect("set") - 0.005).abs() < 1e-9);
+        // The cumulative stats the heartbeat carries are unchanged by the mean.
+        let s = t.stats(["p"].into_iter());
+        assert_eq!(s["p"].changes, 1200);
     }
 
     #[tokio::test]

@@ -500,3 +500,268 @@ async fn online_split_hands_a_processor_over_while_producing_with_nothing_lost_o
         .await
         .is_empty());
 }
+
+/// Appends every change it handles as `(processor, partition, offset)` to a PostgreSQL table, one
+/// insert per chunk: a record that survives SIGKILL of the pillow's process.
+struct Logger {
+    name: &'static str,
+    pg: Arc<pillowtop::pg::Pg>,
+    table: String,
+    per_chunk: Duration,
+}
+
+#[async_trait]
+impl Processor for Logger {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn supports_batch_processing(&self) -> bool {
+        true
+    }
+    async fn process_change(
+        &mut self,
+        change: &mut Change,
+    ) -> pillowtop::Result<Result<(), ProcessorFailure>> {
+        let mut one = [change.clone()];
+        self.process_changes_chunk(&mut one)
+            .await
+            .map(|r| r.map(|_| ()))
+    }
+    async fn process_changes_chunk(
+        &mut self,
+        changes: &mut [Change],
+    ) -> pillowtop::Result<Result<ChunkOutcome, ProcessorFailure>> {
+        tokio::time::sleep(self.per_chunk).await;
+        let parts: Vec<i32> = changes.iter().map(|c| c.partition).collect();
+        let offsets: Vec<i64> = changes.iter().map(|c| c.offset).collect();
+        let sql = format!(
+            "INSERT INTO {} (processor, p, o) SELECT $1, * FROM unnest($2::int[], $3::bigint[])",
+            self.table
+        );
+        let name = self.name;
+        self.pg
+            .run("logging changes", |c| {
+                let (sql, parts, offsets) = (sql.clone(), &parts, &offsets);
+                async move {
+                    c.execute(&sql, &[&name, parts, offsets])
+                        .await
+                        .map_err(pillowtop::pg::err("logging changes"))
+                }
+            })
+            .await?;
+        Ok(Ok(ChunkOutcome::default()))
+    }
+}
+
+const LANES_CHILD_ENV: &str = "PILLOWTOP_IT_LANES_CHILD";
+/// The child's chunk size and checkpoint frequency: a kill redoes at most their sum per processor.
+const KILL_CHUNK: usize = 50;
+const KILL_CHECKPOINT_EVERY: u64 = 200;
+
+/// Not a test on its own: the child process of the lanes SIGKILL test runs this.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "run as a child process by independent_processors_lose_nothing_under_sigkill"]
+async fn lanes_sigkill_child() {
+    let Ok(spec_text) = std::env::var(LANES_CHILD_ENV) else {
+        return;
+    };
+    let v: Vec<&str> = spec_text.split('|').collect();
+    let (bootstrap, url, topic, id, table) = (v[0], v[1], v[2], v[3], v[4]);
+    let pg = Arc::new(pillowtop::pg::Pg::new(url));
+    let mut config = PillowConfig::new(id, id);
+    config.chunk_size = KILL_CHUNK;
+    config.checkpoint_frequency = KILL_CHECKPOINT_EVERY;
+    config.until_idle = true;
+    config.processor_checkpoints = ProcessorCheckpoints::Independent;
+    let mut feed = KafkaFeedOptions::new(bootstrap, id);
+    feed.idle_timeout = Duration::from_millis(500);
+    let logger = |name, per_chunk| {
+        ProcessorSpec::Ready(Box::new(Logger {
+            name,
+            pg: pg.clone(),
+            table: table.to_owned(),
+            per_chunk,
+        }))
+    };
+    pillowtop::telemetry::init();
+    let s = PillowSpec {
+        config,
+        topics: vec![topic.to_owned()],
+        feed,
+        postgres_url: url.to_owned(),
+        postgres_outage_budget: pillowtop::assembly::DEFAULT_POSTGRES_OUTAGE_BUDGET,
+        processors: vec![
+            logger("fast", Duration::ZERO),
+            // About 8× slower than the fast one's insert alone.
+            logger("slow", Duration::from_millis(8)),
+        ],
+        document_stores: Vec::new(),
+    }
+    .run(&CancellationToken::new(), |p| p)
+    .await
+    .expect("child run");
+    eprintln!("child finished: {s:?}");
+}
+
+/// SIGKILL at random moments of a pillow with a fast and a slow independent processor: each
+/// processor handles every change, redoes at most one checkpoint window plus a chunk per kill,
+/// and the pillow's rows never pass either processor's.
+#[tokio::test(flavor = "multi_thread")]
+async fn independent_processors_lose_nothing_under_sigkill() {
+    use rand::Rng;
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let db = TestDb::new(&require!("TEST_POSTGRES_URL")).await;
+    let topic = TestTopic::new(&bootstrap, "lanes_kill", 2).await;
+    let id = db.id("lanes_kill");
+    let table = db.id("lanes_kill_log");
+    db.pg
+        .fresh_client()
+        .await
+        .expect("client")
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (processor text, p int, o bigint)"
+        ))
+        .await
+        .expect("log table");
+    let total: i64 = 30_000;
+    ChangeProducer::new(&bootstrap)
+        .expect("producer")
+        .send_changes(
+            &topic.name,
+            (0..total).map(|i| ChangeMeta::new(format!("d{i}"), "sql", "form-sql")),
+        )
+        .await
+        .expect("publish");
+    let mut hwm = BTreeMap::new();
+    {
+        let mut f = KafkaFeed::new(
+            std::slice::from_ref(&topic.name),
+            KafkaFeedOptions::new(&bootstrap, "lanes-kill-hwm"),
+        )
+        .expect("feed");
+        let parts = f.partitions().await.expect("partitions");
+        for (tp, _, hi) in f.watermarks(&parts).await.expect("watermarks") {
+            hwm.insert(tp, hi);
+        }
+    }
+    assert_eq!(hwm.values().sum::<i64>(), total);
+
+    let exe = std::env::current_exe().expect("exe");
+    let child_spec = [
+        bootstrap.as_str(),
+        db.url.as_str(),
+        topic.name.as_str(),
+        id.as_str(),
+        table.as_str(),
+    ]
+    .join("|");
+    let child_log = std::env::temp_dir().join(format!("{id}.log"));
+    let spawn = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&child_log)
+            .expect("child log");
+        std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "lanes::lanes_sigkill_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(LANES_CHILD_ENV, &child_spec)
+            .env("PILLOWTOP_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn child")
+    };
+    let log_tail = || {
+        let text = std::fs::read_to_string(&child_log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
+    let store = PostgresCheckpointStore::new(db.pg.clone());
+    let lane_ids = [
+        processor_checkpoint_id(&id, "fast"),
+        processor_checkpoint_id(&id, "slow"),
+    ];
+    let mut kills = 0;
+    let mut rng = rand::rng();
+    while rows(&store, &id).await != hwm {
+        let mut child = spawn();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        kills += 1;
+        // Whatever moment the kill hit, the pillow's rows are at or below each processor's.
+        let pillow = rows(&store, &id).await;
+        for lane in &lane_ids {
+            let own = rows(&store, lane).await;
+            for (tp, offset) in &pillow {
+                if let Some(o) = own.get(tp) {
+                    assert!(
+                        offset <= o,
+                        "after kill {kills}: the pillow's row {tp} = {offset} passed {lane}'s {o}"
+                    );
+                }
+            }
+        }
+        assert!(
+            kills < 100,
+            "the pillow never caught up; child log:\n{}",
+            log_tail()
+        );
+    }
+    let status = spawn().wait().expect("final run");
+    assert!(
+        status.success(),
+        "final run failed; child log:\n{}",
+        log_tail()
+    );
+    let _ = std::fs::remove_file(&child_log);
+    assert!(
+        kills >= 1,
+        "the test must kill at least once to mean anything"
+    );
+
+    let c = db.pg.fresh_client().await.expect("client");
+    let logged = c
+        .query(
+            &format!("SELECT processor, p, o, count(*) FROM {table} GROUP BY processor, p, o"),
+            &[],
+        )
+        .await
+        .expect("log");
+    let bound =
+        i64::from(kills) * i64::try_from(KILL_CHECKPOINT_EVERY + KILL_CHUNK as u64).expect("small");
+    for name in ["fast", "slow"] {
+        let mut seen: BTreeMap<i32, usize> = BTreeMap::new();
+        let mut duplicates: i64 = 0;
+        for r in logged.iter().filter(|r| r.get::<_, &str>(0) == name) {
+            *seen.entry(r.get(1)).or_default() += 1;
+            duplicates += r.get::<_, i64>(3) - 1;
+        }
+        for (tp, hi) in &hwm {
+            let got = seen.get(&tp.partition).copied().unwrap_or(0);
+            assert_eq!(
+                i64::try_from(got).expect("small"),
+                *hi,
+                "{name}: partition {} has a gap",
+                tp.partition
+            );
+        }
+        assert!(
+            duplicates <= bound,
+            "{name}: {duplicates} duplicates after {kills} kills exceeds the bound {bound}"
+        );
+        eprintln!("lanes sigkill: {name}: {kills} kills, {duplicates} duplicates (bound {bound})");
+    }
+    for lane in &lane_ids {
+        assert_eq!(rows(&store, lane).await, hwm, "{lane}");
+    }
+    assert_eq!(rows(&store, &id).await, hwm);
+}
