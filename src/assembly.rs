@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::docstore::{DocumentStore, DocumentStores, PostgresDocumentStore};
 use crate::error::{ConfigError, Result};
 use crate::feed::kafka::{KafkaFeed, KafkaFeedOptions};
+use crate::feed::shared::{SharedRead, SharedReadOptions};
+use crate::feed::ChangeFeed;
 use crate::pg::Pg;
 use crate::pillow::independent::IndependentPillow;
 use crate::pillow::{Pillow, PillowConfig, ProcessorCheckpoints, RunSummary, StopReason};
@@ -191,6 +193,16 @@ impl PillowSpec {
     /// wait of the clients made here, from the creation of the tables on: pass the same token
     /// to [`Pillow::run`].
     pub async fn build(self, stop: &CancellationToken) -> Result<Pillow> {
+        self.build_with_feed(stop, |f| Box::new(f)).await
+    }
+
+    /// [`build`](Self::build), with the pillow's Kafka feed wrapped by `wrap` (an independent
+    /// pillow's lane reads the shared feed and keeps this one for when it detaches).
+    async fn build_with_feed(
+        self,
+        stop: &CancellationToken,
+        wrap: impl FnOnce(KafkaFeed) -> Box<dyn ChangeFeed>,
+    ) -> Result<Pillow> {
         self.validate()?;
         let backoff = crate::backoff::Backoff {
             max_elapsed: self.postgres_outage_budget,
@@ -253,7 +265,7 @@ impl PillowSpec {
         }
         Ok(Pillow::new(
             self.config,
-            Box::new(feed),
+            wrap(feed),
             processors,
             checkpoints,
             Arc::new(PostgresErrorStore::new(pg.clone())),
@@ -349,6 +361,16 @@ impl PillowSpec {
 impl PillowSpec {
     /// One definition per processor, with the pillow's settings: the lanes of an independent
     /// pillow.
+    /// A lane's processor name (a lane spec has one processor).
+    fn lane_name(&self) -> String {
+        match self.processors.first() {
+            Some(ProcessorSpec::Ready(p)) => p.name().to_owned(),
+            Some(ProcessorSpec::PostgresTable(def)) => format!("postgres_table {}", def.table),
+            Some(ProcessorSpec::Elasticsearch { .. }) => "elasticsearch".to_owned(),
+            Some(ProcessorSpec::Noop { .. }) | None => "noop".to_owned(),
+        }
+    }
+
     fn into_lanes(self) -> Vec<PillowSpec> {
         let Self {
             config,
@@ -390,14 +412,43 @@ impl PillowSpec {
                 .with_backoff(backoff)
                 .with_stop(stop.clone()),
         );
+        // One read of Kafka for every lane, with a bounded lead (0: each lane reads alone).
+        let shared = (self.config.lane_max_lead_changes > 0 && self.processors.len() > 1)
+            .then(|| -> Result<_> {
+                let mut options = self.feed.clone();
+                options.tick_at_end = self.config.until_idle;
+                let reader = KafkaFeed::new(&self.topics, options)?;
+                let read = SharedRead::new(
+                    &self.config.name,
+                    SharedReadOptions {
+                        max_items: self.config.lane_max_lead_changes,
+                        max_bytes: self.config.lane_max_lead_bytes.max(1),
+                        idle_timeout: self.feed.idle_timeout,
+                        tick_at_end: self.config.until_idle,
+                    },
+                );
+                Ok((read, Box::new(reader) as Box<dyn ChangeFeed>))
+            })
+            .transpose()?;
         let mut lanes = Vec::with_capacity(self.processors.len());
         for spec in self.into_lanes() {
-            lanes.push(customize(spec.build(stop).await?));
+            let lane = match &shared {
+                Some((read, _)) => {
+                    let name = spec.lane_name();
+                    spec.build_with_feed(stop, |own| Box::new(read.lane(&name, Box::new(own))))
+                        .await?
+                }
+                None => spec.build(stop).await?,
+            };
+            lanes.push(customize(lane));
         }
-        Ok(
+        let mut pillow =
             IndependentPillow::new(Arc::new(PostgresCheckpointStore::new(pg.clone())), lanes)?
-                .with_handovers(pg),
-        )
+                .with_handovers(pg);
+        if let Some((read, reader)) = shared {
+            pillow = pillow.with_shared_read(read, reader);
+        }
+        Ok(pillow)
     }
 }
 

@@ -180,6 +180,21 @@ pub struct PillowFile {
     /// pillow's rows are the minimum over them).
     #[serde(default)]
     pub processor_checkpoints: crate::pillow::ProcessorCheckpoints,
+    /// Independent processors read Kafka once; a lane more than this many changes behind the
+    /// fastest detaches to its own consumer until it has caught up (0: each lane reads alone).
+    #[serde(default = "default_lane_max_lead_changes")]
+    pub lane_max_lead_changes: usize,
+    /// The same bound in bytes held (default 64 MiB).
+    #[serde(default = "default_lane_max_lead_bytes")]
+    pub lane_max_lead_bytes: usize,
+}
+
+fn default_lane_max_lead_changes() -> usize {
+    10_000
+}
+
+fn default_lane_max_lead_bytes() -> usize {
+    64 << 20
 }
 
 /// Command-line overrides of a file's settings.
@@ -239,6 +254,8 @@ impl PillowFile {
             (self.stall_timeout_secs > 0).then(|| Duration::from_secs(self.stall_timeout_secs));
         c.background_checkpoints = self.background_checkpoints;
         c.processor_checkpoints = self.processor_checkpoints;
+        c.lane_max_lead_changes = self.lane_max_lead_changes;
+        c.lane_max_lead_bytes = self.lane_max_lead_bytes;
         c
     }
 

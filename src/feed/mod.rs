@@ -9,6 +9,7 @@ pub mod assignment;
 pub mod kafka;
 pub mod memory;
 pub mod offsets;
+pub mod shared;
 
 use async_trait::async_trait;
 
@@ -138,6 +139,10 @@ pub trait ChangeFeed: Send {
     fn source(&self) -> String {
         "the change feed".to_owned()
     }
+
+    /// The pillow stopped reading: release what only this reader holds (a shared read's lane
+    /// leaves the ring). The default does nothing.
+    async fn close(&mut self) {}
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{CheckpointError, ConfigError, Error, Result};
 use crate::feed::assignment::Layout;
+use crate::feed::shared::{LaneStats, SharedRead};
+use crate::feed::ChangeFeed;
 use crate::partition::TopicPartition;
 use crate::pg::Pg;
 use crate::store::checkpoints::{processor_checkpoint_id, CheckpointStore, CheckpointUpdate};
@@ -45,12 +47,16 @@ pub struct IndependentPillow {
     sync_interval: Duration,
     /// Where hand-over requests are read and recorded (online split); none: not watched.
     handovers: Option<Arc<Pg>>,
+    /// The one read of Kafka the lanes share, and its reader until it runs.
+    shared_read: Option<(SharedRead, Option<Box<dyn ChangeFeed>>)>,
 }
 
 /// What a run of an [`IndependentPillow`] did: each lane's summary, by processor name.
 #[derive(Debug, Clone)]
 pub struct LaneSummaries {
     pub lanes: Vec<(String, RunSummary)>,
+    /// With a shared read: each lane's detaches, rejoins and items read.
+    pub shared_read: Vec<LaneStats>,
     /// How many times the coordinator wrote the pillow's rows.
     pub pillow_checkpoints: u64,
 }
@@ -129,7 +135,17 @@ impl IndependentPillow {
             lanes,
             sync_interval: DEFAULT_SYNC_INTERVAL,
             handovers: None,
+            shared_read: None,
         })
+    }
+
+    /// The lanes read through `read` (each lane's feed is one of its [`LaneFeed`](
+    /// crate::feed::shared::LaneFeed)s); `reader` is the one feed of Kafka read for all of them,
+    /// run beside the lanes.
+    #[must_use]
+    pub fn with_shared_read(mut self, read: SharedRead, reader: Box<dyn ChangeFeed>) -> Self {
+        self.shared_read = Some((read, Some(reader)));
+        self
     }
 
     /// Watches `pillowtop_rs_handover` in `pg`: a processor handed over to another pillow is
@@ -241,13 +257,19 @@ impl IndependentPillow {
                 }
             }
         };
-        let (results, ()) = tokio::join!(lanes, coordinator);
+        let reading = shared_reader(self.shared_read.as_mut(), &coordinator_stop);
+        let (results, (), ()) = tokio::join!(lanes, coordinator, reading);
         // The last round, after every lane's final checkpoint.
         let last = sync.round().await;
         let lanes = first_lane_error(&self.name, results)?;
         last?;
         Ok(LaneSummaries {
             lanes,
+            shared_read: self
+                .shared_read
+                .as_ref()
+                .map(|(r, _)| r.stats())
+                .unwrap_or_default(),
             pillow_checkpoints: sync.writes,
         })
     }
@@ -600,6 +622,16 @@ fn minimum(
             min.map(|m| (tp.clone(), m))
         })
         .collect()
+}
+
+/// Runs the shared read's reader (once) until `stop`; nothing without a shared read.
+async fn shared_reader(
+    shared: Option<&mut (SharedRead, Option<Box<dyn ChangeFeed>>)>,
+    stop: &CancellationToken,
+) {
+    if let Some((read, Some(feed))) = shared.map(|(r, f)| (r.clone(), f.take())) {
+        read.run_reader(feed, stop).await;
+    }
 }
 
 /// The lanes' summaries, or the first lane's error (every lane's error is logged).

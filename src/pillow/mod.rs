@@ -126,6 +126,12 @@ pub struct PillowConfig {
     pub since: Option<Vec<(TopicPartition, i64)>>,
     /// One checkpoint for all processors (default, CommCare's) or one per processor.
     pub processor_checkpoints: ProcessorCheckpoints,
+    /// Independent processors: how far (changes) the fastest lane may lead the slowest on the
+    /// one shared read before the slowest detaches to a consumer of its own
+    /// ([`crate::feed::shared`]); 0 gives every lane its own consumer from the start.
+    pub lane_max_lead_changes: usize,
+    /// The same bound in bytes of message bodies held.
+    pub lane_max_lead_bytes: usize,
 }
 
 impl PillowConfig {
@@ -149,6 +155,8 @@ impl PillowConfig {
             max_stall_reconnects: stall::DEFAULT_MAX_RECONNECTS,
             since: None,
             processor_checkpoints: ProcessorCheckpoints::Shared,
+            lane_max_lead_changes: 10_000,
+            lane_max_lead_bytes: 64 << 20,
         }
     }
 

@@ -161,6 +161,7 @@ impl Pillow {
                 Err(e)
             }
         };
+        self.feed.close().await;
         if let Some(l) = &self.liveness {
             if let Err(e) = l
                 .unregister(&self.config.name, self.config.layout.process_num)

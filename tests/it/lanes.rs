@@ -96,6 +96,8 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
     config.checkpoint_frequency = 10;
     config.until_idle = true;
     config.processor_checkpoints = ProcessorCheckpoints::Independent;
+    // One read of Kafka for both; the slow one detaches once it is 200 changes behind.
+    config.lane_max_lead_changes = 200;
     let mut feed = KafkaFeedOptions::new(&bootstrap, &id);
     feed.idle_timeout = Duration::from_millis(500);
     let spec = PillowSpec {
@@ -110,7 +112,11 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
         ],
         document_stores: Vec::new(),
     };
-    let run = tokio::spawn(async move { spec.run(&CancellationToken::new(), |p| p).await });
+    let run = tokio::spawn(async move {
+        let stop = CancellationToken::new();
+        let mut pillow = spec.build_independent(&stop, &mut |p| p).await?;
+        pillow.run(&stop).await
+    });
 
     let store = PostgresCheckpointStore::new(db.pg.clone());
     let fast_id = processor_checkpoint_id(&id, "fast");
@@ -240,7 +246,18 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
     )
     .await
     .expect("waits"));
-    let summary = run.await.expect("joins").expect("runs");
+    let lanes = run.await.expect("joins").expect("runs");
+    // The slow processor detached from the shared read (more than 200 behind), read on its
+    // own, and rejoined once caught up; the fast one read the shared feed throughout.
+    let stats = &lanes.shared_read;
+    assert_eq!(stats.len(), 2, "{stats:?}");
+    let (f, sl) = (&stats[0], &stats[1]);
+    assert_eq!((f.name.as_str(), sl.name.as_str()), ("fast", "slow"));
+    assert!(sl.detaches >= 1 && sl.rejoins >= 1, "{stats:?}");
+    assert!(sl.from_own > 0, "{stats:?}");
+    assert!(f.from_ring > f.from_own, "{stats:?}");
+    assert_eq!(f.from_ring + f.from_own, total as u64, "{stats:?}");
+    let summary = lanes.combined();
     assert!(freshness::processed(&db.pg, &last(None))
         .await
         .expect("processed"));
