@@ -140,6 +140,9 @@ impl Processor for Slow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Shared,
+    /// Independent processors, each lane with its own consumer (`lane_max_lead_changes = 0`).
+    OwnReads,
+    /// Independent processors on one shared read with a bounded lead (the default).
     Independent,
 }
 
@@ -147,7 +150,8 @@ impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Shared => "one shared checkpoint (CommCare's)",
-            Mode::Independent => "independent processors (ours)",
+            Mode::OwnReads => "independent, a consumer per lane",
+            Mode::Independent => "independent, one shared read (ours)",
         }
     }
 }
@@ -228,8 +232,11 @@ async fn measure(
     config.chunk_size = CHUNK;
     config.processor_checkpoints = match mode {
         Mode::Shared => ProcessorCheckpoints::Shared,
-        Mode::Independent => ProcessorCheckpoints::Independent,
+        Mode::OwnReads | Mode::Independent => ProcessorCheckpoints::Independent,
     };
+    if mode == Mode::OwnReads {
+        config.lane_max_lead_changes = 0;
+    }
     let mut feed = KafkaFeedOptions::new(kafka, &id);
     feed.idle_timeout = Duration::from_millis(200);
     let spec = PillowSpec {
@@ -396,7 +403,16 @@ fn report(rate: u64, seconds: u64, outcomes: &[Outcome]) {
             .join(", ");
         println!("  {}: CPU s {names}", o.mode.label());
     }
-    if let [shared, independent] = outcomes {
+    if let [shared, own, independent] = outcomes {
+        let cpu_m = |o: &Outcome| o.cpu.total() / (o.published.max(1) as f64 / 1e6);
+        println!(
+            "shared read vs a consumer per lane: CPU-s/M {:.1} vs {:.1} ({:.2}x); broker CPU s {:.2} vs {:.2}",
+            cpu_m(independent),
+            cpu_m(own),
+            cpu_m(independent) / cpu_m(own).max(1e-9),
+            independent.cpu.0[1],
+            own.cpu.0[1],
+        );
         let p99 = |o: &Outcome| percentile(&o.lags_ms, 0.99);
         let work = |o: &Outcome| (o.fast + o.slow) as f64 / o.seconds;
         println!(
@@ -442,7 +458,7 @@ fn main() -> ExitCode {
     println!("lanes bench: CPU of this process and {}", probe.describe());
     let run = rt.block_on(async {
         let mut outcomes = Vec::new();
-        for mode in [Mode::Shared, Mode::Independent] {
+        for mode in [Mode::Shared, Mode::OwnReads, Mode::Independent] {
             outcomes.push(run_mode(mode, &kafka, &postgres, rate, seconds, &probe).await?);
         }
         Res::Ok(outcomes)
