@@ -61,6 +61,22 @@ async fn rows(store: &PostgresCheckpointStore, id: &str) -> BTreeMap<TopicPartit
         .collect()
 }
 
+/// The high-water mark of each partition of `topic`.
+async fn high_water_marks(bootstrap: &str, topic: &str) -> BTreeMap<TopicPartition, i64> {
+    let mut f = KafkaFeed::new(
+        &[topic.to_owned()],
+        KafkaFeedOptions::new(bootstrap, "lanes-hwm"),
+    )
+    .expect("feed");
+    let parts = f.partitions().await.expect("partitions");
+    f.watermarks(&parts)
+        .await
+        .expect("watermarks")
+        .into_iter()
+        .map(|(tp, _, hi)| (tp, hi))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_minimum() {
     let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
@@ -76,18 +92,7 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
         )
         .await
         .expect("publish");
-    let mut hwm = BTreeMap::new();
-    {
-        let mut f = KafkaFeed::new(
-            std::slice::from_ref(&topic.name),
-            KafkaFeedOptions::new(&bootstrap, "lanes-hwm"),
-        )
-        .expect("feed");
-        let parts = f.partitions().await.expect("partitions");
-        for (tp, _, hi) in f.watermarks(&parts).await.expect("watermarks") {
-            hwm.insert(tp, hi);
-        }
-    }
+    let hwm = high_water_marks(&bootstrap, &topic.name).await;
 
     let fast = RecordingProcessor::new("fast", true);
     let seen = Arc::new(AtomicUsize::new(0));
@@ -427,18 +432,7 @@ async fn online_split_hands_a_processor_over_while_producing_with_nothing_lost_o
     // The source's other processor never stopped: it reaches the end of the topic.
     publishing.await.expect("publisher");
     let total = batches * per_batch;
-    let mut hwm = BTreeMap::new();
-    {
-        let mut f = KafkaFeed::new(
-            std::slice::from_ref(&topic.name),
-            KafkaFeedOptions::new(&bootstrap, "handover-hwm"),
-        )
-        .expect("feed");
-        let parts = f.partitions().await.expect("partitions");
-        for (tp, _, hi) in f.watermarks(&parts).await.expect("watermarks") {
-            hwm.insert(tp, hi);
-        }
-    }
+    let hwm = high_water_marks(&bootstrap, &topic.name).await;
     assert_eq!(hwm.values().sum::<i64>(), i64::from(total));
     let fast_id = processor_checkpoint_id(&id, "fast");
     while rows(&store, &fast_id).await != hwm {
@@ -649,18 +643,7 @@ async fn independent_processors_lose_nothing_under_sigkill() {
         )
         .await
         .expect("publish");
-    let mut hwm = BTreeMap::new();
-    {
-        let mut f = KafkaFeed::new(
-            std::slice::from_ref(&topic.name),
-            KafkaFeedOptions::new(&bootstrap, "lanes-kill-hwm"),
-        )
-        .expect("feed");
-        let parts = f.partitions().await.expect("partitions");
-        for (tp, _, hi) in f.watermarks(&parts).await.expect("watermarks") {
-            hwm.insert(tp, hi);
-        }
-    }
+    let hwm = high_water_marks(&bootstrap, &topic.name).await;
     assert_eq!(hwm.values().sum::<i64>(), total);
 
     let exe = std::env::current_exe().expect("exe");
