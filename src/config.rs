@@ -190,11 +190,11 @@ pub struct PillowFile {
 }
 
 fn default_lane_max_lead_changes() -> usize {
-    10_000
+    crate::feed::shared::DEFAULT_MAX_ITEMS
 }
 
 fn default_lane_max_lead_bytes() -> usize {
-    64 << 20
+    crate::feed::shared::DEFAULT_MAX_BYTES
 }
 
 /// Command-line overrides of a file's settings.

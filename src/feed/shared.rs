@@ -33,6 +33,11 @@ use super::{ChangeFeed, FeedItem, InvalidMessage, StallProbe, TopicPartition};
 use crate::change::Change;
 use crate::error::Result;
 
+/// The default bound in items: [`SharedReadOptions::max_items`].
+pub const DEFAULT_MAX_ITEMS: usize = 10_000;
+/// The default bound in bytes: [`SharedReadOptions::max_bytes`].
+pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+
 /// The bounds of the shared read.
 #[derive(Debug, Clone)]
 pub struct SharedReadOptions {
@@ -49,8 +54,8 @@ pub struct SharedReadOptions {
 impl Default for SharedReadOptions {
     fn default() -> Self {
         Self {
-            max_items: 10_000,
-            max_bytes: 64 << 20,
+            max_items: DEFAULT_MAX_ITEMS,
+            max_bytes: DEFAULT_MAX_BYTES,
             idle_timeout: Duration::from_secs(1),
             tick_at_end: false,
         }
@@ -68,6 +73,15 @@ pub struct LaneStats {
     pub from_ring: u64,
     /// Items read with the lane's own consumer while detached.
     pub from_own: u64,
+}
+
+/// The partition and offset of a change or an invalid message.
+fn position(item: &FeedItem) -> Option<(TopicPartition, i64)> {
+    match item {
+        FeedItem::Change(c) => Some((TopicPartition::new(&c.topic, c.partition), c.offset)),
+        FeedItem::Invalid(m) => Some((TopicPartition::new(&m.topic, m.partition), m.offset)),
+        FeedItem::Tick | FeedItem::OffsetOutOfRange => None,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -280,26 +294,27 @@ impl SharedRead {
                 }
                 item = feed.next() => item,
             };
+            let at = item
+                .as_ref()
+                .ok()
+                .and_then(|i| i.as_ref().and_then(position));
+            if let Some((tp, offset)) = &at {
+                next.insert(tp.clone(), offset + 1);
+            }
+            let (tp, offset) = at.map_or((None, -1), |(tp, o)| (Some(tp), o));
             let slot = match item {
-                Ok(Some(FeedItem::Change(c))) => {
-                    next.insert(TopicPartition::new(&c.topic, c.partition), c.offset + 1);
-                    Slot {
-                        tp: Some(TopicPartition::new(&c.topic, c.partition)),
-                        offset: c.offset,
-                        bytes: c.size + 64,
-                        item: Item::Change(c),
-                    }
-                }
-                Ok(Some(FeedItem::Invalid(m))) => {
-                    let tp = TopicPartition::new(&m.topic, m.partition);
-                    next.insert(tp.clone(), m.offset + 1);
-                    Slot {
-                        tp: Some(tp),
-                        offset: m.offset,
-                        bytes: m.size.min(m.excerpt.len()) + 64,
-                        item: Item::Invalid(m),
-                    }
-                }
+                Ok(Some(FeedItem::Change(c))) => Slot {
+                    tp,
+                    offset,
+                    bytes: c.size + 64,
+                    item: Item::Change(c),
+                },
+                Ok(Some(FeedItem::Invalid(m))) => Slot {
+                    tp,
+                    offset,
+                    bytes: m.size.min(m.excerpt.len()) + 64,
+                    item: Item::Invalid(m),
+                },
                 Ok(Some(FeedItem::OffsetOutOfRange)) => Slot {
                     tp: None,
                     offset: -1,
@@ -508,38 +523,40 @@ impl LaneFeed {
             self.own_assigned = true;
         }
         let item = self.own.next().await?;
-        self.note_own(item.as_ref()).await?;
-        Ok(item)
-    }
-
-    async fn note_own(&mut self, item: Option<&FeedItem>) -> Result<()> {
-        let check = match item {
-            Some(FeedItem::Change(c)) => {
-                self.next
-                    .insert(TopicPartition::new(&c.topic, c.partition), c.offset + 1);
-                self.shared.lock().lanes[self.id].stats.from_own += 1;
-                true
-            }
-            Some(FeedItem::Invalid(m)) => {
-                self.next
-                    .insert(TopicPartition::new(&m.topic, m.partition), m.offset + 1);
-                self.shared.lock().lanes[self.id].stats.from_own += 1;
-                true
-            }
+        let check = match &item {
             Some(FeedItem::Tick) => {
                 self.since_check = REJOIN_CHECK_EVERY;
                 true
             }
-            _ => false,
+            Some(i) => self.note_own(i),
+            None => false,
         };
-        if check {
-            self.since_check += 1;
-            if self.since_check >= REJOIN_CHECK_EVERY {
-                self.since_check = 0;
-                self.try_rejoin(true).await?;
-            }
+        if check && self.since_check >= REJOIN_CHECK_EVERY {
+            self.since_check = 0;
+            self.try_rejoin(true).await?;
         }
-        Ok(())
+        Ok(item)
+    }
+
+    /// Records a change or invalid message read by the own consumer; `true` when it was one.
+    fn note_own(&mut self, item: &FeedItem) -> bool {
+        let Some((tp, offset)) = position(item) else {
+            return false;
+        };
+        self.next.insert(tp, offset + 1);
+        self.shared.lock().lanes[self.id].stats.from_own += 1;
+        self.since_check += 1;
+        true
+    }
+
+    /// Leaves the ring: a stopped lane no longer holds it back.
+    fn leave(&self) {
+        {
+            let mut st = self.shared.lock();
+            st.lanes[self.id].active = false;
+            st.trim();
+        }
+        self.shared.space.send_modify(|v| *v += 1);
     }
 }
 
@@ -654,19 +671,7 @@ impl ChangeFeed for LaneFeed {
         }
         // Detached: what the own consumer has at hand (the rejoin check runs in `next`).
         let item = self.own.try_next()?;
-        match &item {
-            FeedItem::Change(c) => {
-                self.next
-                    .insert(TopicPartition::new(&c.topic, c.partition), c.offset + 1);
-            }
-            FeedItem::Invalid(m) => {
-                self.next
-                    .insert(TopicPartition::new(&m.topic, m.partition), m.offset + 1);
-            }
-            _ => return Some(item),
-        }
-        self.shared.lock().lanes[self.id].stats.from_own += 1;
-        self.since_check += 1;
+        self.note_own(&item);
         Some(item)
     }
 
@@ -690,12 +695,7 @@ impl ChangeFeed for LaneFeed {
     }
 
     async fn close(&mut self) {
-        {
-            let mut st = self.shared.lock();
-            st.lanes[self.id].active = false;
-            st.trim();
-        }
-        self.shared.space.send_modify(|v| *v += 1);
+        self.leave();
         if self.own_assigned {
             let _ = self.own.assign(&[]).await;
             self.own_assigned = false;
@@ -705,11 +705,7 @@ impl ChangeFeed for LaneFeed {
 
 impl Drop for LaneFeed {
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
-        st.lanes[self.id].active = false;
-        st.trim();
-        drop(st);
-        self.shared.space.send_modify(|v| *v += 1);
+        self.leave();
     }
 }
 

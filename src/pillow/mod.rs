@@ -155,8 +155,8 @@ impl PillowConfig {
             max_stall_reconnects: stall::DEFAULT_MAX_RECONNECTS,
             since: None,
             processor_checkpoints: ProcessorCheckpoints::Shared,
-            lane_max_lead_changes: 10_000,
-            lane_max_lead_bytes: 64 << 20,
+            lane_max_lead_changes: crate::feed::shared::DEFAULT_MAX_ITEMS,
+            lane_max_lead_bytes: crate::feed::shared::DEFAULT_MAX_BYTES,
         }
     }
 

@@ -19,7 +19,7 @@ use pillowtop::store::checkpoints::postgres::PostgresCheckpointStore;
 use pillowtop::store::checkpoints::{processor_checkpoint_id, CheckpointStore};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{require, TestDb, TestTopic};
+use crate::support::{require, ChildTest, TestDb, TestTopic};
 
 /// Takes 20 ms per chunk of 10 (a fast processor takes well under 1 ms).
 pub(crate) struct Slow {
@@ -646,7 +646,6 @@ async fn independent_processors_lose_nothing_under_sigkill() {
     let hwm = high_water_marks(&bootstrap, &topic.name).await;
     assert_eq!(hwm.values().sum::<i64>(), total);
 
-    let exe = std::env::current_exe().expect("exe");
     let child_spec = [
         bootstrap.as_str(),
         db.url.as_str(),
@@ -655,32 +654,12 @@ async fn independent_processors_lose_nothing_under_sigkill() {
         table.as_str(),
     ]
     .join("|");
-    let child_log = std::env::temp_dir().join(format!("{id}.log"));
-    let spawn = || {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&child_log)
-            .expect("child log");
-        std::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "lanes::lanes_sigkill_child",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(LANES_CHILD_ENV, &child_spec)
-            .env("PILLOWTOP_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn child")
-    };
-    let log_tail = || {
-        let text = std::fs::read_to_string(&child_log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    };
+    let runs = ChildTest::new(
+        "lanes::lanes_sigkill_child",
+        LANES_CHILD_ENV,
+        child_spec,
+        &id,
+    );
     let store = PostgresCheckpointStore::new(db.pg.clone());
     let lane_ids = [
         processor_checkpoint_id(&id, "fast"),
@@ -689,7 +668,7 @@ async fn independent_processors_lose_nothing_under_sigkill() {
     let mut kills = 0;
     let mut rng = rand::rng();
     while rows(&store, &id).await != hwm {
-        let mut child = spawn();
+        let mut child = runs.spawn();
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
         if child.try_wait().expect("try_wait").is_some() {
             break;
@@ -713,16 +692,16 @@ async fn independent_processors_lose_nothing_under_sigkill() {
         assert!(
             kills < 100,
             "the pillow never caught up; child log:\n{}",
-            log_tail()
+            runs.log_tail()
         );
     }
-    let status = spawn().wait().expect("final run");
+    let status = runs.spawn().wait().expect("final run");
     assert!(
         status.success(),
         "final run failed; child log:\n{}",
-        log_tail()
+        runs.log_tail()
     );
-    let _ = std::fs::remove_file(&child_log);
+    let _ = std::fs::remove_file(&runs.log);
     assert!(
         kills >= 1,
         "the test must kill at least once to mean anything"

@@ -20,7 +20,7 @@ use pillowtop::store::liveness::postgres::PostgresLivenessStore;
 use pillowtop::store::liveness::LivenessStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{processed_ids, require, TestDb, TestTopic};
+use crate::support::{processed_ids, require, ChildTest, TestDb, TestTopic};
 
 fn feed(bootstrap: &str, topics: &[String], idle: Duration) -> Box<dyn ChangeFeed> {
     let mut opts = KafkaFeedOptions::new(bootstrap, "it-pillow");
@@ -614,7 +614,6 @@ async fn at_least_once_under_sigkill_at_random_moments() {
     let hwm = high_water_marks(&bootstrap, &topic.name).await;
     assert_eq!(hwm.values().sum::<i64>(), N);
 
-    let exe = std::env::current_exe().expect("exe");
     let spec = [
         bootstrap.as_str(),
         url.as_str(),
@@ -623,38 +622,13 @@ async fn at_least_once_under_sigkill_at_random_moments() {
         table.as_str(),
     ]
     .join("|");
-    let child_log = std::env::temp_dir().join(format!("{id}.log"));
-    let spawn = || {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&child_log)
-            .expect("child log");
-        std::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "pillow::sigkill_child",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(CHILD_ENV, &spec)
-            .env("PILLOWTOP_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn child")
-    };
-    let log_tail = || {
-        let text = std::fs::read_to_string(&child_log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    };
+    let runs = ChildTest::new("pillow::sigkill_child", CHILD_ENV, spec, &id);
     let mut kills = 0;
     let mut rng = rand::rng();
     // Kill at random moments until the checkpoint reaches the end (a caught-up child would wait
     // for its idle tick, longer than our kill window, so we stop killing once it is there).
     while checkpoint(&db.pg, &id).await != hwm {
-        let mut child = spawn();
+        let mut child = runs.spawn();
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
         if child.try_wait().expect("try_wait").is_some() {
             break;
@@ -665,17 +639,17 @@ async fn at_least_once_under_sigkill_at_random_moments() {
         assert!(
             kills < 100,
             "the pillow never caught up; child log:\n{}",
-            log_tail()
+            runs.log_tail()
         );
     }
     // One last clean run drains whatever the last kill left.
-    let status = spawn().wait().expect("final run");
+    let status = runs.spawn().wait().expect("final run");
     assert!(
         status.success(),
         "final run failed; child log:\n{}",
-        log_tail()
+        runs.log_tail()
     );
-    let _ = std::fs::remove_file(&child_log);
+    let _ = std::fs::remove_file(&runs.log);
     assert!(
         kills >= 1,
         "the test must kill at least once to mean anything"

@@ -244,3 +244,48 @@ pub fn processed_ids(p: &RecordingProcessor) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A test of this binary run again as a child process (the SIGKILL tests): `test` (its full
+/// name, run with `--ignored`) reads its parameters from the variable `var`; its stderr goes to a
+/// log file named after `id` in the temporary folder, appended by every run.
+pub struct ChildTest {
+    test: &'static str,
+    var: &'static str,
+    spec: String,
+    pub log: std::path::PathBuf,
+}
+
+impl ChildTest {
+    pub fn new(test: &'static str, var: &'static str, spec: String, id: &str) -> Self {
+        Self {
+            test,
+            var,
+            spec,
+            log: std::env::temp_dir().join(format!("{id}.log")),
+        }
+    }
+
+    /// Starts one run.
+    pub fn spawn(&self) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("child log");
+        std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", self.test, "--ignored", "--nocapture"])
+            .env(self.var, &self.spec)
+            .env("PILLOWTOP_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn child")
+    }
+
+    /// The last 30 lines of the runs' log, for a failure message.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
