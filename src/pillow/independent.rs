@@ -520,8 +520,8 @@ impl Sync {
         }
         if self.last_written.is_none() {
             // Before the lanes start: the pillow's rows should be what the coordinator last
-            // wrote. Where they differ, an operator moved them while the pillow was stopped (or
-            // a crash came between the two writes): the pillow's row wins, through the same rule
+            // wrote (both are written in one transaction). Where they differ, an operator moved
+            // them while the pillow was stopped: the pillow's row wins, through the same rule
             // as a move while running (at worst changes are handled again). A first start in
             // this mode has no record: the rows are taken as they are.
             self.marker = self.rows(&self.marker_id).await?;
@@ -541,18 +541,24 @@ impl Sync {
             if !moved.is_empty() {
                 tracing::warn!(checkpoint_id = %self.checkpoint_id, partitions = moved.len(),
                     "the pillow's checkpoint was changed externally; moving every processor's checkpoint to it");
-                for (id, rows) in active.iter().zip(&lanes) {
-                    let updates: Vec<CheckpointUpdate> = moved
-                        .iter()
-                        .map(|(tp, o)| CheckpointUpdate {
-                            tp: tp.clone(),
-                            offset: *o,
-                            expected: rows.get(tp).copied(),
-                        })
-                        .collect();
-                    self.store.write(id, &updates).await?;
-                }
-                self.record(&pillow).await?;
+                let mut writes: Vec<(String, Vec<CheckpointUpdate>)> = active
+                    .iter()
+                    .zip(&lanes)
+                    .map(|(id, rows)| {
+                        let updates = moved
+                            .iter()
+                            .map(|(tp, o)| CheckpointUpdate {
+                                tp: tp.clone(),
+                                offset: *o,
+                                expected: rows.get(tp).copied(),
+                            })
+                            .collect();
+                        (id.clone(), updates)
+                    })
+                    .collect();
+                writes.push((self.marker_id.clone(), self.marker_updates(&pillow)));
+                self.store.write_together(&writes).await?;
+                self.marker.extend(pillow.clone());
                 self.last_written = Some(pillow);
                 return Ok(());
             }
@@ -567,43 +573,44 @@ impl Sync {
             })
             .collect();
         let mut now = pillow;
-        if !updates.is_empty() {
-            match self.store.write(&self.checkpoint_id, &updates).await {
-                Ok(()) => {
-                    self.writes += 1;
-                    for u in &updates {
-                        now.insert(u.tp.clone(), u.offset);
-                    }
-                }
-                // Changed between our read and our write: the next round sees it.
-                Err(Error::Checkpoint(CheckpointError::Reset { .. })) => return Ok(()),
-                Err(e) => return Err(e),
-            }
+        for u in &updates {
+            now.insert(u.tp.clone(), u.offset);
         }
-        self.record(&now).await?;
+        // The pillow's rows and the record of them in one transaction: a crash between two
+        // writes would look like an operator's move at the next start, and move every lane back
+        // to the slowest one (the fast processors would redo the whole gap).
+        let record = self.marker_updates(&now);
+        let pillow_written = !updates.is_empty();
+        let writes = [
+            (self.checkpoint_id.clone(), updates),
+            (self.marker_id.clone(), record),
+        ];
+        match self.store.write_together(&writes).await {
+            Ok(()) => {
+                if pillow_written {
+                    self.writes += 1;
+                }
+                self.marker.extend(now.clone());
+            }
+            // Changed between our read and our write: the next round sees it.
+            Err(Error::Checkpoint(CheckpointError::Reset { .. })) => return Ok(()),
+            Err(e) => return Err(e),
+        }
         self.last_written = Some(now);
         Ok(())
     }
 
-    /// Records `rows` (the pillow's rows as the coordinator accepts them) in the marker.
-    async fn record(&mut self, rows: &BTreeMap<TopicPartition, i64>) -> Result<()> {
-        let updates: Vec<CheckpointUpdate> = rows
-            .iter()
+    /// The writes that make the marker record `rows` (the pillow's rows as the coordinator
+    /// accepts them).
+    fn marker_updates(&self, rows: &BTreeMap<TopicPartition, i64>) -> Vec<CheckpointUpdate> {
+        rows.iter()
             .filter(|(tp, o)| self.marker.get(*tp) != Some(*o))
             .map(|(tp, o)| CheckpointUpdate {
                 tp: tp.clone(),
                 offset: *o,
                 expected: self.marker.get(tp).copied(),
             })
-            .collect();
-        if updates.is_empty() {
-            return Ok(());
-        }
-        self.store.write(&self.marker_id, &updates).await?;
-        for u in updates {
-            self.marker.insert(u.tp, u.offset);
-        }
-        Ok(())
+            .collect()
     }
 }
 

@@ -124,6 +124,47 @@ async fn checkpoint_rows_are_commcare_shaped_and_external_changes_are_detected()
     );
 }
 
+/// Several checkpoint ids in one transaction: a refused row of the second id writes nothing of
+/// the first (the coordinator of independent processors relies on it).
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_of_several_checkpoints_commit_together_or_not_at_all() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let (first, second) = (db.id("together_a"), db.id("together_b"));
+    let store = PostgresCheckpointStore::new(db.pg.clone());
+    let tp = TopicPartition::new("form-sql", 0);
+    let update = |offset, expected| CheckpointUpdate {
+        tp: tp.clone(),
+        offset,
+        expected,
+    };
+    store
+        .write_together(&[
+            (first.clone(), vec![update(5, None)]),
+            (second.clone(), vec![update(3, None)]),
+        ])
+        .await
+        .expect("both written");
+    let offset = |rows: Vec<pillowtop::store::checkpoints::CheckpointRow>| rows[0].offset;
+    assert_eq!(offset(store.load(&first).await.expect("load")), 5);
+    assert_eq!(offset(store.load(&second).await.expect("load")), 3);
+    // The second id's row is not what the writer expects: nothing is written, not even the first.
+    let err = store
+        .write_together(&[
+            (first.clone(), vec![update(9, Some(5))]),
+            (second.clone(), vec![update(8, Some(4))]),
+        ])
+        .await
+        .expect_err("the second row refuses");
+    assert!(err.to_string().contains(&second), "{err}");
+    assert_eq!(
+        offset(store.load(&first).await.expect("load")),
+        5,
+        "rolled back"
+    );
+    assert_eq!(offset(store.load(&second).await.expect("load")), 3);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn error_rows_follow_commcares_attempt_arithmetic() {
     let url = require!("TEST_POSTGRES_URL");

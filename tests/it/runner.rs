@@ -334,10 +334,27 @@ async fn kill_until_done(
     };
     let mut kills = 0;
     let mut rng = rand::rng();
+    let total: i64 = hwm.values().sum();
     while checkpoint(db, id).await != *hwm {
         let mut child = spawn();
-        tokio::time::sleep(Duration::from_millis(rng.random_range(400..1600))).await;
-        if child.try_wait().expect("try_wait").is_some() {
+        // Kill at a random point of this run's remaining work (measured by the rows it wrote),
+        // then a few milliseconds later (mid-chunk): a time-based moment would miss the whole
+        // run on an idle machine, where 100,000 changes take under a second.
+        let before = table_stats(db, table).await.0;
+        let at = before + (total - before) * rng.random_range(5..90) / 100;
+        let started = std::time::Instant::now();
+        let mut finished = false;
+        while table_stats(db, table).await.0 < at.max(before + 1)
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            if child.try_wait().expect("try_wait").is_some() {
+                finished = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+        if finished || child.try_wait().expect("try_wait").is_some() {
             break;
         }
         child.kill().expect("SIGKILL");

@@ -13,7 +13,7 @@ use crate::partition::TopicPartition;
 /// Rows keyed by (checkpoint id, topic, partition).
 #[derive(Debug, Default)]
 pub struct MemoryCheckpointStore {
-    rows: Mutex<BTreeMap<(String, TopicPartition), CheckpointRow>>,
+    rows: Mutex<Rows>,
     /// How many successful `write` calls were made (for tests of the checkpoint policy).
     writes: Mutex<Vec<Vec<(TopicPartition, i64)>>>,
 }
@@ -60,33 +60,35 @@ fn poisoned() -> crate::error::Error {
     crate::error::ProcessError::Other("memory checkpoint store lock poisoned".into()).into()
 }
 
-#[async_trait]
-impl CheckpointStore for MemoryCheckpointStore {
-    async fn load(&self, checkpoint_id: &str) -> Result<Vec<CheckpointRow>> {
-        let rows = self.rows.lock().map_err(|_| poisoned())?;
-        Ok(rows
-            .iter()
-            .filter(|((id, _), _)| id == checkpoint_id)
-            .map(|(_, r)| r.clone())
-            .collect())
-    }
+type Rows = BTreeMap<(String, TopicPartition), CheckpointRow>;
 
-    async fn write(&self, checkpoint_id: &str, updates: &[CheckpointUpdate]) -> Result<()> {
-        let mut rows = self.rows.lock().map_err(|_| poisoned())?;
-        for u in updates {
-            let found = rows
-                .get(&(checkpoint_id.to_owned(), u.tp.clone()))
-                .map(|r| r.offset);
-            if found != u.expected {
-                return Err(CheckpointError::Reset {
-                    checkpoint_id: checkpoint_id.to_owned(),
-                    tp: u.tp.clone(),
-                    expected: u.expected,
-                    found,
-                }
-                .into());
+/// `CheckpointError::Reset` when a row of `checkpoint_id` does not hold an update's `expected`.
+fn check_expected(rows: &Rows, checkpoint_id: &str, updates: &[CheckpointUpdate]) -> Result<()> {
+    for u in updates {
+        let found = rows
+            .get(&(checkpoint_id.to_owned(), u.tp.clone()))
+            .map(|r| r.offset);
+        if found != u.expected {
+            return Err(CheckpointError::Reset {
+                checkpoint_id: checkpoint_id.to_owned(),
+                tp: u.tp.clone(),
+                expected: u.expected,
+                found,
             }
+            .into());
         }
+    }
+    Ok(())
+}
+
+impl MemoryCheckpointStore {
+    /// Writes checked `updates` and counts the write.
+    fn apply(
+        &self,
+        rows: &mut Rows,
+        checkpoint_id: &str,
+        updates: &[CheckpointUpdate],
+    ) -> Result<()> {
         for u in updates {
             rows.insert(
                 (checkpoint_id.to_owned(), u.tp.clone()),
@@ -101,6 +103,35 @@ impl CheckpointStore for MemoryCheckpointStore {
             .lock()
             .map_err(|_| poisoned())?
             .push(updates.iter().map(|u| (u.tp.clone(), u.offset)).collect());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for MemoryCheckpointStore {
+    async fn load(&self, checkpoint_id: &str) -> Result<Vec<CheckpointRow>> {
+        let rows = self.rows.lock().map_err(|_| poisoned())?;
+        Ok(rows
+            .iter()
+            .filter(|((id, _), _)| id == checkpoint_id)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn write(&self, checkpoint_id: &str, updates: &[CheckpointUpdate]) -> Result<()> {
+        let mut rows = self.rows.lock().map_err(|_| poisoned())?;
+        check_expected(&rows, checkpoint_id, updates)?;
+        self.apply(&mut rows, checkpoint_id, updates)
+    }
+
+    async fn write_together(&self, writes: &[(String, Vec<CheckpointUpdate>)]) -> Result<()> {
+        let mut rows = self.rows.lock().map_err(|_| poisoned())?;
+        for (id, updates) in writes {
+            check_expected(&rows, id, updates)?;
+        }
+        for (id, updates) in writes.iter().filter(|(_, u)| !u.is_empty()) {
+            self.apply(&mut rows, id, updates)?;
+        }
         Ok(())
     }
 
@@ -124,5 +155,42 @@ impl CheckpointStore for MemoryCheckpointStore {
                 });
         }
         Ok(created)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_of_several_ids_are_all_or_nothing() {
+        let store = MemoryCheckpointStore::new();
+        let tp = TopicPartition::new("t", 0);
+        let update = |offset, expected| CheckpointUpdate {
+            tp: tp.clone(),
+            offset,
+            expected,
+        };
+        store
+            .write_together(&[
+                ("a".into(), vec![update(5, None)]),
+                ("b".into(), vec![update(3, None)]),
+            ])
+            .await
+            .expect("both");
+        let err = store
+            .write_together(&[
+                ("a".into(), vec![update(9, Some(5))]),
+                ("b".into(), vec![update(8, Some(4))]),
+            ])
+            .await
+            .expect_err("b refuses");
+        assert!(err.to_string().contains('b'), "{err}");
+        let offsets: Vec<(String, i64)> = store
+            .all()
+            .into_iter()
+            .map(|(id, r)| (id, r.offset))
+            .collect();
+        assert_eq!(offsets, [("a".to_owned(), 5), ("b".to_owned(), 3)]);
     }
 }

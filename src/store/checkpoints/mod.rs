@@ -95,6 +95,18 @@ pub trait CheckpointStore: Send + Sync {
         true
     }
 
+    /// Writes the updates of several checkpoint ids in one transaction: all or none (a
+    /// `CheckpointError::Reset` of any row writes nothing). The independent-processors
+    /// coordinator writes the pillow's rows and its record of them together, so a crash between
+    /// them cannot look like an operator's move at the next start. The default writes one id
+    /// after the other (not atomic); the PostgreSQL and memory stores override it.
+    async fn write_together(&self, writes: &[(String, Vec<CheckpointUpdate>)]) -> Result<()> {
+        for (id, updates) in writes {
+            self.write(id, updates).await?;
+        }
+        Ok(())
+    }
+
     /// Creates rows at `offset` for the partitions that have none; returns how many it created.
     async fn create_rows(
         &self,

@@ -393,6 +393,24 @@ impl CheckpointStore for PostgresCheckpointStore {
         .await
     }
 
+    async fn write_together(&self, writes: &[(String, Vec<CheckpointUpdate>)]) -> Result<()> {
+        let writes: Vec<&(String, Vec<CheckpointUpdate>)> =
+            writes.iter().filter(|(_, u)| !u.is_empty()).collect();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
+        let what = format!("writing checkpoints {}", ids.join(", "));
+        let writes = &writes;
+        transaction(&self.pg, &what, |c| async move {
+            for (id, updates) in writes.iter() {
+                write_in_transaction(&c, id, updates).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn create_rows(
         &self,
         checkpoint_id: &str,
