@@ -160,6 +160,7 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
                 "-".into(),
                 "-".into(),
                 "(no live process)".into(),
+                "-".into(),
             ]);
         }
         for (tp, high) in tps {
@@ -174,6 +175,7 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
                 "-".into(),
                 "-".into(),
                 "(no live process)".into(),
+                "-".into(),
             ]);
         }
     }
@@ -190,6 +192,7 @@ fn print_rows_and_never_run(ui: &dyn Ui, rows: &[LagRow], never: &NeverRun) {
             "since checkpoint",
             "time lag",
             "owner",
+            "state",
         ],
         table,
     );
@@ -211,5 +214,27 @@ fn row_cells(r: &LagRow) -> Vec<String> {
         r.owner
             .clone()
             .unwrap_or_else(|| "(no live process)".into()),
+        state_cell(r),
     ]
+}
+
+/// A processor's read state and stall (`-` for the pillow's rows and when nothing is known).
+fn state_cell(r: &LagRow) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    match r.read {
+        Some("detached") => parts.push("detached: own consumer".into()),
+        Some(read) => parts.push(format!("{read} read")),
+        None => {}
+    }
+    if r.stalled {
+        parts.push(format!(
+            "STALLED: no progress for {}s",
+            r.seconds_since_checkpoint
+        ));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }

@@ -744,6 +744,8 @@ mod tests {
             time_lag_seconds: (high > offset).then_some(600),
             retention_remaining_seconds: None,
             owner: None,
+            read: None,
+            stalled: false,
         }
     }
 
@@ -757,6 +759,7 @@ mod tests {
                     ProcessorStat {
                         seconds: *s,
                         changes: *c,
+                        ..Default::default()
                     },
                 )
             })

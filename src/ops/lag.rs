@@ -80,7 +80,27 @@ pub struct LagRow {
     pub retention_remaining_seconds: Option<i64>,
     /// `host pid N (process k)` of the live process that owns the partition.
     pub owner: Option<String>,
+    /// For a processor's rows read through a shared read of Kafka (as of the owner's last
+    /// heartbeat): `"shared"` while its lane reads the shared ring, `"detached"` while it has
+    /// fallen more than the lead bound behind and reads with its own consumer; `None` otherwise.
+    pub read: Option<&'static str>,
+    /// A processor whose live owner has not moved its checkpoint for
+    /// [`PROCESSOR_STALL_SECONDS`] while it has changes to handle: no progress (the time rule
+    /// writes a progressing checkpoint at least every 300 s).
+    pub stalled: bool,
 }
+
+/// A processor's rows behind their high-water mark and unwritten this long, under a live owner,
+/// are reported as stalled: twice CommCare's `MAX_CHECKPOINT_DELAY` (300 s), which bounds the
+/// time between two checkpoints of a processor that handles anything at all.
+pub const PROCESSOR_STALL_SECONDS: i64 = 600;
+
+/// Ours: 1 while a processor's lane reads with its own consumer (detached from the shared read),
+/// 0 while it reads the shared ring. Tags `pillow_name`, `processor`.
+pub const PROCESSOR_DETACHED: &str = "pillowtop.processor.detached";
+/// Ours: 1 while a processor is stalled (see [`PROCESSOR_STALL_SECONDS`]), else 0. Tags as
+/// [`PROCESSOR_NEED_PROCESSING`].
+pub const PROCESSOR_STALLED: &str = "pillowtop.processor.stalled";
 
 /// Computes the lag rows (pure). `retention_ms` holds each topic's finite `retention.ms`.
 pub fn compute(
@@ -103,15 +123,26 @@ pub fn compute(
             .map_or_else(|| parent.to_owned(), |p| p.pillow_name.clone());
         for r in rs {
             let w = watermarks.get(&r.tp);
-            let owner = processes
+            let live = processes
                 .iter()
-                .find(|p| p.alive && p.checkpoint_id == parent && p.partitions.contains(&r.tp))
-                .map(|p| {
-                    format!(
-                        "{} pid {} (process {}/{})",
-                        p.hostname, p.pid, p.process_num, p.num_processes
-                    )
-                });
+                .find(|p| p.alive && p.checkpoint_id == parent && p.partitions.contains(&r.tp));
+            let owner = live.map(|p| {
+                format!(
+                    "{} pid {} (process {}/{})",
+                    p.hostname, p.pid, p.process_num, p.num_processes
+                )
+            });
+            let stat = processor
+                .as_ref()
+                .and_then(|name| live?.processor_stats.get(name));
+            let read =
+                stat.and_then(|s| s.attached)
+                    .map(|attached| if attached { "shared" } else { "detached" });
+            let seconds_since_checkpoint = (now - r.last_modified).num_seconds().max(0);
+            let stalled = processor.is_some()
+                && live.is_some()
+                && w.is_some_and(|w| r.offset < w.high)
+                && seconds_since_checkpoint >= PROCESSOR_STALL_SECONDS;
             out.push(LagRow {
                 checkpoint_id: id.clone(),
                 pillow_name: pillow_name.clone(),
@@ -122,7 +153,7 @@ pub fn compute(
                 low: w.map(|w| w.low),
                 high: w.map(|w| w.high),
                 lag: w.map(|w| (w.high - r.offset).max(0)),
-                seconds_since_checkpoint: (now - r.last_modified).num_seconds().max(0),
+                seconds_since_checkpoint,
                 time_lag_seconds: match w {
                     Some(w) if r.offset >= w.high => Some(0),
                     Some(w) => timestamps
@@ -139,6 +170,8 @@ pub fn compute(
                     _ => None,
                 },
                 owner,
+                read,
+                stalled,
             });
         }
     }
@@ -281,6 +314,17 @@ pub fn record(rows: &[LagRow], recorder: &dyn Recorder) {
             if let Some(t) = r.time_lag_seconds {
                 recorder.gauge(PROCESSOR_TIME_LAG_SECONDS, tags(), t as f64);
             }
+            recorder.gauge(PROCESSOR_STALLED, tags(), f64::from(u8::from(r.stalled)));
+            if let Some(read) = r.read {
+                recorder.gauge(
+                    PROCESSOR_DETACHED,
+                    vec![
+                        ("pillow_name", r.pillow_name.clone()),
+                        ("processor", processor.clone()),
+                    ],
+                    f64::from(u8::from(read == "detached")),
+                );
+            }
             continue;
         }
         let e = newest
@@ -324,6 +368,94 @@ mod tests {
     use crate::metrics::MemoryRecorder;
 
     type Seen<'a> = (&'a str, &'a str, Option<&'a str>, Option<i64>, bool);
+
+    #[test]
+    fn a_processors_read_state_and_stall_come_from_its_live_owner_and_its_rows_age() {
+        let id = |name| crate::store::checkpoints::processor_checkpoint_id("c", name);
+        // Rows written at 0 s (partition 0); now is 700 s: older than the stall bound.
+        let data: RowsById = [
+            ("c".to_owned(), rows(&[("t", 0, 5)])),
+            (id("fast"), rows(&[("t", 0, 15)])),
+            (id("slow"), rows(&[("t", 0, 5)])),
+        ]
+        .into();
+        let w: BTreeMap<TopicPartition, Watermarks> =
+            [(TopicPartition::new("t", 0), Watermarks { low: 0, high: 15 })].into();
+        let mut p = process("case-pillow", "c", true);
+        p.partitions = vec![TopicPartition::new("t", 0)];
+        let stat = |attached| crate::store::liveness::ProcessorStat {
+            attached: Some(attached),
+            ..Default::default()
+        };
+        p.processor_stats = [
+            ("fast".to_owned(), stat(true)),
+            ("slow".to_owned(), stat(false)),
+        ]
+        .into();
+        let seen = |out: &[LagRow]| -> Vec<(Option<String>, Option<&'static str>, bool)> {
+            out.iter()
+                .map(|r| (r.processor.clone(), r.read, r.stalled))
+                .collect()
+        };
+        let now = at(PROCESSOR_STALL_SECONDS + 100);
+        let out = compute(
+            &data,
+            &w,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &[p.clone()],
+            now,
+        );
+        assert_eq!(
+            seen(&out),
+            [
+                (None, None, false),
+                (Some("fast".into()), Some("shared"), false),
+                (Some("slow".into()), Some("detached"), true),
+            ],
+            "the pillow's rows have no read state; fast is caught up; slow is behind and unwritten for 700 s"
+        );
+        let rec = MemoryRecorder::new();
+        record(&out, &rec);
+        let gauges: Vec<(String, f64)> = rec
+            .snapshot()
+            .iter()
+            .filter(|(n, _, _)| *n == PROCESSOR_STALLED || *n == PROCESSOR_DETACHED)
+            .map(|(n, tags, v)| {
+                (
+                    format!(
+                        "{n} {}",
+                        tags.iter()
+                            .find(|t| t.0 == "processor")
+                            .map_or("", |t| t.1.as_str())
+                    ),
+                    *v,
+                )
+            })
+            .collect();
+        assert_eq!(
+            gauges,
+            [
+                (format!("{PROCESSOR_DETACHED} fast"), 0.0),
+                (format!("{PROCESSOR_DETACHED} slow"), 1.0),
+                (format!("{PROCESSOR_STALLED} fast"), 0.0),
+                (format!("{PROCESSOR_STALLED} slow"), 1.0),
+            ]
+        );
+        // Younger than the bound: not stalled. No live owner: a stopped pillow, not a stall.
+        let young = compute(
+            &data,
+            &w,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &[p.clone()],
+            at(PROCESSOR_STALL_SECONDS - 1),
+        );
+        assert!(young.iter().all(|r| !r.stalled));
+        p.alive = false;
+        let stopped = compute(&data, &w, &BTreeMap::new(), &BTreeMap::new(), &[p], now);
+        assert!(stopped.iter().all(|r| !r.stalled && r.read.is_none()));
+    }
 
     #[test]
     fn a_processors_own_rows_name_it_and_get_our_gauges_not_commcares() {

@@ -263,6 +263,8 @@ mod tests {
             time_lag_seconds: Some(i64::from(partition) * 3),
             retention_remaining_seconds: None,
             owner: None,
+            read: None,
+            stalled: false,
         }
     }
 

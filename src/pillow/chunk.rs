@@ -125,6 +125,7 @@ impl ProcessorTimes {
                     crate::store::liveness::ProcessorStat {
                         seconds: self.seconds.get(j).copied().unwrap_or(0.0),
                         changes: self.changes.get(j).copied().unwrap_or(0),
+                        ..Default::default()
                     },
                 )
             })

@@ -49,6 +49,8 @@ pub struct IndependentPillow {
     handovers: Option<Arc<Pg>>,
     /// The one read of Kafka the lanes share, and its reader until it runs.
     shared_read: Option<(SharedRead, Option<Box<dyn ChangeFeed>>)>,
+    /// The shared read again, for the liveness row's heartbeats (each lane's read state).
+    read_slot: Arc<std::sync::OnceLock<SharedRead>>,
 }
 
 /// What a run of an [`IndependentPillow`] did: each lane's summary, by processor name.
@@ -108,6 +110,7 @@ impl IndependentPillow {
             }
             lane.config.checkpoint_id = processor_checkpoint_id(&checkpoint_id, &processor);
         }
+        let read_slot: Arc<std::sync::OnceLock<SharedRead>> = Arc::default();
         // One liveness row per pillow process, shared by the lanes: registered by the first,
         // removed when the last stops (a lane handed over to another pillow stops early), and
         // each lane's heartbeat merges its processor's stats into it. The daily history
@@ -116,6 +119,12 @@ impl IndependentPillow {
             let shared: Arc<dyn LivenessStore> = Arc::new(SharedLiveness {
                 inner: l,
                 users: std::sync::Mutex::new(0),
+                read: read_slot.clone(),
+                checkpoint_id: checkpoint_id.clone(),
+                names: lanes
+                    .iter()
+                    .map(|l| l.processors[0].name().to_owned())
+                    .collect(),
             });
             for lane in &mut lanes {
                 lane.liveness = Some(shared.clone());
@@ -136,6 +145,7 @@ impl IndependentPillow {
             sync_interval: DEFAULT_SYNC_INTERVAL,
             handovers: None,
             shared_read: None,
+            read_slot,
         })
     }
 
@@ -144,6 +154,7 @@ impl IndependentPillow {
     /// run beside the lanes.
     #[must_use]
     pub fn with_shared_read(mut self, read: SharedRead, reader: Box<dyn ChangeFeed>) -> Self {
+        let _ = self.read_slot.set(read.clone());
         self.shared_read = Some((read, Some(reader)));
         self
     }
@@ -375,6 +386,15 @@ struct LaneWatch {
 struct SharedLiveness {
     inner: Arc<dyn LivenessStore>,
     users: std::sync::Mutex<usize>,
+    /// With a shared read: each heartbeat records its lanes' read state (attached or detached,
+    /// detaches, rejoins), which `pillowtop lag` shows per processor.
+    read: Arc<std::sync::OnceLock<SharedRead>>,
+    /// The lanes' processor names, in the order of the lanes and of the shared read's lanes
+    /// (both built in the pillow's processor order).
+    names: Vec<String>,
+    /// The pillow's checkpoint id, which the row names (a lane's own id would hide the process
+    /// from `lag`'s owner column and the running-pillow checks of the operations).
+    checkpoint_id: String,
 }
 
 #[async_trait]
@@ -382,7 +402,7 @@ impl LivenessStore for SharedLiveness {
     async fn register(
         &self,
         pillow: &str,
-        checkpoint_id: &str,
+        _lane_checkpoint_id: &str,
         layout: &Layout,
         partitions: &[TopicPartition],
     ) -> Result<()> {
@@ -396,7 +416,7 @@ impl LivenessStore for SharedLiveness {
         };
         if first {
             self.inner
-                .register(pillow, checkpoint_id, layout, partitions)
+                .register(pillow, &self.checkpoint_id, layout, partitions)
                 .await?;
         }
         Ok(())
@@ -408,7 +428,18 @@ impl LivenessStore for SharedLiveness {
         process_num: u32,
         stats: &ProcessorStats,
     ) -> Result<()> {
-        self.inner.heartbeat(pillow, process_num, stats).await
+        let Some(read) = self.read.get() else {
+            return self.inner.heartbeat(pillow, process_num, stats).await;
+        };
+        let mut stats = stats.clone();
+        for (name, lane) in self.names.iter().zip(read.stats()) {
+            if let Some(s) = stats.get_mut(name) {
+                s.attached = Some(lane.attached);
+                s.detaches = lane.detaches;
+                s.rejoins = lane.rejoins;
+            }
+        }
+        self.inner.heartbeat(pillow, process_num, &stats).await
     }
 
     async fn unregister(&self, pillow: &str, process_num: u32) -> Result<()> {

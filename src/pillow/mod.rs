@@ -83,6 +83,10 @@ pub enum ProcessorCheckpoints {
     Independent,
 }
 
+/// At most how often a running pillow refreshes its liveness row
+/// ([`PillowConfig::heartbeat_interval`]).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A pillow's settings.
 #[derive(Debug, Clone)]
 #[allow(clippy::struct_excessive_bools)] // independent switches, most of them CommCare's flags
@@ -119,6 +123,9 @@ pub struct PillowConfig {
     /// Re-creations without progress before the pillow gives up with
     /// [`KafkaError::Stalled`](crate::error::KafkaError::Stalled) (its supervisor restarts it).
     pub max_stall_reconnects: u32,
+    /// At most how often the liveness row's heartbeat (and each processor's stats with it) is
+    /// refreshed while changes flow; idle ticks and the start refresh it regardless.
+    pub heartbeat_interval: Duration,
     /// CommCare's `process_changes(since=...)`: start own partitions at these offsets instead
     /// of the stored checkpoint (partitions not listed follow the start policy); the
     /// checkpoint is then written from them as usual. The test harness's
@@ -152,6 +159,7 @@ impl PillowConfig {
             bootstrap_interval: Duration::from_secs(10),
             background_checkpoints: true,
             stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             max_stall_reconnects: stall::DEFAULT_MAX_RECONNECTS,
             since: None,
             processor_checkpoints: ProcessorCheckpoints::Shared,

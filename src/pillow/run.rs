@@ -360,7 +360,7 @@ impl Pillow {
 
     pub(super) async fn heartbeat(&mut self, run: &mut Run, force: bool) {
         self.snapshot_if_due(run).await;
-        if !force && run.last_heartbeat.elapsed() < Duration::from_secs(5) {
+        if !force && run.last_heartbeat.elapsed() < self.config.heartbeat_interval {
             return;
         }
         run.last_heartbeat = Instant::now();

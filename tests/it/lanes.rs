@@ -103,6 +103,8 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
     config.processor_checkpoints = ProcessorCheckpoints::Independent;
     // One read of Kafka for both; the slow one detaches once it is 200 changes behind.
     config.lane_max_lead_changes = 200;
+    // Heartbeats (which carry each lane's read state to `lag`) several times a second.
+    config.heartbeat_interval = Duration::from_millis(100);
     let mut feed = KafkaFeedOptions::new(&bootstrap, &id);
     feed.idle_timeout = Duration::from_millis(500);
     let spec = PillowSpec {
@@ -137,6 +139,34 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let slow_seen = seen.load(Ordering::SeqCst);
+    // `lag` shows the read state of each processor from the live process's heartbeat: the fast
+    // one reads the shared ring, the slow one (far more than 200 behind) its own consumer.
+    let kafka = pillowtop::ops::kafka::KafkaInfo::new(&bootstrap).expect("kafka");
+    let read_of = |lag: &[pillowtop::ops::lag::LagRow], p: &str| -> Vec<Option<&'static str>> {
+        lag.iter()
+            .filter(|r| r.processor.as_deref() == Some(p))
+            .map(|r| r.read)
+            .collect()
+    };
+    loop {
+        let lag = pillowtop::ops::lag::collect(&db.pg, &kafka, Some(std::slice::from_ref(&id)))
+            .await
+            .expect("lag");
+        let slow_read = read_of(&lag, "slow");
+        if !slow_read.is_empty() && slow_read.iter().all(|r| *r == Some("detached")) {
+            assert!(
+                read_of(&lag, "fast").iter().all(|r| *r == Some("shared")),
+                "{lag:#?}"
+            );
+            assert!(lag.iter().all(|r| !r.stalled), "{lag:#?}");
+            break;
+        }
+        assert!(
+            seen.load(Ordering::SeqCst) < total as usize,
+            "the slow processor finished before lag showed it detached: {lag:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The freshness API answers per processor: the last change is in the fast one, not yet in
     // the slow one nor (so) in the pillow.
     let (last_tp, last_hwm) = hwm
@@ -161,7 +191,6 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
         .expect("processed"));
     // `pillowtop lag ID` shows each processor's own lag beside the pillow's: the fast one is
     // caught up, the slow one is behind, and the pillow (their minimum) at least as far.
-    let kafka = pillowtop::ops::kafka::KafkaInfo::new(&bootstrap).expect("kafka");
     let lag = pillowtop::ops::lag::collect(&db.pg, &kafka, Some(std::slice::from_ref(&id)))
         .await
         .expect("lag");

@@ -169,6 +169,7 @@ mod tests {
             super::super::ProcessorStat {
                 seconds: 1.5,
                 changes: 10,
+                ..Default::default()
             },
         )]
         .into();

@@ -29,6 +29,16 @@ pub const STALE_AFTER: Duration = Duration::from_secs(60);
 pub struct ProcessorStat {
     pub seconds: f64,
     pub changes: u64,
+    /// Independent processors reading one shared read of Kafka: whether the processor's lane
+    /// reads the shared ring (`true`) or, having fallen more than the lead bound behind, its
+    /// own consumer (`false`); `None` without a shared read (rows of older versions too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<bool>,
+    /// How often the lane detached from and rejoined the shared read since the process started.
+    #[serde(default)]
+    pub detaches: u64,
+    #[serde(default)]
+    pub rejoins: u64,
 }
 
 /// [`ProcessorStat`] by processor name.
