@@ -430,6 +430,15 @@ impl PillowSpec {
                 Ok((read, Box::new(reader) as Box<dyn ChangeFeed>))
             })
             .transpose()?;
+        if shared.is_some() {
+            tracing::info!(pillow = %self.config.name, processors = self.processors.len(),
+                lane_max_lead_changes = self.config.lane_max_lead_changes,
+                lane_max_lead_bytes = self.config.lane_max_lead_bytes,
+                "independent processors read Kafka once, through a shared read with a bounded lead");
+        } else {
+            tracing::info!(pillow = %self.config.name, processors = self.processors.len(),
+                "independent processors each read Kafka with a consumer of their own");
+        }
         let mut lanes = Vec::with_capacity(self.processors.len());
         for spec in self.into_lanes() {
             let lane = match &shared {

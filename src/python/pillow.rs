@@ -150,13 +150,15 @@ fn config_error(message: String) -> PyErr {
 impl PyPillow {
     #[new]
     #[pyo3(
-        text_signature = "(name, topics, processors, *, checkpoint_id=None, chunk_size=10, checkpoint_frequency=100, max_checkpoint_delay=300.0, start_policy='earliest', strict=False, retry_errors=True, document_stores=None, background_checkpoints=True, on_processor_error=None, processor_checkpoints='shared')"
+        text_signature = "(name, topics, processors, *, checkpoint_id=None, chunk_size=10, checkpoint_frequency=100, max_checkpoint_delay=300.0, start_policy='earliest', strict=False, retry_errors=True, document_stores=None, background_checkpoints=True, on_processor_error=None, processor_checkpoints='shared', lane_max_lead_changes=10000, lane_max_lead_bytes=67108864)"
     )]
     #[pyo3(signature = (
         name, topics, processors, *, checkpoint_id = None, chunk_size = 10,
         checkpoint_frequency = 100, max_checkpoint_delay = Some(300.0),
         start_policy = "earliest", strict = false, retry_errors = true, document_stores = None,
         background_checkpoints = true, on_processor_error = None, processor_checkpoints = "shared",
+        lane_max_lead_changes = crate::feed::shared::DEFAULT_MAX_ITEMS as i64,
+        lane_max_lead_bytes = crate::feed::shared::DEFAULT_MAX_BYTES as i64,
     ))]
     #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)]
     fn new(
@@ -175,6 +177,8 @@ impl PyPillow {
         background_checkpoints: bool,
         on_processor_error: Option<Bound<'_, PyAny>>,
         processor_checkpoints: &str,
+        lane_max_lead_changes: i64,
+        lane_max_lead_bytes: i64,
     ) -> PyResult<Self> {
         let topics = super::topics::topic_names(&format!("Pillow {name:?}: topics"), &topics)?;
         let checkpoint_id = checkpoint_id.unwrap_or_else(|| name.clone());
@@ -222,6 +226,15 @@ impl PyPillow {
                 )))
             }
         };
+        let bound = |value: i64, what: &str| {
+            usize::try_from(value).map_err(|_| {
+                config_error(format!(
+                    "pillow {name}: {what} must be >= 0 (0: a consumer per processor), not {value}"
+                ))
+            })
+        };
+        config.lane_max_lead_changes = bound(lane_max_lead_changes, "lane_max_lead_changes")?;
+        config.lane_max_lead_bytes = bound(lane_max_lead_bytes, "lane_max_lead_bytes")?;
         for p in &processors {
             if !p.is_instance_of::<PyRustProcessor>() {
                 check_processor(&name, p)?;
@@ -289,6 +302,19 @@ impl PyPillow {
     }
 
     /// `"shared"` (CommCare's model) or `"independent"` (each processor its own checkpoint).
+    /// Independent processors: how many changes the fastest processor may lead the slowest on
+    /// the one shared read of Kafka before the slowest detaches to a consumer of its own.
+    #[getter]
+    fn lane_max_lead_changes(&self) -> usize {
+        self.config.lane_max_lead_changes
+    }
+
+    /// The same bound in bytes of message bodies held.
+    #[getter]
+    fn lane_max_lead_bytes(&self) -> usize {
+        self.config.lane_max_lead_bytes
+    }
+
     #[getter]
     fn processor_checkpoints(&self) -> &'static str {
         match self.config.processor_checkpoints {

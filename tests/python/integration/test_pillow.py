@@ -7,6 +7,7 @@ covers exactly what was handled, and signals stop the pillow after a final check
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -488,6 +489,49 @@ def test_independent_processors_keep_their_own_checkpoints_from_python(
     assert not ops.processed(
         unique_name, topic, partition, ends[partition], postgres_url=postgres_url, processor="a"
     )
+
+
+def test_the_lead_bound_of_independent_processors_is_set_from_python(
+    kafka_bootstrap: str,
+    postgres_url: str,
+    topic: str,
+    publish: Publish,
+    kit: Any,
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``lane_max_lead_changes`` / ``lane_max_lead_bytes`` reach the engine: 0 gives each
+    processor a consumer of its own, a bound one shared read of Kafka with that bound."""
+    publish(topic, messages(kit, 12))
+    with pytest.raises(pillowtop_rs.ConfigurationError, match="lane_max_lead_changes must be >= 0"):
+        Pillow(unique_name, [topic], [Recorder()], lane_max_lead_changes=-1)
+    with pytest.raises(pillowtop_rs.ConfigurationError, match="lane_max_lead_bytes must be >= 0"):
+        Pillow(unique_name, [topic], [Recorder()], lane_max_lead_bytes=-1)
+    assert Pillow(unique_name, [topic], [Recorder()]).lane_max_lead_changes == 10_000
+    caplog.set_level(logging.INFO, logger="pillowtop_rs")
+    for bound, says in ((0, "with a consumer of their own"), (50, "through a shared read")):
+        a, b = Recorder(), Recorder()
+        a.processor_name, b.processor_name = "a", "b"  # type: ignore[attr-defined]
+        pillow = Pillow(
+            f"{unique_name}-{bound}",
+            [topic],
+            [a, b],
+            processor_checkpoints="independent",
+            lane_max_lead_changes=bound,
+            lane_max_lead_bytes=1 << 20,
+        )
+        assert (pillow.lane_max_lead_changes, pillow.lane_max_lead_bytes) == (bound, 1 << 20)
+        caplog.clear()
+        assert run(pillow, kafka_bootstrap, postgres_url).failed == 0
+        for p in (a, b):
+            assert sorted(p.seen) == sorted(f"doc-{i}" for i in range(12))
+        lines: list[Any] = [
+            r for r in caplog.records if r.getMessage().startswith("independent processors")
+        ]
+        assert len(lines) == 1 and says in lines[0].getMessage(), [r.getMessage() for r in lines]
+        if bound:
+            assert lines[0].lane_max_lead_changes == bound
+            assert lines[0].lane_max_lead_bytes == 1 << 20
 
 
 def test_online_split_moves_a_processor_out_of_a_running_pillow_from_python(
