@@ -190,6 +190,29 @@ impl IndependentPillow {
     /// Runs every lane until it stops (see the module docs).
     pub async fn run(&mut self, stop: &CancellationToken) -> Result<LaneSummaries> {
         let own = self.own_partitions(stop).await?;
+        // The process is registered before it reads the hand-over requests: an online split
+        // that finds no live process hands over directly, and a process that registers after
+        // that check reads the request after it (so it never runs a handed-over processor).
+        let liveness = self.lanes[0].liveness.clone();
+        let layout = self.lanes[0].config.layout.clone();
+        if let Some(l) = &liveness {
+            l.register(&self.name, &self.checkpoint_id, &layout, &own)
+                .await?;
+        }
+        let outcome = self.run_lanes(stop, own).await;
+        if let Some(l) = &liveness {
+            if let Err(e) = l.unregister(&self.name, layout.process_num).await {
+                tracing::warn!(pillow = %self.name, error = %e, "could not remove the process's liveness row");
+            }
+        }
+        outcome
+    }
+
+    async fn run_lanes(
+        &mut self,
+        stop: &CancellationToken,
+        own: Vec<TopicPartition>,
+    ) -> Result<LaneSummaries> {
         self.skip_handed_over(&own).await?;
         let ids: Vec<String> = self
             .lanes

@@ -51,7 +51,10 @@ impl Processor for Slow {
     }
 }
 
-async fn rows(store: &PostgresCheckpointStore, id: &str) -> BTreeMap<TopicPartition, i64> {
+pub(crate) async fn rows(
+    store: &PostgresCheckpointStore,
+    id: &str,
+) -> BTreeMap<TopicPartition, i64> {
     store
         .load(id)
         .await
@@ -62,7 +65,10 @@ async fn rows(store: &PostgresCheckpointStore, id: &str) -> BTreeMap<TopicPartit
 }
 
 /// The high-water mark of each partition of `topic`.
-async fn high_water_marks(bootstrap: &str, topic: &str) -> BTreeMap<TopicPartition, i64> {
+pub(crate) async fn high_water_marks(
+    bootstrap: &str,
+    topic: &str,
+) -> BTreeMap<TopicPartition, i64> {
     let mut f = KafkaFeed::new(
         &[topic.to_owned()],
         KafkaFeedOptions::new(bootstrap, "lanes-hwm"),
@@ -543,11 +549,11 @@ async fn online_split_hands_a_processor_over_while_producing_with_nothing_lost_o
 
 /// Appends every change it handles as `(processor, partition, offset)` to a PostgreSQL table, one
 /// insert per chunk: a record that survives SIGKILL of the pillow's process.
-struct Logger {
-    name: &'static str,
-    pg: Arc<pillowtop::pg::Pg>,
-    table: String,
-    per_chunk: Duration,
+pub(crate) struct Logger {
+    pub(crate) name: &'static str,
+    pub(crate) pg: Arc<pillowtop::pg::Pg>,
+    pub(crate) table: String,
+    pub(crate) per_chunk: Duration,
 }
 
 #[async_trait]
@@ -593,10 +599,10 @@ impl Processor for Logger {
     }
 }
 
-const LANES_CHILD_ENV: &str = "PILLOWTOP_IT_LANES_CHILD";
+pub(crate) const LANES_CHILD_ENV: &str = "PILLOWTOP_IT_LANES_CHILD";
 /// The child's chunk size and checkpoint frequency: a kill redoes at most their sum per processor.
-const KILL_CHUNK: usize = 50;
-const KILL_CHECKPOINT_EVERY: u64 = 200;
+pub(crate) const KILL_CHUNK: usize = 50;
+pub(crate) const KILL_CHECKPOINT_EVERY: u64 = 200;
 
 /// Not a test on its own: the child process of the lanes SIGKILL test runs this.
 #[tokio::test(flavor = "multi_thread")]
