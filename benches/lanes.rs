@@ -17,8 +17,9 @@
 //! assignment), then a producer publishes `RATE` changes/s in batches every 100 ms for `SECONDS`,
 //! and the pillow is stopped right after the last batch: what each processor handled in that
 //! window is its work. CPU is user + system of this process and of each server over the window;
-//! RSS is this process's, sampled every 50 ms, in the window's first and last quarters (a lane
-//! falling behind must not grow it).
+//! RSS is this process's, sampled every 50 ms: the largest in each quarter of the window (a lane
+//! falling behind must not grow it without bound). `PILLOWTOP_BENCH_SECONDS` sets the window
+//! (20 s), `PILLOWTOP_BENCH_MODES` the modes (`shared,own,independent`).
 //!
 //! The slow processor here waits without using the CPU; lanes share the task that drives the
 //! pillow, so a slow processor that burns CPU on that thread would slow the others (lanes on their
@@ -165,8 +166,8 @@ struct Outcome {
     /// The fast processor's time lags (ms), sorted.
     lags_ms: Vec<f64>,
     cpu: cpu::Sample,
-    rss_first_quarter_kib: u64,
-    rss_last_quarter_kib: u64,
+    /// The largest RSS sampled in each quarter of the window.
+    rss_quarters_kib: [u64; 4],
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -291,19 +292,15 @@ async fn measure(
         let sampling = sampling.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
-            let (mut first, mut last) = (0u64, 0u64);
-            let window = quarter * 4;
+            let mut quarters = [0u64; 4];
             while sampling.load(Ordering::Relaxed) {
-                let at = start.elapsed();
+                let q = (start.elapsed().as_secs_f64() / quarter.as_secs_f64().max(1e-9)) as usize;
                 let rss = rss_kib();
-                if at <= quarter {
-                    first = first.max(rss);
-                } else if at >= window.saturating_sub(quarter) {
-                    last = last.max(rss);
-                }
+                let q = q.min(3);
+                quarters[q] = quarters[q].max(rss);
                 std::thread::sleep(Duration::from_millis(50));
             }
-            (first, last)
+            quarters
         })
     };
 
@@ -330,7 +327,7 @@ async fn measure(
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_used = probe.sample() - cpu_start;
     sampling.store(false, Ordering::Relaxed);
-    let (rss_first, rss_last) = sampler.join().map_err(|_| "the RSS sampler panicked")?;
+    let rss_quarters = sampler.join().map_err(|_| "the RSS sampler panicked")?;
     stop.cancel();
     pillow.await??;
 
@@ -344,8 +341,7 @@ async fn measure(
         slow,
         lags_ms: lags,
         cpu: cpu_used,
-        rss_first_quarter_kib: rss_first,
-        rss_last_quarter_kib: rss_last,
+        rss_quarters_kib: rss_quarters,
     })
 }
 
@@ -367,13 +363,13 @@ fn report(rate: u64, seconds: u64, outcomes: &[Outcome]) {
         "lag max",
         "fast done",
         "CPU-s/M",
-        "RSS MiB q1→q4"
+        "RSS MiB q1→q2→q3→q4"
     );
     for o in outcomes {
         let fast = o.fast as f64 / o.seconds;
         let slow = o.slow as f64 / o.seconds;
         println!(
-            "{:<36} {:>9.0} {:>9.0} {:>9.0} {:>8.0}ms {:>8.0}ms {:>8.0}ms {:>9.1}% {:>9.1} {:>5.1}→{:<5.1}",
+            "{:<36} {:>9.0} {:>9.0} {:>9.0} {:>8.0}ms {:>8.0}ms {:>8.0}ms {:>9.1}% {:>9.1} {}",
             o.mode.label(),
             fast,
             slow,
@@ -383,8 +379,11 @@ fn report(rate: u64, seconds: u64, outcomes: &[Outcome]) {
             percentile(&o.lags_ms, 1.0),
             100.0 * o.fast as f64 / o.published.max(1) as f64,
             o.cpu.total() / (o.published.max(1) as f64 / 1e6),
-            o.rss_first_quarter_kib as f64 / 1024.0,
-            o.rss_last_quarter_kib as f64 / 1024.0,
+            o.rss_quarters_kib
+                .iter()
+                .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join("→"),
         );
     }
     println!(
@@ -444,6 +443,18 @@ fn main() -> ExitCode {
     let number = |k: &str, default: u64| env(k).and_then(|v| v.parse().ok()).unwrap_or(default);
     let rate = number("PILLOWTOP_BENCH_RATE", 2000);
     let seconds = number("PILLOWTOP_BENCH_SECONDS", 20).max(1);
+    // PILLOWTOP_BENCH_MODES=shared,own,independent (the default: all three) picks modes, e.g.
+    // one long run of the shared read alone to see its memory over minutes.
+    let modes: Vec<Mode> = env("PILLOWTOP_BENCH_MODES")
+        .unwrap_or_else(|| "shared,own,independent".into())
+        .split(',')
+        .filter_map(|m| match m.trim() {
+            "shared" => Some(Mode::Shared),
+            "own" => Some(Mode::OwnReads),
+            "independent" => Some(Mode::Independent),
+            _ => None,
+        })
+        .collect();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -458,7 +469,7 @@ fn main() -> ExitCode {
     println!("lanes bench: CPU of this process and {}", probe.describe());
     let run = rt.block_on(async {
         let mut outcomes = Vec::new();
-        for mode in [Mode::Shared, Mode::OwnReads, Mode::Independent] {
+        for mode in modes {
             outcomes.push(run_mode(mode, &kafka, &postgres, rate, seconds, &probe).await?);
         }
         Res::Ok(outcomes)

@@ -83,18 +83,6 @@ pub struct DumpArgs {
     pub kafka: KafkaConn,
 }
 
-/// A token cancelled by Ctrl-C (the terminal's commands).
-fn ctrl_c_token() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            t.cancel();
-        }
-    });
-    token
-}
-
 fn print_change(ui: &dyn Ui, c: &FoundChange) {
     match serde_json::to_string(c) {
         Ok(line) => ui.out(&line),
@@ -120,17 +108,17 @@ fn say_summary(ui: &dyn Ui, what: &str, s: &InspectSummary) {
 }
 
 pub async fn exec_tail(a: TailArgs, ui: &dyn Ui) -> anyhow::Result<u8> {
-    tail(&a, ui, &ctrl_c_token()).await?;
+    tail(&a, ui, &super::ctrl_c_token()).await?;
     Ok(0)
 }
 
 pub async fn exec_search(a: SearchArgs, ui: &dyn Ui) -> anyhow::Result<u8> {
-    let s = search(&a, ui, &ctrl_c_token()).await?;
+    let s = search(&a, ui, &super::ctrl_c_token()).await?;
     Ok(if s.interrupted { INTERRUPTED } else { 0 })
 }
 
 pub async fn exec_dump(a: DumpArgs, ui: &dyn Ui) -> anyhow::Result<u8> {
-    let s = dump(&a, ui, &ctrl_c_token()).await?;
+    let s = dump(&a, ui, &super::ctrl_c_token()).await?;
     Ok(if s.interrupted { INTERRUPTED } else { 0 })
 }
 

@@ -34,9 +34,22 @@ pub mod validate;
 use std::future::Future;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 use crate::ops::OpsError;
 use ui::Ui;
+
+/// A token cancelled by Ctrl-C (the terminal's commands that wait or read until stopped).
+pub(crate) fn ctrl_c_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            t.cancel();
+        }
+    });
+    token
+}
 
 /// Exit status of a declined prompt.
 pub const DECLINED: u8 = 1;

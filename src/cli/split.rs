@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::conn::{Confirm, Conn};
 use super::ui::{
@@ -52,18 +53,31 @@ pub struct Split {
 }
 
 pub async fn exec(args: Args, ui: &dyn Ui) -> anyhow::Result<u8> {
-    Ok(apply(&args, ui).await?.outcome.status())
+    Ok(apply(&args, ui, &super::ctrl_c_token())
+        .await?
+        .outcome
+        .status())
 }
 
-/// Plans the split, shows it, asks, and applies it.
-pub async fn apply(args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Split>> {
+/// Plans the split, shows it, asks, and applies it. `stop` ends an online split's wait (the
+/// request is withdrawn if no process took it up).
+pub async fn apply(
+    args: &Args,
+    ui: &dyn Ui,
+    stop: &CancellationToken,
+) -> anyhow::Result<Report<Split>> {
     let pg = args.conn.pg()?;
-    split(&pg, args, ui).await
+    split(&pg, args, ui, stop).await
 }
 
-async fn split(pg: &Arc<Pg>, args: &Args, ui: &dyn Ui) -> anyhow::Result<Report<Split>> {
+async fn split(
+    pg: &Arc<Pg>,
+    args: &Args,
+    ui: &dyn Ui,
+    stop: &CancellationToken,
+) -> anyhow::Result<Report<Split>> {
     if let Some(processor) = &args.processor {
-        return split_processor(pg, args, processor, ui).await;
+        return split_processor(pg, args, processor, ui, stop).await;
     }
     let c = &args.confirm;
     let targets = parse_target_topics(&args.targets, &args.target_topics)?;
@@ -219,6 +233,7 @@ async fn split_processor(
     args: &Args,
     processor: &str,
     ui: &dyn Ui,
+    stop: &CancellationToken,
 ) -> anyhow::Result<Report<Split>> {
     let c = &args.confirm;
     let [target] = args.targets.as_slice() else {
@@ -265,7 +280,7 @@ async fn split_processor(
         || async {
             let say = Say::new(ui, c.json);
             let mut last = usize::MAX;
-            let done = handover::apply(pg, &plan, timeout, |h, wanted| {
+            let done = handover::apply(pg, &plan, timeout, stop, |h, wanted| {
                 if h.done.len() != last {
                     last = h.done.len();
                     say.say(&format!(

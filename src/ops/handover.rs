@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::{check_ids, check_not_running, OpsError, Result, Row};
 use crate::partition::TopicPartition;
@@ -132,11 +133,14 @@ pub async fn prepare(
 
 /// Applies `plan`: records the request, then hands over directly (no live process) or waits up
 /// to `timeout` for the live processes to hand over their partitions, calling `progress` with
-/// the request's state at each poll. Returns the completed hand-over.
+/// the request's state at each poll. Returns the completed hand-over. `stop` (Ctrl-C) ends the
+/// wait as the timeout does: a request no process has taken up yet is withdrawn, so an
+/// interrupted split changes nothing.
 pub async fn apply(
     pg: &Arc<Pg>,
     plan: &ProcessorSplitPlan,
     timeout: Duration,
+    stop: &CancellationToken,
     mut progress: impl FnMut(&Handover, usize),
 ) -> Result<Handover> {
     let h = handover::request(pg, &plan.source, &plan.processor, &plan.target).await?;
@@ -178,21 +182,29 @@ pub async fn apply(
             progress(&done, wanted.len());
             return Ok(done);
         }
-        if started.elapsed() >= timeout {
+        let interrupted = stop.is_cancelled();
+        if interrupted || started.elapsed() >= timeout {
+            let waited = if interrupted {
+                format!("interrupted after {} s", started.elapsed().as_secs())
+            } else {
+                format!("within {} s", timeout.as_secs())
+            };
             let detail = if h.done.is_empty()
                 && handover::withdraw(pg, &plan.source, &plan.processor, true).await?
             {
-                format!(
-                    "no live process of {} took the request up within {} s (online split needs the source to run with processor_checkpoints = \"independent\"); the request was withdrawn and nothing changed",
-                    plan.source,
-                    timeout.as_secs()
-                )
+                if interrupted {
+                    format!("{waited}, before any process of {} took the request up; the request was withdrawn and nothing changed", plan.source)
+                } else {
+                    format!(
+                        "no live process of {} took the request up {waited} (online split needs the source to run with processor_checkpoints = \"independent\"); the request was withdrawn and nothing changed",
+                        plan.source
+                    )
+                }
             } else {
                 format!(
-                    "{} of {} partitions handed over within {} s; the request stays (those processes no longer run the processor): run the command again to wait for the rest",
+                    "{} of {} partitions handed over ({waited}); the request stays (those processes no longer run the processor): run the command again to wait for the rest",
                     h.done.len(),
                     wanted.len(),
-                    timeout.as_secs()
                 )
             };
             return Err(OpsError::NotHandedOver {
@@ -202,6 +214,9 @@ pub async fn apply(
                 detail,
             });
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = stop.cancelled() => {}
+        }
     }
 }

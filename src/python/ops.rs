@@ -223,7 +223,8 @@ pub(crate) fn split_checkpoints(
         confirm: confirm(noinput, dry_run, force, json),
         conn: pg(postgres_url),
     };
-    let r = run(py, ui, async |ui| split::apply(&args, ui).await)?;
+    // Ctrl-C ends an online split's wait: the request is withdrawn if no process took it up.
+    let r = run_stoppable(py, ui, async |ui, stop| split::apply(&args, ui, stop).await)?;
     report(py, "split", r)
 }
 

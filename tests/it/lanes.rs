@@ -445,9 +445,15 @@ async fn online_split_hands_a_processor_over_while_producing_with_nothing_lost_o
         .await
         .expect_err("a running source needs --online");
     assert!(refused.to_string().contains(&id), "{refused}");
-    let done = pillowtop::ops::handover::apply(&db.pg, &plan, Duration::from_secs(30), |_, _| {})
-        .await
-        .expect("handed over");
+    let done = pillowtop::ops::handover::apply(
+        &db.pg,
+        &plan,
+        Duration::from_secs(30),
+        &CancellationToken::new(),
+        |_, _| {},
+    )
+    .await
+    .expect("handed over");
     assert_eq!(done.target, target);
     let handed_at = source_slow.lock().expect("ids").len();
     tokio::time::sleep(Duration::from_millis(500)).await;

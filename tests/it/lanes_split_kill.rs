@@ -106,7 +106,14 @@ async fn sigkill_around_an_online_split_loses_nothing_and_the_source_stops_runni
                 let plan =
                     pillowtop::ops::handover::prepare(&pg, &source, "slow", &to, true, false)
                         .await?;
-                pillowtop::ops::handover::apply(&pg, &plan, Duration::from_secs(3), |_, _| {}).await
+                pillowtop::ops::handover::apply(
+                    &pg,
+                    &plan,
+                    Duration::from_secs(3),
+                    &CancellationToken::new(),
+                    |_, _| {},
+                )
+                .await
             });
             // The source takes a request up within a second (its coordinator's round).
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
@@ -160,10 +167,15 @@ async fn sigkill_around_an_online_split_loses_nothing_and_the_source_stops_runni
                 pillowtop::ops::handover::prepare(&db.pg, &id, "slow", &target, false, false)
                     .await
                     .expect("plan");
-            let done =
-                pillowtop::ops::handover::apply(&db.pg, &plan, Duration::from_secs(10), |_, _| {})
-                    .await
-                    .expect("offline split");
+            let done = pillowtop::ops::handover::apply(
+                &db.pg,
+                &plan,
+                Duration::from_secs(10),
+                &CancellationToken::new(),
+                |_, _| {},
+            )
+            .await
+            .expect("offline split");
             let at = logged(&db, &table).await;
             (done.done, count_of(&at, "slow"))
         }

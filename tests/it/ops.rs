@@ -1082,6 +1082,60 @@ async fn cli_split_of_one_processor_hands_its_own_position_over() {
             .is_empty(),
         "the request was withdrawn"
     );
+    // Ctrl-C ends the wait long before the timeout, and withdraws the request the same way.
+    let child = Command::new(env!("CARGO_BIN_EXE_pillowtop"))
+        .args([
+            "split",
+            &a,
+            &b,
+            "--processor",
+            "slow",
+            "--online",
+            "--timeout",
+            "120",
+            "--noinput",
+        ])
+        .env("PILLOWTOP_POSTGRES_URL", &url)
+        .env("PILLOWTOP_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pillowtop");
+    let started = std::time::Instant::now();
+    // Once the request is recorded, the command is waiting.
+    while pillowtop::store::handover::load(&db.pg, Some(&a))
+        .await
+        .expect("load")
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no request recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sigint = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sigint.success());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "Ctrl-C did not end the wait"
+    );
+    assert!(
+        err.contains("interrupted after")
+            && err.contains("the request was withdrawn and nothing changed"),
+        "{err}"
+    );
+    assert!(pillowtop::store::handover::load(&db.pg, Some(&a))
+        .await
+        .expect("load")
+        .is_empty());
+    assert!(rows_of(&db.pg, &b).await.is_empty());
     live.unregister(&a, 0).await.expect("unregister");
 
     // Stopped: handed over directly, the processor's own row winning over the pillow's.

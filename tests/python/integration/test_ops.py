@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -207,3 +210,48 @@ def test_wait_delivered_returns_once_the_pillow_has_handled_the_change(
     )
     with pytest.raises(ConfigurationError, match="timeout"):
         ops.wait_delivered(unique_name, delivery, postgres_url=postgres_url, timeout=-1)
+
+
+def test_ctrl_c_ends_an_online_split_and_withdraws_its_request(
+    postgres_url: str, db: psycopg.Connection[Any], kit: Any, unique_name: str
+) -> None:
+    """``ops.split_checkpoints(..., online=True)`` waits for the source's live processes; a
+    Ctrl-C ends the wait long before ``timeout`` and withdraws the request, changing nothing."""
+    source, target = unique_name + "_a", unique_name + "_b"
+    with db.cursor() as c:
+        c.execute(
+            "INSERT INTO pillowtop_kafkacheckpoint"
+            ' (checkpoint_id, topic, partition, "offset", last_modified)'
+            " VALUES (%s, 'form', 0, 7, now())",
+            [f"{source}/processor/slow"],
+        )
+        # A live process of the source that never takes the request up.
+        c.execute(
+            "INSERT INTO pillowtop_rs_process (pillow_name, process_num, num_processes,"
+            " checkpoint_id, hostname, pid, started_at, heartbeat_at)"
+            " VALUES (%s, 0, 1, %s, 'elsewhere', 1, now(), now())",
+            [source, source],
+        )
+    db.commit()
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(OperationRefused, match="interrupted after .*the request was withdrawn"):
+            ops.split_checkpoints(
+                source,
+                [target],
+                postgres_url=postgres_url,
+                processor="slow",
+                online=True,
+                timeout=120,
+                noinput=True,
+            )
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 30
+    assert kit.checkpoint_offsets(db, target) == {}
+    with db.cursor() as c:
+        c.execute("SELECT count(*) FROM pillowtop_rs_handover WHERE checkpoint_id = %s", [source])
+        row = c.fetchone()
+    assert row is not None and row[0] == 0
