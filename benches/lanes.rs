@@ -294,7 +294,8 @@ async fn measure(
             let start = Instant::now();
             let mut quarters = [0u64; 4];
             while sampling.load(Ordering::Relaxed) {
-                let q = (start.elapsed().as_secs_f64() / quarter.as_secs_f64().max(1e-9)) as usize;
+                let q = usize::try_from(start.elapsed().as_nanos() / quarter.as_nanos().max(1))
+                    .unwrap_or(3);
                 let rss = rss_kib();
                 let q = q.min(3);
                 quarters[q] = quarters[q].max(rss);

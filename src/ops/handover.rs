@@ -184,7 +184,7 @@ pub async fn apply(
         }
         let interrupted = stop.is_cancelled();
         if interrupted || started.elapsed() >= timeout {
-            let waited = if interrupted {
+            let how_long = if interrupted {
                 format!("interrupted after {} s", started.elapsed().as_secs())
             } else {
                 format!("within {} s", timeout.as_secs())
@@ -193,16 +193,16 @@ pub async fn apply(
                 && handover::withdraw(pg, &plan.source, &plan.processor, true).await?
             {
                 if interrupted {
-                    format!("{waited}, before any process of {} took the request up; the request was withdrawn and nothing changed", plan.source)
+                    format!("{how_long}, before any process of {} took the request up; the request was withdrawn and nothing changed", plan.source)
                 } else {
                     format!(
-                        "no live process of {} took the request up {waited} (online split needs the source to run with processor_checkpoints = \"independent\"); the request was withdrawn and nothing changed",
+                        "no live process of {} took the request up {how_long} (online split needs the source to run with processor_checkpoints = \"independent\"); the request was withdrawn and nothing changed",
                         plan.source
                     )
                 }
             } else {
                 format!(
-                    "{} of {} partitions handed over ({waited}); the request stays (those processes no longer run the processor): run the command again to wait for the rest",
+                    "{} of {} partitions handed over ({how_long}); the request stays (those processes no longer run the processor): run the command again to wait for the rest",
                     h.done.len(),
                     wanted.len(),
                 )

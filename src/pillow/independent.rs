@@ -194,7 +194,7 @@ impl IndependentPillow {
         // that finds no live process hands over directly, and a process that registers after
         // that check reads the request after it (so it never runs a handed-over processor).
         let liveness = self.lanes[0].liveness.clone();
-        let layout = self.lanes[0].config.layout.clone();
+        let layout = self.lanes[0].config.layout;
         if let Some(l) = &liveness {
             l.register(&self.name, &self.checkpoint_id, &layout, &own)
                 .await?;

@@ -130,6 +130,44 @@ impl From<RunSummary> for PyRunSummary {
     }
 }
 
+/// The defaults of `Pillow(lane_max_lead_changes=, lane_max_lead_bytes=)`: the core's.
+const LANE_MAX_LEAD_CHANGES: i64 = 10_000;
+const LANE_MAX_LEAD_BYTES: i64 = 64 << 20;
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+const _: () = assert!(
+    LANE_MAX_LEAD_CHANGES as usize == crate::feed::shared::DEFAULT_MAX_ITEMS
+        && LANE_MAX_LEAD_BYTES as usize == crate::feed::shared::DEFAULT_MAX_BYTES
+);
+
+/// `processor_checkpoints` and the lead bound of independent processors, validated into `config`.
+fn lane_settings(
+    config: &mut PillowConfig,
+    processor_checkpoints: &str,
+    lane_max_lead_changes: i64,
+    lane_max_lead_bytes: i64,
+) -> PyResult<()> {
+    let name = config.name.clone();
+    config.processor_checkpoints = match processor_checkpoints {
+        "shared" => ProcessorCheckpoints::Shared,
+        "independent" => ProcessorCheckpoints::Independent,
+        other => {
+            return Err(config_error(format!(
+                "pillow {name}: processor_checkpoints must be 'shared' (one checkpoint for all processors, CommCare's model) or 'independent' (each processor its own), not {other:?}"
+            )))
+        }
+    };
+    let bound = |value: i64, what: &str| {
+        usize::try_from(value).map_err(|_| {
+            config_error(format!(
+                "pillow {name}: {what} must be >= 0 (0: a consumer per processor), not {value}"
+            ))
+        })
+    };
+    config.lane_max_lead_changes = bound(lane_max_lead_changes, "lane_max_lead_changes")?;
+    config.lane_max_lead_bytes = bound(lane_max_lead_bytes, "lane_max_lead_bytes")?;
+    Ok(())
+}
+
 /// A pillow: topics, processors and checkpoint settings. Building one connects to nothing.
 #[pyclass(name = "Pillow", module = "pillowtop_rs._native", frozen)]
 pub(crate) struct PyPillow {
@@ -157,8 +195,8 @@ impl PyPillow {
         checkpoint_frequency = 100, max_checkpoint_delay = Some(300.0),
         start_policy = "earliest", strict = false, retry_errors = true, document_stores = None,
         background_checkpoints = true, on_processor_error = None, processor_checkpoints = "shared",
-        lane_max_lead_changes = crate::feed::shared::DEFAULT_MAX_ITEMS as i64,
-        lane_max_lead_bytes = crate::feed::shared::DEFAULT_MAX_BYTES as i64,
+        lane_max_lead_changes = LANE_MAX_LEAD_CHANGES,
+        lane_max_lead_bytes = LANE_MAX_LEAD_BYTES,
     ))]
     #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)]
     fn new(
@@ -217,24 +255,12 @@ impl PyPillow {
         };
         config.strict = strict;
         config.retry_errors = retry_errors;
-        config.processor_checkpoints = match processor_checkpoints {
-            "shared" => ProcessorCheckpoints::Shared,
-            "independent" => ProcessorCheckpoints::Independent,
-            other => {
-                return Err(config_error(format!(
-                    "pillow {name}: processor_checkpoints must be 'shared' (one checkpoint for all processors, CommCare's model) or 'independent' (each processor its own), not {other:?}"
-                )))
-            }
-        };
-        let bound = |value: i64, what: &str| {
-            usize::try_from(value).map_err(|_| {
-                config_error(format!(
-                    "pillow {name}: {what} must be >= 0 (0: a consumer per processor), not {value}"
-                ))
-            })
-        };
-        config.lane_max_lead_changes = bound(lane_max_lead_changes, "lane_max_lead_changes")?;
-        config.lane_max_lead_bytes = bound(lane_max_lead_bytes, "lane_max_lead_bytes")?;
+        lane_settings(
+            &mut config,
+            processor_checkpoints,
+            lane_max_lead_changes,
+            lane_max_lead_bytes,
+        )?;
         for p in &processors {
             if !p.is_instance_of::<PyRustProcessor>() {
                 check_processor(&name, p)?;

@@ -168,7 +168,7 @@ async fn a_slow_processor_falls_behind_alone_and_the_pillow_checkpoint_is_the_mi
             break;
         }
         assert!(
-            seen.load(Ordering::SeqCst) < total as usize,
+            seen.load(Ordering::SeqCst) < total,
             "the slow processor finished before lag showed it detached: {lag:#?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

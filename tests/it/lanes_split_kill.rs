@@ -159,26 +159,24 @@ async fn sigkill_around_an_online_split_loses_nothing_and_the_source_stops_runni
     }
     let status = runs.spawn().wait().expect("final run");
     assert!(status.success(), "final run failed:\n{}", runs.log_tail());
-    let (positions, slow_at_handover) = match handed {
-        Some(h) => h,
-        None => {
-            // The source finished before a split landed: split it now (offline, stopped).
-            let plan =
-                pillowtop::ops::handover::prepare(&db.pg, &id, "slow", &target, false, false)
-                    .await
-                    .expect("plan");
-            let done = pillowtop::ops::handover::apply(
-                &db.pg,
-                &plan,
-                Duration::from_secs(10),
-                &CancellationToken::new(),
-                |_, _| {},
-            )
+    let (positions, slow_at_handover) = if let Some(h) = handed {
+        h
+    } else {
+        // The source finished before a split landed: split it now (offline, stopped).
+        let plan = pillowtop::ops::handover::prepare(&db.pg, &id, "slow", &target, false, false)
             .await
-            .expect("offline split");
-            let at = logged(&db, &table).await;
-            (done.done, count_of(&at, "slow"))
-        }
+            .expect("plan");
+        let done = pillowtop::ops::handover::apply(
+            &db.pg,
+            &plan,
+            Duration::from_secs(10),
+            &CancellationToken::new(),
+            |_, _| {},
+        )
+        .await
+        .expect("offline split");
+        let at = logged(&db, &table).await;
+        (done.done, count_of(&at, "slow"))
     };
     let _ = std::fs::remove_file(&runs.log);
     assert!(

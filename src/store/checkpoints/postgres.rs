@@ -403,7 +403,7 @@ impl CheckpointStore for PostgresCheckpointStore {
         let what = format!("writing checkpoints {}", ids.join(", "));
         let writes = &writes;
         transaction(&self.pg, &what, |c| async move {
-            for (id, updates) in writes.iter() {
+            for (id, updates) in writes {
                 write_in_transaction(&c, id, updates).await?;
             }
             Ok(())
