@@ -35,6 +35,9 @@ pub const TIME_PER_CHANGE_WINDOW: f64 = 1000.0;
 pub const OFFSET_RESET: &str = "pillowtop.offset_reset";
 /// Ours: messages that were not valid changes. Tags: `pillow_name`, `topic`.
 pub const INVALID_CHANGES: &str = "pillowtop.invalid_changes";
+/// Retried changes a lane of an independent pillow skipped because only other processors had
+/// failed on them (per pillow and processor).
+pub const RETRIES_SKIPPED: &str = "pillowtop.processor.retries_skipped";
 /// Ours: stall-watch probes that found the consumer stuck (tag `outcome`: `reconnected`,
 /// `gave_up`), or the broker unreachable from a fresh client (`unreachable`).
 pub const FEED_STALLS: &str = "pillowtop.feed_stalls";

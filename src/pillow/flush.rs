@@ -10,7 +10,7 @@ use crate::metrics;
 use crate::partition::TopicPartition;
 use crate::processor::ProcessorFailure;
 use crate::retry::MAX_PROCESSING_ATTEMPTS;
-use crate::store::errors::ErrorRecord;
+use crate::store::errors::{storable, ErrorRecord};
 
 use super::{chunk, HookPoint, Pillow, Run};
 
@@ -56,6 +56,9 @@ impl Pillow {
             );
             records.push(invalid_record(&self.config.name, m));
         }
+        // Before de-duplication: a skipped retry must not stand in for another change of its
+        // document in this chunk.
+        let changes = self.without_retries_of_others(changes).await?;
         let batch = self.config.chunk_size > 0;
         let mut changes = if batch {
             chunk::deduplicate(changes)
@@ -165,6 +168,66 @@ impl Pillow {
         Ok(())
     }
 
+    /// A lane of an independent pillow drops the retried changes (`attempts > 0`) whose last
+    /// failure in this pillow was recorded for other processors only, at the same attempt count:
+    /// this processor has handled them already. Every other change stays (CommCare's retry runs
+    /// every processor). One query per chunk that holds a retried change.
+    async fn without_retries_of_others(&mut self, changes: Vec<Change>) -> Result<Vec<Change>> {
+        let Some(me) = self
+            .processors
+            .first()
+            .filter(|_| self.independent_lane)
+            .map(|p| storable::column_text(p.name()).into_owned())
+        else {
+            return Ok(changes);
+        };
+        let retried: Vec<String> = changes
+            .iter()
+            .filter(|c| c.metadata.attempts > 0)
+            .map(|c| storable::column_text(&c.id).into_owned())
+            .collect();
+        if retried.is_empty() {
+            return Ok(changes);
+        }
+        let failed = self
+            .errors
+            .failed_processors(&self.config.name, Some(&retried))
+            .await?;
+        let mut scope: std::collections::HashMap<(&str, i32), Vec<&str>> =
+            std::collections::HashMap::new();
+        for f in &failed {
+            scope
+                .entry((f.doc_id.as_str(), f.attempts))
+                .or_default()
+                .push(f.processor.as_str());
+        }
+        let before = changes.len();
+        let kept: Vec<Change> = changes
+            .into_iter()
+            .filter(|c| {
+                if c.metadata.attempts == 0 {
+                    return true;
+                }
+                let attempts = i32::try_from(c.metadata.attempts).unwrap_or(i32::MAX);
+                let id = storable::column_text(&c.id);
+                scope
+                    .get(&(id.as_ref(), attempts))
+                    .is_none_or(|processors| processors.contains(&me.as_str()))
+            })
+            .collect();
+        let skipped = before - kept.len();
+        if skipped > 0 {
+            tracing::debug!(pillow = %self.config.name, processor = %me, skipped,
+                "retried changes that failed only in other processors skipped");
+            self.metrics.counter(
+                metrics::RETRIES_SKIPPED,
+                vec![("pillow_name", self.config.name.clone()), ("processor", me)],
+                skipped as f64,
+            );
+        }
+        Ok(kept)
+    }
+
     /// Counts the failures and records them (with the invalid messages' `records`) in the error
     /// store; a failure to record stops the pillow (crash-only).
     pub(super) async fn record_failures(
@@ -178,12 +241,16 @@ impl Pillow {
             change.increment_attempt_count();
             self.record_failure_metrics(change, f);
             if self.config.retry_errors || f.document_missing {
-                records.push(ErrorRecord::for_change(
+                let record = ErrorRecord::for_change(
                     &self.config.name,
                     change,
                     &f.error_type,
                     f.traceback_or_message(),
-                ));
+                );
+                records.push(match (self.independent_lane, self.processors.first()) {
+                    (true, Some(p)) => record.of_processor(p.name()),
+                    _ => record,
+                });
             }
         }
         if !records.is_empty() {
@@ -284,5 +351,6 @@ pub(super) fn invalid_record(pillow: &str, m: &InvalidMessage) -> ErrorRecord {
         change: serde_json::json!({"id": m.doc_id(), "seq": m.offset, "deleted": false, "topic": m.topic, "partition": m.partition}),
         metadata: None,
         attempts: MAX_PROCESSING_ATTEMPTS + 1,
+        processor: None,
     }
 }

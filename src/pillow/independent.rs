@@ -30,6 +30,7 @@ use crate::feed::ChangeFeed;
 use crate::partition::TopicPartition;
 use crate::pg::Pg;
 use crate::store::checkpoints::{processor_checkpoint_id, CheckpointStore, CheckpointUpdate};
+use crate::store::errors::ErrorStore;
 use crate::store::handover::{self, Handover};
 use crate::store::liveness::{LivenessStore, ProcessRow, ProcessorStats};
 
@@ -37,6 +38,29 @@ use super::{Pillow, RunSummary};
 
 /// How often the coordinator brings the pillow's rows to the minimum of its lanes.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a processor's failure is kept after its document's error row is gone (its retry was
+/// re-published): a retry read later than that runs every processor again, as in CommCare.
+pub const FAILED_PROCESSOR_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often the coordinator forgets the failures past [`FAILED_PROCESSOR_RETENTION`].
+const FORGET_FAILED_PROCESSORS_EVERY: Duration = Duration::from_secs(3600);
+
+/// Forgets the failures of `pillow`'s processors past [`FAILED_PROCESSOR_RETENTION`]; a failure
+/// to do so is logged and tried again later (it only costs table space).
+async fn forget_failed_processors(errors: &dyn ErrorStore, pillow: &str) {
+    match errors
+        .forget_failed_processors(pillow, FAILED_PROCESSOR_RETENTION)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(pillow = %pillow, rows = n, "forgot processor failures whose retry was re-published over 7 days ago");
+        }
+        Err(e) => {
+            tracing::warn!(pillow = %pillow, error = %e, "could not forget old processor failures; trying again in an hour");
+        }
+    }
+}
 
 /// A pillow whose processors progress independently.
 pub struct IndependentPillow {
@@ -109,6 +133,7 @@ impl IndependentPillow {
                 .into());
             }
             lane.config.checkpoint_id = processor_checkpoint_id(&checkpoint_id, &processor);
+            lane.independent_lane = true;
         }
         let read_slot: Arc<std::sync::OnceLock<SharedRead>> = Arc::default();
         // One liveness row per pillow process, shared by the lanes: registered by the first,
@@ -246,6 +271,7 @@ impl IndependentPillow {
             })
             .collect();
         let handovers = self.handovers.clone();
+        let errors = self.lanes[0].errors.clone();
         let lanes =
             futures::future::join_all(self.lanes.iter_mut().zip(&watch).map(|(lane, w)| {
                 let (lanes_stop, handovers, removed, own) = (
@@ -277,6 +303,7 @@ impl IndependentPillow {
         };
         let every = self.sync_interval;
         let name = self.name.clone();
+        let mut next_forget = tokio::time::Instant::now();
         let coordinator = async {
             loop {
                 tokio::select! {
@@ -288,6 +315,10 @@ impl IndependentPillow {
                 }
                 if let Some(pg) = &handovers {
                     watch_handovers(pg, &sync.checkpoint_id, &watch, &name).await;
+                }
+                if tokio::time::Instant::now() >= next_forget {
+                    next_forget += FORGET_FAILED_PROCESSORS_EVERY;
+                    forget_failed_processors(&*errors, &name).await;
                 }
             }
         };
@@ -885,5 +916,87 @@ mod tests {
             Some(40)
         );
         assert_eq!(offset(&store, "two-speed-cp").await, Some(40));
+    }
+
+    #[tokio::test]
+    async fn failures_are_kept_per_processor_and_a_retry_runs_only_the_processors_that_failed() {
+        use crate::store::errors::{ErrorStore, FailedProcessor};
+        let store = Arc::new(MemoryCheckpointStore::default());
+        let errors = Arc::new(MemoryErrorStore::new());
+        // An earlier pass: "slow" failed on d2 (the change's attempt count became 1).
+        let meta = crate::change::ChangeMeta::new("d2", "sql", "t");
+        let mut failed = Change::from_message("t", 0, 2, meta.to_json().as_bytes()).expect("valid");
+        failed.increment_attempt_count();
+        errors
+            .record(&[crate::store::errors::ErrorRecord::for_change(
+                "two-speed",
+                &failed,
+                "tests.TestError",
+                "boom".into(),
+            )
+            .of_processor("slow")])
+            .await
+            .expect("record");
+        let retry = |id: &str, attempts: u32| {
+            let mut m = crate::change::ChangeMeta::new(id, "sql", "t");
+            m.attempts = attempts;
+            m.to_json()
+        };
+        let lane = |p: RecordingProcessor| {
+            let mut feed = MemoryFeed::new(&["t"], 1);
+            for i in 0..5 {
+                feed.push_change("t", 0, &format!("d{i}"));
+            }
+            // Retries (chunks of two): d2 as the retry queue re-publishes it; d3 with no recorded
+            // failure and d2 again at another attempt count, which run everywhere, as in CommCare.
+            feed.push("t", 0, Some("d2"), retry("d2", 1));
+            feed.push("t", 0, Some("d3"), retry("d3", 1));
+            feed.push("t", 0, Some("d2"), retry("d2", 2));
+            let mut config = PillowConfig::new("two-speed", "two-speed-cp");
+            config.chunk_size = 2;
+            config.until_idle = true;
+            config.background_checkpoints = false;
+            Pillow::new(
+                config,
+                Box::new(feed),
+                vec![Box::new(p)],
+                store.clone(),
+                errors.clone(),
+            )
+        };
+        let fast = RecordingProcessor::new("fast", true);
+        let slow = RecordingProcessor::new("slow", true);
+        slow.fail_ids.lock().expect("lock").insert("d4".into());
+        let mut pillow =
+            IndependentPillow::new(store.clone(), vec![lane(fast.clone()), lane(slow.clone())])
+                .expect("lanes");
+        pillow.run(&CancellationToken::new()).await.expect("runs");
+        let seen = |p: &RecordingProcessor| -> Vec<String> {
+            p.recorded
+                .lock()
+                .expect("lock")
+                .processed
+                .iter()
+                .map(|(id, ..)| id.clone())
+                .collect()
+        };
+        assert_eq!(seen(&fast), ["d0", "d1", "d2", "d3", "d4", "d3", "d2"]);
+        assert_eq!(seen(&slow), ["d0", "d1", "d2", "d3", "d2", "d3", "d2"]);
+        // slow's failure on d4 names it, in the row and per processor.
+        let rows = errors.list("two-speed").await.expect("rows");
+        let d4 = rows.iter().find(|r| r.doc_id == "d4").expect("d4's row");
+        assert!(d4
+            .error_traceback
+            .as_deref()
+            .is_some_and(|t| t.starts_with("in processor slow of pillow two-speed")));
+        assert!(errors
+            .failed_processors("two-speed", None)
+            .await
+            .expect("failed")
+            .contains(&FailedProcessor {
+                doc_id: "d4".into(),
+                processor: "slow".into(),
+                attempts: 1,
+            }));
     }
 }

@@ -240,6 +240,9 @@ pub struct Pillow {
     hook: Option<Box<dyn LoopHook>>,
     /// Each processor's cost so far, published with the heartbeat.
     times: chunk::ProcessorTimes,
+    /// A lane of an independent pillow: its failures are recorded per processor and a retried
+    /// change that failed only in other processors is skipped ([`crate::store::errors::FailedProcessor`]).
+    independent_lane: bool,
 }
 
 /// Where the loop calls its [`LoopHook`].
@@ -324,6 +327,7 @@ impl Pillow {
             history: None,
             hook: None,
             times: chunk::ProcessorTimes::default(),
+            independent_lane: false,
         }
     }
 

@@ -95,6 +95,18 @@ CREATE TABLE IF NOT EXISTS pillowtop_rs_handover (
     done jsonb NOT NULL DEFAULT '[]',
     PRIMARY KEY (checkpoint_id, processor)
 );
+
+-- Ours, 2026-12: which processor of an independent pillow failed on a document, beside
+-- CommCare's per-pillow error row (src/store/errors/mod.rs, FailedProcessor): a retry of the
+-- change runs only the processors recorded for its attempt count.
+CREATE TABLE IF NOT EXISTS pillowtop_rs_failed_processor (
+    pillow varchar(255) NOT NULL,
+    doc_id varchar(255) NOT NULL,
+    processor varchar(255) NOT NULL,
+    attempts integer NOT NULL,
+    date_recorded timestamp with time zone NOT NULL,
+    PRIMARY KEY (pillow, doc_id, processor)
+);
 "#;
 
 /// Creates every table and index that is missing. Safe to run concurrently and repeatedly.

@@ -18,6 +18,7 @@ mod es_processor;
 mod fault_proxy;
 mod kafka;
 mod lanes;
+mod lanes_retry;
 mod lanes_split_kill;
 mod ops;
 mod outage;

@@ -150,6 +150,12 @@ impl Drop for TestDb {
                         .await;
                     let _ = c
                         .execute(
+                            "DELETE FROM pillowtop_rs_failed_processor WHERE pillow = $1",
+                            &[&id],
+                        )
+                        .await;
+                    let _ = c
+                        .execute(
                             "DELETE FROM pillowtop_rs_process WHERE pillow_name = $1",
                             &[&id],
                         )

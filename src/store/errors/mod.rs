@@ -24,6 +24,10 @@ pub struct ErrorRecord {
     pub metadata: Option<ChangeMeta>,
     /// How many attempts this failure adds (the change's attempt count after this pass).
     pub attempts: i32,
+    /// The processor that failed, recorded only by independent processors
+    /// (`processor_checkpoints = "independent"`): a retry of the change then runs only the
+    /// processors that failed ([`FailedProcessor`]). `None`: CommCare's per-pillow row.
+    pub processor: Option<String>,
 }
 
 impl ErrorRecord {
@@ -39,8 +43,36 @@ impl ErrorRecord {
             change: change.to_dict(),
             metadata: Some(change.metadata.clone()),
             attempts: i32::try_from(change.metadata.attempts.max(1)).unwrap_or(i32::MAX),
+            processor: None,
         }
     }
+
+    /// The record of `processor`'s failure (independent processors): its traceback starts with
+    /// a line naming the processor, and the failure is kept per processor.
+    #[must_use]
+    pub fn of_processor(mut self, processor: &str) -> Self {
+        self.traceback = format!(
+            "in processor {processor} of pillow {} (processor_checkpoints = \"independent\": a retry runs only the processors that failed)\n{}",
+            self.pillow, self.traceback
+        );
+        self.processor = Some(processor.to_owned());
+        self
+    }
+}
+
+/// One processor's failure on one document, kept beside CommCare's per-pillow error row
+/// (`pillowtop_rs_failed_processor`). The retry queue re-publishes the change's metadata
+/// unchanged (CommCare's consumers refuse unknown metadata keys) and deletes the error rows;
+/// when the re-published change (its `attempts` equal to the one recorded here) reaches the
+/// pillow, only the processors recorded for that attempt count run it. Anything that does not
+/// match (another attempt count, no row, a pillow in shared mode) runs every processor, as in
+/// CommCare: a mismatch costs a redundant run, never a skipped one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct FailedProcessor {
+    pub doc_id: String,
+    pub processor: String,
+    /// The change's attempt count after the failing pass (what the retry re-publishes).
+    pub attempts: i32,
 }
 
 /// A stored error row (the columns tests and operators look at).
@@ -64,4 +96,18 @@ pub struct PillowErrorRow {
 pub trait ErrorStore: Send + Sync {
     async fn record(&self, records: &[ErrorRecord]) -> Result<()>;
     async fn list(&self, pillow: &str) -> Result<Vec<PillowErrorRow>>;
+    /// The processors of `pillow` recorded as failed for any of `doc_ids` (already in their
+    /// stored form, [`storable::column_text`]); every one of the pillow's when `doc_ids` is `None`.
+    async fn failed_processors(
+        &self,
+        pillow: &str,
+        doc_ids: Option<&[String]>,
+    ) -> Result<Vec<FailedProcessor>>;
+    /// Forgets the processor failures of `pillow` recorded before `older_than` whose document
+    /// has no error row any more (its retry was re-published long ago); returns how many.
+    async fn forget_failed_processors(
+        &self,
+        pillow: &str,
+        older_than: std::time::Duration,
+    ) -> Result<u64>;
 }

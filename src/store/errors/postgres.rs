@@ -8,10 +8,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::{storable, ErrorRecord, ErrorStore, PillowErrorRow};
+use super::{storable, ErrorRecord, ErrorStore, FailedProcessor, PillowErrorRow};
 use crate::error::{PostgresError, Result};
 use crate::pg::{err, Pg};
 use crate::retry::{MAX_PROCESSING_ATTEMPTS, REPROCESS_INTERVAL};
+
+/// Records (or moves to a new attempt count) one processor's failure on one document.
+const FAILED_PROCESSOR_SQL: &str = "INSERT INTO pillowtop_rs_failed_processor AS f \
+     (pillow, doc_id, processor, attempts, date_recorded) VALUES ($1, $2, $3, $4, now()) \
+     ON CONFLICT (pillow, doc_id, processor) DO UPDATE SET attempts = EXCLUDED.attempts, date_recorded = now()";
 
 /// The error store over one PostgreSQL database.
 #[derive(Debug)]
@@ -76,6 +81,7 @@ impl PostgresErrorStore {
                         return Err(err(ctx)(e));
                     }
                 };
+                let mut failed_processor = None;
                 for (i, r) in rows.iter().enumerate() {
                     let created = r.metadata.as_ref().and_then(|m| m.publish_timestamp);
                     let change = r.change.to_string();
@@ -95,6 +101,32 @@ impl PostgresErrorStore {
                             ],
                         )
                         .await;
+                    // An independent processor's failure is kept per processor too, in the
+                    // same transaction as the row.
+                    let res = match (&res, &r.processor) {
+                        (Ok(_), Some(processor)) => {
+                            if failed_processor.is_none() {
+                                failed_processor = Some(c.prepare(FAILED_PROCESSOR_SQL).await);
+                            }
+                            match failed_processor.as_ref() {
+                                Some(Ok(s)) => {
+                                    c.execute(s, &[&r.pillow, &r.doc_id, processor, &r.attempts])
+                                        .await
+                                }
+                                Some(Err(e)) => {
+                                    let _ = c.batch_execute("ROLLBACK").await;
+                                    return Err(PostgresError::Other(format!(
+                                        "recording the failed processor {processor} of pillow {}: {}",
+                                        r.pillow,
+                                        crate::error::describe_postgres(e)
+                                    ))
+                                    .into());
+                                }
+                                None => res,
+                            }
+                        }
+                        _ => res,
+                    };
                     if let Err(e) = res {
                         let _ = c.batch_execute("ROLLBACK").await;
                         let content = e.code().is_some_and(|code| {
@@ -196,6 +228,69 @@ impl ErrorStore for PostgresErrorStore {
             rows.len()
         ))
         .into())
+    }
+
+    async fn failed_processors(
+        &self,
+        pillow: &str,
+        doc_ids: Option<&[String]>,
+    ) -> Result<Vec<FailedProcessor>> {
+        let ctx = format!("reading the failed processors of pillow {pillow}");
+        let ctx = ctx.as_str();
+        self.pg
+            .run(ctx, |c| async move {
+                let rows = match doc_ids {
+                    Some(ids) => {
+                        c.query(
+                            "SELECT doc_id, processor, attempts FROM pillowtop_rs_failed_processor \
+                             WHERE pillow = $1 AND doc_id = ANY($2) ORDER BY 1, 2",
+                            &[&pillow, &ids],
+                        )
+                        .await
+                    }
+                    None => {
+                        c.query(
+                            "SELECT doc_id, processor, attempts FROM pillowtop_rs_failed_processor \
+                             WHERE pillow = $1 ORDER BY 1, 2",
+                            &[&pillow],
+                        )
+                        .await
+                    }
+                }
+                .map_err(err(ctx))?;
+                Ok(rows
+                    .iter()
+                    .map(|r| FailedProcessor {
+                        doc_id: r.get(0),
+                        processor: r.get(1),
+                        attempts: r.get(2),
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    async fn forget_failed_processors(
+        &self,
+        pillow: &str,
+        older_than: std::time::Duration,
+    ) -> Result<u64> {
+        let ctx = format!("forgetting the old failed processors of pillow {pillow}");
+        let ctx = ctx.as_str();
+        let secs = older_than.as_secs_f64();
+        self.pg
+            .run(ctx, |c| async move {
+                c.execute(
+                    "DELETE FROM pillowtop_rs_failed_processor f WHERE f.pillow = $1 \
+                     AND f.date_recorded < now() - make_interval(secs => $2) \
+                     AND NOT EXISTS (SELECT 1 FROM pillow_retry_pillowerror e \
+                                     WHERE e.doc_id = f.doc_id AND e.pillow = f.pillow)",
+                    &[&pillow, &secs],
+                )
+                .await
+                .map_err(err(ctx))
+            })
+            .await
     }
 
     async fn list(&self, pillow: &str) -> Result<Vec<PillowErrorRow>> {

@@ -109,15 +109,21 @@ pub fn storable(r: &ErrorRecord) -> Cow<'_, ErrorRecord> {
     let error_type = column_text(&r.error_type);
     let traceback = truncated(&r.traceback, MAX_TRACEBACK_BYTES);
     let change = json_without_nul(&r.change);
-    let unchanged = matches!(
-        (&doc_id, &pillow, &error_type, &traceback),
-        (
-            Cow::Borrowed(_),
-            Cow::Borrowed(_),
-            Cow::Borrowed(_),
-            Cow::Borrowed(_)
+    let processor_unchanged = r
+        .processor
+        .as_deref()
+        .is_none_or(|p| matches!(column_text(p), Cow::Borrowed(_)));
+    let unchanged = processor_unchanged
+        && matches!(
+            (&doc_id, &pillow, &error_type, &traceback),
+            (
+                Cow::Borrowed(_),
+                Cow::Borrowed(_),
+                Cow::Borrowed(_),
+                Cow::Borrowed(_)
+            )
         )
-    ) && change.is_none();
+        && change.is_none();
     if unchanged {
         return Cow::Borrowed(r);
     }
@@ -129,6 +135,7 @@ pub fn storable(r: &ErrorRecord) -> Cow<'_, ErrorRecord> {
         change: change.unwrap_or_else(|| r.change.clone()),
         metadata: r.metadata.clone(),
         attempts: r.attempts,
+        processor: r.processor.as_deref().map(|p| column_text(p).into_owned()),
     })
 }
 
@@ -170,6 +177,7 @@ pub fn minimal(r: &ErrorRecord, refused_because: &str) -> ErrorRecord {
         change,
         metadata: None,
         attempts: r.attempts,
+        processor: r.processor.as_deref().map(|p| column_text(p).into_owned()),
     }
 }
 
@@ -186,6 +194,7 @@ mod tests {
             change,
             metadata: None,
             attempts: 1,
+            processor: None,
         }
     }
 

@@ -107,6 +107,7 @@ def db(postgres_url: str, unique_name: str) -> Iterator[psycopg.Connection[Any]]
     for table, column in [
         ("pillowtop_kafkacheckpoint", "checkpoint_id"),
         ("pillow_retry_pillowerror", "pillow"),
+        ("pillowtop_rs_failed_processor", "pillow"),
         ("pillowtop_rs_process", "pillow_name"),
         ("pillowtop_rs_handover", "checkpoint_id"),
     ]:

@@ -7,6 +7,8 @@ covers exactly what was handled, and signals stop the pillow after a final check
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import signal
@@ -478,9 +480,32 @@ def test_independent_processors_keep_their_own_checkpoints_from_python(
     assert sum(ends.values()) == 40 and len(ends) == 3
     assert kit.checkpoint_offsets(db, f"{unique_name}/processor/b") == ends
     assert kit.checkpoint_offsets(db, unique_name) == ends
-    # The failure is an error row of the pillow (CommCare's per-pillow granularity).
+    # The failure is CommCare's error row of the pillow, which names the processor.
     rows = {r[0]: r for r in kit.error_rows(db, unique_name)}
     assert set(rows) == {"doc-7"} and "a refuses doc-7" in rows["doc-7"][2]
+    assert rows["doc-7"][2].startswith(f"in processor a of pillow {unique_name}")
+    # The retry queue's steps (the row's metadata re-published with publish_timestamp = now,
+    # the rows deleted) run the change through the processor that failed only; a pillow with
+    # one shared checkpoint would run it through both, as CommCare does.
+    (stored,) = db.execute(
+        "SELECT change_metadata::text FROM pillow_retry_pillowerror WHERE pillow = %s",
+        (unique_name,),
+    ).fetchone() or (None,)
+    meta = json.loads(stored)
+    assert meta["attempts"] == 1
+    meta["publish_timestamp"] = datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
+    publish(topic, [("doc-7", json.dumps(meta).encode())])
+    db.execute(
+        "DELETE FROM pillow_retry_pillowerror WHERE doc_id = 'doc-7' AND pillow = %s",
+        (unique_name,),
+    )
+    a.fail_on = None
+    a.seen.clear()
+    b.seen.clear()
+    assert run(pillow, kafka_bootstrap, postgres_url).failed == 0
+    assert (a.seen, b.seen) == (["doc-7"], [])
     # The freshness API answers per processor.
     partition = max(ends, key=lambda p: ends[p])
     assert ops.processed(
