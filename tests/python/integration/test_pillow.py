@@ -487,11 +487,12 @@ def test_independent_processors_keep_their_own_checkpoints_from_python(
     # The retry queue's steps (the row's metadata re-published with publish_timestamp = now,
     # the rows deleted) run the change through the processor that failed only; a pillow with
     # one shared checkpoint would run it through both, as CommCare does.
-    (stored,) = db.execute(
+    row = db.execute(
         "SELECT change_metadata::text FROM pillow_retry_pillowerror WHERE pillow = %s",
         (unique_name,),
-    ).fetchone() or (None,)
-    meta = json.loads(stored)
+    ).fetchone()
+    assert row is not None
+    meta = json.loads(row[0])
     assert meta["attempts"] == 1
     meta["publish_timestamp"] = datetime.datetime.now(datetime.timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ"
