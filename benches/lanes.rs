@@ -19,11 +19,13 @@
 //! window is its work. CPU is user + system of this process and of each server over the window;
 //! RSS is this process's, sampled every 50 ms: the largest in each quarter of the window (a lane
 //! falling behind must not grow it without bound). `PILLOWTOP_BENCH_SECONDS` sets the window
-//! (20 s), `PILLOWTOP_BENCH_MODES` the modes (`shared,own,independent`).
+//! (20 s), `PILLOWTOP_BENCH_MODES` the modes (`shared,own,independent,tasks`).
 //!
-//! The slow processor here waits without using the CPU; lanes share the task that drives the
-//! pillow, so a slow processor that burns CPU on that thread would slow the others (lanes on their
-//! own threads are not built yet).
+//! The slow processor waits without using the CPU; with `PILLOWTOP_BENCH_SLOW=cpu` it computes
+//! for those 10 ms instead (a processor bound by its own CPU, or by a blocking call). Mode
+//! `tasks` runs each lane on a tokio task of its own, as `pillowtop run` does; the other
+//! independent modes poll every lane from the one task that drives the pillow (as the Python
+//! front must), so a slow processor that computes holds the others while it does.
 
 // A benchmark reports by printing: its table on stdout, skips and failures on stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -104,9 +106,25 @@ impl Processor for Fast {
     }
 }
 
-/// Waits `SLOW_PER_CHUNK` per chunk (a processor bound by a remote service).
+/// Waits `SLOW_PER_CHUNK` per chunk (a processor bound by a remote service), or computes for
+/// as long with `cpu` (one bound by its own CPU).
 struct Slow {
     handled: Arc<AtomicU64>,
+    cpu: bool,
+}
+
+impl Slow {
+    async fn take_time(&self) {
+        if self.cpu {
+            let until = Instant::now() + SLOW_PER_CHUNK;
+            let mut x = 0u64;
+            while Instant::now() < until {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        } else {
+            tokio::time::sleep(SLOW_PER_CHUNK).await;
+        }
+    }
 }
 
 #[async_trait]
@@ -121,7 +139,7 @@ impl Processor for Slow {
         &mut self,
         c: &mut Change,
     ) -> pillowtop::Result<Result<(), ProcessorFailure>> {
-        tokio::time::sleep(SLOW_PER_CHUNK).await;
+        self.take_time().await;
         if c.id != WARMUP_ID {
             self.handled.fetch_add(1, Ordering::Relaxed);
         }
@@ -131,7 +149,7 @@ impl Processor for Slow {
         &mut self,
         changes: &mut [Change],
     ) -> pillowtop::Result<Result<ChunkOutcome, ProcessorFailure>> {
-        tokio::time::sleep(SLOW_PER_CHUNK).await;
+        self.take_time().await;
         let n = changes.iter().filter(|c| c.id != WARMUP_ID).count();
         self.handled.fetch_add(n as u64, Ordering::Relaxed);
         Ok(Ok(ChunkOutcome::default()))
@@ -145,6 +163,8 @@ enum Mode {
     OwnReads,
     /// Independent processors on one shared read with a bounded lead (the default).
     Independent,
+    /// The same, each lane on a tokio task of its own (`pillowtop run`).
+    Tasks,
 }
 
 impl Mode {
@@ -152,7 +172,8 @@ impl Mode {
         match self {
             Mode::Shared => "one shared checkpoint (CommCare's)",
             Mode::OwnReads => "independent, a consumer per lane",
-            Mode::Independent => "independent, one shared read (ours)",
+            Mode::Independent => "independent, one shared read, one task",
+            Mode::Tasks => "independent, shared read, lane tasks",
         }
     }
 }
@@ -168,6 +189,11 @@ struct Outcome {
     cpu: cpu::Sample,
     /// The largest RSS sampled in each quarter of the window.
     rss_quarters_kib: [u64; 4],
+}
+
+/// `PILLOWTOP_BENCH_SLOW=cpu`: the slow processor computes instead of waiting.
+fn slow_on_cpu() -> bool {
+    std::env::var("PILLOWTOP_BENCH_SLOW").is_ok_and(|v| v == "cpu")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -233,8 +259,9 @@ async fn measure(
     config.chunk_size = CHUNK;
     config.processor_checkpoints = match mode {
         Mode::Shared => ProcessorCheckpoints::Shared,
-        Mode::OwnReads | Mode::Independent => ProcessorCheckpoints::Independent,
+        Mode::OwnReads | Mode::Independent | Mode::Tasks => ProcessorCheckpoints::Independent,
     };
+    config.lanes_on_own_tasks = mode == Mode::Tasks;
     if mode == Mode::OwnReads {
         config.lane_max_lead_changes = 0;
     }
@@ -254,6 +281,7 @@ async fn measure(
             })),
             ProcessorSpec::Ready(Box::new(Slow {
                 handled: slow_handled.clone(),
+                cpu: slow_on_cpu(),
             })),
         ],
         document_stores: Vec::new(),
@@ -350,7 +378,8 @@ async fn measure(
 fn report(rate: u64, seconds: u64, outcomes: &[Outcome]) {
     println!(
         "\nlanes bench: {rate} changes/s published for {seconds} s into {PARTITIONS} partitions; chunk {CHUNK}; \
-         fast = records its time lag, slow = waits {} ms per chunk",
+         fast = records its time lag, slow = {} {} ms per chunk",
+        if slow_on_cpu() { "computes" } else { "waits" },
         SLOW_PER_CHUNK.as_millis()
     );
     println!(
@@ -403,8 +432,11 @@ fn report(rate: u64, seconds: u64, outcomes: &[Outcome]) {
             .join(", ");
         println!("  {}: CPU s {names}", o.mode.label());
     }
-    if let [shared, own, independent] = outcomes {
-        let cpu_m = |o: &Outcome| o.cpu.total() / (o.published.max(1) as f64 / 1e6);
+    let find = |m: Mode| outcomes.iter().find(|o| o.mode == m);
+    let cpu_m = |o: &Outcome| o.cpu.total() / (o.published.max(1) as f64 / 1e6);
+    let p99 = |o: &Outcome| percentile(&o.lags_ms, 0.99);
+    let work = |o: &Outcome| (o.fast + o.slow) as f64 / o.seconds;
+    if let (Some(own), Some(independent)) = (find(Mode::OwnReads), find(Mode::Independent)) {
         println!(
             "shared read vs a consumer per lane: CPU-s/M {:.1} vs {:.1} ({:.2}x); broker CPU s {:.2} vs {:.2}",
             cpu_m(independent),
@@ -413,15 +445,18 @@ fn report(rate: u64, seconds: u64, outcomes: &[Outcome]) {
             independent.cpu.0[1],
             own.cpu.0[1],
         );
-        let p99 = |o: &Outcome| percentile(&o.lags_ms, 0.99);
-        let work = |o: &Outcome| (o.fast + o.slow) as f64 / o.seconds;
-        println!(
-            "\nindependent vs shared: fast lag p99 {:.0} ms vs {:.0} ms ({:.0}x lower); work/s {:.2}x",
-            p99(independent),
-            p99(shared),
-            p99(shared) / p99(independent).max(1e-3),
-            work(independent) / work(shared).max(1e-9),
-        );
+    }
+    if let Some(shared) = find(Mode::Shared) {
+        for o in outcomes.iter().filter(|o| o.mode != Mode::Shared) {
+            println!(
+                "{} vs shared: fast lag p99 {:.0} ms vs {:.0} ms ({:.1}x lower); work/s {:.2}x",
+                o.mode.label(),
+                p99(o),
+                p99(shared),
+                p99(shared) / p99(o).max(1e-3),
+                work(o) / work(shared).max(1e-9),
+            );
+        }
     }
 }
 
@@ -444,15 +479,16 @@ fn main() -> ExitCode {
     let number = |k: &str, default: u64| env(k).and_then(|v| v.parse().ok()).unwrap_or(default);
     let rate = number("PILLOWTOP_BENCH_RATE", 2000);
     let seconds = number("PILLOWTOP_BENCH_SECONDS", 20).max(1);
-    // PILLOWTOP_BENCH_MODES=shared,own,independent (the default: all three) picks modes, e.g.
+    // PILLOWTOP_BENCH_MODES=shared,own,independent,tasks (the default: all four) picks modes, e.g.
     // one long run of the shared read alone to see its memory over minutes.
     let modes: Vec<Mode> = env("PILLOWTOP_BENCH_MODES")
-        .unwrap_or_else(|| "shared,own,independent".into())
+        .unwrap_or_else(|| "shared,own,independent,tasks".into())
         .split(',')
         .filter_map(|m| match m.trim() {
             "shared" => Some(Mode::Shared),
             "own" => Some(Mode::OwnReads),
             "independent" => Some(Mode::Independent),
+            "tasks" => Some(Mode::Tasks),
             _ => None,
         })
         .collect();

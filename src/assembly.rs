@@ -439,6 +439,7 @@ impl PillowSpec {
             tracing::info!(pillow = %self.config.name, processors = self.processors.len(),
                 "independent processors each read Kafka with a consumer of their own");
         }
+        let on_tasks = self.config.lanes_on_own_tasks;
         let mut lanes = Vec::with_capacity(self.processors.len());
         for spec in self.into_lanes() {
             let lane = match &shared {
@@ -453,7 +454,8 @@ impl PillowSpec {
         }
         let mut pillow =
             IndependentPillow::new(Arc::new(PostgresCheckpointStore::new(pg.clone())), lanes)?
-                .with_handovers(pg);
+                .with_handovers(pg)
+                .with_lanes_on_tasks(on_tasks);
         if let Some((read, reader)) = shared {
             pillow = pillow.with_shared_read(read, reader);
         }

@@ -147,7 +147,12 @@ fn worker_specs(
     options: &RunOptions,
     workers: Option<u32>,
 ) -> crate::Result<Vec<crate::assembly::PillowSpec>> {
-    let base = file.spec(options)?;
+    // Every processor here is Rust's: independent processors run on tasks of their own.
+    let on_tasks = |mut spec: crate::assembly::PillowSpec| {
+        spec.config.lanes_on_own_tasks = true;
+        spec
+    };
+    let base = on_tasks(file.spec(options)?);
     let Some(w) = workers else {
         return Ok(vec![base]);
     };
@@ -163,7 +168,7 @@ fn worker_specs(
                 ..options.clone()
             })?;
             spec.config.layout = layout;
-            Ok(spec)
+            Ok(on_tasks(spec))
         })
         .collect()
 }

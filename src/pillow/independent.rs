@@ -9,12 +9,15 @@
 //! * An operator's change of the pillow's rows (a reset, `split`) is handed to every lane: the
 //!   coordinator writes it into the lanes' rows, whose next write then reloads from them
 //!   (the loop's reset rule), so the pillow moves as a whole, as in CommCare.
-//! * All lanes run on the task that drives the pillow (Python processors stay on their thread);
-//!   a fatal error in one lane stops the others gracefully (final checkpoints) and is returned.
+//! * The lanes run on the task that drives the pillow (Python processors stay on their thread),
+//!   or each on a task of its own ([`IndependentPillow::with_lanes_on_tasks`], the Rust front),
+//!   so a processor that computes holds back no other; a fatal error in one lane stops the
+//!   others gracefully (final checkpoints) and is returned.
+//! * A failure is recorded per processor too, and a retry runs only the processors that failed
+//!   ([`crate::store::errors::FailedProcessor`]).
 //!
-//! Kafka is read once per lane: a lane costs one consumer (measured: raw consumption plus parsing
-//! is about 0.8 CPU-s per million changes). Reading once with bounded lead between lanes is the
-//! next step (issue 14, item 2).
+//! The lanes read Kafka once, through a ring with a bounded lead ([`crate::feed::shared`]); a
+//! lane that falls behind the bound detaches to a consumer of its own and rejoins later.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -62,6 +65,11 @@ async fn forget_failed_processors(errors: &dyn ErrorStore, pillow: &str) {
     }
 }
 
+/// Each lane's outcome, by processor: the lane itself when it ran on a task of its own.
+type LaneResults = Vec<(Option<Pillow>, String, Result<RunSummary>)>;
+/// The runs of all lanes, as one future.
+type LaneRuns<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = LaneResults> + Send + 'a>>;
+
 /// A pillow whose processors progress independently.
 pub struct IndependentPillow {
     name: String,
@@ -75,6 +83,8 @@ pub struct IndependentPillow {
     shared_read: Option<(SharedRead, Option<Box<dyn ChangeFeed>>)>,
     /// The shared read again, for the liveness row's heartbeats (each lane's read state).
     read_slot: Arc<std::sync::OnceLock<SharedRead>>,
+    /// Each lane on a tokio task of its own ([`Self::with_lanes_on_tasks`]).
+    lanes_on_tasks: bool,
 }
 
 /// What a run of an [`IndependentPillow`] did: each lane's summary, by processor name.
@@ -171,6 +181,7 @@ impl IndependentPillow {
             handovers: None,
             shared_read: None,
             read_slot,
+            lanes_on_tasks: false,
         })
     }
 
@@ -190,6 +201,15 @@ impl IndependentPillow {
     #[must_use]
     pub fn with_handovers(mut self, pg: Arc<Pg>) -> Self {
         self.handovers = Some(pg);
+        self
+    }
+
+    /// Runs each lane on a tokio task of its own, so lanes run in parallel on the runtime's
+    /// worker threads and a processor that computes (or blocks) holds back no other. Only for
+    /// lanes whose processors, document stores and hooks may run on any thread: never Python's.
+    #[must_use]
+    pub fn with_lanes_on_tasks(mut self, on_tasks: bool) -> Self {
+        self.lanes_on_tasks = on_tasks;
         self
     }
 
@@ -272,30 +292,15 @@ impl IndependentPillow {
             .collect();
         let handovers = self.handovers.clone();
         let errors = self.lanes[0].errors.clone();
-        let lanes =
-            futures::future::join_all(self.lanes.iter_mut().zip(&watch).map(|(lane, w)| {
-                let (lanes_stop, handovers, removed, own) = (
-                    lanes_stop.clone(),
-                    handovers.clone(),
-                    removed.clone(),
-                    own.clone(),
-                );
-                async move {
-                    let mut r = lane.run(&w.stop).await;
-                    if r.is_ok() {
-                        if let Some(pg) = &handovers {
-                            let ids = (lane.config.name.clone(), lane.config.checkpoint_id.clone());
-                            if let Err(e) = finish_handover(pg, ids, w, &removed, &own).await {
-                                r = Err(e);
-                            }
-                        }
-                    }
-                    if r.is_err() {
-                        lanes_stop.cancel();
-                    }
-                    (lane.processors[0].name().to_owned(), r)
-                }
-            }));
+        let lanes = lane_runs(
+            &mut self.lanes,
+            self.lanes_on_tasks,
+            &watch,
+            &lanes_stop,
+            handovers.as_ref(),
+            &removed,
+            &own,
+        );
         let lanes = async {
             let r = lanes.await;
             coordinator_stop.cancel();
@@ -324,6 +329,15 @@ impl IndependentPillow {
         };
         let reading = shared_reader(self.shared_read.as_mut(), &coordinator_stop);
         let (results, (), ()) = tokio::join!(lanes, coordinator, reading);
+        let results: Vec<(String, Result<RunSummary>)> = results
+            .into_iter()
+            .map(|(lane, name, r)| {
+                if let Some(lane) = lane {
+                    self.lanes.push(lane);
+                }
+                (name, r)
+            })
+            .collect();
         // The last round, after every lane's final checkpoint.
         let last = sync.round().await;
         let lanes = first_lane_error(&self.name, results)?;
@@ -380,6 +394,109 @@ impl IndependentPillow {
     }
 }
 
+/// Every lane's run, in lane order.
+#[allow(clippy::too_many_arguments)]
+fn lane_runs<'a>(
+    lanes: &'a mut Vec<Pillow>,
+    on_tasks: bool,
+    watch: &'a [LaneWatch],
+    lanes_stop: &CancellationToken,
+    handovers: Option<&Arc<Pg>>,
+    removed: &Arc<std::sync::Mutex<BTreeSet<String>>>,
+    own: &[TopicPartition],
+) -> LaneRuns<'a> {
+    // Lanes on tasks of their own (the Rust front) run in parallel on the runtime's workers:
+    // a processor that computes or blocks holds back no other lane. Otherwise (Python
+    // processors must stay on the thread that drives the pillow) all are polled by this task.
+    if on_tasks {
+        let handles: Vec<_> = std::mem::take(lanes)
+            .into_iter()
+            .zip(watch.iter().cloned())
+            .map(|(mut lane, w)| {
+                let (lanes_stop, handovers, removed, own) = (
+                    lanes_stop.clone(),
+                    handovers.cloned(),
+                    removed.clone(),
+                    own.to_vec(),
+                );
+                tokio::spawn(async move {
+                    let (name, r) = run_lane(
+                        &mut lane,
+                        &w,
+                        &lanes_stop,
+                        handovers.as_ref(),
+                        &removed,
+                        &own,
+                    )
+                    .await;
+                    (Some(lane), name, r)
+                })
+            })
+            .collect();
+        let processors: Vec<String> = watch.iter().map(|w| w.processor.clone()).collect();
+        let lanes_stop = lanes_stop.clone();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(handles.len());
+            for (h, processor) in futures::future::join_all(handles)
+                .await
+                .into_iter()
+                .zip(processors)
+            {
+                out.push(h.unwrap_or_else(|e| {
+                    lanes_stop.cancel();
+                    let e = crate::error::ProcessError::Other(format!(
+                        "the lane of processor {processor} ended abnormally: {e}"
+                    ));
+                    (None, processor, Err(e.into()))
+                }));
+            }
+            out
+        })
+    } else {
+        Box::pin(futures::future::join_all(lanes.iter_mut().zip(watch).map(
+            |(lane, w)| {
+                let (lanes_stop, handovers, removed, own) = (
+                    lanes_stop.clone(),
+                    handovers.cloned(),
+                    removed.clone(),
+                    own.to_vec(),
+                );
+                async move {
+                    let (name, r) =
+                        run_lane(lane, w, &lanes_stop, handovers.as_ref(), &removed, &own).await;
+                    (None, name, r)
+                }
+            },
+        )))
+    }
+}
+
+/// Runs one lane until it stops; a lane that stopped on a hand-over request then hands its
+/// partitions over. A lane's failure stops the others (gracefully, after their final
+/// checkpoints).
+async fn run_lane(
+    lane: &mut Pillow,
+    w: &LaneWatch,
+    lanes_stop: &CancellationToken,
+    handovers: Option<&Arc<Pg>>,
+    removed: &std::sync::Mutex<BTreeSet<String>>,
+    own: &[TopicPartition],
+) -> (String, Result<RunSummary>) {
+    let mut r = lane.run(&w.stop).await;
+    if r.is_ok() {
+        if let Some(pg) = handovers {
+            let ids = (lane.config.name.clone(), lane.config.checkpoint_id.clone());
+            if let Err(e) = finish_handover(pg, ids, w, removed, own).await {
+                r = Err(e);
+            }
+        }
+    }
+    if r.is_err() {
+        lanes_stop.cancel();
+    }
+    (lane.processors[0].name().to_owned(), r)
+}
+
 /// After a lane stopped on a hand-over request (after its final checkpoint, so its rows are
 /// exactly what it handled): hands this process's partitions over and leaves the lane out of
 /// the pillow's minimum.
@@ -429,6 +546,7 @@ async fn watch_handovers(pg: &Pg, checkpoint_id: &str, watch: &[LaneWatch], name
 }
 
 /// A running lane's own stop and the hand-over that stopped it.
+#[derive(Clone)]
 struct LaneWatch {
     processor: String,
     stop: CancellationToken,
@@ -998,5 +1116,85 @@ mod tests {
                 processor: "slow".into(),
                 attempts: 1,
             }));
+    }
+
+    /// Blocks its thread until released (a processor that computes, or calls a blocking API).
+    struct Blocking {
+        release: std::sync::mpsc::Receiver<()>,
+        seen: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl Processor for Blocking {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        async fn process_change(
+            &mut self,
+            _change: &mut Change,
+        ) -> Result<std::result::Result<(), ProcessorFailure>> {
+            let _ = self.release.recv();
+            self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Ok(()))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lanes_on_tasks_of_their_own_are_not_held_back_by_a_processor_that_blocks() {
+        for on_tasks in [false, true] {
+            let store = Arc::new(MemoryCheckpointStore::default());
+            let fast = RecordingProcessor::new("fast", true);
+            let (release, rx) = std::sync::mpsc::channel();
+            let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let slow = Blocking {
+                release: rx,
+                seen: seen.clone(),
+            };
+            let mut pillow = IndependentPillow::new(
+                store.clone(),
+                // The blocking lane first: one task polls it first, and it blocks at once.
+                vec![
+                    lane(&store, 50, Box::new(slow)),
+                    lane(&store, 50, Box::new(fast.clone())),
+                ],
+            )
+            .expect("lanes")
+            .with_sync_interval(Duration::from_millis(10))
+            .with_lanes_on_tasks(on_tasks);
+            let run = tokio::spawn(async move { pillow.run(&CancellationToken::new()).await });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let fast_done = fast.recorded.lock().expect("lock").processed.len();
+            if on_tasks {
+                assert_eq!(
+                    fast_done, 50,
+                    "on tasks of their own the fast lane finishes alone"
+                );
+            } else {
+                // The control: polled by one task, every lane waits while one blocks.
+                assert!(
+                    fast_done < 50,
+                    "one task: the blocked lane holds the fast one ({fast_done})"
+                );
+            }
+            for _ in 0..50 {
+                release.send(()).expect("release");
+            }
+            let summary = run.await.expect("joins").expect("runs");
+            assert_eq!(summary.combined().changes, 50);
+            assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 50);
+            assert_eq!(fast.recorded.lock().expect("lock").processed.len(), 50);
+            assert_eq!(
+                pillow_lanes_after(&store).await,
+                [Some(50), Some(50), Some(50)]
+            );
+        }
+    }
+
+    async fn pillow_lanes_after(store: &MemoryCheckpointStore) -> [Option<i64>; 3] {
+        [
+            offset(store, "two-speed-cp").await,
+            offset(store, "two-speed-cp/processor/fast").await,
+            offset(store, "two-speed-cp/processor/slow").await,
+        ]
     }
 }

@@ -126,6 +126,10 @@ pub struct PillowConfig {
     /// At most how often the liveness row's heartbeat (and each processor's stats with it) is
     /// refreshed while changes flow; idle ticks and the start refresh it regardless.
     pub heartbeat_interval: Duration,
+    /// Independent processors: each lane on a tokio task of its own (parallel on the runtime's
+    /// workers, so a processor that computes holds back no other). Set by the Rust front; lanes
+    /// of Python processors stay on the thread that drives the pillow (the default, `false`).
+    pub lanes_on_own_tasks: bool,
     /// CommCare's `process_changes(since=...)`: start own partitions at these offsets instead
     /// of the stored checkpoint (partitions not listed follow the start policy); the
     /// checkpoint is then written from them as usual. The test harness's
@@ -160,6 +164,7 @@ impl PillowConfig {
             background_checkpoints: true,
             stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            lanes_on_own_tasks: false,
             max_stall_reconnects: stall::DEFAULT_MAX_RECONNECTS,
             since: None,
             processor_checkpoints: ProcessorCheckpoints::Shared,

@@ -490,3 +490,57 @@ async fn run_with_virtual_workers_splits_the_partitions_as_commcare_does() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_independent_processors_runs_each_lane_on_its_own_task_into_two_tables() {
+    let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let topic = TestTopic::new(&bootstrap, "runner-lanes", 4).await;
+    let id = db.id("runner_lanes");
+    let (first, second) = (db.id("runner_lanes_a"), db.id("runner_lanes_b"));
+    let matching = publish_forms(&bootstrap, &topic.name, 3000, 10).await;
+    // Two tables, so two processors; independent, each lane on a task of its own (the CLI).
+    let text = config_text(&id, &topic.name, &bootstrap, &url, &first, false);
+    let processor = &text[text.find("[[processors]]").expect("processor")..];
+    let text = format!(
+        "processor_checkpoints = \"independent\"\n{text}\n{}",
+        processor.replace(&first, &second)
+    );
+    let cfg = TempConfig::new(&id, &text);
+    let cfg_path = cfg.0.to_str().expect("utf-8").to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        pillowtop(&["run", "--config", &cfg_path, "--until-idle"])
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    assert!(
+        stderr.contains("independent processors read Kafka once"),
+        "{stderr}"
+    );
+    let n = i64::try_from(matching).expect("small");
+    assert_eq!(table_stats(&db, &first).await, (n, n, 1));
+    assert_eq!(table_stats(&db, &second).await, (n, n, 1));
+    let hwm = high_water_marks(&bootstrap, &topic.name).await;
+    assert_eq!(checkpoint(&db, &id).await, hwm);
+    // Each processor's own rows are at the end too.
+    let c = db.pg.fresh_client().await.expect("client");
+    let lanes: Vec<String> = c
+        .query(
+            "SELECT DISTINCT checkpoint_id FROM pillowtop_kafkacheckpoint WHERE checkpoint_id LIKE $1 || '/processor/_%' ORDER BY 1",
+            &[&id],
+        )
+        .await
+        .expect("lanes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(lanes.len(), 2, "{lanes:?}");
+    for lane in &lanes {
+        assert_eq!(&checkpoint(&db, lane).await, &hwm, "{lane}");
+    }
+}
