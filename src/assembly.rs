@@ -272,7 +272,8 @@ impl PillowSpec {
         )
         .with_document_stores(stores)
         .with_liveness(Arc::new(PostgresLivenessStore::new(pg.clone())))
-        .with_history(Arc::new(PostgresHistoryStore::new(pg))))
+        .with_history(Arc::new(PostgresHistoryStore::new(pg.clone())))
+        .with_handovers(pg))
     }
 }
 

@@ -4,10 +4,11 @@
 //!
 //! * The source stopped: the processor's own rows (`{source}/processor/{name}`, else the
 //!   pillow's) are written under the target in one transaction ([`handover::hand_over`]).
-//! * The source running (`--online`; it must run with `processor_checkpoints =
-//!   "independent"`): a request row is written; each live process stops that processor's lane
-//!   at a chunk boundary after its final checkpoint and hands its own partitions over; this
-//!   waits until every partition is handed over. The other processors never stop.
+//! * The source running (`--online`, either mode): a request row is written; each live process
+//!   stops running that processor at a chunk boundary after a checkpoint (an independent
+//!   pillow's lane after its final one; [`crate::pillow::handover`] for one shared checkpoint)
+//!   and hands its own partitions over; this waits until every partition is handed over. The
+//!   other processors never stop.
 //!
 //! Either way the source no longer runs the processor (it skips it at its next start, too), and
 //! the target starts exactly where the processor stopped: nothing is handled twice.
@@ -196,8 +197,8 @@ pub async fn apply(
                     format!("{how_long}, before any process of {} took the request up; the request was withdrawn and nothing changed", plan.source)
                 } else {
                     format!(
-                        "no live process of {} took the request up {how_long} (online split needs the source to run with processor_checkpoints = \"independent\"); the request was withdrawn and nothing changed",
-                        plan.source
+                        "no live process of {} took the request up {how_long} (is {} the pillow's only processor, or does the source run a version without online split?); the request was withdrawn and nothing changed",
+                        plan.source, plan.processor
                     )
                 }
             } else {

@@ -90,6 +90,19 @@ impl ProcessorTimes {
         }
     }
 
+    /// Forgets processor `j` (left out of the rest of the run): the later ones move up.
+    pub fn remove(&mut self, j: usize) {
+        if j < self.seconds.len() {
+            self.seconds.remove(j);
+        }
+        if j < self.changes.len() {
+            self.changes.remove(j);
+        }
+        if j < self.recent.len() {
+            self.recent.remove(j);
+        }
+    }
+
     /// Processor `j`'s recent time per change, seconds.
     pub fn recent_per_change(&self, j: usize) -> Option<f64> {
         self.recent.get(j).copied().flatten()

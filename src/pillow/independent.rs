@@ -144,6 +144,8 @@ impl IndependentPillow {
             }
             lane.config.checkpoint_id = processor_checkpoint_id(&checkpoint_id, &processor);
             lane.independent_lane = true;
+            // The coordinator takes hand-over requests up for its lanes.
+            lane.handovers = None;
         }
         let read_slot: Arc<std::sync::OnceLock<SharedRead>> = Arc::default();
         // One liveness row per pillow process, shared by the lanes: registered by the first,

@@ -31,6 +31,7 @@ pub mod checkpoint_policy;
 mod checkpointing;
 pub mod chunk;
 mod flush;
+pub mod handover;
 pub mod independent;
 mod migration;
 mod run;
@@ -248,6 +249,9 @@ pub struct Pillow {
     /// A lane of an independent pillow: its failures are recorded per processor and a retried
     /// change that failed only in other processors is skipped ([`crate::store::errors::FailedProcessor`]).
     independent_lane: bool,
+    /// Where hand-over requests for this pillow's processors are read (online split of a
+    /// pillow with one shared checkpoint, [`handover`]); never set on an independent lane.
+    handovers: Option<Arc<crate::pg::Pg>>,
 }
 
 /// Where the loop calls its [`LoopHook`].
@@ -306,6 +310,8 @@ struct Run {
     snapshot_day: Option<chrono::NaiveDate>,
     /// When a snapshot last failed (tried again a minute later).
     snapshot_tried: Option<Instant>,
+    /// When the hand-over requests were last read ([`handover`]).
+    handovers_polled: Option<Instant>,
     stall: stall::StallWatch,
     /// The run's stop token: ends the loop's own waits (the stall probe, a restart of the
     /// positions after a lost offset).
@@ -333,6 +339,7 @@ impl Pillow {
             hook: None,
             times: chunk::ProcessorTimes::default(),
             independent_lane: false,
+            handovers: None,
         }
     }
 

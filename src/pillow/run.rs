@@ -89,7 +89,7 @@ impl Pillow {
             self.start_positions(&own, since.as_deref()),
         )
         .await?;
-        let run = Run {
+        let mut run = Run {
             in_flight: None,
             tracker,
             seq: 0,
@@ -108,6 +108,7 @@ impl Pillow {
             last_heartbeat: Instant::now(),
             snapshot_day: None,
             snapshot_tried: None,
+            handovers_polled: None,
             stall: stall::StallWatch::new(
                 self.config.stall_timeout,
                 self.config.max_stall_reconnects,
@@ -128,6 +129,14 @@ impl Pillow {
             )
             .await?;
         }
+        // After the liveness row: a processor split out while this process was stopped (or
+        // killed before it handed over) is handed over from the rows and never run.
+        unless_stopped(
+            shutdown,
+            "reading the hand-over requests",
+            self.take_up_handovers(&mut run, true),
+        )
+        .await?;
         Ok(run)
     }
 
@@ -231,6 +240,7 @@ impl Pillow {
                 }
                 if run.buffer.len() + run.invalid.len() >= chunk {
                     self.flush(run).await?;
+                    self.take_up_handovers(run, false).await?;
                     self.collect_checkpoint(run, false).await?;
                     if run.in_flight.is_none() && run.policy.is_due(Instant::now()) {
                         if self.config.background_checkpoints
@@ -250,6 +260,7 @@ impl Pillow {
                 // The idle rule: write own partitions that moved, whatever the counters say.
                 self.checkpoint_or_reload(run).await?;
                 self.heartbeat(run, true).await;
+                self.take_up_handovers(run, false).await?;
                 self.watch_stall(run).await?;
                 self.call_hook(HookPoint::Tick)?;
                 if self.config.until_idle {

@@ -28,7 +28,8 @@ pub struct Handover {
     /// The target pillow's checkpoint id.
     pub target: String,
     pub requested_at: DateTime<Utc>,
-    /// The partitions handed over so far and the offsets written under the target.
+    /// The partitions handed over so far and the offsets written under the target
+    /// ([`NO_POSITION`]: none, the target starts that partition by its start policy).
     pub done: BTreeMap<TopicPartition, i64>,
 }
 
@@ -133,8 +134,9 @@ pub async fn withdraw(
 
 /// Hands over `partitions` (every partition the processor or the pillow has a row for, when
 /// `None`) of `h`, in one transaction (see the module docs). Partitions already handed over are
-/// skipped; a partition neither the processor nor the pillow has a row for has nothing to hand
-/// over (the target starts it by its start policy). Returns what this call handed over.
+/// skipped; a partition of `partitions` neither the processor nor the pillow has a row for is
+/// recorded as handed over at [`NO_POSITION`] (the target starts it by its start policy, as the
+/// processor would have). Returns what this call recorded.
 pub async fn hand_over(
     pg: &Pg,
     h: &Handover,
@@ -182,13 +184,29 @@ pub async fn hand_over(
                     position.entry(tp).or_insert(offset);
                 }
             }
+            // A partition of this process that neither has a row for: the processor has no
+            // position there (it starts it by its start policy), and neither will the target.
+            // It is recorded as handed over without one (NO_POSITION), so that a later call
+            // never hands it over from a row written after the processor stopped.
+            let unpositioned: Vec<TopicPartition> = wanted
+                .iter()
+                .flatten()
+                .filter(|tp| !already.contains(*tp) && !position.contains_key(*tp))
+                .cloned()
+                .collect();
             let handed: BTreeMap<TopicPartition, i64> = position
                 .into_iter()
                 .filter(|(tp, _)| !already.contains(tp))
                 .filter(|(tp, _)| wanted.as_ref().is_none_or(|w| w.contains(tp)))
                 .collect();
-            if handed.is_empty() {
+            if handed.is_empty() && unpositioned.is_empty() {
                 return Ok(handed);
+            }
+            let mut recorded = handed.clone();
+            recorded.extend(unpositioned.into_iter().map(|tp| (tp, NO_POSITION)));
+            if handed.is_empty() {
+                record_done(&c, h, &recorded, &what).await?;
+                return Ok(recorded);
             }
             let topics: Vec<&str> = handed.keys().map(|tp| tp.topic.as_str()).collect();
             let parts: Vec<i32> = handed.keys().map(|tp| tp.partition).collect();
@@ -208,23 +226,38 @@ pub async fn hand_over(
             )
             .await
             .map_err(err(what.clone()))?;
-            let added: Vec<DoneRow> = handed
-                .iter()
-                .map(|(tp, o)| DoneRow {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: *o,
-                })
-                .collect();
-            let added = serde_json::to_value(added).unwrap_or_default();
-            c.execute(
-                "UPDATE pillowtop_rs_handover SET done = done || $3::jsonb WHERE checkpoint_id = $1 AND processor = $2",
-                &[&h.checkpoint_id, &h.processor, &added],
-            )
-            .await
-            .map_err(err(what))?;
-            Ok(handed)
+            record_done(&c, h, &recorded, &what).await?;
+            Ok(recorded)
         }
     })
     .await
+}
+
+/// The offset recorded in [`Handover::done`] for a partition handed over without a position
+/// (no row for it at the hand-over: the target starts it by its start policy).
+pub const NO_POSITION: i64 = -1;
+
+/// Adds `recorded` to the request's `done`.
+async fn record_done(
+    c: &tokio_postgres::Client,
+    h: &Handover,
+    recorded: &BTreeMap<TopicPartition, i64>,
+    what: &str,
+) -> Result<()> {
+    let added: Vec<DoneRow> = recorded
+        .iter()
+        .map(|(tp, o)| DoneRow {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            offset: *o,
+        })
+        .collect();
+    let added = serde_json::to_value(added).unwrap_or_default();
+    c.execute(
+        "UPDATE pillowtop_rs_handover SET done = done || $3::jsonb WHERE checkpoint_id = $1 AND processor = $2",
+        &[&h.checkpoint_id, &h.processor, &added],
+    )
+    .await
+    .map_err(err(what.to_owned()))?;
+    Ok(())
 }

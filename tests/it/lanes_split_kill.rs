@@ -184,8 +184,15 @@ async fn sigkill_around_an_online_split_loses_nothing_and_the_source_stops_runni
         "the test must kill at least once to mean anything"
     );
 
-    // The target runs the processor from the handed-over position (logged under its own name).
-    assert_eq!(rows(&store, &target).await, positions);
+    // The target runs the processor from the handed-over position (logged under its own name);
+    // a partition handed over without a position (the processor had no row for it yet) has no
+    // target row: the target starts it by its start policy, as the processor would have.
+    let positioned: BTreeMap<_, _> = positions
+        .iter()
+        .filter(|(_, o)| **o != pillowtop::store::handover::NO_POSITION)
+        .map(|(tp, o)| (tp.clone(), *o))
+        .collect();
+    assert_eq!(rows(&store, &target).await, positioned);
     let mut config = PillowConfig::new(&target, &target);
     config.chunk_size = KILL_CHUNK;
     config.until_idle = true;
@@ -231,7 +238,7 @@ async fn sigkill_around_an_online_split_loses_nothing_and_the_source_stops_runni
         // Slow: the source's and the target's together cover every offset; the target starts at
         // the handed-over position exactly.
         let (source, target) = (of("slow"), of("slow-target"));
-        let from = positions.get(tp).copied().unwrap_or(0);
+        let from = positioned.get(tp).copied().unwrap_or(0);
         for o in 0..*high {
             assert!(
                 source.contains_key(&o) || target.contains_key(&o),

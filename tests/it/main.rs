@@ -26,6 +26,7 @@ mod pg_processor;
 mod pillow;
 mod postgres;
 mod runner;
+mod split_online_shared;
 mod stall;
 mod stop;
 mod support;
