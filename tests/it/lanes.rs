@@ -619,12 +619,18 @@ async fn lanes_sigkill_child() {
     };
     let v: Vec<&str> = spec_text.split('|').collect();
     let (bootstrap, url, topic, id, table) = (v[0], v[1], v[2], v[3], v[4]);
+    // An optional sixth field "shared": one checkpoint for both (CommCare's model).
+    let mode = if v.get(5) == Some(&"shared") {
+        ProcessorCheckpoints::Shared
+    } else {
+        ProcessorCheckpoints::Independent
+    };
     let pg = Arc::new(pillowtop::pg::Pg::new(url));
     let mut config = PillowConfig::new(id, id);
     config.chunk_size = KILL_CHUNK;
     config.checkpoint_frequency = KILL_CHECKPOINT_EVERY;
     config.until_idle = true;
-    config.processor_checkpoints = ProcessorCheckpoints::Independent;
+    config.processor_checkpoints = mode;
     let mut feed = KafkaFeedOptions::new(bootstrap, id);
     feed.idle_timeout = Duration::from_millis(500);
     let logger = |name, per_chunk| {

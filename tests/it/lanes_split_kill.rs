@@ -51,7 +51,19 @@ fn count_of(log: &Logged, processor: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_around_an_online_split_loses_nothing_and_the_source_stops_running_it() {
+    scenario(ProcessorCheckpoints::Independent, 60_000).await;
+}
+
+/// The same with one shared checkpoint (CommCare's model): the source stops running the
+/// processor at a chunk boundary after a checkpoint and hands over from the pillow's rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_around_an_online_split_of_a_shared_checkpoint_pillow_loses_nothing() {
+    scenario(ProcessorCheckpoints::Shared, 20_000).await;
+}
+
+async fn scenario(mode: ProcessorCheckpoints, total: i64) {
     use rand::Rng;
+    let shared = mode == ProcessorCheckpoints::Shared;
     let bootstrap = require!("TEST_KAFKA_BOOTSTRAP");
     let db = TestDb::new(&require!("TEST_POSTGRES_URL")).await;
     let topic = TestTopic::new(&bootstrap, "split_kill", 2).await;
@@ -67,7 +79,6 @@ async fn sigkill_around_an_online_split_loses_nothing_and_the_source_stops_runni
         ))
         .await
         .expect("log table");
-    let total: i64 = 60_000;
     ChangeProducer::new(&bootstrap)
         .expect("producer")
         .send_changes(
@@ -83,11 +94,17 @@ async fn sigkill_around_an_online_split_loses_nothing_and_the_source_stops_runni
         topic.name.as_str(),
         id.as_str(),
         table.as_str(),
+        if shared { "shared" } else { "independent" },
     ]
     .join("|");
     let runs = ChildTest::new("lanes::lanes_sigkill_child", LANES_CHILD_ENV, spec, &id);
     let store = PostgresCheckpointStore::new(db.pg.clone());
-    let fast_id = processor_checkpoint_id(&id, "fast");
+    // Where the fast processor's progress is: its own rows, or the pillow's (one checkpoint).
+    let fast_id = if shared {
+        id.clone()
+    } else {
+        processor_checkpoint_id(&id, "fast")
+    };
     let mut rng = rand::rng();
     let mut kills: i64 = 0;
     let mut attempts = 0;
