@@ -106,26 +106,30 @@ async fn a_retry_runs_only_the_processors_that_failed_with_independent_processor
     let (ind_good, ind_flaky) = pair();
     let (sh_good, sh_flaky) = pair();
     use ProcessorCheckpoints::{Independent, Shared};
-    run_until_idle(
-        &db,
-        &bootstrap,
-        &topic.name,
-        &independent,
-        Independent,
-        &ind_good,
-        &ind_flaky,
-    )
-    .await;
-    run_until_idle(
-        &db,
-        &bootstrap,
-        &topic.name,
-        &shared,
-        Shared,
-        &sh_good,
-        &sh_flaky,
-    )
-    .await;
+    // Both pillows, one after the other, to the end of the topic.
+    let run_both = || async {
+        run_until_idle(
+            &db,
+            &bootstrap,
+            &topic.name,
+            &independent,
+            Independent,
+            &ind_good,
+            &ind_flaky,
+        )
+        .await;
+        run_until_idle(
+            &db,
+            &bootstrap,
+            &topic.name,
+            &shared,
+            Shared,
+            &sh_good,
+            &sh_flaky,
+        )
+        .await;
+    };
+    run_both().await;
 
     // The rows: CommCare's one row per (document, pillow) in both modes; with independent
     // processors the row names the processor and the failure is kept per processor.
@@ -220,26 +224,7 @@ async fn a_retry_runs_only_the_processors_that_failed_with_independent_processor
         .expect("delete the rows");
     assert_eq!(deleted, 6);
 
-    run_until_idle(
-        &db,
-        &bootstrap,
-        &topic.name,
-        &independent,
-        Independent,
-        &ind_good,
-        &ind_flaky,
-    )
-    .await;
-    run_until_idle(
-        &db,
-        &bootstrap,
-        &topic.name,
-        &shared,
-        Shared,
-        &sh_good,
-        &sh_flaky,
-    )
-    .await;
+    run_both().await;
 
     let (ig, ifl, sg, sf) = (
         counts(&ind_good),
