@@ -103,9 +103,9 @@ def split_checkpoints(
 
     With ``processor`` (ours), only that processor moves, to the one target, with its own
     position: the target starts exactly where the processor stopped and the source skips it
-    from then on. ``online=True`` does it while the source runs (with
-    ``processor_checkpoints="independent"``), waiting up to ``timeout`` seconds for its live
-    processes to hand the processor over; without it the source must be stopped.
+    from then on. ``online=True`` does it while the source runs (either
+    ``processor_checkpoints`` mode), waiting up to ``timeout`` seconds for its live processes
+    to hand the processor over; without it the source must be stopped.
     """
     specs = [f"{t}={','.join(topics)}" for t, topics in (target_topics or {}).items()]
     return _native.split_checkpoints(

@@ -30,8 +30,8 @@ pub struct Args {
     /// exactly where the processor stopped, and the source no longer runs it.
     #[arg(long, value_name = "NAME", conflicts_with = "target_topics")]
     pub processor: Option<String>,
-    /// With --processor: hand it over while the source runs (with processor_checkpoints =
-    /// "independent"); the source's other processors never stop.
+    /// With --processor: hand it over while the source runs (either processor_checkpoints
+    /// mode); the source's other processors never stop.
     #[arg(long, requires = "processor")]
     pub online: bool,
     /// With --online: seconds to wait for the live processes to hand over.

@@ -7,8 +7,8 @@ against the targets' topics, one transaction, refusal while a pillow involved ha
 unless ``--force``). ``--noinput``, ``--dry-run`` and ``--force`` are additions.
 
 ``--processor NAME [--online] [--timeout S]`` (ours) moves one processor of the source to the one
-target with the processor's own position; ``--online`` while the source runs with
-``processor_checkpoints="independent"``: no stop, nothing handled twice.
+target with the processor's own position; ``--online`` while the source runs (either
+``processor_checkpoints`` mode): no stop, nothing handled twice.
 """
 
 from __future__ import annotations
