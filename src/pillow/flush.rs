@@ -173,10 +173,12 @@ impl Pillow {
     /// this processor has handled them already. Every other change stays (CommCare's retry runs
     /// every processor). One query per chunk that holds a retried change.
     async fn without_retries_of_others(&mut self, changes: Vec<Change>) -> Result<Vec<Change>> {
+        if !self.independent_lane || changes.iter().all(|c| c.metadata.attempts == 0) {
+            return Ok(changes);
+        }
         let Some(me) = self
             .processors
             .first()
-            .filter(|_| self.independent_lane)
             .map(|p| storable::column_text(p.name()).into_owned())
         else {
             return Ok(changes);
@@ -186,9 +188,6 @@ impl Pillow {
             .filter(|c| c.metadata.attempts > 0)
             .map(|c| storable::column_text(&c.id).into_owned())
             .collect();
-        if retried.is_empty() {
-            return Ok(changes);
-        }
         let failed = self
             .errors
             .failed_processors(&self.config.name, Some(&retried))

@@ -202,35 +202,45 @@ pub async fn hand_over(
             if handed.is_empty() && unpositioned.is_empty() {
                 return Ok(handed);
             }
-            let mut recorded = handed.clone();
-            recorded.extend(unpositioned.into_iter().map(|tp| (tp, NO_POSITION)));
-            if handed.is_empty() {
-                record_done(&c, h, &recorded, &what).await?;
-                return Ok(recorded);
+            if !handed.is_empty() {
+                write_target_rows(&c, h, &lane, &handed, &what).await?;
             }
-            let topics: Vec<&str> = handed.keys().map(|tp| tp.topic.as_str()).collect();
-            let parts: Vec<i32> = handed.keys().map(|tp| tp.partition).collect();
-            let offsets: Vec<i64> = handed.values().copied().collect();
-            c.execute(
+            let mut recorded = handed;
+            recorded.extend(unpositioned.into_iter().map(|tp| (tp, NO_POSITION)));
+            record_done(&c, h, &recorded, &what).await?;
+            Ok(recorded)
+        }
+    })
+    .await
+}
+
+/// Writes `handed` under the target and deletes the processor's own rows of those partitions.
+async fn write_target_rows(
+    c: &tokio_postgres::Client,
+    h: &Handover,
+    lane: &str,
+    handed: &BTreeMap<TopicPartition, i64>,
+    what: &str,
+) -> Result<()> {
+    let topics: Vec<&str> = handed.keys().map(|tp| tp.topic.as_str()).collect();
+    let parts: Vec<i32> = handed.keys().map(|tp| tp.partition).collect();
+    let offsets: Vec<i64> = handed.values().copied().collect();
+    c.execute(
                 r#"INSERT INTO pillowtop_kafkacheckpoint (checkpoint_id, topic, "partition", "offset", doc_modification_time, last_modified)
                    SELECT $1, t, p, o, NULL, now() FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, o)
                    ON CONFLICT (checkpoint_id, topic, "partition") DO UPDATE SET "offset" = EXCLUDED."offset", last_modified = now()"#,
                 &[&h.target, &topics, &parts, &offsets],
             )
             .await
-            .map_err(err(what.clone()))?;
-            c.execute(
-                r#"DELETE FROM pillowtop_kafkacheckpoint AS k USING unnest($2::text[], $3::int[]) AS u(t, p)
+            .map_err(err(what.to_owned()))?;
+    c.execute(
+        r#"DELETE FROM pillowtop_kafkacheckpoint AS k USING unnest($2::text[], $3::int[]) AS u(t, p)
                    WHERE k.checkpoint_id = $1 AND k.topic = u.t AND k."partition" = u.p"#,
-                &[&lane, &topics, &parts],
-            )
-            .await
-            .map_err(err(what.clone()))?;
-            record_done(&c, h, &recorded, &what).await?;
-            Ok(recorded)
-        }
-    })
+        &[&lane, &topics, &parts],
+    )
     .await
+    .map_err(err(what.to_owned()))?;
+    Ok(())
 }
 
 /// The offset recorded in [`Handover::done`] for a partition handed over without a position

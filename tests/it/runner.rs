@@ -145,6 +145,18 @@ async fn table_stats(db: &TestDb, table: &str) -> (i64, i64, i64) {
     }
 }
 
+/// `pillowtop run --config CFG --until-idle`, off the runtime's threads.
+async fn run_until_idle(cfg: &TempConfig) -> std::process::Output {
+    let cfg_path = cfg.0.to_str().expect("utf-8").to_owned();
+    tokio::task::spawn_blocking(move || {
+        pillowtop(&["run", "--config", &cfg_path, "--until-idle"])
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join")
+}
+
 fn pillowtop(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pillowtop"));
     c.args(args).env("PILLOWTOP_LOG", "info");
@@ -164,14 +176,7 @@ async fn run_processes_a_topic_into_a_table_until_idle() {
         &id,
         &config_text(&id, &topic.name, &bootstrap, &url, &table, false),
     );
-    let cfg_path = cfg.0.to_str().expect("utf-8").to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        pillowtop(&["run", "--config", &cfg_path, "--until-idle"])
-            .output()
-            .expect("run")
-    })
-    .await
-    .expect("join");
+    let out = run_until_idle(&cfg).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
     assert!(
@@ -508,14 +513,7 @@ async fn run_with_independent_processors_runs_each_lane_on_its_own_task_into_two
         processor.replace(&first, &second)
     );
     let cfg = TempConfig::new(&id, &text);
-    let cfg_path = cfg.0.to_str().expect("utf-8").to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        pillowtop(&["run", "--config", &cfg_path, "--until-idle"])
-            .output()
-            .expect("run")
-    })
-    .await
-    .expect("join");
+    let out = run_until_idle(&cfg).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
     assert!(

@@ -74,14 +74,25 @@ impl PostgresErrorStore {
             .run("recording pillow errors", |c| async move {
                 let ctx = "recording pillow errors";
                 c.batch_execute("BEGIN").await.map_err(err(ctx))?;
-                let stmt = match c.prepare(sql).await {
+                // An independent processor's failure is kept per processor too, in the same
+                // transaction as the row.
+                let per_processor = rows.iter().any(|r| r.processor.is_some());
+                let prepared = async {
+                    let stmt = c.prepare(sql).await?;
+                    let failed = if per_processor {
+                        Some(c.prepare(FAILED_PROCESSOR_SQL).await?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, tokio_postgres::Error>((stmt, failed))
+                };
+                let (stmt, failed_processor) = match prepared.await {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = c.batch_execute("ROLLBACK").await;
                         return Err(err(ctx)(e));
                     }
                 };
-                let mut failed_processor = None;
                 for (i, r) in rows.iter().enumerate() {
                     let created = r.metadata.as_ref().and_then(|m| m.publish_timestamp);
                     let change = r.change.to_string();
@@ -101,31 +112,12 @@ impl PostgresErrorStore {
                             ],
                         )
                         .await;
-                    // An independent processor's failure is kept per processor too, in the
-                    // same transaction as the row.
-                    let res = match (&res, &r.processor) {
-                        (Ok(_), Some(processor)) => {
-                            if failed_processor.is_none() {
-                                failed_processor = Some(c.prepare(FAILED_PROCESSOR_SQL).await);
-                            }
-                            match failed_processor.as_ref() {
-                                Some(Ok(s)) => {
-                                    c.execute(s, &[&r.pillow, &r.doc_id, processor, &r.attempts])
-                                        .await
-                                }
-                                Some(Err(e)) => {
-                                    let _ = c.batch_execute("ROLLBACK").await;
-                                    return Err(PostgresError::Other(format!(
-                                        "recording the failed processor {processor} of pillow {}: {}",
-                                        r.pillow,
-                                        crate::error::describe_postgres(e)
-                                    ))
-                                    .into());
-                                }
-                                None => res,
-                            }
+                    let res = match (res, &r.processor, &failed_processor) {
+                        (Ok(_), Some(processor), Some(f)) => {
+                            c.execute(f, &[&r.pillow, &r.doc_id, processor, &r.attempts])
+                                .await
                         }
-                        _ => res,
+                        (res, ..) => res,
                     };
                     if let Err(e) = res {
                         let _ = c.batch_execute("ROLLBACK").await;
@@ -239,24 +231,13 @@ impl ErrorStore for PostgresErrorStore {
         let ctx = ctx.as_str();
         self.pg
             .run(ctx, |c| async move {
-                let rows = match doc_ids {
-                    Some(ids) => {
-                        c.query(
-                            "SELECT doc_id, processor, attempts FROM pillowtop_rs_failed_processor \
-                             WHERE pillow = $1 AND doc_id = ANY($2) ORDER BY 1, 2",
-                            &[&pillow, &ids],
-                        )
-                        .await
-                    }
-                    None => {
-                        c.query(
-                            "SELECT doc_id, processor, attempts FROM pillowtop_rs_failed_processor \
-                             WHERE pillow = $1 ORDER BY 1, 2",
-                            &[&pillow],
-                        )
-                        .await
-                    }
-                }
+                let rows = c
+                    .query(
+                        "SELECT doc_id, processor, attempts FROM pillowtop_rs_failed_processor \
+                         WHERE pillow = $1 AND ($2::text[] IS NULL OR doc_id = ANY($2)) ORDER BY 1, 2",
+                        &[&pillow, &doc_ids],
+                    )
+                    .await
                 .map_err(err(ctx))?;
                 Ok(rows
                     .iter()
