@@ -112,7 +112,7 @@ async fn a_shared_checkpoint_pillow_hands_a_processor_over_while_it_runs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let publishing = async {
-        for batch in 0..20 {
+        for batch in 0..60 {
             publish(600 + batch * 50, 50).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -136,9 +136,9 @@ async fn a_shared_checkpoint_pillow_hands_a_processor_over_while_it_runs() {
     let ((), handed) = tokio::join!(publishing, splitting);
     let hwm = high_water_marks(&bootstrap, &topic.name).await;
     let total: i64 = hwm.values().sum();
-    assert_eq!(total, 1600);
+    assert_eq!(total, 3600);
     // The source goes on with fast alone to the end of the topic.
-    while fast.recorded.lock().expect("lock").processed.len() < 1600 {
+    while fast.recorded.lock().expect("lock").processed.len() < 3600 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "fast did not reach the end after the split"
@@ -203,7 +203,7 @@ async fn a_shared_checkpoint_pillow_hands_a_processor_over_while_it_runs() {
     }
 
     // Restarted, the source hands nothing over again and never runs slow.
-    publish(1600, 30).await;
+    publish(3600, 30).await;
     let (fast2, slow2) = (
         RecordingProcessor::new("fast", true),
         RecordingProcessor::new("slow", true),
