@@ -130,6 +130,9 @@ def merge_checkpoints(
     *,
     postgres_url: str,
     topics: Sequence[str] | None = None,
+    processor: str | None = None,
+    online: bool = False,
+    timeout: int = 60,
     noinput: bool = False,
     dry_run: bool = False,
     force: bool = False,
@@ -139,6 +142,14 @@ def merge_checkpoints(
     """Merge ``sources`` into ``target``: the minimum offset of each partition.
 
     ``topics`` (the target pillow's topics) restricts what is checked and written.
+
+    With ``processor`` (ours), the reverse of ``split_checkpoints(..., processor=...)``: that
+    processor, split out of ``target`` into the one source, goes back into ``target``, which
+    runs it again from the lower of its rows and the processor's position (with one shared
+    checkpoint its other processors see the difference again; with independent processor
+    checkpoints nothing is seen twice). ``online=True`` does it while both pillows run,
+    waiting up to ``timeout`` seconds for their live processes; without it both must be
+    stopped.
     """
     if not sources:
         raise OperationAborted("no source checkpoints given: nothing was changed", exit_status=2)
@@ -148,6 +159,9 @@ def merge_checkpoints(
         target,
         postgres_url=postgres_url,
         topics=None if topics is None else list(topics),
+        processor=processor,
+        online=online,
+        timeout=timeout,
         noinput=noinput,
         dry_run=dry_run,
         force=force,

@@ -94,6 +94,13 @@ pub async fn prepare(
         .into_iter()
         .find(|h| h.processor == processor);
     if let Some(h) = &pending {
+        if h.merge_requested_at.is_some() {
+            return Err(OpsError::InvalidArgument(format!(
+                "processor {processor} of {source} is being merged back from {} (asked for {}): wait for `merge --processor` to finish",
+                h.target,
+                h.merge_requested_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+            )));
+        }
         if h.target != target {
             return Err(OpsError::InvalidArgument(format!(
                 "processor {processor} of {source} is already being handed over to {} (requested {})",
@@ -220,4 +227,292 @@ pub async fn apply(
             () = stop.cancelled() => {}
         }
     }
+}
+
+/// One partition of an online merge: where the processor is in the pillow that runs it now,
+/// where the pillow taking it back is, and what that pillow's row becomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MergeBackPartition {
+    pub topic: String,
+    pub partition: i32,
+    /// The processor's position in the pillow that runs it now (a lower bound while it runs).
+    pub processor_offset: Option<i64>,
+    /// The row of the pillow taking it back.
+    pub pillow_offset: Option<i64>,
+    /// That row afterwards: the lower of the two.
+    pub merged_offset: Option<i64>,
+    /// Changes the pillow's other processors see again (one shared checkpoint only).
+    pub reprocess: i64,
+}
+
+/// What an online merge (`merge SOURCE TARGET --processor NAME`) will do: processor `NAME`,
+/// split out of `target` into `source` earlier, goes back into `target`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessorMergePlan {
+    /// The pillow that runs the processor now (the split's target).
+    pub source: String,
+    pub processor: String,
+    /// The pillow that takes it back (the split's source).
+    pub target: String,
+    /// The split's record.
+    pub split: Handover,
+    /// A hand-back already asked for.
+    pub pending: Option<Handover>,
+    #[serde(skip)]
+    pub source_live: Vec<ProcessRow>,
+    pub source_live_processes: usize,
+    #[serde(skip)]
+    pub target_live: Vec<ProcessRow>,
+    pub target_live_processes: usize,
+    /// The target keeps a checkpoint per processor (`processor_checkpoints = "independent"`):
+    /// nothing is seen again by its other processors.
+    pub independent: bool,
+    pub partitions: Vec<MergeBackPartition>,
+}
+
+impl ProcessorMergePlan {
+    /// Every partition of the split.
+    pub fn wanted(&self) -> Vec<TopicPartition> {
+        self.partitions
+            .iter()
+            .map(|p| TopicPartition::new(p.topic.clone(), p.partition))
+            .collect()
+    }
+
+    /// The most changes one partition's other processors see again.
+    pub fn max_reprocess(&self) -> i64 {
+        self.partitions
+            .iter()
+            .map(|p| p.reprocess)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Plans taking `processor` back from `source` into `target`, which split it out into `source`
+/// (`split TARGET SOURCE --processor NAME`). Running pillows need `online` (or `force`: only
+/// safe when they are in fact stopped).
+pub async fn prepare_merge(
+    pg: &Arc<Pg>,
+    source: &str,
+    processor: &str,
+    target: &str,
+    online: bool,
+    force: bool,
+) -> Result<ProcessorMergePlan> {
+    check_ids(&[source.to_owned(), target.to_owned()])?;
+    if processor.is_empty() {
+        return Err(OpsError::InvalidArgument(
+            "the processor name is empty".into(),
+        ));
+    }
+    let split = handover::load(pg, Some(target))
+        .await?
+        .into_iter()
+        .find(|h| h.processor == processor && h.kind == handover::HandoverKind::Split)
+        .ok_or_else(|| {
+            OpsError::InvalidArgument(format!(
+                "processor {processor} was not split out of {target} (merge --processor takes back a processor moved with `split {target} {source} --processor {processor}`; to merge whole checkpoints, leave out --processor)"
+            ))
+        })?;
+    if split.target != source {
+        return Err(OpsError::InvalidArgument(format!(
+            "processor {processor} of {target} was split into {}, not {source}",
+            split.target
+        )));
+    }
+    let pending = handover::load(pg, Some(source))
+        .await?
+        .into_iter()
+        .find(|h| h.processor == processor && h.kind == handover::HandoverKind::Merge);
+    let source_lane = processor_checkpoint_id(source, processor);
+    let target_lane = processor_checkpoint_id(target, processor);
+    let marker = processor_checkpoint_id(target, "");
+    let ids = vec![
+        source.to_owned(),
+        source_lane.clone(),
+        target.to_owned(),
+        target_lane.clone(),
+        marker.clone(),
+    ];
+    let rows = PostgresCheckpointStore::new(Arc::clone(pg))
+        .load_many(&ids)
+        .await?;
+    let offsets = |id: &str| -> std::collections::BTreeMap<TopicPartition, i64> {
+        rows.get(id)
+            .into_iter()
+            .flatten()
+            .map(|r| (r.tp.clone(), r.offset))
+            .collect()
+    };
+    let mut position = offsets(source);
+    position.extend(offsets(&source_lane));
+    // Handed back already: the rows written for the target.
+    if pending.is_some() {
+        position.extend(offsets(&target_lane));
+    }
+    let pillow = offsets(target);
+    let independent = rows.get(&marker).is_some_and(|r| !r.is_empty());
+    let partitions = merge_back_partitions(&split, &position, &pillow, independent);
+    let processes = PostgresLivenessStore::new(Arc::clone(pg))
+        .list(None)
+        .await?;
+    let ids = [source.to_owned(), target.to_owned()];
+    let live = check_not_running(&processes, &ids, true)?;
+    if !live.is_empty() && !online && !force {
+        check_not_running(&processes, &ids, false)?;
+    }
+    let (source_live, target_live): (Vec<ProcessRow>, Vec<ProcessRow>) =
+        live.into_iter().partition(|p| p.checkpoint_id == source);
+    Ok(ProcessorMergePlan {
+        source: source.to_owned(),
+        processor: processor.to_owned(),
+        target: target.to_owned(),
+        split,
+        pending,
+        source_live_processes: source_live.len(),
+        source_live,
+        target_live_processes: target_live.len(),
+        target_live,
+        independent,
+        partitions,
+    })
+}
+
+/// Where an online merge stands: partitions handed back by the source, taken back by the
+/// target, of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeProgress {
+    pub handed_back: usize,
+    pub taken_back: usize,
+    pub partitions: usize,
+}
+
+/// Applies `plan`: asks for the processor back, then waits up to `timeout` while the source's
+/// live processes hand it back (each after its final checkpoint of the processor) and the
+/// target's take it back (each at a chunk boundary); a side with no live process is done here
+/// directly. `stop` (Ctrl-C) ends the wait as the timeout does: a request nobody took up yet is
+/// withdrawn, so an interrupted merge changes nothing.
+pub async fn apply_merge(
+    pg: &Arc<Pg>,
+    plan: &ProcessorMergePlan,
+    timeout: Duration,
+    stop: &CancellationToken,
+    mut progress: impl FnMut(MergeProgress),
+) -> Result<MergeProgress> {
+    let not_merged = |detail: String| OpsError::NotHandedOver {
+        source_id: plan.source.clone(),
+        processor: plan.processor.clone(),
+        target: plan.target.clone(),
+        detail,
+    };
+    if handover::request_merge(pg, &plan.target, &plan.processor, &plan.source)
+        .await?
+        .is_none()
+    {
+        return Err(not_merged(
+            "the split's record is gone (merged back meanwhile?)".into(),
+        ));
+    }
+    let wanted = plan.wanted();
+    let started = Instant::now();
+    loop {
+        let split = handover::load(pg, Some(&plan.target))
+            .await?
+            .into_iter()
+            .find(|h| h.processor == plan.processor && h.kind == handover::HandoverKind::Split);
+        let back = handover::load(pg, Some(&plan.source))
+            .await?
+            .into_iter()
+            .find(|h| h.processor == plan.processor && h.kind == handover::HandoverKind::Merge);
+        let Some(back) = back else {
+            return Err(not_merged("the request was withdrawn meanwhile".into()));
+        };
+        let now = MergeProgress {
+            handed_back: wanted
+                .iter()
+                .filter(|tp| back.done.contains_key(*tp))
+                .count(),
+            taken_back: split.as_ref().map_or(wanted.len(), |s| {
+                wanted.iter().filter(|tp| s.returned.contains(*tp)).count()
+            }),
+            partitions: wanted.len(),
+        };
+        progress(now);
+        let Some(split) = split else {
+            return Ok(now); // Every partition taken back: the split's row is gone.
+        };
+        let processes = PostgresLivenessStore::new(Arc::clone(pg))
+            .list(None)
+            .await?;
+        let live = |id: &str| check_not_running(&processes, &[id.to_owned()], true);
+        if !back.covers(&wanted) && live(&plan.source)?.is_empty() {
+            handover::hand_over(pg, &back, Some(&wanted)).await?;
+            continue;
+        }
+        if back.covers(&wanted) && live(&plan.target)?.is_empty() {
+            handover::take_back(pg, &split, None, plan.independent).await?;
+            continue;
+        }
+        let interrupted = stop.is_cancelled();
+        if interrupted || started.elapsed() >= timeout {
+            let how_long = if interrupted {
+                format!("interrupted after {} s", started.elapsed().as_secs())
+            } else {
+                format!("within {} s", timeout.as_secs())
+            };
+            let detail = if now.handed_back == 0
+                && now.taken_back == 0
+                && handover::withdraw_merge(pg, &split, &back).await?
+            {
+                format!(
+                    "no live process of {} handed it back {how_long} (does it run a version without online merge?); the request was withdrawn and nothing changed",
+                    plan.source
+                )
+            } else {
+                format!(
+                    "{} of {} partitions handed back, {} taken back ({how_long}); the request stays: run the command again to wait for the rest",
+                    now.handed_back, now.partitions, now.taken_back
+                )
+            };
+            return Err(not_merged(detail));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+}
+
+/// Each partition of an online merge: the split's and the processor's, with the pillow's row
+/// afterwards (the lower of the two).
+fn merge_back_partitions(
+    split: &Handover,
+    position: &std::collections::BTreeMap<TopicPartition, i64>,
+    pillow: &std::collections::BTreeMap<TopicPartition, i64>,
+    independent: bool,
+) -> Vec<MergeBackPartition> {
+    let mut all: BTreeSet<TopicPartition> = split.done.keys().cloned().collect();
+    all.extend(position.keys().cloned());
+    all.into_iter()
+        .map(|tp| {
+            let (p, a) = (position.get(&tp).copied(), pillow.get(&tp).copied());
+            let merged = match (a, p) {
+                (Some(a), Some(p)) => Some(a.min(p)),
+                (a, p) => a.or(p),
+            };
+            let reprocess = match (a, merged) {
+                (Some(a), Some(m)) if !independent => a - m,
+                _ => 0,
+            };
+            MergeBackPartition {
+                topic: tp.topic,
+                partition: tp.partition,
+                processor_offset: p,
+                pillow_offset: a,
+                merged_offset: merged,
+                reprocess,
+            }
+        })
+        .collect()
 }

@@ -260,38 +260,37 @@ impl IndependentPillow {
         stop: &CancellationToken,
         own: Vec<TopicPartition>,
     ) -> Result<LaneSummaries> {
-        self.skip_handed_over(&own).await?;
+        let parked = self.park_handed_over(&own).await?;
         let ids: Vec<String> = self
             .lanes
             .iter()
             .map(|l| l.config.checkpoint_id.clone())
             .collect();
-        seed_lanes(&*self.store, &self.name, &self.checkpoint_id, &ids).await?;
-        let lanes_stop = stop.child_token();
-        let coordinator_stop = CancellationToken::new();
-        let removed: Arc<std::sync::Mutex<BTreeSet<String>>> = Arc::default();
-        let mut sync = Sync {
-            store: self.store.clone(),
-            checkpoint_id: self.checkpoint_id.clone(),
-            lane_ids: ids,
-            removed: removed.clone(),
-            own: own.clone(),
-            last_written: None,
-            marker_id: processor_checkpoint_id(&self.checkpoint_id, ""),
-            marker: BTreeMap::new(),
-            writes: 0,
-        };
-        sync.round().await?;
-        // Each lane stops on the pillow's stop, or alone when it is handed over.
-        let watch: Vec<LaneWatch> = self
+        let (parked_ids, running): (Vec<String>, Vec<String>) = self
             .lanes
             .iter()
-            .map(|l| LaneWatch {
-                processor: l.processors[0].name().to_owned(),
-                stop: lanes_stop.child_token(),
-                handover: Arc::default(),
-            })
-            .collect();
+            .map(|l| l.config.checkpoint_id.clone())
+            .partition(|id| {
+                self.lanes.iter().any(|l| {
+                    &l.config.checkpoint_id == id && parked.contains(l.processors[0].name())
+                })
+            });
+        let parked_ids: BTreeSet<String> = parked_ids.into_iter().collect();
+        seed_lanes(&*self.store, &self.name, &self.checkpoint_id, &running).await?;
+        let lanes_stop = stop.child_token();
+        let coordinator_stop = CancellationToken::new();
+        let removed: Arc<std::sync::Mutex<BTreeSet<String>>> =
+            Arc::new(std::sync::Mutex::new(parked_ids));
+        let mut sync = Sync::new(
+            self.store.clone(),
+            &self.checkpoint_id,
+            ids,
+            removed.clone(),
+            own.clone(),
+        );
+        sync.round().await?;
+        // Each lane stops on the pillow's stop, or alone when it is handed over.
+        let watch = lane_watches(&self.lanes, &parked, &lanes_stop);
         let handovers = self.handovers.clone();
         let errors = self.lanes[0].errors.clone();
         let lanes = lane_runs(
@@ -321,7 +320,7 @@ impl IndependentPillow {
                     tracing::warn!(pillow = %name, error = %e, "could not bring the pillow's checkpoint to the minimum of its processors; trying again");
                 }
                 if let Some(pg) = &handovers {
-                    watch_handovers(pg, &sync.checkpoint_id, &watch, &name).await;
+                    watch_handovers(pg, &mut sync, &watch, &name).await;
                 }
                 if tokio::time::Instant::now() >= next_forget {
                     next_forget += FORGET_FAILED_PROCESSORS_EVERY;
@@ -342,8 +341,15 @@ impl IndependentPillow {
             .collect();
         // The last round, after every lane's final checkpoint.
         let last = sync.round().await;
-        let lanes = first_lane_error(&self.name, results)?;
+        let mut lanes = first_lane_error(&self.name, results)?;
         last?;
+        if watch.iter().all(LaneWatch::is_parked) {
+            tracing::warn!(pillow = %self.name,
+                "every processor of this pillow has been handed over to another pillow: nothing to run here (remove the pillow from the deployment)");
+            for (_, s) in &mut lanes {
+                s.stop_reason = super::StopReason::NothingToRun;
+            }
+        }
         Ok(LaneSummaries {
             lanes,
             shared_read: self
@@ -355,33 +361,29 @@ impl IndependentPillow {
         })
     }
 
-    /// A processor split out of this pillow is not run here: this process hands over its own
-    /// partitions first (a request made while it was stopped, or before a crash).
-    async fn skip_handed_over(&mut self, own: &[TopicPartition]) -> Result<()> {
+    /// A processor split out of this pillow is not run here (its lane is parked: an online
+    /// merge may resume it): this process hands over its own partitions first (a request made
+    /// while it was stopped, or before a crash). Returns the parked processors.
+    async fn park_handed_over(&mut self, own: &[TopicPartition]) -> Result<BTreeSet<String>> {
+        let mut parked = BTreeSet::new();
         if let Some(pg) = &self.handovers {
             for h in handover::load(pg, Some(&self.checkpoint_id)).await? {
-                let Some(i) = self
-                    .lanes
-                    .iter()
-                    .position(|l| l.processors[0].name() == h.processor)
-                else {
+                if h.taken_back(own)
+                    || !self
+                        .lanes
+                        .iter()
+                        .any(|l| l.processors[0].name() == h.processor)
+                {
                     continue;
-                };
+                }
                 let handed = handover::hand_over(pg, &h, Some(own)).await?;
                 tracing::warn!(pillow = %self.name, processor = %h.processor, target = %h.target,
-                    handed_over = handed.len(), requested_at = %h.requested_at,
-                    "this processor was split out of the pillow: not running it here (remove it from the pillow's definition; to run it here again, delete its row of pillowtop_rs_handover)");
-                self.lanes.remove(i);
-            }
-            if self.lanes.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "pillow {}: every processor has been split out to another pillow; nothing to run",
-                    self.name
-                ))
-                .into());
+                    handed_over = handed.len(), requested_at = %h.requested_at, merging_back = h.merge_requested_at.is_some(),
+                    "this processor was handed over to another pillow: not running it here (remove it from the pillow's definition, or take it back with `pillowtop merge --online`)");
+                parked.insert(h.processor.clone());
             }
         }
-        Ok(())
+        Ok(parked)
     }
 
     async fn own_partitions(&mut self, stop: &CancellationToken) -> Result<Vec<TopicPartition>> {
@@ -394,6 +396,37 @@ impl IndependentPillow {
         .await?;
         lane.config.layout.assign(&all)
     }
+}
+
+/// Each lane's stop, hand-over slot and park state (`parked`: the processors handed over).
+fn lane_watches(
+    lanes: &[Pillow],
+    parked: &BTreeSet<String>,
+    lanes_stop: &CancellationToken,
+) -> Vec<LaneWatch> {
+    // The lanes running (not parked): a parked lane ends when none is left.
+    let running = Arc::new(tokio::sync::watch::Sender::new(
+        lanes
+            .iter()
+            .filter(|l| !parked.contains(l.processors[0].name()))
+            .count(),
+    ));
+    lanes
+        .iter()
+        .map(|l| {
+            let processor = l.processors[0].name().to_owned();
+            LaneWatch {
+                parked: Arc::new(std::sync::atomic::AtomicBool::new(
+                    parked.contains(&processor),
+                )),
+                processor,
+                stop: Arc::new(std::sync::Mutex::new(lanes_stop.child_token())),
+                handover: Arc::default(),
+                resume: Arc::default(),
+                running: running.clone(),
+            }
+        })
+        .collect()
 }
 
 /// Every lane's run, in lane order.
@@ -474,8 +507,8 @@ fn lane_runs<'a>(
 }
 
 /// Runs one lane until it stops; a lane that stopped on a hand-over request then hands its
-/// partitions over. A lane's failure stops the others (gracefully, after their final
-/// checkpoints).
+/// partitions over and is parked until an online merge resumes it (or the pillow stops). A
+/// lane's failure stops the others (gracefully, after their final checkpoints).
 async fn run_lane(
     lane: &mut Pillow,
     w: &LaneWatch,
@@ -484,19 +517,71 @@ async fn run_lane(
     removed: &std::sync::Mutex<BTreeSet<String>>,
     own: &[TopicPartition],
 ) -> (String, Result<RunSummary>) {
-    let mut r = lane.run(&w.stop).await;
-    if r.is_ok() {
-        if let Some(pg) = handovers {
-            let ids = (lane.config.name.clone(), lane.config.checkpoint_id.clone());
-            if let Err(e) = finish_handover(pg, ids, w, removed, own).await {
-                r = Err(e);
+    let name = lane.processors[0].name().to_owned();
+    let mut total: Option<RunSummary> = None;
+    let ended = |total: Option<RunSummary>| {
+        Ok(total.unwrap_or_else(|| RunSummary::nothing(super::StopReason::Shutdown)))
+    };
+    loop {
+        if w.is_parked() {
+            // Until an online merge resumes it, the pillow stops, or no lane runs any more
+            // (the others went idle or reached their maximum: the pillow's run is over).
+            let mut count = w.running.subscribe();
+            tokio::select! {
+                () = w.resume.notified() => {}
+                () = lanes_stop.cancelled() => return (name, ended(total)),
+                _ = count.wait_for(|n| *n == 0) => return (name, ended(total)),
+            }
+            w.running.send_modify(|n| *n += 1);
+        }
+        let stop = w
+            .stop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut r = lane.run(&stop).await;
+        let mut handed = false;
+        if r.is_ok() {
+            if let Some(pg) = handovers {
+                let ids = (lane.config.name.clone(), lane.config.checkpoint_id.clone());
+                match finish_handover(pg, ids, w, removed, own).await {
+                    Ok(h) => handed = h,
+                    Err(e) => r = Err(e),
+                }
             }
         }
+        if !handed || r.is_err() || lanes_stop.is_cancelled() {
+            w.running.send_modify(|n| *n = n.saturating_sub(1));
+        }
+        match r {
+            Err(e) => {
+                lanes_stop.cancel();
+                return (name, Err(e));
+            }
+            Ok(s) => {
+                total = Some(match total {
+                    None => s,
+                    Some(mut t) => {
+                        t.changes += s.changes;
+                        t.invalid += s.invalid;
+                        t.failed += s.failed;
+                        t.checkpoints += s.checkpoints;
+                        t.stop_reason = s.stop_reason;
+                        t
+                    }
+                });
+            }
+        }
+        if !handed || lanes_stop.is_cancelled() {
+            return (name, ended(total));
+        }
+        // Parked: no longer running; a fresh stop token for the next run, if an online merge
+        // resumes it.
+        w.running.send_modify(|n| *n = n.saturating_sub(1));
+        if let Ok(mut t) = w.stop.lock() {
+            *t = lanes_stop.child_token();
+        }
     }
-    if r.is_err() {
-        lanes_stop.cancel();
-    }
-    (lane.processors[0].name().to_owned(), r)
 }
 
 /// After a lane stopped on a hand-over request (after its final checkpoint, so its rows are
@@ -508,23 +593,26 @@ async fn finish_handover(
     w: &LaneWatch,
     removed: &std::sync::Mutex<BTreeSet<String>>,
     own: &[TopicPartition],
-) -> Result<()> {
-    let requested = w.handover.lock().map(|h| h.clone()).unwrap_or_default();
+) -> Result<bool> {
+    let requested = w.handover.lock().map(|mut h| h.take()).unwrap_or_default();
     let Some(h) = requested else {
-        return Ok(());
+        return Ok(false);
     };
     let handed = handover::hand_over(pg, &h, Some(own)).await?;
     if let Ok(mut set) = removed.lock() {
         set.insert(lane_id);
     }
-    tracing::warn!(pillow = %pillow, processor = %h.processor, target = %h.target,
-        partitions = handed.len(), "processor handed over to another pillow (online split): its lane has stopped here");
-    Ok(())
+    w.parked.store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::warn!(pillow = %pillow, processor = %h.processor, target = %h.target, kind = ?h.kind,
+        partitions = handed.len(), "processor handed over to another pillow: its lane has stopped here (parked: `pillowtop merge --online` takes it back)");
+    Ok(true)
 }
 
-/// Stops the lane of each processor with a hand-over request (once), remembering the request.
-async fn watch_handovers(pg: &Pg, checkpoint_id: &str, watch: &[LaneWatch], name: &str) {
-    let requests = match handover::load(pg, Some(checkpoint_id)).await {
+/// Stops the lane of each processor with a hand-over request (once), remembering the request;
+/// resumes a parked lane whose processor is being merged back once its target has handed it
+/// back for every partition of this process ([`handover::take_back`]).
+async fn watch_handovers(pg: &Pg, sync: &mut Sync, watch: &[LaneWatch], name: &str) {
+    let requests = match handover::load(pg, Some(&sync.checkpoint_id)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(pillow = %name, error = %e, "could not read the hand-over requests; trying again");
@@ -533,26 +621,79 @@ async fn watch_handovers(pg: &Pg, checkpoint_id: &str, watch: &[LaneWatch], name
     };
     for h in requests {
         for w in watch.iter().filter(|w| w.processor == h.processor) {
+            if w.is_parked() {
+                if h.merge_requested_at.is_some() {
+                    if let Err(e) = take_back(pg, sync, w, &h, name).await {
+                        tracing::warn!(pillow = %name, processor = %h.processor, error = %e,
+                            "could not take the processor back (online merge); trying again");
+                    }
+                }
+                continue;
+            }
             let mut slot = w
                 .handover
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if slot.is_none() {
+            if slot.is_none() && !h.taken_back(&sync.own) {
                 tracing::info!(pillow = %name, processor = %h.processor, target = %h.target,
                     "hand-over requested: stopping this processor's lane after its current chunk");
                 *slot = Some(h.clone());
-                w.stop.cancel();
+                if let Ok(t) = w.stop.lock() {
+                    t.cancel();
+                }
             }
         }
     }
+}
+
+/// Resumes the parked lane `w` once the split's target has handed its processor back for this
+/// process's partitions: the lane's rows are the handed-back ones, the pillow's rows (and the
+/// coordinator's record of them) the lower of theirs and the lane's, and the lane rejoins the
+/// minimum before it runs again (from its own rows: behind the others, it starts detached).
+async fn take_back(
+    pg: &Pg,
+    sync: &mut Sync,
+    w: &LaneWatch,
+    split: &Handover,
+    name: &str,
+) -> Result<()> {
+    let Some(taken) = handover::take_back(pg, split, Some(&sync.own), true).await? else {
+        return Ok(()); // Not handed back everywhere yet.
+    };
+    let lane = processor_checkpoint_id(&sync.checkpoint_id, &split.processor);
+    if let Ok(mut set) = sync.removed.lock() {
+        set.remove(&lane);
+    }
+    // Read the record again (the take-back moved it with the rows), then the minimum with the
+    // lane in it.
+    sync.last_written = None;
+    sync.round().await?;
+    w.parked.store(false, std::sync::atomic::Ordering::SeqCst);
+    w.resume.notify_one();
+    tracing::warn!(pillow = %name, processor = %split.processor, from = %split.target,
+        partitions = taken.partitions.len(), complete = taken.complete,
+        "processor merged back into the running pillow: its lane runs again from the position its other pillow handed back");
+    Ok(())
 }
 
 /// A running lane's own stop and the hand-over that stopped it.
 #[derive(Clone)]
 struct LaneWatch {
     processor: String,
-    stop: CancellationToken,
+    /// The lane's current run's stop (a fresh one after each hand-over).
+    stop: Arc<std::sync::Mutex<CancellationToken>>,
     handover: Arc<std::sync::Mutex<Option<Handover>>>,
+    /// Handed over to another pillow: waits for `resume` (an online merge) or the pillow's stop.
+    parked: Arc<std::sync::atomic::AtomicBool>,
+    resume: Arc<tokio::sync::Notify>,
+    /// How many lanes of the pillow run (are not parked and have not ended).
+    running: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl LaneWatch {
+    fn is_parked(&self) -> bool {
+        self.parked.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The process's liveness row shared by its lanes: registered by the first lane to register,
@@ -699,6 +840,26 @@ struct Sync {
 }
 
 impl Sync {
+    fn new(
+        store: Arc<dyn CheckpointStore>,
+        checkpoint_id: &str,
+        lane_ids: Vec<String>,
+        removed: Arc<std::sync::Mutex<BTreeSet<String>>>,
+        own: Vec<TopicPartition>,
+    ) -> Self {
+        Self {
+            store,
+            checkpoint_id: checkpoint_id.to_owned(),
+            lane_ids,
+            removed,
+            own,
+            last_written: None,
+            marker_id: processor_checkpoint_id(checkpoint_id, ""),
+            marker: BTreeMap::new(),
+            writes: 0,
+        }
+    }
+
     async fn rows(&self, id: &str) -> Result<BTreeMap<TopicPartition, i64>> {
         Ok(self
             .store

@@ -203,6 +203,9 @@ pub enum StopReason {
     MaxChanges,
     /// The feed ended (test feeds).
     FeedEnded,
+    /// Every processor was handed over to another pillow (online split or merge): nothing is
+    /// left to run here.
+    NothingToRun,
 }
 
 /// What a run did.
@@ -252,6 +255,9 @@ pub struct Pillow {
     /// Where hand-over requests for this pillow's processors are read (online split of a
     /// pillow with one shared checkpoint, [`handover`]); never set on an independent lane.
     handovers: Option<Arc<crate::pg::Pg>>,
+    /// Processors handed over to another pillow while this one runs: an online merge may take
+    /// one back ([`handover`]).
+    parked: Vec<Box<dyn Processor>>,
 }
 
 /// Where the loop calls its [`LoopHook`].
@@ -340,6 +346,7 @@ impl Pillow {
             times: chunk::ProcessorTimes::default(),
             independent_lane: false,
             handovers: None,
+            parked: Vec::new(),
         }
     }
 

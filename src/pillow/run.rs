@@ -51,7 +51,13 @@ impl Pillow {
             return self.run_migration_process(shutdown).await;
         }
         let mut run = self.start(shutdown).await?;
-        let result = self.main_loop(&mut run, shutdown).await;
+        let result = if self.processors.is_empty() {
+            tracing::warn!(pillow = %self.config.name,
+                "every processor of this pillow has been handed over to another pillow: nothing to run here (remove the pillow from the deployment)");
+            Ok(StopReason::NothingToRun)
+        } else {
+            self.main_loop(&mut run, shutdown).await
+        };
         self.finish(run, result, shutdown).await
     }
 
@@ -240,7 +246,9 @@ impl Pillow {
                 }
                 if run.buffer.len() + run.invalid.len() >= chunk {
                     self.flush(run).await?;
-                    self.take_up_handovers(run, false).await?;
+                    if self.take_up_handovers(run, false).await? {
+                        return Ok(Some(StopReason::NothingToRun));
+                    }
                     self.collect_checkpoint(run, false).await?;
                     if run.in_flight.is_none() && run.policy.is_due(Instant::now()) {
                         if self.config.background_checkpoints
@@ -260,7 +268,9 @@ impl Pillow {
                 // The idle rule: write own partitions that moved, whatever the counters say.
                 self.checkpoint_or_reload(run).await?;
                 self.heartbeat(run, true).await;
-                self.take_up_handovers(run, false).await?;
+                if self.take_up_handovers(run, false).await? {
+                    return Ok(Some(StopReason::NothingToRun));
+                }
                 self.watch_stall(run).await?;
                 self.call_hook(HookPoint::Tick)?;
                 if self.config.until_idle {

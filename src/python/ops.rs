@@ -228,9 +228,11 @@ pub(crate) fn split_checkpoints(
     report(py, "split", r)
 }
 
-/// `pillowtop merge`: the minimum offset of each partition of `sources` into `target`.
+/// `pillowtop merge`: the minimum offset of each partition of `sources` into `target`; with
+/// `processor`, takes that processor, split out of `target` into the one source, back
+/// (`online`: while both run, waiting up to `timeout` seconds).
 #[pyfunction]
-#[pyo3(signature = (ui, sources, target, *, postgres_url, topics=None, noinput=false, dry_run=false, force=false, json=false))]
+#[pyo3(signature = (ui, sources, target, *, postgres_url, topics=None, processor=None, online=false, timeout=60, noinput=false, dry_run=false, force=false, json=false))]
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub(crate) fn merge_checkpoints(
     py: Python<'_>,
@@ -239,6 +241,9 @@ pub(crate) fn merge_checkpoints(
     target: String,
     postgres_url: String,
     topics: Option<Vec<String>>,
+    processor: Option<String>,
+    online: bool,
+    timeout: u64,
     noinput: bool,
     dry_run: bool,
     force: bool,
@@ -249,10 +254,14 @@ pub(crate) fn merge_checkpoints(
     let args = merge::Args {
         ids,
         topics,
+        processor,
+        online,
+        timeout,
         confirm: confirm(noinput, dry_run, force, json),
         conn: pg(postgres_url),
     };
-    let r = run(py, ui, async |ui| merge::apply(&args, ui).await)?;
+    // Ctrl-C ends an online merge's wait: the request is withdrawn if nothing was handed back.
+    let r = run_stoppable(py, ui, async |ui, stop| merge::apply(&args, ui, stop).await)?;
     report(py, "merge", r)
 }
 

@@ -116,6 +116,7 @@ impl From<RunSummary> for PyRunSummary {
                 StopReason::Idle => "idle",
                 StopReason::MaxChanges => "max_changes",
                 StopReason::FeedEnded => "feed_ended",
+                StopReason::NothingToRun => "nothing_to_run",
             },
             partitions: s
                 .partitions

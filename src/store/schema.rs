@@ -95,6 +95,13 @@ CREATE TABLE IF NOT EXISTS pillowtop_rs_handover (
     done jsonb NOT NULL DEFAULT '[]',
     PRIMARY KEY (checkpoint_id, processor)
 );
+-- Ours, 2026-12: online merge (the reverse of a split). On a split's row, `merge_requested_at`
+-- asks the source to take the processor back and `returned` lists the partitions it has taken
+-- back; `kind` = 'merge' marks the hand-over of the processor by the split's target back to
+-- the source (its target is the source's processor checkpoint id).
+ALTER TABLE pillowtop_rs_handover ADD COLUMN IF NOT EXISTS kind varchar(16) NOT NULL DEFAULT 'split';
+ALTER TABLE pillowtop_rs_handover ADD COLUMN IF NOT EXISTS merge_requested_at timestamp with time zone;
+ALTER TABLE pillowtop_rs_handover ADD COLUMN IF NOT EXISTS returned jsonb NOT NULL DEFAULT '[]';
 
 -- Ours, 2026-12: which processor of an independent pillow failed on a document, beside
 -- CommCare's per-pillow error row (src/store/errors/mod.rs, FailedProcessor): a retry of the

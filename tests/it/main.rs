@@ -20,6 +20,7 @@ mod kafka;
 mod lanes;
 mod lanes_retry;
 mod lanes_split_kill;
+mod merge_online;
 mod ops;
 mod outage;
 mod pg_processor;

@@ -1187,6 +1187,139 @@ async fn cli_split_of_one_processor_hands_its_own_position_over() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cli_merge_of_a_split_processor_takes_it_back_with_the_lower_position() {
+    let url = require!("TEST_POSTGRES_URL");
+    let db = TestDb::new(&url).await;
+    let (a, b) = (db.id("clipm_a"), db.id("clipm_b"));
+    let lane = pillowtop::store::checkpoints::processor_checkpoint_id(&a, "slow");
+    put(&db.pg, &a, &[("form", 0, 5), ("form", 1, 9)]).await;
+    let (code, _, err) = cli(
+        &url,
+        &["split", &a, &b, "--processor", "slow", "--noinput"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    // Both ran on: the pillow is ahead on partition 0, behind on partition 1.
+    put(&db.pg, &a, &[("form", 0, 30), ("form", 1, 8)]).await;
+    put(&db.pg, &b, &[("form", 0, 20), ("form", 1, 12)]).await;
+
+    let (code, _, err) = cli(
+        &url,
+        &["merge", &b, &a, "--processor", "fast", "--noinput"],
+        "",
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains(&format!("processor fast was not split out of {a}")),
+        "{err}"
+    );
+    let (code, _, err) = cli(
+        &url,
+        &["merge", &a, &b, "--processor", "slow", "--noinput"],
+        "",
+    );
+    assert_eq!(code, 4, "the wrong way round: {err}");
+    let (code, _, err) = cli(&url, &["merge", &b, &a, "--online"], "");
+    assert_eq!(code, 2, "--online needs --processor: {err}");
+
+    let (code, out, err) = cli(
+        &url,
+        &["merge", &b, &a, "--processor", "slow", "--dry-run"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "merge processor slow of {b} back into {a}, which it was split out of:"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("one shared checkpoint"), "{out}");
+    // The partition table: processor, pillow, merged, reprocess.
+    let table_row = |p: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().take(2).collect::<Vec<_>>() == ["form", p])
+            .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(table_row("0").as_deref(), Some("20 30 20 10"), "{out}");
+    assert_eq!(table_row("1").as_deref(), Some("12 8 8 0"), "{out}");
+
+    // The reprocessing question declined: exit 3, nothing changed.
+    let (code, _, err) = cli(&url, &["merge", &b, &a, "--processor", "slow"], "n\n");
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(
+        rows_of(&db.pg, &a).await,
+        m(&[("form", 0, 30), ("form", 1, 8)])
+    );
+    assert!(pillowtop::store::handover::load(&db.pg, Some(&b))
+        .await
+        .expect("load")
+        .is_empty());
+
+    // Applied with both stopped: handed back and taken back directly.
+    let (code, out, err) = cli(
+        &url,
+        &["merge", &b, &a, "--processor", "slow", "--noinput"],
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "processor slow runs in {a} again: 2 partitions taken back from {b}"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        rows_of(&db.pg, &a).await,
+        m(&[("form", 0, 20), ("form", 1, 8)]),
+        "the lower of the pillow's rows and the processor's"
+    );
+    assert!(
+        rows_of(&db.pg, &lane).await.is_empty(),
+        "one shared checkpoint: no lane rows left"
+    );
+    assert!(
+        pillowtop::store::handover::load(&db.pg, Some(&a))
+            .await
+            .expect("load")
+            .is_empty(),
+        "the split's record is gone: the pillow runs slow again"
+    );
+    let back = pillowtop::store::handover::load(&db.pg, Some(&b))
+        .await
+        .expect("load");
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(
+        back[0].kind,
+        pillowtop::store::handover::HandoverKind::Merge
+    );
+    assert_eq!(
+        (back[0].processor.as_str(), back[0].target.as_str()),
+        ("slow", lane.as_str())
+    );
+
+    // Split again into the same pillow: the record of the merge goes, so it runs slow again.
+    let (code, _, err) = cli(
+        &url,
+        &[
+            "split",
+            &a,
+            &b,
+            "--processor",
+            "slow",
+            "--noinput",
+            "--force",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(pillowtop::store::handover::load(&db.pg, Some(&b))
+        .await
+        .expect("load")
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn cli_merge_prompts_and_exit_codes() {
     let url = require!("TEST_POSTGRES_URL");
     let db = TestDb::new(&url).await;

@@ -169,6 +169,58 @@ def test_split_of_one_processor_hands_its_own_position_to_the_target(
             c.execute("DELETE FROM pillowtop_rs_handover WHERE checkpoint_id = %s", [source])
 
 
+def test_merge_of_one_processor_takes_it_back_with_the_lower_position(
+    app: Project, native: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import connection
+
+    source, target = checkpoint_id(XFORM), checkpoint_id(META)
+    put(source, app.topic, {0: 7, 1: 9})
+    answers(monkeypatch)
+    try:
+        call_command(
+            "split_pillow_checkpoints",
+            XFORM,
+            META,
+            "--processor",
+            "form_meta",
+            "--noinput",
+            stdout=StringIO(),
+        )
+        # Both ran on; the processor's pillow is behind on partition 0.
+        put(source, app.topic, {0: 30, 1: 12})
+        put(target, app.topic, {0: 20, 1: 15})
+        with pytest.raises(CommandError, match="--online needs --processor"):
+            call_command("merge_pillow_checkpoints", META, XFORM, "--online", stdout=StringIO())
+        out = StringIO()
+        call_command(
+            "merge_pillow_checkpoints",
+            META,
+            XFORM,
+            "--processor",
+            "form_meta",
+            "--noinput",
+            stdout=out,
+        )
+        text = out.getvalue()
+        assert f"merge processor form_meta of {target} back into {source}" in text
+        assert f"processor form_meta runs in {source} again" in text
+        assert offsets(source) == {0: 20, 1: 12}, "the lower of the two on each partition"
+        with connection.cursor() as c:
+            c.execute(
+                "SELECT checkpoint_id, kind FROM pillowtop_rs_handover"
+                " WHERE checkpoint_id IN (%s, %s) ORDER BY 1",
+                [source, target],
+            )
+            assert c.fetchall() == [(target, "merge")], "the split's record is gone"
+    finally:
+        with connection.cursor() as c:
+            c.execute(
+                "DELETE FROM pillowtop_rs_handover WHERE checkpoint_id IN (%s, %s)",
+                [source, target],
+            )
+
+
 def test_reset_checkpoint_asks_for_yes_then_moves_to_the_earliest_offset(
     app: Project, native: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

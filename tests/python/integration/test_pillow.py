@@ -635,3 +635,85 @@ def test_online_split_moves_a_processor_out_of_a_running_pillow_from_python(
     # Its lane rows moved; the pillow's rows follow the fast processor alone now.
     assert kit.checkpoint_offsets(db, f"{unique_name}/processor/slow") == {}
     assert sum(kit.checkpoint_offsets(db, unique_name).values()) == 50
+
+
+def test_online_merge_takes_a_split_processor_back_into_a_running_pillow_from_python(
+    kafka_bootstrap: str,
+    postgres_url: str,
+    topic: str,
+    publish: Publish,
+    db: Conn,
+    kit: Any,
+    unique_name: str,
+) -> None:
+    """``ops.merge_checkpoints([target], source, processor=, online=True)`` while the source
+    runs here (its lanes on this thread): the processor split out earlier goes back, its lane
+    resumes from the position its pillow handed back (that pillow is stopped: handed back
+    directly), and with independent checkpoints nothing is handled twice or lost."""
+    publish(topic, messages(kit, 30))
+    fast, slow = Recorder(), Recorder()
+    fast.processor_name, slow.processor_name = "fast", "slow"  # type: ignore[attr-defined]
+    pillow = Pillow(
+        unique_name, [topic], [fast, slow], chunk_size=5, processor_checkpoints="independent"
+    )
+    target = f"{unique_name}-slow"
+    outcome: dict[str, Any] = {}
+
+    def operator() -> None:
+        deadline = time.monotonic() + 60
+        try:
+            while len(slow.seen) < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ops.split_checkpoints(
+                unique_name,
+                [target],
+                postgres_url=postgres_url,
+                processor="slow",
+                online=True,
+                timeout=30,
+                noinput=True,
+            )
+            seen_at_split = len(slow.seen)
+            publish(topic, messages(kit, 20, prefix="late"))
+            while len(fast.seen) < 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            outcome["seen_while_split"] = len(slow.seen) - seen_at_split
+            outcome["merge"] = ops.merge_checkpoints(
+                [target],
+                unique_name,
+                postgres_url=postgres_url,
+                processor="slow",
+                online=True,
+                timeout=30,
+                noinput=True,
+            )
+            publish(topic, messages(kit, 10, prefix="after"))
+            while len(slow.seen) < 60 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except BaseException as e:  # noqa: BLE001 - handed to the test's thread
+            outcome["error"] = e
+        finally:
+            pillowtop_rs.request_shutdown()
+
+    t = threading.Thread(target=operator)
+    t.start()
+    try:
+        run(pillow, kafka_bootstrap, postgres_url, until_idle=False)
+    finally:
+        t.join()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["merge"]["outcome"] == "applied"
+    assert outcome["seen_while_split"] == 0, "the pillow ran slow while it was split out"
+    every = (
+        [f"doc-{i}" for i in range(30)]
+        + [f"late-{i}" for i in range(20)]
+        + [f"after-{i}" for i in range(10)]
+    )
+    # Nothing lost, nothing twice: slow took the changes published while it was split out
+    # (its own pillow never ran) after it came back, and fast never moved back.
+    assert sorted(fast.seen) == sorted(every)
+    assert sorted(slow.seen) == sorted(every)
+    assert db.execute(
+        "SELECT count(*) FROM pillowtop_rs_handover WHERE checkpoint_id = %s", (unique_name,)
+    ).fetchone() == (0,), "the split's record is gone"
+    assert sum(kit.checkpoint_offsets(db, unique_name).values()) == 60

@@ -6,6 +6,11 @@ The target gets the minimum offset of every partition over the sources, through
 docs/commcare-pillowtop.md §9 #15-#17 (answering ``y`` to the reprocessing question proceeds; only
 the target's topics are checked and written; one transaction). ``--noinput``, ``--dry-run`` and
 ``--force`` are additions.
+
+``--processor NAME [--online] [--timeout S]`` (ours) is the reverse of
+``split_pillow_checkpoints --processor``: the one source pillow (the processor was split into it)
+hands the processor back to the target pillow (it was split out of), which runs it again from
+its position; ``--online`` while both run.
 """
 
 from __future__ import annotations
@@ -31,6 +36,22 @@ class Command(BaseCommand):
             metavar="pillow_name",
             help="the source pillows, then the target pillow (last)",
         )
+        parser.add_argument(
+            "--processor",
+            metavar="NAME",
+            help="take back only this processor, split out of the target into the one source",
+        )
+        parser.add_argument(
+            "--online",
+            action="store_true",
+            help="with --processor: while both pillows run",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=int,
+            default=60,
+            help="with --online: seconds to wait for the running processes (default 60)",
+        )
         cli.add_confirm_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -40,6 +61,11 @@ class Command(BaseCommand):
             raise CommandError(
                 "give at least one source pillow and the target pillow", returncode=2
             )
+        processor: str | None = options["processor"]
+        if options["online"] and processor is None:
+            raise CommandError("--online needs --processor NAME: it takes back one processor")
+        if processor is not None and len(names) != 2:
+            raise CommandError("--processor takes one processor back from one source pillow")
         pillows = cli.get_pillows(names)
         *sources, target = pillows
         with cli.operation("merge_pillow_checkpoints"):
@@ -47,7 +73,10 @@ class Command(BaseCommand):
                 [cli.checkpoint_id(p) for p in sources],
                 cli.checkpoint_id(target),
                 postgres_url=cli.postgres_url(),
-                topics=cli.topics(target),
+                topics=None if processor else cli.topics(target),
+                processor=processor,
+                online=options["online"],
+                timeout=options["timeout"],
                 ui=cli.CommandUi(self),
                 **cli.confirm_options(options),
             )
