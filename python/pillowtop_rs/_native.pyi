@@ -246,7 +246,8 @@ class RunSummary:
 
     @property
     def stop_reason(self) -> str:
-        """``"shutdown"``, ``"idle"``, ``"max_changes"`` or ``"feed_ended"``."""
+        """``"shutdown"``, ``"idle"``, ``"max_changes"``, ``"feed_ended"`` or ``"nothing_to_run"``
+        (every processor was handed over to another pillow: online split or merge)."""
     @property
     def partitions(self) -> list[tuple[str, int]]: ...
     @property

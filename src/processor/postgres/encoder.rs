@@ -31,7 +31,9 @@ pub enum SqlValue {
     Boolean(bool),
     Date(NaiveDate),
     Timestamptz(DateTime<Utc>),
-    Jsonb(Value),
+    /// A `jsonb` value as its JSON text, serialised once from the document (no copy of the
+    /// parsed value, which would be built, then freed, for every row).
+    Jsonb(Box<str>),
 }
 
 impl SqlValue {
@@ -70,7 +72,14 @@ impl ToSql for SqlValue {
             Self::Boolean(b) => b.to_sql(ty, out),
             Self::Date(d) => d.to_sql(ty, out),
             Self::Timestamptz(t) => t.to_sql(ty, out),
-            Self::Jsonb(v) => v.to_sql(ty, out),
+            Self::Jsonb(text) => {
+                // jsonb's binary form: a version byte, then the text; json's: the text.
+                if *ty == Type::JSONB {
+                    out.put_u8(1);
+                }
+                out.put_slice(text.as_bytes());
+                Ok(IsNull::No)
+            }
         }
     }
 
@@ -547,7 +556,11 @@ pub fn convert(v: &Value, ty: ColumnType) -> Result<SqlValue, String> {
                     shown(v)
                 ));
             }
-            SqlValue::Jsonb(v.clone())
+            SqlValue::Jsonb(
+                serde_json::to_string(v)
+                    .unwrap_or_default()
+                    .into_boxed_str(),
+            )
         }
     })
 }
@@ -634,6 +647,15 @@ mod tests {
         assert!(convert(&json!({"a": 1}), ColumnType::Text).is_err());
         assert!(convert(&json!("a\u{0}b"), ColumnType::Text).is_err());
         assert!(convert(&json!({"a": "\u{0}"}), ColumnType::Jsonb).is_err());
+        // jsonb: its compact text, written in jsonb's binary form (version 1, then the text).
+        let v =
+            convert(&json!({"b": [1, "x"], "a": {"c": null}}), ColumnType::Jsonb).expect("jsonb");
+        let text = serde_json::to_string(&json!({"b": [1, "x"], "a": {"c": null}})).expect("text");
+        assert_eq!(v, SqlValue::Jsonb(text.clone().into_boxed_str()));
+        let mut out = BytesMut::new();
+        v.to_sql(&Type::JSONB, &mut out).expect("to_sql");
+        assert_eq!(out[0], 1);
+        assert_eq!(&out[1..], text.as_bytes());
         assert_eq!(
             convert(&json!("Yes"), ColumnType::Boolean),
             Ok(SqlValue::Boolean(true))
