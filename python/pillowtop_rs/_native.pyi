@@ -246,8 +246,11 @@ class RunSummary:
 
     @property
     def stop_reason(self) -> str:
-        """``"shutdown"``, ``"idle"``, ``"max_changes"``, ``"feed_ended"`` or ``"nothing_to_run"``
-        (every processor was handed over to another pillow: online split or merge)."""
+        """Why the run ended: ``"shutdown"``, ``"idle"``, ``"max_changes"`` or ``"feed_ended"``.
+
+        ``"nothing_to_run"``: every processor was handed over to another pillow (online split
+        or merge).
+        """
     @property
     def partitions(self) -> list[tuple[str, int]]: ...
     @property
