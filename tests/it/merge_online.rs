@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pillowtop::assembly::{PillowSpec, ProcessorSpec};
+use pillowtop::assembly::PillowSpec;
 use pillowtop::change::ChangeMeta;
-use pillowtop::feed::kafka::{ChangeProducer, KafkaFeedOptions};
+use pillowtop::feed::kafka::ChangeProducer;
 use pillowtop::feed::TopicPartition;
-use pillowtop::pillow::{PillowConfig, ProcessorCheckpoints, StopReason};
+use pillowtop::pillow::{ProcessorCheckpoints, StopReason};
 use pillowtop::processor::memory::RecordingProcessor;
 use pillowtop::store::checkpoints::postgres::PostgresCheckpointStore;
 use pillowtop::store::handover;
@@ -52,25 +52,10 @@ fn spec(
     processors: Vec<RecordingProcessor>,
     until_idle: bool,
 ) -> PillowSpec {
-    let mut config = PillowConfig::new(id, id);
-    config.chunk_size = 10;
-    config.checkpoint_frequency = 50;
-    config.until_idle = until_idle;
-    config.processor_checkpoints = mode;
-    let mut feed = KafkaFeedOptions::new(bootstrap, id);
-    feed.idle_timeout = Duration::from_millis(300);
-    PillowSpec {
-        config,
-        topics: vec![topic.to_owned()],
-        feed,
-        postgres_url: db.url.clone(),
-        postgres_outage_budget: pillowtop::assembly::DEFAULT_POSTGRES_OUTAGE_BUDGET,
-        processors: processors
-            .into_iter()
-            .map(|p| ProcessorSpec::Ready(Box::new(p)))
-            .collect(),
-        document_stores: Vec::new(),
-    }
+    let mut spec =
+        crate::split_online_shared::spec(db, bootstrap, topic, id, processors, until_idle);
+    spec.config.processor_checkpoints = mode;
+    spec
 }
 
 async fn wait_for(what: &str, deadline: tokio::time::Instant, mut ok: impl FnMut() -> bool) {

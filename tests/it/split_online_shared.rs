@@ -33,7 +33,7 @@ fn offsets(p: &RecordingProcessor) -> BTreeMap<TopicPartition, Vec<i64>> {
     out
 }
 
-fn spec(
+pub(crate) fn spec(
     db: &TestDb,
     bootstrap: &str,
     topic: &str,
