@@ -56,6 +56,17 @@ impl ProcessorSplitPlan {
     }
 }
 
+/// The arguments of a processor's split or merge: two valid checkpoint ids and a name.
+fn check_request(source: &str, processor: &str, target: &str) -> Result<()> {
+    check_ids(&[source.to_owned(), target.to_owned()])?;
+    if processor.is_empty() {
+        return Err(OpsError::InvalidArgument(
+            "the processor name is empty".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the rows and live processes and plans the split of `processor` out of `source` into
 /// `target`. A running source needs `online` (or `force`, which then hands over without the
 /// pillow's cooperation: only safe when it is in fact stopped); a running target is refused
@@ -68,12 +79,7 @@ pub async fn prepare(
     online: bool,
     force: bool,
 ) -> Result<ProcessorSplitPlan> {
-    check_ids(&[source.to_owned(), target.to_owned()])?;
-    if processor.is_empty() {
-        return Err(OpsError::InvalidArgument(
-            "the processor name is empty".into(),
-        ));
-    }
+    check_request(source, processor, target)?;
     let lane = processor_checkpoint_id(source, processor);
     let ids = vec![source.to_owned(), lane.clone(), target.to_owned()];
     let rows = PostgresCheckpointStore::new(Arc::clone(pg))
@@ -300,12 +306,7 @@ pub async fn prepare_merge(
     online: bool,
     force: bool,
 ) -> Result<ProcessorMergePlan> {
-    check_ids(&[source.to_owned(), target.to_owned()])?;
-    if processor.is_empty() {
-        return Err(OpsError::InvalidArgument(
-            "the processor name is empty".into(),
-        ));
-    }
+    check_request(source, processor, target)?;
     let split = handover::load(pg, Some(target))
         .await?
         .into_iter()
@@ -497,10 +498,7 @@ fn merge_back_partitions(
     all.into_iter()
         .map(|tp| {
             let (p, a) = (position.get(&tp).copied(), pillow.get(&tp).copied());
-            let merged = match (a, p) {
-                (Some(a), Some(p)) => Some(a.min(p)),
-                (a, p) => a.or(p),
-            };
+            let merged = handover::lower_offset(a, p);
             let reprocess = match (a, merged) {
                 (Some(a), Some(m)) if !independent => a - m,
                 _ => 0,

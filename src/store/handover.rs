@@ -264,6 +264,44 @@ struct Lowered {
     seed: BTreeMap<TopicPartition, i64>,
 }
 
+/// A pillow's row after taking a processor back: the lower of its own offset and the
+/// processor's (either may be missing: the other is kept).
+pub fn lower_offset(pillow: Option<i64>, processor: Option<i64>) -> Option<i64> {
+    match (pillow, processor) {
+        (Some(a), Some(p)) => Some(a.min(p)),
+        (a, p) => a.or(p),
+    }
+}
+
+/// Locks and reads the rows of the pillow `pillow` and of its processor checkpoint `lane`,
+/// as (the pillow's, the processor's).
+async fn lock_rows(
+    c: &tokio_postgres::Client,
+    pillow: &str,
+    lane: &str,
+    what: &str,
+) -> Result<(BTreeMap<TopicPartition, i64>, BTreeMap<TopicPartition, i64>)> {
+    let rows = c
+        .query(
+            r#"SELECT checkpoint_id, topic, "partition", "offset" FROM pillowtop_kafkacheckpoint
+               WHERE checkpoint_id = $1 OR checkpoint_id = $2 FOR UPDATE"#,
+            &[&lane, &pillow],
+        )
+        .await
+        .map_err(err(what.to_owned()))?;
+    let (mut pillow_rows, mut lane_rows) = (BTreeMap::new(), BTreeMap::new());
+    for r in &rows {
+        let id: String = r.get(0);
+        let tp = TopicPartition::new(r.get::<_, String>(1), r.get(2));
+        if id == lane {
+            lane_rows.insert(tp, r.get::<_, i64>(3));
+        } else {
+            pillow_rows.insert(tp, r.get::<_, i64>(3));
+        }
+    }
+    Ok((pillow_rows, lane_rows))
+}
+
 /// The lower of the pillow's row and the processor's handed-back row of each of `todo`: no
 /// processor of the pillow skips a change (a partition handed back without a row starts where
 /// the pillow is).
@@ -275,10 +313,7 @@ fn lowered(
     let mut out = Lowered::default();
     for tp in todo {
         let (a, p) = (pillow.get(tp).copied(), processor.get(tp).copied());
-        let new = match (a, p) {
-            (Some(a), Some(p)) => Some(a.min(p)),
-            (a, p) => a.or(p),
-        };
+        let new = lower_offset(a, p);
         if let Some(n) = new {
             if a != Some(n) {
                 out.lower.insert(tp.clone(), n);
@@ -299,8 +334,8 @@ fn lowered(
 /// split's row is deleted with the last one. `keep_lane_rows` (a pillow with independent
 /// processor checkpoints): the handed-back row stays as the processor's own (written from the
 /// pillow's when it has none), and the coordinator's record of the pillow's rows
-/// (`{pillow}/processor/`) moves with them; otherwise the handed-back row is deleted. A split row already gone means the
-/// take-back is complete.
+/// (`{pillow}/processor/`) moves with them; otherwise the handed-back row is deleted. A split
+/// row already gone means the take-back is complete.
 pub async fn take_back(
     pg: &Pg,
     split: &Handover,
@@ -345,24 +380,8 @@ pub async fn take_back(
                 .filter(|tp| !current.returned.contains(*tp))
                 .cloned()
                 .collect();
-            let rows = c
-                .query(
-                    r#"SELECT checkpoint_id, topic, "partition", "offset" FROM pillowtop_kafkacheckpoint
-                       WHERE checkpoint_id = $1 OR checkpoint_id = $2 FOR UPDATE"#,
-                    &[&lane, &current.checkpoint_id],
-                )
-                .await
-                .map_err(err(what.clone()))?;
-            let (mut pillow_rows, mut lane_rows) = (BTreeMap::new(), BTreeMap::new());
-            for r in &rows {
-                let id: String = r.get(0);
-                let tp = TopicPartition::new(r.get::<_, String>(1), r.get(2));
-                if id == lane {
-                    lane_rows.insert(tp, r.get::<_, i64>(3));
-                } else {
-                    pillow_rows.insert(tp, r.get::<_, i64>(3));
-                }
-            }
+            let (pillow_rows, lane_rows) =
+                lock_rows(&c, &current.checkpoint_id, &lane, &what).await?;
             let Lowered { taken, lower, seed } = lowered(&todo, &pillow_rows, &lane_rows);
             upsert_rows(&c, &current.checkpoint_id, &lower, &what).await?;
             if keep_lane_rows {
@@ -498,26 +517,9 @@ pub async fn hand_over(
                 .iter()
                 .map(|d| TopicPartition::new(d.topic.clone(), d.partition))
                 .collect();
-            let rows = c
-                .query(
-                    r#"SELECT checkpoint_id, topic, "partition", "offset" FROM pillowtop_kafkacheckpoint
-                       WHERE checkpoint_id = $1 OR checkpoint_id = $2 FOR UPDATE"#,
-                    &[&lane, &h.checkpoint_id],
-                )
-                .await
-                .map_err(err(what.clone()))?;
             // The processor's own row, else the pillow's.
-            let mut position: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-            for r in &rows {
-                let id: String = r.get(0);
-                let tp = TopicPartition::new(r.get::<_, String>(1), r.get(2));
-                let offset: i64 = r.get(3);
-                if id == lane {
-                    position.insert(tp, offset);
-                } else {
-                    position.entry(tp).or_insert(offset);
-                }
-            }
+            let (mut position, own_rows) = lock_rows(&c, &h.checkpoint_id, &lane, &what).await?;
+            position.extend(own_rows);
             // A partition of this process that neither has a row for: the processor has no
             // position there (it starts it by its start policy), and neither will the target.
             // It is recorded as handed over without one (NO_POSITION), so that a later call
