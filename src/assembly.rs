@@ -232,7 +232,11 @@ impl PillowSpec {
                     Box::new(PgTableProcessor::new(def, Arc::new(pg.sibling()))?)
                 }
                 ProcessorSpec::Elasticsearch { config, transform } => {
-                    let mut p = ElasticsearchProcessor::new(config)?.with_stop(stop.clone());
+                    // Its own connection for the reindex watch (a short read about once a
+                    // second), so that it never queues behind checkpoint writes.
+                    let mut p = ElasticsearchProcessor::new(config)?
+                        .with_stop(stop.clone())
+                        .with_reindex_watch(Arc::new(pg.sibling()), &self.config.name);
                     if let Some(t) = transform {
                         p = p.with_transform(t);
                     }

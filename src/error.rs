@@ -25,6 +25,8 @@ pub enum Error {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    Reindex(#[from] ReindexError),
     /// The pillow was asked to stop (for example a second SIGTERM) before it could finish.
     #[error("shutdown requested: {0}")]
     ShutdownRequested(String),
@@ -232,6 +234,33 @@ pub enum CheckpointError {
         tp: TopicPartition,
         offset: i64,
         high: i64,
+    },
+}
+
+/// A rebuild of an index that cannot go on (`pillowtop reindex`, [`crate::ops::reindex`]). The
+/// run's row keeps its step: `resume`, `rollback` or `abort` it once the cause is dealt with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReindexError {
+    /// The run cannot start or go on as asked (what and why in `message`).
+    #[error("reindex of processor {processor} of pillow {pillow}: {message}")]
+    Refused {
+        pillow: String,
+        processor: String,
+        message: String,
+    },
+    /// Another process carries the run out now (it holds the run's advisory lock).
+    #[error("reindex run {run} is being carried out by another process (it holds the run's advisory lock): wait for it to finish, or stop it first")]
+    Busy { run: i64 },
+    /// Verification found differences between the source and the new index that repairing
+    /// them did not remove; the old index still serves.
+    #[error("reindex run {run}: {count} differences remain between the source and index {index} after {rounds} repair rounds, e.g. {examples}; the alias still points at the old index")]
+    Differences {
+        run: i64,
+        index: String,
+        count: usize,
+        rounds: usize,
+        examples: String,
     },
 }
 

@@ -22,6 +22,7 @@ pub mod history;
 pub mod kafka;
 pub mod lag;
 pub mod merge;
+pub mod reindex;
 pub mod reset;
 pub mod run;
 pub mod schema;
@@ -193,6 +194,15 @@ pub enum Command {
         after_help = "Exit status: 0 done or --limit reached; 130 interrupted by Ctrl-C; 4 refused (no checkpoint rows) or failed"
     )]
     DumpRemainingChanges(kafka::DumpArgs),
+    /// Rebuild an Elasticsearch processor's index without stopping its pillow: a new index
+    /// filled from the source table while the live pillow writes to both, verified, then the
+    /// alias moved; the old index is kept for a rollback (ours; CommCare's 12-step
+    /// REINDEX_PROCESS.md and ptop_reindexer_v2 in one command).
+    #[command(
+        subcommand,
+        after_help = "Exit status: 0 done, dry run, or waiting for the keep window; 1 a question was declined; 4 refused or failed (the run keeps its step: resume it); 7 verification found differences (the old index still serves)"
+    )]
+    Reindex(reindex::Command),
     /// Create the given topics that are missing (CommCare's create_kafka_topics).
     #[command(
         after_help = "Exit status: 0 done, dry run or nothing to do; 1 the question was declined; 4 invalid arguments or failed"
@@ -225,6 +235,7 @@ impl Command {
             Self::TailKafka(a) => kafka::exec_tail(a, ui).await,
             Self::SearchKafkaChanges(a) => kafka::exec_search(a, ui).await,
             Self::DumpRemainingChanges(a) => kafka::exec_dump(a, ui).await,
+            Self::Reindex(c) => reindex::exec(c, ui).await,
             Self::CreateKafkaTopics(a) => topics::exec_create(a, ui).await,
             Self::ListKafkaTopics(a) => topics::exec_list(a, ui).await,
         }

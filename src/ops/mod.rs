@@ -29,6 +29,7 @@ pub mod kafka;
 pub mod lag;
 pub mod merge;
 pub mod prometheus;
+pub mod reindex;
 pub mod reset;
 pub mod split;
 pub mod status;

@@ -265,6 +265,9 @@ impl Pillow {
                 self.metrics
                     .counter(metrics::FEED_TIMEOUT, self.tags(), 1.0);
                 self.flush_all(run).await?;
+                for p in &mut self.processors {
+                    p.idle().await?;
+                }
                 // The idle rule: write own partitions that moved, whatever the counters say.
                 self.checkpoint_or_reload(run).await?;
                 self.heartbeat(run, true).await;

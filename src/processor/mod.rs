@@ -141,6 +141,13 @@ pub trait Processor: Send {
         })
     }
 
+    /// Called at each idle tick of the feed (no change for the idle timeout), after everything
+    /// held was written: a processor that follows outside state (the Elasticsearch processor
+    /// follows a reindex of its index) reads it here too. A no-op by default.
+    async fn idle(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Called after each successful checkpoint write.
     async fn checkpoint_updated(&mut self) -> Result<()> {
         Ok(())

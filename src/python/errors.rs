@@ -78,6 +78,11 @@ impl From<Error> for PyErr {
             Error::Process(ProcessError::DocumentStore { .. } | ProcessError::Other(_)) => {
                 ProcessorError::new_err(message)
             }
+            Error::Reindex(
+                error::ReindexError::Refused { .. }
+                | error::ReindexError::Busy { .. }
+                | error::ReindexError::Differences { .. },
+            ) => OperationRefused::new_err(message),
             Error::ShutdownRequested(_) => ShutdownRequested::new_err(message),
         }
     }

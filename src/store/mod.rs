@@ -18,6 +18,7 @@ pub mod errors;
 pub mod handover;
 pub mod history;
 pub mod liveness;
+pub mod reindex;
 pub mod schema;
 pub mod transaction;
 

@@ -114,6 +114,33 @@ CREATE TABLE IF NOT EXISTS pillowtop_rs_failed_processor (
     date_recorded timestamp with time zone NOT NULL,
     PRIMARY KEY (pillow, doc_id, processor)
 );
+
+-- Ours, 2026-12: rebuilds of a processor's index (issue 15, src/store/reindex.rs): one row per
+-- run, its step and what it did; at most one run of a processor that has not ended.
+CREATE TABLE IF NOT EXISTS pillowtop_rs_reindex (
+    id bigserial PRIMARY KEY,
+    pillow varchar(255) NOT NULL,
+    processor varchar(255) NOT NULL,
+    old_index text NOT NULL,
+    new_index text NOT NULL,
+    alias text NOT NULL,
+    step varchar(32) NOT NULL,
+    options jsonb NOT NULL DEFAULT '{}',
+    preflight jsonb NOT NULL DEFAULT '{}',
+    kafka_position jsonb NOT NULL DEFAULT '{}',
+    progress jsonb NOT NULL DEFAULT '{}',
+    acks jsonb NOT NULL DEFAULT '{}',
+    verify jsonb NOT NULL DEFAULT '{}',
+    settings jsonb NOT NULL DEFAULT '{}',
+    keep_old_until timestamp with time zone,
+    log jsonb NOT NULL DEFAULT '[]',
+    error text,
+    started_at timestamp with time zone NOT NULL DEFAULT now(),
+    updated_at timestamp with time zone NOT NULL DEFAULT now(),
+    finished_at timestamp with time zone
+);
+CREATE UNIQUE INDEX IF NOT EXISTS pillowtop_rs_reindex_one_at_a_time
+    ON pillowtop_rs_reindex (pillow, processor) WHERE finished_at IS NULL;
 "#;
 
 /// Creates every table and index that is missing. Safe to run concurrently and repeatedly.

@@ -26,6 +26,7 @@ mod outage;
 mod pg_processor;
 mod pillow;
 mod postgres;
+mod reindex;
 mod runner;
 mod split_online_shared;
 mod stall;

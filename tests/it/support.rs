@@ -167,6 +167,9 @@ impl Drop for TestDb {
                         )
                         .await;
                     let _ = c
+                        .execute("DELETE FROM pillowtop_rs_reindex WHERE pillow = $1", &[&id])
+                        .await;
+                    let _ = c
                         .execute(
                             "DELETE FROM pillowtop_rs_checkpoint_history WHERE checkpoint_id = $1",
                             &[&id],

@@ -18,6 +18,10 @@ pub const BULK_FILTER_PATH: &str = "errors,items.*._id,items.*.status,items.*.er
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Index,
+    /// `index` only when the document is absent (a 409 means it is there: done). The backfill
+    /// of a reindex writes this way, so that a copy never overwrites the live pillow's newer
+    /// write of the same document.
+    Create,
     Delete,
 }
 
@@ -25,6 +29,7 @@ impl Op {
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Index => "index",
+            Op::Create => "create",
             Op::Delete => "delete",
         }
     }
@@ -46,6 +51,8 @@ pub struct BulkItem {
 pub struct BulkBody {
     buf: Vec<u8>,
     items: Vec<BulkItem>,
+    /// Documents are written with [`Op::Create`] rather than [`Op::Index`].
+    create_only: bool,
 }
 
 impl BulkBody {
@@ -57,6 +64,20 @@ impl BulkBody {
         Self {
             buf: Vec::with_capacity(bytes),
             items: Vec::with_capacity(items),
+            create_only: false,
+        }
+    }
+
+    /// Writes documents with [`Op::Create`] (only when absent) from now on.
+    pub fn set_create_only(&mut self, create_only: bool) {
+        self.create_only = create_only;
+    }
+
+    fn write_op(&self) -> Op {
+        if self.create_only {
+            Op::Create
+        } else {
+            Op::Index
         }
     }
 
@@ -86,15 +107,16 @@ impl BulkBody {
         source: &Value,
     ) -> Result<(), serde_json::Error> {
         let start = self.buf.len();
+        let op = self.write_op();
         let r = self
-            .action_line(Op::Index, doc_id, version)
+            .action_line(op, doc_id, version)
             .and_then(|()| write_source(&mut self.buf, source));
         if let Err(e) = r {
             self.buf.truncate(start);
             return Err(e);
         }
         self.buf.push(b'\n');
-        self.push_item(change, Op::Index, doc_id, start);
+        self.push_item(change, op, doc_id, start);
         Ok(())
     }
 
@@ -110,15 +132,16 @@ impl BulkBody {
             Source::Value(v) => self.push_index(change, doc_id, version, v),
             Source::Raw(raw) => {
                 let start = self.buf.len();
+                let op = self.write_op();
                 let r = self
-                    .action_line(Op::Index, doc_id, version)
+                    .action_line(op, doc_id, version)
                     .and_then(|()| write_raw_source(&mut self.buf, raw));
                 if let Err(e) = r {
                     self.buf.truncate(start);
                     return Err(e);
                 }
                 self.buf.push(b'\n');
-                self.push_item(change, Op::Index, doc_id, start);
+                self.push_item(change, op, doc_id, start);
                 Ok(())
             }
         }

@@ -40,7 +40,9 @@ use crate::change::{Change, Document};
 use crate::docstore::DocumentStores;
 use crate::error::{ConfigError, ElasticsearchError, Error, ProcessError, Result};
 use crate::path::{lookup, Projection};
+use crate::pg::Pg;
 use crate::processor::{ChunkOutcome, Processor, ProcessorFailure, Settled};
+use crate::store::reindex::{Step, Targets};
 
 /// A document transform: the document as fetched → the source to index. `Ok(None)` skips the
 /// change (nothing is written or deleted, like CommCare's `doc_filter_fn`); `Err(message)`
@@ -119,6 +121,26 @@ pub struct ElasticsearchProcessor {
     head: Option<Projection>,
     docstores: DocumentStores,
     held: Held,
+    /// Follows the rebuilds of this processor's index ([`crate::store::reindex`]), when the
+    /// pillow has PostgreSQL.
+    watch: Option<ReindexWatch>,
+    /// Documents are written only when absent ([`super::bulk::Op::Create`]): a reindex's
+    /// backfill.
+    create_only: bool,
+}
+
+/// How often a running processor reads the newest reindex of its index.
+pub const REINDEX_POLL: Duration = Duration::from_secs(1);
+
+/// What a processor knows of the rebuilds of its index.
+struct ReindexWatch {
+    pg: Arc<Pg>,
+    pillow: String,
+    /// `host:pid`, as the acknowledgements name processes.
+    who: String,
+    polled: Option<Instant>,
+    /// The run and step last acknowledged.
+    acked: Option<(i64, Step)>,
 }
 
 /// What sends bulk requests to the index: the processor's in-line writes and its background
@@ -128,7 +150,9 @@ struct Sender {
     name: String,
     config: Arc<ElasticsearchConfig>,
     client: Elasticsearch,
-    bulk_path: String,
+    /// The indices written (the configured one, or both versions during a reindex); replaced
+    /// as a whole when a reindex moves on.
+    targets: Arc<std::sync::RwLock<Arc<Targets>>>,
     policy: Policy,
     /// The actions per bulk request now: `max_actions_per_request`, halved on each 429 from the
     /// node and grown back by a quarter after each request without one.
@@ -276,7 +300,10 @@ impl ElasticsearchProcessor {
             head,
             sender: Sender {
                 name: format!("ElasticsearchProcessor({})", config.index),
-                bulk_path: format!("/{}/_bulk", config.index),
+                targets: Arc::new(std::sync::RwLock::new(Arc::new(Targets {
+                    primary: config.index.clone(),
+                    also: Vec::new(),
+                }))),
                 policy: Policy::new(&config),
                 client: Elasticsearch::new(transport),
                 batch_limit: Arc::new(std::sync::atomic::AtomicUsize::new(
@@ -288,6 +315,8 @@ impl ElasticsearchProcessor {
             transform,
             docstores: DocumentStores::new(),
             held: Held::default(),
+            watch: None,
+            create_only: false,
         })
     }
 
@@ -313,6 +342,77 @@ impl ElasticsearchProcessor {
     pub fn with_stop(mut self, stop: CancellationToken) -> Self {
         self.sender.policy.stop = stop;
         self
+    }
+
+    /// Follows the rebuilds of the index by `pillowtop reindex` (see [`crate::store::reindex`]):
+    /// about once a second ([`REINDEX_POLL`]) and before the index is created, the processor
+    /// reads the newest reindex of processor `name()` of `pillow` and writes where it says
+    /// (both versions from its dual-write step until the old one is dropped), acknowledging
+    /// each step it writes by.
+    #[must_use]
+    pub fn with_reindex_watch(mut self, pg: Arc<Pg>, pillow: impl Into<String>) -> Self {
+        self.watch = Some(ReindexWatch {
+            pg,
+            pillow: pillow.into(),
+            who: format!(
+                "{}:{}",
+                crate::store::liveness::hostname(),
+                crate::store::liveness::pid()
+            ),
+            polled: None,
+            acked: None,
+        });
+        self
+    }
+
+    /// Writes documents only when they are absent (`create` actions; a 409 is done), as a
+    /// reindex's backfill does: a copy never overwrites a newer write of the live pillow.
+    #[must_use]
+    pub fn with_create_only(mut self) -> Self {
+        self.create_only = true;
+        self
+    }
+
+    /// The indices written now.
+    pub fn targets(&self) -> Arc<Targets> {
+        self.sender.targets()
+    }
+
+    /// Reads the newest reindex of this processor (at most every [`REINDEX_POLL`] unless
+    /// `force`), writes where it says from now on and acknowledges its step.
+    async fn follow_reindex(&mut self, force: bool) -> Result<()> {
+        let Some(w) = &mut self.watch else {
+            return Ok(());
+        };
+        if !force && w.polled.is_some_and(|t| t.elapsed() < REINDEX_POLL) {
+            return Ok(());
+        }
+        w.polled = Some(Instant::now());
+        let run = crate::store::reindex::latest(&w.pg, &w.pillow, &self.sender.name).await?;
+        let targets = run.as_ref().map_or_else(
+            || Targets {
+                primary: self.sender.config.index.clone(),
+                also: Vec::new(),
+            },
+            crate::store::reindex::ReindexRun::targets,
+        );
+        if *self.sender.targets() != targets {
+            tracing::info!(processor = %self.sender.name, pillow = %w.pillow,
+                indices = ?targets.all().collect::<Vec<_>>(), step = ?run.as_ref().map(|r| r.step.as_str()),
+                "the index is being rebuilt: writing to these indices from now on");
+            *self
+                .sender
+                .targets
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(targets);
+        }
+        if let Some(run) = run.filter(|r| r.finished_at.is_none()) {
+            if w.acked != Some((run.id, run.step)) {
+                crate::store::reindex::acknowledge(&w.pg, run.id, &w.who, run.step).await?;
+                w.acked = Some((run.id, run.step));
+            }
+        }
+        Ok(())
     }
 
     /// Overrides the name used in logs, metrics and error messages.
@@ -465,7 +565,11 @@ impl ElasticsearchProcessor {
         let bytes: usize = changes.iter().map(|c| c.size + 64).sum();
         let groups = self.groups(changes.len());
         let mut bodies: Vec<BulkBody> = (0..groups)
-            .map(|_| BulkBody::with_capacity(bytes / groups, changes.len() / groups + 1))
+            .map(|_| {
+                let mut b = BulkBody::with_capacity(bytes / groups, changes.len() / groups + 1);
+                b.set_create_only(self.create_only);
+                b
+            })
             .collect();
         for (i, change) in changes.iter().enumerate() {
             match self.plan(change) {
@@ -527,6 +631,7 @@ impl ElasticsearchProcessor {
     fn hold_chunk(&mut self, changes: &[Change]) -> ChunkOutcome {
         let mut outcome = ChunkOutcome::default();
         let mut held = std::mem::take(&mut self.held);
+        held.body.set_create_only(self.create_only);
         for (i, change) in changes.iter().enumerate() {
             let at = held.changes.len();
             let pushed = match self.plan(change) {
@@ -663,16 +768,21 @@ async fn write_body(
 
 impl Sender {
     fn failure(&self, error_type: &str, doc_id: &str, reason: &str) -> ProcessorFailure {
+        Self::failure_in(&self.config.index, error_type, doc_id, reason)
+    }
+
+    fn failure_in(index: &str, error_type: &str, doc_id: &str, reason: &str) -> ProcessorFailure {
         ProcessorFailure::new(
             error_type,
-            format!(
-                "elasticsearch index {} document {doc_id}: {reason}",
-                self.config.index
-            ),
+            format!("elasticsearch index {index} document {doc_id}: {reason}"),
         )
     }
 
-    async fn bulk_request(&self, body: &[u8]) -> std::result::Result<Reply, elasticsearch::Error> {
+    async fn bulk_request(
+        &self,
+        path: &str,
+        body: &[u8],
+    ) -> std::result::Result<Reply, elasticsearch::Error> {
         let mut headers = HeaderMap::with_capacity(1);
         headers.insert(
             CONTENT_TYPE,
@@ -683,7 +793,7 @@ impl Sender {
             .transport()
             .send(
                 Method::Post,
-                &self.bulk_path,
+                path,
                 headers,
                 Some(&[("filter_path", BULK_FILTER_PATH)]),
                 Some(body),
@@ -710,13 +820,53 @@ impl Sender {
         &self,
         body: &BulkBody,
     ) -> Result<std::result::Result<Vec<(usize, ProcessorFailure)>, ProcessorFailure>> {
+        let targets = self.targets();
+        if targets.also.is_empty() {
+            return self.send_to(&targets.primary, body).await;
+        }
+        // During a reindex: every version at once; a change failing in several is one failure
+        // (the first index's), a whole-request failure of any fails the request.
+        let sent =
+            futures::future::join_all(targets.all().map(|index| self.send_to(index, body))).await;
+        let mut failures: Vec<(usize, ProcessorFailure)> = Vec::new();
+        for r in sent {
+            match r? {
+                Ok(f) => failures.extend(f),
+                Err(whole) => return Ok(Err(whole)),
+            }
+        }
+        failures.sort_by_key(|(i, _)| *i);
+        failures.dedup_by_key(|(i, _)| *i);
+        Ok(Ok(failures))
+    }
+
+    /// The indices written now.
+    fn targets(&self) -> Arc<Targets> {
+        Arc::clone(
+            &self
+                .targets
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Sends every action of `body` to `index`, by batches (see [`Self::send`]).
+    async fn send_to(
+        &self,
+        index: &str,
+        body: &BulkBody,
+    ) -> Result<std::result::Result<Vec<(usize, ProcessorFailure)>, ProcessorFailure>> {
         let mut failures = Vec::new();
         let limit = self
             .batch_limit
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(1);
+        let path = format!("/{index}/_bulk");
         for batch in body.batches(limit, self.config.max_bytes_per_request) {
-            if let Err(whole) = self.send_batch(body, batch, &mut failures).await? {
+            if let Err(whole) = self
+                .send_batch(index, &path, body, batch, &mut failures)
+                .await?
+            {
                 return Ok(Err(whole));
             }
         }
@@ -739,16 +889,15 @@ impl Sender {
         }
     }
 
-    fn fatal_context(&self, actions: usize, attempt: u32) -> String {
-        format!(
-            "sending {actions} bulk actions to index {} (after {attempt} retries)",
-            self.config.index
-        )
+    fn fatal_context(index: &str, actions: usize, attempt: u32) -> String {
+        format!("sending {actions} bulk actions to index {index} (after {attempt} retries)")
     }
 
     /// Sends one batch until every item is done or failed, re-sending only the items to retry.
     async fn send_batch(
         &self,
+        index: &str,
+        path: &str,
         body: &BulkBody,
         batch: std::ops::Range<usize>,
         failures: &mut Vec<(usize, ProcessorFailure)>,
@@ -756,11 +905,7 @@ impl Sender {
         let mut pending: Vec<usize> = batch.clone().collect();
         let mut wait = self.policy.wait(
             &self.name,
-            format!(
-                "sending {} bulk actions to index {}",
-                batch.len(),
-                self.config.index
-            ),
+            format!("sending {} bulk actions to index {index}", batch.len()),
         );
         loop {
             let gathered;
@@ -773,7 +918,7 @@ impl Sender {
             if let Some(rate) = &self.rate {
                 rate.wait(pending.len()).await;
             }
-            let reply = match wait.request(self.bulk_request(bytes)).await? {
+            let reply = match wait.request(self.bulk_request(path, bytes)).await? {
                 Ok(r) => r,
                 Err(e) if classify_transport(&e) == Failure::Outage => {
                     wait.outage(&self.policy.describe(&e)).await?;
@@ -781,7 +926,7 @@ impl Sender {
                 }
                 Err(e) => {
                     return Err(Error::Elasticsearch(ElasticsearchError::Transport {
-                        context: self.fatal_context(pending.len(), wait.retries()),
+                        context: Self::fatal_context(index, pending.len(), wait.retries()),
                         source: e,
                     }))
                 }
@@ -797,23 +942,25 @@ impl Sender {
                     return Ok(Err(ProcessorFailure::new(
                         ERROR_TYPE,
                         format!(
-                            "elasticsearch index {}: bulk response has {} items for {} actions",
-                            self.config.index,
-                            r.len(),
-                            pending.len()
-                        ),
+                        "elasticsearch index {index}: bulk response has {} items for {} actions",
+                        r.len(),
+                        pending.len()
+                    ),
                     )))
                 }
                 Reply::Status(s, text) => {
                     self.adapt(s == 429);
-                    match self.on_status(&mut wait, pending.len(), s, text).await? {
+                    match self
+                        .on_status(index, &mut wait, pending.len(), s, text)
+                        .await?
+                    {
                         None => continue,
                         Some(whole) => return Ok(Err(whole)),
                     }
                 }
             };
             self.adapt(results.iter().any(|r| r.status == 429));
-            let retry = self.classify(body, &pending, &results, failures);
+            let retry = Self::classify(index, body, &pending, &results, failures);
             if retry.len() < pending.len() {
                 wait.progressed();
             }
@@ -835,7 +982,10 @@ impl Sender {
                         item.op.as_str(),
                         wait.retries()
                     );
-                    failures.push((item.change, self.failure(ERROR_TYPE, &item.doc_id, &reason)));
+                    failures.push((
+                        item.change,
+                        Self::failure_in(index, ERROR_TYPE, &item.doc_id, &reason),
+                    ));
                 }
                 return Ok(Ok(()));
             }
@@ -848,6 +998,7 @@ impl Sender {
     /// `Err` for a transient failure beyond the retries or the end of a wait.
     async fn on_status(
         &self,
+        index: &str,
         wait: &mut Wait<'_>,
         actions: usize,
         status: u16,
@@ -858,7 +1009,7 @@ impl Sender {
             Failure::Outage => wait.outage(&reason).await.map(|()| None),
             Failure::Transient if wait.transient(&reason).await? => Ok(None),
             Failure::Transient => Err(Error::Elasticsearch(ElasticsearchError::Status {
-                context: self.fatal_context(actions, wait.retries()),
+                context: Self::fatal_context(index, actions, wait.retries()),
                 status,
                 body: text,
             })),
@@ -867,8 +1018,7 @@ impl Sender {
                 Ok(Some(ProcessorFailure::new(
                     ERROR_TYPE,
                     format!(
-                        "elasticsearch index {}: bulk request of {actions} actions failed with {reason}",
-                        self.config.index
+                        "elasticsearch index {index}: bulk request of {actions} actions failed with {reason}"
                     ),
                 )))
             }
@@ -878,7 +1028,7 @@ impl Sender {
     /// Sorts the items of one answer: failures are pushed to `failures`; the items to re-send
     /// are returned with their kinds and reasons.
     fn classify(
-        &self,
+        index: &str,
         body: &BulkBody,
         pending: &[usize],
         results: &[super::bulk::ItemResult],
@@ -892,7 +1042,8 @@ impl Sender {
                 ItemOutcome::Retry(kind, reason) => retry.push((i, kind, reason)),
                 ItemOutcome::Failed(reason) => failures.push((
                     item.change,
-                    self.failure(
+                    Self::failure_in(
+                        index,
                         ERROR_TYPE,
                         &item.doc_id,
                         &format!("{} failed: {reason}", item.op.as_str()),
@@ -1007,6 +1158,7 @@ impl Processor for ElasticsearchProcessor {
         &mut self,
         change: &mut Change,
     ) -> Result<std::result::Result<(), ProcessorFailure>> {
+        self.follow_reindex(false).await?;
         if !change.deleted && change.document().is_none() && !self.docstores.is_empty() {
             change.document = Document::Unfetched;
             self.docstores
@@ -1030,6 +1182,7 @@ impl Processor for ElasticsearchProcessor {
         &mut self,
         changes: &mut [Change],
     ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
+        self.follow_reindex(false).await?;
         if self.sender.config.flush_max_changes > 0 {
             return Ok(Ok(self.hold_chunk(changes)));
         }
@@ -1040,6 +1193,7 @@ impl Processor for ElasticsearchProcessor {
     /// at a time, up to `max_in_flight` requests each), while the pillow reads on; the answer is
     /// the newest chunk whose actions are all written.
     async fn settle(&mut self, seq: u64, flush: bool) -> Result<Settled> {
+        self.follow_reindex(false).await?;
         if self
             .held
             .wave
@@ -1073,9 +1227,19 @@ impl Processor for ElasticsearchProcessor {
         })
     }
 
+    /// An idle pillow acknowledges a reindex's steps at its idle tick.
+    async fn idle(&mut self) -> Result<()> {
+        self.follow_reindex(false).await
+    }
+
     /// Creates the index with its settings, mappings and alias when it does not exist. One
     /// request; an existing index (`resource_already_exists_exception`) is left as it is.
     async fn bootstrap_if_needed(&mut self) -> Result<()> {
+        self.follow_reindex(true).await?;
+        if self.sender.targets().primary != self.sender.config.index {
+            // A reindex has moved the processor to its new index, which the reindex made.
+            return Ok(());
+        }
         let mut body = serde_json::Map::new();
         if let Some(s) = &self.sender.config.settings {
             body.insert("settings".into(), s.clone());

@@ -1,0 +1,1593 @@
+//! Rebuilding a processor's Elasticsearch index without stopping its pillow (issue 15): the
+//! state machine of `pillowtop reindex`, one row per run in `pillowtop_rs_reindex`
+//! ([`crate::store::reindex`]).
+//!
+//! The steps, each checking whether it is already done before acting, so that `resume` after a
+//! crash (even a SIGKILL) carries on where the run stopped:
+//! 1. **preflight**: the source's rows and bytes, the old index's documents and bytes, the
+//!    node's free disk (`_cat/allocation`); refused when the free disk is below twice the old
+//!    index (or the source), unless forced.
+//! 2. **created**: the new index (`{alias}_{timestamp}`) with the processor's mappings and
+//!    settings, refresh off and no replicas (the old values are restored at the swap).
+//! 3. **dual_write**: the live pillow is asked to write to both indices; the run waits until
+//!    every live process of the pillow has acknowledged it, then records the Kafka high-water
+//!    marks of the pillow's topics. From then on nothing the pillow writes is missed by the new
+//!    index.
+//! 4. **backfill**: every document of the source table (a SQL table with an id and a JSON
+//!    document column, chunked by id, `--slices` concurrent slices by a hash of the id, each
+//!    resumable from its own progress in the row), written with `create` actions: a copy
+//!    never overwrites the pillow's newer write of a document.
+//! 5. **verify**: every id of the new index against the source's (missing and extra ids) and a
+//!    sample of documents compared in full; each difference is repaired from the source and
+//!    checked again (3 rounds); differences that remain stop the run with the old index
+//!    serving.
+//! 6. **swapped**: the settings restored, the new index refreshed, the alias moved in one
+//!    `_aliases` request. The old index is kept (and still written) for `--keep-old`.
+//! 7. **drop_old** / **done**: once the window has passed (`resume`), the pillow stops writing
+//!    the old index (acknowledged by every process), then it is deleted.
+//!
+//! `rollback` (while the old index is kept) moves the alias back and deletes the new index;
+//! `abort` (before the swap) deletes the new index. A run is carried out by one process at a
+//! time (a PostgreSQL advisory lock per run) and a processor has at most one run that has not
+//! ended (a unique index).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use elasticsearch::http::Method;
+use elasticsearch::Elasticsearch;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::change::{Change, ChangeMeta, Document, EmbeddedDocument};
+use crate::error::{ElasticsearchError, Error, ReindexError, Result};
+use crate::ops::kafka::KafkaInfo;
+use crate::pg::{err, Pg};
+use crate::processor::elasticsearch::{ElasticsearchConfig, ElasticsearchProcessor};
+use crate::processor::Processor;
+use crate::store::liveness::LivenessStore;
+use crate::store::reindex::{self as store, NewRun, ReindexRun, Step, Update};
+
+/// Where the documents come from: a table with an id column and a JSON document column (the
+/// primary database, like a pillow's document store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlSource {
+    pub table: String,
+    pub id_column: String,
+    pub doc_column: String,
+}
+
+/// What a run is asked to do (kept in its row, so that `resume` needs nothing more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReindexOptions {
+    pub source: SqlSource,
+    /// Documents per backfill chunk (one `_bulk` request each, or a few).
+    pub chunk_size: usize,
+    /// Concurrent backfill slices (by a hash of the id).
+    pub slices: usize,
+    /// Only the documents whose `domain` is this.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// A (dotted) document field holding a date or timestamp, for `start_date` / `end_date`.
+    #[serde(default)]
+    pub date_field: Option<String>,
+    /// Documents with `date_field` at or after this (ISO 8601 text, compared as text).
+    #[serde(default)]
+    pub start_date: Option<String>,
+    /// Documents with `date_field` before this.
+    #[serde(default)]
+    pub end_date: Option<String>,
+    /// How long the old index is kept (and written) after the swap, for a rollback.
+    pub keep_old_secs: u64,
+    /// How long every live process of the pillow is waited for to acknowledge a step.
+    pub ack_timeout_secs: u64,
+    /// The new index's name; default `{alias}_{UTC timestamp}`.
+    #[serde(default)]
+    pub new_index: Option<String>,
+    /// Documents compared in full by the verification.
+    pub sample_size: usize,
+}
+
+impl ReindexOptions {
+    pub fn new(source: SqlSource) -> Self {
+        Self {
+            source,
+            chunk_size: 1000,
+            slices: 1,
+            domain: None,
+            date_field: None,
+            start_date: None,
+            end_date: None,
+            keep_old_secs: 48 * 3600,
+            ack_timeout_secs: 120,
+            new_index: None,
+            sample_size: 200,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let s = &self.source;
+        crate::docstore::check_identifiers(&s.table, &s.id_column, &s.doc_column)?;
+        if let Some(f) = &self.date_field {
+            if f.is_empty()
+                || !f
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+            {
+                return Err(crate::error::ConfigError::Invalid(format!(
+                    "reindex: --date-field {f:?} must be a dotted path of field names"
+                ))
+                .into());
+            }
+        }
+        if (self.start_date.is_some() || self.end_date.is_some()) && self.date_field.is_none() {
+            return Err(crate::error::ConfigError::Invalid(
+                "reindex: --start-date and --end-date need --date-field".into(),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Whether the source is restricted (then ids in the index but not in the source are not
+    /// differences: the live pillow writes every document).
+    fn filtered(&self) -> bool {
+        self.domain.is_some() || self.date_field.is_some()
+    }
+}
+
+/// The processor being rebuilt, and how to reach everything.
+pub struct Reindexer {
+    pub pg: Arc<Pg>,
+    /// The pillow's name (its processes' liveness rows).
+    pub pillow: String,
+    /// The processor's name (as the pillow reports it: `ElasticsearchProcessor(index)`).
+    pub processor: String,
+    /// The processor's configuration (its `index` is the one configured, not necessarily the
+    /// one serving after earlier reindexes).
+    pub config: ElasticsearchConfig,
+    pub topics: Vec<String>,
+    pub kafka: Option<KafkaInfo>,
+    pub stop: CancellationToken,
+}
+
+/// What preflight found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preflight {
+    pub old_index: String,
+    pub new_index: String,
+    pub alias: String,
+    pub source_rows: i64,
+    pub source_bytes: i64,
+    pub old_docs: Option<i64>,
+    pub old_bytes: Option<i64>,
+    /// The least free disk of the nodes holding data.
+    pub free_bytes: Option<i64>,
+    /// Why the run should not start (free disk); empty when it can.
+    pub problems: Vec<String>,
+}
+
+/// Backfill progress, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+    pub per_second: f64,
+    pub eta_secs: Option<f64>,
+}
+
+/// Called about once a second during the backfill, and at its end.
+pub type OnProgress<'a> = &'a dyn Fn(Progress);
+
+/// What one verification round found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    pub source_count: u64,
+    pub index_count: u64,
+    /// Per domain: `[domain, source, index]`, where they differ (empty when the index has no
+    /// keyword `domain` field to count by).
+    pub domains: Vec<(String, u64, u64)>,
+    pub sampled: usize,
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    pub mismatched: Vec<String>,
+    /// Backfill failures (the index's own reasons).
+    pub failed: Vec<String>,
+}
+
+impl Verification {
+    fn differences(&self) -> usize {
+        self.missing.len() + self.extra.len() + self.mismatched.len()
+    }
+
+    fn examples(&self) -> String {
+        let mut e: Vec<String> = self
+            .failed
+            .iter()
+            .take(3)
+            .cloned()
+            .chain(
+                self.missing
+                    .iter()
+                    .take(3)
+                    .map(|id| format!("{id} missing")),
+            )
+            .chain(self.extra.iter().take(3).map(|id| format!("{id} extra")))
+            .chain(
+                self.mismatched
+                    .iter()
+                    .take(3)
+                    .map(|id| format!("{id} differs")),
+            )
+            .collect();
+        e.truncate(6);
+        e.join("; ")
+    }
+}
+
+fn refused(r: &Reindexer, message: impl Into<String>) -> Error {
+    ReindexError::Refused {
+        pillow: r.pillow.clone(),
+        processor: r.processor.clone(),
+        message: message.into(),
+    }
+    .into()
+}
+
+impl Reindexer {
+    fn es(&self) -> Result<Es> {
+        let p = ElasticsearchProcessor::new(self.config.clone())?;
+        Ok(Es {
+            client: p.client().clone(),
+            url: self.config.urls.join(","),
+            stop: self.stop.clone(),
+        })
+    }
+
+    fn alias(&self) -> Result<String> {
+        self.config.alias.clone().ok_or_else(|| {
+            refused(
+                self,
+                format!(
+                    "index {} has no alias: readers would not see the new index; add `alias` to the processor's configuration (and read through it)",
+                    self.config.index
+                ),
+            )
+        })
+    }
+
+    /// The index serving now: the new index of the newest run that swapped, else the one
+    /// configured.
+    async fn serving_index(&self) -> Result<String> {
+        let latest = store::latest(&self.pg, &self.pillow, &self.processor).await?;
+        Ok(latest.map_or_else(|| self.config.index.clone(), |r| r.targets().primary))
+    }
+
+    /// Sizes and free disk, and the names the run would use. Writes nothing.
+    pub async fn preflight(&self, options: &ReindexOptions) -> Result<Preflight> {
+        options.validate()?;
+        let alias = self.alias()?;
+        let es = self.es()?;
+        let old_index = self.serving_index().await?;
+        let new_index = options.new_index.clone().unwrap_or_else(|| {
+            format!("{alias}_{}", Utc::now().format("%Y%m%d%H%M%S")).to_lowercase()
+        });
+        let (source_rows, source_bytes) = source_size(&self.pg, &options.source).await?;
+        let (status, cat) = es
+            .call(
+                Method::Get,
+                &format!("/_cat/indices/{old_index}?format=json&bytes=b"),
+                None,
+            )
+            .await?;
+        let old = (status == 200)
+            .then(|| cat.get(0).cloned())
+            .flatten()
+            .unwrap_or(Value::Null);
+        let num = |v: &Value, k: &str| v.get(k).and_then(|x| x.as_str()?.parse::<i64>().ok());
+        let (old_docs, old_bytes) = (num(&old, "docs.count"), num(&old, "store.size"));
+        let (_, allocation) = es
+            .call(Method::Get, "/_cat/allocation?format=json&bytes=b", None)
+            .await?;
+        let free_bytes = allocation
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| num(n, "disk.avail"))
+            .min();
+        let mut problems = Vec::new();
+        let need = old_bytes.unwrap_or(0).max(source_bytes);
+        if let Some(free) = free_bytes {
+            if free < need.saturating_mul(2) {
+                problems.push(format!(
+                    "the search node has {free} bytes free, less than twice the larger of the old index ({} bytes) and the source ({source_bytes} bytes)",
+                    old_bytes.unwrap_or(0)
+                ));
+            }
+        }
+        if old_index == new_index {
+            problems.push(format!("the new index {new_index} is the one serving"));
+        }
+        Ok(Preflight {
+            old_index,
+            new_index,
+            alias,
+            source_rows,
+            source_bytes,
+            old_docs,
+            old_bytes,
+            free_bytes,
+            problems,
+        })
+    }
+
+    /// Records a new run (refused while the processor has one that has not ended, or when
+    /// preflight found problems and `force` is off) and carries it out.
+    pub async fn start(
+        &self,
+        options: &ReindexOptions,
+        force: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<ReindexRun> {
+        let pre = self.preflight(options).await?;
+        if !pre.problems.is_empty() && !force {
+            return Err(refused(self, pre.problems.join("; ")));
+        }
+        let opts = serde_json::to_value(options).unwrap_or(Value::Null);
+        let pre_json = serde_json::to_value(&pre).unwrap_or(Value::Null);
+        let run = store::create(
+            &self.pg,
+            &NewRun {
+                pillow: &self.pillow,
+                processor: &self.processor,
+                old_index: &pre.old_index,
+                new_index: &pre.new_index,
+                alias: &pre.alias,
+                options: &opts,
+                preflight: &pre_json,
+            },
+        )
+        .await?;
+        let Some(run) = run else {
+            let active = store::latest(&self.pg, &self.pillow, &self.processor).await?;
+            return Err(refused(
+                self,
+                format!(
+                    "run {} has not ended (step {}): resume, roll back or abort it first",
+                    active.as_ref().map_or(0, |r| r.id),
+                    active.as_ref().map_or("?", |r| r.step.as_str())
+                ),
+            ));
+        };
+        tracing::info!(run = run.id, pillow = %self.pillow, processor = %self.processor,
+            old = %run.old_index, new = %run.new_index, "reindex started");
+        self.resume(run.id, progress).await
+    }
+
+    /// The run that has not ended, if any.
+    pub async fn active(&self) -> Result<Option<ReindexRun>> {
+        Ok(store::latest(&self.pg, &self.pillow, &self.processor)
+            .await?
+            .filter(|r| r.finished_at.is_none()))
+    }
+
+    /// Carries run `id` on from its step, until it ends or waits for its keep window.
+    pub async fn resume(&self, id: i64, progress: OnProgress<'_>) -> Result<ReindexRun> {
+        let _lock = self.lock(id).await?;
+        let es = self.es()?;
+        loop {
+            let run = store::get(&self.pg, id)
+                .await?
+                .ok_or_else(|| refused(self, format!("run {id} does not exist")))?;
+            if self.stop.is_cancelled() {
+                return Err(Error::ShutdownRequested(format!(
+                    "reindex run {id} stopped at step {}; `pillowtop reindex resume` carries it on",
+                    run.step.as_str()
+                )));
+            }
+            let next = match run.step {
+                Step::Preflight => self.create_index(&es, &run).await?,
+                Step::Created => Update {
+                    step: Some(Step::DualWrite),
+                    log: Some("asked every process of the pillow to write to both indices".into()),
+                    ..Update::default()
+                },
+                Step::DualWrite => self.start_backfill(&run).await?,
+                Step::Backfill => self.backfill(&run, progress).await?,
+                Step::Verify => self.verify_and_swap(&es, &run).await?,
+                Step::Swapped => match run.keep_old_until {
+                    Some(t) if t > Utc::now() => return Ok(run),
+                    _ => Update {
+                        step: Some(Step::DropOld),
+                        log: Some(format!(
+                            "the keep window has passed: {} is no longer written",
+                            run.old_index
+                        )),
+                        ..Update::default()
+                    },
+                },
+                Step::DropOld => {
+                    self.delete_after_acks(&es, &run, &run.old_index.clone(), Step::Done)
+                        .await?
+                }
+                Step::RollingBack | Step::Aborting => {
+                    let end = if run.step == Step::RollingBack {
+                        Step::RolledBack
+                    } else {
+                        Step::Aborted
+                    };
+                    self.delete_after_acks(&es, &run, &run.new_index.clone(), end)
+                        .await?
+                }
+                Step::Done | Step::RolledBack | Step::Aborted => return Ok(run),
+            };
+            store::update(&self.pg, id, &next).await?;
+        }
+    }
+
+    /// Moves the alias back to the old index and deletes the new one (while the old one is
+    /// kept, after the swap).
+    pub async fn rollback(&self, id: i64) -> Result<ReindexRun> {
+        let run = self.locked_run(id).await?;
+        if run.step != Step::Swapped {
+            return Err(refused(
+                self,
+                format!(
+                    "run {id} is at step {}: only a swapped run whose old index is kept can be rolled back{}",
+                    run.step.as_str(),
+                    if run.step < Step::Swapped { " (abort it instead)" } else { "" }
+                ),
+            ));
+        }
+        let es = self.es()?;
+        es.ok(
+            &format!("moving alias {} back to {}", run.alias, run.old_index),
+            Method::Post,
+            "/_aliases",
+            Some(&json!({"actions": [
+                {"remove": {"index": run.new_index, "alias": run.alias, "must_exist": false}},
+                {"add": {"index": run.old_index, "alias": run.alias}},
+            ]})),
+        )
+        .await?;
+        store::update(
+            &self.pg,
+            id,
+            &Update {
+                step: Some(Step::RollingBack),
+                log: Some(format!(
+                    "alias {} points at {} again; {} is no longer written",
+                    run.alias, run.old_index, run.new_index
+                )),
+                ..Update::default()
+            },
+        )
+        .await?;
+        drop(run);
+        self.resume(id, &|_| {}).await
+    }
+
+    /// Abandons a run before its swap: the new index is no longer written, then deleted.
+    pub async fn abort(&self, id: i64) -> Result<ReindexRun> {
+        let run = self.locked_run(id).await?;
+        if run.step >= Step::Swapped && !matches!(run.step, Step::Aborting) {
+            return Err(refused(
+                self,
+                format!(
+                    "run {id} is at step {}: after the swap, roll back instead",
+                    run.step.as_str()
+                ),
+            ));
+        }
+        store::update(
+            &self.pg,
+            id,
+            &Update {
+                step: Some(Step::Aborting),
+                log: Some(format!("aborted: {} is no longer written", run.new_index)),
+                ..Update::default()
+            },
+        )
+        .await?;
+        self.resume(id, &|_| {}).await
+    }
+
+    /// The run, checked not to be carried out by another process right now.
+    async fn locked_run(&self, id: i64) -> Result<ReindexRun> {
+        let lock = self.lock(id).await?;
+        drop(lock);
+        store::get(&self.pg, id)
+            .await?
+            .ok_or_else(|| refused(self, format!("run {id} does not exist")))
+    }
+
+    /// The run's advisory lock, on a connection of its own held until the guard is dropped (a
+    /// killed process's lock goes with its connection).
+    async fn lock(&self, id: i64) -> Result<tokio_postgres::Client> {
+        let c = self.pg.fresh_client().await?;
+        let what = format!("taking the advisory lock of reindex run {id}");
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&store::lock_key(id)])
+            .await
+            .map_err(err(what))?
+            .get(0);
+        if got {
+            Ok(c)
+        } else {
+            Err(ReindexError::Busy { run: id }.into())
+        }
+    }
+
+    async fn create_index(&self, es: &Es, run: &ReindexRun) -> Result<Update> {
+        let (settings, restore) = reindex_settings(self.config.settings.as_ref());
+        let restore = self.restore_values(es, &run.old_index, restore).await?;
+        let mut body = serde_json::Map::new();
+        body.insert("settings".into(), settings);
+        if let Some(m) = &self.config.mappings {
+            body.insert("mappings".into(), m.clone());
+        }
+        let (status, reply) = es
+            .call(
+                Method::Put,
+                &format!("/{}", run.new_index),
+                Some(&Value::Object(body)),
+            )
+            .await?;
+        let existed = status == 400 && reply.to_string().contains("resource_already_exists");
+        if !(200..300).contains(&status) && !existed {
+            return Err(ElasticsearchError::Status {
+                context: format!("creating the new index {}", run.new_index),
+                status,
+                body: reply.to_string(),
+            }
+            .into());
+        }
+        Ok(Update {
+            step: Some(Step::Created),
+            settings: Some(restore),
+            log: Some(format!(
+                "{} {} (refresh off, no replicas)",
+                if existed { "found" } else { "created" },
+                run.new_index
+            )),
+            ..Update::default()
+        })
+    }
+
+    /// The settings to restore at the swap: the configured ones, else the old index's.
+    async fn restore_values(&self, es: &Es, old: &str, configured: Value) -> Result<Value> {
+        let (status, current) = es
+            .call(Method::Get, &format!("/{old}/_settings"), None)
+            .await?;
+        let index = if status == 200 {
+            current
+                .get(old)
+                .and_then(|v| v.pointer("/settings/index"))
+                .cloned()
+                .unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+        let pick = |k: &str| {
+            configured
+                .get(k)
+                .cloned()
+                .filter(|v| !v.is_null())
+                .or_else(|| index.get(k).cloned())
+                .unwrap_or(Value::Null)
+        };
+        Ok(json!({
+            "refresh_interval": pick("refresh_interval"),
+            "number_of_replicas": pick("number_of_replicas"),
+        }))
+    }
+
+    /// Waits for every live process to write to both indices, then records the Kafka position.
+    async fn start_backfill(&self, run: &ReindexRun) -> Result<Update> {
+        self.wait_for_acks(run.id, Step::DualWrite).await?;
+        let mut position = BTreeMap::new();
+        if let Some(k) = &self.kafka {
+            let partitions = k.partitions(&self.topics).await?;
+            for (tp, w) in k.watermarks_of_existing(&partitions).await? {
+                position.insert(tp.to_string(), w.high);
+            }
+        }
+        Ok(Update {
+            step: Some(Step::Backfill),
+            kafka_position: Some(serde_json::to_value(&position).unwrap_or(Value::Null)),
+            log: Some(format!(
+                "every live process writes to both {} and {}; Kafka position recorded ({} partitions)",
+                run.old_index,
+                run.new_index,
+                position.len()
+            )),
+            ..Update::default()
+        })
+    }
+
+    /// Waits until every live process of the pillow has acknowledged `step` of run `id`.
+    async fn wait_for_acks(&self, id: i64, step: Step) -> Result<()> {
+        let liveness =
+            crate::store::liveness::postgres::PostgresLivenessStore::new(self.pg.clone());
+        let started = Instant::now();
+        let timeout = Duration::from_secs(
+            store::get(&self.pg, id)
+                .await?
+                .and_then(|r| r.options.get("ack_timeout_secs")?.as_u64())
+                .unwrap_or(120),
+        );
+        loop {
+            let run = store::get(&self.pg, id)
+                .await?
+                .ok_or_else(|| refused(self, format!("run {id} does not exist")))?;
+            let waiting: Vec<String> = liveness
+                .list(Some(&self.pillow))
+                .await?
+                .into_iter()
+                .filter(|p| p.alive)
+                .filter(|p| {
+                    run.acks
+                        .get(&format!("{}:{}", p.hostname, p.pid))
+                        .map(String::as_str)
+                        != Some(step.as_str())
+                })
+                .map(|p| format!("process {} ({}:{})", p.process_num, p.hostname, p.pid))
+                .collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= timeout {
+                return Err(refused(
+                    self,
+                    format!(
+                        "{} live processes have not acknowledged step {} of run {id} within {} s: {} (do they run processor {}? a stuck process acknowledges at its next chunk or idle tick); the run stays at this step: resume it",
+                        waiting.len(),
+                        step.as_str(),
+                        timeout.as_secs(),
+                        waiting.join(", "),
+                        self.processor
+                    ),
+                ));
+            }
+            if !crate::backoff::sleep_unless_stopped(Duration::from_millis(200), &self.stop).await {
+                return Err(Error::ShutdownRequested(format!(
+                    "reindex run {id} stopped while waiting for the pillow's processes to acknowledge step {}",
+                    step.as_str()
+                )));
+            }
+        }
+    }
+
+    async fn delete_after_acks(
+        &self,
+        es: &Es,
+        run: &ReindexRun,
+        index: &str,
+        end: Step,
+    ) -> Result<Update> {
+        self.wait_for_acks(run.id, run.step).await?;
+        let (status, reply) = es.call(Method::Delete, &format!("/{index}"), None).await?;
+        if !(200..300).contains(&status) && status != 404 {
+            return Err(ElasticsearchError::Status {
+                context: format!("deleting index {index}"),
+                status,
+                body: reply.to_string(),
+            }
+            .into());
+        }
+        Ok(Update {
+            step: Some(end),
+            log: Some(format!("no process writes to {index} any more; deleted it")),
+            finished: true,
+            ..Update::default()
+        })
+    }
+}
+
+/// The new index's settings (the configured ones, refresh off, no replicas) and the configured
+/// values of the two replaced (`null` when not configured).
+fn reindex_settings(configured: Option<&Value>) -> (Value, Value) {
+    let mut flat = serde_json::Map::new();
+    if let Some(Value::Object(m)) = configured {
+        for (k, v) in m {
+            if k == "index" {
+                if let Value::Object(inner) = v {
+                    for (k2, v2) in inner {
+                        flat.insert(k2.clone(), v2.clone());
+                    }
+                }
+            } else {
+                flat.insert(k.strip_prefix("index.").unwrap_or(k).to_owned(), v.clone());
+            }
+        }
+    }
+    let restore = json!({
+        "refresh_interval": flat.get("refresh_interval").cloned().unwrap_or(Value::Null),
+        "number_of_replicas": flat.get("number_of_replicas").cloned().unwrap_or(Value::Null),
+    });
+    flat.insert("refresh_interval".into(), json!("-1"));
+    flat.insert("number_of_replicas".into(), json!(0));
+    (Value::Object(flat), restore)
+}
+
+/// The source's rows (an estimate for large tables) and bytes.
+async fn source_size(pg: &Pg, s: &SqlSource) -> Result<(i64, i64)> {
+    let what = format!("measuring the source table {}", s.table);
+    let table = s.table.clone();
+    pg.run(&what, |c| {
+        let (what, table) = (what.clone(), table.clone());
+        async move {
+            let r = c
+                .query_one(
+                    "SELECT GREATEST(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid) FROM pg_class c WHERE c.oid = $1::text::regclass",
+                    &[&table],
+                )
+                .await
+                .map_err(err(what.clone()))?;
+            let (estimate, bytes): (i64, i64) = (r.get(0), r.get(1));
+            let rows = if estimate < 100_000 {
+                c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .await
+                    .map_err(err(what))?
+                    .get(0)
+            } else {
+                estimate
+            };
+            Ok((rows, bytes))
+        }
+    })
+    .await
+}
+
+/// The source's filter (`WHERE …`, with `$2…` parameters after the caller's `$1`) and its
+/// parameters.
+fn source_filter(o: &ReindexOptions, first: usize) -> (String, Vec<String>) {
+    let doc = &o.source.doc_column;
+    let mut clauses = Vec::new();
+    let mut params = Vec::new();
+    let mut n = first;
+    if let Some(d) = &o.domain {
+        clauses.push(format!("({doc}::jsonb)->>'domain' = ${n}"));
+        params.push(d.clone());
+        n += 1;
+    }
+    if let Some(f) = &o.date_field {
+        let path = format!("{{{}}}", f.replace('.', ","));
+        if let Some(s) = &o.start_date {
+            clauses.push(format!("({doc}::jsonb) #>> '{path}' >= ${n}"));
+            params.push(s.clone());
+            n += 1;
+        }
+        if let Some(e) = &o.end_date {
+            clauses.push(format!("({doc}::jsonb) #>> '{path}' < ${n}"));
+            params.push(e.clone());
+        }
+    }
+    if clauses.is_empty() {
+        (String::from("TRUE"), params)
+    } else {
+        (clauses.join(" AND "), params)
+    }
+}
+
+/// A change carrying a source row's document (what the processor writes).
+fn row_change(id: String, doc: String, index: &str) -> Result<Change> {
+    let raw = serde_json::value::RawValue::from_string(doc).map_err(|e| {
+        crate::error::ProcessError::Other(format!(
+            "reindex into {index}: document {id} of the source is not JSON: {e}"
+        ))
+    })?;
+    let size = raw.get().len();
+    Ok(Change {
+        metadata: ChangeMeta::new(id.clone(), "reindex", "reindex"),
+        id,
+        topic: String::new(),
+        partition: 0,
+        offset: 0,
+        deleted: false,
+        document: Document::Embedded(EmbeddedDocument::new(raw)),
+        size,
+    })
+}
+
+/// A change deleting `id`.
+fn delete_change(id: String) -> Change {
+    Change {
+        metadata: ChangeMeta::new(id.clone(), "reindex", "reindex"),
+        id,
+        topic: String::new(),
+        partition: 0,
+        offset: 0,
+        deleted: true,
+        document: Document::Known(None),
+        size: 0,
+    }
+}
+
+impl Reindexer {
+    /// A processor writing to `index` in line (no gathering), `create`-only for the backfill.
+    fn writer(&self, index: &str, create_only: bool) -> Result<ElasticsearchProcessor> {
+        let mut c = self.config.clone();
+        index.clone_into(&mut c.index);
+        c.alias = None;
+        c.flush_max_changes = 0;
+        let p = ElasticsearchProcessor::new(c)?.with_stop(self.stop.clone());
+        Ok(if create_only { p.with_create_only() } else { p })
+    }
+
+    fn options(run: &ReindexRun) -> Result<ReindexOptions> {
+        serde_json::from_value(run.options.clone()).map_err(|e| {
+            crate::error::ConfigError::Invalid(format!(
+                "reindex run {}: unreadable options in its row: {e}",
+                run.id
+            ))
+            .into()
+        })
+    }
+
+    async fn backfill(&self, run: &ReindexRun, progress: OnProgress<'_>) -> Result<Update> {
+        let o = Self::options(run)?;
+        let total = u64::try_from(
+            run.preflight
+                .get("source_rows")
+                .and_then(Value::as_i64)
+                .unwrap_or(0),
+        )
+        .unwrap_or(0);
+        let slices = o.slices.max(1);
+        let done = AtomicU64::new(
+            (0..slices)
+                .filter_map(|k| run.progress.get(k.to_string())?.get("done")?.as_u64())
+                .sum(),
+        );
+        let started = (Instant::now(), done.load(Ordering::Relaxed));
+        let last_report = std::sync::Mutex::new(Instant::now());
+        let report = |force: bool| {
+            let mut last = last_report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !force && last.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            *last = Instant::now();
+            let d = done.load(Ordering::Relaxed);
+            let secs = started.0.elapsed().as_secs_f64().max(1e-3);
+            let per_second = (d - started.1) as f64 / secs;
+            let eta_secs = (per_second > 0.0).then(|| total.saturating_sub(d) as f64 / per_second);
+            progress(Progress {
+                done: d,
+                total: total.max(d),
+                per_second,
+                eta_secs,
+            });
+        };
+        let results = futures::future::join_all(
+            (0..slices).map(|k| self.backfill_slice(run, &o, k, slices, &done, &report)),
+        )
+        .await;
+        for r in results {
+            r?;
+        }
+        report(true);
+        Ok(Update {
+            step: Some(Step::Verify),
+            log: Some(format!(
+                "copied {} documents from {} into {} ({slices} slices)",
+                done.load(Ordering::Relaxed),
+                o.source.table,
+                run.new_index
+            )),
+            ..Update::default()
+        })
+    }
+
+    async fn backfill_slice(
+        &self,
+        run: &ReindexRun,
+        opts: &ReindexOptions,
+        slice: usize,
+        slices: usize,
+        done: &AtomicU64,
+        report: &dyn Fn(bool),
+    ) -> Result<()> {
+        let mut writer = self.writer(&run.new_index, true)?;
+        let mine = run.progress.get(slice.to_string());
+        let mut last: Option<String> =
+            mine.and_then(|p| p.get("last_id")?.as_str().map(str::to_owned));
+        let mut slice_done = mine.and_then(|p| p.get("done")?.as_u64()).unwrap_or(0);
+        let mut failures: Vec<Value> = mine
+            .and_then(|p| p.get("failures")?.as_array().cloned())
+            .unwrap_or_default();
+        let src = &opts.source;
+        let id_type = column_type(&self.pg, &src.table, &src.id_column).await?;
+        let (filter, params) = source_filter(opts, 4);
+        let sql = format!(
+            "SELECT {id}::text, {doc}::text FROM {table}
+             WHERE ($1::text IS NULL OR {id} > CAST($1::text AS {id_type}))
+               AND ($2::int <= 1 OR mod(abs(hashtext({id}::text)), $2::int) = $3::int)
+               AND {filter}
+             ORDER BY {id} LIMIT {limit}",
+            id = src.id_column,
+            doc = src.doc_column,
+            table = src.table,
+            limit = opts.chunk_size.max(1),
+        );
+        let (modulus, slice_param) = (
+            i32::try_from(slices).unwrap_or(1),
+            i32::try_from(slice).unwrap_or(0),
+        );
+        loop {
+            if self.stop.is_cancelled() {
+                return Err(Error::ShutdownRequested(format!(
+                    "reindex run {} stopped during the backfill (slice {slice} after {:?}); `pillowtop reindex resume` carries it on",
+                    run.id, last
+                )));
+            }
+            let rows = self
+                .pg
+                .run(
+                    &format!("reading the source table {} for the backfill", src.table),
+                    |c| {
+                        let (sql, last, params) = (sql.clone(), last.clone(), params.clone());
+                        async move {
+                            let mut p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                                vec![&last, &modulus, &slice_param];
+                            p.extend(
+                                params
+                                    .iter()
+                                    .map(|x| x as &(dyn tokio_postgres::types::ToSql + Sync)),
+                            );
+                            c.query(&sql, &p)
+                                .await
+                                .map_err(err("reading the source table for the backfill"))
+                        }
+                    },
+                )
+                .await?;
+            let Some(last_row) = rows.last() else {
+                return Ok(());
+            };
+            let next_last: String = last_row.get(0);
+            let mut changes = rows
+                .iter()
+                .map(|r| row_change(r.get(0), r.get(1), &run.new_index))
+                .collect::<Result<Vec<_>>>()?;
+            let outcome = writer.process_changes_chunk(&mut changes).await?;
+            let errors: Vec<(usize, String)> = match outcome {
+                Ok(o) => o.errors.into_iter().map(|(i, f)| (i, f.message)).collect(),
+                Err(whole) => (0..changes.len())
+                    .map(|i| (i, whole.message.clone()))
+                    .collect(),
+            };
+            for (i, message) in errors {
+                tracing::warn!(run = run.id, index = %run.new_index, doc_id = %changes[i].id, error = %message, "reindex: a document could not be copied");
+                if failures.len() < 20 {
+                    failures.push(json!({"id": changes[i].id, "error": message}));
+                }
+            }
+            slice_done += changes.len() as u64;
+            done.fetch_add(changes.len() as u64, Ordering::Relaxed);
+            store::set_progress(
+                &self.pg,
+                run.id,
+                &slice.to_string(),
+                &json!({"last_id": next_last, "done": slice_done, "failures": failures}),
+            )
+            .await?;
+            last = Some(next_last);
+            report(false);
+        }
+    }
+}
+
+/// The SQL type of a column (to compare ids in their own order, with the index).
+async fn column_type(pg: &Pg, table: &str, column: &str) -> Result<String> {
+    let what = format!("reading the type of column {column} of {table}");
+    let (t, col) = (table.to_owned(), column.to_owned());
+    pg.run(&what, |c| {
+        let (what, t, col) = (what.clone(), t.clone(), col.clone());
+        async move {
+            let r = c
+                .query_opt(
+                    "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
+                    &[&t, &col],
+                )
+                .await
+                .map_err(err(what.clone()))?;
+            r.map(|r| r.get(0)).ok_or_else(|| {
+                crate::error::ConfigError::Invalid(format!("{what}: the table has no such column"))
+                    .into()
+            })
+        }
+    })
+    .await
+}
+
+impl Reindexer {
+    async fn verify_and_swap(&self, es: &Es, run: &ReindexRun) -> Result<Update> {
+        const ROUNDS: usize = 3;
+        let o = Self::options(run)?;
+        let mut v = self.verify(es, run, &o).await?;
+        let mut rounds = 0;
+        let mut repaired = 0;
+        while v.differences() > 0 && rounds < ROUNDS {
+            rounds += 1;
+            let ids: Vec<String> = v
+                .missing
+                .iter()
+                .chain(&v.mismatched)
+                .chain(&v.extra)
+                .cloned()
+                .collect();
+            repaired += self.repair(es, run, &o, &ids).await?;
+            let (missing, extra, mismatched) = self.compare_ids(es, run, &o, &ids).await?;
+            v.missing = missing;
+            v.extra = extra;
+            v.mismatched = mismatched;
+        }
+        let mut report = serde_json::to_value(&v).unwrap_or(Value::Null);
+        report["repaired"] = json!(repaired);
+        report["rounds"] = json!(rounds);
+        if v.differences() > 0 {
+            let e = ReindexError::Differences {
+                run: run.id,
+                index: run.new_index.clone(),
+                count: v.differences(),
+                rounds,
+                examples: v.examples(),
+            };
+            store::update(
+                &self.pg,
+                run.id,
+                &Update {
+                    verify: Some(report),
+                    error: Some(Some(e.to_string())),
+                    log: Some(format!(
+                        "verification failed: {} differences",
+                        v.differences()
+                    )),
+                    ..Update::default()
+                },
+            )
+            .await?;
+            return Err(e.into());
+        }
+        let swap_ms = self.swap(es, run).await?;
+        report["swap_ms"] = json!(swap_ms);
+        let keep = Duration::from_secs(o.keep_old_secs);
+        let until = Utc::now() + chrono::Duration::from_std(keep).unwrap_or_default();
+        Ok(Update {
+            step: Some(Step::Swapped),
+            verify: Some(report),
+            keep_old_until: Some(until),
+            error: Some(None),
+            log: Some(format!(
+                "verified ({} documents, {} sampled, {repaired} repaired); alias {} now points at {} (the swap took {swap_ms} ms); {} is kept and written until {}",
+                v.index_count, v.sampled, run.alias, run.new_index, run.old_index,
+                until.to_rfc3339()
+            )),
+            ..Update::default()
+        })
+    }
+
+    /// One verification: counts, per-domain counts, every id and a sample compared in full.
+    async fn verify(&self, es: &Es, run: &ReindexRun, o: &ReindexOptions) -> Result<Verification> {
+        let index = &run.new_index;
+        es.ok(
+            &format!("refreshing {index}"),
+            Method::Post,
+            &format!("/{index}/_refresh"),
+            None,
+        )
+        .await?;
+        // The index's ids first, then the source's: an id in the index but not in the source
+        // was deleted from the source (never created after the source was read).
+        let index_ids = es.all_ids(index, o.domain.as_deref()).await?;
+        let source = self.source_ids(o).await?;
+        let mut v = Verification {
+            source_count: source.len() as u64,
+            index_count: index_ids.len() as u64,
+            ..Verification::default()
+        };
+        v.missing = source
+            .iter()
+            .filter(|id| !index_ids.contains(*id))
+            .cloned()
+            .collect();
+        if !o.filtered() {
+            v.extra = index_ids
+                .iter()
+                .filter(|id| !source.contains(*id))
+                .cloned()
+                .collect();
+        }
+        v.missing.sort();
+        v.extra.sort();
+        v.domains = self.domain_counts(es, index, o).await?;
+        let sample = self.sample_ids(o).await?;
+        v.sampled = sample.len();
+        let (_, _, mismatched) = self.compare_ids(es, run, o, &sample).await?;
+        v.mismatched = mismatched;
+        v.failed = run
+            .progress
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|p| p.get("failures")?.as_array().cloned())
+            .flatten()
+            .map(|f| {
+                format!(
+                    "{}: {}",
+                    f.get("id").and_then(Value::as_str).unwrap_or("?"),
+                    f.get("error").and_then(Value::as_str).unwrap_or("?")
+                )
+            })
+            .collect();
+        Ok(v)
+    }
+
+    /// The live (not deleted) ids of the source.
+    async fn source_ids(&self, o: &ReindexOptions) -> Result<HashSet<String>> {
+        let s = &o.source;
+        let (filter, params) = source_filter(o, 1);
+        let sql = format!(
+            "SELECT {id}::text FROM {table} WHERE {filter} AND COALESCE(({doc}::jsonb)->>'doc_type', '') NOT LIKE '%-Deleted'",
+            id = s.id_column,
+            doc = s.doc_column,
+            table = s.table
+        );
+        let rows = self
+            .pg
+            .run("reading the source's ids", |c| {
+                let (sql, params) = (sql.clone(), params.clone());
+                async move {
+                    let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|x| x as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
+                    c.query(&sql, &p)
+                        .await
+                        .map_err(err("reading the source's ids"))
+                }
+            })
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn sample_ids(&self, o: &ReindexOptions) -> Result<Vec<String>> {
+        let s = &o.source;
+        let (filter, params) = source_filter(o, 1);
+        let sql = format!(
+            "SELECT {id}::text FROM {table} WHERE {filter} ORDER BY random() LIMIT {n}",
+            id = s.id_column,
+            table = s.table,
+            n = o.sample_size
+        );
+        let rows = self
+            .pg
+            .run("sampling the source", |c| {
+                let (sql, params) = (sql.clone(), params.clone());
+                async move {
+                    let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|x| x as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
+                    c.query(&sql, &p).await.map_err(err("sampling the source"))
+                }
+            })
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The source's documents of `ids` (absent ones are not returned).
+    async fn source_docs(
+        &self,
+        o: &ReindexOptions,
+        ids: &[String],
+    ) -> Result<HashMap<String, String>> {
+        let s = &o.source;
+        let sql = format!(
+            "SELECT {id}::text, {doc}::text FROM {table} WHERE {id}::text = ANY($1)",
+            id = s.id_column,
+            doc = s.doc_column,
+            table = s.table
+        );
+        let ids = ids.to_vec();
+        let rows = self
+            .pg
+            .run("reading documents of the source", |c| {
+                let (sql, ids) = (sql.clone(), ids.clone());
+                async move {
+                    c.query(&sql, &[&ids])
+                        .await
+                        .map_err(err("reading documents of the source"))
+                }
+            })
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// `ids` compared between the source and the new index: (missing, extra, mismatched).
+    async fn compare_ids(
+        &self,
+        es: &Es,
+        run: &ReindexRun,
+        o: &ReindexOptions,
+        ids: &[String],
+    ) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+        let (mut missing, mut extra, mut mismatched) = (Vec::new(), Vec::new(), Vec::new());
+        if ids.is_empty() {
+            return Ok((missing, extra, mismatched));
+        }
+        let indexed = es.mget(&run.new_index, ids).await?;
+        let source = self.source_docs(o, ids).await?;
+        for id in ids {
+            let expected = source
+                .get(id)
+                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                .filter(|d| {
+                    !d.get("doc_type")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| t.ends_with("-Deleted"))
+                })
+                .map(|mut d| {
+                    if let Value::Object(m) = &mut d {
+                        m.remove("_id");
+                    }
+                    d
+                });
+            match (expected, indexed.get(id)) {
+                (Some(e), Some(got)) if &e != got => mismatched.push(id.clone()),
+                (Some(_), None) => missing.push(id.clone()),
+                (None, Some(_)) if !o.filtered() => extra.push(id.clone()),
+                _ => {}
+            }
+        }
+        Ok((missing, extra, mismatched))
+    }
+
+    /// Writes `ids` again from the source (`index` actions; a document gone from the source is
+    /// deleted). Returns how many were written.
+    async fn repair(
+        &self,
+        _es: &Es,
+        run: &ReindexRun,
+        o: &ReindexOptions,
+        ids: &[String],
+    ) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut writer = self.writer(&run.new_index, false)?;
+        let mut source = self.source_docs(o, ids).await?;
+        let mut changes = Vec::with_capacity(ids.len());
+        for id in ids {
+            changes.push(match source.remove(id) {
+                Some(doc) => row_change(id.clone(), doc, &run.new_index)?,
+                None => delete_change(id.clone()),
+            });
+        }
+        let n = changes.len();
+        let _ = writer.process_changes_chunk(&mut changes).await?;
+        tracing::info!(run = run.id, index = %run.new_index, documents = n, "reindex: repaired differences from the source");
+        Ok(n)
+    }
+
+    async fn domain_counts(
+        &self,
+        es: &Es,
+        index: &str,
+        o: &ReindexOptions,
+    ) -> Result<Vec<(String, u64, u64)>> {
+        let (status, reply) = es
+            .call(
+                Method::Post,
+                &format!("/{index}/_search"),
+                Some(&json!({"size": 0, "aggs": {"d": {"terms": {"field": "domain", "size": 10000}}}})),
+            )
+            .await?;
+        if status != 200 {
+            return Ok(Vec::new()); // no keyword `domain` field: counted in total only
+        }
+        let mut index_counts: BTreeMap<String, u64> = BTreeMap::new();
+        for b in reply
+            .pointer("/aggregations/d/buckets")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(k), Some(n)) = (
+                b.get("key").and_then(Value::as_str),
+                b.get("doc_count").and_then(Value::as_u64),
+            ) {
+                index_counts.insert(k.to_owned(), n);
+            }
+        }
+        let s = &o.source;
+        let (filter, params) = source_filter(o, 1);
+        let sql = format!(
+            "SELECT ({doc}::jsonb)->>'domain', count(*) FROM {table} WHERE {filter} AND COALESCE(({doc}::jsonb)->>'doc_type', '') NOT LIKE '%-Deleted' GROUP BY 1",
+            doc = s.doc_column,
+            table = s.table
+        );
+        let rows = self
+            .pg
+            .run("counting the source by domain", |c| {
+                let (sql, params) = (sql.clone(), params.clone());
+                async move {
+                    let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|x| x as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
+                    c.query(&sql, &p)
+                        .await
+                        .map_err(err("counting the source by domain"))
+                }
+            })
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (d, n): (Option<String>, i64) = (r.get(0), r.get(1));
+            let Some(d) = d else { continue };
+            let n = u64::try_from(n).unwrap_or(0);
+            let got = index_counts.get(&d).copied().unwrap_or(0);
+            if got != n {
+                out.push((d, n, got));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores the settings, refreshes the new index and moves the alias in one request;
+    /// returns how long the alias request took (ms).
+    async fn swap(&self, es: &Es, run: &ReindexRun) -> Result<u64> {
+        let index = &run.new_index;
+        let restore = json!({"index": {
+            "refresh_interval": run.settings.get("refresh_interval").cloned().unwrap_or(Value::Null),
+            "number_of_replicas": run.settings.get("number_of_replicas").cloned().unwrap_or(Value::Null),
+        }});
+        es.ok(
+            &format!("restoring the settings of {index}"),
+            Method::Put,
+            &format!("/{index}/_settings"),
+            Some(&restore),
+        )
+        .await?;
+        es.ok(
+            &format!("refreshing {index}"),
+            Method::Post,
+            &format!("/{index}/_refresh"),
+            None,
+        )
+        .await?;
+        let started = Instant::now();
+        es.ok(
+            &format!(
+                "moving alias {} from {} to {index}",
+                run.alias, run.old_index
+            ),
+            Method::Post,
+            "/_aliases",
+            Some(&json!({"actions": [
+                {"remove": {"index": run.old_index, "alias": run.alias, "must_exist": false}},
+                {"add": {"index": index, "alias": run.alias}},
+            ]})),
+        )
+        .await?;
+        Ok(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Plain JSON requests to the search node, with outages waited out (60 s, a warning naming the
+/// node and its error per attempt).
+struct Es {
+    client: Elasticsearch,
+    url: String,
+    stop: CancellationToken,
+}
+
+impl Es {
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let budget = Duration::from_secs(60);
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        loop {
+            let mut headers = HeaderMap::with_capacity(1);
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let sent = self
+                .client
+                .transport()
+                .send(method, path, headers, None::<&()>, bytes.as_deref(), None)
+                .await;
+            let failure = match sent {
+                Ok(r) => {
+                    let status = r.status_code().as_u16();
+                    let text = r.text().await.unwrap_or_default();
+                    if !matches!(status, 429 | 502..=504) {
+                        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                        return Ok((status, v));
+                    }
+                    format!("status {status}: {}", &text[..text.len().min(300)])
+                }
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() >= budget {
+                return Err(ElasticsearchError::Unavailable {
+                    url: self.url.clone(),
+                    context: format!("{method:?} {path}"),
+                    attempts: attempt + 1,
+                    waited_secs: started.elapsed().as_secs(),
+                    budget_secs: budget.as_secs(),
+                    last_error: failure,
+                }
+                .into());
+            }
+            let delay = Duration::from_millis(250 * 2u64.pow(attempt.min(4)));
+            tracing::warn!(url = %self.url, request = %format!("{method:?} {path}"), attempt = attempt + 1,
+                retry_in_ms = delay.as_millis(), error = %failure, "elasticsearch unavailable during a reindex, retrying");
+            if !crate::backoff::sleep_unless_stopped(delay, &self.stop).await {
+                return Err(Error::ShutdownRequested(format!(
+                    "stopped while waiting for elasticsearch at {} ({method:?} {path}): {failure}",
+                    self.url
+                )));
+            }
+            attempt += 1;
+        }
+    }
+
+    /// A request that must answer 2xx.
+    async fn ok(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let (status, reply) = self.call(method, path, body).await?;
+        if (200..300).contains(&status) {
+            Ok(reply)
+        } else {
+            Err(ElasticsearchError::Status {
+                context: what.to_owned(),
+                status,
+                body: reply.to_string(),
+            }
+            .into())
+        }
+    }
+
+    /// Every `_id` of `index` (with `domain` = `domain` when given), by a scroll.
+    async fn all_ids(&self, index: &str, domain: Option<&str>) -> Result<HashSet<String>> {
+        let query = domain.map_or_else(
+            || json!({"match_all": {}}),
+            |d| json!({"term": {"domain": d}}),
+        );
+        let mut reply = self
+            .ok(
+                &format!("listing the ids of {index}"),
+                Method::Post,
+                &format!("/{index}/_search?scroll=1m"),
+                Some(&json!({"size": 5000, "_source": false, "sort": ["_doc"], "query": query})),
+            )
+            .await?;
+        let mut ids = HashSet::new();
+        loop {
+            let hits = reply
+                .pointer("/hits/hits")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let scroll = reply
+                .get("_scroll_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if hits.is_empty() {
+                if let Some(s) = scroll {
+                    let _ = self
+                        .call(
+                            Method::Delete,
+                            "/_search/scroll",
+                            Some(&json!({"scroll_id": s})),
+                        )
+                        .await;
+                }
+                return Ok(ids);
+            }
+            ids.extend(
+                hits.iter()
+                    .filter_map(|h| h.get("_id")?.as_str().map(str::to_owned)),
+            );
+            let Some(s) = scroll else { return Ok(ids) };
+            reply = self
+                .ok(
+                    &format!("listing the ids of {index}"),
+                    Method::Post,
+                    "/_search/scroll",
+                    Some(&json!({"scroll": "1m", "scroll_id": s})),
+                )
+                .await?;
+        }
+    }
+
+    /// The sources of `ids` in `index` (absent ones are not returned).
+    async fn mget(&self, index: &str, ids: &[String]) -> Result<HashMap<String, Value>> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(1000) {
+            let reply = self
+                .ok(
+                    &format!("reading documents of {index}"),
+                    Method::Post,
+                    &format!("/{index}/_mget"),
+                    Some(&json!({"ids": chunk})),
+                )
+                .await?;
+            for d in reply
+                .get("docs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if d.get("found").and_then(Value::as_bool) == Some(true) {
+                    if let (Some(id), Some(src)) =
+                        (d.get("_id").and_then(Value::as_str), d.get("_source"))
+                    {
+                        out.insert(id.to_owned(), src.clone());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_new_index_has_refresh_off_and_no_replicas_and_the_configured_values_are_restored() {
+        let (s, restore) = reindex_settings(Some(&json!({
+            "number_of_shards": 2, "index": {"refresh_interval": "5s"}, "index.number_of_replicas": 1
+        })));
+        assert_eq!(
+            s,
+            json!({"number_of_shards": 2, "refresh_interval": "-1", "number_of_replicas": 0})
+        );
+        assert_eq!(
+            restore,
+            json!({"refresh_interval": "5s", "number_of_replicas": 1})
+        );
+        let (_, none) = reindex_settings(None);
+        assert_eq!(
+            none,
+            json!({"refresh_interval": null, "number_of_replicas": null})
+        );
+    }
+
+    #[test]
+    fn filters_become_parameters() {
+        let mut o = ReindexOptions::new(SqlSource {
+            table: "docs".into(),
+            id_column: "id".into(),
+            doc_column: "doc".into(),
+        });
+        assert_eq!(source_filter(&o, 1), ("TRUE".into(), vec![]));
+        o.domain = Some("d'1".into());
+        o.date_field = Some("form.meta.time".into());
+        o.start_date = Some("2024-01-01".into());
+        let (sql, params) = source_filter(&o, 4);
+        assert_eq!(
+            sql,
+            "(doc::jsonb)->>'domain' = $4 AND (doc::jsonb) #>> '{form,meta,time}' >= $5"
+        );
+        assert_eq!(params, vec!["d'1".to_owned(), "2024-01-01".to_owned()]);
+        o.date_field = Some("a'; drop".into());
+        assert!(o.validate().is_err());
+    }
+}
