@@ -24,6 +24,7 @@ __all__ = [
     "SqlDocumentStore",
     "request_shutdown",
     "run_cli",
+    "reindex",
     "split_checkpoints",
     "merge_checkpoints",
     "reset_checkpoint",
@@ -282,6 +283,9 @@ class RustProcessor:
     ) -> RustProcessor: ...
     @property
     def kind(self) -> str: ...
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The configuration as validated (defaults filled in); ``None`` for ``"noop"``."""
 
 @final
 class SqlDocumentStore:
@@ -457,6 +461,34 @@ class _Ui(Protocol):
     def out(self, line: str, /) -> None: ...
     def err(self, line: str, /) -> None: ...
     def read_answer(self) -> str: ...
+
+def reindex(
+    ui: _Ui,
+    action: str,
+    *,
+    pillow: str,
+    processor: RustProcessor,
+    topics: list[str],
+    postgres_url: str,
+    kafka_bootstrap: str | None = None,
+    kafka_config: dict[str, str] | None = None,
+    source: tuple[str, str, str] | None = None,
+    chunk_size: int = 1000,
+    slices: int = 1,
+    domain: str | None = None,
+    date_field: str | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    keep_old: int = 172800,
+    ack_timeout: int = 120,
+    new_index: str | None = None,
+    sample_size: int = 200,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+) -> int:
+    """``pillowtop reindex``: rebuild an Elasticsearch processor's index; the exit status."""
 
 def split_checkpoints(
     ui: _Ui,

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from pillowtop_rs import _native
-from pillowtop_rs.exceptions import OperationAborted
+from pillowtop_rs.exceptions import ConfigurationError, OperationAborted
 
 __all__ = [
     "StdioUi",
@@ -43,6 +43,7 @@ __all__ = [
     "list_kafka_topics",
     "merge_checkpoints",
     "processed",
+    "reindex",
     "reset_checkpoint",
     "search_kafka_changes",
     "split_checkpoints",
@@ -667,3 +668,87 @@ def list_kafka_topics(
         ui or StdioUi(), list(topics), kafka_bootstrap=kafka, kafka_config=kafka_config, json=json
     )
     return listed
+
+
+def reindex(
+    pillow: Any,
+    action: str = "start",
+    *,
+    postgres_url: str,
+    kafka_bootstrap: str | None = None,
+    kafka_config: Mapping[str, str] | None = None,
+    processor: str | None = None,
+    source: tuple[str, str, str] | None = None,
+    chunk_size: int = 1000,
+    slices: int = 1,
+    domain: str | None = None,
+    date_field: str | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    keep_old: int = 48 * 3600,
+    ack_timeout: int = 120,
+    new_index: str | None = None,
+    sample_size: int = 200,
+    noinput: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    json: bool = False,
+    ui: Ui | None = None,
+) -> int:
+    """Rebuild the index of an Elasticsearch ``RustProcessor`` of ``pillow`` while it runs.
+
+    ``action``: ``"start"`` (preflight, a new index, dual-write by the live pillow, a backfill
+    from ``source`` = ``(table, id_column, doc_column)``, verification, the alias swap; the old
+    index is kept ``keep_old`` seconds for a rollback), ``"resume"`` (carry the unfinished run
+    on, after a crash or once the keep window has passed), ``"rollback"``, ``"abort"`` or
+    ``"status"``. ``processor`` chooses among several Elasticsearch processors (by index or
+    alias). Returns the exit status: 0 done, dry run or waiting for the keep window; 1 a
+    question was declined; 7 the verification found differences (the old index still serves).
+    Refusals raise :class:`~pillowtop_rs.exceptions.OperationRefused`.
+    """
+    candidates = [
+        p
+        for p in pillow.processors
+        if isinstance(p, _native.RustProcessor) and p.kind == "elasticsearch"
+    ]
+    if processor is not None:
+        candidates = [
+            p
+            for p in candidates
+            if processor
+            in (
+                (c := p.config or {}).get("index"),
+                c.get("alias"),
+                f"ElasticsearchProcessor({c.get('index')})",
+            )
+        ]
+    if len(candidates) != 1:
+        raise ConfigurationError(
+            f"pillow {pillow.name} has {len(candidates)} matching elasticsearch RustProcessors"
+            f"{'' if processor is None else f' for {processor!r}'}: reindex needs exactly one"
+        )
+    return _native.reindex(
+        ui or StdioUi(),
+        action,
+        pillow=pillow.name,
+        processor=candidates[0],
+        topics=list(pillow.topics),
+        postgres_url=postgres_url,
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_config=None if kafka_config is None else dict(kafka_config),
+        source=source,
+        chunk_size=chunk_size,
+        slices=slices,
+        domain=domain,
+        date_field=date_field,
+        start_date=start_date,
+        end_date=end_date,
+        keep_old=keep_old,
+        ack_timeout=ack_timeout,
+        new_index=new_index,
+        sample_size=sample_size,
+        noinput=noinput,
+        dry_run=dry_run,
+        force=force,
+        json=json,
+    )

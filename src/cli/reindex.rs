@@ -210,10 +210,8 @@ fn reindexer(target: &Target, stop: CancellationToken) -> anyhow::Result<(Pillow
 }
 
 async fn start(a: StartArgs, ui: &dyn Ui, stop: CancellationToken) -> anyhow::Result<u8> {
-    let say = Say::new(ui, a.confirm.json);
     let (file, rx) = reindexer(&a.target, stop)?;
     let r = &rx;
-    crate::store::schema::ensure_schema(&r.pg).await?;
     let source = match (&a.source_table, &a.id_column, &a.doc_column) {
         (Some(table), Some(id_column), Some(doc_column)) => SqlSource {
             table: table.clone(),
@@ -244,6 +242,20 @@ async fn start(a: StartArgs, ui: &dyn Ui, stop: CancellationToken) -> anyhow::Re
     options.ack_timeout_secs = a.ack_timeout;
     options.new_index = a.new_index;
     options.sample_size = a.sample_size;
+    start_run(r, &options, &a.confirm, ui).await
+}
+
+/// Starts a run of `r` with `options`: refused while one has not ended; prints the plan, asks
+/// (unless `--noinput`), stops at a dry run, then carries the run out with a progress line on
+/// standard error. Returns the exit status.
+pub async fn start_run(
+    r: &Reindexer,
+    options: &ReindexOptions,
+    confirm: &Confirm,
+    ui: &dyn Ui,
+) -> anyhow::Result<u8> {
+    let say = Say::new(ui, confirm.json);
+    crate::store::schema::ensure_schema(&r.pg).await?;
     if let Some(run) = r.active().await? {
         bail!(
             "processor {} of pillow {} has an unfinished reindex (run {}, step {}): `pillowtop reindex resume`, `rollback` or `abort` it",
@@ -253,22 +265,22 @@ async fn start(a: StartArgs, ui: &dyn Ui, stop: CancellationToken) -> anyhow::Re
             run.step.as_str()
         );
     }
-    let pre = r.preflight(&options).await?;
-    if a.confirm.json {
+    let pre = r.preflight(options).await?;
+    if confirm.json {
         ui.out(&serde_json::to_string_pretty(&serde_json::json!({
             "pillow": r.pillow, "processor": r.processor, "preflight": pre, "options": options,
         }))?);
     }
-    print_plan(&say, r, &options, &pre, a.confirm.force);
-    if a.confirm.dry_run {
+    print_plan(&say, r, options, &pre, confirm.force);
+    if confirm.dry_run {
         say.say("Dry run: nothing written.");
         return Ok(0);
     }
-    if !pre.problems.is_empty() && !a.confirm.force {
+    if !pre.problems.is_empty() && !confirm.force {
         say.say("Refused: deal with the problems above, or add --force.");
         return Ok(super::FAILED);
     }
-    if !a.confirm.noinput {
+    if !confirm.noinput {
         let answer = say.ask("Go on? [y/N]");
         if !matches!(answer.to_lowercase().as_str(), "y" | "yes") {
             say.say("Aborted: nothing written.");
@@ -276,8 +288,8 @@ async fn start(a: StartArgs, ui: &dyn Ui, stop: CancellationToken) -> anyhow::Re
         }
     }
     let progress = progress_printer(ui);
-    let result = r.start(&options, a.confirm.force, &progress).await;
-    finish(r, result, ui, a.confirm.json).await
+    let result = r.start(options, confirm.force, &progress).await;
+    finish(r, result, ui, confirm.json).await
 }
 
 /// Prints what a start would do.
@@ -403,14 +415,19 @@ async fn status(a: &StatusArgs, ui: &dyn Ui) -> anyhow::Result<u8> {
     let file =
         PillowFile::load(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
     let pg = Pg::new(file.postgres.url.clone());
-    crate::store::schema::ensure_schema(&pg).await?;
-    let runs = store::list(&pg, Some(&file.name)).await?;
-    if a.json {
+    print_status(&pg, &file.name, a.json, ui).await
+}
+
+/// Prints the runs of `pillow`, newest first (a table, or JSON).
+pub async fn print_status(pg: &Pg, pillow: &str, json: bool, ui: &dyn Ui) -> anyhow::Result<u8> {
+    crate::store::schema::ensure_schema(pg).await?;
+    let runs = store::list(pg, Some(pillow)).await?;
+    if json {
         ui.out(&serde_json::to_string_pretty(&runs)?);
         return Ok(0);
     }
     if runs.is_empty() {
-        ui.out(&format!("pillow {} has no reindex runs", file.name));
+        ui.out(&format!("pillow {pillow} has no reindex runs"));
         return Ok(0);
     }
     let rows = runs
@@ -452,8 +469,9 @@ async fn status(a: &StatusArgs, ui: &dyn Ui) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// What to do with a processor's unfinished run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub enum Action {
     Resume,
     Rollback,
     Abort,
@@ -466,6 +484,18 @@ async fn on_run(
     action: Action,
 ) -> anyhow::Result<u8> {
     let (_, r) = reindexer(&a.target, stop)?;
+    act(&r, action, a.noinput, a.json, ui).await
+}
+
+/// Resumes, rolls back or aborts the processor's unfinished run (asking first, for the last
+/// two, unless `noinput`). Returns the exit status.
+pub async fn act(
+    r: &Reindexer,
+    action: Action,
+    noinput: bool,
+    json: bool,
+    ui: &dyn Ui,
+) -> anyhow::Result<u8> {
     crate::store::schema::ensure_schema(&r.pg).await?;
     let Some(run) = r.active().await? else {
         bail!(
@@ -474,8 +504,8 @@ async fn on_run(
             r.pillow
         );
     };
-    let say = Say::new(ui, a.json);
-    if action != Action::Resume && !a.noinput {
+    let say = Say::new(ui, json);
+    if action != Action::Resume && !noinput {
         let what = match action {
             Action::Rollback => format!(
                 "Move alias {} back to {} and delete {}?",
@@ -505,7 +535,7 @@ async fn on_run(
         Action::Rollback => r.rollback(run.id).await,
         Action::Abort => r.abort(run.id).await,
     };
-    finish(&r, result, ui, a.json).await
+    finish(r, result, ui, json).await
 }
 
 #[cfg(test)]

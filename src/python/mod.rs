@@ -50,7 +50,7 @@ mod native {
     #[pymodule_export]
     use super::ops::{
         merge_checkpoints, py_add_partitions, py_assignments, py_doctor, py_lag, py_validate,
-        reset_checkpoint, split_checkpoints,
+        reindex, reset_checkpoint, split_checkpoints,
     };
     #[pymodule_export]
     use super::pillow::{request_shutdown, PyPillow, PyProcessResult, PyRunSummary};

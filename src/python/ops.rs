@@ -740,3 +740,102 @@ pub(crate) fn list_kafka_topics(
     })?;
     Ok(pythonize::pythonize(py, &states)?.unbind())
 }
+
+/// `pillowtop reindex`: `action` `"start"` rebuilds the index of the Elasticsearch `processor`
+/// of `pillow` from the `source` table (`(table, id_column, doc_column)`) while the pillow
+/// runs; `"resume"`, `"rollback"` and `"abort"` act on its unfinished run; `"status"` prints
+/// the pillow's runs. Returns the exit status (0 done, dry run or waiting for the keep window;
+/// 1 declined; 7 verification found differences, the old index still serving).
+#[pyfunction]
+#[pyo3(signature = (ui, action, *, pillow, processor, topics, postgres_url, kafka_bootstrap=None, kafka_config=None, source=None, chunk_size=1000, slices=1, domain=None, date_field=None, start_date=None, end_date=None, keep_old=172_800, ack_timeout=120, new_index=None, sample_size=200, noinput=false, dry_run=false, force=false, json=false))]
+#[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
+pub(crate) fn reindex(
+    py: Python<'_>,
+    ui: Py<PyAny>,
+    action: &str,
+    pillow: String,
+    processor: &Bound<'_, super::rust_processors::PyRustProcessor>,
+    topics: Vec<String>,
+    postgres_url: String,
+    kafka_bootstrap: Option<String>,
+    kafka_config: Option<std::collections::BTreeMap<String, String>>,
+    source: Option<(String, String, String)>,
+    chunk_size: usize,
+    slices: usize,
+    domain: Option<String>,
+    date_field: Option<String>,
+    start_date: Option<String>,
+    end_date: Option<String>,
+    keep_old: u64,
+    ack_timeout: u64,
+    new_index: Option<String>,
+    sample_size: usize,
+    noinput: bool,
+    dry_run: bool,
+    force: bool,
+    json: bool,
+) -> PyResult<u8> {
+    use crate::cli::reindex::{act, print_status, start_run, Action};
+    use crate::ops::reindex::{ReindexOptions, Reindexer, SqlSource};
+    let config = processor
+        .get()
+        .elasticsearch_config()
+        .cloned()
+        .ok_or_else(|| {
+            ConfigurationError::new_err(
+                "reindex rebuilds an \"elasticsearch\" RustProcessor's index; this processor is not one",
+            )
+        })?;
+    // `None`: print the pillow's runs.
+    let (action, options) = match action {
+        "status" => (None, None),
+        "resume" => (Some(Action::Resume), None),
+        "rollback" => (Some(Action::Rollback), None),
+        "abort" => (Some(Action::Abort), None),
+        "start" => {
+            let Some((table, id_column, doc_column)) = source else {
+                return Err(ConfigurationError::new_err(
+                    "reindex start needs source=(table, id_column, doc_column): the table the documents are copied from",
+                ));
+            };
+            let mut o = ReindexOptions::new(SqlSource {
+                table,
+                id_column,
+                doc_column,
+            });
+            o.chunk_size = chunk_size.max(1);
+            o.slices = slices.max(1);
+            o.domain = domain;
+            o.date_field = date_field;
+            o.start_date = start_date;
+            o.end_date = end_date;
+            o.keep_old_secs = keep_old;
+            o.ack_timeout_secs = ack_timeout;
+            o.new_index = new_index;
+            o.sample_size = sample_size;
+            (None, Some(o))
+        }
+        other => {
+            return Err(ConfigurationError::new_err(format!(
+                "unknown reindex action {other:?}: start, resume, rollback, abort or status"
+            )))
+        }
+    };
+    let conn = kafka(kafka_bootstrap, kafka_config);
+    run_stoppable(py, ui, async move |ui, stop| {
+        let r = Reindexer {
+            pg: std::sync::Arc::new(crate::pg::Pg::new(postgres_url).with_stop(stop.clone())),
+            processor: format!("ElasticsearchProcessor({})", config.index),
+            pillow,
+            config,
+            topics,
+            kafka: conn.info().ok(),
+            stop: stop.clone(),
+        };
+        match (action, options) {
+            (Some(a), _) => act(&r, a, noinput, json, ui).await,
+            (None, Some(o)) => start_run(&r, &o, &confirm(noinput, dry_run, force, json), ui).await,
+            (None, None) => print_status(&r.pg, &r.pillow, json, ui).await,
+        }
+    })
+}

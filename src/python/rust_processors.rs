@@ -32,6 +32,16 @@ pub(crate) struct PyRustProcessor {
     transform: Option<Py<PyAny>>,
 }
 
+impl PyRustProcessor {
+    /// The configuration of an `"elasticsearch"` processor.
+    pub(crate) fn elasticsearch_config(&self) -> Option<&ElasticsearchConfig> {
+        match &self.kind {
+            Kind::Elasticsearch(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 #[pymethods]
 impl PyRustProcessor {
     #[new]
@@ -89,6 +99,20 @@ impl PyRustProcessor {
     #[getter]
     fn kind(&self) -> &str {
         &self.kind_name
+    }
+
+    /// The processor's configuration as validated (defaults filled in); `None` for `"noop"`.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let value = match &self.kind {
+            Kind::Noop { .. } => return Ok(None),
+            Kind::Elasticsearch(c) => serde_json::to_value(c.as_ref()),
+            Kind::PostgresTable(d) => serde_json::to_value(d.as_ref()),
+        }
+        .map_err(|e| ConfigurationError::new_err(format!("cannot show the configuration: {e}")))?;
+        pythonize::pythonize(py, &value)
+            .map(Some)
+            .map_err(|e| ConfigurationError::new_err(format!("cannot show the configuration: {e}")))
     }
 
     fn __repr__(&self) -> String {

@@ -283,3 +283,71 @@ def test_tail_kafka_limit_in_process_and_ctrl_c_in_manage_py(app: Project) -> No
     finally:
         stop.set()
         t.join(10)
+
+
+def test_ptop_reindexer_v2_rebuilds_the_index_behind_its_alias_and_again_from_the_new_one(
+    app: Project, settings: Any
+) -> None:
+    """A new index filled from the source table, verified, behind the alias; the old deleted
+    (``--keep-old 0``); a second run rebuilds from the index the first one made."""
+    from elasticsearch import Elasticsearch
+
+    table = f"src_{app.index}"
+    settings.TESTAPP = {**settings.TESTAPP, "SOURCE_TABLE": table}
+    es = Elasticsearch(settings.ELASTICSEARCH_URL)
+    alias, v1, v2, v3 = app.index, f"{app.index}_v1", f"{app.index}_v2", f"{app.index}_v3"
+    with connection.cursor() as c:
+        c.execute(f"CREATE TABLE {table} (doc_id text PRIMARY KEY, doc jsonb NOT NULL)")
+        c.execute(
+            f"INSERT INTO {table} SELECT 'f' || i, jsonb_build_object('_id', 'f' || i, "
+            f"'doc_type', 'XFormInstance', 'domain', 'd' || (i % 2), 'n', i) "
+            f"FROM generate_series(1, 120) i"
+        )
+    es.indices.create(index=v1, aliases={alias: {}})
+    es.index(index=v1, id="stale", document={"domain": "d0"}, refresh=True)
+    try:
+        out = StringIO()
+        call_command(
+            "ptop_reindexer_v2",
+            "rust-es-pillow",
+            "--source-table",
+            table,
+            "--id-column",
+            "doc_id",
+            "--doc-column",
+            "doc",
+            "--chunksize",
+            "25",
+            "--keep-old",
+            "0",
+            "--new-index",
+            v2,
+            "--noinput",
+            stdout=out,
+            stderr=out,
+        )
+        text = out.getvalue()
+        assert "step done" in text, text
+        assert list(es.indices.get_alias(name=alias)) == [v2]
+        es.indices.refresh(index=v2)
+        assert es.count(index=alias)["count"] == 120, text
+        doc = es.get(index=alias, id="f7")["_source"]
+        assert doc == {"doc_type": "XFormInstance", "domain": "d1", "n": 7}
+        assert not es.indices.exists(index=v1), "the old index is deleted after --keep-old 0"
+        assert not es.exists(index=alias, id="stale"), "a document not in the source is gone"
+
+        call_command(
+            "ptop_reindexer_v2", "rust-es-pillow", "--source-table", table, "--id-column",
+            "doc_id", "--doc-column", "doc", "--keep-old", "0", "--new-index", v3, "--noinput",
+            stdout=StringIO(), stderr=StringIO(),
+        )  # fmt: skip
+        assert list(es.indices.get_alias(name=alias)) == [v3]
+        status = StringIO()
+        call_command("ptop_reindexer_v2", "rust-es-pillow", "--status", stdout=status)
+        lines = status.getvalue()
+        assert lines.count("done") >= 2 and v2 in lines and v3 in lines, lines
+    finally:
+        es.indices.delete(index=f"{app.index}_v*", ignore_unavailable=True)
+        with connection.cursor() as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")
+            c.execute("DELETE FROM pillowtop_rs_reindex WHERE pillow = 'rust-es-pillow'")

@@ -109,3 +109,36 @@ def get_model_store_pillow(
         document_stores={("sql", "form-sql"): ModelDocumentStore(FormDocument, "form_id")},
         max_checkpoint_delay=checkpoint_delay(),
     )
+
+
+def get_rust_es_pillow(
+    pillow_id: str = "rust-es-pillow", processor_chunk_size: int = 100, **kwargs: Any
+) -> Pillow:
+    """The Rust Elasticsearch processor writing ``{ES_INDEX}_v1`` behind the alias ``ES_INDEX``,
+    documents from the table ``TESTAPP["SOURCE_TABLE"]`` (``ptop_reindexer_v2``'s tests)."""
+    from pillowtop_rs import RustProcessor, SqlDocumentStore
+
+    index = settings.TESTAPP["ES_INDEX"]
+    es = RustProcessor(
+        "elasticsearch",
+        {
+            "url": settings.ELASTICSEARCH_URL,
+            "index": f"{index}_v1",
+            "alias": index,
+            "settings": {"number_of_shards": 1, "number_of_replicas": 0},
+            "mappings": {"properties": {"domain": {"type": "keyword"}}},
+        },
+    )
+    return Pillow(
+        pillow_id,
+        [settings.TESTAPP["TOPIC"]],
+        [es],
+        checkpoint_id=_prefixed(pillow_id),
+        chunk_size=processor_chunk_size,
+        document_stores={
+            ("sql", "*"): SqlDocumentStore(
+                settings.TESTAPP.get("SOURCE_TABLE", "forms"), id_column="doc_id", doc_column="doc"
+            )
+        },
+        max_checkpoint_delay=checkpoint_delay(),
+    )
