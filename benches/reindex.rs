@@ -3,8 +3,8 @@
 //! (`common/cpu.rs`):
 //!
 //! * **direct loader**: reads the source table by id (1000 rows a query, as the backfill does)
-//!   and sends each chunk as one `_bulk` request, 1 and 2 concurrent streams (slices by a hash of
-//!   the id, as the backfill's), into a fresh index with refresh off and no replicas;
+//!   and sends each chunk as one `_bulk` request, 1 and 2 concurrent streams (ranges of the id,
+//!   as the backfill's slices), into a fresh index with refresh off and no replicas;
 //! * **direct `_bulk` of pre-encoded bodies**: the node's own ceiling, no reading;
 //! * **reindex**: a whole `Reindexer::start` run (preflight, new index, backfill, verify with
 //!   every id and a 200-document sample, swap, drop) with 1 and 2 slices; its backfill rate is
@@ -136,6 +136,20 @@ async fn direct_loader(
     index: &str,
     streams: usize,
 ) -> anyhow::Result<()> {
+    // Ranges of the id, one a stream (as the backfill's slices).
+    let bounds: Vec<String> = if streams > 1 {
+        let (c, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let fractions: Vec<f64> = (1..streams).map(|k| k as f64 / streams as f64).collect();
+        c.query_one(
+            &format!("SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY doc_id)::text[] FROM {table}"),
+            &[&fractions],
+        )
+        .await?
+        .get(0)
+    } else {
+        Vec::new()
+    };
     let tasks: Vec<_> = (0..streams)
         .map(|k| {
             let (pg_url, es, table, index) = (
@@ -144,18 +158,19 @@ async fn direct_loader(
                 table.to_owned(),
                 index.to_owned(),
             );
+            let lower = k.checked_sub(1).and_then(|b| bounds.get(b).cloned()).unwrap_or_default();
+            let upper = bounds.get(k).cloned();
             tokio::spawn(async move {
                 let (c, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await?;
                 tokio::spawn(conn);
                 let sql = format!(
-                    "SELECT doc_id, doc::text FROM {table} WHERE doc_id > $1 AND ($2::int <= 1 OR mod(abs(hashtext(doc_id)), $2::int) = $3::int) ORDER BY doc_id LIMIT 1000"
+                    "SELECT doc_id, doc::text FROM {table} WHERE doc_id > $1 AND ($2::text IS NULL OR doc_id <= $2) ORDER BY doc_id LIMIT 1000"
                 );
                 let stmt = c.prepare(&sql).await?;
-                let (n, kk) = (i32::try_from(streams)?, i32::try_from(k)?);
-                let mut last = String::new();
+                let mut last = lower;
                 let path = format!("/{index}/_bulk");
                 loop {
-                    let rows = c.query(&stmt, &[&last, &n, &kk]).await?;
+                    let rows = c.query(&stmt, &[&last, &upper]).await?;
                     let Some(r) = rows.last() else {
                         return anyhow::Ok(());
                     };

@@ -27,6 +27,10 @@ pub enum Command {
     /// Preflight, create the new index, dual-write, backfill from the source table, verify,
     /// swap the alias; keeps the old index for --keep-old (then `resume` deletes it).
     Start(Box<StartArgs>),
+    /// CommCare's ptop_preindex: for each Elasticsearch processor of the pillow (or --processor)
+    /// whose index does not exist yet, create it and fill it from the source before the pillow
+    /// starts (a reindex run from nothing, recorded and resumable like the others).
+    Preindex(Box<StartArgs>),
     /// The runs of a pillow: step, indices, backfill progress, verification, what each step did.
     Status(StatusArgs),
     /// Carry the processor's unfinished run on from its step (after a crash, a Ctrl-C, a
@@ -64,7 +68,7 @@ pub struct StartArgs {
     /// Documents per backfill chunk.
     #[arg(long, default_value_t = 1000)]
     pub chunk_size: usize,
-    /// Concurrent backfill slices (by a hash of the id).
+    /// Concurrent backfill slices (ranges of the id, by its quantiles).
     #[arg(long, default_value_t = 1)]
     pub slices: usize,
     /// Only documents of this domain.
@@ -137,6 +141,7 @@ pub async fn exec(command: Command, ui: &dyn Ui) -> anyhow::Result<u8> {
     let stop = super::ctrl_c_token();
     match command {
         Command::Start(a) => start(*a, ui, stop).await,
+        Command::Preindex(a) => preindex(*a, ui, stop).await,
         Command::Status(a) => status(&a, ui).await,
         Command::Resume(a) => on_run(a, ui, stop, Action::Resume).await,
         Command::Rollback(a) => on_run(a, ui, stop, Action::Rollback).await,
@@ -188,7 +193,17 @@ fn find_processor(
 fn reindexer(target: &Target, stop: CancellationToken) -> anyhow::Result<(PillowFile, Reindexer)> {
     let file = PillowFile::load(&target.config)
         .with_context(|| format!("reading {}", target.config.display()))?;
-    let (processor, config) = find_processor(&file, target.processor.as_deref())?;
+    let r = reindexer_of(&file, target.processor.as_deref(), stop)?;
+    Ok((file, r))
+}
+
+/// The reindexer of the pillow file's Elasticsearch processor `wanted`.
+fn reindexer_of(
+    file: &PillowFile,
+    wanted: Option<&str>,
+    stop: CancellationToken,
+) -> anyhow::Result<Reindexer> {
+    let (processor, config) = find_processor(file, wanted)?;
     let settings: Vec<String> = file
         .kafka
         .settings
@@ -206,12 +221,59 @@ fn reindexer(target: &Target, stop: CancellationToken) -> anyhow::Result<(Pillow
         kafka,
         stop,
     };
-    Ok((file, r))
+    Ok(r)
 }
 
 async fn start(a: StartArgs, ui: &dyn Ui, stop: CancellationToken) -> anyhow::Result<u8> {
-    let (file, rx) = reindexer(&a.target, stop)?;
-    let r = &rx;
+    let (file, r) = reindexer(&a.target, stop)?;
+    let options = options_of(&a, &file)?;
+    start_run(&r, &options, &a.confirm, ui).await
+}
+
+/// Creates and fills the index of each Elasticsearch processor (or `--processor`) whose index
+/// does not exist; the others are left alone. The highest exit status of the runs.
+async fn preindex(a: StartArgs, ui: &dyn Ui, stop: CancellationToken) -> anyhow::Result<u8> {
+    let say = Say::new(ui, a.confirm.json);
+    let file = PillowFile::load(&a.target.config)
+        .with_context(|| format!("reading {}", a.target.config.display()))?;
+    let wanted: Vec<Option<String>> = match &a.target.processor {
+        Some(p) => vec![Some(p.clone())],
+        None => file
+            .processors
+            .iter()
+            .filter_map(|p| match p {
+                ProcessorConfig::Elasticsearch(c) => Some(Some(c.index.clone())),
+                _ => None,
+            })
+            .collect(),
+    };
+    if wanted.is_empty() {
+        bail!("pillow {} has no elasticsearch processor", file.name);
+    }
+    let mut options = options_of(&a, &file)?;
+    options.keep_old_secs = 0; // there is no old index to keep
+    let mut status = 0;
+    for w in wanted {
+        let r = reindexer_of(&file, w.as_deref(), stop.clone())?;
+        crate::store::schema::ensure_schema(&r.pg).await?;
+        if r.active().await?.is_none() && r.serving_index_exists().await? {
+            say.say(&format!(
+                "processor {}: its index exists: nothing to do",
+                r.processor
+            ));
+            continue;
+        }
+        status = status.max(match r.active().await? {
+            Some(_) => act(&r, Action::Resume, true, a.confirm.json, ui).await?,
+            None => start_run(&r, &options, &a.confirm, ui).await?,
+        });
+    }
+    Ok(status)
+}
+
+/// The run's options from the command line (the source defaults to the pillow's one document
+/// store).
+fn options_of(a: &StartArgs, file: &PillowFile) -> anyhow::Result<ReindexOptions> {
     let source = match (&a.source_table, &a.id_column, &a.doc_column) {
         (Some(table), Some(id_column), Some(doc_column)) => SqlSource {
             table: table.clone(),
@@ -234,15 +296,15 @@ async fn start(a: StartArgs, ui: &dyn Ui, stop: CancellationToken) -> anyhow::Re
     let mut options = ReindexOptions::new(source);
     options.chunk_size = a.chunk_size.max(1);
     options.slices = a.slices.max(1);
-    options.domain = a.domain;
-    options.date_field = a.date_field;
-    options.start_date = a.start_date;
-    options.end_date = a.end_date;
+    options.domain.clone_from(&a.domain);
+    options.date_field.clone_from(&a.date_field);
+    options.start_date.clone_from(&a.start_date);
+    options.end_date.clone_from(&a.end_date);
     options.keep_old_secs = a.keep_old.as_secs();
     options.ack_timeout_secs = a.ack_timeout;
-    options.new_index = a.new_index;
+    options.new_index.clone_from(&a.new_index);
     options.sample_size = a.sample_size;
-    start_run(r, &options, &a.confirm, ui).await
+    Ok(options)
 }
 
 /// Starts a run of `r` with `options`: refused while one has not ended; prints the plan, asks

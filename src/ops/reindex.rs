@@ -14,7 +14,7 @@
 //!    marks of the pillow's topics. From then on nothing the pillow writes is missed by the new
 //!    index.
 //! 4. **backfill**: every document of the source table (a SQL table with an id and a JSON
-//!    document column, chunked by id, `--slices` concurrent slices by a hash of the id, each
+//!    document column, chunked by id, `--slices` concurrent slices by ranges of the id (its quantiles), each
 //!    resumable from its own progress in the row), written with `create` actions: a copy
 //!    never overwrites the pillow's newer write of a document.
 //! 5. **verify**: every id of the new index against the source's (missing and extra ids) and a
@@ -68,7 +68,7 @@ pub struct ReindexOptions {
     pub source: SqlSource,
     /// Documents per backfill chunk (one `_bulk` request each, or a few).
     pub chunk_size: usize,
-    /// Concurrent backfill slices (by a hash of the id).
+    /// Concurrent backfill slices (ranges of the id, by its quantiles).
     pub slices: usize,
     /// Only the documents whose `domain` is this.
     #[serde(default)]
@@ -246,6 +246,7 @@ impl Reindexer {
             client: p.client().clone(),
             url: self.config.urls.join(","),
             stop: self.stop.clone(),
+            budget: Duration::from_secs(self.config.outage_budget_secs),
         })
     }
 
@@ -266,6 +267,17 @@ impl Reindexer {
     async fn serving_index(&self) -> Result<String> {
         let latest = store::latest(&self.pg, &self.pillow, &self.processor).await?;
         Ok(latest.map_or_else(|| self.config.index.clone(), |r| r.targets().primary))
+    }
+
+    /// Whether the index serving now exists (`ptop_preindex` fills the processors whose index
+    /// does not).
+    pub async fn serving_index_exists(&self) -> Result<bool> {
+        let index = self.serving_index().await?;
+        let (status, _) = self
+            .es()?
+            .call(Method::Head, &format!("/{index}"), None)
+            .await?;
+        Ok(status == 200)
     }
 
     /// Sizes and free disk, and the names the run would use. Writes nothing.
@@ -531,13 +543,20 @@ impl Reindexer {
         if let Some(m) = &self.config.mappings {
             body.insert("mappings".into(), m.clone());
         }
-        let (status, reply) = es
-            .call(
+        // Made already (a resumed run, or an index prepared by hand): kept as it is.
+        let (head, _) = es
+            .call(Method::Head, &format!("/{}", run.new_index), None)
+            .await?;
+        let (status, reply) = if head == 200 {
+            (400, json!("resource_already_exists_exception"))
+        } else {
+            es.call(
                 Method::Put,
                 &format!("/{}", run.new_index),
                 Some(&Value::Object(body)),
             )
-            .await?;
+            .await?
+        };
         let existed = status == 400 && reply.to_string().contains("resource_already_exists");
         if !(200..300).contains(&status) && !existed {
             return Err(ElasticsearchError::Status {
@@ -866,9 +885,14 @@ impl Reindexer {
                 eta_secs,
             });
         };
-        let results = futures::future::join_all(
-            (0..slices).map(|k| self.backfill_slice(run, &o, k, slices, &done, &report)),
-        )
+        let bounds = self.slice_bounds(run, &o, slices).await?;
+        let results = futures::future::join_all((0..slices).map(|k| {
+            let range = (
+                k.checked_sub(1).and_then(|b| bounds.get(b).cloned()),
+                bounds.get(k).cloned(),
+            );
+            self.backfill_slice(run, &o, k, range, &done, &report)
+        }))
         .await;
         for r in results {
             r?;
@@ -886,40 +910,85 @@ impl Reindexer {
         })
     }
 
+    /// The ids that end each slice but the last (ranges of the id, so that each slice reads its
+    /// own part of the primary key's index): the quantiles of the source's ids, computed once
+    /// and kept in the run's progress, so a resumed run slices alike.
+    async fn slice_bounds(
+        &self,
+        run: &ReindexRun,
+        o: &ReindexOptions,
+        slices: usize,
+    ) -> Result<Vec<String>> {
+        if slices <= 1 {
+            return Ok(Vec::new());
+        }
+        if let Some(b) = run.progress.get("bounds").and_then(Value::as_array) {
+            return Ok(b
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect());
+        }
+        let s = &o.source;
+        let fractions: Vec<f64> = (1..slices).map(|k| k as f64 / slices as f64).collect();
+        let sql = format!(
+            "SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY {id})::text[] FROM {table}",
+            id = s.id_column,
+            table = s.table
+        );
+        let bounds: Vec<String> = self
+            .pg
+            .run("slicing the source table by id", |c| {
+                let (sql, fractions) = (sql.clone(), fractions.clone());
+                async move {
+                    let r = c
+                        .query_one(&sql, &[&fractions])
+                        .await
+                        .map_err(err("slicing the source table by id"))?;
+                    Ok(r.get::<_, Option<Vec<Option<String>>>>(0)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .flatten()
+                        .collect())
+                }
+            })
+            .await?;
+        store::set_progress(&self.pg, run.id, "bounds", &json!(bounds)).await?;
+        Ok(bounds)
+    }
+
+    /// Copies one slice: the ids above `range.0` (exclusive) up to `range.1` (inclusive).
     async fn backfill_slice(
         &self,
         run: &ReindexRun,
         opts: &ReindexOptions,
         slice: usize,
-        slices: usize,
+        range: (Option<String>, Option<String>),
         done: &AtomicU64,
         report: &dyn Fn(bool),
     ) -> Result<()> {
         let mut writer = self.writer(&run.new_index, true)?;
         let mine = run.progress.get(slice.to_string());
-        let mut last: Option<String> =
-            mine.and_then(|p| p.get("last_id")?.as_str().map(str::to_owned));
+        let mut last: Option<String> = mine
+            .and_then(|p| p.get("last_id")?.as_str().map(str::to_owned))
+            .or(range.0);
+        let upper = range.1;
         let mut slice_done = mine.and_then(|p| p.get("done")?.as_u64()).unwrap_or(0);
         let mut failures: Vec<Value> = mine
             .and_then(|p| p.get("failures")?.as_array().cloned())
             .unwrap_or_default();
         let src = &opts.source;
         let id_type = column_type(&self.pg, &src.table, &src.id_column).await?;
-        let (filter, params) = source_filter(opts, 4);
+        let (filter, params) = source_filter(opts, 3);
         let sql = format!(
             "SELECT {id}::text, {doc}::text FROM {table}
              WHERE ($1::text IS NULL OR {id} > CAST($1::text AS {id_type}))
-               AND ($2::int <= 1 OR mod(abs(hashtext({id}::text)), $2::int) = $3::int)
+               AND ($2::text IS NULL OR {id} <= CAST($2::text AS {id_type}))
                AND {filter}
              ORDER BY {id} LIMIT {limit}",
             id = src.id_column,
             doc = src.doc_column,
             table = src.table,
             limit = opts.chunk_size.max(1),
-        );
-        let (modulus, slice_param) = (
-            i32::try_from(slices).unwrap_or(1),
-            i32::try_from(slice).unwrap_or(0),
         );
         loop {
             if self.stop.is_cancelled() {
@@ -933,10 +1002,11 @@ impl Reindexer {
                 .run(
                     &format!("reading the source table {} for the backfill", src.table),
                     |c| {
-                        let (sql, last, params) = (sql.clone(), last.clone(), params.clone());
+                        let (sql, last, upper, params) =
+                            (sql.clone(), last.clone(), upper.clone(), params.clone());
                         async move {
                             let mut p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                                vec![&last, &modulus, &slice_param];
+                                vec![&last, &upper];
                             p.extend(
                                 params
                                     .iter()
@@ -1365,6 +1435,17 @@ impl Reindexer {
             None,
         )
         .await?;
+        // A preindex has no old index (a remove action naming a missing index fails).
+        let (old_status, _) = es
+            .call(Method::Head, &format!("/{}", run.old_index), None)
+            .await?;
+        let mut actions = Vec::new();
+        if old_status == 200 {
+            actions.push(
+                json!({"remove": {"index": run.old_index, "alias": run.alias, "must_exist": false}}),
+            );
+        }
+        actions.push(json!({"add": {"index": index, "alias": run.alias}}));
         let started = Instant::now();
         es.ok(
             &format!(
@@ -1373,27 +1454,27 @@ impl Reindexer {
             ),
             Method::Post,
             "/_aliases",
-            Some(&json!({"actions": [
-                {"remove": {"index": run.old_index, "alias": run.alias, "must_exist": false}},
-                {"add": {"index": index, "alias": run.alias}},
-            ]})),
+            Some(&json!({ "actions": actions })),
         )
         .await?;
         Ok(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 }
 
-/// Plain JSON requests to the search node, with outages waited out (60 s, a warning naming the
-/// node and its error per attempt).
+/// Plain JSON requests to the search node, with outages (429, 502-504, no connection) waited
+/// out for the processor's `outage_budget_secs`, a warning naming the node and its error per
+/// attempt.
 struct Es {
     client: Elasticsearch,
     url: String,
     stop: CancellationToken,
+    /// How long an outage is waited out: the processor's `outage_budget_secs`.
+    budget: Duration,
 }
 
 impl Es {
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
-        let budget = Duration::from_secs(60);
+        let budget = self.budget;
         let started = Instant::now();
         let mut attempt = 0u32;
         let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default());

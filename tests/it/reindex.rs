@@ -87,7 +87,7 @@ struct Setup {
 impl Setup {
     /// A source table of `docs` documents, a topic, and a pillow config writing index `old`
     /// behind an alias, its documents fetched from the table. `mappings` of the processor.
-    async fn new(name: &str, docs: usize, mappings: &Value) -> Option<Self> {
+    async fn new(name: &str, docs: usize, mappings: &Value, extra: &Value) -> Option<Self> {
         let bootstrap = crate::support::service("TEST_KAFKA_BOOTSTRAP")?;
         let pg_url = crate::support::service("TEST_POSTGRES_URL")?;
         let es_url = crate::support::service("TEST_ELASTICSEARCH_URL")?;
@@ -110,11 +110,14 @@ impl Setup {
             format!("{prefix}_v1"),
             format!("{prefix}_v2"),
         );
-        let es_config = json!({
+        let mut es_config = json!({
             "type": "elasticsearch", "urls": [es_url], "index": old, "alias": alias,
             "settings": {"number_of_shards": 1, "number_of_replicas": 0},
             "mappings": mappings, "base_backoff_ms": 50, "max_backoff_ms": 500,
         });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            es_config[k] = v.clone();
+        }
         let toml = format!(
             r#"name = "{pillow}"
 checkpoint_id = "{pillow}"
@@ -425,7 +428,7 @@ async fn a_reindex_killed_at_random_moments_and_resumed_ends_equal_to_the_source
     let _ = require!("TEST_ELASTICSEARCH_URL");
     let docs = 3000;
     let mappings = json!({"properties": {"domain": {"type": "keyword"}, "n": {"type": "integer"}}});
-    let Some(s) = Setup::new("reindex_kill", docs, &mappings).await else {
+    let Some(s) = Setup::new("reindex_kill", docs, &mappings, &json!({})).await else {
         return;
     };
     let producer = ChangeProducer::new(&s.bootstrap).expect("producer");
@@ -541,7 +544,7 @@ async fn a_reindex_killed_at_random_moments_and_resumed_ends_equal_to_the_source
 async fn a_mapping_conflict_in_the_new_index_stops_the_run_with_the_old_index_serving() {
     let _ = require!("TEST_ELASTICSEARCH_URL");
     let strict = json!({"dynamic": "strict", "properties": {"domain": {"type": "keyword"}}});
-    let Some(s) = Setup::new("reindex_conflict", 200, &strict).await else {
+    let Some(s) = Setup::new("reindex_conflict", 200, &strict, &json!({})).await else {
         return;
     };
     // The old index, as a pillow with a lax mapping made it.
@@ -617,4 +620,135 @@ async fn a_mapping_conflict_in_the_new_index_stops_the_run_with_the_old_index_se
     let (status, _) = call(&s.es_url, Method::Head, &format!("/{}", s.new), None).await;
     assert_eq!(status, 404);
     let _ = &s.pg_url;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preindex_fills_a_missing_index_before_the_pillow_starts_and_the_pillow_writes_there() {
+    let _ = require!("TEST_ELASTICSEARCH_URL");
+    let mappings = json!({"properties": {"domain": {"type": "keyword"}, "n": {"type": "integer"}}});
+    let Some(s) = Setup::new("preindex", 500, &mappings, &json!({})).await else {
+        return;
+    };
+    let config = s.config.to_str().expect("path").to_owned();
+    let out = pillowtop(&["reindex", "preindex", "--noinput", "--config", &config])
+        .output()
+        .expect("preindex");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "preindex: {text}");
+    assert_eq!(s.step().await, "done", "{text}");
+    let serving = s.alias_points_at().await;
+    assert_eq!(serving.len(), 1, "{serving:?}");
+    assert_ne!(serving[0], s.old, "a new index behind the alias");
+    s.wait_equal(&s.alias, Duration::from_secs(30)).await;
+    let again = pillowtop(&["reindex", "preindex", "--noinput", "--config", &config])
+        .output()
+        .expect("second preindex");
+    assert!(
+        again.status.success() && String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    // The pillow writes to the index the preindex made, and never creates its configured one.
+    let mut pillow = s.start_pillow();
+    let producer = ChangeProducer::new(&s.bootstrap).expect("producer");
+    let c = s.db.pg.fresh_client().await.expect("client");
+    c.execute(
+        &format!(
+            "UPDATE {} SET doc = jsonb_set(doc, '{{n}}', '77') WHERE doc_id = 'doc-000003'",
+            s.pillow
+        ),
+        &[],
+    )
+    .await
+    .expect("update");
+    s.publish(&producer, "doc-000003").await;
+    s.wait_equal(&s.alias, Duration::from_secs(60)).await;
+    still_running(&mut pillow, &s);
+    let (status, _) = call(&s.es_url, Method::Head, &format!("/{}", s.old), None).await;
+    assert_eq!(
+        status,
+        404,
+        "the pillow follows the preindex run: {}",
+        s.log_text("pillow")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_backfill_with_the_nodes_reason_and_resume_finishes_once_it_is_freed()
+{
+    let _ = require!("TEST_ELASTICSEARCH_URL");
+    let mappings = json!({"properties": {"domain": {"type": "keyword"}}});
+    // A short outage budget: the blocked writes are given up after 3 s (300 s by default).
+    let extra = json!({"outage_budget_secs": 3});
+    let Some(s) = Setup::new("reindex_disk", 300, &mappings, &extra).await else {
+        return;
+    };
+    let (status, r) = call(
+        &s.es_url,
+        Method::Put,
+        &format!("/{}", s.old),
+        Some(json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "aliases": {&s.alias: {}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    // What the flood-stage watermark does to the indices of a full node, applied to the new index
+    // alone (lowering the node's watermark would block every other test's index too).
+    let (status, r) = call(
+        &s.es_url,
+        Method::Put,
+        &format!("/{}", s.new),
+        Some(
+            json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0,
+                                 "index.blocks.read_only_allow_delete": true}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let config = s.config.to_str().expect("path").to_owned();
+    let out = pillowtop(&[
+        "reindex",
+        "start",
+        "--new-index",
+        &s.new,
+        "--noinput",
+        "--config",
+        &config,
+    ])
+    .output()
+    .expect("reindex start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&s.new)
+            && stderr.contains("read-only")
+            && stderr.contains("still unavailable"),
+        "the error names the index and the node's reason: {stderr}"
+    );
+    assert_eq!(s.step().await, "backfill");
+    assert_eq!(
+        s.alias_points_at().await,
+        vec![s.old.clone()],
+        "the old index still serves"
+    );
+    // Space is freed: the block goes, and the run carries on from its progress.
+    let (status, r) = call(
+        &s.es_url,
+        Method::Put,
+        &format!("/{}/_settings", s.new),
+        Some(json!({"index.blocks.read_only_allow_delete": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let out = pillowtop(&["reindex", "resume", "--noinput", "--config", &config])
+        .output()
+        .expect("reindex resume");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.step().await, "swapped");
+    assert_eq!(s.alias_points_at().await, vec![s.new.clone()]);
+    s.wait_equal(&s.alias, Duration::from_secs(30)).await;
 }
