@@ -236,7 +236,13 @@ impl PillowSpec {
                     // second), so that it never queues behind checkpoint writes.
                     let mut p = ElasticsearchProcessor::new(config)?
                         .with_stop(stop.clone())
-                        .with_reindex_watch(Arc::new(pg.sibling()), &self.config.name);
+                        .with_reindex_watch(
+                            Arc::new(pg.sibling().with_backoff(crate::backoff::Backoff {
+                                max_elapsed: Duration::ZERO,
+                                ..crate::backoff::Backoff::default()
+                            })),
+                            &self.config.name,
+                        );
                     if let Some(t) = transform {
                         p = p.with_transform(t);
                     }

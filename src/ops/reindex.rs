@@ -59,7 +59,28 @@ use crate::store::reindex::{self as store, NewRun, ReindexRun, Step, Update};
 pub struct SqlSource {
     pub table: String,
     pub id_column: String,
+    /// `*`: the whole row is the document (`to_jsonb` of the row: a Django model's fields, as
+    /// `ModelDocumentStore` reads them).
     pub doc_column: String,
+}
+
+/// The name the source table goes by in the backfill's queries.
+const ROW: &str = "src_row";
+
+impl SqlSource {
+    /// The document as a `jsonb` expression.
+    fn doc(&self) -> String {
+        if self.doc_column == "*" {
+            format!("to_jsonb({ROW})")
+        } else {
+            format!("({}::jsonb)", self.doc_column)
+        }
+    }
+
+    /// The table, aliased [`ROW`].
+    fn from(&self) -> String {
+        format!("{} {ROW}", self.table)
+    }
 }
 
 /// What a run is asked to do (kept in its row, so that `resume` needs nothing more).
@@ -112,7 +133,12 @@ impl ReindexOptions {
 
     fn validate(&self) -> Result<()> {
         let s = &self.source;
-        crate::docstore::check_identifiers(&s.table, &s.id_column, &s.doc_column)?;
+        let doc = if s.doc_column == "*" {
+            "doc"
+        } else {
+            &s.doc_column
+        };
+        crate::docstore::check_identifiers(&s.table, &s.id_column, doc)?;
         if let Some(f) = &self.date_field {
             if f.is_empty()
                 || !f
@@ -391,6 +417,11 @@ impl Reindexer {
     /// Carries run `id` on from its step, until it ends or waits for its keep window.
     pub async fn resume(&self, id: i64, progress: OnProgress<'_>) -> Result<ReindexRun> {
         let _lock = self.lock(id).await?;
+        self.drive(id, progress).await
+    }
+
+    /// [`Self::resume`], the run's lock held by the caller.
+    async fn drive(&self, id: i64, progress: OnProgress<'_>) -> Result<ReindexRun> {
         let es = self.es()?;
         loop {
             let run = store::get(&self.pg, id)
@@ -445,7 +476,7 @@ impl Reindexer {
     /// Moves the alias back to the old index and deletes the new one (while the old one is
     /// kept, after the swap).
     pub async fn rollback(&self, id: i64) -> Result<ReindexRun> {
-        let run = self.locked_run(id).await?;
+        let (_lock, run) = self.locked_run(id).await?;
         if run.step != Step::Swapped {
             return Err(refused(
                 self,
@@ -480,13 +511,12 @@ impl Reindexer {
             },
         )
         .await?;
-        drop(run);
-        self.resume(id, &|_| {}).await
+        self.drive(id, &|_| {}).await
     }
 
     /// Abandons a run before its swap: the new index is no longer written, then deleted.
     pub async fn abort(&self, id: i64) -> Result<ReindexRun> {
-        let run = self.locked_run(id).await?;
+        let (_lock, run) = self.locked_run(id).await?;
         if run.step >= Step::Swapped && !matches!(run.step, Step::Aborting) {
             return Err(refused(
                 self,
@@ -506,16 +536,16 @@ impl Reindexer {
             },
         )
         .await?;
-        self.resume(id, &|_| {}).await
+        self.drive(id, &|_| {}).await
     }
 
-    /// The run, checked not to be carried out by another process right now.
-    async fn locked_run(&self, id: i64) -> Result<ReindexRun> {
+    /// The run's lock (refused while another process carries the run out), and the run.
+    async fn locked_run(&self, id: i64) -> Result<(tokio_postgres::Client, ReindexRun)> {
         let lock = self.lock(id).await?;
-        drop(lock);
-        store::get(&self.pg, id)
+        let run = store::get(&self.pg, id)
             .await?
-            .ok_or_else(|| refused(self, format!("run {id} does not exist")))
+            .ok_or_else(|| refused(self, format!("run {id} does not exist")))?;
+        Ok((lock, run))
     }
 
     /// The run's advisory lock, on a connection of its own held until the guard is dropped (a
@@ -766,24 +796,24 @@ async fn source_size(pg: &Pg, s: &SqlSource) -> Result<(i64, i64)> {
 /// The source's filter (`WHERE …`, with `$2…` parameters after the caller's `$1`) and its
 /// parameters.
 fn source_filter(o: &ReindexOptions, first: usize) -> (String, Vec<String>) {
-    let doc = &o.source.doc_column;
+    let doc = o.source.doc();
     let mut clauses = Vec::new();
     let mut params = Vec::new();
     let mut n = first;
     if let Some(d) = &o.domain {
-        clauses.push(format!("({doc}::jsonb)->>'domain' = ${n}"));
+        clauses.push(format!("{doc}->>'domain' = ${n}"));
         params.push(d.clone());
         n += 1;
     }
     if let Some(f) = &o.date_field {
         let path = format!("{{{}}}", f.replace('.', ","));
         if let Some(s) = &o.start_date {
-            clauses.push(format!("({doc}::jsonb) #>> '{path}' >= ${n}"));
+            clauses.push(format!("{doc} #>> '{path}' >= ${n}"));
             params.push(s.clone());
             n += 1;
         }
         if let Some(e) = &o.end_date {
-            clauses.push(format!("({doc}::jsonb) #>> '{path}' < ${n}"));
+            clauses.push(format!("{doc} #>> '{path}' < ${n}"));
             params.push(e.clone());
         }
     }
@@ -980,14 +1010,14 @@ impl Reindexer {
         let id_type = column_type(&self.pg, &src.table, &src.id_column).await?;
         let (filter, params) = source_filter(opts, 3);
         let sql = format!(
-            "SELECT {id}::text, {doc}::text FROM {table}
+            "SELECT {id}::text, {doc}::text FROM {from}
              WHERE ($1::text IS NULL OR {id} > CAST($1::text AS {id_type}))
                AND ($2::text IS NULL OR {id} <= CAST($2::text AS {id_type}))
                AND {filter}
              ORDER BY {id} LIMIT {limit}",
             id = src.id_column,
-            doc = src.doc_column,
-            table = src.table,
+            doc = src.doc(),
+            from = src.from(),
             limit = opts.chunk_size.max(1),
         );
         loop {
@@ -1206,10 +1236,10 @@ impl Reindexer {
         let s = &o.source;
         let (filter, params) = source_filter(o, 1);
         let sql = format!(
-            "SELECT {id}::text FROM {table} WHERE {filter} AND COALESCE(({doc}::jsonb)->>'doc_type', '') NOT LIKE '%-Deleted'",
+            "SELECT {id}::text FROM {from} WHERE {filter} AND COALESCE({doc}->>'doc_type', '') NOT LIKE '%-Deleted'",
             id = s.id_column,
-            doc = s.doc_column,
-            table = s.table
+            doc = s.doc(),
+            from = s.from()
         );
         let rows = self
             .pg
@@ -1233,9 +1263,9 @@ impl Reindexer {
         let s = &o.source;
         let (filter, params) = source_filter(o, 1);
         let sql = format!(
-            "SELECT {id}::text FROM {table} WHERE {filter} ORDER BY random() LIMIT {n}",
+            "SELECT {id}::text FROM {from} WHERE {filter} ORDER BY random() LIMIT {n}",
             id = s.id_column,
-            table = s.table,
+            from = s.from(),
             n = o.sample_size
         );
         let rows = self
@@ -1262,10 +1292,10 @@ impl Reindexer {
     ) -> Result<HashMap<String, String>> {
         let s = &o.source;
         let sql = format!(
-            "SELECT {id}::text, {doc}::text FROM {table} WHERE {id}::text = ANY($1)",
+            "SELECT {id}::text, {doc}::text FROM {from} WHERE {id}::text = ANY($1)",
             id = s.id_column,
-            doc = s.doc_column,
-            table = s.table
+            doc = s.doc(),
+            from = s.from()
         );
         let ids = ids.to_vec();
         let rows = self
@@ -1381,9 +1411,9 @@ impl Reindexer {
         let s = &o.source;
         let (filter, params) = source_filter(o, 1);
         let sql = format!(
-            "SELECT ({doc}::jsonb)->>'domain', count(*) FROM {table} WHERE {filter} AND COALESCE(({doc}::jsonb)->>'doc_type', '') NOT LIKE '%-Deleted' GROUP BY 1",
-            doc = s.doc_column,
-            table = s.table
+            "SELECT {doc}->>'domain', count(*) FROM {from} WHERE {filter} AND COALESCE({doc}->>'doc_type', '') NOT LIKE '%-Deleted' GROUP BY 1",
+            doc = s.doc(),
+            from = s.from()
         );
         let rows = self
             .pg

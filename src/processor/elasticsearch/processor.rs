@@ -141,6 +141,8 @@ struct ReindexWatch {
     polled: Option<Instant>,
     /// The run and step last acknowledged.
     acked: Option<(i64, Step)>,
+    /// The last poll failed (logged once until one succeeds).
+    failing: bool,
 }
 
 /// What sends bulk requests to the index: the processor's in-line writes and its background
@@ -361,6 +363,7 @@ impl ElasticsearchProcessor {
             ),
             polled: None,
             acked: None,
+            failing: false,
         });
         self
     }
@@ -388,7 +391,27 @@ impl ElasticsearchProcessor {
             return Ok(());
         }
         w.polled = Some(Instant::now());
-        let run = crate::store::reindex::latest(&w.pg, &w.pillow, &self.sender.name).await?;
+        // One attempt (the watch's connection has no outage budget): while PostgreSQL is
+        // unreachable the processor keeps writing where it did, and acknowledges nothing, so a
+        // reindex waits for it rather than the pillow waiting for the database.
+        let run = match crate::store::reindex::latest(&w.pg, &w.pillow, &self.sender.name).await {
+            Ok(run) => {
+                if w.failing {
+                    tracing::info!(processor = %self.sender.name, "reading the reindex state works again");
+                    w.failing = false;
+                }
+                run
+            }
+            Err(e) if e.is_stop_request() => return Err(e),
+            Err(e) => {
+                if !w.failing {
+                    tracing::warn!(processor = %self.sender.name, error = %e,
+                        "cannot read the reindex state of the index (PostgreSQL); writing where it did until it can");
+                    w.failing = true;
+                }
+                return Ok(());
+            }
+        };
         let targets = run.as_ref().map_or_else(
             || Targets {
                 primary: self.sender.config.index.clone(),
@@ -408,8 +431,13 @@ impl ElasticsearchProcessor {
         }
         if let Some(run) = run.filter(|r| r.finished_at.is_none()) {
             if w.acked != Some((run.id, run.step)) {
-                crate::store::reindex::acknowledge(&w.pg, run.id, &w.who, run.step).await?;
-                w.acked = Some((run.id, run.step));
+                match crate::store::reindex::acknowledge(&w.pg, run.id, &w.who, run.step).await {
+                    Ok(()) => w.acked = Some((run.id, run.step)),
+                    Err(e) if e.is_stop_request() => return Err(e),
+                    // Not acknowledged: the next poll tries again; the reindex waits.
+                    Err(e) => tracing::warn!(processor = %self.sender.name, error = %e,
+                        "cannot acknowledge the reindex step (PostgreSQL); trying again at the next poll"),
+                }
             }
         }
         Ok(())

@@ -351,3 +351,42 @@ def test_ptop_reindexer_v2_rebuilds_the_index_behind_its_alias_and_again_from_th
         with connection.cursor() as c:
             c.execute(f"DROP TABLE IF EXISTS {table}")
             c.execute("DELETE FROM pillowtop_rs_reindex WHERE pillow = 'rust-es-pillow'")
+
+
+def test_ptop_reindexer_v2_copies_a_django_models_rows_as_documents(
+    app: Project, settings: Any
+) -> None:
+    """``--model``: each row's fields are the document, as ``ModelDocumentStore`` reads them."""
+    import datetime
+
+    from elasticsearch import Elasticsearch
+    from testapp.models import FormDocument
+
+    es = Elasticsearch(settings.ELASTICSEARCH_URL)
+    alias, v1, v2 = app.index, f"{app.index}_v1", f"{app.index}_v2"
+    when = datetime.datetime(2026, 11, 30, 8, 15, tzinfo=datetime.timezone.utc)
+    FormDocument.objects.bulk_create(
+        FormDocument(form_id=f"m{i}", domain="dm", xmlns="x", received_on=when) for i in range(30)
+    )
+    es.indices.create(index=v1, aliases={alias: {}})
+    try:
+        out = StringIO()
+        call_command(
+            "ptop_reindexer_v2", "rust-es-pillow", "--model", "testapp.FormDocument",
+            "--keep-old", "0", "--new-index", v2, "--noinput", stdout=out, stderr=out,
+        )  # fmt: skip
+        assert "step done" in out.getvalue(), out.getvalue()
+        es.indices.refresh(index=alias)
+        assert es.count(index=alias)["count"] == 30
+        doc = es.get(index=alias, id="m3")["_source"]
+        assert doc == {
+            "form_id": "m3",
+            "domain": "dm",
+            "xmlns": "x",
+            "received_on": "2026-11-30T08:15:00+00:00",
+        }, doc
+    finally:
+        FormDocument.objects.filter(form_id__startswith="m").delete()
+        es.indices.delete(index=f"{app.index}_v*", ignore_unavailable=True)
+        with connection.cursor() as c:
+            c.execute("DELETE FROM pillowtop_rs_reindex WHERE pillow = 'rust-es-pillow'")

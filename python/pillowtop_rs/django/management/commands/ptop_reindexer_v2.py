@@ -10,7 +10,9 @@ stopped, and ``--rollback`` / ``--abort`` / ``--status`` act on the run.
 
 The positional argument is the pillow's name (CommCare's is a reindexer's name: each reindexer
 there belongs to one pillow's index). The source is the table the documents are copied from:
-``--source-table`` with ``--id-column`` and ``--doc-column``. As in CommCare, a run that has not
+``--source-table`` with ``--id-column`` and ``--doc-column`` (a JSON column), or ``--model
+app_label.ModelName`` (``--id-field``, default the primary key): each row's fields are the
+document, as ``ModelDocumentStore`` reads them. As in CommCare, a run that has not
 ended is resumed, not started again; ``--reset`` abandons it and starts anew.
 """
 
@@ -36,9 +38,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--processor", help="the Elasticsearch processor (index or alias), if several"
         )
-        parser.add_argument("--source-table", help="the table the documents are copied from")
-        parser.add_argument("--id-column", default="id")
-        parser.add_argument("--doc-column", default="doc")
+        source = parser.add_mutually_exclusive_group()
+        source.add_argument("--source-table", help="the table the documents are copied from")
+        source.add_argument(
+            "--model",
+            help="app_label.ModelName: its table, each row's fields the document "
+            "(as ModelDocumentStore reads them)",
+        )
+        parser.add_argument("--id-column", default="id", help="with --source-table")
+        parser.add_argument("--doc-column", default="doc", help="with --source-table")
+        parser.add_argument("--id-field", default="pk", help="with --model: the id's field")
         parser.add_argument("--chunksize", type=int, default=1000, help="documents per chunk")
         parser.add_argument("--slices", type=int, default=1, help="concurrent backfill slices")
         parser.add_argument("--domain")
@@ -80,13 +89,17 @@ class Command(BaseCommand):
                 return
             if unfinished:
                 self._exit(ops.reindex(pillow, "abort", noinput=True, **common))
-            if not options["source_table"]:
-                raise CommandError("give the source with --source-table (and its columns)")
+            if options["model"]:
+                source = _model_source(options["model"], options["id_field"])
+            elif options["source_table"]:
+                source = (options["source_table"], options["id_column"], options["doc_column"])
+            else:
+                raise CommandError("give the source: --model or --source-table (and its columns)")
             self._exit(
                 ops.reindex(
                     pillow,
                     "start",
-                    source=(options["source_table"], options["id_column"], options["doc_column"]),
+                    source=source,
                     chunk_size=options["chunksize"],
                     slices=options["slices"],
                     domain=options["domain"],
@@ -122,6 +135,22 @@ class _Quiet:
 
     def read_answer(self) -> str:
         return ""
+
+
+def _model_source(label: str, id_field: str) -> tuple[str, str, str]:
+    """Return the table of model ``label``, its id column, and ``*`` (each row a document)."""
+    from django.apps import apps
+
+    try:
+        model = apps.get_model(label)
+    except (LookupError, ValueError) as e:
+        raise CommandError(f"--model {label}: {e}") from e
+    meta = model._meta
+    field = meta.pk if id_field == "pk" else meta.get_field(id_field)
+    column = getattr(field, "column", None)
+    if not column:
+        raise CommandError(f"--model {label}: {id_field} is not a column of the model")
+    return (meta.db_table, column, "*")
 
 
 def _no_ui(common: dict[str, Any]) -> dict[str, Any]:
