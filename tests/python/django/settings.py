@@ -7,7 +7,7 @@ started by a test see the same topic, index and database as the test:
 * ``PTDJ_DB_NAME``: the database to use (the per-session test database); in the pytest process
   pytest-django creates ``PTDJ_TEST_DB_NAME`` (unique per session) and drops it afterwards;
 * ``PTDJ_TOPIC``, ``PTDJ_ES_INDEX``, ``PTDJ_CHECKPOINT_PREFIX``: per-test Kafka topic, search
-  index and checkpoint-id prefix;
+  index and checkpoint-id prefix; ``PTDJ_SOURCE_TABLE``: the document table of ``rust-es-pillow``;
 * ``RUN_FORM_META_PILLOW``: ``False`` disables the form metadata processor in ``xform-pillow``;
 * ``PTDJ_BROKEN_PILLOWTOPS``: adds a malformed ``PILLOWTOPS`` entry.
 """
@@ -83,6 +83,8 @@ TESTAPP = {
     "ES_INDEX": os.environ.get("PTDJ_ES_INDEX", "xforms_2016-07-07"),
     "USERS_INDEX": "hqusers_2017-09-07",
     "CHECKPOINT_PREFIX": os.environ.get("PTDJ_CHECKPOINT_PREFIX", ""),
+    # The document table of ``rust-es-pillow`` (``ptop_reindexer_v2``'s tests).
+    "SOURCE_TABLE": os.environ.get("PTDJ_SOURCE_TABLE", "forms"),
 }
 
 PILLOWTOPS: dict[str, list[Any]] = {

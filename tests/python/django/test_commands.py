@@ -319,3 +319,91 @@ def test_checkpoint_commands_exit_statuses(project: Project, native: None) -> No
     ok(project.manage("ptop_reset_checkpoint", "xform-pillow", "--noinput"))
     merged = project.manage("merge_pillow_checkpoints", "xform-pillow")
     assert merged.returncode == 2
+
+
+def test_ptop_reindexer_v2_rebuilds_while_run_ptop_runs_and_changes_keep_coming(
+    project: Project, native: None
+) -> None:
+    """A running ``run_ptop`` (the Rust Elasticsearch processor, documents from a table) writes
+    to both indices while ``ptop_reindexer_v2`` rebuilds; the alias then serves the new index,
+    equal to the table, and the pillow never stopped."""
+    import threading
+
+    from django.conf import settings
+    from django.db import connection
+    from elasticsearch import Elasticsearch
+
+    table = f"src_{project.index}"
+    env = {"PTDJ_SOURCE_TABLE": table}
+    es = Elasticsearch(settings.ELASTICSEARCH_URL)
+    v1, v2 = f"{project.index}_v1", f"{project.index}_v2"
+    with connection.cursor() as c:
+        c.execute(f"CREATE TABLE {table} (doc_id text PRIMARY KEY, doc jsonb NOT NULL)")
+        c.execute(
+            f"INSERT INTO {table} SELECT 'r' || i, jsonb_build_object('_id', 'r' || i, "
+            f"'doc_type', 'XFormInstance', 'domain', 'demo', 'n', 0) FROM generate_series(1, 400) i"
+        )
+    ids = [f"r{i}" for i in range(1, 401)]
+
+    def source() -> dict[str, dict[str, object]]:
+        with connection.cursor() as c:
+            c.execute(f"SELECT doc_id, doc FROM {table}")
+            rows = {r[0]: json.loads(r[1]) if isinstance(r[1], str) else r[1] for r in c.fetchall()}
+        for d in rows.values():
+            d.pop("_id", None)
+        return rows
+
+    def indexed(index: str) -> dict[str, dict[str, object]]:
+        if not es.indices.exists(index=index):
+            return {}
+        es.indices.refresh(index=index)
+        hits = es.search(index=index, query={"match_all": {}}, size=10000)["hits"]["hits"]
+        return {h["_id"]: h["_source"] for h in hits}
+
+    project.produce(ids)
+    pillow = project.start("run_ptop", "--pillow-name", "rust-es-pillow", extra_env=env)
+    stop = threading.Event()
+    try:
+        wait_for(lambda: indexed(v1) == source(), timeout=90, what="the first index")
+
+        def write() -> None:
+            from django.db import connections
+
+            i = 0
+            while not stop.is_set():
+                doc_id = ids[i % len(ids)]
+                with connections["default"].cursor() as c:
+                    c.execute(
+                        f"UPDATE {table} SET doc = jsonb_set(doc, '{{n}}', "
+                        "to_jsonb((doc->>'n')::int + 1)) WHERE doc_id = %s",
+                        [doc_id],
+                    )
+                project.produce([doc_id])
+                i += 7
+            connections["default"].close()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        result = project.manage(
+            "ptop_reindexer_v2", "rust-es-pillow", "--source-table", table, "--id-column",
+            "doc_id", "--doc-column", "doc", "--chunksize", "20", "--new-index", v2,
+            "--noinput", extra_env=env, timeout=300,
+        )  # fmt: skip
+        stop.set()
+        writer.join()
+        ok(result)
+        assert list(es.indices.get_alias(name=project.index)) == [v2], result.stdout
+        wait_for(
+            lambda: indexed(project.index) == source(), timeout=90, what="the new index = source"
+        )
+        wait_for(lambda: indexed(v1) == source(), timeout=30, what="the kept old index = source")
+        assert pillow.poll() is None, "the pillow stopped"
+    finally:
+        stop.set()
+        pillow.send_signal(signal.SIGTERM)
+        out, err = pillow.communicate(timeout=120)
+        es.indices.delete(index=f"{project.index}_v*", ignore_unavailable=True)
+        with connection.cursor() as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")
+            c.execute("DELETE FROM pillowtop_rs_reindex WHERE pillow = 'rust-es-pillow'")
+    assert pillow.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"

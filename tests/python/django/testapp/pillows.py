@@ -137,7 +137,7 @@ def get_rust_es_pillow(
         chunk_size=processor_chunk_size,
         document_stores={
             ("sql", "*"): SqlDocumentStore(
-                settings.TESTAPP.get("SOURCE_TABLE", "forms"), id_column="doc_id", doc_column="doc"
+                settings.TESTAPP["SOURCE_TABLE"], id_column="doc_id", doc_column="doc"
             )
         },
         max_checkpoint_delay=checkpoint_delay(),
