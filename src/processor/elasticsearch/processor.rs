@@ -795,8 +795,10 @@ async fn write_body(
 }
 
 impl Sender {
+    /// A failure naming the index written now (the configured one, or the one a reindex
+    /// moved the processor to).
     fn failure(&self, error_type: &str, doc_id: &str, reason: &str) -> ProcessorFailure {
-        Self::failure_in(&self.config.index, error_type, doc_id, reason)
+        Self::failure_in(&self.targets().primary, error_type, doc_id, reason)
     }
 
     fn failure_in(index: &str, error_type: &str, doc_id: &str, reason: &str) -> ProcessorFailure {
