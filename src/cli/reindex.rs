@@ -94,6 +94,14 @@ pub struct StartArgs {
     /// Documents compared in full by the verification.
     #[arg(long, default_value_t = 200)]
     pub sample_size: usize,
+    /// Copy from the pillow's topics (changes that embed their documents) instead of a table:
+    /// the newest change of each document before the run's Kafka position.
+    #[arg(long, conflicts_with_all = ["source_table", "domain", "date_field"])]
+    pub from_kafka: bool,
+    /// With --from-kafka: from the first message at or after this time (a date or RFC 3339);
+    /// default the earliest retained.
+    #[arg(long, requires = "from_kafka")]
+    pub since: Option<String>,
     #[command(flatten)]
     pub confirm: Confirm,
 }
@@ -274,6 +282,18 @@ async fn preindex(a: StartArgs, ui: &dyn Ui, stop: CancellationToken) -> anyhow:
 /// The run's options from the command line (the source defaults to the pillow's one document
 /// store).
 fn options_of(a: &StartArgs, file: &PillowFile) -> anyhow::Result<ReindexOptions> {
+    let mut options = if a.from_kafka {
+        let since_ms = a.since.as_deref().map(parse_time).transpose()?;
+        ReindexOptions::from_kafka(since_ms)
+    } else {
+        ReindexOptions::new(table_source(a, file)?)
+    };
+    options = finish_options(a, options);
+    Ok(options)
+}
+
+/// The source table of a start: the flags, else the pillow's one document store.
+fn table_source(a: &StartArgs, file: &PillowFile) -> anyhow::Result<SqlSource> {
     let source = match (&a.source_table, &a.id_column, &a.doc_column) {
         (Some(table), Some(id_column), Some(doc_column)) => SqlSource {
             table: table.clone(),
@@ -287,13 +307,28 @@ fn options_of(a: &StartArgs, file: &PillowFile) -> anyhow::Result<ReindexOptions
                 doc_column: one.doc_column.clone(),
             },
             _ => bail!(
-                "pillow {} has {} document stores: give the source with --source-table, --id-column and --doc-column",
+                "pillow {} has {} document stores: give the source with --source-table, --id-column and --doc-column (or --from-kafka)",
                 file.name,
                 file.document_stores.len()
             ),
         },
     };
-    let mut options = ReindexOptions::new(source);
+    Ok(source)
+}
+
+/// `2026-11-30` or `2026-11-30T08:00:00Z`, as milliseconds since the epoch.
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .with_context(|| format!("--since {s:?}: a date (2026-11-30) or an RFC 3339 time"))?;
+    Ok(d.and_hms_opt(0, 0, 0)
+        .map_or(0, |t| t.and_utc().timestamp_millis()))
+}
+
+/// The run's options from the command line, after the source.
+fn finish_options(a: &StartArgs, mut options: ReindexOptions) -> ReindexOptions {
     options.chunk_size = a.chunk_size.max(1);
     options.slices = a.slices.max(1);
     options.domain.clone_from(&a.domain);
@@ -304,7 +339,7 @@ fn options_of(a: &StartArgs, file: &PillowFile) -> anyhow::Result<ReindexOptions
     options.ack_timeout_secs = a.ack_timeout;
     options.new_index.clone_from(&a.new_index);
     options.sample_size = a.sample_size;
-    Ok(options)
+    options
 }
 
 /// Starts a run of `r` with `options`: refused while one has not ended; prints the plan, asks
@@ -366,17 +401,26 @@ fn print_plan(
         "Rebuild the index of processor {} of pillow {}:",
         r.processor, r.pillow
     ));
-    say.say(&format!(
-        "  source: {} ({} rows, {} bytes{})",
-        options.source.table,
-        pre.source_rows,
-        pre.source_bytes,
-        options
-            .domain
-            .as_ref()
-            .map(|d| format!(", domain {d}"))
-            .unwrap_or_default()
-    ));
+    let source = if options.from_kafka.is_some() {
+        format!(
+            "topics {} ({} messages retained; the newest change of each document is copied)",
+            r.topics.join(", "),
+            pre.source_rows
+        )
+    } else {
+        format!(
+            "{} ({} rows, {} bytes{})",
+            options.source.table,
+            pre.source_rows,
+            pre.source_bytes,
+            options
+                .domain
+                .as_ref()
+                .map(|d| format!(", domain {d}"))
+                .unwrap_or_default()
+        )
+    };
+    say.say(&format!("  source: {source}"));
     say.say(&format!(
         "  serving: {} behind alias {} ({} documents, {} bytes); the node has {} bytes free",
         pre.old_index,
@@ -386,8 +430,12 @@ fn print_plan(
         pre.free_bytes.map_or("?".into(), |n| n.to_string()),
     ));
     say.say(&format!(
-        "  steps: create {} (refresh off, no replicas); the live pillow writes to both; copy {} chunks of {} in {} slices; verify; move the alias; keep {} for {} s, then delete it",
-        pre.new_index, options.source.table, options.chunk_size, options.slices, pre.old_index, options.keep_old_secs
+        "  steps: create {} (refresh off, no replicas); the live pillow writes to both; copy in chunks of {}{}; verify; move the alias; keep {} for {} s, then delete it",
+        pre.new_index,
+        options.chunk_size,
+        if options.from_kafka.is_some() { String::new() } else { format!(" in {} slices", options.slices) },
+        pre.old_index,
+        options.keep_old_secs
     ));
     for p in &pre.problems {
         say.say(&format!(

@@ -53,6 +53,8 @@ use crate::processor::Processor;
 use crate::store::liveness::LivenessStore;
 use crate::store::reindex::{self as store, NewRun, ReindexRun, Step, Update};
 
+mod kafka;
+
 /// Where the documents come from: a table with an id column and a JSON document column (the
 /// primary database, like a pillow's document store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,18 @@ pub struct ReindexOptions {
     pub new_index: Option<String>,
     /// Documents compared in full by the verification.
     pub sample_size: usize,
+    /// Copy from the pillow's topics instead of the table (changes that embed their
+    /// documents; see [`kafka`]). `source` is then not read.
+    #[serde(default)]
+    pub from_kafka: Option<KafkaBackfill>,
+}
+
+/// A backfill from the pillow's topics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaBackfill {
+    /// From the first message at or after this time (ms since the epoch); `None`: the earliest
+    /// retained.
+    pub since_ms: Option<i64>,
 }
 
 impl ReindexOptions {
@@ -128,10 +142,31 @@ impl ReindexOptions {
             ack_timeout_secs: 120,
             new_index: None,
             sample_size: 200,
+            from_kafka: None,
         }
     }
 
+    /// A backfill from the pillow's topics (see [`KafkaBackfill`]).
+    pub fn from_kafka(since_ms: Option<i64>) -> Self {
+        let mut o = Self::new(SqlSource {
+            table: String::new(),
+            id_column: String::new(),
+            doc_column: String::new(),
+        });
+        o.from_kafka = Some(KafkaBackfill { since_ms });
+        o
+    }
+
     fn validate(&self) -> Result<()> {
+        if self.from_kafka.is_some() {
+            if self.filtered() {
+                return Err(crate::error::ConfigError::Invalid(
+                    "reindex: --domain and the date filters select rows of a source table; a backfill from Kafka copies every document".into(),
+                )
+                .into());
+            }
+            return Ok(());
+        }
         let s = &self.source;
         let doc = if s.doc_column == "*" {
             "doc"
@@ -295,6 +330,22 @@ impl Reindexer {
         Ok(latest.map_or_else(|| self.config.index.clone(), |r| r.targets().primary))
     }
 
+    /// The messages the pillow's topics retain (a Kafka backfill's size).
+    async fn topic_messages(&self) -> Result<i64> {
+        let k = self.kafka.as_ref().ok_or_else(|| {
+            refused(
+                self,
+                "a backfill from Kafka needs the pillow's Kafka servers",
+            )
+        })?;
+        let partitions = k.partitions(&self.topics).await?;
+        Ok(k.watermarks_of_existing(&partitions)
+            .await?
+            .values()
+            .map(|w| w.high - w.low)
+            .sum())
+    }
+
     /// Whether the index serving now exists (`ptop_preindex` fills the processors whose index
     /// does not).
     pub async fn serving_index_exists(&self) -> Result<bool> {
@@ -315,7 +366,11 @@ impl Reindexer {
         let new_index = options.new_index.clone().unwrap_or_else(|| {
             format!("{alias}_{}", Utc::now().format("%Y%m%d%H%M%S")).to_lowercase()
         });
-        let (source_rows, source_bytes) = source_size(&self.pg, &options.source).await?;
+        let (source_rows, source_bytes) = if options.from_kafka.is_some() {
+            (self.topic_messages().await?, 0)
+        } else {
+            source_size(&self.pg, &options.source).await?
+        };
         let (status, cat) = es
             .call(
                 Method::Get,
@@ -881,6 +936,18 @@ impl Reindexer {
 
     async fn backfill(&self, run: &ReindexRun, progress: OnProgress<'_>) -> Result<Update> {
         let o = Self::options(run)?;
+        if o.from_kafka.is_some() {
+            let read = self.backfill_kafka(run, &o, progress).await?;
+            return Ok(Update {
+                step: Some(Step::Verify),
+                log: Some(format!(
+                    "read {read} changes of topics {} and copied the newest document of each into {}",
+                    self.topics.join(", "),
+                    run.new_index
+                )),
+                ..Update::default()
+            });
+        }
         let total = u64::try_from(
             run.preflight
                 .get("source_rows")
@@ -1110,8 +1177,101 @@ async fn column_type(pg: &Pg, table: &str, column: &str) -> Result<String> {
 
 impl Reindexer {
     async fn verify_and_swap(&self, es: &Es, run: &ReindexRun) -> Result<Update> {
-        const ROUNDS: usize = 3;
         let o = Self::options(run)?;
+        let (mut report, summary) = if o.from_kafka.is_some() {
+            self.verified_from_kafka(es, run, &o).await?
+        } else {
+            self.verified_from_table(es, run, &o).await?
+        };
+        let swap_ms = self.swap(es, run).await?;
+        report["swap_ms"] = json!(swap_ms);
+        let keep = Duration::from_secs(o.keep_old_secs);
+        let until = Utc::now() + chrono::Duration::from_std(keep).unwrap_or_default();
+        Ok(Update {
+            step: Some(Step::Swapped),
+            verify: Some(report),
+            keep_old_until: Some(until),
+            error: Some(None),
+            log: Some(format!(
+                "{summary}; alias {} now points at {} (the swap took {swap_ms} ms); {} is kept and written until {}",
+                run.alias,
+                run.new_index,
+                run.old_index,
+                until.to_rfc3339()
+            )),
+            ..Update::default()
+        })
+    }
+
+    /// Records a failed verification in the run's row and returns its error.
+    async fn differences(
+        &self,
+        run: &ReindexRun,
+        report: Value,
+        count: usize,
+        rounds: usize,
+        examples: String,
+    ) -> Error {
+        let e = ReindexError::Differences {
+            run: run.id,
+            index: run.new_index.clone(),
+            count,
+            rounds,
+            examples,
+        };
+        let recorded = store::update(
+            &self.pg,
+            run.id,
+            &Update {
+                verify: Some(report),
+                error: Some(Some(e.to_string())),
+                log: Some(format!("verification failed: {count} differences")),
+                ..Update::default()
+            },
+        )
+        .await;
+        match recorded {
+            Ok(_) => e.into(),
+            Err(db) => db,
+        }
+    }
+
+    /// A Kafka backfill's verification (see [`kafka`]): the report and its summary.
+    async fn verified_from_kafka(
+        &self,
+        es: &Es,
+        run: &ReindexRun,
+        o: &ReindexOptions,
+    ) -> Result<(Value, String)> {
+        let (expected, missing, repaired) = self.verify_kafka(es, run, o).await?;
+        let report = json!({"source": "kafka", "expected": expected, "missing": missing, "repaired": repaired});
+        if !missing.is_empty() {
+            let examples = missing
+                .iter()
+                .take(5)
+                .map(|id| format!("{id} missing"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(self
+                .differences(run, report, missing.len(), 1, examples)
+                .await);
+        }
+        Ok((
+            report,
+            format!("verified ({expected} documents expected from the topics, {repaired} written again)"),
+        ))
+    }
+
+    /// A table backfill's verification: every id, per-domain counts and a sample, repaired from
+    /// the source and checked again; the report and its summary.
+    async fn verified_from_table(
+        &self,
+        es: &Es,
+        run: &ReindexRun,
+        o: &ReindexOptions,
+    ) -> Result<(Value, String)> {
+        const ROUNDS: usize = 3;
+        let o = o.clone();
         let mut v = self.verify(es, run, &o).await?;
         let mut rounds = 0;
         let mut repaired = 0;
@@ -1134,45 +1294,17 @@ impl Reindexer {
         report["repaired"] = json!(repaired);
         report["rounds"] = json!(rounds);
         if v.differences() > 0 {
-            let e = ReindexError::Differences {
-                run: run.id,
-                index: run.new_index.clone(),
-                count: v.differences(),
-                rounds,
-                examples: v.examples(),
-            };
-            store::update(
-                &self.pg,
-                run.id,
-                &Update {
-                    verify: Some(report),
-                    error: Some(Some(e.to_string())),
-                    log: Some(format!(
-                        "verification failed: {} differences",
-                        v.differences()
-                    )),
-                    ..Update::default()
-                },
-            )
-            .await?;
-            return Err(e.into());
+            return Err(self
+                .differences(run, report, v.differences(), rounds, v.examples())
+                .await);
         }
-        let swap_ms = self.swap(es, run).await?;
-        report["swap_ms"] = json!(swap_ms);
-        let keep = Duration::from_secs(o.keep_old_secs);
-        let until = Utc::now() + chrono::Duration::from_std(keep).unwrap_or_default();
-        Ok(Update {
-            step: Some(Step::Swapped),
-            verify: Some(report),
-            keep_old_until: Some(until),
-            error: Some(None),
-            log: Some(format!(
-                "verified ({} documents, {} sampled, {repaired} repaired); alias {} now points at {} (the swap took {swap_ms} ms); {} is kept and written until {}",
-                v.index_count, v.sampled, run.alias, run.new_index, run.old_index,
-                until.to_rfc3339()
-            )),
-            ..Update::default()
-        })
+        Ok((
+            report,
+            format!(
+                "verified ({} documents, {} sampled, {repaired} repaired)",
+                v.index_count, v.sampled
+            ),
+        ))
     }
 
     /// One verification: counts, per-domain counts, every id and a sample compared in full.

@@ -265,9 +265,23 @@ doc_column = "doc"
 
     /// Waits until `index` holds exactly the source's documents; panics with the differences.
     async fn wait_equal(&self, index: &str, within: Duration) {
+        self.wait_matches(index, None, within).await;
+    }
+
+    /// Waits until `index` holds exactly `expected` (the source's documents when `None`).
+    async fn wait_matches(
+        &self,
+        index: &str,
+        expected: Option<&std::sync::Mutex<std::collections::BTreeMap<String, Value>>>,
+        within: Duration,
+    ) {
         let deadline = Instant::now() + within;
         loop {
-            let (src, got) = (self.source().await, self.index(index).await);
+            let src = match expected {
+                Some(e) => e.lock().expect("lock").clone(),
+                None => self.source().await,
+            };
+            let got = self.index(index).await;
             if src == got {
                 return;
             }
@@ -751,4 +765,100 @@ async fn a_full_disk_stops_the_backfill_with_the_nodes_reason_and_resume_finishe
     assert_eq!(s.step().await, "swapped");
     assert_eq!(s.alias_points_at().await, vec![s.new.clone()]);
     s.wait_equal(&s.alias, Duration::from_secs(30)).await;
+}
+
+/// Publishes a change of `id` embedding version `n` of its document (`None`: a deletion) and
+/// records what the index must end with.
+async fn publish_embedded(
+    s: &Setup,
+    producer: &ChangeProducer,
+    expected: &std::sync::Mutex<std::collections::BTreeMap<String, Value>>,
+    id: &str,
+    n: Option<u64>,
+) {
+    let mut meta = ChangeMeta::new(id, "sql", "forms");
+    if let Some(n) = n {
+        let doc = json!({"_id": id, "doc_type": "XFormInstance", "domain": "d1", "n": n});
+        meta.extra.insert("document".into(), doc);
+        expected.lock().expect("lock").insert(
+            id.to_owned(),
+            json!({"doc_type": "XFormInstance", "domain": "d1", "n": n}),
+        );
+    } else {
+        meta.is_deletion = true;
+        expected.lock().expect("lock").remove(id);
+    }
+    producer
+        .send_change(&s.topic.name, &meta)
+        .await
+        .expect("publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reindex_from_kafka_copies_the_newest_version_of_each_document_with_the_pillow_running() {
+    let _ = require!("TEST_ELASTICSEARCH_URL");
+    let mappings = json!({"properties": {"domain": {"type": "keyword"}, "n": {"type": "integer"}}});
+    let Some(s) = Setup::new("reindex_kafka", 0, &mappings, &json!({})).await else {
+        return;
+    };
+    let producer = ChangeProducer::new(&s.bootstrap).expect("producer");
+    let expected = std::sync::Mutex::new(std::collections::BTreeMap::new());
+    // Three versions of 800 documents; every seventh is deleted in the last round.
+    for round in 0..3u64 {
+        for i in 0..800 {
+            let id = format!("k-{i:04}");
+            let n = (round < 2 || i % 7 != 0).then_some(round);
+            publish_embedded(&s, &producer, &expected, &id, n).await;
+        }
+    }
+    let mut pillow = s.start_pillow();
+    s.wait_matches(&s.old, Some(&expected), Duration::from_secs(90))
+        .await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = async {
+        let mut version = 10u64;
+        while !stop.is_cancelled() {
+            let (i, delete) = {
+                let mut rng = rand::rng();
+                (rng.random_range(0..900), rng.random_range(0..10) == 0)
+            };
+            version += 1;
+            let id = format!("k-{i:04}");
+            publish_embedded(&s, &producer, &expected, &id, (!delete).then_some(version)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let rebuild = async {
+        let mut child = s.reindex(&[
+            "start",
+            "--from-kafka",
+            "--new-index",
+            &s.new,
+            "--chunk-size",
+            "100",
+            "--keep-old",
+            "1h",
+            "--noinput",
+        ]);
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(300..2000))).await;
+        if child.try_wait().expect("try_wait").is_none() {
+            child.kill().expect("SIGKILL the reindex");
+            eprintln!("reindex from kafka: SIGKILL at step {:?}", s.step().await);
+        }
+        let _ = child.wait();
+        let status = s.reindex(&["resume", "--noinput"]).wait().expect("resume");
+        stop.cancel();
+        status
+    };
+    let ((), status) = tokio::join!(writer, rebuild);
+    let log = s.log_text("reindex");
+    assert!(status.success(), "the resume failed ({status}): {log}");
+    assert_eq!(s.step().await, "swapped", "{log}");
+    assert_eq!(s.alias_points_at().await, vec![s.new.clone()], "{log}");
+    s.wait_matches(&s.alias, Some(&expected), Duration::from_secs(90))
+        .await;
+    s.wait_matches(&s.old, Some(&expected), Duration::from_secs(30))
+        .await;
+    still_running(&mut pillow, &s);
 }
