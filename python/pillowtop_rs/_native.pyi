@@ -473,6 +473,8 @@ def reindex(
     kafka_bootstrap: str | None = None,
     kafka_config: dict[str, str] | None = None,
     source: tuple[str, str, str] | None = None,
+    from_kafka: bool = False,
+    since_ms: int | None = None,
     chunk_size: int = 1000,
     slices: int = 1,
     domain: str | None = None,

@@ -679,6 +679,8 @@ def reindex(
     kafka_config: Mapping[str, str] | None = None,
     processor: str | None = None,
     source: tuple[str, str, str] | None = None,
+    from_kafka: bool = False,
+    since_ms: int | None = None,
     chunk_size: int = 1000,
     slices: int = 1,
     domain: str | None = None,
@@ -699,7 +701,9 @@ def reindex(
 
     ``action``: ``"start"`` (preflight, a new index, dual-write by the live pillow, a backfill
     from ``source`` = ``(table, id_column, doc_column)``, verification, the alias swap; the old
-    index is kept ``keep_old`` seconds for a rollback), ``"resume"`` (carry the unfinished run
+    index is kept ``keep_old`` seconds for a rollback; ``from_kafka=True`` copies the newest
+    change of each document from the pillow's topics instead, from ``since_ms`` or the earliest
+    retained, for changes that embed their documents), ``"resume"`` (carry the unfinished run
     on, after a crash or once the keep window has passed), ``"rollback"``, ``"abort"`` or
     ``"status"``. ``processor`` chooses among several Elasticsearch processors (by index or
     alias). Returns the exit status: 0 done, dry run or waiting for the keep window; 1 a
@@ -737,6 +741,8 @@ def reindex(
         kafka_bootstrap=kafka_bootstrap,
         kafka_config=None if kafka_config is None else dict(kafka_config),
         source=source,
+        from_kafka=from_kafka,
+        since_ms=since_ms,
         chunk_size=chunk_size,
         slices=slices,
         domain=domain,

@@ -747,7 +747,7 @@ pub(crate) fn list_kafka_topics(
 /// the pillow's runs. Returns the exit status (0 done, dry run or waiting for the keep window;
 /// 1 declined; 7 verification found differences, the old index still serving).
 #[pyfunction]
-#[pyo3(signature = (ui, action, *, pillow, processor, topics, postgres_url, kafka_bootstrap=None, kafka_config=None, source=None, chunk_size=1000, slices=1, domain=None, date_field=None, start_date=None, end_date=None, keep_old=172_800, ack_timeout=120, new_index=None, sample_size=200, noinput=false, dry_run=false, force=false, json=false))]
+#[pyo3(signature = (ui, action, *, pillow, processor, topics, postgres_url, kafka_bootstrap=None, kafka_config=None, source=None, from_kafka=false, since_ms=None, chunk_size=1000, slices=1, domain=None, date_field=None, start_date=None, end_date=None, keep_old=172_800, ack_timeout=120, new_index=None, sample_size=200, noinput=false, dry_run=false, force=false, json=false))]
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub(crate) fn reindex(
     py: Python<'_>,
@@ -760,6 +760,8 @@ pub(crate) fn reindex(
     kafka_bootstrap: Option<String>,
     kafka_config: Option<std::collections::BTreeMap<String, String>>,
     source: Option<(String, String, String)>,
+    from_kafka: bool,
+    since_ms: Option<i64>,
     chunk_size: usize,
     slices: usize,
     domain: Option<String>,
@@ -793,16 +795,19 @@ pub(crate) fn reindex(
         "rollback" => (Some(Action::Rollback), None),
         "abort" => (Some(Action::Abort), None),
         "start" => {
-            let Some((table, id_column, doc_column)) = source else {
-                return Err(ConfigurationError::new_err(
-                    "reindex start needs source=(table, id_column, doc_column): the table the documents are copied from",
-                ));
+            let mut o = match source {
+                _ if from_kafka => ReindexOptions::from_kafka(since_ms),
+                Some((table, id_column, doc_column)) => ReindexOptions::new(SqlSource {
+                    table,
+                    id_column,
+                    doc_column,
+                }),
+                None => {
+                    return Err(ConfigurationError::new_err(
+                        "reindex start needs source=(table, id_column, doc_column), the table the documents are copied from, or from_kafka=True",
+                    ))
+                }
             };
-            let mut o = ReindexOptions::new(SqlSource {
-                table,
-                id_column,
-                doc_column,
-            });
             o.chunk_size = chunk_size.max(1);
             o.slices = slices.max(1);
             o.domain = domain;

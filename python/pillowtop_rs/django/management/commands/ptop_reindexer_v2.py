@@ -45,6 +45,13 @@ class Command(BaseCommand):
             help="app_label.ModelName: its table, each row's fields the document "
             "(as ModelDocumentStore reads them)",
         )
+        source.add_argument(
+            "--from-kafka",
+            action="store_true",
+            help="copy the newest change of each document from the pillow's topics "
+            "(changes that embed their documents)",
+        )
+        parser.add_argument("--since", help="with --from-kafka: from this date or ISO time")
         parser.add_argument("--id-column", default="id", help="with --source-table")
         parser.add_argument("--doc-column", default="doc", help="with --source-table")
         parser.add_argument("--id-field", default="pk", help="with --model: the id's field")
@@ -89,17 +96,23 @@ class Command(BaseCommand):
                 return
             if unfinished:
                 self._exit(ops.reindex(pillow, "abort", noinput=True, **common))
+            source: tuple[str, str, str] | None = None
+            since_ms = _since_ms(options["since"]) if options["since"] else None
             if options["model"]:
                 source = _model_source(options["model"], options["id_field"])
             elif options["source_table"]:
                 source = (options["source_table"], options["id_column"], options["doc_column"])
-            else:
-                raise CommandError("give the source: --model or --source-table (and its columns)")
+            elif not options["from_kafka"]:
+                raise CommandError(
+                    "give the source: --model, --source-table (and its columns) or --from-kafka"
+                )
             self._exit(
                 ops.reindex(
                     pillow,
                     "start",
                     source=source,
+                    from_kafka=options["from_kafka"],
+                    since_ms=since_ms,
                     chunk_size=options["chunksize"],
                     slices=options["slices"],
                     domain=options["domain"],
@@ -135,6 +148,19 @@ class _Quiet:
 
     def read_answer(self) -> str:
         return ""
+
+
+def _since_ms(text: str) -> int:
+    """Return ``--since`` (a date or an ISO time; naive means UTC) in ms since the epoch."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise CommandError(f"--since {text!r}: {e}") from e
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1000)
 
 
 def _model_source(label: str, id_field: str) -> tuple[str, str, str]:
