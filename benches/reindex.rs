@@ -28,7 +28,7 @@ mod cpu;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use elasticsearch::http::transport::Transport;
@@ -234,31 +234,6 @@ async fn direct_bulk(
     Ok(())
 }
 
-async fn measure<F, Fut>(probe: &cpu::Probe, f: F) -> anyhow::Result<(Duration, cpu::Sample)>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    quiesce(probe).await;
-    let (c0, t0) = (probe.sample(), Instant::now());
-    f().await?;
-    let time = t0.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok((time, probe.sample() - c0))
-}
-
-async fn quiesce(probe: &cpu::Probe) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let before = probe.sample();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let d = probe.sample() - before;
-        if d.total() - d.0[0] < 0.05 {
-            return;
-        }
-    }
-}
-
 /// The time between the log lines of two steps of a run.
 fn between(log: &Value, from: &str, to: &str) -> Option<Duration> {
     let at = |step: &str| {
@@ -314,7 +289,7 @@ async fn phases(
         let index = unique_name("bench_reindex_direct");
         fresh_index(es, &index).await?;
         let (time, cpu) =
-            measure(probe, || direct_loader(pg_url, es, table, &index, streams)).await?;
+            cpu::measure(probe, || direct_loader(pg_url, es, table, &index, streams)).await?;
         let count = count_and_drop(es, &index).await?;
         anyhow::ensure!(count == n as u64, "direct loader: {count} documents of {n}");
         rows.push(Row {
@@ -355,7 +330,7 @@ async fn phases(
     for clients in [1, 2] {
         let index = unique_name("bench_reindex_bulk");
         fresh_index(es, &index).await?;
-        let (time, cpu) = measure(probe, || direct_bulk(es, &index, &bodies, clients)).await?;
+        let (time, cpu) = cpu::measure(probe, || direct_bulk(es, &index, &bodies, clients)).await?;
         let count = count_and_drop(es, &index).await?;
         anyhow::ensure!(count == n as u64, "direct bulk: {count} documents of {n}");
         rows.push(Row {
@@ -411,7 +386,7 @@ async fn phases(
         options.keep_old_secs = 0;
         options.new_index = Some(new.clone());
         let mut run = None;
-        let (time, cpu) = measure(probe, || async {
+        let (time, cpu) = cpu::measure(probe, || async {
             run = Some(r.start(&options, true, &|_| {}).await?);
             Ok(())
         })

@@ -337,37 +337,6 @@ fn faster(
     }
 }
 
-/// Runs `f`, timing it and sampling the CPU of every process before and after.
-async fn measure<F, Fut>(probe: &cpu::Probe, f: F) -> anyhow::Result<(Duration, cpu::Sample)>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    quiesce(probe).await;
-    let (c0, t0) = (probe.sample(), Instant::now());
-    f().await?;
-    let time = t0.elapsed();
-    // The phase's connections close as it ends: their backends' CPU is counted once they have
-    // exited and the postmaster has reaped them (a backend caught exiting shows no times).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok((time, probe.sample() - c0))
-}
-
-/// Waits (up to 15 s) until the servers are nearly idle (< 10% of a core over 0.5 s), so a phase
-/// is not charged with the previous phase's background work (the search node's merges and
-/// refreshes, PostgreSQL's checkpointer and autovacuum).
-async fn quiesce(probe: &cpu::Probe) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let before = probe.sample();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let d = probe.sample() - before;
-        if d.total() - d.0[0] < 0.05 {
-            return;
-        }
-    }
-}
-
 fn print_table(rows: &[Row]) {
     println!(
         "\n| sink | phase | changes | changes/s | vs ceiling | CPU-s/M: {} | total |",
@@ -600,7 +569,7 @@ async fn run(
             let index = unique_name("bench_sinks_direct");
             create_index(&es, &index).await?;
             let (time, cpu) =
-                measure(&probe, || direct_bulk(&es, &index, &bodies, clients)).await?;
+                cpu::measure(&probe, || direct_bulk(&es, &index, &bodies, clients)).await?;
             let count = count_and_drop(&es, &index).await?;
             anyhow::ensure!(
                 count == n as u64,
@@ -644,7 +613,7 @@ async fn run(
                 ES_SETTINGS.replace(':', " =")
             );
             let text = pillow_toml(&id, &topic, chunk, kafka, pg_url, &processor);
-            let (time, cpu) = measure(&probe, || run_pillow(&text, changes)).await?;
+            let (time, cpu) = cpu::measure(&probe, || run_pillow(&text, changes)).await?;
             let count = count_and_drop(&es, &index).await?;
             anyhow::ensure!(count == changes as u64, "pillow into {index}: {count} documents, expected {changes}");
             forget_pillow(&pg, &id).await?;
@@ -681,7 +650,7 @@ async fn run(
         let mut fastest: Option<(Duration, cpu::Sample)> = None;
         for _ in 0..ceiling_rounds {
         c.batch_execute(&format!("TRUNCATE \"{table}\"")).await?;
-        let (time, cpu) = measure(&probe, || async {
+        let (time, cpu) = cpu::measure(&probe, || async {
             for rows in &rows_by_chunk {
                 c.batch_execute("BEGIN").await?;
                 let w = BinaryCopyInWriter::new(c.copy_in(&copy_sql).await?, &types);
@@ -706,7 +675,7 @@ async fn run(
         let full = c.prepare_typed(&upsert(1000), &types.iter().cycle().take(1000 * width).cloned().collect::<Vec<_>>()).await?;
         let mut fastest: Option<(Duration, cpu::Sample)> = None;
         for _ in 0..ceiling_rounds {
-        let (time, cpu) = measure(&probe, || async {
+        let (time, cpu) = cpu::measure(&probe, || async {
             for rows in &rows_by_chunk {
                 let params: Vec<&(dyn ToSql + Sync)> = rows.iter().flat_map(|r| r.iter().map(|v| v as &(dyn ToSql + Sync))).collect();
                 if rows.len() == 1000 {
@@ -742,7 +711,7 @@ async fn run(
             for (k, what) in passes.iter().enumerate() {
                 let id = unique_name("bench_sinks_pg");
                 let text = pillow_toml(&id, &topic, chunk, kafka, pg_url, &processor);
-                let (time, cpu) = measure(&probe, || run_pillow(&text, changes)).await?;
+                let (time, cpu) = cpu::measure(&probe, || run_pillow(&text, changes)).await?;
                 forget_pillow(&pg, &id).await?;
                 let count: i64 = c.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await?.get(0);
                 anyhow::ensure!(count == i64::try_from(changes)?, "table {table} has {count} rows, expected {changes}");

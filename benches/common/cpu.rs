@@ -120,3 +120,39 @@ fn children(parent: i32) -> Vec<i32> {
         .filter(|&p| stat(p).is_some_and(|s| s.ppid == parent))
         .collect()
 }
+
+/// Runs `f`, timing it and sampling the CPU of every process before and after.
+#[allow(dead_code)] // not every bench that reads the CPU times phases this way
+pub(crate) async fn measure<F, Fut>(
+    probe: &Probe,
+    f: F,
+) -> anyhow::Result<(std::time::Duration, Sample)>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    quiesce(probe).await;
+    let (c0, t0) = (probe.sample(), std::time::Instant::now());
+    f().await?;
+    let time = t0.elapsed();
+    // The phase's connections close as it ends: their backends' CPU is counted once they have
+    // exited and the postmaster has reaped them (a backend caught exiting shows no times).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    Ok((time, probe.sample() - c0))
+}
+
+/// Waits (up to 15 s) until the servers are nearly idle (< 10% of a core over 0.5 s), so a phase
+/// is not charged with the previous phase's background work (the search node's merges and
+/// refreshes, PostgreSQL's checkpointer and autovacuum).
+#[allow(dead_code)]
+pub(crate) async fn quiesce(probe: &Probe) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let before = probe.sample();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let d = probe.sample() - before;
+        if d.total() - d.0[0] < 0.05 {
+            return;
+        }
+    }
+}

@@ -1363,6 +1363,27 @@ impl Reindexer {
         Ok(v)
     }
 
+    /// Runs a query of the source with its filter's text parameters.
+    async fn query_source(
+        &self,
+        what: &str,
+        sql: String,
+        params: Vec<String>,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        self.pg
+            .run(what, |c| {
+                let (sql, params) = (sql.clone(), params.clone());
+                async move {
+                    let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|x| x as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
+                    c.query(&sql, &p).await.map_err(err(what))
+                }
+            })
+            .await
+    }
+
     /// The live (not deleted) ids of the source.
     async fn source_ids(&self, o: &ReindexOptions) -> Result<HashSet<String>> {
         let s = &o.source;
@@ -1374,19 +1395,7 @@ impl Reindexer {
             from = s.from()
         );
         let rows = self
-            .pg
-            .run("reading the source's ids", |c| {
-                let (sql, params) = (sql.clone(), params.clone());
-                async move {
-                    let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                        .iter()
-                        .map(|x| x as &(dyn tokio_postgres::types::ToSql + Sync))
-                        .collect();
-                    c.query(&sql, &p)
-                        .await
-                        .map_err(err("reading the source's ids"))
-                }
-            })
+            .query_source("reading the source's ids", sql, params)
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -1401,17 +1410,7 @@ impl Reindexer {
             n = o.sample_size
         );
         let rows = self
-            .pg
-            .run("sampling the source", |c| {
-                let (sql, params) = (sql.clone(), params.clone());
-                async move {
-                    let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                        .iter()
-                        .map(|x| x as &(dyn tokio_postgres::types::ToSql + Sync))
-                        .collect();
-                    c.query(&sql, &p).await.map_err(err("sampling the source"))
-                }
-            })
+            .query_source("sampling the source", sql, params)
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -1548,19 +1547,7 @@ impl Reindexer {
             from = s.from()
         );
         let rows = self
-            .pg
-            .run("counting the source by domain", |c| {
-                let (sql, params) = (sql.clone(), params.clone());
-                async move {
-                    let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                        .iter()
-                        .map(|x| x as &(dyn tokio_postgres::types::ToSql + Sync))
-                        .collect();
-                    c.query(&sql, &p)
-                        .await
-                        .map_err(err("counting the source by domain"))
-                }
-            })
+            .query_source("counting the source by domain", sql, params)
             .await?;
         let mut out = Vec::new();
         for r in rows {
