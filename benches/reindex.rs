@@ -376,6 +376,7 @@ async fn phases(
             topics: Vec::new(),
             kafka: None,
             stop: CancellationToken::new(),
+            transform: None,
         };
         let mut options = ReindexOptions::new(SqlSource {
             table: table.to_owned(),

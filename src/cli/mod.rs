@@ -66,7 +66,7 @@ pub const INVALID: u8 = 5;
 pub const FINDING: u8 = 6;
 
 /// The text after `--help` of the program.
-pub const EXIT_STATUS_HELP: &str = "Exit status: 0 success; 1 a question was declined; 2 invalid usage, or merge sources whose partitions disagree; 3 the merge's reprocessing was declined; 4 any other failure; 5 validate found invalid checkpoints; 6 doctor found a pillow behind";
+pub const EXIT_STATUS_HELP: &str = "Exit status: 0 success; 1 a question was declined; 2 invalid usage, or merge sources whose partitions disagree; 3 the merge's reprocessing was declined; 4 any other failure; 5 validate found invalid checkpoints; 6 doctor found a pillow behind; 7 reindex found differences (the old index still serves)";
 
 /// The command line without the binary-only `demo` (what `run_cli` parses).
 #[derive(Parser, Debug)]

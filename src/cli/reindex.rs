@@ -228,6 +228,7 @@ fn reindexer_of(
         topics: file.topics.clone(),
         kafka,
         stop,
+        transform: None,
     };
     Ok(r)
 }

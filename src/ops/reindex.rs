@@ -215,6 +215,9 @@ pub struct Reindexer {
     pub topics: Vec<String>,
     pub kafka: Option<KafkaInfo>,
     pub stop: CancellationToken,
+    /// The processor's own transform (a Python callable), when it has one: the backfill and the
+    /// verification apply it as the pillow does.
+    pub transform: Option<crate::processor::elasticsearch::DocTransform>,
 }
 
 /// What preflight found.
@@ -360,6 +363,12 @@ impl Reindexer {
     /// Sizes and free disk, and the names the run would use. Writes nothing.
     pub async fn preflight(&self, options: &ReindexOptions) -> Result<Preflight> {
         options.validate()?;
+        if let Some(f) = &self.config.id_field {
+            return Err(refused(
+                self,
+                format!("the processor takes each document's _id from its field {f:?}; the verification compares the source's ids with the index's, so this is not supported yet"),
+            ));
+        }
         let alias = self.alias()?;
         let es = self.es()?;
         let old_index = self.serving_index().await?;
@@ -920,7 +929,10 @@ impl Reindexer {
         index.clone_into(&mut c.index);
         c.alias = None;
         c.flush_max_changes = 0;
-        let p = ElasticsearchProcessor::new(c)?.with_stop(self.stop.clone());
+        let mut p = ElasticsearchProcessor::new(c)?.with_stop(self.stop.clone());
+        if let Some(t) = &self.transform {
+            p = p.with_transform(t.clone());
+        }
         Ok(if create_only { p.with_create_only() } else { p })
     }
 
@@ -1338,6 +1350,14 @@ impl Reindexer {
                 .cloned()
                 .collect();
         }
+        if self.transform.is_some() && !v.missing.is_empty() {
+            // Documents the transform skips are rightly absent.
+            let docs = self.source_docs(o, &v.missing).await?;
+            v.missing.retain(|id| {
+                docs.get(id)
+                    .is_some_and(|d| self.expected_source(d).is_some())
+            });
+        }
         v.missing.sort();
         v.extra.sort();
         v.domains = self.domain_counts(es, index, o).await?;
@@ -1443,6 +1463,27 @@ impl Reindexer {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// What the index must hold for a source document: nothing for a `-Deleted` document or one
+    /// the transform skips (or fails on); else the transformed document without its `_id`.
+    fn expected_source(&self, text: &str) -> Option<Value> {
+        let doc: Value = serde_json::from_str(text).ok()?;
+        if doc
+            .get("doc_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.ends_with("-Deleted"))
+        {
+            return None;
+        }
+        let mut out = match &self.transform {
+            Some(t) => t(&doc).ok()??,
+            None => doc,
+        };
+        if let Value::Object(m) = &mut out {
+            m.remove("_id");
+        }
+        Some(out)
+    }
+
     /// `ids` compared between the source and the new index: (missing, extra, mismatched).
     async fn compare_ids(
         &self,
@@ -1458,20 +1499,7 @@ impl Reindexer {
         let indexed = es.mget(&run.new_index, ids).await?;
         let source = self.source_docs(o, ids).await?;
         for id in ids {
-            let expected = source
-                .get(id)
-                .and_then(|d| serde_json::from_str::<Value>(d).ok())
-                .filter(|d| {
-                    !d.get("doc_type")
-                        .and_then(Value::as_str)
-                        .is_some_and(|t| t.ends_with("-Deleted"))
-                })
-                .map(|mut d| {
-                    if let Value::Object(m) = &mut d {
-                        m.remove("_id");
-                    }
-                    d
-                });
+            let expected = source.get(id).and_then(|d| self.expected_source(d));
             match (expected, indexed.get(id)) {
                 (Some(e), Some(got)) if &e != got => mismatched.push(id.clone()),
                 (Some(_), None) => missing.push(id.clone()),

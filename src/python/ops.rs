@@ -826,6 +826,10 @@ pub(crate) fn reindex(
             )))
         }
     };
+    // The processor's Python transform runs where the run's future does: on this thread.
+    let transform = processor
+        .get()
+        .elasticsearch_transform(py, super::processor::Lane::current());
     let conn = kafka(kafka_bootstrap, kafka_config);
     run_stoppable(py, ui, async move |ui, stop| {
         let r = Reindexer {
@@ -836,6 +840,7 @@ pub(crate) fn reindex(
             topics,
             kafka: conn.info().ok(),
             stop: stop.clone(),
+            transform,
         };
         match (action, options) {
             (Some(a), _) => act(&r, a, noinput, json, ui).await,

@@ -40,6 +40,17 @@ impl PyRustProcessor {
             _ => None,
         }
     }
+
+    /// The Python transform of an `"elasticsearch"` processor, for calls on `lane`.
+    pub(crate) fn elasticsearch_transform(
+        &self,
+        py: Python<'_>,
+        lane: Lane,
+    ) -> Option<DocTransform> {
+        self.transform
+            .as_ref()
+            .map(|t| python_transform(t.clone_ref(py), lane))
+    }
 }
 
 #[pymethods]

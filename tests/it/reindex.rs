@@ -246,8 +246,9 @@ doc_column = "doc"
             Some(json!({"size": 10000, "query": {"match_all": {}}})),
         )
         .await;
-        if status == 404 {
-            return std::collections::BTreeMap::new(); // not created yet
+        if status == 404 || status == 503 {
+            // Not created yet, or its shard not started yet: the caller's wait polls again.
+            return std::collections::BTreeMap::new();
         }
         assert_eq!(status, 200, "searching {index}: {r}");
         r["hits"]["hits"]

@@ -108,14 +108,14 @@ PILLOWTOPS: dict[str, list[Any]] = {
             "instance": "testapp.pillows.get_failing_pillow",
         },
         {
-            "name": "rust-es-pillow",
-            "class": "pillowtop_rs.Pillow",
-            "instance": "testapp.pillows.get_rust_es_pillow",
-        },
-        {
             "name": "model-store-pillow",
             "class": "pillowtop_rs.Pillow",
             "instance": "testapp.pillows.get_model_store_pillow",
+        },
+        {
+            "name": "rust-es-pillow",
+            "class": "pillowtop_rs.Pillow",
+            "instance": "testapp.pillows.get_rust_es_pillow",
         },
     ],
 }

@@ -55,7 +55,7 @@ def test_malformed_pillowtops_fails_before_anything_runs(project: Project) -> No
         "run_ptop", "--pillow-name", "xform-pillow", extra_env={"PTDJ_BROKEN_PILLOWTOPS": "1"}
     )
     assert result.returncode != 0
-    assert "PILLOWTOPS section 'test' entry 2" in result.stderr
+    assert "PILLOWTOPS section 'test' entry 3" in result.stderr
     assert "no 'class'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not KafkaCheckpoint.objects.exists()
@@ -80,7 +80,7 @@ def test_list_and_list_checkpoints(project: Project, native: None) -> None:
     ok(listed)
     assert (
         "core: xform-pillow\ncore: FormSubmissionMetadataTrackerPillow\ntest: failing-pillow\n"
-        "test: model-store-pillow" in (listed.stdout)
+        "test: model-store-pillow\ntest: rust-es-pillow" in (listed.stdout)
     )
     checkpoints = project.manage("run_ptop", "--list-checkpoints")
     ok(checkpoints)
@@ -89,6 +89,7 @@ def test_list_and_list_checkpoints(project: Project, native: None) -> None:
         project.checkpoint_id("form-submission-metadata-tracker"),
         project.checkpoint_id("failing-pillow"),
         project.checkpoint_id("model-store-pillow"),
+        project.checkpoint_id("rust-es-pillow"),
     ]
 
 

@@ -134,6 +134,7 @@ def test_the_test_project_settings_parse() -> None:
         ("core", "FormSubmissionMetadataTrackerPillow"),
         ("test", "failing-pillow"),
         ("test", "model-store-pillow"),
+        ("test", "rust-es-pillow"),
     ]
 
 

@@ -110,6 +110,7 @@ def db(postgres_url: str, unique_name: str) -> Iterator[psycopg.Connection[Any]]
         ("pillowtop_rs_failed_processor", "pillow"),
         ("pillowtop_rs_process", "pillow_name"),
         ("pillowtop_rs_handover", "checkpoint_id"),
+        ("pillowtop_rs_reindex", "pillow"),
     ]:
         try:
             conn.execute(f"DELETE FROM {table} WHERE {column} LIKE %s", (like,))  # noqa: S608

@@ -96,3 +96,84 @@ def test_rust_processor_configuration_is_checked_when_built() -> None:
         RustProcessor("elasticsearch", {**waits, "outage_budget_secs": -1})
     with pytest.raises(pillowtop_rs.ConfigurationError, match="takes no transform"):
         RustProcessor("noop", transform=lambda d: d)
+
+
+class _Lines:
+    """A ui keeping what an operation prints."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def out(self, line: str) -> None:
+        self.lines.append(line)
+
+    def err(self, line: str) -> None:
+        self.lines.append(line)
+
+    def read_answer(self) -> str:
+        return ""
+
+
+def test_reindex_applies_the_processors_python_transform(
+    kafka_bootstrap: str,
+    postgres_url: str,
+    elasticsearch_url: str,
+    topic: str,
+    index: str,
+    db: psycopg.Connection[Any],
+    unique_name: str,
+) -> None:
+    """``ops.reindex`` copies the source through the processor's own Python transform (on the
+    calling thread), and its verification expects what the transform makes."""
+    from pillowtop_rs import ops
+
+    table = unique_name
+    db.execute(f"CREATE TABLE {table} (doc_id text PRIMARY KEY, doc jsonb NOT NULL)")
+    db.execute(
+        f"INSERT INTO {table} SELECT 'f' || i, jsonb_build_object('_id', 'f' || i, "  # noqa: S608
+        "'domain', 'd', 'n', i) FROM generate_series(0, 39) i"
+    )
+    alias, new = f"{index}_alias", f"{index}_v2"
+    es(elasticsearch_url, "PUT", f"/{index}", {"aliases": {alias: {}}})
+    threads: set[int] = set()
+
+    def transform(doc: dict[str, Any]) -> dict[str, Any] | None:
+        threads.add(threading.get_ident())
+        return None if doc["n"] == 7 else {**doc, "n2": doc["n"] * 2}
+
+    processor = RustProcessor(
+        "elasticsearch",
+        {"urls": [elasticsearch_url], "index": index, "alias": alias},
+        transform=transform,
+    )
+    assert (processor.config or {})["alias"] == alias
+    pillow = Pillow(unique_name, [topic], [processor])
+    ui = _Lines()
+    try:
+        status = ops.reindex(
+            pillow,
+            "start",
+            postgres_url=postgres_url,
+            kafka_bootstrap=kafka_bootstrap,
+            source=(table, "doc_id", "doc"),
+            keep_old=0,
+            new_index=new,
+            noinput=True,
+            ui=ui,
+        )
+        text = "\n".join(ui.lines)
+        assert status == 0, text
+        assert "step done" in text, text
+        assert threads == {threading.get_ident()}
+        assert list(es(elasticsearch_url, "GET", f"/_alias/{alias}")) == [new]
+        es(elasticsearch_url, "POST", f"/{new}/_refresh")
+        hits = es(elasticsearch_url, "POST", f"/{alias}/_search", {"size": 100})["hits"]["hits"]
+        got = {h["_id"]: h["_source"] for h in hits}
+        assert set(got) == {f"f{i}" for i in range(40)} - {"f7"}, "f7 is skipped by the transform"
+        assert got["f5"] == {"domain": "d", "n": 5, "n2": 10}
+    finally:
+        db.execute(f"DROP TABLE IF EXISTS {table}")
+        try:
+            es(elasticsearch_url, "DELETE", f"/{new}")
+        except urllib.error.HTTPError:
+            pass

@@ -42,6 +42,7 @@ COMMANDS = [
     "split_pillow_checkpoints",
     "merge_pillow_checkpoints",
     "ptop_reset_checkpoint",
+    "ptop_reindexer_v2",
     "add_kafka_partition",
     "validate_kafka_pillow_checkpoints",
     "pillow_topic_assignments",
