@@ -265,14 +265,15 @@ async fn preindex(a: StartArgs, ui: &dyn Ui, stop: CancellationToken) -> anyhow:
     for w in wanted {
         let r = reindexer_of(&file, w.as_deref(), stop.clone())?;
         crate::store::schema::ensure_schema(&r.pg).await?;
-        if r.active().await?.is_none() && r.serving_index_exists().await? {
+        let active = r.active().await?;
+        if active.is_none() && r.serving_index_exists().await? {
             say.say(&format!(
                 "processor {}: its index exists: nothing to do",
                 r.processor
             ));
             continue;
         }
-        status = status.max(match r.active().await? {
+        status = status.max(match active {
             Some(_) => act(&r, Action::Resume, true, a.confirm.json, ui).await?,
             None => start_run(&r, &options, &a.confirm, ui).await?,
         });

@@ -641,24 +641,25 @@ impl Reindexer {
         let (head, _) = es
             .call(Method::Head, &format!("/{}", run.new_index), None)
             .await?;
-        let (status, reply) = if head == 200 {
-            (400, json!("resource_already_exists_exception"))
-        } else {
-            es.call(
-                Method::Put,
-                &format!("/{}", run.new_index),
-                Some(&Value::Object(body)),
-            )
-            .await?
-        };
-        let existed = status == 400 && reply.to_string().contains("resource_already_exists");
-        if !(200..300).contains(&status) && !existed {
-            return Err(ElasticsearchError::Status {
-                context: format!("creating the new index {}", run.new_index),
-                status,
-                body: reply.to_string(),
+        let mut existed = head == 200;
+        if !existed {
+            let (status, reply) = es
+                .call(
+                    Method::Put,
+                    &format!("/{}", run.new_index),
+                    Some(&Value::Object(body)),
+                )
+                .await?;
+            // Made by another process between the two requests: the same as found.
+            existed = status == 400 && reply.to_string().contains("resource_already_exists");
+            if !(200..300).contains(&status) && !existed {
+                return Err(ElasticsearchError::Status {
+                    context: format!("creating the new index {}", run.new_index),
+                    status,
+                    body: reply.to_string(),
+                }
+                .into());
             }
-            .into());
         }
         Ok(Update {
             step: Some(Step::Created),
@@ -728,16 +729,16 @@ impl Reindexer {
         let liveness =
             crate::store::liveness::postgres::PostgresLivenessStore::new(self.pg.clone());
         let started = Instant::now();
-        let timeout = Duration::from_secs(
-            store::get(&self.pg, id)
-                .await?
-                .and_then(|r| r.options.get("ack_timeout_secs")?.as_u64())
-                .unwrap_or(120),
-        );
         loop {
             let run = store::get(&self.pg, id)
                 .await?
                 .ok_or_else(|| refused(self, format!("run {id} does not exist")))?;
+            let timeout = Duration::from_secs(
+                run.options
+                    .get("ack_timeout_secs")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(120),
+            );
             let waiting: Vec<String> = liveness
                 .list(Some(&self.pillow))
                 .await?
@@ -888,6 +889,31 @@ fn source_filter(o: &ReindexOptions, first: usize) -> (String, Vec<String>) {
     }
 }
 
+/// Records a copied chunk's failures: a warning each, the first 20 kept in `failures` (the
+/// run's progress, for the verification's report).
+fn note_failures(
+    run: &ReindexRun,
+    changes: &[Change],
+    outcome: std::result::Result<
+        crate::processor::ChunkOutcome,
+        crate::processor::ProcessorFailure,
+    >,
+    failures: &mut Vec<Value>,
+) {
+    let errors: Vec<(usize, String)> = match outcome {
+        Ok(o) => o.errors.into_iter().map(|(i, f)| (i, f.message)).collect(),
+        Err(whole) => (0..changes.len())
+            .map(|i| (i, whole.message.clone()))
+            .collect(),
+    };
+    for (i, message) in errors {
+        tracing::warn!(run = run.id, index = %run.new_index, doc_id = %changes[i].id, error = %message, "reindex: a document could not be copied");
+        if failures.len() < 20 {
+            failures.push(json!({"id": changes[i].id, "error": message}));
+        }
+    }
+}
+
 /// A change carrying a source row's document (what the processor writes).
 fn row_change(id: String, doc: String, index: &str) -> Result<Change> {
     let raw = serde_json::value::RawValue::from_string(doc).map_err(|e| {
@@ -896,29 +922,31 @@ fn row_change(id: String, doc: String, index: &str) -> Result<Change> {
         ))
     })?;
     let size = raw.get().len();
-    Ok(Change {
-        metadata: ChangeMeta::new(id.clone(), "reindex", "reindex"),
+    Ok(source_change(
         id,
-        topic: String::new(),
-        partition: 0,
-        offset: 0,
-        deleted: false,
-        document: Document::Embedded(EmbeddedDocument::new(raw)),
+        Document::Embedded(EmbeddedDocument::new(raw)),
         size,
-    })
+    ))
 }
 
 /// A change deleting `id`.
 fn delete_change(id: String) -> Change {
+    let mut c = source_change(id, Document::Known(None), 0);
+    c.deleted = true;
+    c
+}
+
+/// A change of `id` made from the source (no Kafka position).
+fn source_change(id: String, document: Document, size: usize) -> Change {
     Change {
         metadata: ChangeMeta::new(id.clone(), "reindex", "reindex"),
         id,
         topic: String::new(),
         partition: 0,
         offset: 0,
-        deleted: true,
-        document: Document::Known(None),
-        size: 0,
+        deleted: false,
+        document,
+        size,
     }
 }
 
@@ -1137,18 +1165,7 @@ impl Reindexer {
                 .map(|r| row_change(r.get(0), r.get(1), &run.new_index))
                 .collect::<Result<Vec<_>>>()?;
             let outcome = writer.process_changes_chunk(&mut changes).await?;
-            let errors: Vec<(usize, String)> = match outcome {
-                Ok(o) => o.errors.into_iter().map(|(i, f)| (i, f.message)).collect(),
-                Err(whole) => (0..changes.len())
-                    .map(|i| (i, whole.message.clone()))
-                    .collect(),
-            };
-            for (i, message) in errors {
-                tracing::warn!(run = run.id, index = %run.new_index, doc_id = %changes[i].id, error = %message, "reindex: a document could not be copied");
-                if failures.len() < 20 {
-                    failures.push(json!({"id": changes[i].id, "error": message}));
-                }
-            }
+            note_failures(run, &changes, outcome, &mut failures);
             slice_done += changes.len() as u64;
             done.fetch_add(changes.len() as u64, Ordering::Relaxed);
             store::set_progress(
@@ -1322,13 +1339,7 @@ impl Reindexer {
     /// One verification: counts, per-domain counts, every id and a sample compared in full.
     async fn verify(&self, es: &Es, run: &ReindexRun, o: &ReindexOptions) -> Result<Verification> {
         let index = &run.new_index;
-        es.ok(
-            &format!("refreshing {index}"),
-            Method::Post,
-            &format!("/{index}/_refresh"),
-            None,
-        )
-        .await?;
+        es.refresh(index).await?;
         // The index's ids first, then the source's: an id in the index but not in the source
         // was deleted from the source (never created after the source was read).
         let index_ids = es.all_ids(index, o.domain.as_deref()).await?;
@@ -1605,13 +1616,7 @@ impl Reindexer {
             Some(&restore),
         )
         .await?;
-        es.ok(
-            &format!("refreshing {index}"),
-            Method::Post,
-            &format!("/{index}/_refresh"),
-            None,
-        )
-        .await?;
+        es.refresh(index).await?;
         // A preindex has no old index (a remove action naming a missing index fails).
         let (old_status, _) = es
             .call(Method::Head, &format!("/{}", run.old_index), None)
@@ -1697,6 +1702,18 @@ impl Es {
             }
             attempt += 1;
         }
+    }
+
+    /// Makes everything written to `index` searchable.
+    async fn refresh(&self, index: &str) -> Result<()> {
+        self.ok(
+            &format!("refreshing {index}"),
+            Method::Post,
+            &format!("/{index}/_refresh"),
+            None,
+        )
+        .await
+        .map(drop)
     }
 
     /// A request that must answer 2xx.

@@ -76,7 +76,6 @@ struct Setup {
     pillow: String,
     topic: TestTopic,
     es_url: String,
-    pg_url: String,
     config: std::path::PathBuf,
     alias: String,
     old: String,
@@ -157,7 +156,6 @@ doc_column = "doc"
             pillow,
             topic,
             es_url,
-            pg_url,
             config,
             alias,
             old,
@@ -200,6 +198,21 @@ doc_column = "doc"
             .stderr(self.log("reindex"))
             .spawn()
             .expect("spawn pillowtop reindex")
+    }
+
+    /// `pillowtop reindex <args> --config <file>`, run to its end.
+    fn reindex_output(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["reindex"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--config", self.config.to_str().expect("path")]);
+        pillowtop(&all).output().expect("pillowtop reindex")
+    }
+
+    /// The status of `HEAD /index` (200 exists, 404 not).
+    async fn index_status(&self, index: &str) -> u16 {
+        call(&self.es_url, Method::Head, &format!("/{index}"), None)
+            .await
+            .0
     }
 
     async fn publish(&self, producer: &ChangeProducer, id: &str) {
@@ -517,15 +530,7 @@ async fn a_reindex_killed_at_random_moments_and_resumed_ends_equal_to_the_source
     );
 
     // Rollback: the alias is back on the old index, which has every change, and the new one goes.
-    let out = pillowtop(&[
-        "reindex",
-        "rollback",
-        "--noinput",
-        "--config",
-        s.config.to_str().expect("path"),
-    ])
-    .output()
-    .expect("rollback");
+    let out = s.reindex_output(&["rollback", "--noinput"]);
     assert!(
         out.status.success(),
         "rollback: {}",
@@ -533,7 +538,7 @@ async fn a_reindex_killed_at_random_moments_and_resumed_ends_equal_to_the_source
     );
     assert_eq!(s.alias_points_at().await, vec![s.old.clone()]);
     assert_eq!(s.step().await, "rolled_back");
-    let (status, _) = call(&s.es_url, Method::Head, &format!("/{}", s.new), None).await;
+    let status = s.index_status(&s.new).await;
     assert_eq!(status, 404, "the rolled-back index is deleted");
     let c = s.db.pg.fresh_client().await.expect("client");
     c.execute(
@@ -548,7 +553,7 @@ async fn a_reindex_killed_at_random_moments_and_resumed_ends_equal_to_the_source
     s.publish(&producer, "doc-000001").await;
     s.wait_equal(&s.alias, Duration::from_secs(60)).await;
     still_running(&mut pillow, &s);
-    let (status, _) = call(&s.es_url, Method::Head, &format!("/{}", s.new), None).await;
+    let status = s.index_status(&s.new).await;
     assert_eq!(
         status, 404,
         "the pillow no longer writes the rolled-back index"
@@ -574,17 +579,7 @@ async fn a_mapping_conflict_in_the_new_index_stops_the_run_with_the_old_index_se
     )
     .await;
     assert_eq!(status, 200, "{r}");
-    let out = pillowtop(&[
-        "reindex",
-        "start",
-        "--new-index",
-        &s.new,
-        "--noinput",
-        "--config",
-        s.config.to_str().expect("path"),
-    ])
-    .output()
-    .expect("reindex start");
+    let out = s.reindex_output(&["start", "--new-index", &s.new, "--noinput"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -602,39 +597,22 @@ async fn a_mapping_conflict_in_the_new_index_stops_the_run_with_the_old_index_se
         "the old index still serves"
     );
     // A second start is refused while this run has not ended; abort deletes the new index.
-    let again = pillowtop(&[
-        "reindex",
-        "start",
-        "--noinput",
-        "--config",
-        s.config.to_str().expect("path"),
-    ])
-    .output()
-    .expect("second start");
+    let again = s.reindex_output(&["start", "--noinput"]);
     assert_eq!(again.status.code(), Some(4));
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("unfinished reindex"),
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    let abort = pillowtop(&[
-        "reindex",
-        "abort",
-        "--noinput",
-        "--config",
-        s.config.to_str().expect("path"),
-    ])
-    .output()
-    .expect("abort");
+    let abort = s.reindex_output(&["abort", "--noinput"]);
     assert!(
         abort.status.success(),
         "{}",
         String::from_utf8_lossy(&abort.stderr)
     );
     assert_eq!(s.step().await, "aborted");
-    let (status, _) = call(&s.es_url, Method::Head, &format!("/{}", s.new), None).await;
+    let status = s.index_status(&s.new).await;
     assert_eq!(status, 404);
-    let _ = &s.pg_url;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,10 +622,7 @@ async fn preindex_fills_a_missing_index_before_the_pillow_starts_and_the_pillow_
     let Some(s) = Setup::new("preindex", 500, &mappings, &json!({})).await else {
         return;
     };
-    let config = s.config.to_str().expect("path").to_owned();
-    let out = pillowtop(&["reindex", "preindex", "--noinput", "--config", &config])
-        .output()
-        .expect("preindex");
+    let out = s.reindex_output(&["preindex", "--noinput"]);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "preindex: {text}");
@@ -656,9 +631,7 @@ async fn preindex_fills_a_missing_index_before_the_pillow_starts_and_the_pillow_
     assert_eq!(serving.len(), 1, "{serving:?}");
     assert_ne!(serving[0], s.old, "a new index behind the alias");
     s.wait_equal(&s.alias, Duration::from_secs(30)).await;
-    let again = pillowtop(&["reindex", "preindex", "--noinput", "--config", &config])
-        .output()
-        .expect("second preindex");
+    let again = s.reindex_output(&["preindex", "--noinput"]);
     assert!(
         again.status.success() && String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
         "{}",
@@ -680,7 +653,7 @@ async fn preindex_fills_a_missing_index_before_the_pillow_starts_and_the_pillow_
     s.publish(&producer, "doc-000003").await;
     s.wait_equal(&s.alias, Duration::from_secs(60)).await;
     still_running(&mut pillow, &s);
-    let (status, _) = call(&s.es_url, Method::Head, &format!("/{}", s.old), None).await;
+    let status = s.index_status(&s.old).await;
     assert_eq!(
         status,
         404,
@@ -720,18 +693,7 @@ async fn a_full_disk_stops_the_backfill_with_the_nodes_reason_and_resume_finishe
     )
     .await;
     assert_eq!(status, 200, "{r}");
-    let config = s.config.to_str().expect("path").to_owned();
-    let out = pillowtop(&[
-        "reindex",
-        "start",
-        "--new-index",
-        &s.new,
-        "--noinput",
-        "--config",
-        &config,
-    ])
-    .output()
-    .expect("reindex start");
+    let out = s.reindex_output(&["start", "--new-index", &s.new, "--noinput"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
@@ -755,9 +717,7 @@ async fn a_full_disk_stops_the_backfill_with_the_nodes_reason_and_resume_finishe
     )
     .await;
     assert_eq!(status, 200, "{r}");
-    let out = pillowtop(&["reindex", "resume", "--noinput", "--config", &config])
-        .output()
-        .expect("reindex resume");
+    let out = s.reindex_output(&["resume", "--noinput"]);
     assert!(
         out.status.success(),
         "{}",

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{refused, OnProgress, Progress, ReindexOptions, Reindexer};
+use super::{note_failures, refused, OnProgress, Progress, ReindexOptions, Reindexer};
 use crate::change::{Change, ChangeMeta};
 use crate::error::Result;
 use crate::feed::kafka::scan::{scan, RawMessage, ScanEnd, ScanRequest};
@@ -233,18 +233,7 @@ impl Reindexer {
             }
             for chunk in batch.chunks_mut(chunk_size.max(1)) {
                 let outcome = writer.process_changes_chunk(chunk).await?;
-                let errors: Vec<(usize, String)> = match outcome {
-                    Ok(o) => o.errors.into_iter().map(|(i, f)| (i, f.message)).collect(),
-                    Err(whole) => (0..chunk.len())
-                        .map(|i| (i, whole.message.clone()))
-                        .collect(),
-                };
-                for (i, message) in errors {
-                    tracing::warn!(run = run.id, index = %run.new_index, doc_id = %chunk[i].id, error = %message, "reindex: a document could not be copied");
-                    if failures.len() < 20 {
-                        failures.push(json!({"id": chunk[i].id, "error": message}));
-                    }
-                }
+                note_failures(run, chunk, outcome, &mut failures);
             }
             done.fetch_add(read_here as u64, Ordering::Relaxed);
             if only.is_none() {
@@ -360,13 +349,7 @@ impl Reindexer {
             m.sort();
             m
         };
-        es.ok(
-            &format!("refreshing {}", run.new_index),
-            elasticsearch::http::Method::Post,
-            &format!("/{}/_refresh", run.new_index),
-            None,
-        )
-        .await?;
+        es.refresh(&run.new_index).await?;
         let mut missing = missing_of(&es.all_ids(&run.new_index, None).await?);
         let mut repaired = 0;
         if !missing.is_empty() {
@@ -384,13 +367,7 @@ impl Reindexer {
             )
             .await?;
             repaired = missing.len();
-            es.ok(
-                &format!("refreshing {}", run.new_index),
-                elasticsearch::http::Method::Post,
-                &format!("/{}/_refresh", run.new_index),
-                None,
-            )
-            .await?;
+            es.refresh(&run.new_index).await?;
             missing = missing_of(&es.all_ids(&run.new_index, None).await?);
         }
         Ok((expected.len(), missing, repaired))
