@@ -122,6 +122,16 @@ fn invalid(message: String) -> crate::Error {
     ConfigError::Invalid(message).into()
 }
 
+/// The connection a processor's reindex watch reads on: its own (a short read about once a
+/// second, never queued behind checkpoint writes), without outage budget (one attempt per poll:
+/// the pillow never waits for it).
+fn watch_pg(pg: &Pg) -> Arc<Pg> {
+    Arc::new(pg.sibling().with_backoff(crate::backoff::Backoff {
+        max_elapsed: Duration::ZERO,
+        ..crate::backoff::Backoff::default()
+    }))
+}
+
 impl PillowSpec {
     /// Everything that can be checked without connecting: the loop's settings, the topic
     /// names, each processor's definition, at most one exactly-once processor.
@@ -225,24 +235,20 @@ impl PillowSpec {
                 ProcessorSpec::PostgresTable(def) if def.exactly_once => {
                     let s = ExactlyOnceSession::new(&self.postgres_url);
                     session = Some(s.clone());
-                    Box::new(PgTableProcessor::exactly_once(def, s)?)
+                    Box::new(
+                        PgTableProcessor::exactly_once(def, s)?
+                            .with_reindex_watch(watch_pg(&pg), &self.config.name),
+                    )
                 }
                 // Its own connection, so that it does not queue behind checkpoint writes.
-                ProcessorSpec::PostgresTable(def) => {
-                    Box::new(PgTableProcessor::new(def, Arc::new(pg.sibling()))?)
-                }
+                ProcessorSpec::PostgresTable(def) => Box::new(
+                    PgTableProcessor::new(def, Arc::new(pg.sibling()))?
+                        .with_reindex_watch(watch_pg(&pg), &self.config.name),
+                ),
                 ProcessorSpec::Elasticsearch { config, transform } => {
-                    // Its own connection for the reindex watch (a short read about once a
-                    // second), so that it never queues behind checkpoint writes.
                     let mut p = ElasticsearchProcessor::new(config)?
                         .with_stop(stop.clone())
-                        .with_reindex_watch(
-                            Arc::new(pg.sibling().with_backoff(crate::backoff::Backoff {
-                                max_elapsed: Duration::ZERO,
-                                ..crate::backoff::Backoff::default()
-                            })),
-                            &self.config.name,
-                        );
+                        .with_reindex_watch(watch_pg(&pg), &self.config.name);
                     if let Some(t) = transform {
                         p = p.with_transform(t);
                     }

@@ -9,6 +9,7 @@
 pub mod elasticsearch;
 pub mod memory;
 pub mod postgres;
+pub mod reindex_watch;
 
 use async_trait::async_trait;
 

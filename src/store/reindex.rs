@@ -151,6 +151,34 @@ impl ReindexRun {
     }
 }
 
+impl ReindexRun {
+    /// Where a `postgres_table` processor writes while the run stands at its step. A table
+    /// keeps its name (`alias`, the configured table): the run builds `new_index`, the swap
+    /// renames the table serving to `old_index` and `new_index` to the configured name, so the
+    /// primary is always the configured name, and the other version is the one being built
+    /// (before the swap) or the old one kept for a rollback (after it). The swap leaves a view
+    /// under the name just vacated over the version that lost it, so a process that has not yet
+    /// seen the swap still writes both versions (see [`crate::ops::reindex`]).
+    pub fn table_targets(&self) -> Targets {
+        let also = match self.step {
+            Step::DualWrite | Step::Backfill | Step::Verify => vec![self.new_index.clone()],
+            Step::Swapped => vec![self.old_index.clone()],
+            Step::Preflight
+            | Step::Created
+            | Step::DropOld
+            | Step::Done
+            | Step::RollingBack
+            | Step::RolledBack
+            | Step::Aborting
+            | Step::Aborted => Vec::new(),
+        };
+        Targets {
+            primary: self.alias.clone(),
+            also,
+        }
+    }
+}
+
 const COLUMNS: &str =
     "id, pillow, processor, old_index, new_index, alias, step, options, preflight, \
      kafka_position, progress, acks, verify, settings, keep_old_until, log, error, started_at, \
@@ -426,6 +454,24 @@ mod tests {
         assert_eq!(t(Step::Done), "new");
         assert_eq!(t(Step::RollingBack), "old");
         assert_eq!(t(Step::Aborted), "old");
+    }
+
+    #[test]
+    fn a_table_keeps_its_name_and_writes_the_other_version_from_dual_write_until_the_old_one_is_dropped(
+    ) {
+        let t = |s| {
+            let t = run(s).table_targets();
+            t.all().map(str::to_owned).collect::<Vec<_>>().join(",")
+        };
+        assert_eq!(t(Step::Created), "a");
+        assert_eq!(t(Step::DualWrite), "a,new");
+        assert_eq!(t(Step::Backfill), "a,new");
+        assert_eq!(t(Step::Verify), "a,new");
+        assert_eq!(t(Step::Swapped), "a,old");
+        assert_eq!(t(Step::DropOld), "a");
+        assert_eq!(t(Step::Done), "a");
+        assert_eq!(t(Step::RollingBack), "a");
+        assert_eq!(t(Step::Aborting), "a");
     }
 
     #[test]

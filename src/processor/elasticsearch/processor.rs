@@ -42,7 +42,7 @@ use crate::error::{ConfigError, ElasticsearchError, Error, ProcessError, Result}
 use crate::path::{lookup, Projection};
 use crate::pg::Pg;
 use crate::processor::{ChunkOutcome, Processor, ProcessorFailure, Settled};
-use crate::store::reindex::{Step, Targets};
+use crate::store::reindex::Targets;
 
 /// A document transform: the document as fetched → the source to index. `Ok(None)` skips the
 /// change (nothing is written or deleted, like CommCare's `doc_filter_fn`); `Err(message)`
@@ -129,21 +129,8 @@ pub struct ElasticsearchProcessor {
     create_only: bool,
 }
 
-/// How often a running processor reads the newest reindex of its index.
-pub const REINDEX_POLL: Duration = Duration::from_secs(1);
-
-/// What a processor knows of the rebuilds of its index.
-struct ReindexWatch {
-    pg: Arc<Pg>,
-    pillow: String,
-    /// `host:pid`, as the acknowledgements name processes.
-    who: String,
-    polled: Option<Instant>,
-    /// The run and step last acknowledged.
-    acked: Option<(i64, Step)>,
-    /// The last poll failed (logged once until one succeeds).
-    failing: bool,
-}
+pub use crate::processor::reindex_watch::REINDEX_POLL;
+use crate::processor::reindex_watch::ReindexWatch;
 
 /// What sends bulk requests to the index: the processor's in-line writes and its background
 /// writes (a clone per wave: the counters are shared).
@@ -353,18 +340,7 @@ impl ElasticsearchProcessor {
     /// each step it writes by.
     #[must_use]
     pub fn with_reindex_watch(mut self, pg: Arc<Pg>, pillow: impl Into<String>) -> Self {
-        self.watch = Some(ReindexWatch {
-            pg,
-            pillow: pillow.into(),
-            who: format!(
-                "{}:{}",
-                crate::store::liveness::hostname(),
-                crate::store::liveness::pid()
-            ),
-            polled: None,
-            acked: None,
-            failing: false,
-        });
+        self.watch = Some(ReindexWatch::new(pg, pillow));
         self
     }
 
@@ -387,30 +363,8 @@ impl ElasticsearchProcessor {
         let Some(w) = &mut self.watch else {
             return Ok(());
         };
-        if !force && w.polled.is_some_and(|t| t.elapsed() < REINDEX_POLL) {
+        let Some(run) = w.read(&self.sender.name, force).await? else {
             return Ok(());
-        }
-        w.polled = Some(Instant::now());
-        // One attempt (the watch's connection has no outage budget): while PostgreSQL is
-        // unreachable the processor keeps writing where it did, and acknowledges nothing, so a
-        // reindex waits for it rather than the pillow waiting for the database.
-        let run = match crate::store::reindex::latest(&w.pg, &w.pillow, &self.sender.name).await {
-            Ok(run) => {
-                if w.failing {
-                    tracing::info!(processor = %self.sender.name, "reading the reindex state works again");
-                    w.failing = false;
-                }
-                run
-            }
-            Err(e) if e.is_stop_request() => return Err(e),
-            Err(e) => {
-                if !w.failing {
-                    tracing::warn!(processor = %self.sender.name, error = %e,
-                        "cannot read the reindex state of the index (PostgreSQL); writing where it did until it can");
-                    w.failing = true;
-                }
-                return Ok(());
-            }
         };
         let targets = run.as_ref().map_or_else(
             || Targets {
@@ -420,7 +374,7 @@ impl ElasticsearchProcessor {
             crate::store::reindex::ReindexRun::targets,
         );
         if *self.sender.targets() != targets {
-            tracing::info!(processor = %self.sender.name, pillow = %w.pillow,
+            tracing::info!(processor = %self.sender.name, pillow = %w.pillow(),
                 indices = ?targets.all().collect::<Vec<_>>(), step = ?run.as_ref().map(|r| r.step.as_str()),
                 "the index is being rebuilt: writing to these indices from now on");
             *self
@@ -429,16 +383,8 @@ impl ElasticsearchProcessor {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(targets);
         }
-        if let Some(run) = run.filter(|r| r.finished_at.is_none()) {
-            if w.acked != Some((run.id, run.step)) {
-                match crate::store::reindex::acknowledge(&w.pg, run.id, &w.who, run.step).await {
-                    Ok(()) => w.acked = Some((run.id, run.step)),
-                    Err(e) if e.is_stop_request() => return Err(e),
-                    // Not acknowledged: the next poll tries again; the reindex waits.
-                    Err(e) => tracing::warn!(processor = %self.sender.name, error = %e,
-                        "cannot acknowledge the reindex step (PostgreSQL); trying again at the next poll"),
-                }
-            }
+        if let Some(run) = &run {
+            w.acknowledge(&self.sender.name, run).await?;
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ use crate::change::Change;
 use crate::error::{PostgresError, Result};
 use crate::partition::TopicPartition;
 use crate::pg::{err, is_retriable, Pg};
+use crate::processor::reindex_watch::ReindexWatch;
 use crate::processor::{ChunkOutcome, Processor, ProcessorFailure, Settled};
 
 /// PostgreSQL's limit on bind parameters per statement.
@@ -71,6 +72,8 @@ impl CopyFirstState {
 pub(crate) struct Writer {
     method: WriteMethod,
     label: String,
+    /// The table's name, unquoted, without its schema.
+    table_name: String,
     types: Vec<Type>,
     casts: Vec<&'static str>,
     /// `INSERT INTO tbl AS t ("a", "b"[, "count"])`
@@ -91,10 +94,14 @@ pub(crate) struct Writer {
     delete: String,
     max_rows_per_insert: usize,
     copy_first: Arc<CopyFirstState>,
+    /// A reindex's backfill: rows are only added (`ON CONFLICT DO NOTHING`, a conflicting
+    /// COPY merges), never updated or deleted, so a copy never overwrites the live pillow's
+    /// newer write.
+    create_only: bool,
 }
 
 impl Writer {
-    fn new(def: &TableDefinition, pk: &[usize]) -> Self {
+    fn new(def: &TableDefinition, pk: &[usize], create_only: bool) -> Self {
         let table = def.qualified_name();
         let cols: Vec<String> = def.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let col_list = cols.join(", ");
@@ -113,7 +120,7 @@ impl Writer {
         if let Some(a) = &counter {
             sets.push(format!("{a} = t.{a} + 1"));
         }
-        let conflict = if sets.is_empty() {
+        let conflict = if sets.is_empty() || create_only {
             format!(" ON CONFLICT ({}) DO NOTHING", pk_cols.join(", "))
         } else {
             format!(
@@ -168,6 +175,7 @@ impl Writer {
         Self {
             method: def.write_method,
             label: def.label(),
+            table_name: def.table.clone(),
             types,
             casts: def.columns.iter().map(|c| c.column_type.sql()).collect(),
             create_stage: format!("CREATE TEMP TABLE IF NOT EXISTS {stage} ({stage_cols})"),
@@ -179,6 +187,7 @@ impl Writer {
                 "{insert_into} SELECT {copy_cols} FROM {stage}{conflict}; TRUNCATE {stage}"
             ),
             copy_first: Arc::default(),
+            create_only,
             insert_into,
             count_value,
             conflict,
@@ -266,7 +275,7 @@ impl Writer {
                 }
             }
         }
-        if !chunk.deletes.is_empty() {
+        if !chunk.deletes.is_empty() && !self.create_only {
             let keys = transpose(&chunk.deletes);
             let params: Vec<&(dyn ToSql + Sync)> =
                 keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
@@ -368,6 +377,37 @@ fn delete_sql(table: &str, pk_cols: &[&str], key_types: &[&str]) -> String {
     )
 }
 
+/// The statements before a chunk's rows: `begin`, and when merging each version's staging
+/// table.
+fn prelude(primary: &Writer, also: &[Writer], begin: &str, plan: Plan) -> String {
+    let mut sql = primary.prelude(begin, plan);
+    if plan == Plan::CopyMerge {
+        for w in also {
+            sql.push_str("; ");
+            sql.push_str(&w.create_stage);
+        }
+    }
+    sql
+}
+
+/// Writes a chunk to the table, then to its other versions (a reindex), in the caller's
+/// transaction: every version has the chunk, or none.
+async fn write_versions(
+    primary: &Writer,
+    also: &[Writer],
+    c: &Client,
+    chunk: &EncodedChunk,
+    plan: Plan,
+    payload: Option<&Bytes>,
+    restart: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    primary.write(c, chunk, plan, payload, restart).await?;
+    for w in also {
+        w.write(c, chunk, plan, payload, restart).await?;
+    }
+    Ok(())
+}
+
 /// How one chunk's upserts are written (decided by [`Writer::plan`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Plan {
@@ -432,6 +472,10 @@ pub(crate) struct TableSink {
     /// one a COPY would add duplicate rows where the merge's `ON CONFLICT` fails with
     /// PostgreSQL's message (a table made by hand).
     unique_key: Arc<tokio::sync::OnceCell<bool>>,
+    /// The other versions of the table written in the same transaction, during a reindex (see
+    /// [`crate::store::reindex::ReindexRun::table_targets`]); shared with the pipelined
+    /// writers, replaced as a whole when the reindex moves on.
+    also: Arc<std::sync::RwLock<Arc<Vec<Writer>>>>,
 }
 
 /// The PostgreSQL reporting-table processor.
@@ -443,6 +487,8 @@ pub struct PgTableProcessor {
     sink: TableSink,
     /// Gathering and background writes (at-least-once with `flush_max_rows` > 0).
     pipeline: Option<Pipeline>,
+    /// Follows the rebuilds of the table ([`crate::store::reindex`]), when attached.
+    watch: Option<ReindexWatch>,
 }
 
 impl PgTableProcessor {
@@ -461,7 +507,7 @@ impl PgTableProcessor {
     fn build(def: TableDefinition, target: Target) -> Result<Self> {
         def.validate()?;
         let encoder = Encoder::new(&def);
-        let writer = Writer::new(&def, encoder.primary_key());
+        let writer = Writer::new(&def, encoder.primary_key(), false);
         let mut keys = def.primary_key.clone();
         keys.sort();
         let pipeline = match &target {
@@ -476,10 +522,12 @@ impl PgTableProcessor {
                 keys,
                 target,
                 unique_key: Arc::default(),
+                also: Arc::default(),
             },
             encoder,
             def,
             pipeline,
+            watch: None,
         })
     }
 
@@ -487,11 +535,87 @@ impl PgTableProcessor {
     #[must_use]
     pub fn with_write_method(mut self, method: WriteMethod) -> Self {
         self.def.write_method = method;
-        self.sink.writer = Writer::new(&self.def, self.encoder.primary_key());
+        self.sink.writer = Writer::new(&self.def, self.encoder.primary_key(), false);
         if self.pipeline.is_some() {
             self.pipeline = Some(Pipeline::new(&self.def));
         }
         self
+    }
+
+    /// Only adds rows, never updates or deletes one (`ON CONFLICT DO NOTHING`; deletions are
+    /// skipped): a reindex's backfill, whose copies must not overwrite the live pillow's newer
+    /// writes.
+    #[must_use]
+    pub fn with_create_only(mut self) -> Self {
+        self.sink.writer = Writer::new(&self.def, self.encoder.primary_key(), true);
+        self
+    }
+
+    /// Follows the rebuilds of the table by `pillowtop reindex` (see
+    /// [`crate::store::reindex::ReindexRun::table_targets`]): about once a second
+    /// ([`REINDEX_POLL`](crate::processor::reindex_watch::REINDEX_POLL)), at idle ticks and
+    /// before the table is created, the processor reads the newest reindex of processor
+    /// `name()` of `pillow`, writes every version the step names in the same transaction, and
+    /// acknowledges the step once nothing it wrote before is still in flight. `pg` should have
+    /// no outage budget (the pillow never waits for the watch).
+    #[must_use]
+    pub fn with_reindex_watch(mut self, pg: Arc<Pg>, pillow: impl Into<String>) -> Self {
+        self.watch = Some(ReindexWatch::new(pg, pillow));
+        self
+    }
+
+    /// The tables written now: the configured one, then the other versions (a reindex).
+    pub fn tables(&self) -> Vec<String> {
+        std::iter::once(self.def.table.clone())
+            .chain(self.sink.also().iter().map(|w| w.table_name.clone()))
+            .collect()
+    }
+
+    /// Reads the newest reindex of the table (at most every `REINDEX_POLL` unless `force`),
+    /// writes where it says from now on and acknowledges its step.
+    async fn follow_reindex(&mut self, force: bool) -> Result<()> {
+        let Some(w) = self.watch.as_mut() else {
+            return Ok(());
+        };
+        let Some(run) = w.read(&self.name, force).await? else {
+            return Ok(());
+        };
+        let wanted = run
+            .as_ref()
+            .map(crate::store::reindex::ReindexRun::table_targets)
+            .map(|t| t.also)
+            .unwrap_or_default();
+        let now: Vec<String> = self
+            .sink
+            .also()
+            .iter()
+            .map(|w| w.table_name.clone())
+            .collect();
+        if now != wanted {
+            // What is gathered and in flight goes where it was going: once acknowledged, no
+            // write by the earlier targets is left.
+            self.drain().await?;
+            let writers: Vec<Writer> = wanted
+                .iter()
+                .map(|t| {
+                    let mut d = self.def.clone();
+                    d.table.clone_from(t);
+                    Writer::new(&d, self.encoder.primary_key(), false)
+                })
+                .collect();
+            tracing::info!(processor = %self.name, table = %self.def.label(), also = ?wanted,
+                step = ?run.as_ref().map(|r| r.step.as_str()),
+                "the table is being rebuilt: writing these versions too from now on");
+            *self
+                .sink
+                .also
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(writers);
+        }
+        if let (Some(w), Some(run)) = (self.watch.as_mut(), &run) {
+            w.acknowledge(&self.name, run).await?;
+        }
+        Ok(())
     }
 
     pub fn definition(&self) -> &TableDefinition {
@@ -533,6 +657,7 @@ impl TableSink {
                 keys: self.keys.clone(),
                 target: Target::Shared(Arc::new(pg.sibling())),
                 unique_key: Arc::clone(&self.unique_key),
+                also: Arc::clone(&self.also),
             }),
             Target::ExactlyOnce(_) => None,
         }
@@ -540,6 +665,16 @@ impl TableSink {
 
     pub(crate) fn label(&self) -> &str {
         &self.writer.label
+    }
+
+    /// The other versions written now (a reindex).
+    fn also(&self) -> Arc<Vec<Writer>> {
+        Arc::clone(
+            &self
+                .also
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Writes an encoded chunk. `Ok(Err(message))`: the statement failed on the data (the
@@ -553,8 +688,11 @@ impl TableSink {
             return Ok(Ok(()));
         }
         let what = format!("writing rows of table {}", self.writer.label);
+        let also = self.also();
         let mut plan = self.writer.plan(chunk);
-        if plan == Plan::CopyFirst && !self.has_unique_key().await? {
+        // With other versions (a reindex), a failed COPY's restart would undo the versions
+        // written before it: every version merges.
+        if plan == Plan::CopyFirst && (!also.is_empty() || !self.has_unique_key().await?) {
             plan = Plan::CopyMerge;
         }
         let payload = match plan {
@@ -564,7 +702,7 @@ impl TableSink {
             },
             Plan::Other => None,
         };
-        self.write_planned(chunk, offsets, &what, plan, payload.as_ref())
+        self.write_planned(chunk, offsets, &what, plan, payload.as_ref(), &also)
             .await
     }
 
@@ -614,18 +752,25 @@ impl TableSink {
         what: &str,
         plan: Plan,
         payload: Option<&Bytes>,
+        also: &[Writer],
     ) -> Result<std::result::Result<(), String>> {
         match &self.target {
             Target::Shared(pg) => {
-                let begin = self.writer.prelude("BEGIN", plan);
+                let begin = prelude(&self.writer, also, "BEGIN", plan);
                 pg.run(what, |c| {
                     let (what, begin) = (what.to_owned(), &begin);
                     async move {
                         c.batch_execute(begin).await.map_err(err(what.clone()))?;
-                        let result = match self
-                            .writer
-                            .write(&c, chunk, plan, payload, "ROLLBACK; BEGIN")
-                            .await
+                        let result = match write_versions(
+                            &self.writer,
+                            also,
+                            &c,
+                            chunk,
+                            plan,
+                            payload,
+                            "ROLLBACK; BEGIN",
+                        )
+                        .await
                         {
                             Ok(()) => c.batch_execute("COMMIT").await,
                             Err(e) => Err(e),
@@ -650,24 +795,23 @@ impl TableSink {
             Target::ExactlyOnce(session) => {
                 let mut st = session.lock().await?;
                 let prelude = if st.in_transaction {
-                    self.writer.prelude("SAVEPOINT pillowtop_chunk", plan)
+                    prelude(&self.writer, also, "SAVEPOINT pillowtop_chunk", plan)
                 } else {
-                    self.writer
-                        .prelude("BEGIN; SAVEPOINT pillowtop_chunk", plan)
+                    prelude(&self.writer, also, "BEGIN; SAVEPOINT pillowtop_chunk", plan)
                 };
                 let c = client(&st)?;
                 let result = async {
                     c.batch_execute(&prelude).await.map_err(|e| (true, e))?;
-                    match self
-                        .writer
-                        .write(
-                            c,
-                            chunk,
-                            plan,
-                            payload,
-                            "ROLLBACK TO SAVEPOINT pillowtop_chunk",
-                        )
-                        .await
+                    match write_versions(
+                        &self.writer,
+                        also,
+                        c,
+                        chunk,
+                        plan,
+                        payload,
+                        "ROLLBACK TO SAVEPOINT pillowtop_chunk",
+                    )
+                    .await
                     {
                         Ok(()) => c
                             .batch_execute("RELEASE SAVEPOINT pillowtop_chunk")
@@ -840,6 +984,7 @@ impl Processor for PgTableProcessor {
         &mut self,
         change: &mut Change,
     ) -> Result<std::result::Result<(), ProcessorFailure>> {
+        self.follow_reindex(false).await?;
         let mut chunk = EncodedChunk::default();
         match self.encoder.encode(change) {
             Err(f) => return Ok(Err(f)),
@@ -861,6 +1006,7 @@ impl Processor for PgTableProcessor {
         &mut self,
         changes: &mut [Change],
     ) -> Result<std::result::Result<ChunkOutcome, ProcessorFailure>> {
+        self.follow_reindex(false).await?;
         if let Some(p) = &mut self.pipeline {
             return Ok(Ok(p.gather(&self.encoder, changes)));
         }
@@ -882,6 +1028,7 @@ impl Processor for PgTableProcessor {
     }
 
     async fn settle(&mut self, seq: u64, flush: bool) -> Result<Settled> {
+        self.follow_reindex(false).await?;
         match &mut self.pipeline {
             Some(p) => p.settle(&self.sink, seq, flush).await,
             None => Ok(Settled {
@@ -891,7 +1038,12 @@ impl Processor for PgTableProcessor {
         }
     }
 
+    async fn idle(&mut self) -> Result<()> {
+        self.follow_reindex(false).await
+    }
+
     async fn bootstrap_if_needed(&mut self) -> Result<()> {
+        self.follow_reindex(true).await?;
         match &self.sink.target {
             Target::Shared(pg) => {
                 let pg = pg.clone();
@@ -928,7 +1080,7 @@ mod tests {
     #[test]
     fn statements() {
         let d = def();
-        let w = Writer::new(&d, &[0]);
+        let w = Writer::new(&d, &[0], false);
         assert_eq!(
             w.insert_values_sql(2),
             "INSERT INTO \"xform\" AS t (\"doc_id\", \"n\", \"applied\") VALUES ($1::text, $2::integer, 1), ($3::text, $4::integer, 1) \
@@ -961,7 +1113,7 @@ mod tests {
 
     #[test]
     fn copy_payload_is_binary_copy_with_the_apply_count() {
-        let w = Writer::new(&def(), &[0]);
+        let w = Writer::new(&def(), &[0], false);
         let rows = vec![
             vec![SqlValue::Text("ab".into()), SqlValue::Integer(7)],
             vec![SqlValue::Text("c".into()), SqlValue::Null],
