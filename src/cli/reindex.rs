@@ -14,9 +14,8 @@ use super::ui::{print_table, Say, Ui};
 use crate::config::{PillowFile, ProcessorConfig};
 use crate::error::{Error, ReindexError};
 use crate::ops::kafka::KafkaInfo;
-use crate::ops::reindex::{Progress, ReindexOptions, Reindexer, SqlSource};
+use crate::ops::reindex::{Progress, ReindexOptions, ReindexSink, Reindexer, SqlSource};
 use crate::pg::Pg;
-use crate::processor::elasticsearch::ElasticsearchConfig;
 use crate::store::reindex::{self as store, ReindexRun};
 
 /// Exit status of a verification that found differences (the old index still serves).
@@ -157,43 +156,59 @@ pub async fn exec(command: Command, ui: &dyn Ui) -> anyhow::Result<u8> {
     }
 }
 
-/// The pillow file's Elasticsearch processor named `wanted` (by name, index or alias), with
-/// its name.
+/// The pillow file's Elasticsearch or `postgres_table` processor named `wanted` (by name,
+/// index, alias or table), with its name.
 fn find_processor(
     file: &PillowFile,
     wanted: Option<&str>,
-) -> anyhow::Result<(String, ElasticsearchConfig)> {
-    let es: Vec<&ElasticsearchConfig> = file
+) -> anyhow::Result<(String, ReindexSink)> {
+    let all: Vec<(String, Vec<String>, ReindexSink)> = file
         .processors
         .iter()
-        .filter_map(|p| match p {
-            ProcessorConfig::Elasticsearch(c) => Some(c),
-            _ => None,
+        .map(|p| match p {
+            ProcessorConfig::Elasticsearch(c) => (
+                format!("ElasticsearchProcessor({})", c.index),
+                std::iter::once(c.index.clone())
+                    .chain(c.alias.clone())
+                    .collect(),
+                ReindexSink::Elasticsearch {
+                    config: c.clone(),
+                    transform: None,
+                },
+            ),
+            ProcessorConfig::PostgresTable(d) => (
+                format!("postgres-table:{}", d.label()),
+                vec![d.table.clone(), d.label()],
+                ReindexSink::Table(d.clone()),
+            ),
         })
         .collect();
-    let name = |c: &ElasticsearchConfig| format!("ElasticsearchProcessor({})", c.index);
-    let found: Vec<&&ElasticsearchConfig> = es
+    let names = || {
+        if all.is_empty() {
+            "none".to_owned()
+        } else {
+            all.iter()
+                .map(|(n, _, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let found: Vec<&(String, Vec<String>, ReindexSink)> = all
         .iter()
-        .filter(|c| {
-            wanted.is_none_or(|w| w == name(c) || w == c.index || c.alias.as_deref() == Some(w))
-        })
+        .filter(|(n, other, _)| wanted.is_none_or(|w| w == n || other.iter().any(|o| o == w)))
         .collect();
     match found.as_slice() {
-        [one] => Ok((name(one), (**one).clone())),
+        [one] => Ok((one.0.clone(), one.2.clone())),
         [] => bail!(
-            "pillow {} has no elasticsearch processor{} (its elasticsearch processors: {})",
+            "pillow {} has no elasticsearch or postgres_table processor{} (its processors that can be rebuilt: {})",
             file.name,
             wanted.map(|w| format!(" {w}")).unwrap_or_default(),
-            if es.is_empty() {
-                "none".to_owned()
-            } else {
-                es.iter().map(|c| name(c)).collect::<Vec<_>>().join(", ")
-            }
+            names()
         ),
         _ => bail!(
-            "pillow {} has several elasticsearch processors: choose one with --processor ({})",
+            "pillow {} has several processors that can be rebuilt: choose one with --processor ({})",
             file.name,
-            es.iter().map(|c| name(c)).collect::<Vec<_>>().join(", ")
+            names()
         ),
     }
 }
@@ -211,7 +226,7 @@ fn reindexer_of(
     wanted: Option<&str>,
     stop: CancellationToken,
 ) -> anyhow::Result<Reindexer> {
-    let (processor, config) = find_processor(file, wanted)?;
+    let (processor, sink) = find_processor(file, wanted)?;
     let settings: Vec<String> = file
         .kafka
         .settings
@@ -224,11 +239,10 @@ fn reindexer_of(
         pg: Arc::new(Pg::new(file.postgres.url.clone()).with_stop(stop.clone())),
         pillow: file.name.clone(),
         processor,
-        config,
+        sink,
         topics: file.topics.clone(),
         kafka,
         stop,
-        transform: None,
     };
     Ok(r)
 }

@@ -36,24 +36,92 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use chrono::Utc;
-use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
-use elasticsearch::http::Method;
-use elasticsearch::Elasticsearch;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Change, ChangeMeta, Document, EmbeddedDocument};
-use crate::error::{ElasticsearchError, Error, ReindexError, Result};
+use crate::error::{Error, ReindexError, Result};
 use crate::ops::kafka::KafkaInfo;
 use crate::pg::{err, Pg};
-use crate::processor::elasticsearch::{ElasticsearchConfig, ElasticsearchProcessor};
+use crate::processor::elasticsearch::{DocTransform, ElasticsearchConfig};
+use crate::processor::postgres::TableDefinition;
 use crate::processor::Processor;
 use crate::store::liveness::LivenessStore;
 use crate::store::reindex::{self as store, NewRun, ReindexRun, Step, Update};
 
+mod es;
 mod kafka;
+mod table;
+
+/// What is rebuilt: an Elasticsearch processor's index, or a `postgres_table` processor's
+/// table.
+#[derive(Clone)]
+pub enum ReindexSink {
+    Elasticsearch {
+        /// The processor's configuration (its `index` is the one configured, not necessarily
+        /// the one serving after earlier reindexes).
+        config: ElasticsearchConfig,
+        /// The processor's own transform (a Python callable), when it has one: the backfill and
+        /// the verification apply it as the pillow does.
+        transform: Option<DocTransform>,
+    },
+    Table(TableDefinition),
+}
+
+/// One side of a rebuild: the versions of an index or of a table, and how to create, fill,
+/// read, swap and delete them. The state machine ([`Reindexer`]) is the same for both.
+#[async_trait]
+trait Version: Send + Sync {
+    /// `index` or `table`, for messages.
+    fn noun(&self) -> &'static str;
+    /// Why this processor cannot be rebuilt, when it cannot.
+    fn check(&self, options: &ReindexOptions) -> std::result::Result<(), String>;
+    /// The version serving now, given the processor's newest run.
+    fn serving(&self, latest: Option<&ReindexRun>) -> String;
+    /// A new run's (old, new, alias) names: `old_index`, `new_index` and `alias` of its row.
+    fn names(
+        &self,
+        serving: &str,
+        options: &ReindexOptions,
+    ) -> std::result::Result<(String, String, String), String>;
+    async fn exists(&self, name: &str) -> Result<bool>;
+    /// Documents (rows) and bytes of `name`, when it exists.
+    async fn size(&self, name: &str) -> Result<(Option<i64>, Option<i64>)>;
+    /// The least free disk where the new version is written, when it can be known.
+    async fn free_bytes(&self) -> Result<Option<i64>>;
+    /// Where the free disk is measured, for messages.
+    fn where_free(&self) -> &'static str;
+    /// Makes the new version (kept as it is when it exists).
+    async fn create(&self, run: &ReindexRun) -> Result<Update>;
+    /// A processor writing to version `name` in line, `create_only` for the backfill.
+    fn writer(&self, name: &str, create_only: bool) -> Result<Box<dyn Processor>>;
+    /// Makes everything written to `name` readable.
+    async fn refresh(&self, name: &str) -> Result<()>;
+    /// Every document id in `name` (with `domain` when given and the version can tell).
+    async fn all_ids(&self, name: &str, domain: Option<&str>) -> Result<HashSet<String>>;
+    /// What `name` holds for `ids`, in the form [`Version::expected`] gives (absent ones are
+    /// not returned).
+    async fn fetch(&self, name: &str, ids: &[String]) -> Result<HashMap<String, Value>>;
+    /// What the new version must hold for each source document (id → its text); a document
+    /// that must have nothing is not returned.
+    async fn expected(&self, docs: &HashMap<String, String>) -> Result<HashMap<String, Value>>;
+    /// Whether a live source document may rightly have nothing in the version (a transform
+    /// that skips documents, a table's filter).
+    fn may_skip(&self) -> bool;
+    /// The documents of `name` per domain, when the version can count them.
+    async fn domain_counts(&self, name: &str) -> Result<Option<BTreeMap<String, u64>>>;
+    /// Makes the new version the one serving; returns how long the switch itself took (ms).
+    async fn swap(&self, run: &ReindexRun) -> Result<u64>;
+    /// What the swap did, for the run's log.
+    fn swapped(&self, run: &ReindexRun) -> String;
+    /// Makes the old version serve again (a rollback); returns what it did, for the log.
+    async fn unswap(&self, run: &ReindexRun) -> Result<String>;
+    /// Deletes version `name` (and what the swap left for processes that had not seen it).
+    async fn delete(&self, run: &ReindexRun, name: &str) -> Result<()>;
+}
 
 /// Where the documents come from: a table with an id column and a JSON document column (the
 /// primary database, like a pillow's document store).
@@ -207,17 +275,13 @@ pub struct Reindexer {
     pub pg: Arc<Pg>,
     /// The pillow's name (its processes' liveness rows).
     pub pillow: String,
-    /// The processor's name (as the pillow reports it: `ElasticsearchProcessor(index)`).
+    /// The processor's name (as the pillow reports it: `ElasticsearchProcessor(index)`,
+    /// `postgres-table:table`).
     pub processor: String,
-    /// The processor's configuration (its `index` is the one configured, not necessarily the
-    /// one serving after earlier reindexes).
-    pub config: ElasticsearchConfig,
+    pub sink: ReindexSink,
     pub topics: Vec<String>,
     pub kafka: Option<KafkaInfo>,
     pub stop: CancellationToken,
-    /// The processor's own transform (a Python callable), when it has one: the backfill and the
-    /// verification apply it as the pillow does.
-    pub transform: Option<crate::processor::elasticsearch::DocTransform>,
 }
 
 /// What preflight found.
@@ -304,33 +368,22 @@ fn refused(r: &Reindexer, message: impl Into<String>) -> Error {
 }
 
 impl Reindexer {
-    fn es(&self) -> Result<Es> {
-        let p = ElasticsearchProcessor::new(self.config.clone())?;
-        Ok(Es {
-            client: p.client().clone(),
-            url: self.config.urls.join(","),
-            stop: self.stop.clone(),
-            budget: Duration::from_secs(self.config.outage_budget_secs),
+    fn version(&self) -> Result<Box<dyn Version>> {
+        Ok(match &self.sink {
+            ReindexSink::Elasticsearch { config, transform } => Box::new(es::EsVersion::new(
+                config,
+                transform.clone(),
+                &self.stop,
+            )?),
+            ReindexSink::Table(def) => Box::new(table::TableVersion::new(def, &self.pg)),
         })
     }
 
-    fn alias(&self) -> Result<String> {
-        self.config.alias.clone().ok_or_else(|| {
-            refused(
-                self,
-                format!(
-                    "index {} has no alias: readers would not see the new index; add `alias` to the processor's configuration (and read through it)",
-                    self.config.index
-                ),
-            )
-        })
-    }
-
-    /// The index serving now: the new index of the newest run that swapped, else the one
+    /// The version serving now: the new one of the newest run that swapped, else the one
     /// configured.
-    async fn serving_index(&self) -> Result<String> {
+    async fn serving_index(&self, v: &dyn Version) -> Result<String> {
         let latest = store::latest(&self.pg, &self.pillow, &self.processor).await?;
-        Ok(latest.map_or_else(|| self.config.index.clone(), |r| r.targets().primary))
+        Ok(v.serving(latest.as_ref()))
     }
 
     /// The messages the pillow's topics retain (a Kafka backfill's size).
@@ -352,68 +405,43 @@ impl Reindexer {
     /// Whether the index serving now exists (`ptop_preindex` fills the processors whose index
     /// does not).
     pub async fn serving_index_exists(&self) -> Result<bool> {
-        let index = self.serving_index().await?;
-        let (status, _) = self
-            .es()?
-            .call(Method::Head, &format!("/{index}"), None)
-            .await?;
-        Ok(status == 200)
+        let v = self.version()?;
+        let index = self.serving_index(v.as_ref()).await?;
+        v.exists(&index).await
     }
 
     /// Sizes and free disk, and the names the run would use. Writes nothing.
     pub async fn preflight(&self, options: &ReindexOptions) -> Result<Preflight> {
         options.validate()?;
-        if let Some(f) = &self.config.id_field {
-            return Err(refused(
-                self,
-                format!("the processor takes each document's _id from its field {f:?}; the verification compares the source's ids with the index's, so this is not supported yet"),
-            ));
-        }
-        let alias = self.alias()?;
-        let es = self.es()?;
-        let old_index = self.serving_index().await?;
-        let new_index = options.new_index.clone().unwrap_or_else(|| {
-            format!("{alias}_{}", Utc::now().format("%Y%m%d%H%M%S")).to_lowercase()
-        });
+        let v = self.version()?;
+        v.check(options).map_err(|m| refused(self, m))?;
+        let serving = self.serving_index(v.as_ref()).await?;
+        let (old_index, new_index, alias) =
+            v.names(&serving, options).map_err(|m| refused(self, m))?;
         let (source_rows, source_bytes) = if options.from_kafka.is_some() {
             (self.topic_messages().await?, 0)
         } else {
             source_size(&self.pg, &options.source).await?
         };
-        let (status, cat) = es
-            .call(
-                Method::Get,
-                &format!("/_cat/indices/{old_index}?format=json&bytes=b"),
-                None,
-            )
-            .await?;
-        let old = (status == 200)
-            .then(|| cat.get(0).cloned())
-            .flatten()
-            .unwrap_or(Value::Null);
-        let num = |v: &Value, k: &str| v.get(k).and_then(|x| x.as_str()?.parse::<i64>().ok());
-        let (old_docs, old_bytes) = (num(&old, "docs.count"), num(&old, "store.size"));
-        let (_, allocation) = es
-            .call(Method::Get, "/_cat/allocation?format=json&bytes=b", None)
-            .await?;
-        let free_bytes = allocation
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| num(n, "disk.avail"))
-            .min();
+        let (old_docs, old_bytes) = v.size(&serving).await?;
+        let free_bytes = v.free_bytes().await?;
         let mut problems = Vec::new();
         let need = old_bytes.unwrap_or(0).max(source_bytes);
         if let Some(free) = free_bytes {
             if free < need.saturating_mul(2) {
                 problems.push(format!(
-                    "the search node has {free} bytes free, less than twice the larger of the old index ({} bytes) and the source ({source_bytes} bytes)",
+                    "{} has {free} bytes free, less than twice the larger of the serving {} ({} bytes) and the source ({source_bytes} bytes)",
+                    v.where_free(),
+                    v.noun(),
                     old_bytes.unwrap_or(0)
                 ));
             }
         }
-        if old_index == new_index {
-            problems.push(format!("the new index {new_index} is the one serving"));
+        if serving == new_index || alias == new_index {
+            problems.push(format!(
+                "the new {} {new_index} is the one serving",
+                v.noun()
+            ));
         }
         Ok(Preflight {
             old_index,
@@ -486,7 +514,8 @@ impl Reindexer {
 
     /// [`Self::resume`], the run's lock held by the caller.
     async fn drive(&self, id: i64, progress: OnProgress<'_>) -> Result<ReindexRun> {
-        let es = self.es()?;
+        let v = self.version()?;
+        let v = v.as_ref();
         loop {
             let run = store::get(&self.pg, id)
                 .await?
@@ -498,15 +527,18 @@ impl Reindexer {
                 )));
             }
             let next = match run.step {
-                Step::Preflight => self.create_index(&es, &run).await?,
+                Step::Preflight => v.create(&run).await?,
                 Step::Created => Update {
                     step: Some(Step::DualWrite),
-                    log: Some("asked every process of the pillow to write to both indices".into()),
+                    log: Some(format!(
+                        "asked every process of the pillow to write to both {} versions",
+                        v.noun()
+                    )),
                     ..Update::default()
                 },
                 Step::DualWrite => self.start_backfill(&run).await?,
                 Step::Backfill => self.backfill(&run, progress).await?,
-                Step::Verify => self.verify_and_swap(&es, &run).await?,
+                Step::Verify => self.verify_and_swap(v, &run).await?,
                 Step::Swapped => match run.keep_old_until {
                     Some(t) if t > Utc::now() => return Ok(run),
                     _ => Update {
@@ -519,7 +551,7 @@ impl Reindexer {
                     },
                 },
                 Step::DropOld => {
-                    self.delete_after_acks(&es, &run, &run.old_index.clone(), Step::Done)
+                    self.delete_after_acks(v, &run, &run.old_index.clone(), Step::Done)
                         .await?
                 }
                 Step::RollingBack | Step::Aborting => {
@@ -528,7 +560,7 @@ impl Reindexer {
                     } else {
                         Step::Aborted
                     };
-                    self.delete_after_acks(&es, &run, &run.new_index.clone(), end)
+                    self.delete_after_acks(v, &run, &run.new_index.clone(), end)
                         .await?
                 }
                 Step::Done | Step::RolledBack | Step::Aborted => return Ok(run),
@@ -551,26 +583,13 @@ impl Reindexer {
                 ),
             ));
         }
-        let es = self.es()?;
-        es.ok(
-            &format!("moving alias {} back to {}", run.alias, run.old_index),
-            Method::Post,
-            "/_aliases",
-            Some(&json!({"actions": [
-                {"remove": {"index": run.new_index, "alias": run.alias, "must_exist": false}},
-                {"add": {"index": run.old_index, "alias": run.alias}},
-            ]})),
-        )
-        .await?;
+        let log = self.version()?.unswap(&run).await?;
         store::update(
             &self.pg,
             id,
             &Update {
                 step: Some(Step::RollingBack),
-                log: Some(format!(
-                    "alias {} points at {} again; {} is no longer written",
-                    run.alias, run.old_index, run.new_index
-                )),
+                log: Some(log),
                 ..Update::default()
             },
         )
@@ -627,78 +646,6 @@ impl Reindexer {
         } else {
             Err(ReindexError::Busy { run: id }.into())
         }
-    }
-
-    async fn create_index(&self, es: &Es, run: &ReindexRun) -> Result<Update> {
-        let (settings, restore) = reindex_settings(self.config.settings.as_ref());
-        let restore = self.restore_values(es, &run.old_index, restore).await?;
-        let mut body = serde_json::Map::new();
-        body.insert("settings".into(), settings);
-        if let Some(m) = &self.config.mappings {
-            body.insert("mappings".into(), m.clone());
-        }
-        // Made already (a resumed run, or an index prepared by hand): kept as it is.
-        let (head, _) = es
-            .call(Method::Head, &format!("/{}", run.new_index), None)
-            .await?;
-        let mut existed = head == 200;
-        if !existed {
-            let (status, reply) = es
-                .call(
-                    Method::Put,
-                    &format!("/{}", run.new_index),
-                    Some(&Value::Object(body)),
-                )
-                .await?;
-            // Made by another process between the two requests: the same as found.
-            existed = status == 400 && reply.to_string().contains("resource_already_exists");
-            if !(200..300).contains(&status) && !existed {
-                return Err(ElasticsearchError::Status {
-                    context: format!("creating the new index {}", run.new_index),
-                    status,
-                    body: reply.to_string(),
-                }
-                .into());
-            }
-        }
-        Ok(Update {
-            step: Some(Step::Created),
-            settings: Some(restore),
-            log: Some(format!(
-                "{} {} (refresh off, no replicas)",
-                if existed { "found" } else { "created" },
-                run.new_index
-            )),
-            ..Update::default()
-        })
-    }
-
-    /// The settings to restore at the swap: the configured ones, else the old index's.
-    async fn restore_values(&self, es: &Es, old: &str, configured: Value) -> Result<Value> {
-        let (status, current) = es
-            .call(Method::Get, &format!("/{old}/_settings"), None)
-            .await?;
-        let index = if status == 200 {
-            current
-                .get(old)
-                .and_then(|v| v.pointer("/settings/index"))
-                .cloned()
-                .unwrap_or(Value::Null)
-        } else {
-            Value::Null
-        };
-        let pick = |k: &str| {
-            configured
-                .get(k)
-                .cloned()
-                .filter(|v| !v.is_null())
-                .or_else(|| index.get(k).cloned())
-                .unwrap_or(Value::Null)
-        };
-        Ok(json!({
-            "refresh_interval": pick("refresh_interval"),
-            "number_of_replicas": pick("number_of_replicas"),
-        }))
     }
 
     /// Waits for every live process to write to both indices, then records the Kafka position.
@@ -779,21 +726,13 @@ impl Reindexer {
 
     async fn delete_after_acks(
         &self,
-        es: &Es,
+        v: &dyn Version,
         run: &ReindexRun,
         index: &str,
         end: Step,
     ) -> Result<Update> {
         self.wait_for_acks(run.id, run.step).await?;
-        let (status, reply) = es.call(Method::Delete, &format!("/{index}"), None).await?;
-        if !(200..300).contains(&status) && status != 404 {
-            return Err(ElasticsearchError::Status {
-                context: format!("deleting index {index}"),
-                status,
-                body: reply.to_string(),
-            }
-            .into());
-        }
+        v.delete(run, index).await?;
         Ok(Update {
             step: Some(end),
             log: Some(format!("no process writes to {index} any more; deleted it")),
@@ -803,36 +742,15 @@ impl Reindexer {
     }
 }
 
-/// The new index's settings (the configured ones, refresh off, no replicas) and the configured
-/// values of the two replaced (`null` when not configured).
-fn reindex_settings(configured: Option<&Value>) -> (Value, Value) {
-    let mut flat = serde_json::Map::new();
-    if let Some(Value::Object(m)) = configured {
-        for (k, v) in m {
-            if k == "index" {
-                if let Value::Object(inner) = v {
-                    for (k2, v2) in inner {
-                        flat.insert(k2.clone(), v2.clone());
-                    }
-                }
-            } else {
-                flat.insert(k.strip_prefix("index.").unwrap_or(k).to_owned(), v.clone());
-            }
-        }
-    }
-    let restore = json!({
-        "refresh_interval": flat.get("refresh_interval").cloned().unwrap_or(Value::Null),
-        "number_of_replicas": flat.get("number_of_replicas").cloned().unwrap_or(Value::Null),
-    });
-    flat.insert("refresh_interval".into(), json!("-1"));
-    flat.insert("number_of_replicas".into(), json!(0));
-    (Value::Object(flat), restore)
-}
-
 /// The source's rows (an estimate for large tables) and bytes.
 async fn source_size(pg: &Pg, s: &SqlSource) -> Result<(i64, i64)> {
-    let what = format!("measuring the source table {}", s.table);
-    let table = s.table.clone();
+    relation_size(pg, &s.table).await
+}
+
+/// A table's rows (counted below 100,000, else PostgreSQL's estimate) and bytes.
+async fn relation_size(pg: &Pg, table: &str) -> Result<(i64, i64)> {
+    let what = format!("measuring table {table}");
+    let table = table.to_owned();
     pg.run(&what, |c| {
         let (what, table) = (what.clone(), table.clone());
         async move {
@@ -914,19 +832,36 @@ fn note_failures(
     }
 }
 
-/// A change carrying a source row's document (what the processor writes).
-fn row_change(id: String, doc: String, index: &str) -> Result<Change> {
+/// A change carrying a source row's document (what the processor writes). With `meta`, its
+/// metadata has the document's `domain` and `doc_type`, as the live change's would (a table's
+/// columns may come from them).
+fn source_row(id: String, doc: String, index: &str, meta: bool) -> Result<Change> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default)]
+        domain: Option<String>,
+        #[serde(default)]
+        doc_type: Option<String>,
+    }
+    let head = meta
+        .then(|| serde_json::from_str::<Head>(&doc).ok())
+        .flatten();
     let raw = serde_json::value::RawValue::from_string(doc).map_err(|e| {
         crate::error::ProcessError::Other(format!(
             "reindex into {index}: document {id} of the source is not JSON: {e}"
         ))
     })?;
     let size = raw.get().len();
-    Ok(source_change(
+    let mut c = source_change(
         id,
         Document::Embedded(EmbeddedDocument::new(raw)),
         size,
-    ))
+    );
+    if let Some(h) = head {
+        c.metadata.domain = h.domain;
+        c.metadata.document_type = h.doc_type;
+    }
+    Ok(c)
 }
 
 /// A change deleting `id`.
@@ -951,17 +886,8 @@ fn source_change(id: String, document: Document, size: usize) -> Change {
 }
 
 impl Reindexer {
-    /// A processor writing to `index` in line (no gathering), `create`-only for the backfill.
-    fn writer(&self, index: &str, create_only: bool) -> Result<ElasticsearchProcessor> {
-        let mut c = self.config.clone();
-        index.clone_into(&mut c.index);
-        c.alias = None;
-        c.flush_max_changes = 0;
-        let mut p = ElasticsearchProcessor::new(c)?.with_stop(self.stop.clone());
-        if let Some(t) = &self.transform {
-            p = p.with_transform(t.clone());
-        }
-        Ok(if create_only { p.with_create_only() } else { p })
+    fn row_change(&self, id: String, doc: String, index: &str) -> Result<Change> {
+        source_row(id, doc, index, matches!(self.sink, ReindexSink::Table(_)))
     }
 
     fn options(run: &ReindexRun) -> Result<ReindexOptions> {
@@ -1103,7 +1029,7 @@ impl Reindexer {
         done: &AtomicU64,
         report: &dyn Fn(bool),
     ) -> Result<()> {
-        let mut writer = self.writer(&run.new_index, true)?;
+        let mut writer = self.version()?.writer(&run.new_index, true)?;
         let mine = run.progress.get(slice.to_string());
         let mut last: Option<String> = mine
             .and_then(|p| p.get("last_id")?.as_str().map(str::to_owned))
@@ -1162,7 +1088,7 @@ impl Reindexer {
             let next_last: String = last_row.get(0);
             let mut changes = rows
                 .iter()
-                .map(|r| row_change(r.get(0), r.get(1), &run.new_index))
+                .map(|r| self.row_change(r.get(0), r.get(1), &run.new_index))
                 .collect::<Result<Vec<_>>>()?;
             let outcome = writer.process_changes_chunk(&mut changes).await?;
             note_failures(run, &changes, outcome, &mut failures);
@@ -1205,14 +1131,14 @@ async fn column_type(pg: &Pg, table: &str, column: &str) -> Result<String> {
 }
 
 impl Reindexer {
-    async fn verify_and_swap(&self, es: &Es, run: &ReindexRun) -> Result<Update> {
+    async fn verify_and_swap(&self, v: &dyn Version, run: &ReindexRun) -> Result<Update> {
         let o = Self::options(run)?;
         let (mut report, summary) = if o.from_kafka.is_some() {
-            self.verified_from_kafka(es, run, &o).await?
+            self.verified_from_kafka(v, run, &o).await?
         } else {
-            self.verified_from_table(es, run, &o).await?
+            self.verified_from_table(v, run, &o).await?
         };
-        let swap_ms = self.swap(es, run).await?;
+        let swap_ms = v.swap(run).await?;
         report["swap_ms"] = json!(swap_ms);
         let keep = Duration::from_secs(o.keep_old_secs);
         let until = Utc::now() + chrono::Duration::from_std(keep).unwrap_or_default();
@@ -1222,9 +1148,8 @@ impl Reindexer {
             keep_old_until: Some(until),
             error: Some(None),
             log: Some(format!(
-                "{summary}; alias {} now points at {} (the swap took {swap_ms} ms); {} is kept and written until {}",
-                run.alias,
-                run.new_index,
+                "{summary}; {} (the swap took {swap_ms} ms); {} is kept and written until {}",
+                v.swapped(run),
                 run.old_index,
                 until.to_rfc3339()
             )),
@@ -1268,11 +1193,11 @@ impl Reindexer {
     /// A Kafka backfill's verification (see [`kafka`]): the report and its summary.
     async fn verified_from_kafka(
         &self,
-        es: &Es,
+        v: &dyn Version,
         run: &ReindexRun,
         o: &ReindexOptions,
     ) -> Result<(Value, String)> {
-        let (expected, missing, repaired) = self.verify_kafka(es, run, o).await?;
+        let (expected, missing, repaired) = self.verify_kafka(v, run, o).await?;
         let report = json!({"source": "kafka", "expected": expected, "missing": missing, "repaired": repaired});
         if !missing.is_empty() {
             let examples = missing
@@ -1295,13 +1220,13 @@ impl Reindexer {
     /// the source and checked again; the report and its summary.
     async fn verified_from_table(
         &self,
-        es: &Es,
+        ver: &dyn Version,
         run: &ReindexRun,
         o: &ReindexOptions,
     ) -> Result<(Value, String)> {
         const ROUNDS: usize = 3;
         let o = o.clone();
-        let mut v = self.verify(es, run, &o).await?;
+        let mut v = self.verify(ver, run, &o).await?;
         let mut rounds = 0;
         let mut repaired = 0;
         while v.differences() > 0 && rounds < ROUNDS {
@@ -1313,8 +1238,8 @@ impl Reindexer {
                 .chain(&v.extra)
                 .cloned()
                 .collect();
-            repaired += self.repair(es, run, &o, &ids).await?;
-            let (missing, extra, mismatched) = self.compare_ids(es, run, &o, &ids).await?;
+            repaired += self.repair(ver, run, &o, &ids).await?;
+            let (missing, extra, mismatched) = self.compare_ids(ver, run, &o, &ids).await?;
             v.missing = missing;
             v.extra = extra;
             v.mismatched = mismatched;
@@ -1337,12 +1262,17 @@ impl Reindexer {
     }
 
     /// One verification: counts, per-domain counts, every id and a sample compared in full.
-    async fn verify(&self, es: &Es, run: &ReindexRun, o: &ReindexOptions) -> Result<Verification> {
+    async fn verify(
+        &self,
+        ver: &dyn Version,
+        run: &ReindexRun,
+        o: &ReindexOptions,
+    ) -> Result<Verification> {
         let index = &run.new_index;
-        es.refresh(index).await?;
+        ver.refresh(index).await?;
         // The index's ids first, then the source's: an id in the index but not in the source
         // was deleted from the source (never created after the source was read).
-        let index_ids = es.all_ids(index, o.domain.as_deref()).await?;
+        let index_ids = ver.all_ids(index, o.domain.as_deref()).await?;
         let source = self.source_ids(o).await?;
         let mut v = Verification {
             source_count: source.len() as u64,
@@ -1361,20 +1291,18 @@ impl Reindexer {
                 .cloned()
                 .collect();
         }
-        if self.transform.is_some() && !v.missing.is_empty() {
-            // Documents the transform skips are rightly absent.
+        if ver.may_skip() && !v.missing.is_empty() {
+            // Documents the transform (the table's filter) skips are rightly absent.
             let docs = self.source_docs(o, &v.missing).await?;
-            v.missing.retain(|id| {
-                docs.get(id)
-                    .is_some_and(|d| self.expected_source(d).is_some())
-            });
+            let expected = ver.expected(&docs).await?;
+            v.missing.retain(|id| expected.contains_key(id));
         }
         v.missing.sort();
         v.extra.sort();
-        v.domains = self.domain_counts(es, index, o).await?;
+        v.domains = self.domain_counts(ver, index, o).await?;
         let sample = self.sample_ids(o).await?;
         v.sampled = sample.len();
-        let (_, _, mismatched) = self.compare_ids(es, run, o, &sample).await?;
+        let (_, _, mismatched) = self.compare_ids(ver, run, o, &sample).await?;
         v.mismatched = mismatched;
         v.failed = run
             .progress
@@ -1474,31 +1402,10 @@ impl Reindexer {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// What the index must hold for a source document: nothing for a `-Deleted` document or one
-    /// the transform skips (or fails on); else the transformed document without its `_id`.
-    fn expected_source(&self, text: &str) -> Option<Value> {
-        let doc: Value = serde_json::from_str(text).ok()?;
-        if doc
-            .get("doc_type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t.ends_with("-Deleted"))
-        {
-            return None;
-        }
-        let mut out = match &self.transform {
-            Some(t) => t(&doc).ok()??,
-            None => doc,
-        };
-        if let Value::Object(m) = &mut out {
-            m.remove("_id");
-        }
-        Some(out)
-    }
-
     /// `ids` compared between the source and the new index: (missing, extra, mismatched).
     async fn compare_ids(
         &self,
-        es: &Es,
+        ver: &dyn Version,
         run: &ReindexRun,
         o: &ReindexOptions,
         ids: &[String],
@@ -1507,12 +1414,12 @@ impl Reindexer {
         if ids.is_empty() {
             return Ok((missing, extra, mismatched));
         }
-        let indexed = es.mget(&run.new_index, ids).await?;
+        let indexed = ver.fetch(&run.new_index, ids).await?;
         let source = self.source_docs(o, ids).await?;
+        let expected = ver.expected(&source).await?;
         for id in ids {
-            let expected = source.get(id).and_then(|d| self.expected_source(d));
-            match (expected, indexed.get(id)) {
-                (Some(e), Some(got)) if &e != got => mismatched.push(id.clone()),
+            match (expected.get(id), indexed.get(id)) {
+                (Some(e), Some(got)) if e != got => mismatched.push(id.clone()),
                 (Some(_), None) => missing.push(id.clone()),
                 (None, Some(_)) if !o.filtered() => extra.push(id.clone()),
                 _ => {}
@@ -1525,7 +1432,7 @@ impl Reindexer {
     /// deleted). Returns how many were written.
     async fn repair(
         &self,
-        _es: &Es,
+        ver: &dyn Version,
         run: &ReindexRun,
         o: &ReindexOptions,
         ids: &[String],
@@ -1533,12 +1440,12 @@ impl Reindexer {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut writer = self.writer(&run.new_index, false)?;
+        let mut writer = ver.writer(&run.new_index, false)?;
         let mut source = self.source_docs(o, ids).await?;
         let mut changes = Vec::with_capacity(ids.len());
         for id in ids {
             changes.push(match source.remove(id) {
-                Some(doc) => row_change(id.clone(), doc, &run.new_index)?,
+                Some(doc) => self.row_change(id.clone(), doc, &run.new_index)?,
                 None => delete_change(id.clone()),
             });
         }
@@ -1550,34 +1457,13 @@ impl Reindexer {
 
     async fn domain_counts(
         &self,
-        es: &Es,
+        ver: &dyn Version,
         index: &str,
         o: &ReindexOptions,
     ) -> Result<Vec<(String, u64, u64)>> {
-        let (status, reply) = es
-            .call(
-                Method::Post,
-                &format!("/{index}/_search"),
-                Some(&json!({"size": 0, "aggs": {"d": {"terms": {"field": "domain", "size": 10000}}}})),
-            )
-            .await?;
-        if status != 200 {
-            return Ok(Vec::new()); // no keyword `domain` field: counted in total only
-        }
-        let mut index_counts: BTreeMap<String, u64> = BTreeMap::new();
-        for b in reply
-            .pointer("/aggregations/d/buckets")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let (Some(k), Some(n)) = (
-                b.get("key").and_then(Value::as_str),
-                b.get("doc_count").and_then(Value::as_u64),
-            ) {
-                index_counts.insert(k.to_owned(), n);
-            }
-        }
+        let Some(index_counts) = ver.domain_counts(index).await? else {
+            return Ok(Vec::new());
+        };
         let s = &o.source;
         let (filter, params) = source_filter(o, 1);
         let sql = format!(
@@ -1600,250 +1486,11 @@ impl Reindexer {
         }
         Ok(out)
     }
-
-    /// Restores the settings, refreshes the new index and moves the alias in one request;
-    /// returns how long the alias request took (ms).
-    async fn swap(&self, es: &Es, run: &ReindexRun) -> Result<u64> {
-        let index = &run.new_index;
-        let restore = json!({"index": {
-            "refresh_interval": run.settings.get("refresh_interval").cloned().unwrap_or(Value::Null),
-            "number_of_replicas": run.settings.get("number_of_replicas").cloned().unwrap_or(Value::Null),
-        }});
-        es.ok(
-            &format!("restoring the settings of {index}"),
-            Method::Put,
-            &format!("/{index}/_settings"),
-            Some(&restore),
-        )
-        .await?;
-        es.refresh(index).await?;
-        // A preindex has no old index (a remove action naming a missing index fails).
-        let (old_status, _) = es
-            .call(Method::Head, &format!("/{}", run.old_index), None)
-            .await?;
-        let mut actions = Vec::new();
-        if old_status == 200 {
-            actions.push(
-                json!({"remove": {"index": run.old_index, "alias": run.alias, "must_exist": false}}),
-            );
-        }
-        actions.push(json!({"add": {"index": index, "alias": run.alias}}));
-        let started = Instant::now();
-        es.ok(
-            &format!(
-                "moving alias {} from {} to {index}",
-                run.alias, run.old_index
-            ),
-            Method::Post,
-            "/_aliases",
-            Some(&json!({ "actions": actions })),
-        )
-        .await?;
-        Ok(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
-/// Plain JSON requests to the search node, with outages (429, 502-504, no connection) waited
-/// out for the processor's `outage_budget_secs`, a warning naming the node and its error per
-/// attempt.
-struct Es {
-    client: Elasticsearch,
-    url: String,
-    stop: CancellationToken,
-    /// How long an outage is waited out: the processor's `outage_budget_secs`.
-    budget: Duration,
-}
-
-impl Es {
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
-        let budget = self.budget;
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
-        loop {
-            let mut headers = HeaderMap::with_capacity(1);
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            let sent = self
-                .client
-                .transport()
-                .send(method, path, headers, None::<&()>, bytes.as_deref(), None)
-                .await;
-            let failure = match sent {
-                Ok(r) => {
-                    let status = r.status_code().as_u16();
-                    let text = r.text().await.unwrap_or_default();
-                    if !matches!(status, 429 | 502..=504) {
-                        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-                        return Ok((status, v));
-                    }
-                    format!("status {status}: {}", &text[..text.len().min(300)])
-                }
-                Err(e) => e.to_string(),
-            };
-            if started.elapsed() >= budget {
-                return Err(ElasticsearchError::Unavailable {
-                    url: self.url.clone(),
-                    context: format!("{method:?} {path}"),
-                    attempts: attempt + 1,
-                    waited_secs: started.elapsed().as_secs(),
-                    budget_secs: budget.as_secs(),
-                    last_error: failure,
-                }
-                .into());
-            }
-            let delay = Duration::from_millis(250 * 2u64.pow(attempt.min(4)));
-            tracing::warn!(url = %self.url, request = %format!("{method:?} {path}"), attempt = attempt + 1,
-                retry_in_ms = delay.as_millis(), error = %failure, "elasticsearch unavailable during a reindex, retrying");
-            if !crate::backoff::sleep_unless_stopped(delay, &self.stop).await {
-                return Err(Error::ShutdownRequested(format!(
-                    "stopped while waiting for elasticsearch at {} ({method:?} {path}): {failure}",
-                    self.url
-                )));
-            }
-            attempt += 1;
-        }
-    }
-
-    /// Makes everything written to `index` searchable.
-    async fn refresh(&self, index: &str) -> Result<()> {
-        self.ok(
-            &format!("refreshing {index}"),
-            Method::Post,
-            &format!("/{index}/_refresh"),
-            None,
-        )
-        .await
-        .map(drop)
-    }
-
-    /// A request that must answer 2xx.
-    async fn ok(
-        &self,
-        what: &str,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value> {
-        let (status, reply) = self.call(method, path, body).await?;
-        if (200..300).contains(&status) {
-            Ok(reply)
-        } else {
-            Err(ElasticsearchError::Status {
-                context: what.to_owned(),
-                status,
-                body: reply.to_string(),
-            }
-            .into())
-        }
-    }
-
-    /// Every `_id` of `index` (with `domain` = `domain` when given), by a scroll.
-    async fn all_ids(&self, index: &str, domain: Option<&str>) -> Result<HashSet<String>> {
-        let query = domain.map_or_else(
-            || json!({"match_all": {}}),
-            |d| json!({"term": {"domain": d}}),
-        );
-        let mut reply = self
-            .ok(
-                &format!("listing the ids of {index}"),
-                Method::Post,
-                &format!("/{index}/_search?scroll=1m"),
-                Some(&json!({"size": 5000, "_source": false, "sort": ["_doc"], "query": query})),
-            )
-            .await?;
-        let mut ids = HashSet::new();
-        loop {
-            let hits = reply
-                .pointer("/hits/hits")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let scroll = reply
-                .get("_scroll_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if hits.is_empty() {
-                if let Some(s) = scroll {
-                    let _ = self
-                        .call(
-                            Method::Delete,
-                            "/_search/scroll",
-                            Some(&json!({"scroll_id": s})),
-                        )
-                        .await;
-                }
-                return Ok(ids);
-            }
-            ids.extend(
-                hits.iter()
-                    .filter_map(|h| h.get("_id")?.as_str().map(str::to_owned)),
-            );
-            let Some(s) = scroll else { return Ok(ids) };
-            reply = self
-                .ok(
-                    &format!("listing the ids of {index}"),
-                    Method::Post,
-                    "/_search/scroll",
-                    Some(&json!({"scroll": "1m", "scroll_id": s})),
-                )
-                .await?;
-        }
-    }
-
-    /// The sources of `ids` in `index` (absent ones are not returned).
-    async fn mget(&self, index: &str, ids: &[String]) -> Result<HashMap<String, Value>> {
-        let mut out = HashMap::new();
-        for chunk in ids.chunks(1000) {
-            let reply = self
-                .ok(
-                    &format!("reading documents of {index}"),
-                    Method::Post,
-                    &format!("/{index}/_mget"),
-                    Some(&json!({"ids": chunk})),
-                )
-                .await?;
-            for d in reply
-                .get("docs")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if d.get("found").and_then(Value::as_bool) == Some(true) {
-                    if let (Some(id), Some(src)) =
-                        (d.get("_id").and_then(Value::as_str), d.get("_source"))
-                    {
-                        out.insert(id.to_owned(), src.clone());
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_new_index_has_refresh_off_and_no_replicas_and_the_configured_values_are_restored() {
-        let (s, restore) = reindex_settings(Some(&json!({
-            "number_of_shards": 2, "index": {"refresh_interval": "5s"}, "index.number_of_replicas": 1
-        })));
-        assert_eq!(
-            s,
-            json!({"number_of_shards": 2, "refresh_interval": "-1", "number_of_replicas": 0})
-        );
-        assert_eq!(
-            restore,
-            json!({"refresh_interval": "5s", "number_of_replicas": 1})
-        );
-        let (_, none) = reindex_settings(None);
-        assert_eq!(
-            none,
-            json!({"refresh_interval": null, "number_of_replicas": null})
-        );
-    }
 
     #[test]
     fn filters_become_parameters() {

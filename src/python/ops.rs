@@ -778,16 +778,28 @@ pub(crate) fn reindex(
     json: bool,
 ) -> PyResult<u8> {
     use crate::cli::reindex::{act, print_status, start_run, Action};
-    use crate::ops::reindex::{ReindexOptions, Reindexer, SqlSource};
-    let config = processor
-        .get()
-        .elasticsearch_config()
-        .cloned()
-        .ok_or_else(|| {
-            ConfigurationError::new_err(
-                "reindex rebuilds an \"elasticsearch\" RustProcessor's index; this processor is not one",
-            )
-        })?;
+    use crate::ops::reindex::{ReindexOptions, ReindexSink, Reindexer, SqlSource};
+    let p = processor.get();
+    // The processor's name as the pillow reports it, and what is rebuilt (an Elasticsearch
+    // processor's Python transform runs where the run's future does: on this thread).
+    let (name, sink) = match (p.elasticsearch_config(), p.table_definition()) {
+        (Some(c), _) => (
+            format!("ElasticsearchProcessor({})", c.index),
+            ReindexSink::Elasticsearch {
+                config: c.clone(),
+                transform: p.elasticsearch_transform(py, super::processor::Lane::current()),
+            },
+        ),
+        (None, Some(d)) => (
+            format!("postgres-table:{}", d.label()),
+            ReindexSink::Table(d.clone()),
+        ),
+        (None, None) => {
+            return Err(ConfigurationError::new_err(
+                "reindex rebuilds an \"elasticsearch\" RustProcessor's index or a \"postgres_table\" one's table; this processor is neither",
+            ))
+        }
+    };
     // `None`: print the pillow's runs.
     let (action, options) = match action {
         "status" => (None, None),
@@ -826,21 +838,16 @@ pub(crate) fn reindex(
             )))
         }
     };
-    // The processor's Python transform runs where the run's future does: on this thread.
-    let transform = processor
-        .get()
-        .elasticsearch_transform(py, super::processor::Lane::current());
     let conn = kafka(kafka_bootstrap, kafka_config);
     run_stoppable(py, ui, async move |ui, stop| {
         let r = Reindexer {
             pg: std::sync::Arc::new(crate::pg::Pg::new(postgres_url).with_stop(stop.clone())),
-            processor: format!("ElasticsearchProcessor({})", config.index),
+            processor: name,
             pillow,
-            config,
+            sink,
             topics,
             kafka: conn.info().ok(),
             stop: stop.clone(),
-            transform,
         };
         match (action, options) {
             (Some(a), _) => act(&r, a, noinput, json, ui).await,

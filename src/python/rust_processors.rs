@@ -41,6 +41,14 @@ impl PyRustProcessor {
         }
     }
 
+    /// The definition of a `"postgres_table"` processor.
+    pub(crate) fn table_definition(&self) -> Option<&TableDefinition> {
+        match &self.kind {
+            Kind::PostgresTable(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// The Python transform of an `"elasticsearch"` processor, for calls on `lane`.
     pub(crate) fn elasticsearch_transform(
         &self,

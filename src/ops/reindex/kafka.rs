@@ -23,7 +23,6 @@ use crate::change::{Change, ChangeMeta};
 use crate::error::Result;
 use crate::feed::kafka::scan::{scan, RawMessage, ScanEnd, ScanRequest};
 use crate::partition::TopicPartition;
-use crate::processor::Processor;
 use crate::store::reindex::{self as store, ReindexRun};
 
 /// Messages one segment of the second pass reads at most (then its writes go out and its
@@ -190,7 +189,7 @@ impl Reindexer {
         done: &AtomicU64,
         report: &dyn Fn(bool),
     ) -> Result<Vec<Value>> {
-        let mut writer = self.writer(&run.new_index, true)?;
+        let mut writer = self.version()?.writer(&run.new_index, true)?;
         let mut failures: Vec<Value> = run
             .progress
             .get("kafka")
@@ -309,7 +308,7 @@ impl Reindexer {
     /// missing. Missing ones are written again from the topic once.
     pub(super) async fn verify_kafka(
         &self,
-        es: &super::Es,
+        v: &dyn super::Version,
         run: &ReindexRun,
         o: &ReindexOptions,
     ) -> Result<(usize, Vec<String>, usize)> {
@@ -349,8 +348,8 @@ impl Reindexer {
             m.sort();
             m
         };
-        es.refresh(&run.new_index).await?;
-        let mut missing = missing_of(&es.all_ids(&run.new_index, None).await?);
+        v.refresh(&run.new_index).await?;
+        let mut missing = missing_of(&v.all_ids(&run.new_index, None).await?);
         let mut repaired = 0;
         if !missing.is_empty() {
             let only: HashSet<String> = missing.iter().cloned().collect();
@@ -367,8 +366,8 @@ impl Reindexer {
             )
             .await?;
             repaired = missing.len();
-            es.refresh(&run.new_index).await?;
-            missing = missing_of(&es.all_ids(&run.new_index, None).await?);
+            v.refresh(&run.new_index).await?;
+            missing = missing_of(&v.all_ids(&run.new_index, None).await?);
         }
         Ok((expected.len(), missing, repaired))
     }

@@ -433,7 +433,7 @@ async fn copy_bytes(
 }
 
 /// Rows → columns (for `unnest` array parameters).
-fn transpose(rows: &[Vec<SqlValue>]) -> Vec<Vec<SqlValue>> {
+pub(crate) fn transpose(rows: &[Vec<SqlValue>]) -> Vec<Vec<SqlValue>> {
     let n = rows.first().map_or(0, Vec::len);
     let mut cols: Vec<Vec<SqlValue>> = (0..n).map(|_| Vec::with_capacity(rows.len())).collect();
     for row in rows {

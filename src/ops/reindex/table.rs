@@ -1,0 +1,483 @@
+//! The PostgreSQL side of a reindex ([`super::Version`]): a `postgres_table` processor's table
+//! rebuilt as a new table beside it, swapped in by renames.
+//!
+//! Names (the run's row): `alias` is the configured table (readers and writers keep using that
+//! name), `new_index` the version built (`{table}_r{UTC timestamp}`), `old_index` the name the
+//! serving version takes at the swap (`{table}_o{timestamp}`). The live processor writes the
+//! configured table and the other version in one transaction
+//! ([`crate::store::reindex::ReindexRun::table_targets`]).
+//!
+//! The swap, in one transaction: the serving table is renamed to `old_index`, the new one to
+//! the configured name, and a view named `new_index` over `old_index` is left: a process that
+//! has not yet seen the swap writes the configured name (now the new version) and `new_index`
+//! (through the view, the old version), so both versions still get every write until every
+//! process writes `old_index` itself. A rollback does the mirror image (a view named
+//! `old_index` over the new version). The views go with the version deleted at the end.
+//! Writes through a view fall back from COPY to the merge (`INSERT … ON CONFLICT` is supported
+//! on an automatically updatable view).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+
+use super::{ReindexOptions, Version};
+use crate::error::Result;
+use crate::pg::{err, Pg};
+use crate::processor::postgres::config::{quote_ident, ChangeField};
+use crate::processor::postgres::encoder::{Action, Encoder};
+use crate::processor::postgres::{PgTableProcessor, TableDefinition};
+use crate::processor::Processor;
+use crate::store::reindex::{ReindexRun, Step, Update};
+
+/// A `postgres_table` processor's table versions.
+pub(super) struct TableVersion {
+    def: TableDefinition,
+    encoder: Encoder,
+    pg: Arc<Pg>,
+}
+
+/// The one primary-key column, filled from the change's id (what the verification compares
+/// with the source's ids).
+fn id_column(def: &TableDefinition) -> Option<&str> {
+    match def.primary_key.as_slice() {
+        [pk] => def
+            .columns
+            .iter()
+            .find(|c| &c.name == pk && c.change == Some(ChangeField::Id))
+            .map(|c| c.name.as_str()),
+        _ => None,
+    }
+}
+
+impl TableVersion {
+    pub(super) fn new(def: &TableDefinition, pg: &Arc<Pg>) -> Self {
+        Self {
+            encoder: Encoder::new(def),
+            def: def.clone(),
+            pg: Arc::clone(pg),
+        }
+    }
+
+    /// `name` in the definition's schema, quoted.
+    fn qualified(&self, name: &str) -> String {
+        match &self.def.schema {
+            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(name)),
+            None => quote_ident(name),
+        }
+    }
+
+    fn label(&self, name: &str) -> String {
+        match &self.def.schema {
+            Some(s) => format!("{s}.{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// The definition writing table `name`.
+    fn def_for(&self, name: &str) -> TableDefinition {
+        let mut d = self.def.clone();
+        name.clone_into(&mut d.table);
+        d.flush_max_rows = 0;
+        d.exactly_once = false;
+        d
+    }
+
+    fn pk(&self) -> String {
+        quote_ident(id_column(&self.def).unwrap_or_default())
+    }
+
+    /// The definition's columns, quoted, comma-separated.
+    fn columns(&self) -> String {
+        self.def
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// What each of `names` is: `r` a table, `v` a view; absent when it does not exist.
+    async fn kinds(&self, names: &[&str]) -> Result<HashMap<String, String>> {
+        let q: Vec<String> = names.iter().map(|n| self.qualified(n)).collect();
+        let what = format!("reading what {} are", names.join(", "));
+        let rows = self
+            .pg
+            .run(&what, |c| {
+                let (q, what) = (q.clone(), what.clone());
+                async move {
+                    c.query(
+                        "SELECT n.name, c.relkind::text FROM unnest($1::text[]) AS n(name) \
+                         JOIN pg_class c ON c.oid = to_regclass(n.name)",
+                        &[&q],
+                    )
+                    .await
+                    .map_err(err(what))
+                }
+            })
+            .await?;
+        let by_qualified: HashMap<String, String> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(names
+            .iter()
+            .zip(&q)
+            .filter_map(|(n, q)| Some(((*n).to_owned(), by_qualified.get(q)?.clone())))
+            .collect())
+    }
+
+    /// Runs `sql` (several statements) in one transaction, waiting at most a minute for the
+    /// tables' locks (live writers hold them for a transaction each).
+    async fn transaction(&self, what: &str, sql: &str) -> Result<()> {
+        let body = format!("BEGIN; SET LOCAL lock_timeout = '60s'; {sql}; COMMIT");
+        self.pg
+            .run(what, |c| {
+                let (body, what) = (body.clone(), what.to_owned());
+                async move {
+                    match c.batch_execute(&body).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            let _ = c.batch_execute("ROLLBACK").await;
+                            Err(err(what)(e))
+                        }
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn query(
+        &self,
+        what: &str,
+        sql: String,
+        params: Vec<Box<dyn ToSql + Sync + Send>>,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let params = Arc::new(params);
+        self.pg
+            .run(what, |c| {
+                let (sql, params, what) = (sql.clone(), Arc::clone(&params), what.to_owned());
+                async move {
+                    let p: Vec<&(dyn ToSql + Sync)> = params
+                        .iter()
+                        .map(|x| &**x as &(dyn ToSql + Sync))
+                        .collect();
+                    c.query(&sql, &p).await.map_err(err(what))
+                }
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Version for TableVersion {
+    fn noun(&self) -> &'static str {
+        "table"
+    }
+
+    fn check(&self, options: &ReindexOptions) -> std::result::Result<(), String> {
+        let t = self.def.label();
+        if id_column(&self.def).is_none() {
+            return Err(format!(
+                "table {t}: its primary key is not one column filled from the change's id (`change = \"id\"`); the verification compares the source's document ids with the table's, so this is not supported yet"
+            ));
+        }
+        if options.from_kafka.is_some() {
+            return Err(format!(
+                "table {t}: a rebuild from Kafka is for Elasticsearch indices only so far; rebuild the table from a source table (--source-table, or the pillow's document store)"
+            ));
+        }
+        if let Some(c) = self.def.columns.iter().find(|c| {
+            matches!(
+                c.change,
+                Some(
+                    ChangeField::Topic
+                        | ChangeField::Partition
+                        | ChangeField::Offset
+                        | ChangeField::PublishTimestamp
+                )
+            )
+        }) {
+            return Err(format!(
+                "table {t}: column {} comes from the change's Kafka position or publication time, which a rebuild from the source table cannot know",
+                c.name
+            ));
+        }
+        Ok(())
+    }
+
+    fn serving(&self, _latest: Option<&ReindexRun>) -> String {
+        self.def.table.clone()
+    }
+
+    fn names(
+        &self,
+        serving: &str,
+        options: &ReindexOptions,
+    ) -> std::result::Result<(String, String, String), String> {
+        let ts = Utc::now().format("%Y%m%d%H%M%S").to_string();
+        let new = options
+            .new_index
+            .clone()
+            .unwrap_or_else(|| format!("{serving}_r{ts}"));
+        let old = format!("{serving}_o{ts}");
+        for n in [&new, &old] {
+            if n.len() > 63 {
+                return Err(format!(
+                    "the table version name {n:?} is longer than PostgreSQL's 63 bytes: give a shorter one (--new-index)"
+                ));
+            }
+        }
+        Ok((old, new, serving.to_owned()))
+    }
+
+    async fn exists(&self, name: &str) -> Result<bool> {
+        Ok(self.kinds(&[name]).await?.get(name).map(String::as_str) == Some("r"))
+    }
+
+    async fn size(&self, name: &str) -> Result<(Option<i64>, Option<i64>)> {
+        if !self.exists(name).await? {
+            return Ok((None, None));
+        }
+        let (rows, bytes) = super::relation_size(&self.pg, &self.qualified(name)).await?;
+        Ok((Some(rows), Some(bytes)))
+    }
+
+    async fn free_bytes(&self) -> Result<Option<i64>> {
+        // PostgreSQL does not report its disk's free space to a client.
+        Ok(None)
+    }
+
+    fn where_free(&self) -> &'static str {
+        "the database"
+    }
+
+    async fn create(&self, run: &ReindexRun) -> Result<Update> {
+        let existed = self.exists(&run.new_index).await?;
+        // The processor's own table creation: the definition's columns and primary key.
+        let mut p = PgTableProcessor::new(self.def_for(&run.new_index), Arc::new(self.pg.sibling()))?;
+        p.bootstrap_if_needed().await?;
+        Ok(Update {
+            step: Some(Step::Created),
+            settings: Some(Value::Null),
+            log: Some(format!(
+                "{} table {}",
+                if existed { "found" } else { "created" },
+                self.label(&run.new_index)
+            )),
+            ..Update::default()
+        })
+    }
+
+    fn writer(&self, name: &str, create_only: bool) -> Result<Box<dyn Processor>> {
+        let p = PgTableProcessor::new(self.def_for(name), Arc::new(self.pg.sibling()))?;
+        Ok(Box::new(if create_only { p.with_create_only() } else { p }))
+    }
+
+    async fn refresh(&self, _name: &str) -> Result<()> {
+        Ok(()) // committed rows are read at once
+    }
+
+    async fn all_ids(&self, name: &str, domain: Option<&str>) -> Result<HashSet<String>> {
+        let has_domain = self.def.columns.iter().any(|c| c.name == "domain");
+        let (filter, params): (String, Vec<Box<dyn ToSql + Sync + Send>>) = match domain {
+            Some(d) if has_domain => (
+                format!(" WHERE {}::text = $1", quote_ident("domain")),
+                vec![Box::new(d.to_owned())],
+            ),
+            _ => (String::new(), Vec::new()),
+        };
+        let sql = format!(
+            "SELECT {}::text FROM {}{filter}",
+            self.pk(),
+            self.qualified(name)
+        );
+        let rows = self
+            .query(
+                &format!("listing the ids of table {}", self.label(name)),
+                sql,
+                params,
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn fetch(&self, name: &str, ids: &[String]) -> Result<HashMap<String, Value>> {
+        let sql = format!(
+            "SELECT x.{pk}::text, to_jsonb(x) FROM (SELECT {cols} FROM {t} WHERE {pk}::text = ANY($1)) x",
+            pk = self.pk(),
+            cols = self.columns(),
+            t = self.qualified(name)
+        );
+        let rows = self
+            .query(
+                &format!("reading rows of table {}", self.label(name)),
+                sql,
+                vec![Box::new(ids.to_vec())],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn expected(&self, docs: &HashMap<String, String>) -> Result<HashMap<String, Value>> {
+        let mut ids = Vec::new();
+        let mut rows = Vec::new();
+        for (id, text) in docs {
+            let Ok(change) = super::source_row(id.clone(), text.clone(), &self.def.table, true)
+            else {
+                continue;
+            };
+            // A document the filter leaves out (or that does not convert) has no row.
+            if let Ok(Action::Upsert(row)) = self.encoder.encode(&change) {
+                ids.push(id.clone());
+                rows.push(row);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // PostgreSQL renders the rows, in the columns' own types, as `fetch` reads them.
+        let n = "__pillowtop_n";
+        let arrays: Vec<String> = self
+            .def
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}[]", i + 1, c.column_type.sql()))
+            .collect();
+        let sql = format!(
+            "SELECT to_jsonb(x) - '{n}' FROM unnest({}) WITH ORDINALITY AS x({}, {}) ORDER BY x.{}",
+            arrays.join(", "),
+            self.columns(),
+            quote_ident(n),
+            quote_ident(n)
+        );
+        let params: Vec<Box<dyn ToSql + Sync + Send>> =
+            crate::processor::postgres::processor::transpose(&rows)
+                .into_iter()
+                .map(|col| Box::new(col) as Box<dyn ToSql + Sync + Send>)
+                .collect();
+        let rendered = self
+            .query(
+                &format!("rendering the expected rows of table {}", self.def.label()),
+                sql,
+                params,
+            )
+            .await?;
+        Ok(ids
+            .into_iter()
+            .zip(rendered.iter().map(|r| r.get::<_, Value>(0)))
+            .collect())
+    }
+
+    fn may_skip(&self) -> bool {
+        true // the filter, documents missing or not converting
+    }
+
+    async fn domain_counts(&self, _name: &str) -> Result<Option<BTreeMap<String, u64>>> {
+        Ok(None) // a table is compared by id and sample
+    }
+
+    async fn swap(&self, run: &ReindexRun) -> Result<u64> {
+        let (t, new, old) = (&run.alias, &run.new_index, &run.old_index);
+        let kinds = self.kinds(&[t, new, old]).await?;
+        let kind = |n: &str| kinds.get(n).map(String::as_str);
+        if kind(new) == Some("v") && kind(old) == Some("r") {
+            return Ok(0); // swapped already (a resumed run)
+        }
+        let sql = if kind(t) == Some("r") {
+            format!(
+                "ALTER TABLE {tq} RENAME TO {o}; ALTER TABLE {nq} RENAME TO {t}; CREATE VIEW {nq} AS SELECT * FROM {oq}",
+                tq = self.qualified(t),
+                o = quote_ident(old),
+                nq = self.qualified(new),
+                t = quote_ident(t),
+                oq = self.qualified(old),
+            )
+        } else {
+            // A preindex: nothing served before.
+            format!(
+                "ALTER TABLE {} RENAME TO {}",
+                self.qualified(new),
+                quote_ident(t)
+            )
+        };
+        let started = Instant::now();
+        self.transaction(
+            &format!("swapping table {} for {}", self.label(t), self.label(new)),
+            &sql,
+        )
+        .await?;
+        Ok(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn swapped(&self, run: &ReindexRun) -> String {
+        format!(
+            "table {} is the rebuilt version now (the one serving before is {})",
+            self.label(&run.alias),
+            self.label(&run.old_index)
+        )
+    }
+
+    async fn unswap(&self, run: &ReindexRun) -> Result<String> {
+        let (t, new, old) = (&run.alias, &run.new_index, &run.old_index);
+        let kinds = self.kinds(&[t, new, old]).await?;
+        let kind = |n: &str| kinds.get(n).map(String::as_str);
+        if !(kind(new) == Some("r") && kind(old) == Some("v")) {
+            let mut sql = String::new();
+            if kind(new) == Some("v") {
+                sql.push_str(&format!("DROP VIEW {}; ", self.qualified(new)));
+            }
+            if kind(old) == Some("r") {
+                sql.push_str(&format!(
+                    "ALTER TABLE {tq} RENAME TO {n}; ALTER TABLE {oq} RENAME TO {t}; CREATE VIEW {oq} AS SELECT * FROM {nq}",
+                    tq = self.qualified(t),
+                    n = quote_ident(new),
+                    oq = self.qualified(old),
+                    t = quote_ident(t),
+                    nq = self.qualified(new),
+                ));
+            } else {
+                // A preindex: there is no old version; the rebuilt one stops serving.
+                sql.push_str(&format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    self.qualified(t),
+                    quote_ident(new)
+                ));
+            }
+            self.transaction(
+                &format!("swapping table {} back", self.label(t)),
+                &sql,
+            )
+            .await?;
+        }
+        Ok(format!(
+            "table {} is the version serving before the run again; {} is no longer written",
+            self.label(t),
+            self.label(new)
+        ))
+    }
+
+    async fn delete(&self, run: &ReindexRun, name: &str) -> Result<()> {
+        let (new, old) = (&run.new_index, &run.old_index);
+        let kinds = self.kinds(&[new, old]).await?;
+        let mut sql: Vec<String> = [new, old]
+            .iter()
+            .filter(|n| kinds.get(n.as_str()).map(String::as_str) == Some("v"))
+            .map(|n| format!("DROP VIEW {}", self.qualified(n)))
+            .collect();
+        if name != run.alias && kinds.get(name).map(String::as_str) == Some("r") {
+            sql.push(format!("DROP TABLE {}", self.qualified(name)));
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        self.transaction(
+            &format!("deleting table {}", self.label(name)),
+            &sql.join("; "),
+        )
+        .await
+    }
+}
