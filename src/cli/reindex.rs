@@ -413,9 +413,12 @@ fn print_plan(
     pre: &crate::ops::reindex::Preflight,
     force: bool,
 ) {
+    let table = matches!(r.sink, ReindexSink::Table(_));
     say.say(&format!(
-        "Rebuild the index of processor {} of pillow {}:",
-        r.processor, r.pillow
+        "Rebuild the {} of processor {} of pillow {}:",
+        if table { "table" } else { "index" },
+        r.processor,
+        r.pillow
     ));
     let source = if options.from_kafka.is_some() {
         format!(
@@ -437,22 +440,44 @@ fn print_plan(
         )
     };
     say.say(&format!("  source: {source}"));
-    say.say(&format!(
-        "  serving: {} behind alias {} ({} documents, {} bytes); the node has {} bytes free",
-        pre.old_index,
-        pre.alias,
-        pre.old_docs.map_or("?".into(), |n| n.to_string()),
-        pre.old_bytes.map_or("?".into(), |n| n.to_string()),
-        pre.free_bytes.map_or("?".into(), |n| n.to_string()),
-    ));
-    say.say(&format!(
-        "  steps: create {} (refresh off, no replicas); the live pillow writes to both; copy in chunks of {}{}; verify; move the alias; keep {} for {} s, then delete it",
-        pre.new_index,
-        options.chunk_size,
-        if options.from_kafka.is_some() { String::new() } else { format!(" in {} slices", options.slices) },
-        pre.old_index,
-        options.keep_old_secs
-    ));
+    let size = |n: Option<i64>| n.map_or("?".into(), |n| n.to_string());
+    if table {
+        say.say(&format!(
+            "  serving: table {} ({} rows, {} bytes)",
+            pre.alias,
+            size(pre.old_docs),
+            size(pre.old_bytes),
+        ));
+        say.say(&format!(
+            "  steps: create table {} (the definition's columns and key); the live pillow writes both; copy in chunks of {} in {} slices; verify; rename {} to {} and {} to {} in one transaction; keep {} (written) for {} s, then drop it",
+            pre.new_index,
+            options.chunk_size,
+            options.slices,
+            pre.alias,
+            pre.old_index,
+            pre.new_index,
+            pre.alias,
+            pre.old_index,
+            options.keep_old_secs
+        ));
+    } else {
+        say.say(&format!(
+            "  serving: {} behind alias {} ({} documents, {} bytes); the node has {} bytes free",
+            pre.old_index,
+            pre.alias,
+            size(pre.old_docs),
+            size(pre.old_bytes),
+            size(pre.free_bytes),
+        ));
+        say.say(&format!(
+            "  steps: create {} (refresh off, no replicas); the live pillow writes to both; copy in chunks of {}{}; verify; move the alias; keep {} for {} s, then delete it",
+            pre.new_index,
+            options.chunk_size,
+            if options.from_kafka.is_some() { String::new() } else { format!(" in {} slices", options.slices) },
+            pre.old_index,
+            options.keep_old_secs
+        ));
+    }
     for p in &pre.problems {
         say.say(&format!(
             "  problem: {p}{}",
@@ -498,6 +523,11 @@ async fn finish(
     }
 }
 
+/// Whether the run rebuilt a `postgres_table` processor's table (the name the pillow reports).
+fn is_table(run: &ReindexRun) -> bool {
+    run.processor.starts_with("postgres-table:")
+}
+
 fn print_run(run: &ReindexRun, ui: &dyn Ui, json: bool) {
     if json {
         ui.out(&serde_json::to_string_pretty(run).unwrap_or_default());
@@ -511,6 +541,10 @@ fn print_run(run: &ReindexRun, ui: &dyn Ui, json: bool) {
         run.pillow,
         run.step.as_str(),
         match (run.step, run.keep_old_until) {
+            (store::Step::Swapped, Some(t)) if is_table(run) => format!(
+                " (table {} is the rebuilt version; the old one, {}, kept until {}: `pillowtop reindex resume` drops it then, `rollback` undoes the swap)",
+                run.alias, run.old_index, super::ui::time(&t)
+            ),
             (store::Step::Swapped, Some(t)) => format!(
                 " (alias {} → {}; {} kept until {}: `pillowtop reindex resume` deletes it then, `rollback` undoes the swap)",
                 run.alias, run.new_index, run.old_index, super::ui::time(&t)
@@ -529,7 +563,7 @@ fn print_run(run: &ReindexRun, ui: &dyn Ui, json: bool) {
             l.get("message").and_then(|v| v.as_str()).unwrap_or("")
         ));
     }
-    if run.step == store::Step::Done {
+    if run.step == store::Step::Done && !is_table(run) {
         say.say(&format!(
             "  the processor writes to {}: set `index = \"{}\"` in its configuration when convenient (it follows this run until then)",
             run.new_index, run.new_index

@@ -370,11 +370,9 @@ fn refused(r: &Reindexer, message: impl Into<String>) -> Error {
 impl Reindexer {
     fn version(&self) -> Result<Box<dyn Version>> {
         Ok(match &self.sink {
-            ReindexSink::Elasticsearch { config, transform } => Box::new(es::EsVersion::new(
-                config,
-                transform.clone(),
-                &self.stop,
-            )?),
+            ReindexSink::Elasticsearch { config, transform } => {
+                Box::new(es::EsVersion::new(config, transform.clone(), &self.stop)?)
+            }
             ReindexSink::Table(def) => Box::new(table::TableVersion::new(def, &self.pg)),
         })
     }
@@ -852,11 +850,7 @@ fn source_row(id: String, doc: String, index: &str, meta: bool) -> Result<Change
         ))
     })?;
     let size = raw.get().len();
-    let mut c = source_change(
-        id,
-        Document::Embedded(EmbeddedDocument::new(raw)),
-        size,
-    );
+    let mut c = source_change(id, Document::Embedded(EmbeddedDocument::new(raw)), size);
     if let Some(h) = head {
         c.metadata.domain = h.domain;
         c.metadata.document_type = h.doc_type;

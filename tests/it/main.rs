@@ -27,6 +27,7 @@ mod pg_processor;
 mod pillow;
 mod postgres;
 mod reindex;
+mod reindex_table;
 mod runner;
 mod split_online_shared;
 mod stall;

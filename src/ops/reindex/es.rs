@@ -400,7 +400,12 @@ pub(super) struct Es {
 }
 
 impl Es {
-    pub(super) async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+    pub(super) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
         let budget = self.budget;
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -483,7 +488,11 @@ impl Es {
     }
 
     /// Every `_id` of `index` (with `domain` = `domain` when given), by a scroll.
-    pub(super) async fn all_ids(&self, index: &str, domain: Option<&str>) -> Result<HashSet<String>> {
+    pub(super) async fn all_ids(
+        &self,
+        index: &str,
+        domain: Option<&str>,
+    ) -> Result<HashSet<String>> {
         let query = domain.map_or_else(
             || json!({"match_all": {}}),
             |d| json!({"term": {"domain": d}}),

@@ -160,10 +160,8 @@ impl TableVersion {
             .run(what, |c| {
                 let (sql, params, what) = (sql.clone(), Arc::clone(&params), what.to_owned());
                 async move {
-                    let p: Vec<&(dyn ToSql + Sync)> = params
-                        .iter()
-                        .map(|x| &**x as &(dyn ToSql + Sync))
-                        .collect();
+                    let p: Vec<&(dyn ToSql + Sync)> =
+                        params.iter().map(|x| &**x as &(dyn ToSql + Sync)).collect();
                     c.query(&sql, &p).await.map_err(err(what))
                 }
             })
@@ -257,7 +255,8 @@ impl Version for TableVersion {
     async fn create(&self, run: &ReindexRun) -> Result<Update> {
         let existed = self.exists(&run.new_index).await?;
         // The processor's own table creation: the definition's columns and primary key.
-        let mut p = PgTableProcessor::new(self.def_for(&run.new_index), Arc::new(self.pg.sibling()))?;
+        let mut p =
+            PgTableProcessor::new(self.def_for(&run.new_index), Arc::new(self.pg.sibling()))?;
         p.bootstrap_if_needed().await?;
         Ok(Update {
             step: Some(Step::Created),
@@ -447,11 +446,8 @@ impl Version for TableVersion {
                     quote_ident(new)
                 ));
             }
-            self.transaction(
-                &format!("swapping table {} back", self.label(t)),
-                &sql,
-            )
-            .await?;
+            self.transaction(&format!("swapping table {} back", self.label(t)), &sql)
+                .await?;
         }
         Ok(format!(
             "table {} is the version serving before the run again; {} is no longer written",

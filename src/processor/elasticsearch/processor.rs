@@ -129,8 +129,8 @@ pub struct ElasticsearchProcessor {
     create_only: bool,
 }
 
-pub use crate::processor::reindex_watch::REINDEX_POLL;
 use crate::processor::reindex_watch::ReindexWatch;
+pub use crate::processor::reindex_watch::REINDEX_POLL;
 
 /// What sends bulk requests to the index: the processor's in-line writes and its background
 /// writes (a clone per wave: the counters are shared).

@@ -1,0 +1,574 @@
+//! `pillowtop reindex` of a `postgres_table` processor against the real services (issue 15): a
+//! live pillow (a `pillowtop run` child) keeps writing its reporting table while the table is
+//! rebuilt from the source with changes published all along; the reindex is SIGKILLed at random
+//! moments and resumed; the table under its configured name ends equal to what the source
+//! implies, the old version (kept for a rollback) too, the pillow never stops, and a rollback
+//! gives the old version back. A rebuild after a definition change fills the new column of every
+//! row, and once the keep window has passed the old version and the swap's view are gone.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pillowtop::change::ChangeMeta;
+use pillowtop::feed::kafka::ChangeProducer;
+use rand::Rng;
+
+use crate::support::{require, TestDb, TestTopic};
+
+/// Kills the child on drop (a failed assertion must not leave a pillow running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every table and view whose name starts with the prefix is dropped on drop.
+struct Relations {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for Relations {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                let _ = c
+                    .batch_execute(&format!(
+                        "DO $$ DECLARE r record; BEGIN
+                           FOR r IN SELECT relname, relkind FROM pg_class
+                                    WHERE relname LIKE '{prefix}%' AND relkind IN ('v', 'r')
+                                    ORDER BY relkind DESC LOOP
+                             IF r.relkind = 'v' THEN EXECUTE format('DROP VIEW IF EXISTS %I', r.relname);
+                             ELSE EXECUTE format('DROP TABLE IF EXISTS %I CASCADE', r.relname); END IF;
+                           END LOOP; END $$;"
+                    ))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+struct Setup {
+    db: TestDb,
+    bootstrap: String,
+    pillow: String,
+    topic: TestTopic,
+    config: std::path::PathBuf,
+    /// The source table (the pillow's document store).
+    source: String,
+    /// The reporting table's configured name.
+    table: String,
+    pg_url: String,
+    _relations: Relations,
+}
+
+impl Setup {
+    /// A source table of `docs` documents, a topic, and a pillow config writing the reporting
+    /// table (doc_id, domain, n; only `XFormInstance` documents), its documents fetched from the
+    /// source.
+    async fn new(name: &str, docs: usize) -> Option<Self> {
+        let bootstrap = crate::support::service("TEST_KAFKA_BOOTSTRAP")?;
+        let pg_url = crate::support::service("TEST_POSTGRES_URL")?;
+        let db = TestDb::new(&pg_url).await;
+        let pillow = db.id(name);
+        let topic = TestTopic::new(&bootstrap, name, 2).await;
+        let source = format!("{pillow}_src");
+        let c = db.pg.fresh_client().await.expect("client");
+        c.batch_execute(&format!(
+            "CREATE TABLE {source} (doc_id text PRIMARY KEY, doc jsonb NOT NULL);
+             INSERT INTO {source} SELECT 'doc-' || lpad(i::text, 6, '0'),
+               jsonb_build_object('_id', 'doc-' || lpad(i::text, 6, '0'), 'doc_type', 'XFormInstance',
+                                  'domain', 'd' || (i % 3), 'n', i % 7)
+             FROM generate_series(1, {docs}) i;"
+        ))
+        .await
+        .expect("source table");
+        let s = Self {
+            _relations: Relations {
+                url: pg_url.clone(),
+                prefix: pillow.clone(),
+            },
+            config: std::env::temp_dir().join(format!("{pillow}.toml")),
+            table: format!("{pillow}_report"),
+            db,
+            bootstrap,
+            pillow,
+            topic,
+            source,
+            pg_url,
+        };
+        s.write_config(false);
+        Some(s)
+    }
+
+    /// The pillow's config; `with_n2` adds a column (a definition change).
+    fn write_config(&self, with_n2: bool) {
+        let n2 = if with_n2 {
+            r#"  { name = "n2", type = "bigint", path = "n" },
+"#
+        } else {
+            ""
+        };
+        let toml = format!(
+            r#"name = "{pillow}"
+checkpoint_id = "{pillow}"
+topics = ["{topic}"]
+chunk_size = 100
+start_policy = "earliest"
+
+[kafka]
+bootstrap = "{bootstrap}"
+idle_timeout_ms = 500
+
+[postgres]
+url = "{pg_url}"
+
+[[document_stores]]
+data_source_type = "sql"
+data_source_name = "*"
+table = "{source}"
+id_column = "doc_id"
+doc_column = "doc"
+
+[[processors]]
+type = "postgres_table"
+table = "{table}"
+primary_key = ["doc_id"]
+flush_max_delay_ms = 50
+filter = {{ equals = {{ doc_type = "XFormInstance" }} }}
+columns = [
+  {{ name = "doc_id", type = "text", change = "id" }},
+  {{ name = "domain", type = "text", path = "domain" }},
+  {{ name = "n", type = "integer", path = "n" }},
+{n2}]
+"#,
+            pillow = self.pillow,
+            topic = self.topic.name,
+            bootstrap = self.bootstrap,
+            pg_url = self.pg_url,
+            source = self.source,
+            table = self.table,
+        );
+        std::fs::write(&self.config, toml).expect("config file");
+    }
+
+    fn log(&self, what: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("{}-{what}.log", self.pillow)))
+            .expect("log file")
+    }
+
+    fn log_text(&self, what: &str) -> String {
+        std::fs::read_to_string(std::env::temp_dir().join(format!("{}-{what}.log", self.pillow)))
+            .unwrap_or_default()
+    }
+
+    fn start_pillow(&self) -> Running {
+        Running(
+            pillowtop(&["run", "--config", self.config.to_str().expect("path")])
+                .stdout(Stdio::null())
+                .stderr(self.log("pillow"))
+                .spawn()
+                .expect("spawn the pillow"),
+        )
+    }
+
+    fn reindex(&self, args: &[&str]) -> Child {
+        let mut all = vec!["reindex"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--config", self.config.to_str().expect("path")]);
+        pillowtop(&all)
+            .stdout(self.log("reindex"))
+            .stderr(self.log("reindex"))
+            .spawn()
+            .expect("spawn pillowtop reindex")
+    }
+
+    fn reindex_output(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["reindex"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--config", self.config.to_str().expect("path")]);
+        pillowtop(&all).output().expect("pillowtop reindex")
+    }
+
+    async fn publish(&self, producer: &ChangeProducer, id: &str) {
+        producer
+            .send_change(&self.topic.name, &ChangeMeta::new(id, "sql", "forms"))
+            .await
+            .expect("publish");
+    }
+
+    /// The rows the source implies: its `XFormInstance` documents (`n2` = `n` when asked).
+    async fn expected(&self, with_n2: bool) -> BTreeMap<String, String> {
+        let n2 = if with_n2 { ", (doc->>'n')::bigint" } else { "" };
+        self.rows(&format!(
+            "SELECT doc_id, row(doc->>'domain', (doc->>'n')::int{n2})::text FROM {} WHERE doc->>'doc_type' = 'XFormInstance'",
+            self.source
+        ))
+        .await
+    }
+
+    /// The rows of relation `name` (a table or a view; none while it does not exist).
+    async fn table(&self, name: &str, with_n2: bool) -> BTreeMap<String, String> {
+        if self.kind(name).await.is_empty() {
+            return BTreeMap::new();
+        }
+        let n2 = if with_n2 { ", n2" } else { "" };
+        self.rows(&format!(
+            "SELECT doc_id, row(domain, n{n2})::text FROM \"{name}\""
+        ))
+        .await
+    }
+
+    async fn rows(&self, sql: &str) -> BTreeMap<String, String> {
+        let c = self.db.pg.fresh_client().await.expect("client");
+        c.query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", pillowtop::error::describe_postgres(&e)))
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// Waits until table `name` holds what the source implies.
+    async fn wait_equal(&self, name: &str, with_n2: bool, within: Duration) {
+        let started = Instant::now();
+        loop {
+            let (want, got) = (
+                self.expected(with_n2).await,
+                self.table(name, with_n2).await,
+            );
+            if want == got {
+                return;
+            }
+            if started.elapsed() > within {
+                let missing: Vec<_> = want
+                    .keys()
+                    .filter(|k| !got.contains_key(*k))
+                    .take(5)
+                    .collect();
+                let extra: Vec<_> = got
+                    .keys()
+                    .filter(|k| !want.contains_key(*k))
+                    .take(5)
+                    .collect();
+                let differ: Vec<_> = want
+                    .iter()
+                    .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+                    .take(5)
+                    .collect();
+                panic!(
+                    "table {name} differs from the source after {within:?}: {} rows wanted, {} found; missing {missing:?}, extra {extra:?}, differing {differ:?}\npillow log:\n{}\nreindex log:\n{}",
+                    want.len(),
+                    got.len(),
+                    self.log_text("pillow"),
+                    self.log_text("reindex")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `r` (table), `v` (view), or empty when `name` does not exist.
+    async fn kind(&self, name: &str) -> String {
+        let c = self.db.pg.fresh_client().await.expect("client");
+        c.query_opt(
+            "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)",
+            &[&format!("\"{name}\"")],
+        )
+        .await
+        .expect("relkind")
+        .map(|r| r.get(0))
+        .unwrap_or_default()
+    }
+
+    /// The newest run's step, old and new version names.
+    async fn run(&self) -> (String, String, String) {
+        let c = self.db.pg.fresh_client().await.expect("client");
+        c.query_opt(
+            "SELECT step, old_index, new_index FROM pillowtop_rs_reindex WHERE pillow = $1 ORDER BY id DESC LIMIT 1",
+            &[&self.pillow],
+        )
+        .await
+        .expect("run")
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap_or_default()
+    }
+}
+
+fn pillowtop(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pillowtop"));
+    c.args(args)
+        .env("PILLOWTOP_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Changes the source and publishes them until `stop`: updates, new documents, and documents
+/// that leave the table (doc_type `-Deleted`: the filter no longer matches, the row goes).
+async fn write_during(
+    s: &Setup,
+    producer: &ChangeProducer,
+    docs: usize,
+    stop: &tokio_util::sync::CancellationToken,
+) -> usize {
+    let c = s.db.pg.fresh_client().await.expect("client");
+    let mut changes = 0;
+    let mut next_new = docs + 1;
+    while !stop.is_cancelled() {
+        let (kind, pick) = {
+            let mut rng = rand::rng();
+            (rng.random_range(0..10), rng.random_range(1..=docs))
+        };
+        let id = match kind {
+            0 => {
+                let id = format!("doc-{next_new:06}");
+                next_new += 1;
+                c.execute(
+                    &format!("INSERT INTO {} VALUES ($1, jsonb_build_object('_id', $1::text, 'doc_type', 'XFormInstance', 'domain', 'd9', 'n', 0))", s.source),
+                    &[&id],
+                )
+                .await
+                .expect("insert");
+                id
+            }
+            1 => {
+                let id = format!("doc-{pick:06}");
+                c.execute(
+                    &format!("UPDATE {} SET doc = doc || '{{\"doc_type\": \"XFormInstance-Deleted\"}}' WHERE doc_id = $1", s.source),
+                    &[&id],
+                )
+                .await
+                .expect("delete");
+                id
+            }
+            _ => {
+                let id = format!("doc-{pick:06}");
+                c.execute(
+                    &format!("UPDATE {} SET doc = jsonb_set(doc, '{{n}}', to_jsonb((doc->>'n')::int + 1)) WHERE doc_id = $1", s.source),
+                    &[&id],
+                )
+                .await
+                .expect("update");
+                id
+            }
+        };
+        s.publish(producer, &id).await;
+        changes += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    changes
+}
+
+fn still_running(p: &mut Running, s: &Setup) {
+    assert!(
+        p.0.try_wait().expect("try_wait").is_none(),
+        "the pillow stopped: {}",
+        s.log_text("pillow")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_reindex_killed_at_random_moments_and_resumed_ends_equal_to_the_source_with_the_pillow_running(
+) {
+    let _ = require!("TEST_POSTGRES_URL");
+    let docs = 6000;
+    let Some(s) = Setup::new("rxt_kill", docs).await else {
+        return;
+    };
+    let producer = ChangeProducer::new(&s.bootstrap).expect("producer");
+    for i in 1..=docs {
+        s.publish(&producer, &format!("doc-{i:06}")).await;
+    }
+    let mut pillow = s.start_pillow();
+    s.wait_equal(&s.table, false, Duration::from_secs(90)).await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let stop = stop.clone();
+        let s = &s;
+        let producer = &producer;
+        async move { write_during(s, producer, docs, &stop).await }
+    };
+    let rebuild = async {
+        let mut kills = 0;
+        let mut child = s.reindex(&[
+            "start",
+            "--chunk-size",
+            "4",
+            "--slices",
+            "2",
+            "--keep-old",
+            "1h",
+            "--sample-size",
+            "300",
+            "--noinput",
+        ]);
+        for _ in 0..3 {
+            let wait = Duration::from_millis(rand::rng().random_range(200..2000));
+            tokio::time::sleep(wait).await;
+            if child.try_wait().expect("try_wait").is_none() {
+                child.kill().expect("SIGKILL the reindex");
+                kills += 1;
+                eprintln!("table reindex: SIGKILL at step {:?}", s.run().await.0);
+            }
+            let _ = child.wait();
+            child = s.reindex(&["resume", "--noinput"]);
+        }
+        let status = child.wait().expect("the last resume");
+        stop.cancel();
+        (status, kills)
+    };
+    let (changes, (status, kills)) = tokio::join!(writer, rebuild);
+    let log = s.log_text("reindex");
+    assert!(status.success(), "the last resume failed ({status}): {log}");
+    assert!(changes > 0, "no changes were published during the rebuild");
+    eprintln!("table reindex: {kills} SIGKILLs, {changes} changes published during the rebuild");
+    let (step, old, new) = s.run().await;
+    assert_eq!(step, "swapped", "{log}");
+    // The configured name is the rebuilt version now; the old one is kept and still written; the
+    // view the swap left (a lagging process's second target) reads the old one.
+    assert_eq!(s.kind(&s.table).await, "r");
+    assert_eq!(s.kind(&old).await, "r");
+    assert_eq!(s.kind(&new).await, "v");
+    s.wait_equal(&s.table, false, Duration::from_secs(90)).await;
+    s.wait_equal(&old, false, Duration::from_secs(30)).await;
+    still_running(&mut pillow, &s);
+
+    // Rollback: the configured name is the old version again, with every change; the rebuilt
+    // one and the views go.
+    let out = s.reindex_output(&["rollback", "--noinput"]);
+    assert!(
+        out.status.success(),
+        "rollback: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.run().await.0, "rolled_back");
+    assert_eq!(s.kind(&new).await, "", "the rolled-back version is dropped");
+    assert_eq!(s.kind(&old).await, "", "the rollback's view is dropped");
+    let c = s.db.pg.fresh_client().await.expect("client");
+    c.execute(
+        &format!(
+            "UPDATE {} SET doc = jsonb_set(doc, '{{n}}', '1000') WHERE doc_id = 'doc-000001'",
+            s.source
+        ),
+        &[],
+    )
+    .await
+    .expect("update");
+    s.publish(&producer, "doc-000001").await;
+    s.wait_equal(&s.table, false, Duration::from_secs(60)).await;
+    still_running(&mut pillow, &s);
+    assert!(
+        !s.log_text("pillow").contains("ERROR"),
+        "the pillow logged errors: {}",
+        s.log_text("pillow")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_rebuilt_after_a_definition_change_has_the_new_column_in_every_row_and_the_old_version_goes(
+) {
+    let _ = require!("TEST_POSTGRES_URL");
+    let docs = 1500;
+    let Some(s) = Setup::new("rxt_def", docs).await else {
+        return;
+    };
+    let producer = ChangeProducer::new(&s.bootstrap).expect("producer");
+    for i in 1..=docs {
+        s.publish(&producer, &format!("doc-{i:06}")).await;
+    }
+    let mut pillow = s.start_pillow();
+    s.wait_equal(&s.table, false, Duration::from_secs(90)).await;
+    drop(pillow);
+    // The definition gains a column: the pillow adds it, empty in the rows written before.
+    s.write_config(true);
+    pillow = s.start_pillow();
+    let started = Instant::now();
+    let column = format!(
+        "SELECT column_name::text, '' FROM information_schema.columns WHERE table_name = '{}' AND column_name = 'n2'",
+        s.table
+    );
+    while s.rows(&column).await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the column was not added: {}",
+            s.log_text("pillow")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let empty = s
+        .rows(&format!(
+            "SELECT doc_id, '' FROM \"{}\" WHERE n2 IS NULL",
+            s.table
+        ))
+        .await;
+    assert_eq!(empty.len(), docs, "the rows written before have no n2");
+    let preflight = s.reindex_output(&["start", "--dry-run", "--json"]);
+    let text = String::from_utf8_lossy(&preflight.stdout);
+    assert!(
+        preflight.status.success(),
+        "dry run: {text}{}",
+        String::from_utf8_lossy(&preflight.stderr)
+    );
+    assert!(
+        text.contains(&format!("{}_r", s.table)),
+        "the plan names the new version: {text}"
+    );
+
+    let out = s.reindex_output(&["start", "--keep-old", "0s", "--noinput"]);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "reindex: {log}");
+    let (step, old, new) = s.run().await;
+    assert_eq!(step, "done", "{log}");
+    s.wait_equal(&s.table, true, Duration::from_secs(30)).await;
+    assert_eq!(
+        s.kind(&old).await,
+        "",
+        "the old version is dropped after its window"
+    );
+    assert_eq!(s.kind(&new).await, "", "the swap's view is dropped with it");
+    // The pillow writes the rebuilt table, and only it.
+    let c = s.db.pg.fresh_client().await.expect("client");
+    c.execute(
+        &format!(
+            "UPDATE {} SET doc = jsonb_set(doc, '{{n}}', '99') WHERE doc_id = 'doc-000002'",
+            s.source
+        ),
+        &[],
+    )
+    .await
+    .expect("update");
+    s.publish(&producer, "doc-000002").await;
+    s.wait_equal(&s.table, true, Duration::from_secs(60)).await;
+    still_running(&mut pillow, &s);
+    assert_eq!(
+        s.kind(&old).await,
+        "",
+        "nothing writes the dropped version again"
+    );
+}
