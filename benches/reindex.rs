@@ -11,6 +11,15 @@
 //!   timed from the run's own log (the backfill step's start to its end), the CPU over the whole
 //!   run; the alias swap's time is the run's.
 //!
+//!
+//! And for a `postgres_table` processor's table, the same documents into six columns:
+//!
+//! * **direct COPY loader**: reads the source by id (1000 rows a query), takes the six values
+//!   out of each document and sends each chunk as one binary `COPY` into a fresh table, 1 and 2
+//!   concurrent streams;
+//! * **reindex**: a whole run of the table (new table, backfill, verify, swap by renames, drop)
+//!   with 1 and 2 slices, timed as above.
+//!
 //! ```text
 //! source .services/env
 //! cargo bench --profile ci --features testing --bench reindex
@@ -34,7 +43,7 @@ use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use elasticsearch::http::transport::Transport;
 use elasticsearch::http::Method;
 use elasticsearch::Elasticsearch;
-use pillowtop::ops::reindex::{ReindexOptions, Reindexer, SqlSource};
+use pillowtop::ops::reindex::{ReindexOptions, ReindexSink, Reindexer, SqlSource};
 use pillowtop::pg::Pg;
 use pillowtop::processor::elasticsearch::ElasticsearchConfig;
 use pillowtop::testing::{env_or, unique_name};
@@ -340,11 +349,6 @@ async fn phases(
             cpu: Some(cpu),
         });
     }
-    let best_direct = rows
-        .iter()
-        .filter(|r| r.label.starts_with("direct loader"))
-        .map(|r| r.docs as f64 / r.time.as_secs_f64())
-        .fold(0.0, f64::max);
 
     // The reindex, behind an alias.
     let mut swaps = Vec::new();
@@ -372,11 +376,13 @@ async fn phases(
             pg: pg.clone(),
             processor: format!("ElasticsearchProcessor({old})"),
             pillow: pillow.clone(),
-            config,
+            sink: ReindexSink::Elasticsearch {
+                config,
+                transform: None,
+            },
             topics: Vec::new(),
             kafka: None,
             stop: CancellationToken::new(),
-            transform: None,
         };
         let mut options = ReindexOptions::new(SqlSource {
             table: table.to_owned(),
@@ -418,16 +424,29 @@ async fn phases(
         });
     }
 
+    print_rows(&rows, "best direct loader");
+    println!("alias swap (one `_aliases` request): {swaps:?} ms");
+    table_phases(pg_url, pg, table, n, probe).await
+}
+
+/// The rows as a Markdown table, each rate beside the best rate of the rows labelled
+/// `direct…loader`.
+fn print_rows(rows: &[Row], best_label: &str) {
+    let best = rows
+        .iter()
+        .filter(|r| r.label.starts_with("direct") && r.label.contains("loader"))
+        .map(|r| r.docs as f64 / r.time.as_secs_f64())
+        .fold(0.0, f64::max);
     println!();
     println!(
-        "| phase | docs | seconds | docs/s | vs best direct loader | CPU-s per M docs: {} | total |",
+        "| phase | docs | seconds | docs/s | vs {best_label} | CPU-s per M docs: {} | total |",
         cpu::NAMES.join(" | ")
     );
     println!(
         "|---|---:|---:|---:|---:|{}---:|",
         "---:|".repeat(cpu::NAMES.len())
     );
-    for r in &rows {
+    for r in rows {
         let rate = r.docs as f64 / r.time.as_secs_f64();
         let per_m = |v: f64| v / r.docs as f64 * 1e6;
         let cpu_cols = r.cpu.map_or_else(
@@ -445,14 +464,208 @@ async fn phases(
             r.docs,
             r.time.as_secs_f64(),
             rate,
-            rate / best_direct * 100.0,
+            rate / best * 100.0,
             cpu_cols.join(" | ")
         );
     }
     println!();
-    println!("alias swap (one `_aliases` request): {swaps:?} ms");
+}
+
+/// The reporting table's columns (as the processor's definition and the direct loader have
+/// them).
+const COLUMNS: &str = r#"
+table = "TABLE"
+primary_key = ["doc_id"]
+columns = [
+  { name = "doc_id", type = "text", change = "id" },
+  { name = "domain", type = "text", path = "domain" },
+  { name = "xmlns", type = "text", path = "xmlns" },
+  { name = "user_id", type = "text", path = "form.meta.userID" },
+  { name = "age", type = "integer", path = "form.age" },
+  { name = "received_on", type = "timestamptz", path = "received_on" },
+]
+"#;
+
+const TABLE_SQL: &str = "(doc_id text PRIMARY KEY, domain text, xmlns text, user_id text, age integer, received_on timestamptz)";
+
+/// The direct COPY loader: `streams` tasks, each reading its slice of the source by id and
+/// sending each chunk of 1000 rows as one binary `COPY`.
+async fn direct_copy(
+    pg_url: &str,
+    source: &str,
+    target: &str,
+    streams: usize,
+) -> anyhow::Result<()> {
+    use futures::pin_mut;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::{ToSql, Type};
+    let bounds: Vec<String> = if streams > 1 {
+        let (c, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let fractions: Vec<f64> = (1..streams).map(|k| k as f64 / streams as f64).collect();
+        c.query_one(
+            &format!("SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY doc_id)::text[] FROM {source}"),
+            &[&fractions],
+        )
+        .await?
+        .get(0)
+    } else {
+        Vec::new()
+    };
+    let tasks: Vec<_> = (0..streams)
+        .map(|k| {
+            let (pg_url, source, target) = (pg_url.to_owned(), source.to_owned(), target.to_owned());
+            let lower = k.checked_sub(1).and_then(|b| bounds.get(b).cloned()).unwrap_or_default();
+            let upper = bounds.get(k).cloned();
+            tokio::spawn(async move {
+                let (c, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                let stmt = c
+                    .prepare(&format!(
+                        "SELECT doc_id, doc::text FROM {source} WHERE doc_id > $1 AND ($2::text IS NULL OR doc_id <= $2) ORDER BY doc_id LIMIT 1000"
+                    ))
+                    .await?;
+                let copy = format!("COPY {target} FROM STDIN (FORMAT binary)");
+                let types = [Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::INT4, Type::TIMESTAMPTZ];
+                let mut last = lower;
+                loop {
+                    let rows = c.query(&stmt, &[&last, &upper]).await?;
+                    let Some(r) = rows.last() else {
+                        return anyhow::Ok(());
+                    };
+                    last = r.get(0);
+                    let sink = c.copy_in(copy.as_str()).await?;
+                    let writer = BinaryCopyInWriter::new(sink, &types);
+                    pin_mut!(writer);
+                    for r in &rows {
+                        let (id, doc): (&str, &str) = (r.get(0), r.get(1));
+                        let v: Value = serde_json::from_str(doc)?;
+                        let text = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+                        let age = v
+                            .pointer("/form/age")
+                            .and_then(Value::as_i64)
+                            .and_then(|a| i32::try_from(a).ok());
+                        let received = text("/received_on")
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                            .map(|t| t.with_timezone(&chrono::Utc));
+                        let values: [&(dyn ToSql + Sync); 6] = [
+                            &id,
+                            &text("/domain"),
+                            &text("/xmlns"),
+                            &text("/form/meta/userID"),
+                            &age,
+                            &received,
+                        ];
+                        writer.as_mut().write(&values).await?;
+                    }
+                    writer.finish().await?;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
     Ok(())
 }
+
+async fn table_phases(
+    pg_url: &str,
+    pg: &Arc<Pg>,
+    source: &str,
+    n: usize,
+    probe: &cpu::Probe,
+) -> anyhow::Result<()> {
+    let (c, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let count = |t: String| {
+        let c = &c;
+        async move {
+            let n: i64 = c
+                .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                .await?
+                .get(0);
+            anyhow::Ok(usize::try_from(n).unwrap_or(0))
+        }
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    for streams in [1, 2] {
+        let target = unique_name("bench_reindex_copy");
+        c.batch_execute(&format!("CREATE TABLE {target} {TABLE_SQL}"))
+            .await?;
+        let (time, cpu) =
+            cpu::measure(probe, || direct_copy(pg_url, source, &target, streams)).await?;
+        let got = count(target.clone()).await?;
+        c.batch_execute(&format!("DROP TABLE {target}")).await?;
+        anyhow::ensure!(got == n, "direct COPY loader: {got} rows of {n}");
+        rows.push(Row {
+            label: format!("direct COPY loader (read + binary `COPY`), {streams} stream(s)"),
+            docs: n,
+            time,
+            cpu: Some(cpu),
+        });
+    }
+    let mut swaps = Vec::new();
+    for slices in [1, 2] {
+        let table = unique_name("bench_reindex_table");
+        c.batch_execute(&format!("CREATE TABLE {table} {TABLE_SQL}"))
+            .await?;
+        let def: pillowtop::processor::postgres::TableDefinition =
+            toml::from_str(&COLUMNS.replace("TABLE", &table))?;
+        let pillow = unique_name("bench_reindex_pillow");
+        let r = Reindexer {
+            pg: pg.clone(),
+            processor: format!("postgres-table:{table}"),
+            pillow: pillow.clone(),
+            sink: ReindexSink::Table(def),
+            topics: Vec::new(),
+            kafka: None,
+            stop: CancellationToken::new(),
+        };
+        let mut options = ReindexOptions::new(SqlSource {
+            table: source.to_owned(),
+            id_column: "doc_id".into(),
+            doc_column: "doc".into(),
+        });
+        options.slices = slices;
+        options.keep_old_secs = 0;
+        let mut run = None;
+        let (time, cpu) = cpu::measure(probe, || async {
+            run = Some(r.start(&options, true, &|_| {}).await?);
+            Ok(())
+        })
+        .await?;
+        let run = run.expect("a run");
+        let backfill = between(&run.log, "backfill", "verify")
+            .ok_or_else(|| anyhow::anyhow!("no backfill step in the run's log: {}", run.log))?;
+        let got = count(table.clone()).await?;
+        c.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await?;
+        delete_runs(pg_url, &pillow).await?;
+        anyhow::ensure!(
+            got == n && run.step.as_str() == "done",
+            "table reindex: {got} rows of {n}, step {}",
+            run.step.as_str()
+        );
+        swaps.push(run.verify["swap_ms"].as_u64().unwrap_or(0));
+        rows.push(Row {
+            label: format!("table reindex backfill, {slices} slice(s)"),
+            docs: n,
+            time: backfill,
+            cpu: None,
+        });
+        rows.push(Row {
+            label: format!("table reindex whole run (create … verify, swap, drop), {slices} slice(s)"),
+            docs: n,
+            time,
+            cpu: Some(cpu),
+        });
+    }
+    print_rows(&rows, "best direct COPY loader");
+    println!("table swap (two renames and a view, one transaction): {swaps:?} ms");
+    Ok(())
+}
+
 
 async fn delete_runs(pg_url: &str, pillow: &str) -> anyhow::Result<()> {
     let (c, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await?;

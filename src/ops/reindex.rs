@@ -881,7 +881,21 @@ fn source_change(id: String, document: Document, size: usize) -> Change {
 
 impl Reindexer {
     fn row_change(&self, id: String, doc: String, index: &str) -> Result<Change> {
-        source_row(id, doc, index, matches!(self.sink, ReindexSink::Table(_)))
+        // A table whose columns come from the change's domain or document type needs them in
+        // the metadata (one more read of the document's text).
+        let meta = match &self.sink {
+            ReindexSink::Table(def) => def.columns.iter().any(|c| {
+                matches!(
+                    c.change,
+                    Some(
+                        crate::processor::postgres::ChangeField::Domain
+                            | crate::processor::postgres::ChangeField::DocumentType
+                    )
+                )
+            }),
+            ReindexSink::Elasticsearch { .. } => false,
+        };
+        source_row(id, doc, index, meta)
     }
 
     fn options(run: &ReindexRun) -> Result<ReindexOptions> {
@@ -1047,23 +1061,17 @@ impl Reindexer {
             from = src.from(),
             limit = opts.chunk_size.max(1),
         );
-        loop {
-            if self.stop.is_cancelled() {
-                return Err(Error::ShutdownRequested(format!(
-                    "reindex run {} stopped during the backfill (slice {slice} after {:?}); `pillowtop reindex resume` carries it on",
-                    run.id, last
-                )));
-            }
-            let rows = self
-                .pg
-                .run(
-                    &format!("reading the source table {} for the backfill", src.table),
-                    |c| {
-                        let (sql, last, upper, params) =
-                            (sql.clone(), last.clone(), upper.clone(), params.clone());
+        let what = format!("reading the source table {} for the backfill", src.table);
+        let read = |after: Option<String>| {
+            let (sql, upper, params, what) = (&sql, &upper, &params, &what);
+            async move {
+                self.pg
+                    .run(what, |c| {
+                        let (sql, after, upper, params) =
+                            (sql.clone(), after.clone(), upper.clone(), params.clone());
                         async move {
                             let mut p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                                vec![&last, &upper];
+                                vec![&after, &upper];
                             p.extend(
                                 params
                                     .iter()
@@ -1073,29 +1081,66 @@ impl Reindexer {
                                 .await
                                 .map_err(err("reading the source table for the backfill"))
                         }
-                    },
-                )
-                .await?;
+                    })
+                    .await
+            }
+        };
+        // The progress is recorded about once a second (and at the slice's end): a resumed
+        // run copies again at most a second's chunks, which the create-only writes make
+        // harmless.
+        let key = slice.to_string();
+        let save = |last: &str, slice_done: u64, failures: &[Value]| {
+            let value = json!({"last_id": last, "done": slice_done, "failures": failures});
+            let key = &key;
+            async move { store::set_progress(&self.pg, run.id, key, &value).await }
+        };
+        let mut saved = (Instant::now(), true);
+        let mut rows = read(last.clone()).await?;
+        loop {
+            if self.stop.is_cancelled() {
+                if let (Some(l), false) = (&last, saved.1) {
+                    save(l, slice_done, &failures).await?;
+                }
+                return Err(Error::ShutdownRequested(format!(
+                    "reindex run {} stopped during the backfill (slice {slice} after {:?}); `pillowtop reindex resume` carries it on",
+                    run.id, last
+                )));
+            }
             let Some(last_row) = rows.last() else {
+                if let (Some(l), false) = (&last, saved.1) {
+                    save(l, slice_done, &failures).await?;
+                }
                 return Ok(());
             };
             let next_last: String = last_row.get(0);
-            let mut changes = rows
-                .iter()
-                .map(|r| self.row_change(r.get(0), r.get(1), &run.new_index))
-                .collect::<Result<Vec<_>>>()?;
-            let outcome = writer.process_changes_chunk(&mut changes).await?;
-            note_failures(run, &changes, outcome, &mut failures);
-            slice_done += changes.len() as u64;
-            done.fetch_add(changes.len() as u64, Ordering::Relaxed);
-            store::set_progress(
-                &self.pg,
-                run.id,
-                &slice.to_string(),
-                &json!({"last_id": next_last, "done": slice_done, "failures": failures}),
-            )
-            .await?;
+            let mut changes = Vec::with_capacity(rows.len());
+            for r in &rows {
+                match self.row_change(r.get(0), r.get(1), &run.new_index) {
+                    Ok(c) => changes.push(c),
+                    // A document that is not JSON is recorded, and the backfill goes on.
+                    Err(e) => note_failures(
+                        run,
+                        &[source_change(r.get(0), Document::Known(None), 0)],
+                        Err(crate::processor::ProcessorFailure::new("ValueError", e.to_string())),
+                        &mut failures,
+                    ),
+                }
+            }
+            // The next chunk is read while this one is written.
+            let (outcome, next) = tokio::join!(
+                writer.process_changes_chunk(&mut changes),
+                read(Some(next_last.clone()))
+            );
+            note_failures(run, &changes, outcome?, &mut failures);
+            slice_done += rows.len() as u64;
+            done.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            saved.1 = false;
+            if saved.0.elapsed() >= Duration::from_secs(1) {
+                save(&next_last, slice_done, &failures).await?;
+                saved = (Instant::now(), true);
+            }
             last = Some(next_last);
+            rows = next?;
             report(false);
         }
     }
