@@ -24,6 +24,7 @@
 //! source .services/env
 //! cargo bench --profile ci --features testing --bench reindex
 //! PILLOWTOP_BENCH_DOCS=20000 cargo bench --features testing --bench reindex   # smoke
+//! PILLOWTOP_BENCH_ONLY=table …   # the table's phases only
 //! ```
 #![allow(
     clippy::print_stdout,
@@ -292,6 +293,9 @@ async fn phases(
     n: usize,
     probe: &cpu::Probe,
 ) -> anyhow::Result<()> {
+    if std::env::var("PILLOWTOP_BENCH_ONLY").is_ok_and(|v| v == "table") {
+        return table_phases(pg_url, pg, table, n, probe).await;
+    }
     let mut rows: Vec<Row> = Vec::new();
     // The direct loaders.
     for streams in [1, 2] {
@@ -655,7 +659,9 @@ async fn table_phases(
             cpu: None,
         });
         rows.push(Row {
-            label: format!("table reindex whole run (create … verify, swap, drop), {slices} slice(s)"),
+            label: format!(
+                "table reindex whole run (create … verify, swap, drop), {slices} slice(s)"
+            ),
             docs: n,
             time,
             cpu: Some(cpu),
@@ -665,7 +671,6 @@ async fn table_phases(
     println!("table swap (two renames and a view, one transaction): {swaps:?} ms");
     Ok(())
 }
-
 
 async fn delete_runs(pg_url: &str, pillow: &str) -> anyhow::Result<()> {
     let (c, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await?;

@@ -670,6 +670,15 @@ def list_kafka_topics(
     return listed
 
 
+def _reindex_names(p: Any) -> tuple[str | None, ...]:
+    """Return the names a rebuildable ``RustProcessor`` goes by (index, alias, table, name)."""
+    c = p.config or {}
+    if p.kind == "postgres_table":
+        label = f"{c['schema']}.{c.get('table')}" if c.get("schema") else c.get("table")
+        return (c.get("table"), label, f"postgres-table:{label}")
+    return (c.get("index"), c.get("alias"), f"ElasticsearchProcessor({c.get('index')})")
+
+
 def reindex(
     pillow: Any,
     action: str = "start",
@@ -697,7 +706,9 @@ def reindex(
     json: bool = False,
     ui: Ui | None = None,
 ) -> int:
-    """Rebuild the index of an Elasticsearch ``RustProcessor`` of ``pillow`` while it runs.
+    """Rebuild an index or a reporting table of ``pillow`` while it runs.
+
+    The index of an Elasticsearch ``RustProcessor``, or the table of a ``postgres_table`` one.
 
     ``action``: ``"start"`` (preflight, a new index, dual-write by the live pillow, a backfill
     from ``source`` = ``(table, id_column, doc_column)``, verification, the alias swap; the old
@@ -705,31 +716,26 @@ def reindex(
     change of each document from the pillow's topics instead, from ``since_ms`` or the earliest
     retained, for changes that embed their documents), ``"resume"`` (carry the unfinished run
     on, after a crash or once the keep window has passed), ``"rollback"``, ``"abort"`` or
-    ``"status"``. ``processor`` chooses among several Elasticsearch processors (by index or
-    alias). Returns the exit status: 0 done, dry run or waiting for the keep window; 1 a
-    question was declined; 7 the verification found differences (the old index still serves).
+    ``"status"``. A table is rebuilt as a new table beside it, swapped in by renames in one
+    transaction (the configured name stays; the old version is kept as ``{table}_o{timestamp}``);
+    ``from_kafka`` is for indices only. ``processor`` chooses among several such processors (by
+    index, alias, table or the name the pillow reports). Returns the exit status: 0 done, dry run
+    or waiting for the keep window; 1 a question was declined; 7 the verification found
+    differences (the old version still serves).
     Refusals raise :class:`~pillowtop_rs.exceptions.OperationRefused`.
     """
     candidates = [
         p
         for p in pillow.processors
-        if isinstance(p, _native.RustProcessor) and p.kind == "elasticsearch"
+        if isinstance(p, _native.RustProcessor) and p.kind in ("elasticsearch", "postgres_table")
     ]
     if processor is not None:
-        candidates = [
-            p
-            for p in candidates
-            if processor
-            in (
-                (c := p.config or {}).get("index"),
-                c.get("alias"),
-                f"ElasticsearchProcessor({c.get('index')})",
-            )
-        ]
+        candidates = [p for p in candidates if processor in _reindex_names(p)]
     if len(candidates) != 1:
         raise ConfigurationError(
-            f"pillow {pillow.name} has {len(candidates)} matching elasticsearch RustProcessors"
-            f"{'' if processor is None else f' for {processor!r}'}: reindex needs exactly one"
+            f"pillow {pillow.name} has {len(candidates)} matching elasticsearch or postgres_table"
+            f" RustProcessors{'' if processor is None else f' for {processor!r}'}:"
+            " reindex needs exactly one"
         )
     return _native.reindex(
         ui or StdioUi(),

@@ -880,6 +880,32 @@ fn source_change(id: String, document: Document, size: usize) -> Change {
 }
 
 impl Reindexer {
+    /// The changes of source rows (id, document text); a document that is not JSON is recorded
+    /// in `failures`, and the backfill goes on.
+    fn row_changes(
+        &self,
+        run: &ReindexRun,
+        rows: &[tokio_postgres::Row],
+        failures: &mut Vec<Value>,
+    ) -> Vec<Change> {
+        let mut changes = Vec::with_capacity(rows.len());
+        for r in rows {
+            match self.row_change(r.get(0), r.get(1), &run.new_index) {
+                Ok(c) => changes.push(c),
+                Err(e) => note_failures(
+                    run,
+                    &[source_change(r.get(0), Document::Known(None), 0)],
+                    Err(crate::processor::ProcessorFailure::new(
+                        "ValueError",
+                        e.to_string(),
+                    )),
+                    failures,
+                ),
+            }
+        }
+        changes
+    }
+
     fn row_change(&self, id: String, doc: String, index: &str) -> Result<Change> {
         // A table whose columns come from the change's domain or document type needs them in
         // the metadata (one more read of the document's text).
@@ -1062,10 +1088,12 @@ impl Reindexer {
             limit = opts.chunk_size.max(1),
         );
         let what = format!("reading the source table {} for the backfill", src.table);
+        // Each slice reads on a connection of its own (the slices' reads go on in parallel).
+        let source = self.pg.sibling();
         let read = |after: Option<String>| {
-            let (sql, upper, params, what) = (&sql, &upper, &params, &what);
+            let (sql, upper, params, what, source) = (&sql, &upper, &params, &what, &source);
             async move {
-                self.pg
+                source
                     .run(what, |c| {
                         let (sql, after, upper, params) =
                             (sql.clone(), after.clone(), upper.clone(), params.clone());
@@ -1113,19 +1141,7 @@ impl Reindexer {
                 return Ok(());
             };
             let next_last: String = last_row.get(0);
-            let mut changes = Vec::with_capacity(rows.len());
-            for r in &rows {
-                match self.row_change(r.get(0), r.get(1), &run.new_index) {
-                    Ok(c) => changes.push(c),
-                    // A document that is not JSON is recorded, and the backfill goes on.
-                    Err(e) => note_failures(
-                        run,
-                        &[source_change(r.get(0), Document::Known(None), 0)],
-                        Err(crate::processor::ProcessorFailure::new("ValueError", e.to_string())),
-                        &mut failures,
-                    ),
-                }
-            }
+            let mut changes = self.row_changes(run, &rows, &mut failures);
             // The next chunk is read while this one is written.
             let (outcome, next) = tokio::join!(
                 writer.process_changes_chunk(&mut changes),

@@ -443,8 +443,8 @@ async fn a_table_reindex_killed_at_random_moments_and_resumed_ends_equal_to_the_
     assert!(status.success(), "the last resume failed ({status}): {log}");
     assert!(changes > 0, "no changes were published during the rebuild");
     eprintln!("table reindex: {kills} SIGKILLs, {changes} changes published during the rebuild");
-    let (step, old, new) = s.run().await;
-    assert_eq!(step, "swapped", "{log}");
+    let (at, old, new) = s.run().await;
+    assert_eq!(at, "swapped", "{log}");
     // The configured name is the rebuilt version now; the old one is kept and still written; the
     // view the swap left (a lagging process's second target) reads the old one.
     assert_eq!(s.kind(&s.table).await, "r");

@@ -216,17 +216,22 @@ impl Version for TableVersion {
         options: &ReindexOptions,
     ) -> std::result::Result<(String, String, String), String> {
         let ts = Utc::now().format("%Y%m%d%H%M%S").to_string();
+        // Within PostgreSQL's 63 bytes: a long table name is cut (the timestamp keeps the
+        // versions apart).
+        let mut cut = serving.len().min(63 - 2 - ts.len());
+        while !serving.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let base = &serving[..cut];
         let new = options
             .new_index
             .clone()
-            .unwrap_or_else(|| format!("{serving}_r{ts}"));
-        let old = format!("{serving}_o{ts}");
-        for n in [&new, &old] {
-            if n.len() > 63 {
-                return Err(format!(
-                    "the table version name {n:?} is longer than PostgreSQL's 63 bytes: give a shorter one (--new-index)"
-                ));
-            }
+            .unwrap_or_else(|| format!("{base}_r{ts}"));
+        let old = format!("{base}_o{ts}");
+        if new.len() > 63 {
+            return Err(format!(
+                "the table version name {new:?} is longer than PostgreSQL's 63 bytes: give a shorter one (--new-index)"
+            ));
         }
         Ok((old, new, serving.to_owned()))
     }
@@ -425,12 +430,12 @@ impl Version for TableVersion {
         let kinds = self.kinds(&[t, new, old]).await?;
         let kind = |n: &str| kinds.get(n).map(String::as_str);
         if !(kind(new) == Some("r") && kind(old) == Some("v")) {
-            let mut sql = String::new();
+            let mut sql = Vec::new();
             if kind(new) == Some("v") {
-                sql.push_str(&format!("DROP VIEW {}; ", self.qualified(new)));
+                sql.push(format!("DROP VIEW {}", self.qualified(new)));
             }
             if kind(old) == Some("r") {
-                sql.push_str(&format!(
+                sql.push(format!(
                     "ALTER TABLE {tq} RENAME TO {n}; ALTER TABLE {oq} RENAME TO {t}; CREATE VIEW {oq} AS SELECT * FROM {nq}",
                     tq = self.qualified(t),
                     n = quote_ident(new),
@@ -440,12 +445,13 @@ impl Version for TableVersion {
                 ));
             } else {
                 // A preindex: there is no old version; the rebuilt one stops serving.
-                sql.push_str(&format!(
+                sql.push(format!(
                     "ALTER TABLE {} RENAME TO {}",
                     self.qualified(t),
                     quote_ident(new)
                 ));
             }
+            let sql = sql.join("; ");
             self.transaction(&format!("swapping table {} back", self.label(t)), &sql)
                 .await?;
         }
@@ -475,5 +481,84 @@ impl Version for TableVersion {
             &sql.join("; "),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(extra: &str) -> TableVersion {
+        let def: TableDefinition = toml::from_str(&format!(
+            r#"
+            table = "xform"
+            primary_key = ["doc_id"]
+            columns = [
+              {{ name = "doc_id", type = "text", change = "id" }},
+              {{ name = "n", type = "integer", path = "form.n" }},
+              {extra}
+            ]
+            "#
+        ))
+        .expect("parses");
+        TableVersion::new(&def, &Arc::new(Pg::new("postgres://unused")))
+    }
+
+    fn options() -> ReindexOptions {
+        ReindexOptions::new(super::super::SqlSource {
+            table: "docs".into(),
+            id_column: "id".into(),
+            doc_column: "doc".into(),
+        })
+    }
+
+    #[test]
+    fn the_table_keeps_its_name_and_the_versions_are_named_after_it() {
+        let v = version("");
+        let (old, new, alias) = v.names("xform", &options()).expect("names");
+        assert_eq!(alias, "xform");
+        assert!(
+            new.starts_with("xform_r") && new.len() == "xform_r".len() + 14,
+            "{new}"
+        );
+        assert_eq!(old, format!("xform_o{}", &new["xform_r".len()..]));
+        assert_eq!(v.serving(None), "xform");
+        let mut o = options();
+        o.new_index = Some("x".repeat(64));
+        assert!(v
+            .names("xform", &o)
+            .expect_err("refused")
+            .contains("63 bytes"));
+        let long = "é".repeat(31); // 62 bytes
+        let (old, new, _) = v.names(&long, &options()).expect("names");
+        assert!(old.len() <= 63 && new.len() <= 63, "{old} {new}");
+        assert!(
+            new.starts_with(&"é".repeat(23)) && new.contains("_r"),
+            "{new}"
+        );
+    }
+
+    #[test]
+    fn what_a_rebuild_cannot_reproduce_is_refused_with_its_reason() {
+        assert_eq!(version("").check(&options()), Ok(()));
+        let e = version(r#"{ name = "off", type = "bigint", change = "offset" },"#)
+            .check(&options())
+            .expect_err("refused");
+        assert!(
+            e.contains("column off") && e.contains("Kafka position"),
+            "{e}"
+        );
+        let mut o = options();
+        o.from_kafka = Some(super::super::KafkaBackfill { since_ms: None });
+        assert!(version("")
+            .check(&o)
+            .expect_err("refused")
+            .contains("from Kafka"));
+        let mut def = version("").def;
+        def.primary_key = vec!["n".into()];
+        let e = TableVersion::new(&def, &Arc::new(Pg::new("postgres://unused")))
+            .check(&options())
+            .expect_err("refused");
+        assert!(e.contains("primary key"), "{e}");
     }
 }

@@ -245,9 +245,11 @@ impl Writer {
     }
 
     /// Runs the chunk's deletes and upserts on `c`, inside the caller's transaction, which was
-    /// opened just before (by [`Writer::prelude`] with the same `plan`). `restart` undoes
-    /// everything the chunk did and starts it again (`ROLLBACK; BEGIN`, or back to the chunk's
-    /// savepoint): `copy_first` runs it when COPY into the table fails.
+    /// opened just before (by [`Writer::prelude`] with the same `plan`), or none for a
+    /// `copy_first` chunk of new rows alone (see [`TableSink::write_planned`]). `restart` undoes
+    /// everything the chunk did and starts it again (`ROLLBACK; BEGIN`, back to the chunk's
+    /// savepoint, or `BEGIN` without a transaction): `copy_first` runs it when COPY into the
+    /// table fails. Returns whether it did (and merged).
     pub(crate) async fn write(
         &self,
         c: &Client,
@@ -255,7 +257,7 @@ impl Writer {
         plan: Plan,
         payload: Option<&Bytes>,
         restart: &str,
-    ) -> std::result::Result<(), tokio_postgres::Error> {
+    ) -> std::result::Result<bool, tokio_postgres::Error> {
         let mut merge = plan == Plan::CopyMerge;
         if plan == Plan::CopyFirst {
             let payload = payload.expect("copy_first encodes its payload");
@@ -281,13 +283,14 @@ impl Writer {
                 keys.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
             c.execute(self.delete.as_str(), &params).await?;
         }
+        let restarted = plan == Plan::CopyFirst && merge;
         if chunk.upserts.is_empty() || (plan == Plan::CopyFirst && !merge) {
-            return Ok(());
+            return Ok(restarted);
         }
         if merge {
             let payload = payload.expect("copy_merge encodes its payload");
             copy_bytes(c, &self.copy, payload).await?;
-            return c.batch_execute(&self.merge).await;
+            return c.batch_execute(&self.merge).await.map(|()| restarted);
         }
         match self.method {
             WriteMethod::InsertValues => {
@@ -311,7 +314,7 @@ impl Writer {
                 unreachable!("planned as a COPY")
             }
         }
-        Ok(())
+        Ok(restarted)
     }
 
     fn insert_values_sql(&self, rows: usize) -> String {
@@ -400,12 +403,12 @@ async fn write_versions(
     plan: Plan,
     payload: Option<&Bytes>,
     restart: &str,
-) -> std::result::Result<(), tokio_postgres::Error> {
-    primary.write(c, chunk, plan, payload, restart).await?;
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let mut restarted = primary.write(c, chunk, plan, payload, restart).await?;
     for w in also {
-        w.write(c, chunk, plan, payload, restart).await?;
+        restarted |= w.write(c, chunk, plan, payload, restart).await?;
     }
-    Ok(())
+    Ok(restarted)
 }
 
 /// How one chunk's upserts are written (decided by [`Writer::plan`]).
@@ -632,7 +635,12 @@ impl PgTableProcessor {
         Ok(())
     }
 
-    fn offsets(changes: &[Change]) -> Vec<(TopicPartition, i64)> {
+    /// The newest offset of each partition in `changes`: what an exactly-once write stages
+    /// with its rows (nothing for an at-least-once target, whose checkpoint the pillow writes).
+    fn offsets(&self, changes: &[Change]) -> Vec<(TopicPartition, i64)> {
+        if matches!(self.sink.target, Target::Shared(_)) {
+            return Vec::new();
+        }
         let mut out: Vec<(TopicPartition, i64)> = Vec::new();
         for c in changes {
             match out
@@ -744,6 +752,59 @@ impl TableSink {
         Ok(*found)
     }
 
+    /// [`Self::write_planned`] on an at-least-once target: a transaction of its own.
+    async fn write_shared(
+        &self,
+        pg: &Pg,
+        chunk: &EncodedChunk,
+        what: &str,
+        plan: Plan,
+        payload: Option<&Bytes>,
+        also: &[Writer],
+    ) -> Result<std::result::Result<(), String>> {
+        // New rows alone into one table: the COPY is a transaction of its own (two
+        // round trips fewer a chunk); should it fail, the merge opens one.
+        let alone = plan == Plan::CopyFirst && chunk.deletes.is_empty() && also.is_empty();
+        let (begin, restart) = if alone {
+            (String::new(), "BEGIN")
+        } else {
+            (
+                prelude(&self.writer, also, "BEGIN", plan),
+                "ROLLBACK; BEGIN",
+            )
+        };
+        pg.run(what, |c| {
+            let (what, begin) = (what.to_owned(), &begin);
+            async move {
+                if !alone {
+                    c.batch_execute(begin).await.map_err(err(what.clone()))?;
+                }
+                let result =
+                    match write_versions(&self.writer, also, &c, chunk, plan, payload, restart)
+                        .await
+                    {
+                        Ok(false) if alone => Ok(()),
+                        Ok(_) => c.batch_execute("COMMIT").await,
+                        Err(e) => Err(e),
+                    };
+                match result {
+                    Ok(()) => Ok(Ok(())),
+                    Err(e) => {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                        let message = describe(&e);
+                        let e: crate::Error = PostgresError::query(what, e).into();
+                        if is_retriable(&e) {
+                            Err(e)
+                        } else {
+                            Ok(Err(message))
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
     /// [`Self::write`] once the chunk's plan is made and its COPY rows are encoded.
     async fn write_planned(
         &self,
@@ -756,41 +817,8 @@ impl TableSink {
     ) -> Result<std::result::Result<(), String>> {
         match &self.target {
             Target::Shared(pg) => {
-                let begin = prelude(&self.writer, also, "BEGIN", plan);
-                pg.run(what, |c| {
-                    let (what, begin) = (what.to_owned(), &begin);
-                    async move {
-                        c.batch_execute(begin).await.map_err(err(what.clone()))?;
-                        let result = match write_versions(
-                            &self.writer,
-                            also,
-                            &c,
-                            chunk,
-                            plan,
-                            payload,
-                            "ROLLBACK; BEGIN",
-                        )
-                        .await
-                        {
-                            Ok(()) => c.batch_execute("COMMIT").await,
-                            Err(e) => Err(e),
-                        };
-                        match result {
-                            Ok(()) => Ok(Ok(())),
-                            Err(e) => {
-                                let _ = c.batch_execute("ROLLBACK").await;
-                                let message = describe(&e);
-                                let e: crate::Error = PostgresError::query(what, e).into();
-                                if is_retriable(&e) {
-                                    Err(e)
-                                } else {
-                                    Ok(Err(message))
-                                }
-                            }
-                        }
-                    }
-                })
-                .await
+                self.write_shared(pg, chunk, what, plan, payload, also)
+                    .await
             }
             Target::ExactlyOnce(session) => {
                 let mut st = session.lock().await?;
@@ -813,7 +841,7 @@ impl TableSink {
                     )
                     .await
                     {
-                        Ok(()) => c
+                        Ok(_) => c
                             .batch_execute("RELEASE SAVEPOINT pillowtop_chunk")
                             .await
                             .map_err(|e| (true, e)),
@@ -994,7 +1022,7 @@ impl Processor for PgTableProcessor {
         }
         // Gathered rows go first, so that a row's writes stay in order.
         self.drain().await?;
-        let offsets = Self::offsets(std::slice::from_ref(change));
+        let offsets = self.offsets(std::slice::from_ref(change));
         Ok(self
             .sink
             .write(&chunk, offsets)
@@ -1012,7 +1040,7 @@ impl Processor for PgTableProcessor {
         }
         let chunk = self.encoder.encode_chunk(changes);
         let rows = chunk.upserts.len() + chunk.deletes.len();
-        match self.sink.write(&chunk, Self::offsets(changes)).await? {
+        match self.sink.write(&chunk, self.offsets(changes)).await? {
             Ok(()) => Ok(Ok(ChunkOutcome {
                 retry: chunk.missing,
                 errors: chunk.errors,

@@ -177,3 +177,68 @@ def test_reindex_applies_the_processors_python_transform(
             es(elasticsearch_url, "DELETE", f"/{new}")
         except urllib.error.HTTPError:
             pass
+
+
+def test_reindex_rebuilds_a_postgres_table_processors_table_under_its_own_name(
+    kafka_bootstrap: str,
+    postgres_url: str,
+    topic: str,
+    db: psycopg.Connection[Any],
+    unique_name: str,
+) -> None:
+    """``ops.reindex`` of a ``postgres_table`` ``RustProcessor`` (chosen by its table among two
+    processors): the rebuilt table, made from the definition, replaces the stale one under the
+    configured name; the definition's filter leaves a document out; the old version is dropped
+    once its (zero) keep window has passed."""
+    from pillowtop_rs import ops
+
+    short = f"t_{unique_name[-8:]}"
+    source, report = f"{short}_src", f"{short}_report"
+    db.execute(f"CREATE TABLE {source} (doc_id text PRIMARY KEY, doc jsonb NOT NULL)")
+    db.execute(
+        f"INSERT INTO {source} SELECT 'f' || i, jsonb_build_object('_id', 'f' || i, "  # noqa: S608
+        "'domain', CASE WHEN i = 7 THEN 'other' ELSE 'd' END, 'n', i) FROM generate_series(0, 39) i"
+    )
+    # The serving table is stale: two rows with old values, made before a column was defined.
+    db.execute(f"CREATE TABLE {report} (doc_id text PRIMARY KEY, n integer)")
+    db.execute(f"INSERT INTO {report} VALUES ('f1', -1), ('f2', -2)")
+    definition = {
+        "table": report,
+        "primary_key": ["doc_id"],
+        "filter": {"equals": {"domain": "d"}},
+        "columns": [
+            {"name": "doc_id", "type": "text", "change": "id"},
+            {"name": "n", "type": "integer", "path": "n"},
+            {"name": "n_text", "type": "text", "path": "n"},
+        ],
+    }
+    other = RustProcessor("postgres_table", {**definition, "table": f"{short}_other"})
+    pillow = Pillow(unique_name, [topic], [other, RustProcessor("postgres_table", definition)])
+    ui = _Lines()
+    try:
+        status = ops.reindex(
+            pillow,
+            "start",
+            processor=report,
+            postgres_url=postgres_url,
+            kafka_bootstrap=kafka_bootstrap,
+            source=(source, "doc_id", "doc"),
+            keep_old=0,
+            noinput=True,
+            ui=ui,
+        )
+        text = "\n".join(ui.lines)
+        assert status == 0, text
+        assert "step done" in text, text
+        rows = dict(db.execute(f"SELECT doc_id, (n, n_text)::text FROM {report}").fetchall())  # noqa: S608
+        assert set(rows) == {f"f{i}" for i in range(40)} - {"f7"}, "the filter leaves f7 out"
+        assert rows["f1"] == "(1,1)" and rows["f30"] == "(30,30)"
+        left = db.execute(
+            "SELECT relname FROM pg_class WHERE relname LIKE %s AND relname <> %s",
+            (f"{report}%", report),
+        ).fetchall()
+        assert [r for r in left if not r[0].endswith("_pkey")] == [], left
+    finally:
+        db.execute(f"DROP TABLE IF EXISTS {source}")
+        db.execute(f"DROP TABLE IF EXISTS {report}")
+        db.execute("DELETE FROM pillowtop_rs_reindex WHERE pillow = %s", (unique_name,))

@@ -1,4 +1,6 @@
-"""``ptop_reindexer_v2 <pillow_name>``: rebuild a pillow's Elasticsearch index while it runs.
+"""``ptop_reindexer_v2 <pillow_name>``: rebuild a pillow's index or reporting table while it runs.
+
+The index of an Elasticsearch processor, or the table of a ``postgres_table`` processor.
 
 CommCare's ``ptop_reindexer_v2`` rebuilds an index from the primary database, resumably
 (``--reset`` starts over), in chunks (``--chunksize``), restricted by ``--domain`` and
@@ -13,7 +15,8 @@ there belongs to one pillow's index). The source is the table the documents are 
 ``--source-table`` with ``--id-column`` and ``--doc-column`` (a JSON column), or ``--model
 app_label.ModelName`` (``--id-field``, default the primary key): each row's fields are the
 document, as ``ModelDocumentStore`` reads them. As in CommCare, a run that has not
-ended is resumed, not started again; ``--reset`` abandons it and starts anew.
+ended is resumed, not started again; ``--reset`` abandons it and starts anew. A reporting table
+is rebuilt beside itself and swapped in by renames in one transaction: its name stays.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ from pillowtop_rs.django import cli
 class Command(BaseCommand):
     """The management command (see the module docstring)."""
 
-    help = "Rebuild a pillow's Elasticsearch index without stopping the pillow"
+    help = "Rebuild a pillow's Elasticsearch index or reporting table without stopping the pillow"
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Declare the command line."""
         parser.add_argument("pillow_name")
         parser.add_argument(
-            "--processor", help="the Elasticsearch processor (index or alias), if several"
+            "--processor",
+            help="the Elasticsearch processor (index or alias) or postgres_table processor "
+            "(table), if several",
         )
         source = parser.add_mutually_exclusive_group()
         source.add_argument("--source-table", help="the table the documents are copied from")
