@@ -572,3 +572,213 @@ async fn a_table_rebuilt_after_a_definition_change_has_the_new_column_in_every_r
         "nothing writes the dropped version again"
     );
 }
+
+/// The swap's view: a process that wrote both versions before the swap and has not yet read
+/// the run again (it reads it about once a second) writes the configured name and the built
+/// version's former name, now a view over the old version, so the old version misses nothing;
+/// once it has read the swap it writes the old version by its own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_has_not_seen_the_swap_still_writes_both_versions_through_the_view() {
+    use std::sync::Arc;
+
+    use pillowtop::change::Change;
+    use pillowtop::ops::reindex::{ReindexOptions, ReindexSink, Reindexer, SqlSource};
+    use pillowtop::pg::Pg;
+    use pillowtop::processor::postgres::{PgTableProcessor, TableDefinition};
+    use pillowtop::processor::Processor;
+
+    let Some(pg_url) = crate::support::service("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = TestDb::new(&pg_url).await;
+    let pillow = db.id("rxt_view");
+    let _relations = Relations {
+        url: pg_url.clone(),
+        prefix: pillow.clone(),
+    };
+    let (source, table) = (format!("{pillow}_src"), format!("{pillow}_t"));
+    let c = db.pg.fresh_client().await.expect("client");
+    c.batch_execute(&format!(
+        "CREATE TABLE {source} (doc_id text PRIMARY KEY, doc jsonb NOT NULL);
+         INSERT INTO {source} SELECT 'doc-' || i, jsonb_build_object('n', i) FROM generate_series(1, 3000) i;"
+    ))
+    .await
+    .expect("source");
+    let def: TableDefinition = toml::from_str(&format!(
+        r#"
+        table = "{table}"
+        primary_key = ["doc_id"]
+        flush_max_rows = 0
+        columns = [
+          {{ name = "doc_id", type = "text", change = "id" }},
+          {{ name = "n", type = "integer", path = "n" }},
+        ]
+        "#
+    ))
+    .expect("definition");
+    // This test process is the pillow's one live process: the run waits for its acknowledgement.
+    c.execute(
+        "INSERT INTO pillowtop_rs_process (pillow_name, process_num, num_processes, checkpoint_id, hostname, pid, started_at, heartbeat_at) \
+         VALUES ($1, 0, 1, $1, $2, $3, now(), now())",
+        &[&pillow, &pillowtop::store::liveness::hostname(), &pillowtop::store::liveness::pid()],
+    )
+    .await
+    .expect("liveness row");
+    let pg = Arc::new(Pg::new(&pg_url));
+    let mut p = PgTableProcessor::new(def.clone(), pg.clone())
+        .expect("processor")
+        .with_reindex_watch(Arc::new(Pg::new(&pg_url)), &pillow);
+    p.bootstrap_if_needed().await.expect("table");
+    let name = p.name().to_owned();
+    let r = Reindexer {
+        pg: Arc::new(Pg::new(&pg_url)),
+        pillow: pillow.clone(),
+        processor: name,
+        sink: ReindexSink::Table(def),
+        topics: Vec::new(),
+        kafka: None,
+        stop: tokio_util::sync::CancellationToken::new(),
+    };
+    let mut options = ReindexOptions::new(SqlSource {
+        table: source.clone(),
+        id_column: "doc_id".into(),
+        doc_column: "doc".into(),
+    });
+    options.keep_old_secs = 3600;
+    options.chunk_size = 100;
+    // The run on a thread of its own (its progress callback is not `Sync`).
+    let run = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(r.start(&options, true, &|_| {}))
+    });
+
+    // New documents, written while the run goes on.
+    let mut written: Vec<String> = Vec::new();
+    let mut through_the_view = 0;
+    let mut swapped_at: Option<Instant> = None;
+    for i in 0.. {
+        let id = format!("live-{i}");
+        let msg = serde_json::json!({
+            "document_id": id, "data_source_type": "sql", "data_source_name": "t",
+            "document": {"n": i},
+        });
+        // As in production, the source has the document before its change is processed.
+        c.execute(
+            &format!("INSERT INTO {source} VALUES ($1, jsonb_build_object('n', $2::int))"),
+            &[&id, &i32::try_from(i).expect("small")],
+        )
+        .await
+        .expect("source row");
+        let mut changes =
+            vec![Change::from_message("t", 0, i, msg.to_string().as_bytes()).expect("change")];
+        let outcome = p
+            .process_changes_chunk(&mut changes)
+            .await
+            .expect("not fatal")
+            .expect("the chunk is written");
+        assert!(
+            outcome.errors.is_empty() && outcome.retry.is_empty(),
+            "{outcome:?}"
+        );
+        written.push(id);
+        // What the run's built version's name is now: a table, then (after the swap) a view.
+        let view: Option<String> = c
+            .query_opt(
+                "SELECT (SELECT relkind::text FROM pg_class WHERE oid = to_regclass(quote_ident(new_index))) \
+                 FROM pillowtop_rs_reindex WHERE pillow = $1 ORDER BY id DESC LIMIT 1",
+                &[&pillow],
+            )
+            .await
+            .expect("kind")
+            .and_then(|r| r.get(0));
+        let tables = p.tables();
+        if view.as_deref() == Some("v") {
+            swapped_at.get_or_insert_with(Instant::now);
+            if tables.len() == 2 && tables[1].contains("_r") {
+                through_the_view += 1; // written to the built version's name: the view
+            }
+            if swapped_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+                assert!(
+                    tables[1].contains("_o"),
+                    "the processor writes the old version by its own name once it has read the swap: {tables:?}"
+                );
+                break;
+            }
+        }
+        c.execute(
+            "UPDATE pillowtop_rs_process SET heartbeat_at = now() WHERE pillow_name = $1",
+            &[&pillow],
+        )
+        .await
+        .expect("heartbeat");
+        assert!(i < 20_000, "the run never swapped");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let done = tokio::task::spawn_blocking(move || run.join())
+        .await
+        .expect("joined")
+        .expect("the run's thread")
+        .expect("the run");
+    assert_eq!(done.step.as_str(), "swapped");
+    assert!(
+        through_the_view > 0,
+        "no chunk was written between the swap and the processor's next read of the run"
+    );
+    eprintln!("{through_the_view} chunks written through the swap's view");
+    // Both versions have every row the processor wrote.
+    for t in [&table, &done.old_index] {
+        let n: i64 = c
+            .query_one(
+                &format!("SELECT count(*) FROM \"{t}\" WHERE doc_id = ANY($1)"),
+                &[&written],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if n != written.len() as i64 {
+            let present: Vec<String> = c
+                .query(
+                    &format!("SELECT doc_id FROM \"{t}\" WHERE doc_id = ANY($1)"),
+                    &[&written],
+                )
+                .await
+                .expect("ids")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let missing: Vec<&String> = written.iter().filter(|w| !present.contains(w)).collect();
+            let mut elsewhere = String::new();
+            for other in [&table, &done.old_index, &done.new_index] {
+                let n: i64 = c
+                    .query_one(
+                        &format!("SELECT count(*) FROM \"{other}\" WHERE doc_id = ANY($1)"),
+                        &[&missing
+                            .iter()
+                            .map(|m| (*m).clone())
+                            .collect::<Vec<String>>()],
+                    )
+                    .await
+                    .map_or(-1, |r| r.get(0));
+                elsewhere.push_str(&format!("{other}: {n}; "));
+            }
+            panic!(
+                "table {t} misses {} of the {} rows the processor wrote ({:?} …; of those: {elsewhere}); the run: {} {}",
+                missing.len(),
+                written.len(),
+                &missing[..missing.len().min(10)],
+                done.verify,
+                done.log
+            );
+        }
+    }
+    let c2 = db.pg.fresh_client().await.expect("client");
+    c2.execute(
+        "DELETE FROM pillowtop_rs_process WHERE pillow_name = $1",
+        &[&pillow],
+    )
+    .await
+    .expect("liveness row removed");
+}

@@ -89,12 +89,12 @@ pub trait LivenessStore: Send + Sync {
 }
 
 /// This host's name, as liveness rows record it.
-pub(crate) fn hostname() -> String {
+pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
 /// This process's pid, as liveness rows record it.
-pub(crate) fn pid() -> i32 {
+pub fn pid() -> i32 {
     i32::try_from(std::process::id()).unwrap_or(i32::MAX)
 }
 
