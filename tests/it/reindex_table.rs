@@ -579,6 +579,7 @@ async fn a_table_rebuilt_after_a_definition_change_has_the_new_column_in_every_r
 /// once it has read the swap it writes the old version by its own name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_has_not_seen_the_swap_still_writes_both_versions_through_the_view() {
+    use std::fmt::Write as _;
     use std::sync::Arc;
 
     use pillowtop::change::Change;
@@ -738,7 +739,7 @@ async fn a_process_that_has_not_seen_the_swap_still_writes_both_versions_through
             .await
             .expect("count")
             .get(0);
-        if n != written.len() as i64 {
+        if usize::try_from(n).ok() != Some(written.len()) {
             let present: Vec<String> = c
                 .query(
                     &format!("SELECT doc_id FROM \"{t}\" WHERE doc_id = ANY($1)"),
@@ -762,7 +763,7 @@ async fn a_process_that_has_not_seen_the_swap_still_writes_both_versions_through
                     )
                     .await
                     .map_or(-1, |r| r.get(0));
-                elsewhere.push_str(&format!("{other}: {n}; "));
+                let _ = write!(elsewhere, "{other}: {n}; ");
             }
             panic!(
                 "table {t} misses {} of the {} rows the processor wrote ({:?} …; of those: {elsewhere}); the run: {} {}",
