@@ -386,62 +386,6 @@ fn toml_inline(v: &Value) -> String {
         .join("\n")
 }
 
-/// Changes the source and publishes them while the rebuild runs: updates, new documents and
-/// deletions (doc_type `-Deleted`), until `stop`.
-async fn write_during(
-    s: &Setup,
-    producer: &ChangeProducer,
-    docs: usize,
-    stop: &tokio_util::sync::CancellationToken,
-) -> usize {
-    let c = s.db.pg.fresh_client().await.expect("client");
-    let mut changes = 0;
-    let mut next_new = docs + 1;
-    while !stop.is_cancelled() {
-        let (kind, pick) = {
-            let mut rng = rand::rng();
-            (rng.random_range(0..10), rng.random_range(1..=docs))
-        };
-        let id = match kind {
-            0 => {
-                let id = format!("doc-{next_new:06}");
-                next_new += 1;
-                c.execute(
-                    &format!("INSERT INTO {} VALUES ($1, jsonb_build_object('_id', $1::text, 'doc_type', 'XFormInstance', 'domain', 'd9', 'n', 0))", s.pillow),
-                    &[&id],
-                )
-                .await
-                .expect("insert");
-                id
-            }
-            1 => {
-                let id = format!("doc-{pick:06}");
-                c.execute(
-                    &format!("UPDATE {} SET doc = doc || '{{\"doc_type\": \"XFormInstance-Deleted\"}}' WHERE doc_id = $1", s.pillow),
-                    &[&id],
-                )
-                .await
-                .expect("delete");
-                id
-            }
-            _ => {
-                let id = format!("doc-{pick:06}");
-                c.execute(
-                    &format!("UPDATE {} SET doc = jsonb_set(doc, '{{n}}', to_jsonb((doc->>'n')::int + 1)) WHERE doc_id = $1", s.pillow),
-                    &[&id],
-                )
-                .await
-                .expect("update");
-                id
-            }
-        };
-        s.publish(producer, &id).await;
-        changes += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    changes
-}
-
 fn still_running(p: &mut Running, s: &Setup) {
     assert!(
         p.0.try_wait().expect("try_wait").is_none(),
@@ -472,7 +416,10 @@ async fn a_reindex_killed_at_random_moments_and_resumed_ends_equal_to_the_source
         let stop = stop.clone();
         let s = &s;
         let producer = &producer;
-        async move { write_during(s, producer, docs, &stop).await }
+        async move {
+            crate::support::write_during(&s.db, &s.pillow, producer, &s.topic.name, docs, &stop)
+                .await
+        }
     };
     let rebuild = async {
         let mut kills = 0;

@@ -298,3 +298,69 @@ impl ChildTest {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 }
+
+/// Changes source table `table` (`doc_id`, `doc` jsonb; documents `doc-000001` … `docs`) and
+/// publishes each change on `topic`, while a rebuild runs: updates, new documents and
+/// deletions (doc_type `-Deleted`), until `stop`.
+pub async fn write_during(
+    db: &TestDb,
+    table: &str,
+    producer: &pillowtop::feed::kafka::ChangeProducer,
+    topic: &str,
+    docs: usize,
+    stop: &tokio_util::sync::CancellationToken,
+) -> usize {
+    use rand::Rng as _;
+    let c = db.pg.fresh_client().await.expect("client");
+    let mut changes = 0;
+    let mut next_new = docs + 1;
+    while !stop.is_cancelled() {
+        let (kind, pick) = {
+            let mut rng = rand::rng();
+            (rng.random_range(0..10), rng.random_range(1..=docs))
+        };
+        let id = match kind {
+            0 => {
+                let id = format!("doc-{next_new:06}");
+                next_new += 1;
+                c.execute(
+                    &format!("INSERT INTO {table} VALUES ($1, jsonb_build_object('_id', $1::text, 'doc_type', 'XFormInstance', 'domain', 'd9', 'n', 0))"),
+                    &[&id],
+                )
+                .await
+                .expect("insert");
+                id
+            }
+            1 => {
+                let id = format!("doc-{pick:06}");
+                c.execute(
+                    &format!("UPDATE {table} SET doc = doc || '{{\"doc_type\": \"XFormInstance-Deleted\"}}' WHERE doc_id = $1"),
+                    &[&id],
+                )
+                .await
+                .expect("delete");
+                id
+            }
+            _ => {
+                let id = format!("doc-{pick:06}");
+                c.execute(
+                    &format!("UPDATE {table} SET doc = jsonb_set(doc, '{{n}}', to_jsonb((doc->>'n')::int + 1)) WHERE doc_id = $1"),
+                    &[&id],
+                )
+                .await
+                .expect("update");
+                id
+            }
+        };
+        producer
+            .send_change(
+                topic,
+                &pillowtop::change::ChangeMeta::new(&id, "sql", "forms"),
+            )
+            .await
+            .expect("publish");
+        changes += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    changes
+}
