@@ -137,6 +137,24 @@ async fn count_and_drop(es: &Elasticsearch, index: &str) -> anyhow::Result<u64> 
         .ok_or_else(|| anyhow::anyhow!("count of {index}: {r}"))
 }
 
+/// The ids that end each stream but the last (the quantiles of the source's ids, as the
+/// backfill's slices).
+async fn stream_bounds(pg_url: &str, table: &str, streams: usize) -> anyhow::Result<Vec<String>> {
+    if streams <= 1 {
+        return Ok(Vec::new());
+    }
+    let (c, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let fractions: Vec<f64> = (1..streams).map(|k| k as f64 / streams as f64).collect();
+    Ok(c
+        .query_one(
+            &format!("SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY doc_id)::text[] FROM {table}"),
+            &[&fractions],
+        )
+        .await?
+        .get(0))
+}
+
 /// The direct loader: `streams` tasks, each reading its slice of the table by id and sending
 /// each chunk of 1000 as one `_bulk` request.
 async fn direct_loader(
@@ -147,19 +165,7 @@ async fn direct_loader(
     streams: usize,
 ) -> anyhow::Result<()> {
     // Ranges of the id, one a stream (as the backfill's slices).
-    let bounds: Vec<String> = if streams > 1 {
-        let (c, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        let fractions: Vec<f64> = (1..streams).map(|k| k as f64 / streams as f64).collect();
-        c.query_one(
-            &format!("SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY doc_id)::text[] FROM {table}"),
-            &[&fractions],
-        )
-        .await?
-        .get(0)
-    } else {
-        Vec::new()
-    };
+    let bounds = stream_bounds(pg_url, table, streams).await?;
     let tasks: Vec<_> = (0..streams)
         .map(|k| {
             let (pg_url, es, table, index) = (
@@ -503,19 +509,7 @@ async fn direct_copy(
     use futures::pin_mut;
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::{ToSql, Type};
-    let bounds: Vec<String> = if streams > 1 {
-        let (c, conn) = tokio_postgres::connect(pg_url, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        let fractions: Vec<f64> = (1..streams).map(|k| k as f64 / streams as f64).collect();
-        c.query_one(
-            &format!("SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY doc_id)::text[] FROM {source}"),
-            &[&fractions],
-        )
-        .await?
-        .get(0)
-    } else {
-        Vec::new()
-    };
+    let bounds = stream_bounds(pg_url, source, streams).await?;
     let tasks: Vec<_> = (0..streams)
         .map(|k| {
             let (pg_url, source, target) = (pg_url.to_owned(), source.to_owned(), target.to_owned());

@@ -5,7 +5,7 @@
 //! stops, and a rollback gives the old index back. A mapping conflict in the new index stops
 //! the run with a clear error and the old index serving.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -18,7 +18,7 @@ use pillowtop::testing::unique_name;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::support::{require, TestDb, TestTopic};
+use crate::support::{pillowtop, require, Running, TestDb, TestTopic};
 
 async fn call(url: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let es = Elasticsearch::new(Transport::single_node(url).expect("transport"));
@@ -57,16 +57,6 @@ impl Drop for Indices {
             });
         })
         .join();
-    }
-}
-
-/// Kills the child on drop (a failed assertion must not leave a pillow running).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -350,17 +340,6 @@ doc_column = "doc"
         .map(|r| r.get(0))
         .unwrap_or_default()
     }
-}
-
-/// A `pillowtop` command of this build.
-fn pillowtop(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pillowtop"));
-    c.args(args)
-        .env("PILLOWTOP_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
 }
 
 /// A JSON object as a TOML table body (`key = value` lines, values as inline TOML).

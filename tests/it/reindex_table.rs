@@ -7,24 +7,14 @@
 //! row, and once the keep window has passed the old version and the swap's view are gone.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pillowtop::change::ChangeMeta;
 use pillowtop::feed::kafka::ChangeProducer;
 use rand::Rng;
 
-use crate::support::{require, TestDb, TestTopic};
-
-/// Kills the child on drop (a failed assertion must not leave a pillow running).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::{pillowtop, require, Running, TestDb, TestTopic};
 
 /// Every table and view whose name starts with the prefix is dropped on drop.
 struct Relations {
@@ -311,16 +301,6 @@ columns = [
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .unwrap_or_default()
     }
-}
-
-fn pillowtop(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pillowtop"));
-    c.args(args)
-        .env("PILLOWTOP_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
 }
 
 fn still_running(p: &mut Running, s: &Setup) {

@@ -364,3 +364,25 @@ pub async fn write_during(
     }
     changes
 }
+
+/// Kills the child on drop (a failed assertion must not leave a pillow running).
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `pillowtop` command of this build, logging at info, its output piped.
+pub fn pillowtop(args: &[&str]) -> std::process::Command {
+    use std::process::Stdio;
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pillowtop"));
+    c.args(args)
+        .env("PILLOWTOP_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}

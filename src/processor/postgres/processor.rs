@@ -246,7 +246,7 @@ impl Writer {
 
     /// Runs the chunk's deletes and upserts on `c`, inside the caller's transaction, which was
     /// opened just before (by [`Writer::prelude`] with the same `plan`), or none for a
-    /// `copy_first` chunk of new rows alone (see [`TableSink::write_planned`]). `restart` undoes
+    /// `copy_first` chunk of new rows alone (see [`TableSink::write_shared`]). `restart` undoes
     /// everything the chunk did and starts it again (`ROLLBACK; BEGIN`, back to the chunk's
     /// savepoint, or `BEGIN` without a transaction): `copy_first` runs it when COPY into the
     /// table fails. Returns whether it did (and merged).
