@@ -717,11 +717,11 @@ def reindex(
     retained, for changes that embed their documents), ``"resume"`` (carry the unfinished run
     on, after a crash or once the keep window has passed), ``"rollback"``, ``"abort"`` or
     ``"status"``. A table is rebuilt as a new table beside it, swapped in by renames in one
-    transaction (the configured name stays; the old version is kept as ``{table}_o{timestamp}``);
-    ``from_kafka`` is for indices only. ``processor`` chooses among several such processors (by
-    index, alias, table or the name the pillow reports). Returns the exit status: 0 done, dry run
-    or waiting for the keep window; 1 a question was declined; 7 the verification found
-    differences (the old version still serves).
+    transaction (the configured name stays; the old version is kept as ``{table}_o{timestamp}``),
+    from a source table or from the topics alike. ``processor`` chooses among several such
+    processors (by index, alias, table or the name the pillow reports). Returns the exit
+    status: 0 done, dry run or waiting for the keep window; 1 a question was declined; 7 the
+    verification found differences (the old version still serves).
     Refusals raise :class:`~pillowtop_rs.exceptions.OperationRefused`.
     """
     candidates = [

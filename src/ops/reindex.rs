@@ -1252,22 +1252,29 @@ impl Reindexer {
         run: &ReindexRun,
         o: &ReindexOptions,
     ) -> Result<(Value, String)> {
-        let (expected, missing, repaired) = self.verify_kafka(v, run, o).await?;
-        let report = json!({"source": "kafka", "expected": expected, "missing": missing, "repaired": repaired});
-        if !missing.is_empty() {
-            let examples = missing
+        let k = self.verify_kafka(v, run, o).await?;
+        let report = json!({"source": "kafka", "expected": k.expected, "missing": k.missing,
+                            "unexpected": k.unexpected, "repaired": k.repaired});
+        let count = k.missing.len() + k.unexpected.len();
+        if count > 0 {
+            let examples = k
+                .missing
                 .iter()
-                .take(5)
                 .map(|id| format!("{id} missing"))
+                .chain(k.unexpected.iter().map(|id| {
+                    format!("{id} present, though its newest change before the position deletes it")
+                }))
+                .take(5)
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(self
-                .differences(run, report, missing.len(), 1, examples)
-                .await);
+            return Err(self.differences(run, report, count, 1, examples).await);
         }
         Ok((
             report,
-            format!("verified ({expected} documents expected from the topics, {repaired} written again)"),
+            format!(
+                "verified ({} documents expected from the topics, {} written again)",
+                k.expected, k.repaired
+            ),
         ))
     }
 

@@ -114,6 +114,21 @@ impl Setup {
         } else {
             ""
         };
+        let store = format!(
+            r#"[[document_stores]]
+data_source_type = "sql"
+data_source_name = "*"
+table = "{}"
+id_column = "doc_id"
+doc_column = "doc"
+"#,
+            self.source
+        );
+        self.write_config_with(&store, n2);
+    }
+
+    /// The pillow's config with `store` (its document stores) and more columns.
+    fn write_config_with(&self, store: &str, more_columns: &str) {
         let toml = format!(
             r#"name = "{pillow}"
 checkpoint_id = "{pillow}"
@@ -128,13 +143,7 @@ idle_timeout_ms = 500
 [postgres]
 url = "{pg_url}"
 
-[[document_stores]]
-data_source_type = "sql"
-data_source_name = "*"
-table = "{source}"
-id_column = "doc_id"
-doc_column = "doc"
-
+{store}
 [[processors]]
 type = "postgres_table"
 table = "{table}"
@@ -145,13 +154,12 @@ columns = [
   {{ name = "doc_id", type = "text", change = "id" }},
   {{ name = "domain", type = "text", path = "domain" }},
   {{ name = "n", type = "integer", path = "n" }},
-{n2}]
+{more_columns}]
 "#,
             pillow = self.pillow,
             topic = self.topic.name,
             bootstrap = self.bootstrap,
             pg_url = self.pg_url,
-            source = self.source,
             table = self.table,
         );
         std::fs::write(&self.config, toml).expect("config file");
@@ -709,4 +717,184 @@ async fn a_process_that_has_not_seen_the_swap_still_writes_both_versions_through
     )
     .await
     .expect("liveness row removed");
+}
+
+/// Publishes a change of each of `ids` embedding its source document (`deletion`: a change
+/// with `is_deletion` and no document).
+async fn publish_embedded(
+    s: &Setup,
+    c: &tokio_postgres::Client,
+    producer: &ChangeProducer,
+    ids: &[String],
+    deletion: bool,
+) {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT doc_id, doc FROM {} WHERE doc_id = ANY($1)",
+                s.source
+            ),
+            &[&ids],
+        )
+        .await
+        .expect("source documents");
+    let metas = rows.iter().map(|r| {
+        let mut meta = ChangeMeta::new(r.get::<_, String>(0), "sql", "forms");
+        if deletion {
+            meta.is_deletion = true;
+        } else {
+            meta.extra
+                .insert("document".into(), r.get::<_, serde_json::Value>(1));
+        }
+        meta
+    });
+    producer
+        .send_changes(&s.topic.name, metas)
+        .await
+        .expect("publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_rebuilt_from_kafka_has_the_newest_change_of_each_document_and_none_deleted_during_the_backfill(
+) {
+    let _ = require!("TEST_POSTGRES_URL");
+    let docs = 10_000;
+    let Some(s) = Setup::new("rxt_kafka", docs).await else {
+        return;
+    };
+    // The documents come in the changes (no document store); a column from the change's offset,
+    // which only a rebuild from the topics can fill.
+    s.write_config_with(
+        "",
+        r#"  { name = "off", type = "bigint", change = "offset" },
+"#,
+    );
+    let producer = ChangeProducer::new(&s.bootstrap).expect("producer");
+    let all: Vec<String> = (1..=docs).map(|i| format!("doc-{i:06}")).collect();
+    let c = s.db.pg.fresh_client().await.expect("client");
+    publish_embedded(&s, &c, &producer, &all, false).await;
+    c.execute(
+        &format!(
+            "UPDATE {} SET doc = jsonb_set(doc, '{{n}}', to_jsonb((doc->>'n')::int + 1))",
+            s.source
+        ),
+        &[],
+    )
+    .await
+    .expect("update");
+    publish_embedded(&s, &c, &producer, &all, false).await;
+    let mut pillow = s.start_pillow();
+    s.wait_equal(&s.table, false, Duration::from_secs(90)).await;
+
+    // While the table is rebuilt: updates, and deletions of both kinds (a `-Deleted` document,
+    // an `is_deletion` change), each first in the source table (what the table must end as).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = async {
+        let mut changes = 0usize;
+        while !stop.is_cancelled() {
+            // 20 documents at a time, so that many change while the backfill runs; while it
+            // copies, only deletions (of documents it may not have copied yet).
+            let backfill = s.run().await.0 == "backfill";
+            let (kind, ids) = {
+                let mut rng = rand::rng();
+                let ids: Vec<String> = (0..20)
+                    .map(|_| format!("doc-{:06}", rng.random_range(1..=docs)))
+                    .collect();
+                (rng.random_range(0..if backfill { 4 } else { 10 }), ids)
+            };
+            let set = if kind < 4 {
+                "doc || '{\"doc_type\": \"XFormInstance-Deleted\"}'"
+            } else {
+                "jsonb_set(doc, '{n}', to_jsonb((doc->>'n')::int + 1))"
+            };
+            c.execute(
+                &format!("UPDATE {} SET doc = {set} WHERE doc_id = ANY($1)", s.source),
+                &[&ids],
+            )
+            .await
+            .expect("change the source");
+            publish_embedded(&s, &c, &producer, &ids, kind == 0).await;
+            changes += 20;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        changes
+    };
+    // The new version exists already, with a row no change gives: the verification deletes it.
+    let new = format!("{}_new", s.table);
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{new}\" (LIKE \"{t}\" INCLUDING ALL);
+         INSERT INTO \"{new}\" (doc_id, domain, n, off) VALUES ('stray', 'd0', 0, 0);",
+        t = s.table
+    ))
+    .await
+    .expect("the new version");
+    let rebuild = async {
+        let mut child = s.reindex(&[
+            "start",
+            "--new-index",
+            &new,
+            "--from-kafka",
+            "--chunk-size",
+            "5",
+            "--keep-old",
+            "1h",
+            "--noinput",
+        ]);
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(200..1500))).await;
+        if child.try_wait().expect("try_wait").is_none() {
+            child.kill().expect("SIGKILL the reindex");
+            eprintln!(
+                "table reindex from kafka: SIGKILL at step {:?}",
+                s.run().await.0
+            );
+        }
+        let _ = child.wait();
+        let status = s.reindex(&["resume", "--noinput"]).wait().expect("resume");
+        // Changes go on for a moment after the swap too.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        status
+    };
+    let (changes, status) = tokio::join!(writer, rebuild);
+    let log = s.log_text("reindex");
+    assert!(status.success(), "the resume failed ({status}): {log}");
+    let (at, old, _) = s.run().await;
+    assert_eq!(at, "swapped", "{log}");
+    let verify: serde_json::Value = c
+        .query_one(
+            "SELECT verify FROM pillowtop_rs_reindex WHERE pillow = $1 ORDER BY id DESC LIMIT 1",
+            &[&s.pillow],
+        )
+        .await
+        .expect("run")
+        .get(0);
+    eprintln!(
+        "table reindex from kafka: {changes} changes during the rebuild; verification {verify}"
+    );
+    assert!(
+        verify["repaired"].as_u64() >= Some(1),
+        "the stray row was deleted: {verify}"
+    );
+    s.wait_equal(&s.table, false, Duration::from_secs(90)).await;
+    s.wait_equal(&old, false, Duration::from_secs(30)).await;
+    // Each row's offset is its document's newest change's, in both versions.
+    let offsets = |name: String| {
+        let s = &s;
+        async move {
+            s.rows(&format!("SELECT doc_id, off::text FROM \"{name}\""))
+                .await
+        }
+    };
+    let (fresh, kept) = (offsets(s.table.clone()).await, offsets(old.clone()).await);
+    assert_eq!(fresh.len(), kept.len());
+    let differ: Vec<_> = fresh
+        .iter()
+        .filter(|(k, v)| kept.get(*k) != Some(*v))
+        .take(5)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "offsets differ from the kept version: {differ:?}"
+    );
+    still_running(&mut pillow, &s);
 }

@@ -42,6 +42,11 @@ impl ClientContext for LoggingContext {
     }
 
     fn error(&self, error: RdKafkaError, reason: &str) {
+        // The end of a partition (a scan asks for it with `enable.partition.eof`) is no error.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(target: "librdkafka", bootstrap = %self.bootstrap, "{reason}");
+            return;
+        }
         tracing::warn!(target: "librdkafka", bootstrap = %self.bootstrap, error = %error, "kafka client error: {reason}");
     }
 }

@@ -9,8 +9,25 @@
 //! `-Deleted` document or a change without an embedded document is not copied); the second
 //! writes exactly those changes, in segments, each partition's next offset kept in the run's
 //! progress (a resumed run redoes the first pass, in memory, and continues the second).
-//! Verification: every document the first pass kept that no change at or after the position
-//! touched must be in the new index; missing ones are written again from the topic.
+//!
+//! A document changed at or after the position is the live pillow's: it writes both versions of
+//! every such change, so the copy leaves it alone. Before each segment's writes the topics are
+//! read on from the position to their current ends, and every document changed there is taken
+//! out of the segment; without that, a document deleted by the live pillow during the backfill
+//! would come back from its older change.
+//!
+//! Verification lists the new version's ids first and reads the topics after that, so every
+//! live write it saw has its change among those read:
+//! - every document the first pass kept that no change at or after the position touched must be
+//!   in the new version; missing ones are written again from the topic;
+//! - every document in the new version must be one of those or changed at or after the
+//!   position; any other (its newest change before the position deletes it, or it has no change
+//!   at all) is deleted from the new version.
+//!
+//! Both repairs are checked again once; what remains is a difference that stops the run with the
+//! old version serving. (A deletion repair races with a change of that document published in
+//! the milliseconds between the topics' read and the delete: the live pillow's write of it could
+//! be deleted. Such a document has had no change since before the position.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +45,9 @@ use crate::store::reindex::{self as store, ReindexRun};
 /// Messages one segment of the second pass reads at most (then its writes go out and its
 /// progress is recorded).
 const SEGMENT: usize = 20_000;
+
+/// How many times at most the documents changed while they were copied are written again.
+const REAPPLY_ROUNDS: usize = 5;
 
 /// The newest change of each document before the position: (partition index, offset, copied).
 pub(super) struct Latest {
@@ -73,7 +93,100 @@ fn read(m: &RawMessage) -> Option<(String, bool, bool)> {
     Some((meta.document_id, copied, has_doc || meta.is_deletion))
 }
 
+/// The documents changed at or after the run's position, as far as the topics have been read.
+pub(super) struct Touched {
+    read_to: BTreeMap<TopicPartition, i64>,
+    ids: HashSet<String>,
+}
+
+impl Touched {
+    /// Nothing read yet: the topics are read from the position `end`.
+    pub(super) fn from(end: &BTreeMap<TopicPartition, i64>) -> Self {
+        Self {
+            read_to: end.clone(),
+            ids: HashSet::new(),
+        }
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+}
+
 impl Reindexer {
+    /// Reads the topics from where `t` stopped to their current ends; returns the documents
+    /// changed there.
+    pub(super) async fn catch_up(&self, t: &mut Touched) -> Result<HashSet<String>> {
+        let partitions: Vec<TopicPartition> = t.read_to.keys().cloned().collect();
+        let now: BTreeMap<TopicPartition, i64> = self
+            .kafka_info()?
+            .watermarks_of_existing(&partitions)
+            .await?
+            .into_iter()
+            .map(|(tp, w)| (tp, w.high))
+            .collect();
+        let req = self.request(&t.read_to, &now)?;
+        let mut new = HashSet::new();
+        if !req.start.is_empty() {
+            let ended = scan(req, &self.stop, |m| {
+                if let Some((id, _, _)) = read(&m) {
+                    new.insert(id);
+                }
+                true
+            })
+            .await?;
+            if ended == ScanEnd::Stopped {
+                return Err(crate::Error::ShutdownRequested(
+                    "the reindex stopped while reading the changes after its position; `pillowtop reindex resume` carries it on".into(),
+                ));
+            }
+        }
+        for (tp, h) in now {
+            let e = t.read_to.entry(tp).or_insert(h);
+            *e = (*e).max(h);
+        }
+        t.ids.extend(new.iter().cloned());
+        Ok(new)
+    }
+
+    /// Writes the newest change at or after the position (up to where `t` has read) of each of
+    /// `ids` into the new version, as the live pillow does (not `create`: it updates or deletes).
+    async fn reapply(
+        &self,
+        run: &ReindexRun,
+        t: &Touched,
+        end: &BTreeMap<TopicPartition, i64>,
+        ids: &HashSet<String>,
+    ) -> Result<()> {
+        let mut newest: HashMap<String, Change> = HashMap::new();
+        let req = self.request(end, &t.read_to)?;
+        if !req.start.is_empty() {
+            scan(req, &self.stop, |m| {
+                if let Some(body) = m.body.as_deref() {
+                    if let Ok(c) = Change::from_message(&m.tp.topic, m.tp.partition, m.offset, body)
+                    {
+                        if ids.contains(&c.id) {
+                            newest.insert(c.id.clone(), c);
+                        }
+                    }
+                }
+                true
+            })
+            .await?;
+        }
+        let mut changes: Vec<Change> = newest.into_values().collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut writer = self.version()?.writer(&run.new_index, false)?;
+        let outcome = writer.process_changes_chunk(&mut changes).await?;
+        let mut failures = Vec::new();
+        note_failures(run, &changes, outcome, &mut failures);
+        tracing::info!(run = run.id, index = %run.new_index, documents = changes.len(),
+            "reindex from Kafka: documents changed while their older version was copied, written again from their newest change");
+        Ok(())
+    }
+
     fn kafka_info(&self) -> Result<&crate::ops::kafka::KafkaInfo> {
         self.kafka.as_ref().ok_or_else(|| {
             refused(
@@ -185,6 +298,7 @@ impl Reindexer {
         mut next: BTreeMap<TopicPartition, i64>,
         end: &BTreeMap<TopicPartition, i64>,
         only: Option<&HashSet<String>>,
+        touched: &mut Touched,
         chunk_size: usize,
         done: &AtomicU64,
         report: &dyn Fn(bool),
@@ -230,9 +344,29 @@ impl Reindexer {
                     next.insert(tp.clone(), *e);
                 }
             }
+            // The documents the live pillow changed since: its writes decide them.
+            self.catch_up(touched).await?;
+            batch.retain(|c| !touched.contains(&c.id));
             for chunk in batch.chunks_mut(chunk_size.max(1)) {
                 let outcome = writer.process_changes_chunk(chunk).await?;
                 note_failures(run, chunk, outcome, &mut failures);
+            }
+            // A document changed while the segment was written: the live pillow may have written
+            // (or deleted) it before the older copy landed. Its newest change is written again,
+            // until no written document was changed meanwhile.
+            let mut written: HashSet<String> = batch.iter().map(|c| c.id.clone()).collect();
+            for _ in 0..REAPPLY_ROUNDS {
+                let again: HashSet<String> = self
+                    .catch_up(touched)
+                    .await?
+                    .into_iter()
+                    .filter(|id| written.contains(id))
+                    .collect();
+                if again.is_empty() {
+                    break;
+                }
+                self.reapply(run, touched, end, &again).await?;
+                written = again;
             }
             done.fetch_add(read_here as u64, Ordering::Relaxed);
             if only.is_none() {
@@ -298,77 +432,98 @@ impl Reindexer {
                 eta_secs: (per_second > 0.0).then(|| total.saturating_sub(d) as f64 / per_second),
             });
         };
-        self.copy_latest(run, &latest, next, &end, None, o.chunk_size, &done, &report)
-            .await?;
+        let mut touched = Touched::from(&end);
+        self.copy_latest(
+            run,
+            &latest,
+            next,
+            &end,
+            None,
+            &mut touched,
+            o.chunk_size,
+            &done,
+            &report,
+        )
+        .await?;
         report(true);
         Ok(done.load(Ordering::Relaxed))
     }
 
-    /// The verification of a Kafka backfill: the ids that must be in the new index, and those
-    /// missing. Missing ones are written again from the topic once.
+    /// The verification of a Kafka backfill (see the module's text): how many documents are
+    /// expected, those still missing, those still present though they must not be, and how many
+    /// were repaired.
     pub(super) async fn verify_kafka(
         &self,
         v: &dyn super::Version,
         run: &ReindexRun,
         o: &ReindexOptions,
-    ) -> Result<(usize, Vec<String>, usize)> {
+    ) -> Result<KafkaVerification> {
         let (start, end) = self.kafka_range(run, o).await?;
         let latest = self.latest_changes(&start, &end).await?;
-        // Ids the live pillow changed at or after the position: its writes decide those.
-        let k = self.kafka_info()?;
-        let partitions: Vec<TopicPartition> = end.keys().cloned().collect();
-        let now: BTreeMap<TopicPartition, i64> = k
-            .watermarks_of_existing(&partitions)
-            .await?
-            .into_iter()
-            .map(|(tp, w)| (tp, w.high))
-            .collect();
-        let mut after: HashSet<String> = HashSet::new();
-        let req = self.request(&end, &now)?;
-        if !req.start.is_empty() {
-            scan(req, &self.stop, |m| {
-                if let Some((id, _, _)) = read(&m) {
-                    after.insert(id);
-                }
-                true
-            })
-            .await?;
-        }
-        let expected: HashSet<String> = latest
-            .copied()
-            .filter(|id| !after.contains(*id))
-            .map(str::to_owned)
-            .collect();
-        let missing_of = |indexed: &HashSet<String>| -> Vec<String> {
-            let mut m: Vec<String> = expected
+        let expected: HashSet<String> = latest.copied().map(str::to_owned).collect();
+        let mut touched = Touched::from(&end);
+        let mut report = KafkaVerification::default();
+        for round in 0..2 {
+            // The version's ids first, then the topics: a live write seen here has its change
+            // among those read.
+            v.refresh(&run.new_index).await?;
+            let indexed = v.all_ids(&run.new_index, None).await?;
+            self.catch_up(&mut touched).await?;
+            let mut missing: Vec<String> = expected
                 .iter()
-                .filter(|id| !indexed.contains(*id))
+                .filter(|id| !touched.contains(id) && !indexed.contains(*id))
                 .cloned()
                 .collect();
-            m.sort();
-            m
-        };
-        v.refresh(&run.new_index).await?;
-        let mut missing = missing_of(&v.all_ids(&run.new_index, None).await?);
-        let mut repaired = 0;
-        if !missing.is_empty() {
-            let only: HashSet<String> = missing.iter().cloned().collect();
-            let done = AtomicU64::new(0);
-            self.copy_latest(
-                run,
-                &latest,
-                start,
-                &end,
-                Some(&only),
-                o.chunk_size,
-                &done,
-                &|_| {},
-            )
-            .await?;
-            repaired = missing.len();
-            v.refresh(&run.new_index).await?;
-            missing = missing_of(&v.all_ids(&run.new_index, None).await?);
+            let mut unexpected: Vec<String> = indexed
+                .into_iter()
+                .filter(|id| !expected.contains(id) && !touched.contains(id))
+                .collect();
+            missing.sort();
+            unexpected.sort();
+            report.expected = expected.iter().filter(|id| !touched.contains(id)).count();
+            if round == 1 || (missing.is_empty() && unexpected.is_empty()) {
+                report.missing = missing;
+                report.unexpected = unexpected;
+                break;
+            }
+            if !missing.is_empty() {
+                let only: HashSet<String> = missing.iter().cloned().collect();
+                let done = AtomicU64::new(0);
+                self.copy_latest(
+                    run,
+                    &latest,
+                    start.clone(),
+                    &end,
+                    Some(&only),
+                    &mut touched,
+                    o.chunk_size,
+                    &done,
+                    &|_| {},
+                )
+                .await?;
+            }
+            if !unexpected.is_empty() {
+                let mut deletions: Vec<Change> = unexpected
+                    .iter()
+                    .cloned()
+                    .map(super::delete_change)
+                    .collect();
+                let mut writer = v.writer(&run.new_index, false)?;
+                let _ = writer.process_changes_chunk(&mut deletions).await?;
+                tracing::info!(run = run.id, index = %run.new_index, documents = unexpected.len(),
+                    "reindex: deleted documents whose newest change before the position deletes them");
+            }
+            report.repaired += missing.len() + unexpected.len();
         }
-        Ok((expected.len(), missing, repaired))
+        Ok(report)
     }
+}
+
+/// What a Kafka backfill's verification found.
+#[derive(Debug, Default)]
+pub(super) struct KafkaVerification {
+    pub(super) expected: usize,
+    pub(super) missing: Vec<String>,
+    pub(super) unexpected: Vec<String>,
+    pub(super) repaired: usize,
 }

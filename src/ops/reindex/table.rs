@@ -182,26 +182,25 @@ impl Version for TableVersion {
                 "table {t}: its primary key is not one column filled from the change's id (`change = \"id\"`); the verification compares the source's document ids with the table's, so this is not supported yet"
             ));
         }
-        if options.from_kafka.is_some() {
-            return Err(format!(
-                "table {t}: a rebuild from Kafka is for Elasticsearch indices only so far; rebuild the table from a source table (--source-table, or the pillow's document store)"
-            ));
-        }
-        if let Some(c) = self.def.columns.iter().find(|c| {
-            matches!(
-                c.change,
-                Some(
-                    ChangeField::Topic
-                        | ChangeField::Partition
-                        | ChangeField::Offset
-                        | ChangeField::PublishTimestamp
+        // A rebuild from the topics writes each change as the live pillow does: its Kafka
+        // position and publication time are known then, not from a source table.
+        if options.from_kafka.is_none() {
+            if let Some(c) = self.def.columns.iter().find(|c| {
+                matches!(
+                    c.change,
+                    Some(
+                        ChangeField::Topic
+                            | ChangeField::Partition
+                            | ChangeField::Offset
+                            | ChangeField::PublishTimestamp
+                    )
                 )
-            )
-        }) {
-            return Err(format!(
-                "table {t}: column {} comes from the change's Kafka position or publication time, which a rebuild from the source table cannot know",
-                c.name
-            ));
+            }) {
+                return Err(format!(
+                    "table {t}: column {} comes from the change's Kafka position or publication time, which a rebuild from the source table cannot know (rebuild it from the topics: --from-kafka)",
+                    c.name
+                ));
+            }
         }
         Ok(())
     }
@@ -539,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn what_a_rebuild_cannot_reproduce_is_refused_with_its_reason() {
+    fn what_a_rebuild_from_a_table_cannot_reproduce_is_refused_with_its_reason() {
         assert_eq!(version("").check(&options()), Ok(()));
         let e = version(r#"{ name = "off", type = "bigint", change = "offset" },"#)
             .check(&options())
@@ -548,12 +547,13 @@ mod tests {
             e.contains("column off") && e.contains("Kafka position"),
             "{e}"
         );
+        // From the topics, the change's position is known: the same table is accepted.
         let mut o = options();
         o.from_kafka = Some(super::super::KafkaBackfill { since_ms: None });
-        assert!(version("")
-            .check(&o)
-            .expect_err("refused")
-            .contains("from Kafka"));
+        assert_eq!(
+            version(r#"{ name = "off", type = "bigint", change = "offset" },"#).check(&o),
+            Ok(())
+        );
         let mut def = version("").def;
         def.primary_key = vec!["n".into()];
         let e = TableVersion::new(&def, &Arc::new(Pg::new("postgres://unused")))
