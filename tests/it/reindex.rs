@@ -3,7 +3,9 @@
 //! published all along; the reindex is SIGKILLed at random moments and resumed; the index
 //! behind the alias ends equal to the source (every id, the latest version), the pillow never
 //! stops, and a rollback gives the old index back. A mapping conflict in the new index stops
-//! the run with a clear error and the old index serving.
+//! the run with a clear error and the old index serving; so does a full disk (a node of the
+//! test's own with its flood-stage watermark lowered), and `resume` finishes once the node has
+//! lifted its block.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -77,9 +79,21 @@ impl Setup {
     /// A source table of `docs` documents, a topic, and a pillow config writing index `old`
     /// behind an alias, its documents fetched from the table. `mappings` of the processor.
     async fn new(name: &str, docs: usize, mappings: &Value, extra: &Value) -> Option<Self> {
+        let es_url = crate::support::service("TEST_ELASTICSEARCH_URL")?;
+        Self::new_on(&es_url, name, docs, mappings, extra).await
+    }
+
+    /// [`Setup::new`] on the search node at `es_url`.
+    async fn new_on(
+        es_url: &str,
+        name: &str,
+        docs: usize,
+        mappings: &Value,
+        extra: &Value,
+    ) -> Option<Self> {
+        let es_url = es_url.to_owned();
         let bootstrap = crate::support::service("TEST_KAFKA_BOOTSTRAP")?;
         let pg_url = crate::support::service("TEST_POSTGRES_URL")?;
-        let es_url = crate::support::service("TEST_ELASTICSEARCH_URL")?;
         let db = TestDb::new(&pg_url).await;
         let pillow = db.id(name);
         let topic = TestTopic::new(&bootstrap, name, 2).await;
@@ -592,10 +606,15 @@ async fn preindex_fills_a_missing_index_before_the_pillow_starts_and_the_pillow_
 async fn a_full_disk_stops_the_backfill_with_the_nodes_reason_and_resume_finishes_once_it_is_freed()
 {
     let _ = require!("TEST_ELASTICSEARCH_URL");
+    // A node of this test's own: its flood-stage watermark is lowered below its free disk, which
+    // blocks every index on it (the shared node's would be every other test's). Disk figures
+    // every 10 s (the least the node takes), so the block comes and goes within that.
+    let node =
+        crate::support::OwnSearchNode::start("disk", &["cluster.info.update.interval=10s"]).await;
     let mappings = json!({"properties": {"domain": {"type": "keyword"}}});
     // A short outage budget: the blocked writes are given up after 3 s (300 s by default).
     let extra = json!({"outage_budget_secs": 3});
-    let Some(s) = Setup::new("reindex_disk", 300, &mappings, &extra).await else {
+    let Some(s) = Setup::new_on(&node.url, "reindex_disk", 300, &mappings, &extra).await else {
         return;
     };
     let (status, r) = call(
@@ -606,25 +625,65 @@ async fn a_full_disk_stops_the_backfill_with_the_nodes_reason_and_resume_finishe
     )
     .await;
     assert_eq!(status, 200, "{r}");
-    // What the flood-stage watermark does to the indices of a full node, applied to the new index
-    // alone (lowering the node's watermark would block every other test's index too).
+    // The new index exists before the disk fills (a full node allocates no new shard).
     let (status, r) = call(
         &s.es_url,
         Method::Put,
         &format!("/{}", s.new),
-        Some(
-            json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0,
-                                 "index.blocks.read_only_allow_delete": true}}),
-        ),
+        Some(json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}})),
     )
     .await;
     assert_eq!(status, 200, "{r}");
+    let watermarks = |v: Value| {
+        json!({"transient": {
+            "cluster.routing.allocation.disk.threshold_enabled": true,
+            "cluster.routing.allocation.disk.watermark.low": v,
+            "cluster.routing.allocation.disk.watermark.high": v,
+            "cluster.routing.allocation.disk.watermark.flood_stage": v,
+        }})
+    };
+    // Free disk below 10,000 TB: the node is "full".
+    let (status, r) = call(
+        &s.es_url,
+        Method::Put,
+        "/_cluster/settings",
+        Some(watermarks(json!("10000tb"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let blocked = |want: bool| {
+        let s = &s;
+        async move {
+            let started = Instant::now();
+            loop {
+                let (_, r) = call(
+                    &s.es_url,
+                    Method::Get,
+                    &format!("/{}/_settings/index.blocks.*", s.new),
+                    None,
+                )
+                .await;
+                let on = r[&s.new]["settings"]["index"]["blocks"]["read_only_allow_delete"]
+                    == json!("true");
+                if on == want {
+                    return;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(90),
+                    "the node's flood-stage block is still {}: {r}",
+                    if on { "on" } else { "off" }
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    blocked(true).await;
     let out = s.reindex_output(&["start", "--new-index", &s.new, "--noinput"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
         stderr.contains(&s.new)
-            && stderr.contains("read-only")
+            && stderr.contains("flood-stage watermark")
             && stderr.contains("still unavailable"),
         "the error names the index and the node's reason: {stderr}"
     );
@@ -634,15 +693,24 @@ async fn a_full_disk_stops_the_backfill_with_the_nodes_reason_and_resume_finishe
         vec![s.old.clone()],
         "the old index still serves"
     );
-    // Space is freed: the block goes, and the run carries on from its progress.
+    let (status, _) = call(
+        &s.es_url,
+        Method::Get,
+        &format!("/{}/_search", s.alias),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "the old index is still read");
+    // Space is freed: the node lifts the block by itself, and the run carries on.
     let (status, r) = call(
         &s.es_url,
         Method::Put,
-        &format!("/{}/_settings", s.new),
-        Some(json!({"index.blocks.read_only_allow_delete": null})),
+        "/_cluster/settings",
+        Some(watermarks(Value::Null)),
     )
     .await;
     assert_eq!(status, 200, "{r}");
+    blocked(false).await;
     let out = s.reindex_output(&["resume", "--noinput"]);
     assert!(
         out.status.success(),

@@ -386,3 +386,66 @@ pub fn pillowtop(args: &[&str]) -> std::process::Command {
         .stderr(Stdio::piped());
     c
 }
+
+/// A search node of a test's own, beside the shared one (`tests/services/search.sh` with its own
+/// name and free ports): one whose disk watermarks the test may lower without blocking every
+/// other test's index. Stopped, and its data folder deleted, on drop.
+pub struct OwnSearchNode {
+    name: String,
+    pub url: String,
+}
+
+impl OwnSearchNode {
+    /// Starts the node (about 10 s; its jars are the shared node's, resolved already).
+    /// `settings`: more node settings, `key=value` words.
+    pub async fn start(test: &str, settings: &[&str]) -> Self {
+        // Both listeners are held until both ports are known, so the two differ.
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let listeners = [bind(), bind()];
+        let port = |l: &std::net::TcpListener| l.local_addr().expect("address").port();
+        let (http, transport) = (port(&listeners[0]), port(&listeners[1]));
+        drop(listeners);
+        let name = format!("search-{test}-{http}");
+        let mut start = std::process::Command::new("bash");
+        start
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/services/search.sh"
+            ))
+            .arg("start")
+            .env("PILLOWTOP_SEARCH_NAME", &name)
+            .env("PILLOWTOP_SEARCH_HTTP_PORT", http.to_string())
+            .env("PILLOWTOP_SEARCH_TRANSPORT_PORT", transport.to_string())
+            .env("PILLOWTOP_SEARCH_HEAP", "384m")
+            .env("PILLOWTOP_SEARCH_SETTINGS", settings.join(" "));
+        let out = tokio::task::spawn_blocking(move || start.output())
+            .await
+            .expect("start the node")
+            .expect("tests/services/search.sh");
+        let node = Self {
+            name,
+            url: format!("http://127.0.0.1:{http}"),
+        };
+        assert!(
+            out.status.success(),
+            "search node {} did not start: {}{}",
+            node.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node
+    }
+}
+
+impl Drop for OwnSearchNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/services/search.sh"
+            ))
+            .arg("stop")
+            .env("PILLOWTOP_SEARCH_NAME", &self.name)
+            .output();
+    }
+}

@@ -7,6 +7,11 @@
 #   tests/services/search.sh url      print the HTTP address
 #   tests/services/search.sh engine   print the engine name and version
 #
+# PILLOWTOP_SEARCH_NAME (default "search") names the node's pid, log and data folder, so a test
+# can run a node of its own beside the shared one (with its own PILLOWTOP_SEARCH_HTTP_PORT and
+# PILLOWTOP_SEARCH_TRANSPORT_PORT): one whose disk watermarks it may lower.
+# PILLOWTOP_SEARCH_SETTINGS: more node settings, space-separated key=value words.
+#
 # The jars are the runtime closure of search/pom.xml, resolved from Maven Central once into
 # .services/cache/search/lib. search/EmbeddedSearch.java boots a Node with the netty4 transport and
 # the mapper-extras, reindex and parent-join modules as classpath plugins (run by Java 17's source
@@ -24,7 +29,8 @@ SEARCH_ENGINE="elasticsearch"
 SEARCH_VERSION="7.17.29" # keep in step with es.version in search/pom.xml
 SEARCH_HEAP="${PILLOWTOP_SEARCH_HEAP:-1g}"
 SEARCH_URL="http://127.0.0.1:$SEARCH_HTTP_PORT"
-SEARCH_HOME="$RUN_DIR/search"
+SEARCH_NAME="${PILLOWTOP_SEARCH_NAME:-search}"
+SEARCH_HOME="$RUN_DIR/$SEARCH_NAME"
 SEARCH_START_TIMEOUT=120
 
 need_tools() {
@@ -46,7 +52,7 @@ healthy() {
 ours() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q 'EmbeddedSearch'; }
 
 # ready_or_dead: stops the start-up wait early when the process has died.
-ready_or_dead() { ! pid_alive search || healthy; }
+ready_or_dead() { ! pid_alive "$SEARCH_NAME" || healthy; }
 
 running_version() {
   curl -fsS --max-time 5 "$SEARCH_URL/" 2>/dev/null |
@@ -68,19 +74,19 @@ EOF
 
 cmd_start() {
   need_tools
-  if pid_alive search && ours "$(cat "$PID_DIR/search.pid")" && healthy; then
-    echo "search already running"
+  if pid_alive "$SEARCH_NAME" && ours "$(cat "$PID_DIR/$SEARCH_NAME.pid")" && healthy; then
+    echo "$SEARCH_NAME already running"
     return 0
   fi
-  if pid_alive search; then
-    if ours "$(cat "$PID_DIR/search.pid")"; then
+  if pid_alive "$SEARCH_NAME"; then
+    if ours "$(cat "$PID_DIR/$SEARCH_NAME.pid")"; then
       log "search process is alive but not healthy: restarting it"
-      stop_pid search
+      stop_pid "$SEARCH_NAME"
     else
-      rm -f "$PID_DIR/search.pid" # a recycled pid, not ours
+      rm -f "$PID_DIR/$SEARCH_NAME.pid" # a recycled pid, not ours
     fi
   fi
-  rm -f "$PID_DIR/search.pid"
+  rm -f "$PID_DIR/$SEARCH_NAME.pid"
   local port
   for port in "$SEARCH_HTTP_PORT" "$SEARCH_TRANSPORT_PORT"; do
     port_open "$port" && die "127.0.0.1:$port is already in use by another process (not our search node)"
@@ -105,41 +111,43 @@ cmd_start() {
     # let Netty size itself instead of failing with "availableProcessors is already set"
     -Des.set.netty.runtime.available.processors=false
   )
-  log "starting $SEARCH_ENGINE $SEARCH_VERSION on $SEARCH_URL (log: $LOG_DIR/search.log)"
+  local settings=()
+  read -r -a settings <<<"${PILLOWTOP_SEARCH_SETTINGS:-}"
+  log "starting $SEARCH_ENGINE $SEARCH_VERSION on $SEARCH_URL (log: $LOG_DIR/$SEARCH_NAME.log)"
   # setsid and nohup both exec, so $! is the java pid itself.
   (
     cd "$SEARCH_HOME"
     exec setsid nohup java "${jvm[@]}" -cp "$lib/*" "$SERVICES_SRC/search/EmbeddedSearch.java" \
       "$SEARCH_HOME/home" "$SEARCH_HOME/data" "$SEARCH_HOME/logs" \
-      "$SEARCH_HTTP_PORT" "$SEARCH_TRANSPORT_PORT" \
-      >"$LOG_DIR/search.log" 2>&1 </dev/null
+      "$SEARCH_HTTP_PORT" "$SEARCH_TRANSPORT_PORT" "${settings[@]}" \
+      >"$LOG_DIR/$SEARCH_NAME.log" 2>&1 </dev/null
   ) &
-  echo $! >"$PID_DIR/search.pid"
+  echo $! >"$PID_DIR/$SEARCH_NAME.pid"
 
-  if ! wait_until "$SEARCH_START_TIMEOUT" "the search cluster to be yellow" ready_or_dead || ! pid_alive search; then
-    pid_alive search || log "the search process exited during start-up"
-    show_log_tail search
-    stop_pid search 10
+  if ! wait_until "$SEARCH_START_TIMEOUT" "the search cluster to be yellow" ready_or_dead || ! pid_alive "$SEARCH_NAME"; then
+    pid_alive "$SEARCH_NAME" || log "the search process exited during start-up"
+    show_log_tail "$SEARCH_NAME"
+    stop_pid "$SEARCH_NAME" 10
     die "search did not become healthy on $SEARCH_URL"
   fi
   local version
   version="$(running_version)"
   [[ "$version" == "$SEARCH_VERSION" ]] ||
     log "warning: the node reports version '$version', expected $SEARCH_VERSION"
-  echo "search started in $((SECONDS - t0))s: $SEARCH_ENGINE ${version:-$SEARCH_VERSION} at $SEARCH_URL (pid $(cat "$PID_DIR/search.pid"))"
+  echo "$SEARCH_NAME started in $((SECONDS - t0))s: $SEARCH_ENGINE ${version:-$SEARCH_VERSION} at $SEARCH_URL (pid $(cat "$PID_DIR/$SEARCH_NAME.pid"))"
 }
 
 cmd_stop() {
-  stop_pid search
+  stop_pid "$SEARCH_NAME"
   rm -rf "$SEARCH_HOME"
 }
 
 cmd_status() {
-  if pid_alive search && healthy; then
-    echo "search running (pid $(cat "$PID_DIR/search.pid")) at $SEARCH_URL"
+  if pid_alive "$SEARCH_NAME" && healthy; then
+    echo "$SEARCH_NAME running (pid $(cat "$PID_DIR/$SEARCH_NAME.pid")) at $SEARCH_URL"
     return 0
   fi
-  echo "search not running"
+  echo "$SEARCH_NAME not running"
   return 1
 }
 
