@@ -41,6 +41,54 @@ pub fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
     Some(v)
 }
 
+/// A path split once, for lookups in a hot loop: [`lookup`] without parsing the path each
+/// time (measured: the split and the whole-key attempt were a tenth of a table's encoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledPath {
+    raw: String,
+    /// The path as one top-level key, when it has dots (see [`lookup`]).
+    dotted: Option<String>,
+    segments: Vec<String>,
+}
+
+impl CompiledPath {
+    pub fn new(path: &str) -> Self {
+        let p = strip_root(path);
+        Self {
+            raw: path.to_owned(),
+            dotted: p.contains('.').then(|| p.to_owned()),
+            segments: p
+                .split('.')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// What [`lookup`] finds at this path.
+    pub fn lookup<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        if let Some(d) = &self.dotted {
+            if let Some(v) = doc.get(d.as_str()) {
+                return Some(v);
+            }
+        }
+        let mut v = doc;
+        for seg in &self.segments {
+            v = match v {
+                Value::Object(m) => m.get(seg.as_str())?,
+                Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+}
+
 /// A set of dotted paths (`form.meta.userID`, `$.domain`, `form.case.0.id`), as a tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Projection {
@@ -193,5 +241,21 @@ mod tests {
         assert_eq!(lookup(&doc, "flat.key"), Some(&serde_json::json!(7)));
         assert_eq!(lookup(&doc, "domain.deeper"), None);
         assert_eq!(lookup(&doc, "$"), Some(&doc));
+        // A compiled path finds the same, for every form above.
+        for p in [
+            "$.domain",
+            "domain",
+            "form.meta.userID",
+            "form.case.1.@case_id",
+            "form.case.9.@case_id",
+            "flat.key",
+            "domain.deeper",
+            "$",
+            "",
+            "form.case.x",
+        ] {
+            assert_eq!(CompiledPath::new(p).lookup(&doc), lookup(&doc, p), "{p}");
+            assert_eq!(CompiledPath::new(p).as_str(), p);
+        }
     }
 }

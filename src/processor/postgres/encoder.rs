@@ -13,8 +13,9 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::Value;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-use super::config::{lookup, ChangeField, ColumnType, TableDefinition};
+use super::config::{ChangeField, ColumnType, TableDefinition};
 use crate::change::{format_datetime, Change, Document, Projection};
+use crate::path::CompiledPath;
 use crate::processor::ProcessorFailure;
 
 /// The `error_type` of a conversion or write failure.
@@ -203,7 +204,7 @@ pub enum Action {
 /// Where a column's value comes from, resolved once.
 #[derive(Debug, Clone)]
 enum Source {
-    Path(String),
+    Path(CompiledPath),
     Change(ChangeField),
 }
 
@@ -220,13 +221,15 @@ pub struct EncodedChunk {
 /// Converts changes into [`Action`]s for one table.
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    def: TableDefinition,
     label: String,
     sources: Vec<(String, ColumnType, Source)>,
     /// Indices into `sources` of the primary-key columns, in primary-key order.
     pk: Vec<usize>,
     /// Every document path the columns and the filter read.
     projection: Projection,
+    /// The filter's paths, compiled: `equals` and `one_of`.
+    equals: Vec<(CompiledPath, Value)>,
+    one_of: Vec<(CompiledPath, Vec<Value>)>,
 }
 
 impl Encoder {
@@ -238,8 +241,8 @@ impl Encoder {
             .map(|c| {
                 let src = match (&c.path, c.change) {
                     (_, Some(f)) => Source::Change(f),
-                    (Some(p), None) => Source::Path(p.clone()),
-                    (None, None) => Source::Path(String::new()), // rejected by validate()
+                    (Some(p), None) => Source::Path(CompiledPath::new(p)),
+                    (None, None) => Source::Path(CompiledPath::new("")), // rejected by validate()
                 };
                 (c.name.clone(), c.column_type, src)
             })
@@ -260,12 +263,34 @@ impl Encoder {
                 .chain(def.filter.one_of.keys().map(String::as_str)),
         );
         Self {
-            def: def.clone(),
             label: def.label(),
             sources,
             pk,
             projection,
+            equals: def
+                .filter
+                .equals
+                .iter()
+                .map(|(p, v)| (CompiledPath::new(p), v.clone()))
+                .collect(),
+            one_of: def
+                .filter
+                .one_of
+                .iter()
+                .map(|(p, vs)| (CompiledPath::new(p), vs.clone()))
+                .collect(),
         }
+    }
+
+    /// Whether the definition's filter keeps `doc` ([`TableDefinition::matches`]).
+    fn matches(&self, doc: &Value) -> bool {
+        self.equals
+            .iter()
+            .all(|(p, v)| p.lookup(doc).is_some_and(|d| d == v))
+            && self
+                .one_of
+                .iter()
+                .all(|(p, vs)| p.lookup(doc).is_some_and(|d| vs.contains(d)))
     }
 
     /// The primary-key column indices (into the column list), in primary-key order.
@@ -300,7 +325,7 @@ impl Encoder {
         let (name, ty, src) = &self.sources[i];
         let owned;
         let v: Option<&Value> = match src {
-            Source::Path(p) => doc.and_then(|d| lookup(d, p)),
+            Source::Path(p) => doc.and_then(|d| p.lookup(d)),
             Source::Change(f) => {
                 owned = change_value(change, *f);
                 Some(&owned)
@@ -327,7 +352,7 @@ impl Encoder {
             Document::Known(None) | Document::Unfetched => return Ok(Action::Missing),
         };
         match doc {
-            Some(d) if self.def.matches(d) => {
+            Some(d) if self.matches(d) => {
                 let row = (0..self.sources.len())
                     .map(|i| self.value(change, Some(d), i))
                     .collect::<Result<Vec<_>, _>>()?;
