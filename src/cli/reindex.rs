@@ -443,16 +443,20 @@ fn print_plan(
     let size = |n: Option<i64>| n.map_or("?".into(), |n| n.to_string());
     if table {
         say.say(&format!(
-            "  serving: table {} ({} rows, {} bytes)",
+            "  serving: table {} ({} rows, {} bytes); the database's filesystem has {} bytes free",
             pre.alias,
             size(pre.old_docs),
             size(pre.old_bytes),
+            pre.free_bytes.map_or_else(
+                || "? (not on this host, or its data directory is not shown to this role)".into(),
+                |n| n.to_string()
+            ),
         ));
         say.say(&format!(
-            "  steps: create table {} (the definition's columns and key); the live pillow writes both; copy in chunks of {} in {} slices; verify; rename {} to {} and {} to {} in one transaction; keep {} (written) for {} s, then drop it",
+            "  steps: create table {} (the definition's columns and key); the live pillow writes both; copy in chunks of {}{}; verify; rename {} to {} and {} to {} in one transaction; keep {} (written) for {} s, then drop it",
             pre.new_index,
             options.chunk_size,
-            options.slices,
+            if options.from_kafka.is_some() { String::new() } else { format!(" in {} slices", options.slices) },
             pre.alias,
             pre.old_index,
             pre.new_index,

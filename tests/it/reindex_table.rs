@@ -470,6 +470,14 @@ async fn a_table_rebuilt_after_a_definition_change_has_the_new_column_in_every_r
         text.contains(&format!("{}_r", s.table)),
         "the plan names the new version: {text}"
     );
+    // The database runs on this host: preflight reads its filesystem's free space.
+    let plan: serde_json::Value = serde_json::from_str(&text).expect("the plan is JSON");
+    assert!(
+        plan["preflight"]["free_bytes"]
+            .as_i64()
+            .is_some_and(|b| b > 0),
+        "the database's free disk: {plan}"
+    );
 
     let out = s.reindex_output(&["start", "--keep-old", "0s", "--noinput"]);
     let log = format!(

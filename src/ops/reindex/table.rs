@@ -169,6 +169,20 @@ impl TableVersion {
     }
 }
 
+/// The free bytes of the filesystem holding `dir`, when the database's server address `host`
+/// (empty: a unix socket) is this host's and `dir` exists here.
+fn local_free_bytes(dir: &str, host: &str) -> Option<i64> {
+    let local = host.is_empty()
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !local || !std::path::Path::new(dir).is_dir() {
+        return None;
+    }
+    let st = rustix::fs::statvfs(dir).ok()?;
+    i64::try_from(st.f_bavail.saturating_mul(st.f_frsize)).ok()
+}
+
 #[async_trait]
 impl Version for TableVersion {
     fn noun(&self) -> &'static str {
@@ -248,12 +262,31 @@ impl Version for TableVersion {
     }
 
     async fn free_bytes(&self) -> Result<Option<i64>> {
-        // PostgreSQL does not report its disk's free space to a client.
-        Ok(None)
+        // PostgreSQL does not report its disk's free space to a client. When it runs on this
+        // host (a unix socket or a loopback address) and its data directory can be read here
+        // (`data_directory` is shown to superusers and pg_read_all_settings), the free space of
+        // that directory's filesystem; otherwise unknown.
+        let rows = self
+            .query(
+                "reading the database's data directory",
+                "SELECT current_setting('data_directory'), coalesce(host(inet_server_addr()), '')"
+                    .into(),
+                Vec::new(),
+            )
+            .await;
+        let (dir, host): (String, String) = match rows.as_deref() {
+            Ok([r, ..]) => (r.get(0), r.get(1)),
+            Ok([]) => return Ok(None),
+            Err(e) => {
+                tracing::debug!(error = %e, "reindex preflight: the database's free disk is unknown");
+                return Ok(None);
+            }
+        };
+        Ok(local_free_bytes(&dir, &host))
     }
 
     fn where_free(&self) -> &'static str {
-        "the database"
+        "the database's filesystem"
     }
 
     async fn create(&self, run: &ReindexRun) -> Result<Update> {
@@ -534,6 +567,21 @@ mod tests {
         assert!(
             new.starts_with(&"é".repeat(23)) && new.contains("_r"),
             "{new}"
+        );
+    }
+
+    #[test]
+    fn free_disk_is_read_only_for_a_database_on_this_host() {
+        let here = std::env::temp_dir();
+        let dir = here.to_str().expect("path");
+        assert!(local_free_bytes(dir, "").is_some_and(|b| b > 0));
+        assert!(local_free_bytes(dir, "127.0.0.1").is_some());
+        assert!(local_free_bytes(dir, "::1").is_some());
+        assert_eq!(local_free_bytes(dir, "10.1.2.3"), None, "another host");
+        assert_eq!(
+            local_free_bytes("/no/such/data/directory", ""),
+            None,
+            "not here"
         );
     }
 
