@@ -472,13 +472,15 @@ async fn faults_dropped_connections_and_slow_responses_are_retried_with_external
     proxy.faults.drop_before.store(2, Ordering::SeqCst);
     proxy.faults.drop_after.store(1, Ordering::SeqCst);
     proxy.faults.delay_bulk.store(1, Ordering::SeqCst);
-    proxy.faults.delay_ms.store(1500, Ordering::SeqCst);
+    proxy.faults.delay_ms.store(6000, Ordering::SeqCst);
     proxy.faults.rewrite_bulk.store(3, Ordering::SeqCst);
     proxy.faults.rewrite_every.store(2, Ordering::SeqCst);
     let (feed, expected) = versioned_feed(50, 3);
     let mut c = config(&proxy.url, &index.name);
     c.external_version_field = Some("version".into());
-    c.request_timeout_ms = 700;
+    // Well above an answer's time on a loaded machine (700 ms once timed out a request that was
+    // not delayed, and the sequence below had one re-send more), well below the delay.
+    c.request_timeout_ms = 3000;
     c.max_actions_per_request = 20;
     let p = ElasticsearchProcessor::new(c).expect("processor");
     let (summary, rows) = run_memory(feed, p, 50).await;
