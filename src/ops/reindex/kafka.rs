@@ -14,7 +14,10 @@
 //! every such change, so the copy leaves it alone. Before each segment's writes the topics are
 //! read on from the position to their current ends, and every document changed there is taken
 //! out of the segment; without that, a document deleted by the live pillow during the backfill
-//! would come back from its older change.
+//! would come back from its older change. After the segment's writes the topics are read on
+//! again: a document of the segment changed meanwhile (the pillow may have written it before
+//! the older copy landed) gets its newest change written again, as a plain write, until none
+//! was changed meanwhile (at most [`REAPPLY_ROUNDS`] rounds).
 //!
 //! Verification lists the new version's ids first and reads the topics after that, so every
 //! live write it saw has its change among those read:
